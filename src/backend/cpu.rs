@@ -1,0 +1,229 @@
+//! CPU backend on candle-core: f32 math, weights as f32 tensors or GGML quantized blocks
+//! (candle's quantized matmul, the same block formats and activation quantization llama.cpp uses).
+
+use super::Backend;
+use crate::config::LlamaConfig;
+use crate::error::{Error, Result};
+use crate::format::{HostTensor, StorageType};
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{DType, Device, Module, Tensor, D};
+use std::borrow::Cow;
+use std::sync::Arc;
+
+pub struct CpuBackend {
+    device: Device,
+    /// Re-quantize float matrices on load (None keeps them f32: the path the goldens check).
+    quant: Option<GgmlDType>,
+}
+
+impl CpuBackend {
+    pub fn new(quant: Option<GgmlDType>) -> Self {
+        Self { device: Device::Cpu, quant }
+    }
+
+    fn float_tensor(&self, t: &HostTensor) -> Result<Tensor> {
+        let values = t.to_f32()?;
+        Ok(Tensor::from_vec(values, t.shape.as_slice(), &self.device)?)
+    }
+
+    fn qtensor(&self, t: &HostTensor, dtype: GgmlDType) -> Result<QTensor> {
+        let storage = QStorage::from_data(Cow::Borrowed(&t.bytes), &self.device, dtype)?;
+        Ok(QTensor::new(storage, t.shape.as_slice())?)
+    }
+
+    /// The weight as a quantized tensor if it is or should be one, else None.
+    fn quantized(&self, t: &HostTensor) -> Result<Option<QTensor>> {
+        match t.storage {
+            StorageType::Ggml(dtype) => Ok(Some(self.qtensor(t, dtype)?)),
+            _ => match self.quant {
+                Some(dtype) => Ok(Some(QTensor::quantize(&self.float_tensor(t)?, dtype)?)),
+                None => Ok(None),
+            },
+        }
+    }
+}
+
+pub enum CpuEmbedding {
+    Float(Tensor),
+    Quantized(Arc<QTensor>),
+}
+
+pub struct CpuCache {
+    /// Per layer: K and V, each `(kv_heads, max_seq, head_dim)`.
+    layers: Vec<(Tensor, Tensor)>,
+    kv_heads: usize,
+    head_dim: usize,
+    max_seq: usize,
+}
+
+pub struct CpuRope {
+    /// `(max_seq, head_dim)`: each half-table repeated twice, as HF builds `cos`/`sin`.
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Backend for CpuBackend {
+    type Matrix = QMatMul;
+    type Embedding = CpuEmbedding;
+    type Vector = Tensor;
+    type Act = Tensor;
+    type Cache = CpuCache;
+    type Rope = CpuRope;
+
+    fn describe(&self) -> String {
+        format!("cpu (candle, {} threads)", candle_core::utils::get_num_threads())
+    }
+
+    fn matrix(&self, t: HostTensor) -> Result<QMatMul> {
+        match self.quantized(&t)? {
+            Some(q) => Ok(QMatMul::from_qtensor(q)?),
+            None => Ok(QMatMul::Tensor(self.float_tensor(&t)?)),
+        }
+    }
+
+    fn embedding(&self, t: HostTensor) -> Result<CpuEmbedding> {
+        match self.quantized(&t)? {
+            Some(q) if !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) => Ok(CpuEmbedding::Quantized(Arc::new(q))),
+            Some(q) => Ok(CpuEmbedding::Float(q.dequantize(&self.device)?)),
+            None => Ok(CpuEmbedding::Float(self.float_tensor(&t)?)),
+        }
+    }
+
+    fn tied_head(&self, e: &CpuEmbedding) -> Result<QMatMul> {
+        Ok(match e {
+            CpuEmbedding::Float(t) => QMatMul::Tensor(t.clone()),
+            CpuEmbedding::Quantized(q) => QMatMul::from_arc(q.clone())?,
+        })
+    }
+
+    fn vector(&self, t: HostTensor) -> Result<Tensor> {
+        self.float_tensor(&t)
+    }
+
+    fn rope_table(&self, inv_freq: &[f32], max_seq: usize) -> Result<CpuRope> {
+        let half = inv_freq.len();
+        let mut cos = Vec::with_capacity(max_seq * half * 2);
+        let mut sin = Vec::with_capacity(max_seq * half * 2);
+        for pos in 0..max_seq {
+            // f32 product then f32 cos/sin, as transformers' LlamaRotaryEmbedding does.
+            let angles: Vec<f32> = inv_freq.iter().map(|f| pos as f32 * f).collect();
+            for _ in 0..2 {
+                cos.extend(angles.iter().map(|a| a.cos()));
+                sin.extend(angles.iter().map(|a| a.sin()));
+            }
+        }
+        Ok(CpuRope {
+            cos: Tensor::from_vec(cos, (max_seq, half * 2), &self.device)?,
+            sin: Tensor::from_vec(sin, (max_seq, half * 2), &self.device)?,
+        })
+    }
+
+    fn new_cache(&self, cfg: &LlamaConfig, max_seq: usize) -> Result<CpuCache> {
+        let layers = (0..cfg.num_layers)
+            .map(|_| {
+                let z = || Tensor::zeros((cfg.num_kv_heads, max_seq, cfg.head_dim), DType::F32, &self.device);
+                Ok((z()?, z()?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(CpuCache { layers, kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim, max_seq })
+    }
+
+    fn embed(&self, table: &CpuEmbedding, ids: &[u32]) -> Result<Tensor> {
+        let ids = Tensor::new(ids, &self.device)?;
+        Ok(match table {
+            CpuEmbedding::Float(t) => t.index_select(&ids, 0)?,
+            CpuEmbedding::Quantized(q) => q.embedding(&ids)?,
+        })
+    }
+
+    fn rms_norm(&self, x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+        let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let inv = (mean_sq + eps as f64)?.sqrt()?.recip()?;
+        Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
+    }
+
+    fn linear(&self, x: &Tensor, w: &QMatMul) -> Result<Tensor> {
+        Ok(w.forward(x)?)
+    }
+
+    fn rope(&self, x: &Tensor, rope: &CpuRope, heads: usize, pos: usize) -> Result<Tensor> {
+        let (seq, width) = x.dims2()?;
+        let head_dim = width / heads;
+        let half = head_dim / 2;
+        let x = x.reshape((seq, heads, head_dim))?;
+        let cos = rope.cos.narrow(0, pos, seq)?.unsqueeze(1)?;
+        let sin = rope.sin.narrow(0, pos, seq)?.unsqueeze(1)?;
+        let x1 = x.narrow(D::Minus1, 0, half)?;
+        let x2 = x.narrow(D::Minus1, half, half)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        let out = (x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?;
+        Ok(out.reshape((seq, width))?)
+    }
+
+    fn attention(&self, cache: &mut CpuCache, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor, pos: usize) -> Result<Tensor> {
+        let (seq, q_width) = q.dims2()?;
+        let (kv_heads, head_dim) = (cache.kv_heads, cache.head_dim);
+        let heads = q_width / head_dim;
+        let group = heads / kv_heads;
+        let total = pos + seq;
+        if total > cache.max_seq {
+            return Err(Error::Prompt(format!("sequence of {total} tokens exceeds the KV cache of {}", cache.max_seq)));
+        }
+        let (k_cache, v_cache) = cache.layers.get(layer).ok_or_else(|| Error::Backend(format!("no cache for layer {layer}")))?;
+        // (seq, kv_heads * hd) -> (kv_heads, seq, hd), written at rows pos..pos+seq.
+        let to_heads = |t: &Tensor, n: usize| -> Result<Tensor> { Ok(t.reshape((seq, n, head_dim))?.transpose(0, 1)?.contiguous()?) };
+        k_cache.slice_set(&to_heads(k, kv_heads)?, 1, pos)?;
+        v_cache.slice_set(&to_heads(v, kv_heads)?, 1, pos)?;
+        let keys = k_cache.narrow(1, 0, total)?; // (kv_heads, total, hd)
+        let values = v_cache.narrow(1, 0, total)?;
+        // Query head h reads KV head h / group: (heads, seq, hd) -> (kv_heads, group * seq, hd).
+        let q = to_heads(q, heads)?.reshape((kv_heads, group * seq, head_dim))?;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let scores = (q.matmul(&keys.t()?)? * scale)?; // (kv_heads, group * seq, total)
+        // Causal mask: query i (at pos + i) sees keys 0..=pos + i.
+        let mask: Vec<f32> = (0..seq)
+            .flat_map(|i| (0..total).map(move |j| if j <= pos + i { 0.0 } else { f32::NEG_INFINITY }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (1, seq, total), &self.device)?;
+        let scores = scores.reshape((kv_heads * group, seq, total))?.broadcast_add(&mask)?;
+        let max = scores.max_keepdim(D::Minus1)?;
+        let exp = scores.broadcast_sub(&max)?.exp()?;
+        let probs = exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?;
+        let out = probs.reshape((kv_heads, group * seq, total))?.matmul(&values.contiguous()?)?; // (kv_heads, group*seq, hd)
+        Ok(out.reshape((heads, seq, head_dim))?.transpose(0, 1)?.reshape((seq, heads * head_dim))?)
+    }
+
+    fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        Ok((gate.silu()? * up)?)
+    }
+
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        Ok((a + b)?)
+    }
+
+    fn last_row(&self, x: &Tensor) -> Result<Tensor> {
+        let rows = x.dim(0)?;
+        Ok(x.narrow(0, rows - 1, 1)?)
+    }
+
+    fn argmax(&self, x: &Tensor) -> Result<u32> {
+        let values = self.to_host(x)?;
+        argmax_first(&values).ok_or_else(|| Error::Backend("argmax of an empty row".into()))
+    }
+
+    fn to_host(&self, x: &Tensor) -> Result<Vec<f32>> {
+        Ok(x.flatten_all()?.to_vec1::<f32>()?)
+    }
+}
+
+/// Index of the largest value, the first one on ties (as `torch.argmax` and llama.cpp do).
+/// NaN never wins.
+pub fn argmax_first(values: &[f32]) -> Option<u32> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &v) in values.iter().enumerate() {
+        if !v.is_nan() && best.is_none_or(|(_, b)| v > b) {
+            best = Some((i, v));
+        }
+    }
+    best.map(|(i, _)| i as u32)
+}

@@ -1,0 +1,57 @@
+//! The small interface the forward pass is written against. Each backend owns how weights and
+//! activations are stored (candle tensors on the CPU; GPU buffers later) and may fuse inside an
+//! op; the order of ops is fixed once, in `model::forward`.
+
+pub mod cpu;
+
+use crate::config::LlamaConfig;
+use crate::error::Result;
+use crate::format::HostTensor;
+
+pub trait Backend {
+    /// A weight matrix `(out, in)`, stored however the backend likes (f32, quantized blocks).
+    type Matrix;
+    /// A token embedding table `(vocab, hidden)`.
+    type Embedding;
+    /// A per-channel gain `(dim)`.
+    type Vector;
+    /// Activations `(seq, width)`.
+    type Act;
+    /// The KV cache of every layer: `(layer, kv_heads, max_seq, head_dim)` for K and for V.
+    type Cache;
+    /// Rotary cos/sin tables `(max_seq, head_dim / 2)`.
+    type Rope;
+
+    /// A short description for logs and `--json` output ("cpu (candle, 2 threads)").
+    fn describe(&self) -> String;
+
+    fn matrix(&self, t: HostTensor) -> Result<Self::Matrix>;
+    fn embedding(&self, t: HostTensor) -> Result<Self::Embedding>;
+    /// The LM head of a model with tied embeddings: the embedding table, shared, not copied.
+    fn tied_head(&self, e: &Self::Embedding) -> Result<Self::Matrix>;
+    fn vector(&self, t: HostTensor) -> Result<Self::Vector>;
+    fn rope_table(&self, inv_freq: &[f32], max_seq: usize) -> Result<Self::Rope>;
+    fn new_cache(&self, cfg: &LlamaConfig, max_seq: usize) -> Result<Self::Cache>;
+
+    /// Rows of the table for `ids`: `(seq, hidden)`.
+    fn embed(&self, table: &Self::Embedding, ids: &[u32]) -> Result<Self::Act>;
+    /// `x / rms(x) * w`, per row.
+    fn rms_norm(&self, x: &Self::Act, w: &Self::Vector, eps: f32) -> Result<Self::Act>;
+    /// `x · wᵀ`: `(seq, in) -> (seq, out)`.
+    fn linear(&self, x: &Self::Act, w: &Self::Matrix) -> Result<Self::Act>;
+    /// Rotate each head of `x` `(seq, heads * head_dim)` for positions `pos..pos+seq`, HF layout
+    /// (the two halves of a head are the pair).
+    fn rope(&self, x: &Self::Act, rope: &Self::Rope, heads: usize, pos: usize) -> Result<Self::Act>;
+    /// Append `k`, `v` `(seq, kv_heads * head_dim)` to `layer`'s cache at `pos`, then causal
+    /// grouped-query attention of `q` `(seq, heads * head_dim)` over positions `0..pos+seq`.
+    fn attention(&self, cache: &mut Self::Cache, layer: usize, q: &Self::Act, k: &Self::Act, v: &Self::Act, pos: usize) -> Result<Self::Act>;
+    /// `silu(gate) * up`.
+    fn swiglu(&self, gate: &Self::Act, up: &Self::Act) -> Result<Self::Act>;
+    fn add(&self, a: &Self::Act, b: &Self::Act) -> Result<Self::Act>;
+    /// The last row `(1, width)`.
+    fn last_row(&self, x: &Self::Act) -> Result<Self::Act>;
+    /// Index of the largest value of a `(1, n)` row (first on ties), without copying it out.
+    fn argmax(&self, x: &Self::Act) -> Result<u32>;
+    /// Copy a `(1, n)` row to the host.
+    fn to_host(&self, x: &Self::Act) -> Result<Vec<f32>>;
+}

@@ -1,0 +1,50 @@
+//! One error type for the core. Every failure that input (a file, a URL, a prompt) can cause is a
+//! variant with a message a person can act on; nothing in the core panics on bad input.
+
+use std::fmt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading bytes failed (missing file, short read, network error surfaced by a byte source).
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bytes are not a valid model file of the claimed format.
+    #[error("invalid model file {file}: {message}")]
+    Format { file: String, message: String },
+    /// The model's configuration is missing something or is not a Llama model we can run.
+    #[error("unsupported model: {0}")]
+    Config(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// The prompt cannot be run as asked (empty, longer than the context).
+    #[error("{0}")]
+    Prompt(String),
+    #[error("cancelled")]
+    Cancelled,
+    /// A failure inside a compute backend (shape mismatch, allocation).
+    #[error("backend: {0}")]
+    Backend(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn format(file: impl fmt::Display, message: impl fmt::Display) -> Self {
+        Error::Format { file: file.to_string(), message: message.to_string() }
+    }
+    pub fn io(context: impl fmt::Display, source: std::io::Error) -> Self {
+        Error::Io { context: context.to_string(), source }
+    }
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Backend(e.to_string())
+    }
+}

@@ -1,0 +1,127 @@
+//! Greedy generation: run the prompt, then take the most likely token until an EOS id, the token
+//! limit, a full context, or cancellation; and a detokenizer that turns the ids into text deltas
+//! without ever emitting a broken UTF-8 sequence.
+
+use crate::backend::Backend;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::tokenizer::TextTokenizer;
+use serde::Serialize;
+
+/// What each request asks of generation.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    /// Any of these ends generation (not included in the output).
+    pub stop_ids: Vec<u32>,
+    /// Copy out the logits that predict the first new token (for tests and `--logits-out`).
+    pub keep_first_logits: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    Eos,
+    MaxTokens,
+    ContextFull,
+}
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// New token ids, stop id excluded.
+    pub tokens: Vec<u32>,
+    pub stop: StopReason,
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose KV came from the cache of an earlier request.
+    pub reused_tokens: usize,
+    pub first_logits: Option<Vec<f32>>,
+}
+
+/// Things the caller learns as they happen.
+pub enum Progress {
+    /// The prompt has run (the time to here is the prefill time).
+    PromptDone { prompt_tokens: usize, reused_tokens: usize },
+    Token(u32),
+}
+
+/// Greedy decoding. `is_cancelled` is polled before every token, so a cancel takes effect within
+/// one token; `on_progress` sees the prompt finish and every new token.
+pub fn generate<B: Backend>(
+    engine: &mut Engine<B>,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    is_cancelled: &dyn Fn() -> bool,
+    on_progress: &mut dyn FnMut(Progress) -> Result<()>,
+) -> Result<Generation> {
+    if is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+    let (logits, reused) = engine.prefill(prompt)?;
+    on_progress(Progress::PromptDone { prompt_tokens: prompt.len(), reused_tokens: reused })?;
+    let first_logits = if opts.keep_first_logits { Some(engine.backend.to_host(&logits)?) } else { None };
+    let mut next = engine.backend.argmax(&logits)?;
+    let mut tokens = Vec::new();
+    let stop = loop {
+        if opts.stop_ids.contains(&next) {
+            break StopReason::Eos;
+        }
+        if tokens.len() >= opts.max_new_tokens {
+            break StopReason::MaxTokens;
+        }
+        if is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        tokens.push(next);
+        on_progress(Progress::Token(next))?;
+        if tokens.len() >= opts.max_new_tokens {
+            break StopReason::MaxTokens;
+        }
+        if engine.position() >= engine.context_len() {
+            break StopReason::ContextFull;
+        }
+        let logits = engine.step(next)?;
+        next = engine.backend.argmax(&logits)?;
+    };
+    Ok(Generation { tokens, stop, prompt_tokens: prompt.len(), reused_tokens: reused, first_logits })
+}
+
+/// Ids in, text deltas out. Text is released only when the tokens so far decode to whole
+/// characters; a multi-byte character split across tokens waits for its last byte (the
+/// prefix/read offset scheme of HF text-generation-inference).
+#[derive(Default)]
+pub struct Detokenizer {
+    ids: Vec<u32>,
+    prefix_offset: usize,
+    read_offset: usize,
+}
+
+const REPLACEMENT: char = '\u{FFFD}';
+
+impl Detokenizer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add one id; returns the newly certain text (possibly empty).
+    pub fn push(&mut self, tokenizer: &TextTokenizer, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let before = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let now = tokenizer.decode(&self.ids[self.prefix_offset..])?;
+        if now.ends_with(REPLACEMENT) || !now.starts_with(&before) || now.len() <= before.len() {
+            return Ok(String::new());
+        }
+        let delta = now[before.len()..].to_string();
+        self.prefix_offset = self.read_offset;
+        self.read_offset = self.ids.len();
+        Ok(delta)
+    }
+
+    /// Whatever is left at the end (an unfinished character shows as U+FFFD).
+    pub fn finish(&mut self, tokenizer: &TextTokenizer) -> Result<String> {
+        let before = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let now = tokenizer.decode(&self.ids[self.prefix_offset..])?;
+        self.prefix_offset = self.ids.len();
+        self.read_offset = self.ids.len();
+        Ok(now.strip_prefix(before.as_str()).unwrap_or("").to_string())
+    }
+}

@@ -1,0 +1,16 @@
+//! GuardReasoner Web's core: Llama inference (formats, tokenizer, forward pass, generation) and
+//! the GuardReasoner protocol (prompt, reasoning parser, scoring). Knows nothing of JS or the
+//! terminal; compiles to wasm32-unknown-unknown as well as natively.
+
+pub mod backend;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod format;
+pub mod generate;
+pub mod guard;
+pub mod loader;
+pub mod model;
+pub mod tokenizer;
+
+pub use error::{Error, Result};
