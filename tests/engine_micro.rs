@@ -1,0 +1,250 @@
+//! The CPU engine on a micro Llama model the test writes itself: against a naive f32 reference
+//! written from the HF modeling code, across formats (safetensors vs GGUF with llama.cpp's Q/K
+//! permutation and rope_freqs), chunked prefill vs token-by-token, and prefix reuse.
+
+mod common;
+
+use candle_core::quantized::GgmlDType;
+use common::*;
+use guardreasoner::backend::cpu::CpuBackend;
+use guardreasoner::backend::Backend;
+use guardreasoner::engine::Engine;
+use guardreasoner::generate::{generate, GenerateOptions};
+use guardreasoner::loader::OpenedModel;
+use std::collections::HashMap;
+
+/// f32 sums in a different order (candle's gemm vs the naive loops) differ by a few ulps per
+/// dot product; logits here are O(10), so 1e-3 absolute + relative is far above that noise and
+/// far below any real error (a wrong rope or mask moves logits by O(1)).
+const LOGIT_ATOL: f32 = 1e-3;
+const LOGIT_RTOL: f32 = 1e-3;
+const SEED: u64 = 0x5EED;
+
+fn assert_close(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= LOGIT_ATOL + LOGIT_RTOL * w.abs(), "{what}: index {i}: got {g}, want {w}");
+    }
+}
+
+/// Llama 3 inverse frequencies, written out independently of the library.
+fn reference_inv_freq() -> Vec<f32> {
+    let (theta, factor, low, high, orig) = (10000f64, 8f64, 1f64, 4f64, 16f64);
+    (0..MICRO_HEAD_DIM / 2)
+        .map(|i| {
+            let f = 1.0 / theta.powf((2 * i) as f64 / MICRO_HEAD_DIM as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / f;
+            let r = if wavelen < orig / high {
+                f
+            } else if wavelen > orig / low {
+                f / factor
+            } else {
+                let s = (orig / wavelen - low) / (high - low);
+                (1.0 - s) * f / factor + s * f
+            };
+            r as f32
+        })
+        .collect()
+}
+
+/// llama.cpp's rope_freqs.weight for the same scaling: the divisor of each base frequency.
+fn gguf_rope_freqs() -> Vec<f32> {
+    let inv = reference_inv_freq();
+    (0..MICRO_HEAD_DIM / 2).map(|i| (1.0 / 10000f64.powf((2 * i) as f64 / MICRO_HEAD_DIM as f64)) as f32 / inv[i]).collect()
+}
+
+/// Last-position logits by the book: HF LlamaForCausalLM in plain loops.
+fn reference_logits(tensors: &[(String, Vec<usize>, Vec<f32>)], ids: &[u32]) -> Vec<f32> {
+    let w: HashMap<&str, &Vec<f32>> = tensors.iter().map(|(n, _, v)| (n.as_str(), v)).collect();
+    let h = MICRO_HIDDEN;
+    let hd = MICRO_HEAD_DIM;
+    let matvec = |m: &[f32], x: &[f32], rows: usize| -> Vec<f32> { (0..rows).map(|r| m[r * x.len()..(r + 1) * x.len()].iter().zip(x).map(|(a, b)| a * b).sum()).collect() };
+    let rms = |x: &[f32], g: &[f32]| -> Vec<f32> {
+        let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+        let inv = 1.0 / (ms + 1e-5).sqrt();
+        x.iter().zip(g).map(|(v, g)| v * inv * g).collect()
+    };
+    let inv_freq = reference_inv_freq();
+    let rope = |x: &mut [f32], pos: usize| {
+        for head in x.chunks_mut(hd) {
+            for i in 0..hd / 2 {
+                let a = pos as f32 * inv_freq[i];
+                let (c, s) = (a.cos(), a.sin());
+                let (x1, x2) = (head[i], head[i + hd / 2]);
+                head[i] = x1 * c - x2 * s;
+                head[i + hd / 2] = x2 * c + x1 * s;
+            }
+        }
+    };
+    let embed = w["model.embed_tokens.weight"];
+    let mut xs: Vec<Vec<f32>> = ids.iter().map(|&id| embed[id as usize * h..(id as usize + 1) * h].to_vec()).collect();
+    for l in 0..MICRO_LAYERS {
+        let p = |s: &str| w[format!("model.layers.{l}.{s}").as_str()];
+        let mut ks = Vec::new();
+        let mut vs = Vec::new();
+        let mut qs = Vec::new();
+        for (t, x) in xs.iter().enumerate() {
+            let hn = rms(x, p("input_layernorm.weight"));
+            let mut q = matvec(p("self_attn.q_proj.weight"), &hn, MICRO_HEADS * hd);
+            let mut k = matvec(p("self_attn.k_proj.weight"), &hn, MICRO_KV_HEADS * hd);
+            rope(&mut q, t);
+            rope(&mut k, t);
+            qs.push(q);
+            ks.push(k);
+            vs.push(matvec(p("self_attn.v_proj.weight"), &hn, MICRO_KV_HEADS * hd));
+        }
+        let group = MICRO_HEADS / MICRO_KV_HEADS;
+        for t in 0..xs.len() {
+            let mut attn = vec![0f32; MICRO_HEADS * hd];
+            for head in 0..MICRO_HEADS {
+                let kvh = head / group;
+                let q = &qs[t][head * hd..(head + 1) * hd];
+                let scores: Vec<f32> = (0..=t).map(|s| q.iter().zip(&ks[s][kvh * hd..(kvh + 1) * hd]).map(|(a, b)| a * b).sum::<f32>() / (hd as f32).sqrt()).collect();
+                let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let exps: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+                let sum: f32 = exps.iter().sum();
+                for (s, e) in exps.iter().enumerate() {
+                    for d in 0..hd {
+                        attn[head * hd + d] += e / sum * vs[s][kvh * hd + d];
+                    }
+                }
+            }
+            let o = matvec(p("self_attn.o_proj.weight"), &attn, h);
+            xs[t].iter_mut().zip(&o).for_each(|(x, o)| *x += o);
+            let hn = rms(&xs[t], p("post_attention_layernorm.weight"));
+            let g = matvec(p("mlp.gate_proj.weight"), &hn, MICRO_FF);
+            let u = matvec(p("mlp.up_proj.weight"), &hn, MICRO_FF);
+            let m: Vec<f32> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+            let d = matvec(p("mlp.down_proj.weight"), &m, h);
+            xs[t].iter_mut().zip(&d).for_each(|(x, d)| *x += d);
+        }
+    }
+    let last = rms(xs.last().unwrap(), w["model.norm.weight"]);
+    matvec(w["lm_head.weight"], &last, MICRO_VOCAB)
+}
+
+fn engine(opened: OpenedModel, quant: Option<GgmlDType>) -> Engine<CpuBackend> {
+    let OpenedModel { mut files, .. } = opened;
+    let backend = CpuBackend::new(quant);
+    let weights = files.load(&backend, &mut |_, _| {}).unwrap();
+    Engine::new(backend, files.config.clone(), weights, MICRO_CONTEXT).unwrap()
+}
+
+fn prompt(len: usize, seed: u64) -> Vec<u32> {
+    let mut rng = SplitMix(seed);
+    (0..len).map(|_| rng.below(256) as u32).collect()
+}
+
+fn logits_of(e: &mut Engine<CpuBackend>, ids: &[u32]) -> Vec<f32> {
+    e.reset();
+    let (logits, _) = e.prefill(ids).unwrap();
+    e.backend.to_host(&logits).unwrap()
+}
+
+#[test]
+fn hf_folder_matches_naive_reference() {
+    let tensors = micro_tensors(SEED);
+    let mut e = engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), None);
+    for len in [1, 7, 40] {
+        let ids = prompt(len, len as u64);
+        assert_close(&logits_of(&mut e, &ids), &reference_logits(&tensors, &ids), &format!("prompt of {len}"));
+    }
+}
+
+#[test]
+fn gguf_with_permuted_qk_and_rope_freqs_matches_hf() {
+    let tensors = micro_tensors(SEED);
+    let mut hf = engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), None);
+    for dtype in [GgmlDType::F32, GgmlDType::F16] {
+        let mut gguf = engine(open_micro_gguf(micro_gguf(&tensors, dtype, &gguf_rope_freqs())).unwrap(), None);
+        let ids = prompt(30, 3);
+        assert_close(&logits_of(&mut gguf, &ids), &logits_of(&mut hf, &ids), &format!("GGUF {dtype:?} vs HF"));
+    }
+}
+
+#[test]
+fn chunked_prefill_equals_token_by_token() {
+    let tensors = micro_tensors(SEED);
+    let mut e = engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), None);
+    let ids = prompt(50, 9);
+    let whole = logits_of(&mut e, &ids);
+    e.reset();
+    let (mut logits, _) = e.prefill(&ids[..1]).unwrap();
+    for &id in &ids[1..] {
+        logits = e.step(id).unwrap();
+    }
+    assert_close(&e.backend.to_host(&logits).unwrap(), &whole, "token by token");
+}
+
+#[test]
+fn prefix_reuse_gives_the_same_logits_as_a_fresh_cache() {
+    let tensors = micro_tensors(SEED);
+    let mut e = engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), None);
+    let shared = prompt(20, 1);
+    let mut a = shared.clone();
+    a.extend(prompt(10, 2));
+    let mut b = shared.clone();
+    b.extend(prompt(12, 3));
+    let fresh_b = logits_of(&mut e, &b);
+    e.reset();
+    e.prefill(&a).unwrap();
+    let (logits, reused) = e.prefill(&b).unwrap();
+    assert_eq!(reused, shared.len(), "the shared prefix is reused");
+    assert_close(&e.backend.to_host(&logits).unwrap(), &fresh_b, "after reuse");
+    // The same prompt twice reuses all but its last token.
+    let (_, reused) = e.prefill(&b).unwrap();
+    assert_eq!(reused, b.len() - 1);
+}
+
+#[test]
+fn greedy_generation_is_argmax_of_reference_and_stops_at_eos() {
+    let tensors = micro_tensors(SEED);
+    let mut e = engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), None);
+    let mut ids = prompt(5, 11);
+    let opts = GenerateOptions { max_new_tokens: 8, stop_ids: vec![], keep_first_logits: true };
+    let out = generate(&mut e, &ids, &opts, &|| false, &mut |_| Ok(())).unwrap();
+    assert_eq!(out.tokens.len(), 8);
+    for &t in &out.tokens {
+        let reference = reference_logits(&tensors, &ids);
+        let best = reference.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+        assert_eq!(t, best, "greedy token after {} ids", ids.len());
+        ids.push(t);
+    }
+    // Make the third token a stop id: generation ends before it.
+    let opts = GenerateOptions { max_new_tokens: 8, stop_ids: vec![out.tokens[2]], keep_first_logits: false };
+    let stopped = generate(&mut e, &ids[..5], &opts, &|| false, &mut |_| Ok(())).unwrap();
+    let first_stop = out.tokens.iter().position(|t| *t == out.tokens[2]).unwrap();
+    assert_eq!(stopped.tokens, out.tokens[..first_stop]);
+    assert_eq!(stopped.stop, guardreasoner::generate::StopReason::Eos);
+}
+
+#[test]
+fn cancellation_stops_within_one_token() {
+    let tensors = micro_tensors(SEED);
+    let mut e = engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), None);
+    let seen = std::cell::Cell::new(0);
+    let opts = GenerateOptions { max_new_tokens: 20, stop_ids: vec![], keep_first_logits: false };
+    let r = generate(&mut e, &prompt(4, 1), &opts, &|| seen.get() >= 3, &mut |p| {
+        if let guardreasoner::generate::Progress::Token(_) = p {
+            seen.set(seen.get() + 1);
+        }
+        Ok(())
+    });
+    assert!(matches!(r, Err(guardreasoner::Error::Cancelled)), "got {:?}", r.map(|g| g.tokens));
+    assert_eq!(seen.get(), 3, "no token after the cancel");
+    // The engine is still usable afterwards.
+    assert!(e.prefill(&prompt(4, 2)).is_ok());
+}
+
+#[test]
+fn quantized_on_load_stays_close() {
+    let tensors = micro_tensors(SEED);
+    let mut f32e = engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), None);
+    let mut q8 = engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), Some(GgmlDType::Q8_0));
+    let ids = prompt(20, 5);
+    let (a, b) = (logits_of(&mut f32e, &ids), logits_of(&mut q8, &ids));
+    let max_abs = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    // Q8_0 keeps ~8 bits per weight: errors of a few percent of the logit range at most.
+    assert!(err < 0.05 * max_abs, "q8_0 error {err} vs logit range {max_abs}");
+}
