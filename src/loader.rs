@@ -3,7 +3,7 @@
 //! The functions over byte sources serve every target; `open_path` is the native front door.
 
 use crate::config::LlamaConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::format::gguf::GgufFile;
 use crate::format::{safetensors, ByteSource, TensorIndex};
 use crate::model::{ModelFiles, Naming};
@@ -38,6 +38,7 @@ pub fn open_gguf(mut source: Box<dyn ByteSource>) -> Result<OpenedModel> {
 
 #[cfg(not(target_arch = "wasm32"))]
 pub fn open_path(path: &std::path::Path) -> Result<OpenedModel> {
+    use crate::error::Error;
     use crate::format::FileSource;
     use std::fs;
     let read = |p: std::path::PathBuf| fs::read(&p).map_err(|e| Error::io(format!("cannot read {}", p.display()), e));
