@@ -46,7 +46,7 @@ pub enum Progress {
 
 /// Greedy decoding. `is_cancelled` is polled before every token, so a cancel takes effect within
 /// one token; `on_progress` sees the prompt finish and every new token.
-pub fn generate<B: Backend>(
+pub async fn generate<B: Backend>(
     engine: &mut Engine<B>,
     prompt: &[u32],
     opts: &GenerateOptions,
@@ -58,8 +58,8 @@ pub fn generate<B: Backend>(
     }
     let (logits, reused) = engine.prefill(prompt)?;
     on_progress(Progress::PromptDone { prompt_tokens: prompt.len(), reused_tokens: reused })?;
-    let first_logits = if opts.keep_first_logits { Some(engine.backend.to_host(&logits)?) } else { None };
-    let mut next = engine.backend.argmax(&logits)?;
+    let first_logits = if opts.keep_first_logits { Some(engine.backend.to_host(&logits).await?) } else { None };
+    let mut next = engine.backend.argmax(&logits).await?;
     let mut tokens = Vec::new();
     let stop = loop {
         if opts.stop_ids.contains(&next) {
@@ -80,7 +80,7 @@ pub fn generate<B: Backend>(
             break StopReason::ContextFull;
         }
         let logits = engine.step(next)?;
-        next = engine.backend.argmax(&logits)?;
+        next = engine.backend.argmax(&logits).await?;
     };
     Ok(Generation { tokens, stop, prompt_tokens: prompt.len(), reused_tokens: reused, first_logits })
 }

@@ -191,7 +191,7 @@ fn generate_cmd(args: GenerateArgs) -> Result<()> {
         stop_ids: if args.ignore_eos { vec![] } else { engine.config.eos_token_ids.clone() },
         keep_first_logits: args.logits_out.is_some(),
     };
-    let out = generate(&mut engine, &args.tokens, &opts, &|| false, &mut |_| Ok(()))?;
+    let out = pollster::block_on(generate(&mut engine, &args.tokens, &opts, &|| false, &mut |_| Ok(())))?;
     if let (Some(path), Some(logits)) = (&args.logits_out, &out.first_logits) {
         let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
         std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
@@ -219,14 +219,14 @@ fn moderate(args: ModerateArgs) -> Result<()> {
         let line = if args.json { format!("{}\n", serde_json::json!({"type": "token", "text": delta})) } else { delta.to_string() };
         stdout.write_all(line.as_bytes()).and_then(|_| stdout.flush()).map_err(|e| guardreasoner::Error::io("writing output", e))
     };
-    let gen = generate(&mut engine, &ids, &opts, &|| cancelled.load(Ordering::Relaxed), &mut |p| match p {
+    let gen = pollster::block_on(generate(&mut engine, &ids, &opts, &|| cancelled.load(Ordering::Relaxed), &mut |p| match p {
         Progress::PromptDone { .. } => Ok(()),
         Progress::Token(id) => {
             first_token.get_or_insert(start.elapsed().as_secs_f64());
             let delta = detok.push(&tokenizer, id)?;
             emit(&delta, &mut stdout)
         }
-    })?;
+    }))?;
     let tail = detok.finish(&tokenizer)?;
     emit(&tail, &mut stdout)?;
     let total = start.elapsed().as_secs_f64();
@@ -266,12 +266,12 @@ fn bench(args: BenchArgs) -> Result<()> {
     }
     let t0 = Instant::now();
     let (logits, _) = engine.prefill(&prompt)?;
-    let mut next = guardreasoner::backend::Backend::argmax(&engine.backend, &logits)?;
+    let mut next = pollster::block_on(guardreasoner::backend::Backend::argmax(&engine.backend, &logits))?;
     let prefill_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     for _ in 0..args.gen {
         let logits = engine.step(next)?;
-        next = guardreasoner::backend::Backend::argmax(&engine.backend, &logits)?;
+        next = pollster::block_on(guardreasoner::backend::Backend::argmax(&engine.backend, &logits))?;
     }
     let decode_s = t1.elapsed().as_secs_f64();
     let peak_rss = peak_rss_bytes();

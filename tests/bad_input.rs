@@ -138,7 +138,7 @@ fn empty_prompt_too_long_prompt_and_bad_ids() {
 fn generation_stops_when_the_context_is_full() {
     let (mut e, _) = micro_engine(16);
     let opts = guardreasoner::generate::GenerateOptions { max_new_tokens: 100, stop_ids: vec![], keep_first_logits: false };
-    let out = guardreasoner::generate::generate(&mut e, &[256, 1, 2, 3], &opts, &|| false, &mut |_| Ok(())).unwrap();
+    let out = pollster::block_on(guardreasoner::generate::generate(&mut e, &[256, 1, 2, 3], &opts, &|| false, &mut |_| Ok(()))).unwrap();
     assert_eq!(out.stop, guardreasoner::generate::StopReason::ContextFull);
     assert_eq!(4 + out.tokens.len(), 16 + 1, "fills the cache, plus the last predicted token");
 }

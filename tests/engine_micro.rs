@@ -138,7 +138,7 @@ fn prompt(len: usize, seed: u64) -> Vec<u32> {
 fn logits_of(e: &mut Engine<CpuBackend>, ids: &[u32]) -> Vec<f32> {
     e.reset();
     let (logits, _) = e.prefill(ids).unwrap();
-    e.backend.to_host(&logits).unwrap()
+    pollster::block_on(e.backend.to_host(&logits)).unwrap()
 }
 
 #[test]
@@ -173,7 +173,7 @@ fn chunked_prefill_equals_token_by_token() {
     for &id in &ids[1..] {
         logits = e.step(id).unwrap();
     }
-    assert_close(&e.backend.to_host(&logits).unwrap(), &whole, "token by token");
+    assert_close(&pollster::block_on(e.backend.to_host(&logits)).unwrap(), &whole, "token by token");
 }
 
 #[test]
@@ -190,7 +190,7 @@ fn prefix_reuse_gives_the_same_logits_as_a_fresh_cache() {
     e.prefill(&a).unwrap();
     let (logits, reused) = e.prefill(&b).unwrap();
     assert_eq!(reused, shared.len(), "the shared prefix is reused");
-    assert_close(&e.backend.to_host(&logits).unwrap(), &fresh_b, "after reuse");
+    assert_close(&pollster::block_on(e.backend.to_host(&logits)).unwrap(), &fresh_b, "after reuse");
     // The same prompt twice reuses all but its last token.
     let (_, reused) = e.prefill(&b).unwrap();
     assert_eq!(reused, b.len() - 1);
@@ -202,7 +202,7 @@ fn greedy_generation_is_argmax_of_reference_and_stops_at_eos() {
     let mut e = engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), None);
     let mut ids = prompt(5, 11);
     let opts = GenerateOptions { max_new_tokens: 8, stop_ids: vec![], keep_first_logits: true };
-    let out = generate(&mut e, &ids, &opts, &|| false, &mut |_| Ok(())).unwrap();
+    let out = pollster::block_on(generate(&mut e, &ids, &opts, &|| false, &mut |_| Ok(()))).unwrap();
     assert_eq!(out.tokens.len(), 8);
     for &t in &out.tokens {
         let reference = reference_logits(&tensors, &ids);
@@ -212,7 +212,7 @@ fn greedy_generation_is_argmax_of_reference_and_stops_at_eos() {
     }
     // Make the third token a stop id: generation ends before it.
     let opts = GenerateOptions { max_new_tokens: 8, stop_ids: vec![out.tokens[2]], keep_first_logits: false };
-    let stopped = generate(&mut e, &ids[..5], &opts, &|| false, &mut |_| Ok(())).unwrap();
+    let stopped = pollster::block_on(generate(&mut e, &ids[..5], &opts, &|| false, &mut |_| Ok(()))).unwrap();
     let first_stop = out.tokens.iter().position(|t| *t == out.tokens[2]).unwrap();
     assert_eq!(stopped.tokens, out.tokens[..first_stop]);
     assert_eq!(stopped.stop, guardreasoner::generate::StopReason::Eos);
@@ -224,12 +224,12 @@ fn cancellation_stops_within_one_token() {
     let mut e = engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), None);
     let seen = std::cell::Cell::new(0);
     let opts = GenerateOptions { max_new_tokens: 20, stop_ids: vec![], keep_first_logits: false };
-    let r = generate(&mut e, &prompt(4, 1), &opts, &|| seen.get() >= 3, &mut |p| {
+    let r = pollster::block_on(generate(&mut e, &prompt(4, 1), &opts, &|| seen.get() >= 3, &mut |p| {
         if let guardreasoner::generate::Progress::Token(_) = p {
             seen.set(seen.get() + 1);
         }
         Ok(())
-    });
+    }));
     assert!(matches!(r, Err(guardreasoner::Error::Cancelled)), "got {:?}", r.map(|g| g.tokens));
     assert_eq!(seen.get(), 3, "no token after the cancel");
     // The engine is still usable afterwards.

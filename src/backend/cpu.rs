@@ -206,12 +206,12 @@ impl Backend for CpuBackend {
         Ok(x.narrow(0, rows - 1, 1)?)
     }
 
-    fn argmax(&self, x: &Tensor) -> Result<u32> {
-        let values = self.to_host(x)?;
+    async fn argmax(&self, x: &Tensor) -> Result<u32> {
+        let values = self.to_host(x).await?;
         argmax_first(&values).ok_or_else(|| Error::Backend("argmax of an empty row".into()))
     }
 
-    fn to_host(&self, x: &Tensor) -> Result<Vec<f32>> {
+    async fn to_host(&self, x: &Tensor) -> Result<Vec<f32>> {
         Ok(x.flatten_all()?.to_vec1::<f32>()?)
     }
 }

@@ -50,8 +50,9 @@ pub trait Backend {
     fn add(&self, a: &Self::Act, b: &Self::Act) -> Result<Self::Act>;
     /// The last row `(1, width)`.
     fn last_row(&self, x: &Self::Act) -> Result<Self::Act>;
-    /// Index of the largest value of a `(1, n)` row (first on ties), without copying it out.
-    fn argmax(&self, x: &Self::Act) -> Result<u32>;
+    /// Index of the largest value of a `(1, n)` row (first on ties), without copying the row out.
+    /// Async because a GPU readback on the web can only be awaited, never waited for.
+    fn argmax(&self, x: &Self::Act) -> impl std::future::Future<Output = Result<u32>>;
     /// Copy a `(1, n)` row to the host.
-    fn to_host(&self, x: &Self::Act) -> Result<Vec<f32>>;
+    fn to_host(&self, x: &Self::Act) -> impl std::future::Future<Output = Result<Vec<f32>>>;
 }
