@@ -128,6 +128,10 @@ impl Backend for CpuBackend {
         Ok(CpuCache { layers, kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim, max_seq })
     }
 
+    fn activation_from(&self, data: &[f32], rows: usize, cols: usize) -> Result<Tensor> {
+        Ok(Tensor::from_vec(data.to_vec(), (rows, cols), &self.device)?)
+    }
+
     fn embed(&self, table: &CpuEmbedding, ids: &[u32]) -> Result<Tensor> {
         let ids = Tensor::new(ids, &self.device)?;
         Ok(match table {

@@ -3,6 +3,7 @@
 //! op; the order of ops is fixed once, in `model::forward`.
 
 pub mod cpu;
+pub mod gpu;
 
 use crate::config::LlamaConfig;
 use crate::error::Result;
@@ -33,6 +34,8 @@ pub trait Backend {
     fn rope_table(&self, inv_freq: &[f32], max_seq: usize) -> Result<Self::Rope>;
     fn new_cache(&self, cfg: &LlamaConfig, max_seq: usize) -> Result<Self::Cache>;
 
+    /// Activations from host values (tests, debugging).
+    fn activation_from(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Act>;
     /// Rows of the table for `ids`: `(seq, hidden)`.
     fn embed(&self, table: &Self::Embedding, ids: &[u32]) -> Result<Self::Act>;
     /// `x / rms(x) * w`, per row.

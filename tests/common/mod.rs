@@ -2,6 +2,8 @@
 //! both formats (safetensors + config.json, and GGUF with llama.cpp's Q/K permutation).
 #![allow(dead_code)]
 
+pub mod reference;
+
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};

@@ -1,0 +1,593 @@
+//! WebGPU backend through wgpu: the same ops as the CPU backend, as WGSL compute shaders.
+//! Weights live in GPU buffers in a GPU-friendly block layout (f32, 8-bit or 4-bit blocks of
+//! 32), split by rows wherever one binding cannot hold a tensor. Activations come from a pool of
+//! buffers sized once, so decoding allocates nothing after the first step; each forward pass is
+//! one command encoder, submitted when a token id (4 bytes) is read back.
+
+mod weights;
+
+use super::Backend;
+use crate::config::LlamaConfig;
+use crate::engine::PREFILL_CHUNK;
+use crate::error::{Error, Result};
+use crate::format::HostTensor;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+pub use weights::{GpuMatrix, WeightFormat};
+
+/// Per-dispatch parameters live in one uniform buffer, each at this alignment (WebGPU's
+/// largest `minUniformBufferOffsetAlignment`).
+const PARAM_ALIGN: usize = 256;
+/// Dispatches per submission before the parameter buffer is flushed.
+const PARAM_SLOTS: usize = 2048;
+/// Workgroups per dimension (WebGPU's minimum `maxComputeWorkgroupsPerDimension`).
+const MAX_GROUPS: u32 = 65535;
+
+/// Which GPU weight layout float weights are converted to while loading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuQuant {
+    /// Keep f32 (exact; 4 bytes per weight).
+    F32,
+    /// 8-bit blocks of 32 with an f32 scale (1.125 bytes per weight).
+    Q8,
+    /// 4-bit blocks of 32 with an f32 scale and offset (0.75 bytes per weight).
+    Q4,
+}
+
+#[derive(Debug, Clone)]
+pub struct GpuOptions {
+    pub quant: GpuQuant,
+    /// Use at most this many bytes per storage binding (tests force splitting with it).
+    pub max_binding_bytes: Option<u64>,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        Self { quant: GpuQuant::Q8, max_binding_bytes: None }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Kernel {
+    Linear(WeightFormat),
+    Embed(WeightFormat),
+    RmsNorm,
+    Rope,
+    Attention,
+    Swiglu,
+    Add,
+    Argmax,
+}
+
+impl Kernel {
+    fn source(self) -> String {
+        let fmt = |f: WeightFormat| match f {
+            WeightFormat::F32 => include_str!("fmt_f32.wgsl"),
+            WeightFormat::Q8 => include_str!("fmt_q8.wgsl"),
+            WeightFormat::Q4 => include_str!("fmt_q4.wgsl"),
+        };
+        match self {
+            Kernel::Linear(f) => format!("{}\n{}", fmt(f), include_str!("linear.wgsl")),
+            Kernel::Embed(f) => format!("{}\n{}", fmt(f), include_str!("embed.wgsl")),
+            Kernel::RmsNorm => include_str!("rms_norm.wgsl").into(),
+            Kernel::Rope => include_str!("rope.wgsl").into(),
+            Kernel::Attention => include_str!("attention.wgsl").into(),
+            Kernel::Swiglu | Kernel::Add => include_str!("elementwise.wgsl").into(),
+            Kernel::Argmax => include_str!("argmax.wgsl").into(),
+        }
+    }
+    fn entry(self) -> &'static str {
+        match self {
+            Kernel::Swiglu => "swiglu",
+            Kernel::Add => "add",
+            _ => "main",
+        }
+    }
+}
+
+/// Activation buffers are recycled by width: every buffer holds up to `PREFILL_CHUNK` rows.
+struct Pool {
+    free: HashMap<usize, Vec<wgpu::Buffer>>,
+}
+
+pub struct GpuBuffer {
+    buffer: Option<wgpu::Buffer>,
+    width: usize,
+    pool: Rc<RefCell<Pool>>,
+}
+
+impl Drop for GpuBuffer {
+    fn drop(&mut self) {
+        if let Some(b) = self.buffer.take() {
+            self.pool.borrow_mut().free.entry(self.width).or_default().push(b);
+        }
+    }
+}
+
+/// Activations `(rows, cols)` in a pooled buffer.
+#[derive(Clone)]
+pub struct GpuAct {
+    buf: Rc<GpuBuffer>,
+    rows: usize,
+    cols: usize,
+}
+
+impl GpuAct {
+    fn buffer(&self) -> &wgpu::Buffer {
+        self.buf.buffer.as_ref().expect("pooled buffer present until drop")
+    }
+}
+
+pub struct GpuVector {
+    buffer: wgpu::Buffer,
+    len: usize,
+}
+
+pub struct GpuRope {
+    cos: wgpu::Buffer,
+    sin: wgpu::Buffer,
+}
+
+pub struct GpuCache {
+    /// Per layer: K and V, each `(max_seq, kv_heads * head_dim)`.
+    layers: Vec<(wgpu::Buffer, wgpu::Buffer)>,
+    kv_heads: usize,
+    head_dim: usize,
+    max_seq: usize,
+}
+
+struct Pending {
+    encoder: Option<wgpu::CommandEncoder>,
+    params: Vec<u8>,
+}
+
+pub struct GpuBackend {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    adapter: String,
+    opts: GpuOptions,
+    max_binding: u64,
+    pipelines: RefCell<HashMap<Kernel, Rc<wgpu::ComputePipeline>>>,
+    pool: Rc<RefCell<Pool>>,
+    pending: RefCell<Pending>,
+    param_buffer: wgpu::Buffer,
+    /// One u32 written by argmax.
+    token_buffer: wgpu::Buffer,
+    readback: RefCell<Option<(wgpu::Buffer, u64)>>,
+    /// Errors wgpu reports out of band (validation, out of memory, device lost).
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl GpuBackend {
+    /// Open the best adapter the platform offers, with its maximum limits.
+    pub async fn new(opts: GpuOptions) -> Result<Self> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                apply_limit_buckets: false,
+            })
+            .await
+            .map_err(|e| Error::Backend(format!("no WebGPU/Vulkan adapter available ({e}); use the CPU backend")))?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("guardreasoner"),
+                required_features: wgpu::Features::empty(),
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::Backend(format!("could not open the GPU device: {e}")))?;
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        {
+            let errors = errors.clone();
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                if let Ok(mut v) = errors.lock() {
+                    v.push(e.to_string());
+                }
+            }));
+        }
+        {
+            let errors = errors.clone();
+            device.set_device_lost_callback(move |reason, message| {
+                if let Ok(mut v) = errors.lock() {
+                    v.push(format!("GPU device lost ({reason:?}): {message}"));
+                }
+            });
+        }
+        let max_binding = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
+        let max_binding = opts.max_binding_bytes.map_or(max_binding, |m| m.min(max_binding));
+        let param_buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("params"),
+            size: (PARAM_ALIGN * PARAM_SLOTS) as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let token_buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("argmax"),
+            size: 4,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let adapter = format!("{} ({:?}, {})", info.name, info.backend, info.driver);
+        Ok(Self {
+            device,
+            queue,
+            adapter,
+            opts,
+            max_binding,
+            pipelines: RefCell::new(HashMap::new()),
+            pool: Rc::new(RefCell::new(Pool { free: HashMap::new() })),
+            pending: RefCell::new(Pending { encoder: None, params: Vec::new() }),
+            param_buffer,
+            token_buffer,
+            readback: RefCell::new(None),
+            errors,
+        })
+    }
+
+    pub fn adapter_name(&self) -> &str {
+        &self.adapter
+    }
+
+    fn check_errors(&self) -> Result<()> {
+        let mut errors = self.errors.lock().map_err(|_| Error::Backend("GPU error log poisoned".into()))?;
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let all = errors.drain(..).collect::<Vec<_>>().join("; ");
+        let hint = if all.contains("memory") || all.contains("Memory") { " (not enough GPU memory: try a smaller quantization or the CPU backend)" } else { "" };
+        Err(Error::Backend(format!("GPU error: {all}{hint}")))
+    }
+
+    fn pipeline(&self, kernel: Kernel) -> Rc<wgpu::ComputePipeline> {
+        if let Some(p) = self.pipelines.borrow().get(&kernel) {
+            return p.clone();
+        }
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(kernel.entry()),
+            source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
+        });
+        let pipeline = Rc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(kernel.entry()),
+            layout: None,
+            module: &module,
+            entry_point: Some(kernel.entry()),
+            compilation_options: Default::default(),
+            cache: None,
+        }));
+        self.pipelines.borrow_mut().insert(kernel, pipeline.clone());
+        pipeline
+    }
+
+    pub(crate) fn storage_buffer(&self, label: &str, bytes: &[u8]) -> Result<wgpu::Buffer> {
+        if bytes.len() as u64 > self.max_binding {
+            return Err(Error::Backend(format!("{label}: {} bytes exceed the GPU's binding limit of {}", bytes.len(), self.max_binding)));
+        }
+        let size = (bytes.len().max(4) as u64).div_ceil(4) * 4;
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        self.queue.write_buffer(&buffer, 0, bytes);
+        Ok(buffer)
+    }
+
+    fn activation(&self, rows: usize, cols: usize) -> Result<GpuAct> {
+        if rows > PREFILL_CHUNK {
+            return Err(Error::Backend(format!("{rows} rows exceed the activation buffers' {PREFILL_CHUNK}")));
+        }
+        let buffer = self.pool.borrow_mut().free.get_mut(&cols).and_then(|v| v.pop());
+        let buffer = match buffer {
+            Some(b) => b,
+            None => self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("activation"),
+                size: (PREFILL_CHUNK * cols * 4) as u64,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+        };
+        Ok(GpuAct { buf: Rc::new(GpuBuffer { buffer: Some(buffer), width: cols, pool: self.pool.clone() }), rows, cols })
+    }
+
+    /// Queue one dispatch: `params` goes to the uniform at binding 0, `buffers` to bindings 1...
+    fn dispatch(&self, kernel: Kernel, params: &[u8], buffers: &[&wgpu::Buffer], groups: (u32, u32)) -> Result<()> {
+        if groups.0 == 0 || groups.1 == 0 {
+            return Ok(());
+        }
+        if groups.0 > MAX_GROUPS || groups.1 > MAX_GROUPS {
+            return Err(Error::Backend(format!("dispatch of {groups:?} workgroups exceeds {MAX_GROUPS} per dimension")));
+        }
+        if self.pending.borrow().params.len() / PARAM_ALIGN >= PARAM_SLOTS {
+            self.flush();
+        }
+        let pipeline = self.pipeline(kernel);
+        let mut pending = self.pending.borrow_mut();
+        let offset = pending.params.len();
+        pending.params.extend_from_slice(params);
+        pending.params.resize(offset + PARAM_ALIGN, 0);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &self.param_buffer,
+                offset: offset as u64,
+                size: std::num::NonZeroU64::new(params.len().div_ceil(16) as u64 * 16),
+            }),
+        }];
+        for (i, b) in buffers.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
+        }
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        let device = &self.device;
+        let encoder = pending.encoder.get_or_insert_with(|| device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") }));
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(groups.0, groups.1, 1);
+        Ok(())
+    }
+
+    fn copy(&self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, bytes: u64) {
+        let mut pending = self.pending.borrow_mut();
+        let device = &self.device;
+        let encoder = pending.encoder.get_or_insert_with(|| device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") }));
+        encoder.copy_buffer_to_buffer(src, src_offset, dst, dst_offset, bytes);
+    }
+
+    /// Submit everything queued so far.
+    fn flush(&self) {
+        let mut pending = self.pending.borrow_mut();
+        if !pending.params.is_empty() {
+            self.queue.write_buffer(&self.param_buffer, 0, &pending.params);
+            pending.params.clear();
+        }
+        if let Some(encoder) = pending.encoder.take() {
+            self.queue.submit([encoder.finish()]);
+        }
+    }
+
+    /// Submit, then copy `bytes` from `src` to the host.
+    async fn read(&self, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        let staging = {
+            let mut slot = self.readback.borrow_mut();
+            match slot.take() {
+                Some((b, size)) if size >= bytes => b,
+                _ => self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("readback"),
+                    size: bytes.max(4),
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                }),
+            }
+        };
+        self.copy(src, 0, &staging, 0, bytes);
+        self.flush();
+        let (tx, rx) = futures_channel::oneshot::channel();
+        staging.map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
+            let _ = tx.send(r);
+        });
+        // Natively this drives the GPU to completion; on the web it does nothing and the
+        // browser resolves the map when the work is done.
+        let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
+        let mapped = rx.await.map_err(|_| Error::Backend("GPU readback was dropped (device lost?)".into()))?;
+        self.check_errors()?;
+        mapped.map_err(|e| Error::Backend(format!("GPU readback failed: {e}")))?;
+        let data = staging
+            .get_mapped_range(0..bytes)
+            .map_err(|e| Error::Backend(format!("GPU readback failed: {e}")))?
+            .to_vec();
+        staging.unmap();
+        let size = staging.size();
+        *self.readback.borrow_mut() = Some((staging, size));
+        Ok(data)
+    }
+}
+
+fn params(values: &[u32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn groups_1d(n: usize, per_group: usize) -> (u32, u32) {
+    let total = n.div_ceil(per_group) as u32;
+    if total <= MAX_GROUPS {
+        (total, 1)
+    } else {
+        (MAX_GROUPS, total.div_ceil(MAX_GROUPS))
+    }
+}
+
+impl Backend for GpuBackend {
+    type Matrix = Rc<GpuMatrix>;
+    type Embedding = Rc<GpuMatrix>;
+    type Vector = GpuVector;
+    type Act = GpuAct;
+    type Cache = GpuCache;
+    type Rope = GpuRope;
+
+    fn describe(&self) -> String {
+        format!("gpu ({})", self.adapter)
+    }
+
+    fn matrix(&self, t: HostTensor) -> Result<Rc<GpuMatrix>> {
+        let m = weights::upload(self, t, self.opts.quant, self.max_binding)?;
+        self.check_errors()?;
+        Ok(Rc::new(m))
+    }
+
+    fn embedding(&self, t: HostTensor) -> Result<Rc<GpuMatrix>> {
+        self.matrix(t)
+    }
+
+    fn tied_head(&self, e: &Rc<GpuMatrix>) -> Result<Rc<GpuMatrix>> {
+        Ok(e.clone())
+    }
+
+    fn vector(&self, t: HostTensor) -> Result<GpuVector> {
+        let values = t.to_f32()?;
+        Ok(GpuVector { buffer: self.storage_buffer(&t.name, bytemuck::cast_slice(&values))?, len: values.len() })
+    }
+
+    fn rope_table(&self, inv_freq: &[f32], max_seq: usize) -> Result<GpuRope> {
+        let mut cos = Vec::with_capacity(max_seq * inv_freq.len());
+        let mut sin = Vec::with_capacity(max_seq * inv_freq.len());
+        for pos in 0..max_seq {
+            for f in inv_freq {
+                let a = pos as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        Ok(GpuRope { cos: self.storage_buffer("rope cos", bytemuck::cast_slice(&cos))?, sin: self.storage_buffer("rope sin", bytemuck::cast_slice(&sin))? })
+    }
+
+    fn new_cache(&self, cfg: &LlamaConfig, max_seq: usize) -> Result<GpuCache> {
+        let bytes = max_seq * cfg.num_kv_heads * cfg.head_dim * 4;
+        if bytes as u64 > self.max_binding {
+            return Err(Error::Backend(format!("a KV cache of {max_seq} positions needs {bytes} bytes per layer, over the GPU binding limit {}: use a smaller context", self.max_binding)));
+        }
+        let layers = (0..cfg.num_layers)
+            .map(|_| {
+                let b = || {
+                    self.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("kv cache"),
+                        size: bytes as u64,
+                        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    })
+                };
+                (b(), b())
+            })
+            .collect();
+        self.check_errors()?;
+        Ok(GpuCache { layers, kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim, max_seq })
+    }
+
+    fn activation_from(&self, data: &[f32], rows: usize, cols: usize) -> Result<GpuAct> {
+        if data.len() != rows * cols {
+            return Err(Error::Backend(format!("{} values for a ({rows}, {cols}) activation", data.len())));
+        }
+        let out = self.activation(rows, cols)?;
+        self.flush();
+        self.queue.write_buffer(out.buffer(), 0, bytemuck::cast_slice(data));
+        Ok(out)
+    }
+
+    fn embed(&self, table: &Rc<GpuMatrix>, ids: &[u32]) -> Result<GpuAct> {
+        let out = self.activation(ids.len(), table.cols)?;
+        let ids_act = self.activation(ids.len(), 1)?;
+        // Queue writes land before the next submit: submit what reads earlier ids first.
+        self.flush();
+        self.queue.write_buffer(ids_act.buffer(), 0, bytemuck::cast_slice(ids));
+        for part in &table.parts {
+            let p = params(&[part.row_start as u32, part.rows as u32, table.cols as u32, ids.len() as u32]);
+            let mut buffers = vec![ids_act.buffer(), out.buffer()];
+            buffers.extend(part.buffers());
+            self.dispatch(Kernel::Embed(table.format), &p, &buffers, (ids.len() as u32, 1))?;
+        }
+        Ok(out)
+    }
+
+    fn rms_norm(&self, x: &GpuAct, w: &GpuVector, eps: f32) -> Result<GpuAct> {
+        if w.len != x.cols {
+            return Err(Error::Backend(format!("rms_norm: width {} vs gain {}", x.cols, w.len)));
+        }
+        let out = self.activation(x.rows, x.cols)?;
+        let mut p = params(&[x.cols as u32]);
+        p.extend_from_slice(&eps.to_le_bytes());
+        self.dispatch(Kernel::RmsNorm, &p, &[x.buffer(), out.buffer(), &w.buffer], (x.rows as u32, 1))?;
+        Ok(out)
+    }
+
+    fn linear(&self, x: &GpuAct, w: &Rc<GpuMatrix>) -> Result<GpuAct> {
+        if x.cols != w.cols {
+            return Err(Error::Backend(format!("linear: input width {} vs weight ({}, {})", x.cols, w.rows, w.cols)));
+        }
+        let out = self.activation(x.rows, w.rows)?;
+        for part in &w.parts {
+            let p = params(&[part.rows as u32, w.cols as u32, x.rows as u32, part.row_start as u32, w.rows as u32]);
+            let mut buffers = vec![x.buffer(), out.buffer()];
+            buffers.extend(part.buffers());
+            self.dispatch(Kernel::Linear(w.format), &p, &buffers, (part.rows.div_ceil(8) as u32, x.rows.div_ceil(4) as u32))?;
+        }
+        Ok(out)
+    }
+
+    fn rope(&self, x: &GpuAct, rope: &GpuRope, heads: usize, pos: usize) -> Result<GpuAct> {
+        let head_dim = x.cols / heads;
+        // In place: the input is not used again by the forward pass, but a clone keeps the
+        // by-value contract honest for any other caller.
+        let out = self.activation(x.rows, x.cols)?;
+        self.copy(x.buffer(), 0, out.buffer(), 0, (x.rows * x.cols * 4) as u64);
+        let p = params(&[x.rows as u32, heads as u32, head_dim as u32, pos as u32]);
+        self.dispatch(Kernel::Rope, &p, &[&rope.cos, out.buffer(), &rope.sin], groups_1d(x.rows * heads * head_dim / 2, 256))?;
+        Ok(out)
+    }
+
+    fn attention(&self, cache: &mut GpuCache, layer: usize, q: &GpuAct, k: &GpuAct, v: &GpuAct, pos: usize) -> Result<GpuAct> {
+        let seq = q.rows;
+        if pos + seq > cache.max_seq {
+            return Err(Error::Prompt(format!("sequence of {} tokens exceeds the KV cache of {}", pos + seq, cache.max_seq)));
+        }
+        if cache.head_dim > 256 {
+            return Err(Error::Backend("head_dim over 256 is not supported by the attention kernel".into()));
+        }
+        let kv_width = cache.kv_heads * cache.head_dim;
+        let (kc, vc) = cache.layers.get(layer).ok_or_else(|| Error::Backend(format!("no cache for layer {layer}")))?;
+        let at = (pos * kv_width * 4) as u64;
+        let bytes = (seq * kv_width * 4) as u64;
+        self.copy(k.buffer(), 0, kc, at, bytes);
+        self.copy(v.buffer(), 0, vc, at, bytes);
+        let heads = q.cols / cache.head_dim;
+        let out = self.activation(seq, q.cols)?;
+        let mut p = params(&[seq as u32, heads as u32, cache.kv_heads as u32, cache.head_dim as u32, pos as u32]);
+        p.extend_from_slice(&(1.0 / (cache.head_dim as f32).sqrt()).to_le_bytes());
+        self.dispatch(Kernel::Attention, &p, &[q.buffer(), out.buffer(), kc, vc], (heads as u32, seq as u32))?;
+        Ok(out)
+    }
+
+    fn swiglu(&self, gate: &GpuAct, up: &GpuAct) -> Result<GpuAct> {
+        let out = self.activation(gate.rows, gate.cols)?;
+        let n = gate.rows * gate.cols;
+        self.dispatch(Kernel::Swiglu, &params(&[n as u32]), &[gate.buffer(), out.buffer(), up.buffer()], groups_1d(n, 256))?;
+        Ok(out)
+    }
+
+    fn add(&self, a: &GpuAct, b: &GpuAct) -> Result<GpuAct> {
+        let out = self.activation(a.rows, a.cols)?;
+        let n = a.rows * a.cols;
+        self.dispatch(Kernel::Add, &params(&[n as u32]), &[a.buffer(), out.buffer(), b.buffer()], groups_1d(n, 256))?;
+        Ok(out)
+    }
+
+    fn last_row(&self, x: &GpuAct) -> Result<GpuAct> {
+        let out = self.activation(1, x.cols)?;
+        let row_bytes = (x.cols * 4) as u64;
+        self.copy(x.buffer(), (x.rows as u64 - 1) * row_bytes, out.buffer(), 0, row_bytes);
+        Ok(out)
+    }
+
+    async fn argmax(&self, x: &GpuAct) -> Result<u32> {
+        self.dispatch(Kernel::Argmax, &params(&[x.cols as u32]), &[x.buffer(), &self.token_buffer], (1, 1))?;
+        let bytes = self.read(&self.token_buffer, 4).await?;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    async fn to_host(&self, x: &GpuAct) -> Result<Vec<f32>> {
+        let bytes = self.read(x.buffer(), (x.rows * x.cols * 4) as u64).await?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+}

@@ -1,0 +1,33 @@
+// Rotary embeddings in place, HF layout: in each head, element i pairs with i + head_dim/2.
+// cos/sin tables are (max_seq, head_dim/2), computed on the host once.
+struct Params {
+    n_tokens: u32,
+    heads: u32,
+    head_dim: u32,
+    pos: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> cos_t: array<f32>;
+@group(0) @binding(2) var<storage, read_write> x: array<f32>;
+@group(0) @binding(3) var<storage, read> sin_t: array<f32>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let half = p.head_dim / 2u;
+    let idx = gid.x + gid.y * nwg.x * 256u;
+    if (idx >= p.n_tokens * p.heads * half) {
+        return;
+    }
+    let i = idx % half;
+    let head = (idx / half) % p.heads;
+    let t = idx / (half * p.heads);
+    let angle_at = (p.pos + t) * half + i;
+    let c = cos_t[angle_at];
+    let s = sin_t[angle_at];
+    let a = t * p.heads * p.head_dim + head * p.head_dim + i;
+    let x1 = x[a];
+    let x2 = x[a + half];
+    x[a] = x1 * c - x2 * s;
+    x[a + half] = x2 * c + x1 * s;
+}

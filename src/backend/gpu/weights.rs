@@ -1,0 +1,197 @@
+//! Weights in GPU buffers: conversion from file storage (f32/f16/bf16, GGML Q8_0/Q4_0/Q4_1,
+//! other GGML types via dequantization) to the GPU block layouts of `fmt_*.wgsl`, and splitting
+//! by rows so no buffer exceeds the binding limit (the 128256 x 2048 embedding is the big one).
+
+use super::GpuBackend;
+use crate::error::{Error, Result};
+use crate::format::{HostTensor, StorageType};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use half::f16;
+use std::borrow::Cow;
+
+/// Elements per quantization block (all GPU formats).
+const BLOCK: usize = 32;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum WeightFormat {
+    F32,
+    Q8,
+    Q4,
+}
+
+impl WeightFormat {
+    /// Bytes of the data buffer per row of `cols` weights.
+    fn data_bytes_per_row(self, cols: usize) -> usize {
+        match self {
+            WeightFormat::F32 => cols * 4,
+            WeightFormat::Q8 => cols,
+            WeightFormat::Q4 => cols / 2,
+        }
+    }
+}
+
+/// One row range of a matrix, in its own buffers.
+pub struct MatrixPart {
+    pub row_start: usize,
+    pub rows: usize,
+    data: wgpu::Buffer,
+    scales: Option<wgpu::Buffer>,
+    mins: Option<wgpu::Buffer>,
+}
+
+impl MatrixPart {
+    /// Buffers in binding order 3, 4, 5 of the `fmt_*.wgsl` layouts.
+    pub fn buffers(&self) -> Vec<&wgpu::Buffer> {
+        std::iter::once(&self.data).chain(self.scales.as_ref()).chain(self.mins.as_ref()).collect()
+    }
+}
+
+/// A weight matrix `(rows, cols)` on the GPU.
+pub struct GpuMatrix {
+    pub format: WeightFormat,
+    pub rows: usize,
+    pub cols: usize,
+    pub parts: Vec<MatrixPart>,
+}
+
+/// Host-side blocks for a row range, before upload.
+#[derive(Default)]
+struct Blocks {
+    data: Vec<u8>,
+    scales: Vec<f32>,
+    mins: Vec<f32>,
+}
+
+pub fn upload(gpu: &GpuBackend, t: HostTensor, quant: super::GpuQuant, max_binding: u64) -> Result<GpuMatrix> {
+    let (rows, cols) = match t.shape.as_slice() {
+        [r, c] => (*r, *c),
+        other => return Err(Error::Backend(format!("{}: expected a matrix, got shape {other:?}", t.name))),
+    };
+    if cols % BLOCK != 0 {
+        return Err(Error::Backend(format!("{}: width {cols} is not a multiple of {BLOCK}, which the GPU kernels need", t.name)));
+    }
+    // GGML types with no direct GPU layout are dequantized first, then stored as 8-bit blocks.
+    let (t, format) = match t.storage {
+        StorageType::Ggml(GgmlDType::Q8_0) => (t, WeightFormat::Q8),
+        StorageType::Ggml(GgmlDType::Q4_0 | GgmlDType::Q4_1) => (t, WeightFormat::Q4),
+        StorageType::Ggml(dtype) => (dequantize(t, dtype)?, WeightFormat::Q8),
+        _ => {
+            let f = match quant {
+                super::GpuQuant::F32 => WeightFormat::F32,
+                super::GpuQuant::Q8 => WeightFormat::Q8,
+                super::GpuQuant::Q4 => WeightFormat::Q4,
+            };
+            (t, f)
+        }
+    };
+    let row_bytes = format.data_bytes_per_row(cols).max((cols / BLOCK) * 4);
+    let rows_per_part = ((max_binding as usize) / row_bytes).max(1);
+    let mut parts = Vec::new();
+    let mut r0 = 0;
+    while r0 < rows {
+        let r1 = (r0 + rows_per_part).min(rows);
+        let blocks = convert(&t, format, cols, r0, r1)?;
+        let label = |what: &str| format!("{} rows {r0}..{r1} {what}", t.name);
+        let scales = if format == WeightFormat::F32 { None } else { Some(gpu.storage_buffer(&label("scales"), bytemuck::cast_slice(&blocks.scales))?) };
+        let mins = if format == WeightFormat::Q4 { Some(gpu.storage_buffer(&label("mins"), bytemuck::cast_slice(&blocks.mins))?) } else { None };
+        let data = gpu.storage_buffer(&label("data"), &blocks.data)?;
+        parts.push(MatrixPart { row_start: r0, rows: r1 - r0, data, scales, mins });
+        r0 = r1;
+    }
+    Ok(GpuMatrix { format, rows, cols, parts })
+}
+
+fn dequantize(t: HostTensor, dtype: GgmlDType) -> Result<HostTensor> {
+    let storage = QStorage::from_data(Cow::Borrowed(&t.bytes), &candle_core::Device::Cpu, dtype)?;
+    let q = QTensor::new(storage, t.shape.as_slice())?;
+    let values = q.dequantize(&candle_core::Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(HostTensor { name: t.name, storage: StorageType::F32, shape: t.shape, bytes: bytemuck::cast_slice(&values).to_vec() })
+}
+
+/// Float values of rows `r0..r1` of a float-stored tensor.
+fn float_rows(t: &HostTensor, cols: usize, r0: usize, r1: usize) -> Result<Vec<f32>> {
+    let size = match t.storage {
+        StorageType::F32 => 4,
+        StorageType::F16 | StorageType::BF16 => 2,
+        StorageType::Ggml(d) => return Err(Error::Backend(format!("{}: {d:?} is not a float type", t.name))),
+    };
+    let bytes = &t.bytes[r0 * cols * size..r1 * cols * size];
+    Ok(match t.storage {
+        StorageType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        StorageType::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        _ => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+    })
+}
+
+fn f16_at(bytes: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+}
+
+fn convert(t: &HostTensor, format: WeightFormat, cols: usize, r0: usize, r1: usize) -> Result<Blocks> {
+    let blocks_per_row = cols / BLOCK;
+    let n_blocks = (r1 - r0) * blocks_per_row;
+    let mut out = Blocks::default();
+    match (t.storage, format) {
+        (StorageType::Ggml(GgmlDType::Q8_0), WeightFormat::Q8) => {
+            // GGML block_q8_0: f16 d, 32 x i8. The bytes are already in our order.
+            const SIZE: usize = 34;
+            let raw = &t.bytes[r0 * blocks_per_row * SIZE..r1 * blocks_per_row * SIZE];
+            for b in raw.chunks_exact(SIZE) {
+                out.scales.push(f16_at(b, 0));
+                out.data.extend_from_slice(&b[2..SIZE]);
+            }
+        }
+        (StorageType::Ggml(dtype @ (GgmlDType::Q4_0 | GgmlDType::Q4_1)), WeightFormat::Q4) => {
+            // GGML block_q4_0: f16 d, 16 bytes (element j low nibble, j + 16 high nibble),
+            // value (q - 8) d. block_q4_1: f16 d, f16 m, same nibbles, value q d + m.
+            let (size, qs_at) = if dtype == GgmlDType::Q4_0 { (18, 2) } else { (20, 4) };
+            let raw = &t.bytes[r0 * blocks_per_row * size..r1 * blocks_per_row * size];
+            for b in raw.chunks_exact(size) {
+                let d = f16_at(b, 0);
+                out.scales.push(d);
+                out.mins.push(if dtype == GgmlDType::Q4_0 { -8.0 * d } else { f16_at(b, 2) });
+                let q = |e: usize| if e < 16 { b[qs_at + e] & 15 } else { b[qs_at + e - 16] >> 4 };
+                pack_nibbles(&mut out.data, q);
+            }
+        }
+        (_, WeightFormat::F32) => {
+            let v = float_rows(t, cols, r0, r1)?;
+            out.data = bytemuck::cast_slice(&v).to_vec();
+        }
+        (_, WeightFormat::Q8) => {
+            let v = float_rows(t, cols, r0, r1)?;
+            for block in v.chunks_exact(BLOCK) {
+                let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
+                let d = amax / 127.0;
+                let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+                out.scales.push(d);
+                out.data.extend(block.iter().map(|x| ((x * inv).round().clamp(-127.0, 127.0) as i8) as u8));
+            }
+        }
+        (_, WeightFormat::Q4) => {
+            let v = float_rows(t, cols, r0, r1)?;
+            for block in v.chunks_exact(BLOCK) {
+                let lo = block.iter().fold(f32::INFINITY, |m, x| m.min(*x));
+                let hi = block.iter().fold(f32::NEG_INFINITY, |m, x| m.max(*x));
+                let d = (hi - lo) / 15.0;
+                let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+                out.scales.push(d);
+                out.mins.push(lo);
+                pack_nibbles(&mut out.data, |e| ((block[e] - lo) * inv).round().clamp(0.0, 15.0) as u8);
+            }
+        }
+    }
+    debug_assert_eq!(out.data.len(), n_blocks * format.data_bytes_per_row(BLOCK));
+    Ok(out)
+}
+
+/// 32 nibbles of one block, element 8k + i in nibble i of little-endian word k.
+fn pack_nibbles(data: &mut Vec<u8>, q: impl Fn(usize) -> u8) {
+    for k in 0..4 {
+        let mut word = 0u32;
+        for i in 0..8 {
+            word |= (q(8 * k + i) as u32 & 15) << (4 * i);
+        }
+        data.extend_from_slice(&word.to_le_bytes());
+    }
+}

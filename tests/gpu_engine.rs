@@ -1,0 +1,131 @@
+//! The WebGPU backend (natively on Vulkan; Mesa lavapipe on machines without a GPU) against the
+//! naive reference and the CPU backend: the whole model, every weight format, forced splitting.
+
+mod common;
+
+use candle_core::quantized::GgmlDType;
+use common::reference::*;
+use common::*;
+use guardreasoner::backend::cpu::CpuBackend;
+use guardreasoner::backend::gpu::{GpuBackend, GpuOptions, GpuQuant};
+use guardreasoner::backend::Backend;
+use guardreasoner::engine::Engine;
+use guardreasoner::generate::{generate, GenerateOptions};
+use guardreasoner::loader::OpenedModel;
+
+/// Same bound as the CPU tests: summation order differs, nothing else should.
+const LOGIT_ATOL: f32 = 1e-3;
+const LOGIT_RTOL: f32 = 1e-3;
+const SEED: u64 = 0x5EED;
+
+fn gpu(quant: GpuQuant, max_binding_bytes: Option<u64>) -> GpuBackend {
+    std::env::set_var("XDG_RUNTIME_DIR", std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()));
+    pollster::block_on(GpuBackend::new(GpuOptions { quant, max_binding_bytes })).expect("a Vulkan adapter (install mesa-vulkan-drivers for lavapipe)")
+}
+
+fn engine<B: Backend>(opened: OpenedModel, backend: B) -> Engine<B> {
+    let OpenedModel { mut files, .. } = opened;
+    let weights = files.load(&backend, &mut |_, _| {}).unwrap();
+    Engine::new(backend, files.config.clone(), weights, MICRO_CONTEXT).unwrap()
+}
+
+fn logits_of<B: Backend>(e: &mut Engine<B>, ids: &[u32]) -> Vec<f32> {
+    e.reset();
+    let (logits, _) = e.prefill(ids).unwrap();
+    pollster::block_on(e.backend.to_host(&logits)).unwrap()
+}
+
+fn assert_close(got: &[f32], want: &[f32], atol: f32, rtol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= atol + rtol * w.abs(), "{what}: index {i}: got {g}, want {w}");
+    }
+}
+
+fn prompt(len: usize, seed: u64) -> Vec<u32> {
+    let mut rng = SplitMix(seed);
+    (0..len).map(|_| rng.below(256) as u32).collect()
+}
+
+#[test]
+fn gpu_f32_matches_naive_reference() {
+    let tensors = micro_tensors(SEED);
+    let mut e = engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), gpu(GpuQuant::F32, None));
+    // 1 token, a partial tile, and several prefill chunks' worth is beyond the micro context;
+    // 40 crosses the attention kernel's 64-key blocks only with pos, tested below.
+    for len in [1, 7, 40] {
+        let ids = prompt(len, len as u64);
+        assert_close(&logits_of(&mut e, &ids), &reference_logits(&tensors, &ids), LOGIT_ATOL, LOGIT_RTOL, &format!("prompt of {len}"));
+    }
+}
+
+#[test]
+fn gpu_decode_steps_match_cpu_with_forced_splitting() {
+    let tensors = micro_tensors(SEED);
+    let mut cpu = engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), CpuBackend::new(None));
+    // 4 KiB per binding (one layer's K cache): the 258 x 32 f32 embedding and LM head (33 KiB
+    // each) split into 9 parts, with a last part of 2 rows.
+    let mut g = engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), gpu(GpuQuant::F32, Some(4096)));
+    let ids = prompt(6, 4);
+    let opts = GenerateOptions { max_new_tokens: 50, stop_ids: vec![], keep_first_logits: true };
+    let a = pollster::block_on(generate(&mut cpu, &ids, &opts, &|| false, &mut |_| Ok(()))).unwrap();
+    let b = pollster::block_on(generate(&mut g, &ids, &opts, &|| false, &mut |_| Ok(()))).unwrap();
+    assert_close(b.first_logits.as_ref().unwrap(), a.first_logits.as_ref().unwrap(), LOGIT_ATOL, LOGIT_RTOL, "first logits");
+    assert_eq!(a.tokens, b.tokens, "greedy tokens over 50 steps (crosses 64-key attention blocks)");
+}
+
+#[test]
+fn gpu_quantized_formats_track_cpu() {
+    let tensors = micro_tensors(SEED);
+    let freqs = gguf_rope_freqs();
+    let ids = prompt(20, 8);
+    for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4_1] {
+        let bytes = micro_gguf(&tensors, dtype, &freqs);
+        let mut cpu = engine(open_micro_gguf(bytes.clone()).unwrap(), CpuBackend::new(None));
+        let mut g = engine(open_micro_gguf(bytes).unwrap(), gpu(GpuQuant::F32, None));
+        let (a, b) = (logits_of(&mut cpu, &ids), logits_of(&mut g, &ids));
+        // The CPU quantizes activations to 8 bits for its integer dot products, the GPU keeps
+        // them f32: agreement within a few percent of the logit range, not bit for bit.
+        let range = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert_close(&b, &a, 0.03 * range, 0.0, &format!("{dtype:?}"));
+    }
+}
+
+/// The GPU's on-load quantization, emulated on the host: blocks of 32, 8-bit symmetric
+/// (scale amax/127) or 4-bit asymmetric (min + 15 steps). Gains (1-D) stay f32.
+fn fake_quantize(tensors: &[(String, Vec<usize>, Vec<f32>)], bits: u32) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    tensors
+        .iter()
+        .map(|(name, shape, values)| {
+            if shape.len() == 1 {
+                return (name.clone(), shape.clone(), values.clone());
+            }
+            let mut out = Vec::with_capacity(values.len());
+            for block in values.chunks(32) {
+                if bits == 8 {
+                    let d = block.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+                    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+                    out.extend(block.iter().map(|x| d * (x * inv).round().clamp(-127.0, 127.0)));
+                } else {
+                    let lo = block.iter().fold(f32::INFINITY, |m, x| m.min(*x));
+                    let hi = block.iter().fold(f32::NEG_INFINITY, |m, x| m.max(*x));
+                    let d = (hi - lo) / 15.0;
+                    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+                    out.extend(block.iter().map(|x| d * ((x - lo) * inv).round().clamp(0.0, 15.0) + lo));
+                }
+            }
+            (name.clone(), shape.clone(), out)
+        })
+        .collect()
+}
+
+#[test]
+fn gpu_quantize_on_load_matches_the_quantized_reference() {
+    let tensors = micro_tensors(SEED);
+    let ids = prompt(20, 9);
+    for (quant, bits) in [(GpuQuant::Q8, 8), (GpuQuant::Q4, 4)] {
+        let mut e = engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), gpu(quant, None));
+        let want = reference_logits(&fake_quantize(&tensors, bits), &ids);
+        assert_close(&logits_of(&mut e, &ids), &want, LOGIT_ATOL, LOGIT_RTOL, &format!("{quant:?}"));
+    }
+}
