@@ -142,9 +142,9 @@ impl LlamaConfig {
             },
         };
         let mut eos = hf.eos_token_id.map(OneOrMany::into_vec).unwrap_or_default();
-        if let Some(gen) = generation_config_json {
-            let gen: HfGenerationConfig = serde_json::from_str(gen).map_err(|e| Error::Config(format!("generation_config.json: {e}")))?;
-            for id in gen.eos_token_id.map(OneOrMany::into_vec).unwrap_or_default() {
+        if let Some(generation) = generation_config_json {
+            let generation: HfGenerationConfig = serde_json::from_str(generation).map_err(|e| Error::Config(format!("generation_config.json: {e}")))?;
+            for id in generation.eos_token_id.map(OneOrMany::into_vec).unwrap_or_default() {
                 if !eos.contains(&id) {
                     eos.push(id);
                 }

@@ -19,7 +19,6 @@ const LOGIT_RTOL: f32 = 1e-3;
 const SEED: u64 = 0x5EED;
 
 fn gpu(quant: GpuQuant, max_binding_bytes: Option<u64>) -> GpuBackend {
-    std::env::set_var("XDG_RUNTIME_DIR", std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()));
     pollster::block_on(GpuBackend::new(GpuOptions { quant, max_binding_bytes })).expect("a Vulkan adapter (install mesa-vulkan-drivers for lavapipe)")
 }
 

@@ -1,4 +1,18 @@
 //! The GuardReasoner protocol: the prompt the model was trained on, a streaming parser of its
-//! reasoning and verdicts, and the paper's scoring.
+//! reasoning and verdicts, and the paper's benchmark scorer (DESIGN.md sections 3 and 5).
 
+pub mod parser;
 pub mod prompt;
+pub mod score;
+#[cfg(test)]
+mod test_data;
+
+pub use parser::{GuardEvent, GuardResult, ReasoningParser, Task, TaskReasoning, VerdictKind};
+pub use prompt::{INSTRUCTION, NO_RESPONSE, guard_prompt};
+#[cfg(not(target_arch = "wasm32"))]
+pub use score::evaluate_dir;
+pub use score::{
+    BenchmarkItem, DATASETS, DatasetPredictions, DatasetReport, DatasetSpec, EvalReport,
+    GroundTruth, GroundTruthSource, PredictionRecord, ScoreError, TaskScore, TaskSummary, evaluate,
+    find_verdict, parse_benchmark_json, parse_predictions_jsonl, prediction_tail, score_items,
+};

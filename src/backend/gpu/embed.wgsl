@@ -8,9 +8,9 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<vec4<f32>>;
 
-@compute @workgroup_size(32)
+@compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let t = wg.x;
     let id = ids[t];
@@ -18,10 +18,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         return;
     }
     let row = id - p.row_start;
-    for (var b = lid; b < p.cols / 32u; b += 32u) {
-        let w = load_block(row, p.cols, b);
-        for (var j = 0u; j < 32u; j++) {
-            out[t * p.cols + b * 32u + j] = w[j];
-        }
+    let cols4 = p.cols / 4u;
+    for (var c = lid; c < cols4; c += 64u) {
+        out[t * cols4 + c] = load4(row, p.cols, c / 8u, c % 8u);
     }
 }

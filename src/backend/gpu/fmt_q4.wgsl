@@ -5,17 +5,10 @@
 @group(0) @binding(4) var<storage, read> w_scales: array<f32>;
 @group(0) @binding(5) var<storage, read> w_mins: array<f32>;
 
-fn load_block(row: u32, cols: u32, block: u32) -> array<f32, 32> {
-    var out: array<f32, 32>;
-    let blocks_per_row = cols / 32u;
-    let b = row * blocks_per_row + block;
-    let d = w_scales[b];
-    let m = w_mins[b];
-    for (var k = 0u; k < 4u; k++) {
-        let word = w_data[b * 4u + k];
-        for (var i = 0u; i < 8u; i++) {
-            out[k * 8u + i] = d * f32((word >> (4u * i)) & 15u) + m;
-        }
-    }
-    return out;
+// Weights 4k..4k+3 of block `block` (32 weights) of `row`.
+fn load4(row: u32, cols: u32, block: u32, k: u32) -> vec4<f32> {
+    let b = row * (cols / 32u) + block;
+    let word = w_data[b * 4u + k / 2u] >> (16u * (k % 2u));
+    let q = (vec4<u32>(word) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u);
+    return w_scales[b] * vec4<f32>(q) + w_mins[b];
 }

@@ -3,18 +3,11 @@
 @group(0) @binding(3) var<storage, read> w_data: array<u32>;
 @group(0) @binding(4) var<storage, read> w_scales: array<f32>;
 
-fn load_block(row: u32, cols: u32, block: u32) -> array<f32, 32> {
-    var out: array<f32, 32>;
-    let blocks_per_row = cols / 32u;
-    let b = row * blocks_per_row + block;
-    let d = w_scales[b];
-    for (var k = 0u; k < 8u; k++) {
-        let word = w_data[b * 8u + k];
-        for (var i = 0u; i < 4u; i++) {
-            // Sign-extend byte i.
-            let q = (i32(word << (24u - 8u * i))) >> 24u;
-            out[k * 4u + i] = d * f32(q);
-        }
-    }
-    return out;
+// Weights 4k..4k+3 of block `block` (32 weights) of `row`.
+fn load4(row: u32, cols: u32, block: u32, k: u32) -> vec4<f32> {
+    let b = row * (cols / 32u) + block;
+    let word = w_data[b * 8u + k];
+    // Sign-extend each byte.
+    let q = vec4<i32>(i32(word << 24u), i32(word << 16u), i32(word << 8u), i32(word)) >> vec4<u32>(24u);
+    return w_scales[b] * vec4<f32>(q);
 }

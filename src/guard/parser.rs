@@ -1,0 +1,1601 @@
+//! Streaming parser for GuardReasoner's reasoning text: turns token-sized text deltas into task,
+//! step, conclusion and verdict events as soon as they are certain.
+//! Reference: DESIGN.md §3 (output shape) and a survey of the 2,195 real 1B outputs in
+//! `predictions-1B/` (their heading shapes are listed on `ReasoningParser`).
+
+use serde::Serialize;
+use std::sync::OnceLock;
+
+use regex::Regex;
+
+/// The three guard tasks, numbered as in the instruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    PromptHarmfulness,
+    Refusal,
+    ResponseHarmfulness,
+}
+
+impl Task {
+    pub const ALL: [Task; 3] = [
+        Task::PromptHarmfulness,
+        Task::Refusal,
+        Task::ResponseHarmfulness,
+    ];
+
+    /// The task number the model writes in `# Task N`.
+    pub fn number(self) -> u32 {
+        match self {
+            Task::PromptHarmfulness => 1,
+            Task::Refusal => 2,
+            Task::ResponseHarmfulness => 3,
+        }
+    }
+
+    pub fn from_number(number: u32) -> Option<Task> {
+        Task::ALL.into_iter().find(|task| task.number() == number)
+    }
+
+    pub fn display_name(self) -> &'static str {
+        match self {
+            Task::PromptHarmfulness => "prompt harmfulness detection",
+            Task::Refusal => "refusal detection",
+            Task::ResponseHarmfulness => "response harmfulness detection",
+        }
+    }
+
+    /// The answer line that carries this task's verdict.
+    pub fn verdict_kind(self) -> VerdictKind {
+        match self {
+            Task::PromptHarmfulness => VerdictKind::Request,
+            Task::Refusal => VerdictKind::Completion,
+            Task::ResponseHarmfulness => VerdictKind::Response,
+        }
+    }
+}
+
+/// The three answer lines: `Request:`, `Completion:`, `Response:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerdictKind {
+    Request,
+    Completion,
+    Response,
+}
+
+impl VerdictKind {
+    pub const ALL: [VerdictKind; 3] = [
+        VerdictKind::Request,
+        VerdictKind::Completion,
+        VerdictKind::Response,
+    ];
+
+    /// The word that starts the answer line, as the model writes it.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            VerdictKind::Request => "Request",
+            VerdictKind::Completion => "Completion",
+            VerdictKind::Response => "Response",
+        }
+    }
+
+    /// The values this line may carry; anything else (including `None`) is no verdict.
+    pub fn values(self) -> [&'static str; 2] {
+        match self {
+            // "unharmful" before "harmful": the value is recognised by prefix (see
+            // `recognise_value`), and "unharmful" does not start with "harmful" anyway, but
+            // keeping the longer word first makes that obviously safe.
+            VerdictKind::Request | VerdictKind::Response => ["unharmful", "harmful"],
+            VerdictKind::Completion => ["compliance", "refusal"],
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            VerdictKind::Request => 0,
+            VerdictKind::Completion => 1,
+            VerdictKind::Response => 2,
+        }
+    }
+}
+
+/// What the parser reports while the model writes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum GuardEvent {
+    TaskStarted {
+        task: Task,
+    },
+    StepStarted {
+        task: Task,
+        step: u32,
+    },
+    /// A piece of the step's text; the step's text is the concatenation of its pieces.
+    StepText {
+        task: Task,
+        step: u32,
+        text: String,
+    },
+    StepFinished {
+        task: Task,
+        step: u32,
+    },
+    /// The whole conclusion of the task started last, sent when it is complete.
+    Conclusion {
+        task: Task,
+        text: String,
+    },
+    /// `value` is lowercase `harmful|unharmful|refusal|compliance`, or None for `None` and for
+    /// anything unrecognised. A later event for the same kind replaces an earlier one.
+    Verdict {
+        kind: VerdictKind,
+        value: Option<String>,
+    },
+    Done,
+}
+
+/// The reasoning of one task section, in the order the model wrote it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskReasoning {
+    pub task: Task,
+    pub steps: Vec<String>,
+    pub conclusion: Option<String>,
+}
+
+/// Everything the parser has understood so far.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GuardResult {
+    /// Task sections in writing order. A task can appear more than once when the model starts
+    /// it again after concluding it (runaway outputs do).
+    pub tasks: Vec<TaskReasoning>,
+    pub request: Option<String>,
+    pub completion: Option<String>,
+    pub response: Option<String>,
+    /// True once an `Answers` heading (`Answers:`, `# Answers`, ...) was seen.
+    pub answers_seen: bool,
+}
+
+impl GuardResult {
+    pub fn verdict(&self, kind: VerdictKind) -> Option<&str> {
+        match kind {
+            VerdictKind::Request => self.request.as_deref(),
+            VerdictKind::Completion => self.completion.as_deref(),
+            VerdictKind::Response => self.response.as_deref(),
+        }
+    }
+
+    /// Folds one event into the result. The parser builds its own result with this, so a
+    /// consumer that folds the events it received gets the same structure.
+    pub fn apply(&mut self, event: &GuardEvent) {
+        match event {
+            GuardEvent::TaskStarted { task } => self.tasks.push(TaskReasoning {
+                task: *task,
+                steps: Vec::new(),
+                conclusion: None,
+            }),
+            GuardEvent::StepStarted { .. } => {
+                if let Some(section) = self.tasks.last_mut() {
+                    section.steps.push(String::new());
+                }
+            }
+            GuardEvent::StepText { text, .. } => {
+                if let Some(step) = self
+                    .tasks
+                    .last_mut()
+                    .and_then(|section| section.steps.last_mut())
+                {
+                    step.push_str(text);
+                }
+            }
+            GuardEvent::Conclusion { text, .. } => {
+                if let Some(section) = self.tasks.last_mut() {
+                    section.conclusion = Some(text.clone());
+                }
+            }
+            GuardEvent::Verdict { kind, value } => {
+                let slot = match kind {
+                    VerdictKind::Request => &mut self.request,
+                    VerdictKind::Completion => &mut self.completion,
+                    VerdictKind::Response => &mut self.response,
+                };
+                *slot = value.clone();
+            }
+            GuardEvent::StepFinished { .. } | GuardEvent::Done => {}
+        }
+    }
+}
+
+/// Lines longer than this that are still undecided are simply buffered to their end. Every
+/// heading shape is decided well before this; it only bounds rescanning of odd lines
+/// (long runs of dashes or spaces).
+const MAX_UNDECIDED_LINE_BYTES: usize = 256;
+
+/// At most this many digits in a step number (`## Reasoning Step 1234567` is text, not a step),
+/// so a step number always fits a u32.
+const MAX_STEP_DIGITS: usize = 6;
+
+/// Markdown allows heading levels 1 to 6.
+const MAX_HEADING_LEVEL: usize = 6;
+
+/// The reasoning parser. Feed it text deltas of any size; it works line by line, but streams a
+/// step's text within a line as soon as the line is known to be step text.
+///
+/// Shapes seen in the 2,195 real outputs, and how they are read:
+/// - `# Task N` (also `# Task N: <title>`) starts task N; the title is not kept. A task number
+///   other than 1-3 (runaway outputs reach `# Task 64`) is ordinary text.
+/// - `## Reasoning Step N` with its text on the same line after `:` or on the following lines.
+/// - Conclusions: `## Conclusion`, `## Conclusion: text`, `## Conclusion for Task N: text`,
+///   `# Conclusion ...`, `# Task N Conclusion` (then `Request: harmful` on the next line),
+///   `# Task N Conclusion: text`, and `# Task N: harmful` (a task heading whose text is a verdict).
+///   The conclusion's text is everything up to the next heading.
+/// - `---` (separator), then `Answers:` / `# Answers` / `# Answers:` and the answer lines
+///   `Request: x`, `Completion: x`, `Response: x` (with or without the separator and heading).
+/// - Text before any task heading (steps, `- Analyze ...` lists, a copied response) belongs to
+///   task 1; text outside any step opens an unnumbered step, numbered after the task's last one.
+/// - Any other line starting with `#` (code comments in copied responses) is text.
+///
+/// Verdicts: the first answer line of a kind with a recognised value written in a conclusion
+/// (`# Task 1 Conclusion` then `Request: harmful`) or in the answers block decides it. An answer
+/// line elsewhere (right after `# Task 2`, or at the very start, before any reasoning) holds
+/// until a later one replaces it. `None` (or an unrecognised value) only stands until a
+/// recognised value appears. This agrees with what the paper's scorer reads (its first match in
+/// the last 300 characters) on every real output, including the two where the model contradicts
+/// itself: HarmBenchResponse line 565 (task-3 conclusion `unharmful`, answers `harmful`: the
+/// scorer reads the conclusion) and line 58 (`Completion: compliance` right after `# Task 2`,
+/// then the reasoning and answers say `refusal`).
+#[derive(Debug, Default)]
+pub struct ReasoningParser {
+    result: GuardResult,
+    /// The start of the current line while it is undecided or buffered whole.
+    line: String,
+    line_mode: LineMode,
+    section: Section,
+    /// Highest step number written in the current task section (for unnumbered steps).
+    last_step_number: u32,
+    verdicts: [VerdictState; 3],
+    finished: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+enum LineMode {
+    /// Could still become a heading or an answer line: keep the characters.
+    #[default]
+    Undecided,
+    /// A heading or answer line: keep everything until the newline, then classify.
+    WholeLine,
+    /// Known to be text of the open section: pass characters straight through.
+    Streaming,
+}
+
+#[derive(Debug, Default)]
+enum Section {
+    #[default]
+    Outside,
+    Step(OpenStep),
+    Conclusion {
+        task: Task,
+        text: String,
+    },
+    Answers,
+}
+
+#[derive(Debug)]
+struct OpenStep {
+    task: Task,
+    number: u32,
+    has_text: bool,
+    /// Whitespace after the last visible character: sent only if more text follows, so a
+    /// step's text never ends with the blank lines before the next heading.
+    pending_whitespace: String,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+enum VerdictState {
+    #[default]
+    Unseen,
+    /// Only `None` or unrecognised values so far.
+    WithoutValue,
+    /// A value written before the task's reasoning; a later value replaces it.
+    Provisional,
+    /// A value written in a conclusion or the answers block; it stays.
+    Final,
+}
+
+/// A complete line, classified.
+#[derive(Debug, PartialEq)]
+enum LineClass<'a> {
+    Blank,
+    Text,
+    TaskHeading(Task),
+    /// A conclusion heading; `task` None means "the current task".
+    Conclusion {
+        task: Option<Task>,
+        text: &'a str,
+    },
+    Step {
+        number: u32,
+        body_start: usize,
+    },
+    Separator,
+    AnswersHeading,
+    Verdict {
+        kind: VerdictKind,
+        value: Option<&'static str>,
+    },
+}
+
+/// What the start of a line allows us to say before it is complete.
+#[derive(Debug, PartialEq)]
+enum PrefixClass {
+    Undecided,
+    WholeLine,
+    Step { number: u32, body_start: usize },
+    Text,
+}
+
+impl ReasoningParser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds the next piece of model output. Returns the events that became certain.
+    /// After `finish`, further input is ignored.
+    pub fn push(&mut self, delta: &str) -> Vec<GuardEvent> {
+        let mut events = Vec::new();
+        if self.finished {
+            return events;
+        }
+        for character in delta.chars() {
+            self.push_char(character, &mut events);
+        }
+        events
+    }
+
+    /// Ends the output: the last line (even without a newline) and the open section are flushed,
+    /// then `Done`. Calling it again returns nothing.
+    pub fn finish(&mut self) -> Vec<GuardEvent> {
+        let mut events = Vec::new();
+        if self.finished {
+            return events;
+        }
+        self.end_line(&mut events);
+        self.close_section(&mut events);
+        self.emit(GuardEvent::Done, &mut events);
+        self.finished = true;
+        events
+    }
+
+    pub fn result(&self) -> &GuardResult {
+        &self.result
+    }
+
+    /// Records the event in the result and appends it, merging consecutive text of one step.
+    fn emit(&mut self, event: GuardEvent, events: &mut Vec<GuardEvent>) {
+        self.result.apply(&event);
+        if let (
+            GuardEvent::StepText { task, step, text },
+            Some(GuardEvent::StepText {
+                task: last_task,
+                step: last_step,
+                text: last_text,
+            }),
+        ) = (&event, events.last_mut())
+            && task == last_task
+            && step == last_step
+        {
+            last_text.push_str(text);
+            return;
+        }
+        events.push(event);
+    }
+
+    fn push_char(&mut self, character: char, events: &mut Vec<GuardEvent>) {
+        if character == '\n' {
+            self.end_line(events);
+            return;
+        }
+        match self.line_mode {
+            LineMode::Streaming => {
+                let mut buffer = [0u8; 4];
+                self.section_text(character.encode_utf8(&mut buffer), events);
+            }
+            LineMode::WholeLine => self.line.push(character),
+            LineMode::Undecided => {
+                self.line.push(character);
+                self.decide_from_prefix(events);
+            }
+        }
+    }
+
+    fn decide_from_prefix(&mut self, events: &mut Vec<GuardEvent>) {
+        match classify_prefix(&self.line) {
+            PrefixClass::Undecided => {
+                if self.line.len() > MAX_UNDECIDED_LINE_BYTES {
+                    self.line_mode = LineMode::WholeLine;
+                }
+            }
+            PrefixClass::WholeLine => self.line_mode = LineMode::WholeLine,
+            PrefixClass::Step { number, body_start } => {
+                let line = std::mem::take(&mut self.line);
+                self.start_step(number, events);
+                self.section_text(&line[body_start..], events);
+                self.line_mode = LineMode::Streaming;
+            }
+            PrefixClass::Text => {
+                let line = std::mem::take(&mut self.line);
+                self.open_text_target(events);
+                self.section_text(&line, events);
+                self.line_mode = LineMode::Streaming;
+            }
+        }
+    }
+
+    /// Handles the end of a line (a newline, or the end of the output).
+    fn end_line(&mut self, events: &mut Vec<GuardEvent>) {
+        let mode = std::mem::take(&mut self.line_mode);
+        let line = std::mem::take(&mut self.line);
+        if mode == LineMode::Streaming {
+            self.section_text("\n", events);
+            return;
+        }
+        if line.is_empty() && matches!(self.section, Section::Outside | Section::Answers) {
+            return;
+        }
+        match classify_line(&line) {
+            LineClass::Blank => {
+                if matches!(self.section, Section::Step(_) | Section::Conclusion { .. }) {
+                    self.section_text(&line, events);
+                    self.section_text("\n", events);
+                }
+            }
+            LineClass::Text => {
+                self.open_text_target(events);
+                self.section_text(&line, events);
+                self.section_text("\n", events);
+            }
+            LineClass::Step { number, body_start } => {
+                self.start_step(number, events);
+                self.section_text(&line[body_start..], events);
+                self.section_text("\n", events);
+            }
+            LineClass::TaskHeading(task) => {
+                self.close_section(events);
+                self.enter_task(task, events);
+            }
+            LineClass::Conclusion { task, text } => {
+                self.close_section(events);
+                let task = task
+                    .or(self.current_task())
+                    .unwrap_or(Task::PromptHarmfulness);
+                self.enter_task(task, events);
+                self.section = Section::Conclusion {
+                    task,
+                    text: format!("{text}\n"),
+                };
+            }
+            LineClass::Separator => {
+                self.close_section(events);
+            }
+            LineClass::AnswersHeading => {
+                self.close_section(events);
+                self.section = Section::Answers;
+                self.result.answers_seen = true;
+            }
+            LineClass::Verdict { kind, value } => {
+                self.record_verdict(kind, value, events);
+                // Inside a step or conclusion the line is also part of what the model wrote
+                // there (`# Task 1 Conclusion` is followed by `Request: harmful`).
+                if matches!(self.section, Section::Step(_) | Section::Conclusion { .. }) {
+                    self.section_text(&line, events);
+                    self.section_text("\n", events);
+                }
+            }
+        }
+    }
+
+    fn current_task(&self) -> Option<Task> {
+        self.result.tasks.last().map(|section| section.task)
+    }
+
+    /// Makes `task` the current task section, starting a new one unless the current section is
+    /// already this task and not yet concluded (`# Task 1` after implicit task-1 steps).
+    fn enter_task(&mut self, task: Task, events: &mut Vec<GuardEvent>) {
+        let continues = self
+            .result
+            .tasks
+            .last()
+            .is_some_and(|section| section.task == task && section.conclusion.is_none());
+        if !continues {
+            self.emit(GuardEvent::TaskStarted { task }, events);
+            self.last_step_number = 0;
+        }
+    }
+
+    /// The task that text outside any task heading belongs to: the current one, else task 1.
+    fn ensure_task(&mut self, events: &mut Vec<GuardEvent>) -> Task {
+        match self.current_task() {
+            Some(task) => task,
+            None => {
+                self.enter_task(Task::PromptHarmfulness, events);
+                Task::PromptHarmfulness
+            }
+        }
+    }
+
+    fn start_step(&mut self, number: u32, events: &mut Vec<GuardEvent>) {
+        self.close_section(events);
+        let task = self.ensure_task(events);
+        self.emit(GuardEvent::StepStarted { task, step: number }, events);
+        self.last_step_number = self.last_step_number.max(number);
+        self.section = Section::Step(OpenStep {
+            task,
+            number,
+            has_text: false,
+            pending_whitespace: String::new(),
+        });
+    }
+
+    /// Text is about to arrive: outside a step or conclusion it opens an unnumbered step.
+    fn open_text_target(&mut self, events: &mut Vec<GuardEvent>) {
+        if matches!(self.section, Section::Outside | Section::Answers) {
+            let number = self.last_step_number.saturating_add(1);
+            self.start_step(number, events);
+        }
+    }
+
+    /// Adds text to the open step (streamed, trailing whitespace held back) or conclusion.
+    fn section_text(&mut self, text: &str, events: &mut Vec<GuardEvent>) {
+        let delta = match &mut self.section {
+            Section::Step(step) => {
+                let mut delta = String::new();
+                for character in text.chars() {
+                    if character.is_whitespace() {
+                        if step.has_text {
+                            step.pending_whitespace.push(character);
+                        }
+                    } else {
+                        delta.push_str(&step.pending_whitespace);
+                        step.pending_whitespace.clear();
+                        delta.push(character);
+                        step.has_text = true;
+                    }
+                }
+                if delta.is_empty() {
+                    return;
+                }
+                GuardEvent::StepText {
+                    task: step.task,
+                    step: step.number,
+                    text: delta,
+                }
+            }
+            Section::Conclusion {
+                text: conclusion, ..
+            } => {
+                conclusion.push_str(text);
+                return;
+            }
+            Section::Outside | Section::Answers => return,
+        };
+        self.emit(delta, events);
+    }
+
+    fn close_section(&mut self, events: &mut Vec<GuardEvent>) {
+        match std::mem::take(&mut self.section) {
+            Section::Step(step) => self.emit(
+                GuardEvent::StepFinished {
+                    task: step.task,
+                    step: step.number,
+                },
+                events,
+            ),
+            Section::Conclusion { task, text } => {
+                let text = text.trim().to_string();
+                self.emit(GuardEvent::Conclusion { task, text }, events);
+            }
+            Section::Outside | Section::Answers => {}
+        }
+    }
+
+    fn record_verdict(
+        &mut self,
+        kind: VerdictKind,
+        value: Option<&'static str>,
+        events: &mut Vec<GuardEvent>,
+    ) {
+        // After a task's reasoning (its conclusion) or in the answers block a verdict is the
+        // model's answer; elsewhere (right after `# Task N`, before any task) it is a guess
+        // made before reasoning, which a later answer replaces.
+        let considered = matches!(self.section, Section::Conclusion { .. } | Section::Answers);
+        let state = &mut self.verdicts[kind.index()];
+        let announce = match (value, *state) {
+            (Some(_), VerdictState::Final) => false,
+            (Some(_), _) => {
+                *state = if considered {
+                    VerdictState::Final
+                } else {
+                    VerdictState::Provisional
+                };
+                true
+            }
+            (None, VerdictState::Unseen) => {
+                *state = VerdictState::WithoutValue;
+                true
+            }
+            (None, _) => false,
+        };
+        if announce {
+            self.emit(
+                GuardEvent::Verdict {
+                    kind,
+                    value: value.map(str::to_string),
+                },
+                events,
+            );
+        }
+    }
+}
+
+// ---- line classification -------------------------------------------------------------------
+//
+// Two views of a line must agree: `classify_prefix` decides early from the start of a line
+// (only ever answering Step or Text when the complete line is certain to be the same), and
+// `classify_line` decides once the line is complete. Both use `match_step_heading`.
+
+/// How a literal keyword compares with the text at a position.
+enum Literal {
+    /// The keyword is there; the position after it.
+    Matched(usize),
+    /// The text ends inside what could still be the keyword.
+    Partial,
+    Mismatch,
+}
+
+fn match_literal(bytes: &[u8], at: usize, keyword: &str) -> Literal {
+    let keyword = keyword.as_bytes();
+    let available = bytes.len().saturating_sub(at);
+    let compared = available.min(keyword.len());
+    if !bytes[at..at + compared].eq_ignore_ascii_case(&keyword[..compared]) {
+        return Literal::Mismatch;
+    }
+    if compared < keyword.len() {
+        Literal::Partial
+    } else {
+        Literal::Matched(at + keyword.len())
+    }
+}
+
+fn skip_whitespace(bytes: &[u8], mut at: usize) -> usize {
+    while at < bytes.len() && bytes[at].is_ascii_whitespace() {
+        at += 1;
+    }
+    at
+}
+
+enum StepMatch {
+    Step { number: u32, body_start: usize },
+    Partial,
+    No,
+}
+
+/// `#{1,6} [Reasoning] Step N[:] body`, case-insensitive. With `complete` false the line may
+/// continue, so an answer is given only when more characters cannot change it.
+fn match_step_heading(line: &str, complete: bool) -> StepMatch {
+    let bytes = line.as_bytes();
+    let partial = if complete {
+        StepMatch::No
+    } else {
+        StepMatch::Partial
+    };
+    let mut at = skip_whitespace(bytes, 0);
+    let hashes = bytes[at..].iter().take_while(|&&b| b == b'#').count();
+    if hashes == 0 {
+        return if at == bytes.len() {
+            partial
+        } else {
+            StepMatch::No
+        };
+    }
+    if hashes > MAX_HEADING_LEVEL {
+        return StepMatch::No;
+    }
+    at = skip_whitespace(bytes, at + hashes);
+    if at == bytes.len() {
+        return partial;
+    }
+    match match_literal(bytes, at, "reasoning") {
+        Literal::Matched(next) => at = skip_whitespace(bytes, next),
+        Literal::Partial => return partial,
+        Literal::Mismatch => {}
+    }
+    match match_literal(bytes, at, "step") {
+        Literal::Matched(next) => at = skip_whitespace(bytes, next),
+        Literal::Partial => return partial,
+        Literal::Mismatch => return StepMatch::No,
+    }
+    let digits = bytes[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    if digits == 0 {
+        return if at == bytes.len() {
+            partial
+        } else {
+            StepMatch::No
+        };
+    }
+    if digits > MAX_STEP_DIGITS {
+        return StepMatch::No;
+    }
+    let Ok(number) = line[at..at + digits].parse::<u32>() else {
+        return StepMatch::No;
+    };
+    at += digits;
+    if at == bytes.len() {
+        // More digits may follow.
+        return if complete {
+            StepMatch::Step {
+                number,
+                body_start: at,
+            }
+        } else {
+            partial
+        };
+    }
+    // The number is complete; the body starts after optional spaces and one optional colon.
+    at = skip_whitespace(bytes, at);
+    if at < bytes.len() && bytes[at] == b':' {
+        at = skip_whitespace(bytes, at + 1);
+    }
+    if at == bytes.len() && !complete {
+        return partial; // a colon or the first body character may still come
+    }
+    StepMatch::Step {
+        number,
+        body_start: at,
+    }
+}
+
+/// Words that can start a non-`#` line that is not text: the answers heading and answer lines.
+const PLAIN_LINE_KEYWORDS: [&str; 5] = ["answers", "answer", "request", "completion", "response"];
+
+fn classify_prefix(line: &str) -> PrefixClass {
+    let trimmed = line.trim_start();
+    if trimmed.is_empty() {
+        return PrefixClass::Undecided;
+    }
+    if trimmed.starts_with('#') {
+        return match match_step_heading(line, false) {
+            StepMatch::Step { number, body_start } => PrefixClass::Step { number, body_start },
+            StepMatch::Partial => PrefixClass::Undecided,
+            // Task, conclusion and answers headings need the whole line; so do odd `#` lines.
+            StepMatch::No => PrefixClass::WholeLine,
+        };
+    }
+    if trimmed.starts_with('-') {
+        // Only a line of dashes is a separator.
+        let only_dashes = trimmed.chars().all(|c| c == '-' || c.is_whitespace());
+        return if only_dashes {
+            PrefixClass::Undecided
+        } else {
+            PrefixClass::Text
+        };
+    }
+    let bytes = trimmed.as_bytes();
+    for keyword in PLAIN_LINE_KEYWORDS {
+        match match_literal(bytes, 0, keyword) {
+            Literal::Partial => return PrefixClass::Undecided,
+            Literal::Matched(next) => {
+                // Unicode whitespace here, as `\s` in the answer-line patterns.
+                let after = trimmed[next..].trim_start();
+                if after.is_empty() {
+                    return PrefixClass::Undecided;
+                }
+                if after.starts_with(':') {
+                    return PrefixClass::WholeLine;
+                }
+            }
+            Literal::Mismatch => {}
+        }
+    }
+    PrefixClass::Text
+}
+
+struct LinePatterns {
+    task: Regex,
+    conclusion: Regex,
+    separator: Regex,
+    answers: Regex,
+    verdict: Regex,
+}
+
+fn line_patterns() -> &'static LinePatterns {
+    static PATTERNS: OnceLock<LinePatterns> = OnceLock::new();
+    PATTERNS.get_or_init(|| {
+        let compile = |pattern: &str| Regex::new(pattern).expect("constant pattern compiles");
+        LinePatterns {
+            // `# Task 2`, `# Task 2: title`, `# Task 2 Conclusion[: text]`, `# Task 1: harmful`
+            task: compile(r"(?i)^\s*#{1,6}\s*task\s*(\d{1,6})\b\s*(conclusion\b)?\s*:?\s*(.*?)\s*$"),
+            // `## Conclusion[: text]`, `# Conclusion for Task 3[: text]`
+            // (`# Conclusion for the request: text` drops its short qualifier too)
+            conclusion: compile(
+                r"(?i)^\s*#{1,6}\s*conclusion\b(?:\s+for\s+(?:task\s*(\d{1,6})\b|[^:]{1,40}:))?\s*:?\s*(.*?)\s*$",
+            ),
+            separator: compile(r"^\s*-{3,}\s*$"),
+            answers: compile(r"(?i)^\s*(?:#{1,6}\s*)?answers?\s*:?\s*$"),
+            verdict: compile(r"(?i)^\s*(?:#{1,6}\s*)?(request|completion|response)\s*:\s*(.*?)\s*$"),
+        }
+    })
+}
+
+/// Reads an answer value the way the paper's scorer does: by its first word, case-insensitively,
+/// and by prefix (`harmful.` and `**harmful**` are harmful).
+fn recognise_value(kind: VerdictKind, value: &str) -> Option<&'static str> {
+    let word = value
+        .trim_start_matches(|c: char| !c.is_alphanumeric())
+        .split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    kind.values()
+        .into_iter()
+        .find(|known| word.starts_with(known))
+}
+
+fn classify_line(line: &str) -> LineClass<'_> {
+    if line.trim().is_empty() {
+        return LineClass::Blank;
+    }
+    let patterns = line_patterns();
+    if line.trim_start().starts_with('#') {
+        if let Some(captures) = patterns.task.captures(line) {
+            let Some(task) = captures
+                .get(1)
+                .and_then(|n| n.as_str().parse().ok())
+                .and_then(Task::from_number)
+            else {
+                return LineClass::Text; // `# Task 29`: runaway text
+            };
+            let text = captures.get(3).map_or("", |m| m.as_str());
+            let is_conclusion = captures.get(2).is_some();
+            // `# Task 1: harmful` concludes; `# Task 1: Determine whether ...` is a title.
+            let text_is_verdict = text.split_whitespace().count() == 1
+                && (VerdictKind::ALL
+                    .into_iter()
+                    .any(|kind| recognise_value(kind, text).is_some())
+                    || text.trim_end_matches('.').eq_ignore_ascii_case("none"));
+            if is_conclusion || text_is_verdict {
+                return LineClass::Conclusion {
+                    task: Some(task),
+                    text,
+                };
+            }
+            return LineClass::TaskHeading(task);
+        }
+        if let Some(captures) = patterns.conclusion.captures(line) {
+            let task = captures
+                .get(1)
+                .and_then(|n| n.as_str().parse().ok())
+                .and_then(Task::from_number);
+            let text = captures.get(2).map_or("", |m| m.as_str());
+            return LineClass::Conclusion { task, text };
+        }
+    }
+    if patterns.separator.is_match(line) {
+        return LineClass::Separator;
+    }
+    if patterns.answers.is_match(line) {
+        return LineClass::AnswersHeading;
+    }
+    if let Some(captures) = patterns.verdict.captures(line) {
+        let keyword = captures.get(1).map_or("", |m| m.as_str());
+        let value = captures.get(2).map_or("", |m| m.as_str());
+        if let Some(kind) = VerdictKind::ALL
+            .into_iter()
+            .find(|k| k.keyword().eq_ignore_ascii_case(keyword))
+        {
+            let recognised = recognise_value(kind, value);
+            // One word (`None`, `non-compliance`) is an answer line even when unrecognised;
+            // a sentence is an answer line only if it starts with a recognised value.
+            if recognised.is_some() || value.split_whitespace().count() <= 1 {
+                return LineClass::Verdict {
+                    kind,
+                    value: recognised,
+                };
+            }
+        }
+    }
+    if let StepMatch::Step { number, body_start } = match_step_heading(line, true) {
+        return LineClass::Step { number, body_start };
+    }
+    LineClass::Text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::score::{find_verdict, prediction_tail};
+    use super::super::test_data;
+    use super::*;
+
+    /// Tiny seeded generator for chunk sizes (SplitMix64), so runs are repeatable without `rand`.
+    struct SplitMix64(u64);
+
+    impl SplitMix64 {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, bound: u64) -> u64 {
+            self.next() % bound
+        }
+    }
+
+    /// Random chunks are 1 to this many characters: about one to a few tokens.
+    const MAX_RANDOM_CHUNK_CHARS: u64 = 12;
+    const RANDOM_CHUNK_SEEDS: [u64; 3] = [1, 0xC0FFEE, 2025];
+
+    fn parse_whole(text: &str) -> (Vec<GuardEvent>, GuardResult) {
+        parse_chunks(std::iter::once(text))
+    }
+
+    fn parse_chunks<'a>(
+        chunks: impl IntoIterator<Item = &'a str>,
+    ) -> (Vec<GuardEvent>, GuardResult) {
+        let mut parser = ReasoningParser::new();
+        let mut events = Vec::new();
+        for chunk in chunks {
+            events.extend(parser.push(chunk));
+        }
+        events.extend(parser.finish());
+        (events, parser.result().clone())
+    }
+
+    fn char_chunks(text: &str) -> Vec<&str> {
+        text.char_indices()
+            .map(|(i, c)| &text[i..i + c.len_utf8()])
+            .collect()
+    }
+
+    fn random_chunks(text: &str, seed: u64) -> Vec<&str> {
+        let mut rng = SplitMix64(seed);
+        let boundaries: Vec<usize> = text
+            .char_indices()
+            .map(|(i, _)| i)
+            .chain([text.len()])
+            .collect();
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        while start + 1 < boundaries.len() {
+            let end =
+                (start + 1 + rng.below(MAX_RANDOM_CHUNK_CHARS) as usize).min(boundaries.len() - 1);
+            chunks.push(&text[boundaries[start]..boundaries[end]]);
+            start = end;
+        }
+        chunks
+    }
+
+    /// Merges consecutive text pieces of one step, so event lists from different chunkings
+    /// can be compared.
+    fn normalized(events: &[GuardEvent]) -> Vec<GuardEvent> {
+        let mut merged: Vec<GuardEvent> = Vec::new();
+        for event in events {
+            if let (
+                GuardEvent::StepText { task, step, text },
+                Some(GuardEvent::StepText {
+                    task: last_task,
+                    step: last_step,
+                    text: last_text,
+                }),
+            ) = (event, merged.last_mut())
+                && task == last_task
+                && step == last_step
+            {
+                last_text.push_str(text);
+                continue;
+            }
+            merged.push(event.clone());
+        }
+        merged
+    }
+
+    /// An independent fold of events into (task, steps, conclusion) and verdicts, written
+    /// without `GuardResult::apply`, to check that events alone carry the structure.
+    /// (task, steps, conclusion) per task section, and the request/completion/response verdicts.
+    type Structure = (
+        Vec<(Task, Vec<String>, Option<String>)>,
+        [Option<String>; 3],
+    );
+
+    fn fold_events(events: &[GuardEvent]) -> Structure {
+        let mut tasks: Vec<(Task, Vec<String>, Option<String>)> = Vec::new();
+        let mut verdicts: [Option<String>; 3] = Default::default();
+        for event in events {
+            match event {
+                GuardEvent::TaskStarted { task } => tasks.push((*task, Vec::new(), None)),
+                GuardEvent::StepStarted { task, .. } => {
+                    let last = tasks.last_mut().expect("step before any task");
+                    assert_eq!(last.0, *task, "step announced for another task");
+                    last.1.push(String::new());
+                }
+                GuardEvent::StepText { task, text, .. } => {
+                    let last = tasks.last_mut().expect("text before any task");
+                    assert_eq!(last.0, *task);
+                    last.1
+                        .last_mut()
+                        .expect("text before any step")
+                        .push_str(text);
+                }
+                GuardEvent::Conclusion { task, text } => {
+                    let last = tasks.last_mut().expect("conclusion before any task");
+                    assert_eq!(last.0, *task, "conclusion announced for another task");
+                    last.2 = Some(text.clone());
+                }
+                GuardEvent::Verdict { kind, value } => verdicts[kind.index()] = value.clone(),
+                GuardEvent::StepFinished { .. } | GuardEvent::Done => {}
+            }
+        }
+        (tasks, verdicts)
+    }
+
+    fn structure_of(result: &GuardResult) -> Structure {
+        (
+            result
+                .tasks
+                .iter()
+                .map(|t| (t.task, t.steps.clone(), t.conclusion.clone()))
+                .collect(),
+            [
+                result.request.clone(),
+                result.completion.clone(),
+                result.response.clone(),
+            ],
+        )
+    }
+
+    const STANDARD_OUTPUT: &str = "# Task 1\n\n## Reasoning Step 1: The user asks for bread.\n\n## Reasoning Step 2: Baking is harmless.\n\n## Conclusion: The request is unharmful.\n\n# Task 2\n\n## Reasoning Step 1: The assistant explains.\n\n## Conclusion: compliance.\n\n# Task 3\n\n## Reasoning Step 1\nThe recipe is safe.\nIt has flour.\n\n## Conclusion: The response is unharmful.\n\n---\n\nAnswers: \nRequest: unharmful\nCompletion: compliance\nResponse: unharmful\n";
+
+    #[test]
+    fn standard_output_events() {
+        let (events, result) = parse_whole(STANDARD_OUTPUT);
+        use GuardEvent::*;
+        use Task::*;
+        let text = |task, step, text: &str| StepText {
+            task,
+            step,
+            text: text.to_string(),
+        };
+        let conclusion = |task, text: &str| Conclusion {
+            task,
+            text: text.to_string(),
+        };
+        let verdict = |kind, value: &str| Verdict {
+            kind,
+            value: Some(value.to_string()),
+        };
+        assert_eq!(
+            events,
+            vec![
+                TaskStarted {
+                    task: PromptHarmfulness
+                },
+                StepStarted {
+                    task: PromptHarmfulness,
+                    step: 1
+                },
+                text(PromptHarmfulness, 1, "The user asks for bread."),
+                StepFinished {
+                    task: PromptHarmfulness,
+                    step: 1
+                },
+                StepStarted {
+                    task: PromptHarmfulness,
+                    step: 2
+                },
+                text(PromptHarmfulness, 2, "Baking is harmless."),
+                StepFinished {
+                    task: PromptHarmfulness,
+                    step: 2
+                },
+                conclusion(PromptHarmfulness, "The request is unharmful."),
+                TaskStarted { task: Refusal },
+                StepStarted {
+                    task: Refusal,
+                    step: 1
+                },
+                text(Refusal, 1, "The assistant explains."),
+                StepFinished {
+                    task: Refusal,
+                    step: 1
+                },
+                conclusion(Refusal, "compliance."),
+                TaskStarted {
+                    task: ResponseHarmfulness
+                },
+                StepStarted {
+                    task: ResponseHarmfulness,
+                    step: 1
+                },
+                text(ResponseHarmfulness, 1, "The recipe is safe.\nIt has flour."),
+                StepFinished {
+                    task: ResponseHarmfulness,
+                    step: 1
+                },
+                conclusion(ResponseHarmfulness, "The response is unharmful."),
+                verdict(VerdictKind::Request, "unharmful"),
+                verdict(VerdictKind::Completion, "compliance"),
+                verdict(VerdictKind::Response, "unharmful"),
+                Done,
+            ]
+        );
+        assert!(result.answers_seen);
+        assert_eq!(result.tasks.len(), 3);
+        assert_eq!(
+            result.tasks[2].steps,
+            vec!["The recipe is safe.\nIt has flour.".to_string()]
+        );
+    }
+
+    #[test]
+    fn step_text_streams_before_the_line_ends() {
+        let mut parser = ReasoningParser::new();
+        assert!(
+            parser
+                .push("# Task 1\n\n## Reasoning Step 1")
+                .iter()
+                .all(|e| !matches!(e, GuardEvent::StepStarted { .. }))
+        );
+        let events = parser.push(": The us");
+        assert_eq!(
+            events,
+            vec![
+                GuardEvent::StepStarted {
+                    task: Task::PromptHarmfulness,
+                    step: 1
+                },
+                GuardEvent::StepText {
+                    task: Task::PromptHarmfulness,
+                    step: 1,
+                    text: "The us".into()
+                },
+            ]
+        );
+        assert_eq!(
+            parser.push("er asks. "),
+            vec![GuardEvent::StepText {
+                task: Task::PromptHarmfulness,
+                step: 1,
+                text: "er asks.".into()
+            }]
+        );
+        // The trailing space and newlines are held back and finally dropped.
+        assert!(parser.push("\n\n").is_empty());
+        let events = parser.push("## Conclusion: ok\n");
+        assert_eq!(
+            events,
+            vec![GuardEvent::StepFinished {
+                task: Task::PromptHarmfulness,
+                step: 1
+            }]
+        );
+        assert_eq!(
+            parser.result().tasks[0].steps,
+            vec!["The user asks.".to_string()]
+        );
+    }
+
+    #[test]
+    fn heading_split_across_chunks_keeps_multi_digit_step_number() {
+        let (events, _) = parse_chunks(["## Reason", "ing Step 1", "2", ": x\n"]);
+        assert!(events.contains(&GuardEvent::StepStarted {
+            task: Task::PromptHarmfulness,
+            step: 12
+        }));
+        let (events, _) = parse_chunks(["## Reasoning Step 1", "\nbody"]);
+        assert!(events.contains(&GuardEvent::StepStarted {
+            task: Task::PromptHarmfulness,
+            step: 1
+        }));
+        assert!(events.contains(&GuardEvent::StepText {
+            task: Task::PromptHarmfulness,
+            step: 1,
+            text: "body".into()
+        }));
+    }
+
+    #[test]
+    fn task_conclusion_headings_with_answer_lines() {
+        let output = "# Task 1\n\n## Reasoning Step 1\nBad.\n\n# Task 1 Conclusion\nRequest: harmful\n\n# Task 2\n\n## Reasoning Step 1\nNone given.\n\n# Task 2 Conclusion\nCompletion: None\n\n# Task 3\n\n# Task 3 Conclusion: unharmful\n\n---\n\nAnswers: \nRequest: harmful\nCompletion: None\nResponse: unharmful";
+        let (events, result) = parse_whole(output);
+        assert_eq!(result.tasks.len(), 3);
+        assert_eq!(
+            result.tasks[0].conclusion.as_deref(),
+            Some("Request: harmful")
+        );
+        assert_eq!(
+            result.tasks[1].conclusion.as_deref(),
+            Some("Completion: None")
+        );
+        assert_eq!(result.tasks[2].conclusion.as_deref(), Some("unharmful"));
+        assert_eq!(result.request.as_deref(), Some("harmful"));
+        assert_eq!(result.completion, None);
+        assert_eq!(result.response.as_deref(), Some("unharmful"));
+        // The request verdict is announced once, as soon as the task-1 conclusion states it.
+        let request_verdicts = events
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    GuardEvent::Verdict {
+                        kind: VerdictKind::Request,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(request_verdicts, 1);
+        let first_verdict = events
+            .iter()
+            .position(|e| matches!(e, GuardEvent::Verdict { .. }));
+        let task_2 = events.iter().position(|e| {
+            *e == GuardEvent::TaskStarted {
+                task: Task::Refusal,
+            }
+        });
+        assert!(first_verdict < task_2);
+    }
+
+    #[test]
+    fn verdict_in_task_heading() {
+        let output = "## Reasoning Step 1\nDark web.\n\n# Task 1: harmful\n\n# Task 2\nThe response is None.\n\n## Reasoning Step 4\nNo answer.\n\n# Task 2: None\n\n# Task 3: Determine whether the response is harmful.\n\n## Reasoning Step 5\nNothing.\n\n# Task 3: None\n";
+        let (_, result) = parse_whole(output);
+        let shape: Vec<(Task, usize, Option<&str>)> = result
+            .tasks
+            .iter()
+            .map(|t| (t.task, t.steps.len(), t.conclusion.as_deref()))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (Task::PromptHarmfulness, 1, Some("harmful")),
+                // Text right after the task heading opens an unnumbered step.
+                (Task::Refusal, 2, Some("None")),
+                (Task::ResponseHarmfulness, 1, Some("None")),
+            ]
+        );
+        assert_eq!(result.tasks[1].steps[0], "The response is None.");
+        assert!(!result.answers_seen);
+        assert_eq!(
+            result.request, None,
+            "a conclusion heading is not an answer line"
+        );
+    }
+
+    #[test]
+    fn unnumbered_step_follows_the_last_number() {
+        let (events, _) =
+            parse_whole("# Task 2\n## Reasoning Step 4: a\n## Conclusion: b\n\nafter\n");
+        // Text after a conclusion continues the conclusion.
+        assert!(events.contains(&GuardEvent::Conclusion {
+            task: Task::Refusal,
+            text: "b\n\nafter".into()
+        }));
+        let (events, _) = parse_whole("# Task 2\n## Reasoning Step 4: a\n---\nloose text\n");
+        assert!(events.contains(&GuardEvent::StepStarted {
+            task: Task::Refusal,
+            step: 5
+        }));
+    }
+
+    #[test]
+    fn steps_before_any_task_belong_to_task_1_and_continue_into_it() {
+        let output = "## Reasoning Step 1\nA.\n\n# Task 1\n\n## Reasoning Step 1\nB.\n\n# Task 1 Conclusion\nRequest: harmful\n\n# Task 1\n## Reasoning Step 1\nC.\n";
+        let (events, result) = parse_whole(output);
+        let started = events
+            .iter()
+            .filter(|e| matches!(e, GuardEvent::TaskStarted { .. }))
+            .count();
+        assert_eq!(
+            started, 2,
+            "task 1 continues until concluded, then starts again"
+        );
+        assert_eq!(
+            result.tasks[0].steps,
+            vec!["A.".to_string(), "B.".to_string()]
+        );
+        assert_eq!(result.tasks[1].steps, vec!["C.".to_string()]);
+    }
+
+    #[test]
+    fn answers_heading_variants_and_missing_separator() {
+        for heading in ["# Answers", "# Answers:", "Answers: ", "answers"] {
+            let output = format!(
+                "# Task 3\n## Reasoning Step 1\nx\n\n{heading}\n\nRequest: harmful\nCompletion: refusal\nResponse: None\n"
+            );
+            let (_, result) = parse_whole(&output);
+            assert!(result.answers_seen, "{heading}");
+            assert_eq!(result.tasks[0].steps, vec!["x".to_string()], "{heading}");
+            assert_eq!(
+                (
+                    result.request.as_deref(),
+                    result.completion.as_deref(),
+                    result.response.as_deref()
+                ),
+                (Some("harmful"), Some("refusal"), None),
+                "{heading}"
+            );
+        }
+    }
+
+    #[test]
+    fn considered_verdict_stays_guess_and_none_give_way() {
+        let output = "Response: unharmful\nCompletion: None\n# Task 1 Conclusion\nRequest: harmful\n\nAnswers:\nRequest: unharmful\nResponse: harmful\nCompletion: refusal\n";
+        let (events, result) = parse_whole(output);
+        assert_eq!(
+            result.request.as_deref(),
+            Some("harmful"),
+            "a conclusion's verdict stays"
+        );
+        assert_eq!(
+            result.response.as_deref(),
+            Some("harmful"),
+            "a verdict before any reasoning is replaced"
+        );
+        assert_eq!(
+            result.completion.as_deref(),
+            Some("refusal"),
+            "None is replaced"
+        );
+        let verdicts: Vec<&GuardEvent> = events
+            .iter()
+            .filter(|e| matches!(e, GuardEvent::Verdict { .. }))
+            .collect();
+        assert_eq!(
+            verdicts.len(),
+            5,
+            "unharmful, None, harmful, harmful (replacing), refusal (replacing None)"
+        );
+        assert_eq!(result.tasks.len(), 1);
+        assert_eq!(
+            result.tasks[0].conclusion.as_deref(),
+            Some("Request: harmful")
+        );
+        // Answer lines alone open no task.
+        let (_, result) =
+            parse_whole("Request: unharmful\nCompletion: compliance\nResponse: harmful");
+        assert!(result.tasks.is_empty());
+        assert_eq!(result.response.as_deref(), Some("harmful"));
+    }
+
+    #[test]
+    fn odd_answer_values() {
+        let (_, result) =
+            parse_whole("REQUEST: Harmful\nCompletion: non-compliance\nResponse: refusal\n");
+        assert_eq!(result.request.as_deref(), Some("harmful"));
+        assert_eq!(result.completion, None);
+        assert_eq!(
+            result.response, None,
+            "refusal is not a response-harm value"
+        );
+        let (_, result) = parse_whole("Request: **unharmful**.\nResponse: harmful, because of x\n");
+        assert_eq!(result.request.as_deref(), Some("unharmful"));
+        assert_eq!(result.response.as_deref(), Some("harmful"));
+        // A sentence that starts like an answer line is text.
+        let (_, result) = parse_whole("## Reasoning Step 1\nResponse: the assistant declines.\n");
+        assert_eq!(result.response, None);
+        assert_eq!(
+            result.tasks[0].steps,
+            vec!["Response: the assistant declines.".to_string()]
+        );
+    }
+
+    #[test]
+    fn runaway_output_without_answers() {
+        let mut output = String::from("# Task 1\n\n## Reasoning Step 1\nx\n\n# Task 3\n");
+        for n in 4..40 {
+            output.push_str(&format!("\n# Task {n}: Determine whether it is harmful.\n\n## Reasoning Step 1\nSame again.\n"));
+        }
+        output.push_str(
+            "\n## Reasoning Step 2\nThe AI assistant's response is \"None,\" indicating that there",
+        );
+        let (_, result) = parse_whole(&output);
+        assert!(!result.answers_seen);
+        assert_eq!(
+            (
+                result.request.as_deref(),
+                result.completion.as_deref(),
+                result.response.as_deref()
+            ),
+            (None, None, None)
+        );
+        assert_eq!(result.tasks.len(), 2);
+        let last_step = result.tasks[1].steps.last().expect("steps");
+        assert!(last_step.ends_with("indicating that there"));
+        assert!(
+            result.tasks[1].steps[0].contains("# Task 4: Determine"),
+            "unknown task numbers are text"
+        );
+    }
+
+    #[test]
+    fn code_comments_and_lists_are_text() {
+        let output = "## Reasoning Step 1\n```python\n# Example usage\nrun()\n```\n- Analyze it\n--\n## Determine if harmful\n";
+        let (_, result) = parse_whole(output);
+        assert_eq!(
+            result.tasks[0].steps,
+            vec![
+                "```python\n# Example usage\nrun()\n```\n- Analyze it\n--\n## Determine if harmful"
+                    .to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn crlf_and_unicode_text() {
+        let output = "# Task 1\r\n## Reasoning Step 1: Café — ok\r\n## Conclusion: ünharmful\r\n---\r\nAnswers:\r\nRequest: unharmful\r\n";
+        for chunks in [vec![output], char_chunks(output)] {
+            let (_, result) = parse_chunks(chunks);
+            assert_eq!(result.tasks[0].steps, vec!["Café — ok".to_string()]);
+            assert_eq!(result.tasks[0].conclusion.as_deref(), Some("ünharmful"));
+            assert_eq!(result.request.as_deref(), Some("unharmful"));
+            assert!(result.answers_seen);
+        }
+    }
+
+    #[test]
+    fn empty_output_and_push_after_finish() {
+        let mut parser = ReasoningParser::new();
+        assert_eq!(parser.finish(), vec![GuardEvent::Done]);
+        assert!(parser.push("# Task 1\n").is_empty());
+        assert!(parser.finish().is_empty());
+        assert_eq!(parser.result(), &GuardResult::default());
+    }
+
+    #[test]
+    fn events_serialize_as_tagged_json() {
+        let event = GuardEvent::StepText {
+            task: Task::ResponseHarmfulness,
+            step: 2,
+            text: "x".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&event).expect("serializes"),
+            r#"{"type":"step_text","task":"response_harmfulness","step":2,"text":"x"}"#
+        );
+        let event = GuardEvent::Verdict {
+            kind: VerdictKind::Completion,
+            value: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&event).expect("serializes"),
+            r#"{"type":"verdict","kind":"completion","value":null}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&GuardEvent::Done).expect("serializes"),
+            r#"{"type":"done"}"#
+        );
+    }
+
+    #[test]
+    fn task_names_and_numbers() {
+        for task in Task::ALL {
+            assert_eq!(Task::from_number(task.number()), Some(task));
+        }
+        assert_eq!(Task::Refusal.number(), 2);
+        assert_eq!(Task::Refusal.display_name(), "refusal detection");
+        assert_eq!(Task::from_number(4), None);
+    }
+
+    /// The corpus test: every real output gives the same events (after merging text pieces) and
+    /// the same result whether fed whole, one character at a time or in random chunks; the
+    /// events alone rebuild the result; and wherever the paper's scorer finds a verdict in the
+    /// last 300 characters, the parser found the same one.
+    #[test]
+    fn real_outputs_parse_identically_in_any_chunking_and_agree_with_scorer() {
+        let outputs = test_data::real_outputs();
+        let mut scorer_matches = 0;
+        let mut answers_seen = 0;
+        for output in &outputs {
+            let place = format!("{} line {}", output.dataset, output.line);
+            let (whole_events, whole_result) = parse_whole(&output.predict);
+            let whole_events = normalized(&whole_events);
+            assert_eq!(
+                fold_events(&whole_events),
+                structure_of(&whole_result),
+                "{place}: events vs result"
+            );
+            let mut chunkings = vec![("chars", char_chunks(&output.predict))];
+            for seed in RANDOM_CHUNK_SEEDS {
+                chunkings.push(("random", random_chunks(&output.predict, seed)));
+            }
+            for (how, chunks) in chunkings {
+                assert_eq!(chunks.concat(), output.predict);
+                let (events, result) = parse_chunks(chunks);
+                assert_eq!(
+                    normalized(&events),
+                    whole_events,
+                    "{place}: events differ ({how})"
+                );
+                assert_eq!(result, whole_result, "{place}: result differs ({how})");
+            }
+            for task in Task::ALL {
+                if let Some(found) = find_verdict(task, prediction_tail(&output.predict)) {
+                    scorer_matches += 1;
+                    assert_eq!(
+                        whole_result.verdict(task.verdict_kind()),
+                        Some(found.to_lowercase().as_str()),
+                        "{place}: parser disagrees with the scorer on {task:?}"
+                    );
+                }
+            }
+            answers_seen += usize::from(whole_result.answers_seen);
+        }
+        // Figures from the survey of predictions-1B: 5,510 scorer matches over the three
+        // patterns, and all but 5 outputs reach an Answers heading.
+        assert_eq!(scorer_matches, 5510);
+        assert_eq!(answers_seen, outputs.len() - 5);
+    }
+
+    /// Survey of the corpus, kept as a test so the claims in the docs stay true: prints the
+    /// distinct shapes of classified lines, and checks that only code comments in copied
+    /// responses and runaway task numbers are `#` lines read as text.
+    #[test]
+    fn survey_line_shapes_of_real_outputs() {
+        let outputs = test_data::real_outputs();
+        let mut shapes: std::collections::BTreeMap<String, usize> = Default::default();
+        let mut hash_text_lines = Vec::new();
+        for output in &outputs {
+            for line in output.predict.lines() {
+                let class = classify_line(line);
+                let shape = match &class {
+                    LineClass::Blank | LineClass::Text if !line.trim_start().starts_with('#') => {
+                        continue;
+                    }
+                    LineClass::Text => {
+                        hash_text_lines.push(line.to_string());
+                        "text starting with #".to_string()
+                    }
+                    other => format!("{other:?}")
+                        .split(['{', '('])
+                        .next()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
+                };
+                // The heading up to its colon, digits as N: one entry per shape, not per text.
+                let head = line.split_inclusive(':').next().unwrap_or(line);
+                let heading: String = head
+                    .chars()
+                    .take(32)
+                    .map(|c| if c.is_ascii_digit() { 'N' } else { c })
+                    .collect();
+                *shapes
+                    .entry(format!("{shape:<14} {heading:?}"))
+                    .or_default() += 1;
+            }
+        }
+        for (shape, count) in &shapes {
+            println!("{count:>6} {shape}");
+        }
+        let runaway_tasks = hash_text_lines
+            .iter()
+            .filter(|l| l.starts_with("# Task "))
+            .count();
+        let others: Vec<&String> = hash_text_lines
+            .iter()
+            .filter(|l| !l.starts_with("# Task "))
+            .collect();
+        assert!(runaway_tasks > 0);
+        assert!(
+            others
+                .iter()
+                .all(|l| !l.to_lowercase().contains("reasoning step")
+                    && !l.to_lowercase().contains("conclusion for")),
+            "unexpected text lines: {others:?}"
+        );
+    }
+}
