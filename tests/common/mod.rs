@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod reference;
+pub mod tiny;
 
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -245,3 +246,24 @@ pub fn micro_gguf(tensors: &[(String, Vec<usize>, Vec<f32>)], dtype: GgmlDType, 
 pub fn open_micro_gguf(bytes: Vec<u8>) -> guardreasoner::Result<OpenedModel> {
     open_gguf(Box::new(MemorySource::new("micro.gguf", bytes)))
 }
+
+/// GuardReasoner-1B's own tokenizer.json differs from the npm file in two ways that matter
+/// here: Llama 3.2 names for three reserved tokens, and a post-processor that adds BOS.
+pub fn guardreasoner_style_tokenizer_json(npm: &[u8]) -> Vec<u8> {
+    let mut t: serde_json::Value = serde_json::from_slice(npm).unwrap();
+    let renames = [(128004u64, "<|finetune_right_pad_id|>"), (128008, "<|eom_id|>"), (128010, "<|python_tag|>")];
+    for tok in t["added_tokens"].as_array_mut().unwrap() {
+        if let Some((_, name)) = renames.iter().find(|(id, _)| tok["id"].as_u64() == Some(*id)) {
+            tok["content"] = serde_json::json!(name);
+        }
+    }
+    t["post_processor"] = serde_json::json!({
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                 {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000u32], "tokens": ["<|begin_of_text|>"]}}
+    });
+    serde_json::to_vec(&t).unwrap()
+}
+
