@@ -2,6 +2,7 @@
 //! (candle's quantized matmul, the same block formats and activation quantization llama.cpp uses).
 
 use super::Backend;
+use super::cpu_blocks::BlockMatrix;
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::format::{HostTensor, StorageType};
@@ -43,6 +44,18 @@ impl CpuBackend {
     }
 }
 
+/// A weight matrix: f32 (candle's matmul) or GGML blocks (our f32-activation kernel, or
+/// candle's for block types it does not cover).
+pub enum CpuMatrix {
+    Candle(QMatMul),
+    Blocks(Arc<BlockMatrix>),
+}
+
+fn block_matrix(q: &QTensor) -> Result<Option<CpuMatrix>> {
+    let (rows, cols) = q.shape().dims2()?;
+    Ok(BlockMatrix::from_ggml(q.dtype(), &q.data()?, rows, cols).map(|m| CpuMatrix::Blocks(Arc::new(m))))
+}
+
 pub enum CpuEmbedding {
     Float(Tensor),
     Quantized(Arc<QTensor>),
@@ -63,7 +76,7 @@ pub struct CpuRope {
 }
 
 impl Backend for CpuBackend {
-    type Matrix = QMatMul;
+    type Matrix = CpuMatrix;
     type Embedding = CpuEmbedding;
     type Vector = Tensor;
     type Act = Tensor;
@@ -74,10 +87,13 @@ impl Backend for CpuBackend {
         format!("cpu (candle, {} threads)", candle_core::utils::get_num_threads())
     }
 
-    fn matrix(&self, t: HostTensor) -> Result<QMatMul> {
+    fn matrix(&self, t: HostTensor) -> Result<CpuMatrix> {
         match self.quantized(&t)? {
-            Some(q) => Ok(QMatMul::from_qtensor(q)?),
-            None => Ok(QMatMul::Tensor(self.float_tensor(&t)?)),
+            Some(q) => match block_matrix(&q)? {
+                Some(m) => Ok(m),
+                None => Ok(CpuMatrix::Candle(QMatMul::from_qtensor(q)?)),
+            },
+            None => Ok(CpuMatrix::Candle(QMatMul::Tensor(self.float_tensor(&t)?))),
         }
     }
 
@@ -89,10 +105,14 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn tied_head(&self, e: &CpuEmbedding) -> Result<QMatMul> {
+    fn tied_head(&self, e: &CpuEmbedding) -> Result<CpuMatrix> {
         Ok(match e {
-            CpuEmbedding::Float(t) => QMatMul::Tensor(t.clone()),
-            CpuEmbedding::Quantized(q) => QMatMul::from_arc(q.clone())?,
+            CpuEmbedding::Float(t) => CpuMatrix::Candle(QMatMul::Tensor(t.clone())),
+            // Not yet: this copies the table's blocks (the embedding is held twice).
+            CpuEmbedding::Quantized(q) => match block_matrix(q)? {
+                Some(m) => m,
+                None => CpuMatrix::Candle(QMatMul::from_arc(q.clone())?),
+            },
         })
     }
 
@@ -146,8 +166,15 @@ impl Backend for CpuBackend {
         Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
     }
 
-    fn linear(&self, x: &Tensor, w: &QMatMul) -> Result<Tensor> {
-        Ok(w.forward(x)?)
+    fn linear(&self, x: &Tensor, w: &CpuMatrix) -> Result<Tensor> {
+        match w {
+            CpuMatrix::Candle(m) => Ok(m.forward(x)?),
+            CpuMatrix::Blocks(m) => {
+                let seq = x.dim(0)?;
+                let values = x.flatten_all()?.to_vec1::<f32>()?;
+                Ok(Tensor::from_vec(m.forward(&values, seq), (seq, m.rows), &self.device)?)
+            }
+        }
     }
 
     fn rope(&self, x: &Tensor, rope: &CpuRope, heads: usize, pos: usize) -> Result<Tensor> {

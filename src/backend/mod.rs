@@ -3,6 +3,7 @@
 //! op; the order of ops is fixed once, in `model::forward`.
 
 pub mod cpu;
+mod cpu_blocks;
 pub mod gpu;
 
 use crate::config::LlamaConfig;
