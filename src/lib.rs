@@ -11,6 +11,8 @@ pub mod generate;
 pub mod guard;
 pub mod loader;
 pub mod model;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod synth;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -33,6 +33,8 @@ enum Command {
     Tokenize(TokenizeArgs),
     /// Prefill and decode speed and peak memory on a model.
     Bench(BenchArgs),
+    /// Write a GuardReasoner-1B-shaped GGUF with seeded random weights (for benchmarks).
+    Synth(SynthArgs),
     /// Score a predictions tree (<DIR>/<Dataset>/generated_predictions.jsonl) as the paper does.
     Eval(EvalArgs),
 }
@@ -49,8 +51,10 @@ enum Quant {
     /// become the GPU's 8-bit or 4-bit blocks).
     None,
     /// 8-bit blocks (GGML Q8_0): about 1.06 bytes per weight, near-lossless.
+    #[value(name = "q8_0")]
     Q8_0,
     /// 4-bit blocks (GGML Q4_0): about 0.56 bytes per weight, some accuracy cost.
+    #[value(name = "q4_0")]
     Q4_0,
 }
 
@@ -135,6 +139,26 @@ struct BenchArgs {
 }
 
 #[derive(Args)]
+struct SynthArgs {
+    /// Output .gguf file.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value = "q4_0")]
+    quant: SynthQuant,
+    /// A Llama 3 tokenizer.json whose vocabulary goes into the file.
+    #[arg(long, default_value = ".cache/npm/package/models/tokenizer.json")]
+    tokenizer: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SynthQuant {
+    #[value(name = "q4_0")]
+    Q4_0,
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
+#[derive(Args)]
 struct EvalArgs {
     /// Folder with one sub-folder per dataset, each holding generated_predictions.jsonl.
     #[arg(long)]
@@ -155,6 +179,7 @@ fn main() {
         Command::Tokenize(a) => tokenize(a),
         Command::Bench(a) => bench(a),
         Command::Eval(a) => eval(a),
+        Command::Synth(a) => synth(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -408,6 +433,27 @@ impl EngineJob<()> for BenchJob<'_> {
         }
         Ok(())
     }
+}
+
+fn synth(args: SynthArgs) -> Result<()> {
+    let tokenizer = std::fs::read(&args.tokenizer).with_context(|| format!("reading {} (run scripts/fetch-test-assets.sh, or pass --tokenizer)", args.tokenizer.display()))?;
+    let quant = match args.quant {
+        SynthQuant::Q4_0 => candle_core::quantized::GgmlDType::Q4_0,
+        SynthQuant::Q8_0 => candle_core::quantized::GgmlDType::Q8_0,
+    };
+    let part = args.out.with_extension("gguf.part");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&part).with_context(|| format!("creating {}", part.display()))?);
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(indicatif::ProgressStyle::with_template("synth {bar:30} {pos}/{len} tensors eta {eta}").expect("static template"));
+    guardreasoner::synth::write_synthetic_gguf(&mut file, quant, &tokenizer, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    file.into_inner().map_err(|e| anyhow::anyhow!("writing {}: {e}", part.display()))?.sync_all()?;
+    std::fs::rename(&part, &args.out)?;
+    bar.finish_and_clear();
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
