@@ -416,19 +416,21 @@ impl EngineJob<()> for BenchJob<'_> {
             "gen_tokens": args.gen_tokens,
             "decode_tokens_per_s": args.gen_tokens as f64 / decode_s,
             "peak_host_bytes": peak_rss,
+            "device_buffer_bytes": engine.backend.device_bytes(),
         });
         if args.json {
             println!("{report}");
         } else {
             println!(
-                "backend {}\nload {:.2} s\nprefill {} tokens: {:.1} tokens/s\ndecode {} tokens: {:.1} tokens/s\npeak host memory {}",
+                "backend {}\nload {:.2} s\nprefill {} tokens: {:.1} tokens/s\ndecode {} tokens: {:.1} tokens/s\npeak host memory {}\ndevice buffers {}",
                 engine.backend.describe(),
                 load_s,
                 prompt.len(),
                 prompt.len() as f64 / prefill_s,
                 args.gen_tokens,
                 args.gen_tokens as f64 / decode_s,
-                peak_rss.map(|b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)).unwrap_or_else(|| "unknown".into())
+                peak_rss.map(|b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)).unwrap_or_else(|| "unknown".into()),
+                engine.backend.device_bytes().map(|b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)).unwrap_or_else(|| "none".into())
             );
         }
         Ok(())

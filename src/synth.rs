@@ -35,11 +35,14 @@ fn random_tensor(seed: u64, rows: usize, cols: usize, scale: f32) -> Result<Tens
 
 /// Write the synthetic model to `out`. `tokenizer_json` is a Llama 3 tokenizer.json (its BPE
 /// vocabulary and merges go into the GGUF metadata). `progress(done, total)` counts tensors.
-pub fn write_synthetic_gguf(out: &mut (impl std::io::Write + std::io::Seek), quant: GgmlDType, tokenizer_json: &[u8], progress: &mut dyn FnMut(usize, usize)) -> Result<()> {
+/// GGUF tokenizer metadata (`tokenizer.ggml.*`, byte-level BPE, pre-tokenizer `llama-bpe`) from
+/// a Llama 3 tokenizer.json, laid out as llama.cpp's convert_hf_to_gguf.py writes it: tokens by
+/// id, type 3 (control) for added special tokens, 1 otherwise, merges as "a b".
+pub fn llama3_tokenizer_metadata(tokenizer_json: &[u8], vocab_size: usize) -> Result<Vec<(String, Value)>> {
     let tok: serde_json::Value = serde_json::from_slice(tokenizer_json).map_err(|e| Error::Tokenizer(format!("tokenizer.json: {e}")))?;
     let vocab = tok["model"]["vocab"].as_object().ok_or_else(|| Error::Tokenizer("tokenizer.json has no model.vocab".into()))?;
-    let mut tokens = vec![String::new(); VOCAB];
-    let mut types = vec![Value::I32(1); VOCAB];
+    let mut tokens = vec![String::new(); vocab_size];
+    let mut types = vec![Value::I32(1); vocab_size];
     for (text, id) in vocab {
         if let Some(slot) = id.as_u64().and_then(|i| tokens.get_mut(i as usize)) {
             *slot = text.clone();
@@ -65,6 +68,19 @@ pub fn write_synthetic_gguf(out: &mut (impl std::io::Write + std::io::Seek), qua
         .map(Value::String)
         .collect();
 
+    Ok(vec![
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String("llama-bpe".into())),
+        ("tokenizer.ggml.tokens".into(), Value::Array(tokens.into_iter().map(Value::String).collect())),
+        ("tokenizer.ggml.token_type".into(), Value::Array(types)),
+        ("tokenizer.ggml.merges".into(), Value::Array(merges)),
+        ("tokenizer.ggml.bos_token_id".into(), Value::U32(128000)),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32(128001)),
+        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(true)),
+    ])
+}
+
+pub fn write_synthetic_gguf(out: &mut (impl std::io::Write + std::io::Seek), quant: GgmlDType, tokenizer_json: &[u8], progress: &mut dyn FnMut(usize, usize)) -> Result<()> {
     // (name, rows, cols, scale): weight scales keep activations in a sane range.
     let mut specs: Vec<(String, usize, usize, f32)> = vec![("token_embd.weight".into(), VOCAB, HIDDEN, 0.02)];
     for l in 0..LAYERS {
@@ -112,7 +128,7 @@ pub fn write_synthetic_gguf(out: &mut (impl std::io::Write + std::io::Seek), qua
 
     let u32v = |v: usize| Value::U32(v as u32);
     let file_type = if quant == GgmlDType::Q8_0 { 7 } else { 2 };
-    let metadata: Vec<(&str, Value)> = vec![
+    let mut metadata: Vec<(String, Value)> = vec![
         ("general.architecture", Value::String("llama".into())),
         ("general.name", Value::String("GuardReasoner-1B-shaped synthetic (random weights)".into())),
         ("general.file_type", Value::U32(file_type)),
@@ -126,16 +142,12 @@ pub fn write_synthetic_gguf(out: &mut (impl std::io::Write + std::io::Seek), qua
         ("llama.rope.dimension_count", u32v(HEAD_DIM)),
         ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
         ("llama.vocab_size", u32v(VOCAB)),
-        ("tokenizer.ggml.model", Value::String("gpt2".into())),
-        ("tokenizer.ggml.pre", Value::String("llama-bpe".into())),
-        ("tokenizer.ggml.tokens", Value::Array(tokens.into_iter().map(Value::String).collect())),
-        ("tokenizer.ggml.token_type", Value::Array(types)),
-        ("tokenizer.ggml.merges", Value::Array(merges)),
-        ("tokenizer.ggml.bos_token_id", Value::U32(128000)),
-        ("tokenizer.ggml.eos_token_id", Value::U32(128001)),
-        ("tokenizer.ggml.add_bos_token", Value::Bool(true)),
-    ];
-    let meta: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    metadata.extend(llama3_tokenizer_metadata(tokenizer_json, VOCAB)?);
+    let meta: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     gguf_file::write(out, &meta, &refs)?;
     Ok(())

@@ -128,3 +128,15 @@ fn gpu_quantize_on_load_matches_the_quantized_reference() {
         assert_close(&logits_of(&mut e, &ids), &want, LOGIT_ATOL, LOGIT_RTOL, &format!("{quant:?}"));
     }
 }
+
+#[test]
+fn gpu_f16_weights_stay_f16_and_exact() {
+    // GGUF F16 weights are stored as packed f16 pairs (no shader-f16 needed) and must give the
+    // CPU's f32 result on the same values.
+    let tensors = micro_tensors(SEED);
+    let bytes = micro_gguf(&tensors, GgmlDType::F16, &gguf_rope_freqs());
+    let ids = prompt(20, 12);
+    let mut cpu = engine(open_micro_gguf(bytes.clone()).unwrap(), CpuBackend::new(None));
+    let mut g = engine(open_micro_gguf(bytes).unwrap(), gpu(GpuQuant::F32, None));
+    assert_close(&logits_of(&mut g, &ids), &logits_of(&mut cpu, &ids), LOGIT_ATOL, LOGIT_RTOL, "F16");
+}

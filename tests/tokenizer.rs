@@ -94,8 +94,11 @@ fn ids_match_python_tokenizers_on_hard_strings() {
         let (name, text) = (case["name"].as_str().unwrap(), case["text"].as_str().unwrap());
         let want = id_list(&case["patched"]["ids"]);
         assert_eq!(patched.encode_prompt(text).unwrap(), want, "{name}: patched tokenizer.json");
-        assert_eq!(plain.encode_prompt(text).unwrap(), want, "{name}: npm tokenizer.json + our BOS");
-        assert_eq!(plain.encode_text(text).unwrap(), id_list(&case["unpatched"]["ids"]), "{name}: no-BOS ids");
+        // The npm file has Llama-3.0 names for three reserved tokens, so texts spelling the 3.2
+        // names tokenize differently there: compare each file with its own golden.
+        let unpatched = id_list(&case["unpatched"]["ids"]);
+        assert_eq!(plain.encode_text(text).unwrap(), unpatched, "{name}: npm tokenizer.json");
+        assert_eq!(plain.encode_prompt(text).unwrap(), [vec![BOS], unpatched].concat(), "{name}: npm tokenizer.json + our BOS");
         assert_eq!(patched.decode(&want).unwrap(), case["patched"]["decoded"].as_str().unwrap(), "{name}: decode");
     }
 }
@@ -120,4 +123,72 @@ fn ids_match_python_tokenizers_on_guardreasoner_prompts() {
         let decoded = tok.decode(&ids).unwrap();
         assert_eq!(format!("{:x}", Sha256::digest(decoded.as_bytes())), golden_item["decoded_sha256"].as_str().unwrap(), "item {index}: decoded text");
     }
+}
+
+/// The bytes of one GGUF key/value pair (u64 key length, key, u32 type, value), encoded here
+/// from the spec so the test does not trust the writer it checks.
+fn gguf_kv_bytes(key: &str, value: &candle_core::quantized::gguf_file::Value) -> Vec<u8> {
+    use candle_core::quantized::gguf_file::Value;
+    fn type_id(v: &Value) -> u32 {
+        match v {
+            Value::U32(_) => 4,
+            Value::I32(_) => 5,
+            Value::Bool(_) => 7,
+            Value::String(_) => 8,
+            Value::Array(_) => 9,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    fn body(v: &Value, out: &mut Vec<u8>) {
+        match v {
+            Value::U32(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::I32(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::Bool(b) => out.push(*b as u8),
+            Value::String(s) => {
+                out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+            Value::Array(items) => {
+                out.extend_from_slice(&type_id(&items[0]).to_le_bytes());
+                out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+                for item in items {
+                    body(item, out);
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let mut out = (key.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(&type_id(value).to_le_bytes());
+    body(value, &mut out);
+    out
+}
+
+#[test]
+fn gguf_tokenizer_metadata_is_byte_identical_to_llama_cpp_and_tokenizes_like_hf() {
+    use sha2::{Digest, Sha256};
+    let patched_json = guardreasoner_style_tokenizer_json(&llama3_tokenizer_json());
+    let metadata = guardreasoner::synth::llama3_tokenizer_metadata(&patched_json, 128256).unwrap();
+    // llama.cpp's convert_hf_to_gguf.py on the same tokenizer (tests/fixtures/tiny/llama32.json).
+    let converter = &common::tiny::golden("llama32")["gguf"]["types"]["f32"]["metadata"];
+    for (key, value) in &metadata {
+        let want = converter[key.as_str()]["sha256_kv_bytes"].as_str().unwrap_or_else(|| panic!("{key} not in the converter's output"));
+        assert_eq!(format!("{:x}", Sha256::digest(gguf_kv_bytes(key, value))), want, "{key} differs from llama.cpp's converter");
+    }
+    // A metadata-only GGUF: its embedded tokenizer must give the HF folder's ids.
+    let refs: Vec<(&str, &candle_core::quantized::gguf_file::Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut file = std::io::Cursor::new(Vec::new());
+    candle_core::quantized::gguf_file::write(&mut file, &refs, &[]).unwrap();
+    let mut source = guardreasoner::format::MemorySource::new("tokenizer.gguf", file.into_inner());
+    let gguf = guardreasoner::format::gguf::GgufFile::read(&mut source).unwrap();
+    let from_gguf = TextTokenizer::from_gguf(&gguf).unwrap();
+    let from_json = TextTokenizer::from_json(&patched_json, Some(BOS)).unwrap();
+    let golden = tokenizer_golden();
+    for case in golden["hard_strings"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(from_gguf.encode_prompt(text).unwrap(), from_json.encode_prompt(text).unwrap(), "{}", case["name"]);
+    }
+    let prompt = guardreasoner::guard::guard_prompt("How do I make a bomb?", Some("I can't help with that."));
+    assert_eq!(from_gguf.encode_prompt(&prompt).unwrap(), from_json.encode_prompt(&prompt).unwrap());
 }

@@ -27,6 +27,11 @@ pub trait Backend {
     /// A short description for logs and `--json` output ("cpu (candle, 2 threads)").
     fn describe(&self) -> String;
 
+    /// Bytes held in device buffers (weights, cache, activations), where there is a device.
+    fn device_bytes(&self) -> Option<u64> {
+        None
+    }
+
     fn matrix(&self, t: HostTensor) -> Result<Self::Matrix>;
     fn embedding(&self, t: HostTensor) -> Result<Self::Embedding>;
     /// The LM head of a model with tied embeddings: the embedding table, shared, not copied.

@@ -56,6 +56,8 @@ enum Kernel {
     RmsNorm,
     Rope,
     Attention,
+    AttentionPartial,
+    AttentionCombine,
     Swiglu,
     Add,
     Argmax,
@@ -65,6 +67,7 @@ impl Kernel {
     fn source(self) -> String {
         let fmt = |f: WeightFormat| match f {
             WeightFormat::F32 => include_str!("fmt_f32.wgsl"),
+            WeightFormat::F16 => include_str!("fmt_f16.wgsl"),
             WeightFormat::Q8 => include_str!("fmt_q8.wgsl"),
             WeightFormat::Q4 => include_str!("fmt_q4.wgsl"),
         };
@@ -74,6 +77,8 @@ impl Kernel {
             Kernel::RmsNorm => include_str!("rms_norm.wgsl").into(),
             Kernel::Rope => include_str!("rope.wgsl").into(),
             Kernel::Attention => include_str!("attention.wgsl").into(),
+            Kernel::AttentionPartial => include_str!("attention_partial.wgsl").into(),
+            Kernel::AttentionCombine => include_str!("attention_combine.wgsl").into(),
             Kernel::Swiglu | Kernel::Add => include_str!("elementwise.wgsl").into(),
             Kernel::Argmax => include_str!("argmax.wgsl").into(),
         }
@@ -130,9 +135,14 @@ pub struct GpuRope {
     sin: wgpu::Buffer,
 }
 
+/// Keys per workgroup in split decode attention (attention_partial.wgsl's CHUNK).
+const ATTENTION_CHUNK: usize = 256;
+
 pub struct GpuCache {
     /// Per layer: K and V, each `(max_seq, kv_heads * head_dim)`.
     layers: Vec<(wgpu::Buffer, wgpu::Buffer)>,
+    /// Split decode attention partials `(heads, chunks, head_dim + 2)`.
+    scratch: wgpu::Buffer,
     kv_heads: usize,
     head_dim: usize,
     max_seq: usize,
@@ -149,7 +159,12 @@ pub struct GpuBackend {
     adapter: String,
     opts: GpuOptions,
     max_binding: u64,
-    pipelines: RefCell<HashMap<Kernel, Rc<wgpu::ComputePipeline>>>,
+    pipelines: RefCell<HashMap<Kernel, Rc<(wgpu::ComputePipeline, wgpu::BindGroupLayout)>>>,
+    /// Bind groups by (kernel, parameter offset, buffers): the same few hundred recur every
+    /// decode step, so after the first step none is created.
+    bind_groups: RefCell<HashMap<(Kernel, u64, Vec<wgpu::Buffer>), wgpu::BindGroup>>,
+    /// Bytes of every GPU buffer this backend created (weights, cache, activations).
+    allocated: std::cell::Cell<u64>,
     pool: Rc<RefCell<Pool>>,
     pending: RefCell<Pending>,
     param_buffer: wgpu::Buffer,
@@ -225,6 +240,8 @@ impl GpuBackend {
             opts,
             max_binding,
             pipelines: RefCell::new(HashMap::new()),
+            bind_groups: RefCell::new(HashMap::new()),
+            allocated: std::cell::Cell::new(0),
             pool: Rc::new(RefCell::new(Pool { free: HashMap::new() })),
             pending: RefCell::new(Pending { encoder: None, params: Vec::new() }),
             param_buffer,
@@ -248,7 +265,17 @@ impl GpuBackend {
         Err(Error::Backend(format!("GPU error: {all}{hint}")))
     }
 
-    fn pipeline(&self, kernel: Kernel) -> Rc<wgpu::ComputePipeline> {
+    /// Bytes of GPU buffers allocated so far.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated.get()
+    }
+
+    fn create_buffer(&self, desc: &wgpu::BufferDescriptor) -> wgpu::Buffer {
+        self.allocated.set(self.allocated.get() + desc.size);
+        self.device.create_buffer(desc)
+    }
+
+    fn pipeline(&self, kernel: Kernel) -> Rc<(wgpu::ComputePipeline, wgpu::BindGroupLayout)> {
         if let Some(p) = self.pipelines.borrow().get(&kernel) {
             return p.clone();
         }
@@ -256,14 +283,16 @@ impl GpuBackend {
             label: Some(kernel.entry()),
             source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
         });
-        let pipeline = Rc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(kernel.entry()),
             layout: None,
             module: &module,
             entry_point: Some(kernel.entry()),
             compilation_options: Default::default(),
             cache: None,
-        }));
+        });
+        let layout = pipeline.get_bind_group_layout(0);
+        let pipeline = Rc::new((pipeline, layout));
         self.pipelines.borrow_mut().insert(kernel, pipeline.clone());
         pipeline
     }
@@ -273,7 +302,7 @@ impl GpuBackend {
             return Err(Error::Backend(format!("{label}: {} bytes exceed the GPU's binding limit of {}", bytes.len(), self.max_binding)));
         }
         let size = (bytes.len().max(4) as u64).div_ceil(4) * 4;
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+        let buffer = self.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
@@ -290,7 +319,7 @@ impl GpuBackend {
         let buffer = self.pool.borrow_mut().free.get_mut(&cols).and_then(|v| v.pop());
         let buffer = match buffer {
             Some(b) => b,
-            None => self.device.create_buffer(&wgpu::BufferDescriptor {
+            None => self.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("activation"),
                 size: (PREFILL_CHUNK * cols * 4) as u64,
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
@@ -316,27 +345,27 @@ impl GpuBackend {
         let offset = pending.params.len();
         pending.params.extend_from_slice(params);
         pending.params.resize(offset + PARAM_ALIGN, 0);
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: &self.param_buffer,
-                offset: offset as u64,
-                size: std::num::NonZeroU64::new(params.len().div_ceil(16) as u64 * 16),
-            }),
-        }];
-        for (i, b) in buffers.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
-        }
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
+        let key = (kernel, offset as u64, buffers.iter().map(|b| (*b).clone()).collect::<Vec<_>>());
+        let mut cache = self.bind_groups.borrow_mut();
+        let bind_group = cache.entry(key).or_insert_with(|| {
+            let mut entries = vec![wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &self.param_buffer,
+                    offset: offset as u64,
+                    size: std::num::NonZeroU64::new(params.len().div_ceil(16) as u64 * 16),
+                }),
+            }];
+            for (i, b) in buffers.iter().enumerate() {
+                entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
+            }
+            self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &pipeline.1, entries: &entries })
         });
         let device = &self.device;
         let encoder = pending.encoder.get_or_insert_with(|| device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") }));
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
+        pass.set_pipeline(&pipeline.0);
+        pass.set_bind_group(0, &*bind_group, &[]);
         pass.dispatch_workgroups(groups.0, groups.1, 1);
         Ok(())
     }
@@ -366,7 +395,7 @@ impl GpuBackend {
             let mut slot = self.readback.borrow_mut();
             match slot.take() {
                 Some((b, size)) if size >= bytes => b,
-                _ => self.device.create_buffer(&wgpu::BufferDescriptor {
+                _ => self.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("readback"),
                     size: bytes.max(4),
                     usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
@@ -422,6 +451,10 @@ impl Backend for GpuBackend {
         format!("gpu ({})", self.adapter)
     }
 
+    fn device_bytes(&self) -> Option<u64> {
+        Some(self.allocated_bytes())
+    }
+
     fn matrix(&self, t: HostTensor) -> Result<Rc<GpuMatrix>> {
         let m = weights::upload(self, t, self.opts.quant, self.max_binding)?;
         self.check_errors()?;
@@ -462,7 +495,7 @@ impl Backend for GpuBackend {
         let layers = (0..cfg.num_layers)
             .map(|_| {
                 let b = || {
-                    self.device.create_buffer(&wgpu::BufferDescriptor {
+                    self.create_buffer(&wgpu::BufferDescriptor {
                         label: Some("kv cache"),
                         size: bytes as u64,
                         usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
@@ -472,8 +505,14 @@ impl Backend for GpuBackend {
                 (b(), b())
             })
             .collect();
+        let scratch = self.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("attention partials"),
+            size: (cfg.num_heads * max_seq.div_ceil(ATTENTION_CHUNK) * (cfg.head_dim + 2) * 4) as u64,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
         self.check_errors()?;
-        Ok(GpuCache { layers, kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim, max_seq })
+        Ok(GpuCache { layers, scratch, kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim, max_seq })
     }
 
     fn activation_from(&self, data: &[f32], rows: usize, cols: usize) -> Result<GpuAct> {
@@ -553,9 +592,20 @@ impl Backend for GpuBackend {
         self.copy(v.buffer(), 0, vc, at, bytes);
         let heads = q.cols / cache.head_dim;
         let out = self.activation(seq, q.cols)?;
-        let mut p = params(&[seq as u32, heads as u32, cache.kv_heads as u32, cache.head_dim as u32, pos as u32]);
-        p.extend_from_slice(&(1.0 / (cache.head_dim as f32).sqrt()).to_le_bytes());
-        self.dispatch(Kernel::Attention, &p, &[q.buffer(), out.buffer(), kc, vc], (heads as u32, seq as u32))?;
+        let scale = (1.0 / (cache.head_dim as f32).sqrt()).to_le_bytes();
+        let n_keys = pos + seq;
+        if seq == 1 && n_keys > ATTENTION_CHUNK {
+            // Decode over a long context: split the keys across workgroups, then combine.
+            let chunks = n_keys.div_ceil(ATTENTION_CHUNK);
+            let mut p = params(&[heads as u32, cache.kv_heads as u32, cache.head_dim as u32, n_keys as u32, chunks as u32]);
+            p.extend_from_slice(&scale);
+            self.dispatch(Kernel::AttentionPartial, &p, &[q.buffer(), &cache.scratch, kc, vc], (heads as u32, chunks as u32))?;
+            self.dispatch(Kernel::AttentionCombine, &p, &[&cache.scratch, out.buffer()], (heads as u32, 1))?;
+        } else {
+            let mut p = params(&[seq as u32, heads as u32, cache.kv_heads as u32, cache.head_dim as u32, pos as u32]);
+            p.extend_from_slice(&scale);
+            self.dispatch(Kernel::Attention, &p, &[q.buffer(), out.buffer(), kc, vc], (heads as u32, seq as u32))?;
+        }
         Ok(out)
     }
 

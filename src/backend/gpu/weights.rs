@@ -15,6 +15,8 @@ const BLOCK: usize = 32;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum WeightFormat {
     F32,
+    /// f16 pairs packed in u32s (for F16 files kept as they are).
+    F16,
     Q8,
     Q4,
 }
@@ -24,6 +26,7 @@ impl WeightFormat {
     fn data_bytes_per_row(self, cols: usize) -> usize {
         match self {
             WeightFormat::F32 => cols * 4,
+            WeightFormat::F16 => cols * 2,
             WeightFormat::Q8 => cols,
             WeightFormat::Q4 => cols / 2,
         }
@@ -75,6 +78,7 @@ pub fn upload(gpu: &GpuBackend, t: HostTensor, quant: super::GpuQuant, max_bindi
         StorageType::Ggml(GgmlDType::Q8_0) => (t, WeightFormat::Q8),
         StorageType::Ggml(GgmlDType::Q4_0 | GgmlDType::Q4_1) => (t, WeightFormat::Q4),
         StorageType::Ggml(dtype) => (dequantize(t, dtype)?, WeightFormat::Q8),
+        StorageType::F16 if quant == super::GpuQuant::F32 => (t, WeightFormat::F16),
         _ => {
             let f = match quant {
                 super::GpuQuant::F32 => WeightFormat::F32,
@@ -92,7 +96,7 @@ pub fn upload(gpu: &GpuBackend, t: HostTensor, quant: super::GpuQuant, max_bindi
         let r1 = (r0 + rows_per_part).min(rows);
         let blocks = convert(&t, format, cols, r0, r1)?;
         let label = |what: &str| format!("{} rows {r0}..{r1} {what}", t.name);
-        let scales = if format == WeightFormat::F32 { None } else { Some(gpu.storage_buffer(&label("scales"), bytemuck::cast_slice(&blocks.scales))?) };
+        let scales = if matches!(format, WeightFormat::F32 | WeightFormat::F16) { None } else { Some(gpu.storage_buffer(&label("scales"), bytemuck::cast_slice(&blocks.scales))?) };
         let mins = if format == WeightFormat::Q4 { Some(gpu.storage_buffer(&label("mins"), bytemuck::cast_slice(&blocks.mins))?) } else { None };
         let data = gpu.storage_buffer(&label("data"), &blocks.data)?;
         parts.push(MatrixPart { row_start: r0, rows: r1 - r0, data, scales, mins });
@@ -154,6 +158,10 @@ fn convert(t: &HostTensor, format: WeightFormat, cols: usize, r0: usize, r1: usi
                 pack_nibbles(&mut out.data, q);
             }
         }
+        (StorageType::F16, WeightFormat::F16) => {
+            out.data = t.bytes[r0 * cols * 2..r1 * cols * 2].to_vec();
+        }
+        (_, WeightFormat::F16) => return Err(Error::Backend(format!("{}: only F16 files are stored as f16", t.name))),
         (_, WeightFormat::F32) => {
             let v = float_rows(t, cols, r0, r1)?;
             out.data = bytemuck::cast_slice(&v).to_vec();

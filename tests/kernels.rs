@@ -1,0 +1,247 @@
+//! Every backend op against a naive reference on seeded inputs at awkward sizes (rows not a
+//! multiple of the workgroup's 8, token counts not a multiple of the 4-token tile, more keys
+//! than one 64-key attention block), the same test body on the CPU and the GPU backends.
+
+mod common;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use common::SplitMix;
+use guardreasoner::backend::Backend;
+use guardreasoner::backend::cpu::CpuBackend;
+use guardreasoner::backend::gpu::{GpuBackend, GpuOptions, GpuQuant};
+use guardreasoner::config::LlamaConfig;
+use guardreasoner::format::{HostTensor, StorageType};
+
+/// f32 sums in another order: a few ulps of the row's magnitude.
+const ATOL: f32 = 1e-4;
+const RTOL: f32 = 1e-4;
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = SplitMix(seed);
+    (0..n).map(|_| rng.next_f32()).collect()
+}
+
+fn assert_close(got: &[f32], want: &[f32], atol: f32, rtol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= atol + rtol * w.abs(), "{what}: index {i}: got {g}, want {w}");
+    }
+}
+
+fn host<B: Backend>(b: &B, x: &B::Act) -> Vec<f32> {
+    pollster::block_on(b.to_host(x)).unwrap()
+}
+
+/// A weight in a given storage type, and the exact values it stands for.
+fn weight(dtype: GgmlDType, rows: usize, cols: usize, seed: u64) -> (HostTensor, Vec<f32>) {
+    let values = random(rows * cols, seed);
+    let t = Tensor::from_vec(values.clone(), (rows, cols), &Device::Cpu).unwrap();
+    if dtype == GgmlDType::F32 {
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        return (HostTensor { name: "w".into(), storage: StorageType::F32, shape: vec![rows, cols], bytes }, values);
+    }
+    let q = QTensor::quantize(&t, dtype).unwrap();
+    let exact = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    (HostTensor { name: "w".into(), storage: StorageType::Ggml(dtype), shape: vec![rows, cols], bytes: q.data().unwrap().to_vec() }, exact)
+}
+
+fn naive_linear(x: &[f32], w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let seq = x.len() / cols;
+    (0..seq).flat_map(|t| (0..rows).map(move |r| (0..cols).map(|c| x[t * cols + c] as f64 * w[r * cols + c] as f64).sum::<f64>() as f32)).collect()
+}
+
+/// How exactly a backend computes products with each weight type.
+#[derive(Clone, Copy)]
+enum Exactness {
+    /// Exact dequantized weights, f32 activations.
+    Exact,
+    /// Within this fraction of the largest output (activation quantization or re-quantization).
+    Approximate(f32),
+}
+
+fn check_linear<B: Backend>(b: &B, label: &str, exactness: impl Fn(GgmlDType) -> Exactness) {
+    for dtype in [GgmlDType::F32, GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q4K, GgmlDType::Q6K] {
+        let cols = if matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K) { 512 } else { 96 };
+        let rows = 37;
+        let (host_w, exact) = weight(dtype, rows, cols, 7);
+        let w = b.matrix(host_w).unwrap();
+        for seq in [1, 5, 7] {
+            let xs = random(seq * cols, seq as u64);
+            let x = b.activation_from(&xs, seq, cols).unwrap();
+            let got = host(b, &b.linear(&x, &w).unwrap());
+            let want = naive_linear(&xs, &exact, rows, cols);
+            let what = format!("{label}: linear {dtype:?} ({rows}x{cols}) x {seq} tokens");
+            match exactness(dtype) {
+                Exactness::Exact => assert_close(&got, &want, ATOL * cols as f32, RTOL, &what),
+                Exactness::Approximate(f) => {
+                    let max = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    assert_close(&got, &want, f * max, 0.0, &what)
+                }
+            }
+        }
+    }
+}
+
+fn check_elementwise<B: Backend>(b: &B, label: &str) {
+    let (seq, width) = (7, 37 * 3);
+    let (a, c) = (random(seq * width, 1), random(seq * width, 2));
+    let (xa, xc) = (b.activation_from(&a, seq, width).unwrap(), b.activation_from(&c, seq, width).unwrap());
+    let sum: Vec<f32> = a.iter().zip(&c).map(|(x, y)| x + y).collect();
+    assert_close(&host(b, &b.add(&xa, &xc).unwrap()), &sum, ATOL, RTOL, &format!("{label}: add"));
+    let swiglu: Vec<f32> = a.iter().zip(&c).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+    assert_close(&host(b, &b.swiglu(&xa, &xc).unwrap()), &swiglu, ATOL, RTOL, &format!("{label}: swiglu"));
+    let last = host(b, &b.last_row(&xa).unwrap());
+    assert_eq!(last, a[(seq - 1) * width..], "{label}: last_row");
+}
+
+fn check_rms_norm<B: Backend>(b: &B, label: &str) {
+    let (seq, width) = (3, 300);
+    let x = random(seq * width, 3);
+    let g = random(width, 4);
+    let gain = b.vector(HostTensor { name: "g".into(), storage: StorageType::F32, shape: vec![width], bytes: g.iter().flat_map(|v| v.to_le_bytes()).collect() }).unwrap();
+    let got = host(b, &b.rms_norm(&b.activation_from(&x, seq, width).unwrap(), &gain, 1e-5).unwrap());
+    let want: Vec<f32> = x
+        .chunks(width)
+        .flat_map(|row| {
+            let inv = 1.0 / (row.iter().map(|v| v * v).sum::<f32>() / width as f32 + 1e-5).sqrt();
+            row.iter().zip(&g).map(move |(v, g)| v * inv * g).collect::<Vec<_>>()
+        })
+        .collect();
+    assert_close(&got, &want, ATOL, RTOL, &format!("{label}: rms_norm"));
+}
+
+fn check_rope<B: Backend>(b: &B, label: &str) {
+    let (seq, heads, head_dim, pos) = (5, 3, 8, 7);
+    let inv_freq: Vec<f32> = (0..head_dim / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / head_dim as f32)).collect();
+    let table = b.rope_table(&inv_freq, 32).unwrap();
+    let x = random(seq * heads * head_dim, 5);
+    let got = host(b, &b.rope(&b.activation_from(&x, seq, heads * head_dim).unwrap(), &table, heads, pos).unwrap());
+    let mut want = x.clone();
+    for t in 0..seq {
+        for h in 0..heads {
+            let base = t * heads * head_dim + h * head_dim;
+            for i in 0..head_dim / 2 {
+                let a = (pos + t) as f32 * inv_freq[i];
+                let (x1, x2) = (x[base + i], x[base + i + head_dim / 2]);
+                want[base + i] = x1 * a.cos() - x2 * a.sin();
+                want[base + i + head_dim / 2] = x2 * a.cos() + x1 * a.sin();
+            }
+        }
+    }
+    assert_close(&got, &want, ATOL, RTOL, &format!("{label}: rope"));
+}
+
+fn attention_config(heads: usize, kv_heads: usize, head_dim: usize) -> LlamaConfig {
+    LlamaConfig {
+        hidden_size: heads * head_dim,
+        intermediate_size: 32,
+        num_layers: 1,
+        num_heads: heads,
+        num_kv_heads: kv_heads,
+        head_dim,
+        vocab_size: 16,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        rope_scaling: None,
+        rope_freq_factors: None,
+        max_position_embeddings: 512,
+        tie_word_embeddings: true,
+        bos_token_id: None,
+        eos_token_ids: vec![],
+    }
+}
+
+fn naive_attention(q: &[f32], k: &[f32], v: &[f32], heads: usize, kv_heads: usize, hd: usize, pos: usize) -> Vec<f32> {
+    let seq = q.len() / (heads * hd);
+    let mut out = vec![0f32; q.len()];
+    for t in 0..seq {
+        for h in 0..heads {
+            let kvh = h / (heads / kv_heads);
+            let qv = &q[(t * heads + h) * hd..(t * heads + h + 1) * hd];
+            let scores: Vec<f64> = (0..=pos + t).map(|s| qv.iter().zip(&k[(s * kv_heads + kvh) * hd..]).map(|(a, b)| (a * b) as f64).sum::<f64>() / (hd as f64).sqrt()).collect();
+            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let total: f64 = exps.iter().sum();
+            for d in 0..hd {
+                out[(t * heads + h) * hd + d] = exps.iter().enumerate().map(|(s, e)| e / total * v[(s * kv_heads + kvh) * hd + d] as f64).sum::<f64>() as f32;
+            }
+        }
+    }
+    out
+}
+
+fn check_attention<B: Backend>(b: &B, label: &str) {
+    // 6 query heads over 2 KV heads; 300 prompt tokens (several 64-key blocks), then 3 decode
+    // steps past 256 keys, where the GPU splits decode attention over the sequence.
+    let (heads, kv_heads, hd, prompt) = (6, 2, 16, 300);
+    let mut cache = b.new_cache(&attention_config(heads, kv_heads, hd), 320).unwrap();
+    let total = prompt + 3;
+    let (q, k, v) = (random(total * heads * hd, 10), random(total * kv_heads * hd, 11), random(total * kv_heads * hd, 12));
+    let rows = |x: &[f32], w: usize, a: usize, n: usize| x[a * w..(a + n) * w].to_vec();
+    // The prompt in chunks of 128, as the engine prefills.
+    for (start, n) in [(0, 128), (128, 128), (256, prompt - 256)] {
+        let act = |x: &[f32], w: usize| b.activation_from(&rows(x, w, start, n), n, w).unwrap();
+        let got = host(b, &b.attention(&mut cache, 0, &act(&q, heads * hd), &act(&k, kv_heads * hd), &act(&v, kv_heads * hd), start).unwrap());
+        let want = naive_attention(&rows(&q, heads * hd, start, n), &k[..(start + n) * kv_heads * hd], &v[..(start + n) * kv_heads * hd], heads, kv_heads, hd, start);
+        assert_close(&got, &want, ATOL, RTOL, &format!("{label}: attention prefill at {start}"));
+    }
+    for pos in prompt..total {
+        let act = |x: &[f32], w: usize| b.activation_from(&rows(x, w, pos, 1), 1, w).unwrap();
+        let got = host(b, &b.attention(&mut cache, 0, &act(&q, heads * hd), &act(&k, kv_heads * hd), &act(&v, kv_heads * hd), pos).unwrap());
+        let want = naive_attention(&rows(&q, heads * hd, pos, 1), &k[..(pos + 1) * kv_heads * hd], &v[..(pos + 1) * kv_heads * hd], heads, kv_heads, hd, pos);
+        assert_close(&got, &want, ATOL, RTOL, &format!("{label}: attention decode at {pos}"));
+    }
+}
+
+fn check_embed_and_argmax<B: Backend>(b: &B, label: &str) {
+    let (rows, cols) = (300, 64);
+    let (table, exact) = weight(GgmlDType::Q8_0, rows, cols, 20);
+    let table = b.embedding(table).unwrap();
+    let ids = [0u32, 299, 17, 150, 17];
+    let got = host(b, &b.embed(&table, &ids).unwrap());
+    let want: Vec<f32> = ids.iter().flat_map(|&i| exact[i as usize * cols..(i as usize + 1) * cols].to_vec()).collect();
+    assert_close(&got, &want, ATOL, RTOL, &format!("{label}: embed"));
+    // Ties go to the first index, as torch.argmax does.
+    let mut row = random(1000, 21);
+    row[613] = 5.0;
+    row[911] = 5.0;
+    let x = b.activation_from(&row, 1, row.len()).unwrap();
+    assert_eq!(pollster::block_on(b.argmax(&x)).unwrap(), 613, "{label}: argmax");
+}
+
+fn gpu(max_binding_bytes: Option<u64>) -> GpuBackend {
+    pollster::block_on(GpuBackend::new(GpuOptions { quant: GpuQuant::F32, max_binding_bytes })).expect("a Vulkan adapter (mesa-vulkan-drivers)")
+}
+
+#[test]
+fn cpu_ops() {
+    let b = CpuBackend::new(None);
+    // Q4_K and Q6_K go through candle, which rounds activations to 8 bits.
+    check_linear(&b, "cpu", |d| if matches!(d, GgmlDType::Q4K | GgmlDType::Q6K) { Exactness::Approximate(0.02) } else { Exactness::Exact });
+    check_elementwise(&b, "cpu");
+    check_rms_norm(&b, "cpu");
+    check_rope(&b, "cpu");
+    check_attention(&b, "cpu");
+    check_embed_and_argmax(&b, "cpu");
+}
+
+#[test]
+fn gpu_ops() {
+    let b = gpu(None);
+    // Q4_K and Q6_K are dequantized and stored as the GPU's 8-bit blocks.
+    check_linear(&b, "gpu", |d| if matches!(d, GgmlDType::Q4K | GgmlDType::Q6K) { Exactness::Approximate(0.02) } else { Exactness::Exact });
+    check_elementwise(&b, "gpu");
+    check_rms_norm(&b, "gpu");
+    check_rope(&b, "gpu");
+    check_attention(&b, "gpu");
+    check_embed_and_argmax(&b, "gpu");
+}
+
+#[test]
+fn gpu_ops_with_weights_split_across_bindings() {
+    // 1 KiB per binding: every weight above splits into many row ranges, the last one short.
+    let b = gpu(Some(1024));
+    check_linear(&b, "gpu split", |d| if matches!(d, GgmlDType::Q4K | GgmlDType::Q6K) { Exactness::Approximate(0.02) } else { Exactness::Exact });
+    check_embed_and_argmax(&b, "gpu split");
+}
