@@ -140,3 +140,21 @@ fn gpu_f16_weights_stay_f16_and_exact() {
     let mut g = engine(open_micro_gguf(bytes).unwrap(), gpu(GpuQuant::F32, None));
     assert_close(&logits_of(&mut g, &ids), &logits_of(&mut cpu, &ids), LOGIT_ATOL, LOGIT_RTOL, "F16");
 }
+
+#[test]
+fn gpu_limits_give_clear_errors_not_panics() {
+    let tensors = micro_tensors(SEED);
+    // A binding smaller than one weight row (32 f32 = 128 bytes) cannot hold the model.
+    let tiny = gpu(GpuQuant::F32, Some(64));
+    let OpenedModel { mut files, .. } = open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap();
+    let err = files.load(&tiny, &mut |_, _| {}).err().expect("a weight row over the binding limit is refused");
+    assert!(err.to_string().contains("binding limit"), "{err}");
+    // A context whose rope tables and KV cache exceed a binding is refused, not attempted.
+    let small = gpu(GpuQuant::F32, Some(4096));
+    let OpenedModel { mut files, .. } = open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap();
+    let weights = files.load(&small, &mut |_, _| {}).unwrap();
+    let mut config = files.config.clone();
+    config.max_position_embeddings = 4096;
+    let err = Engine::new(small, config, weights, 4096).err().expect("a 4096-position cache needs 64 KiB per layer");
+    assert!(err.to_string().contains("binding limit"), "{err}");
+}
