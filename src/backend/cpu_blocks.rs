@@ -66,8 +66,17 @@ impl BlockMatrix {
                 let r = task * rows_per_task + i;
                 let scales = &self.scales[r * blocks..(r + 1) * blocks];
                 let quants = &self.quants[r * self.cols..(r + 1) * self.cols];
-                for (t, o) in row_out.iter_mut().enumerate() {
-                    *o = row_dot(scales, quants, &x[t * self.cols..(t + 1) * self.cols], &block_sums[t * blocks..(t + 1) * blocks]);
+                let token = |t: usize| (&x[t * self.cols..(t + 1) * self.cols], &block_sums[t * blocks..(t + 1) * blocks]);
+                let mut t = 0;
+                // Four tokens at a time share each block's dequantized weights (prefill).
+                while t + 4 <= seq {
+                    let dots = row_dot4(scales, quants, [token(t), token(t + 1), token(t + 2), token(t + 3)]);
+                    row_out[t..t + 4].copy_from_slice(&dots);
+                    t += 4;
+                }
+                for (t, o) in row_out.iter_mut().enumerate().skip(t) {
+                    let (xt, st) = token(t);
+                    *o = row_dot(scales, quants, xt, st);
                 }
             }
         });
@@ -85,13 +94,69 @@ impl BlockMatrix {
 fn row_dot(scales: &[[f32; 2]], quants: &[i8], x: &[f32], sums: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        if *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+        if has_avx2_fma() {
             // SAFETY: the CPU supports AVX2 and FMA (checked above).
             return unsafe { row_dot_avx2(scales, quants, x, sums) };
         }
     }
     row_dot_portable(scales, quants, x, sums)
+}
+
+/// Four tokens' dots with one row: `row_dot` for each, sharing the weight conversion on AVX2.
+fn row_dot4(scales: &[[f32; 2]], quants: &[i8], tokens: [(&[f32], &[f32]); 4]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx2_fma() {
+            // SAFETY: the CPU supports AVX2 and FMA (checked above).
+            return unsafe { row_dot4_avx2(scales, quants, tokens) };
+        }
+    }
+    tokens.map(|(x, s)| row_dot_portable(scales, quants, x, s))
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma() -> bool {
+    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_dot4_avx2(scales: &[[f32; 2]], quants: &[i8], tokens: [(&[f32], &[f32]); 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut offset = [0f32; 4];
+    for (b, [d, m]) in scales.iter().enumerate() {
+        // SAFETY: as in row_dot_avx2; every token slice holds scales.len() whole blocks.
+        unsafe {
+            let qp = quants.as_ptr().add(b * BLOCK) as *const __m128i;
+            let (lo, hi) = (_mm_loadu_si128(qp), _mm_loadu_si128(qp.add(1)));
+            let dv = _mm256_set1_ps(*d);
+            let words = [
+                _mm256_cvtepi8_epi32(lo),
+                _mm256_cvtepi8_epi32(_mm_srli_si128::<8>(lo)),
+                _mm256_cvtepi8_epi32(hi),
+                _mm256_cvtepi8_epi32(_mm_srli_si128::<8>(hi)),
+            ];
+            for (k, w) in words.into_iter().enumerate() {
+                let wf = _mm256_mul_ps(_mm256_cvtepi32_ps(w), dv);
+                for (a, (x, _)) in acc.iter_mut().zip(&tokens) {
+                    *a = _mm256_fmadd_ps(wf, _mm256_loadu_ps(x.as_ptr().add(b * BLOCK + k * 8)), *a);
+                }
+            }
+        }
+        for (o, (_, sums)) in offset.iter_mut().zip(&tokens) {
+            *o += m * sums[b];
+        }
+    }
+    let mut out = [0f32; 4];
+    for (i, a) in acc.into_iter().enumerate() {
+        let mut lanes = [0f32; 8];
+        // SAFETY: lanes holds 8 f32.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), a) };
+        out[i] = lanes.iter().sum::<f32>() + offset[i];
+    }
+    out
 }
 
 /// AVX2/FMA: 32 weights per block widened i8 -> i32 -> f32, scaled by d, multiplied into an
