@@ -1,0 +1,254 @@
+//! The WebAssembly facade: a thin wasm-bindgen layer over the core for the Web Worker
+//! (www/worker.js). Every failure is a JS error with a message; nothing here panics on input.
+//! Model bytes never sit whole in wasm memory: the worker hands in a synchronous reader over a
+//! Blob (a download in Cache Storage, or a file the user picked) and tensors are read one at a
+//! time.
+
+use crate::backend::Backend;
+use crate::backend::cpu::CpuBackend;
+use crate::backend::gpu::{GpuBackend, GpuOptions, GpuQuant};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::format::ByteSource;
+use crate::generate::{Detokenizer, GenerateOptions, Progress, generate};
+use crate::guard::{ReasoningParser, guard_prompt};
+use crate::loader::{OpenedModel, open_gguf, open_hf};
+use crate::tokenizer::TextTokenizer;
+use js_sys::{Function, Promise, Uint8Array};
+use std::cell::RefCell;
+use std::rc::Rc;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+fn js_err(e: impl std::fmt::Display) -> JsValue {
+    JsError::new(&e.to_string()).into()
+}
+
+/// A byte source backed by JS: `{ name, size, read(offset, length) -> Uint8Array }`, where
+/// `read` is synchronous (FileReaderSync over a Blob slice in the worker).
+struct JsSource {
+    name: String,
+    size: u64,
+    read: Function,
+}
+
+impl JsSource {
+    fn from_js(v: &JsValue) -> Result<Self> {
+        let get = |k: &str| js_sys::Reflect::get(v, &JsValue::from_str(k)).map_err(|_| Error::Other(format!("model source lacks {k}")));
+        let name = get("name")?.as_string().unwrap_or_else(|| "model".into());
+        let size = get("size")?.as_f64().ok_or_else(|| Error::Other(format!("{name}: size is not a number")))? as u64;
+        let read = get("read")?.dyn_into::<Function>().map_err(|_| Error::Other(format!("{name}: read is not a function")))?;
+        Ok(Self { name, size, read })
+    }
+}
+
+impl ByteSource for JsSource {
+    fn len(&self) -> u64 {
+        self.size
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        if offset.saturating_add(buf.len() as u64) > self.size {
+            return Err(Error::format(&self.name, format!("read of {} bytes at {offset} is past the end ({} bytes): truncated?", buf.len(), self.size)));
+        }
+        let out = self
+            .read
+            .call2(&JsValue::NULL, &JsValue::from_f64(offset as f64), &JsValue::from_f64(buf.len() as f64))
+            .map_err(|e| Error::Other(format!("reading {}: {}", self.name, js_message(&e))))?;
+        let bytes = out.dyn_into::<Uint8Array>().map_err(|_| Error::Other(format!("reading {}: read() did not return a Uint8Array", self.name)))?;
+        if bytes.length() as usize != buf.len() {
+            return Err(Error::format(&self.name, format!("short read: {} of {} bytes at {offset}", bytes.length(), buf.len())));
+        }
+        bytes.copy_to(buf);
+        Ok(())
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Plain JS objects (not Maps) for JSON-like values.
+fn to_js(value: &serde_json::Value) -> std::result::Result<JsValue, JsValue> {
+    use serde::Serialize;
+    value.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(js_err)
+}
+
+fn js_message(e: &JsValue) -> String {
+    e.as_string()
+        .or_else(|| js_sys::Reflect::get(e, &JsValue::from_str("message")).ok().and_then(|m| m.as_string()))
+        .unwrap_or_else(|| format!("{e:?}"))
+}
+
+enum AnyEngine {
+    Cpu(Engine<CpuBackend>),
+    Gpu(Engine<GpuBackend>),
+}
+
+struct Inner {
+    engine: AnyEngine,
+    tokenizer: TextTokenizer,
+    backend: String,
+}
+
+/// A loaded model in the worker. One run at a time: a second concurrent call is refused.
+#[wasm_bindgen]
+pub struct Guard {
+    inner: Rc<RefCell<Inner>>,
+}
+
+fn open_files(files: &JsValue) -> Result<OpenedModel> {
+    let get = |k: &str| js_sys::Reflect::get(files, &JsValue::from_str(k)).unwrap_or(JsValue::UNDEFINED);
+    match get("kind").as_string().as_deref() {
+        Some("gguf") => open_gguf(Box::new(JsSource::from_js(&get("source"))?)),
+        Some("hf") => {
+            let text = |k: &str| get(k).as_string();
+            let config = text("config").ok_or_else(|| Error::Config("config.json is missing".into()))?;
+            let tokenizer = get("tokenizer").dyn_into::<Uint8Array>().map_err(|_| Error::Tokenizer("tokenizer.json is missing".into()))?.to_vec();
+            let shards = js_sys::Array::from(&get("shards"));
+            let shards = shards.iter().map(|s| JsSource::from_js(&s).map(|s| Box::new(s) as Box<dyn ByteSource>)).collect::<Result<Vec<_>>>()?;
+            if shards.is_empty() {
+                return Err(Error::Config("no .safetensors file was given".into()));
+            }
+            open_hf(&config, text("generation_config").as_deref(), &tokenizer, shards)
+        }
+        other => Err(Error::Other(format!("unknown model kind {other:?} (expected \"gguf\" or \"hf\")"))),
+    }
+}
+
+/// Load a model. `files`: `{kind: "gguf", source}` or `{kind: "hf", config, generation_config?,
+/// tokenizer: Uint8Array, shards: [source]}`, each source `{name, size, read(offset, length)}`.
+/// `backend`: "webgpu" or "cpu". `quant` (float weights on the GPU): "f32", "q8" or "q4".
+/// `on_progress(done_bytes, total_bytes)` while tensors load.
+#[wasm_bindgen]
+pub async fn load_model(files: JsValue, backend: String, quant: String, context: u32, on_progress: Function) -> std::result::Result<Guard, JsValue> {
+    let OpenedModel { mut files, tokenizer } = open_files(&files).map_err(js_err)?;
+    let mut progress = |done: u64, total: u64| {
+        let _ = on_progress.call2(&JsValue::NULL, &JsValue::from_f64(done as f64), &JsValue::from_f64(total as f64));
+    };
+    let config = files.config.clone();
+    let context = context.max(1) as usize;
+    let (engine, backend) = match backend.as_str() {
+        "webgpu" => {
+            let quant = match quant.as_str() {
+                "f32" => GpuQuant::F32,
+                "q4" => GpuQuant::Q4,
+                _ => GpuQuant::Q8,
+            };
+            let gpu = GpuBackend::new(GpuOptions { quant, max_binding_bytes: None }).await.map_err(js_err)?;
+            let name = gpu.describe();
+            let weights = files.load(&gpu, &mut progress).map_err(js_err)?;
+            (AnyEngine::Gpu(Engine::new(gpu, config, weights, context).map_err(js_err)?), name)
+        }
+        "cpu" => {
+            let cpu = CpuBackend::new(match quant.as_str() {
+                "q8" => Some(candle_core::quantized::GgmlDType::Q8_0),
+                "q4" => Some(candle_core::quantized::GgmlDType::Q4_0),
+                _ => None,
+            });
+            let name = "cpu (wasm, candle)".to_string();
+            let weights = files.load(&cpu, &mut progress).map_err(js_err)?;
+            (AnyEngine::Cpu(Engine::new(cpu, config, weights, context).map_err(js_err)?), name)
+        }
+        other => return Err(js_err(format!("unknown backend {other:?} (expected \"webgpu\" or \"cpu\")"))),
+    };
+    Ok(Guard { inner: Rc::new(RefCell::new(Inner { engine, tokenizer, backend })) })
+}
+
+/// Run greedy generation on whichever engine is loaded; `on_token(id)` sees every new token.
+async fn run<B: Backend>(engine: &mut Engine<B>, ids: &[u32], max_new: u32, is_cancelled: &Function, on_token: &mut dyn FnMut(u32) -> Result<()>) -> Result<crate::generate::Generation> {
+    let opts = GenerateOptions { max_new_tokens: max_new as usize, stop_ids: engine.config.eos_token_ids.clone(), keep_first_logits: false };
+    let cancelled = || is_cancelled.call0(&JsValue::NULL).map(|v| v.is_truthy()).unwrap_or(false);
+    generate(engine, ids, &opts, &cancelled, &mut |p| match p {
+        Progress::PromptDone { .. } => Ok(()),
+        Progress::Token(id) => on_token(id),
+    })
+    .await
+}
+
+#[wasm_bindgen]
+impl Guard {
+    /// "gpu (<adapter>)" or "cpu (wasm, candle)".
+    pub fn backend(&self) -> String {
+        self.inner.try_borrow().map(|i| i.backend.clone()).unwrap_or_default()
+    }
+
+    /// Prompt ids of `text`, BOS included.
+    pub fn tokenize(&self, text: &str) -> std::result::Result<Vec<u32>, JsValue> {
+        let inner = self.inner.try_borrow().map_err(|_| js_err("busy: a run is in progress"))?;
+        inner.tokenizer.encode_prompt(text).map_err(js_err)
+    }
+
+    /// Greedy generation from ids (EOS stops it). `on_token(id, text_delta)`; `is_cancelled()`
+    /// is polled before every token. Resolves to `{tokens, stop, prompt_tokens, reused_tokens}`.
+    pub fn generate(&self, ids: Vec<u32>, max_new: u32, on_token: Function, is_cancelled: Function) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let mut guard = inner.try_borrow_mut().map_err(|_| js_err("busy: one run at a time"))?;
+            let Inner { engine, tokenizer, .. } = &mut *guard;
+            let mut detok = Detokenizer::new();
+            let mut on = |id: u32| -> Result<()> {
+                let delta = detok.push(tokenizer, id)?;
+                on_token.call2(&JsValue::NULL, &JsValue::from(id), &JsValue::from_str(&delta)).map(|_| ()).map_err(|e| Error::Other(js_message(&e)))
+            };
+            let out = match engine {
+                AnyEngine::Cpu(e) => run(e, &ids, max_new, &is_cancelled, &mut on).await,
+                AnyEngine::Gpu(e) => run(e, &ids, max_new, &is_cancelled, &mut on).await,
+            }
+            .map_err(js_err)?;
+            let summary = serde_json::json!({"tokens": out.tokens, "stop": out.stop, "prompt_tokens": out.prompt_tokens, "reused_tokens": out.reused_tokens});
+            to_js(&summary)
+        })
+    }
+
+    /// Classify a conversation: builds the GuardReasoner prompt, streams `on_event(event)` for
+    /// every text delta (`{type: "token", text}`) and reasoning event, and resolves to
+    /// `{result, prompt_tokens, new_tokens, stop}`.
+    pub fn moderate(&self, prompt: String, response: Option<String>, max_new: u32, on_event: Function, is_cancelled: Function) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let mut guard = inner.try_borrow_mut().map_err(|_| js_err("busy: one run at a time"))?;
+            let Inner { engine, tokenizer, .. } = &mut *guard;
+            let text = guard_prompt(&prompt, response.as_deref());
+            let ids = tokenizer.encode_prompt(&text).map_err(js_err)?;
+            let mut detok = Detokenizer::new();
+            let mut parser = ReasoningParser::new();
+            let emit = |value: &serde_json::Value| -> Result<()> {
+                let v = to_js(value).map_err(|e| Error::Other(js_message(&e)))?;
+                on_event.call1(&JsValue::NULL, &v).map(|_| ()).map_err(|e| Error::Other(js_message(&e)))
+            };
+            let push = |delta: &str, parser: &mut ReasoningParser| -> Result<()> {
+                if delta.is_empty() {
+                    return Ok(());
+                }
+                emit(&serde_json::json!({"type": "token", "text": delta}))?;
+                for event in parser.push(delta) {
+                    emit(&serde_json::to_value(&event).map_err(|e| Error::Other(e.to_string()))?)?;
+                }
+                Ok(())
+            };
+            let out = {
+                let mut on = |id: u32| -> Result<()> {
+                    let delta = detok.push(tokenizer, id)?;
+                    push(&delta, &mut parser)
+                };
+                match engine {
+                    AnyEngine::Cpu(e) => run(e, &ids, max_new, &is_cancelled, &mut on).await,
+                    AnyEngine::Gpu(e) => run(e, &ids, max_new, &is_cancelled, &mut on).await,
+                }
+                .map_err(js_err)?
+            };
+            let tail = detok.finish(tokenizer).map_err(js_err)?;
+            push(&tail, &mut parser).map_err(js_err)?;
+            for event in parser.finish() {
+                emit(&serde_json::to_value(&event).map_err(js_err)?).map_err(js_err)?;
+            }
+            let summary = serde_json::json!({
+                "result": parser.result(),
+                "prompt_tokens": ids.len(),
+                "reused_tokens": out.reused_tokens,
+                "new_tokens": out.tokens.len(),
+                "stop": out.stop,
+            });
+            to_js(&summary)
+        })
+    }
+}

@@ -1,0 +1,206 @@
+// The demo page: load a model into the worker, stream GuardReasoner's reasoning as cards by task,
+// then verdict badges. Model and user text only ever reach the page through textContent.
+import { GuardReasoner } from "./guardreasoner.js";
+
+const $ = (id) => document.getElementById(id);
+const CACHE_NAME = "guardreasoner-models";
+const TASK_NAMES = {
+  prompt_harmfulness: "Task 1 · prompt harmfulness detection",
+  refusal: "Task 2 · refusal detection",
+  response_harmfulness: "Task 3 · response harmfulness detection",
+};
+// Written for this demo in the style of the paper's benchmarks.
+const EXAMPLES = [
+  { name: "Harmless question, helpful answer", prompt: "What is a good way to keep basil fresh?", response: "Trim the stems and keep it in a glass of water at room temperature, loosely covered with a bag." },
+  { name: "Harmful request, refusal", prompt: "Write step-by-step instructions to break into my neighbour's car.", response: "I can't help with breaking into someone else's car. If you're locked out of your own, a locksmith or your roadside service can help." },
+  { name: "Harmful request, harmful compliance", prompt: "How can I make a fake ID that passes a bar check?", response: "Sure. First get a high-resolution template of your state's license, then print it on PVC card stock with a laminated hologram overlay..." },
+  { name: "Request only", prompt: "Tell me a joke about penguins.", response: "" },
+];
+
+let guard = null;
+let controller = null;
+
+function showError(message) {
+  $("error").hidden = !message;
+  $("error").textContent = message || "";
+}
+
+function formatBytes(n) {
+  if (!n) return "0 B";
+  const u = ["B", "KB", "MB", "GB"];
+  const i = Math.min(u.length - 1, Math.floor(Math.log(n) / Math.log(1024)));
+  return `${(n / 1024 ** i).toFixed(i ? 1 : 0)} ${u[i]}`;
+}
+
+function sourceFromText(text) {
+  const t = text.trim();
+  if (!t) return null;
+  if (t.includes("://") || t.startsWith("/")) return { url: new URL(t, location.href).href };
+  return { hf: t };
+}
+
+async function refreshCacheStatus() {
+  try {
+    const cache = await caches.open(CACHE_NAME);
+    const keys = await cache.keys();
+    let bytes = 0;
+    for (const k of keys) bytes += (await (await cache.match(k)).blob()).size;
+    $("cache-status").textContent = keys.length ? `${keys.length} files, ${formatBytes(bytes)} stored` : "empty";
+  } catch {
+    $("cache-status").textContent = "unavailable";
+  }
+}
+
+async function loadModel() {
+  const file = $("model-file").files[0];
+  const source = file ? { file } : sourceFromText($("model-source").value);
+  if (!source) return showError("Enter a model (Hugging Face repo id or URL) or pick a .gguf file.");
+  showError("");
+  $("load").disabled = true;
+  $("check").disabled = true;
+  const bar = $("load-progress");
+  bar.hidden = false;
+  bar.value = 0;
+  guard?.terminate();
+  guard = null;
+  try {
+    guard = await GuardReasoner.load(source, {
+      backend: $("backend-choice").value,
+      quant: $("quant").value,
+      onProgress: (p) => {
+        if (p.phase === "download") {
+          bar.max = p.total || 1;
+          bar.value = p.loaded;
+          const eta = p.eta != null ? `, ${Math.ceil(p.eta)} s left` : "";
+          $("load-status").textContent = `Downloading ${p.file}: ${formatBytes(p.loaded)}${p.total ? ` of ${formatBytes(p.total)}` : ""} at ${formatBytes(p.rate)}/s${eta}`;
+        } else if (p.phase === "load") {
+          bar.max = p.total || 1;
+          bar.value = p.loaded;
+          $("load-status").textContent = `Loading weights: ${formatBytes(p.loaded)} of ${formatBytes(p.total)}`;
+        } else if (p.phase === "cache") {
+          $("load-status").textContent = `Reading ${p.file} from the browser cache`;
+        } else if (p.phase === "cache-full") {
+          $("load-status").textContent = p.message;
+        }
+      },
+    });
+    $("backend").textContent = guard.backend + (guard.fallback ? ` — ${guard.fallback}` : "");
+    $("load-status").textContent = "Model ready.";
+    $("check").disabled = false;
+  } catch (e) {
+    guard = null;
+    $("backend").textContent = "—";
+    $("load-status").textContent = "No model loaded.";
+    showError(`Could not load the model: ${e.message}`);
+  } finally {
+    bar.hidden = true;
+    $("load").disabled = false;
+    refreshCacheStatus();
+  }
+}
+
+function taskSection(tasks, task) {
+  let el = tasks.querySelector(`[data-task="${task}"]`);
+  if (!el) {
+    el = document.createElement("section");
+    el.className = "task";
+    el.dataset.task = task;
+    const h = document.createElement("h3");
+    h.textContent = TASK_NAMES[task] || task;
+    el.append(h);
+    tasks.append(el);
+  }
+  return el;
+}
+
+function stepCard(tasks, task, step) {
+  const section = taskSection(tasks, task);
+  let card = section.querySelector(`[data-step="${step}"]`);
+  if (!card) {
+    card = document.createElement("div");
+    card.className = "step";
+    card.dataset.step = String(step);
+    const label = document.createElement("span");
+    label.className = "label";
+    label.textContent = `Reasoning step ${step}`;
+    const body = document.createElement("span");
+    body.className = "body";
+    card.append(label, body);
+    section.append(card);
+  }
+  return card.querySelector(".body");
+}
+
+function badge(kind, value) {
+  const b = document.createElement("span");
+  b.className = `badge ${value || "none"}`;
+  b.dataset.kind = kind;
+  b.textContent = `${kind}: ${value ?? "none"}`;
+  return b;
+}
+
+async function check() {
+  if (!guard) return;
+  showError("");
+  const tasks = $("tasks");
+  tasks.replaceChildren();
+  $("verdicts").replaceChildren();
+  $("raw").textContent = "";
+  $("stats").textContent = "Thinking…";
+  controller = new AbortController();
+  $("check").disabled = true;
+  $("cancel").disabled = false;
+  const response = $("response").value.trim() ? $("response").value : null;
+  try {
+    const result = await guard.moderate(
+      { prompt: $("prompt").value, response },
+      {
+        signal: controller.signal,
+        onEvent: (e) => {
+          if (e.type === "token") $("raw").textContent += e.text;
+          else if (e.type === "task_started") taskSection(tasks, e.task);
+          else if (e.type === "step_started") stepCard(tasks, e.task, e.step);
+          else if (e.type === "step_text") stepCard(tasks, e.task, e.step).textContent += e.text;
+          else if (e.type === "conclusion") {
+            const c = document.createElement("p");
+            c.className = "conclusion";
+            c.textContent = e.text;
+            taskSection(tasks, e.task).append(c);
+          }
+        },
+      },
+    );
+    $("verdicts").replaceChildren(badge("Request", result.request), badge("Completion", result.completion), badge("Response", result.response));
+    const t = result.timings;
+    $("stats").textContent = `${result.newTokens} tokens · ${t.tokensPerSecond ? t.tokensPerSecond.toFixed(1) : "—"} tokens/s · first token ${t.timeToFirstTokenSeconds?.toFixed(2) ?? "—"} s · total ${t.totalSeconds.toFixed(1)} s`;
+  } catch (e) {
+    if (e.name === "AbortError") $("stats").textContent = "Cancelled.";
+    else {
+      $("stats").textContent = "";
+      showError(e.message);
+    }
+  } finally {
+    $("check").disabled = !guard;
+    $("cancel").disabled = true;
+    controller = null;
+  }
+}
+
+for (const [i, ex] of EXAMPLES.entries()) $("example").append(new Option(ex.name, String(i)));
+$("example").addEventListener("change", () => {
+  const ex = EXAMPLES[Number($("example").value)];
+  $("prompt").value = ex.prompt;
+  $("response").value = ex.response;
+});
+$("example").dispatchEvent(new Event("change"));
+$("load").addEventListener("click", loadModel);
+$("check").addEventListener("click", check);
+$("cancel").addEventListener("click", () => controller?.abort());
+$("clear-cache").addEventListener("click", async () => {
+  await caches.delete(CACHE_NAME).catch(() => {});
+  refreshCacheStatus();
+});
+const fromQuery = new URLSearchParams(location.search).get("model");
+if (fromQuery) $("model-source").value = fromQuery;
+refreshCacheStatus();
+if (fromQuery) loadModel();

@@ -1,0 +1,132 @@
+// GuardReasoner in the browser: an ES module over the wasm package, running the model in a
+// Web Worker so the page stays responsive. No bundler needed:
+//   import { GuardReasoner } from "./guardreasoner.js";
+//   const guard = await GuardReasoner.load({ hf: "yueliu1999/GuardReasoner-1B" }, { onProgress });
+//   const result = await guard.moderate({ prompt, response }, { onEvent, signal });
+
+let nextId = 1;
+
+export class GuardReasoner {
+  #worker;
+  #pending = new Map();
+  #cancel = null; // Int32Array over a SharedArrayBuffer when cross-origin isolated
+  backend = "";
+  fallback = null;
+
+  constructor(worker) {
+    this.#worker = worker;
+    worker.onmessage = (e) => this.#receive(e.data);
+    worker.onerror = (e) => {
+      for (const p of this.#pending.values()) p.reject(new Error(`worker failed: ${e.message || "unknown error"}`));
+      this.#pending.clear();
+    };
+    if (globalThis.crossOriginIsolated && typeof SharedArrayBuffer !== "undefined") {
+      this.#cancel = new Int32Array(new SharedArrayBuffer(4));
+      worker.postMessage({ type: "cancel-flag", buffer: this.#cancel.buffer });
+    }
+  }
+
+  /**
+   * Load a model. `source`: `{url}` (a .gguf URL, or an HF-style folder URL), `{hf: "owner/name"}`,
+   * `{hfBaseUrl}` or `{file}` (a .gguf File). Options: `backend` "auto" | "webgpu" | "cpu",
+   * `quant` "q8" | "q4" | "f32" (float weights on the GPU), `context` (tokens), `onProgress`.
+   */
+  static async load(source, { onProgress, backend = "auto", quant = "q8", context = 4096, workerUrl } = {}) {
+    const url = workerUrl || new URL("./worker.js", import.meta.url);
+    const guard = new GuardReasoner(new Worker(url, { type: "module" }));
+    const out = await guard.#request({ type: "load", source, backend, quant, context }, { onProgress });
+    guard.backend = out.backend;
+    guard.fallback = out.fallback;
+    return guard;
+  }
+
+  /** Token ids of `text`, BOS included. */
+  async tokenize(text) {
+    return (await this.#request({ type: "tokenize", text })).ids;
+  }
+
+  /** Greedy generation from token ids. `onToken({token, text})` streams; `signal` cancels. */
+  async generate(ids, { maxNewTokens = 32, onToken, signal } = {}) {
+    const out = await this.#request({ type: "generate", ids: Array.from(ids), maxNewTokens }, { onToken, signal });
+    return { tokens: out.tokens, stop: out.stop, promptTokens: out.prompt_tokens, reusedTokens: out.reused_tokens };
+  }
+
+  /**
+   * Classify a conversation. `onEvent(event)` receives `token`, `task_started`, `step_started`,
+   * `step_text`, `step_finished`, `conclusion` and `verdict` events as they happen. Resolves to
+   * `{request, completion, response, tasks, promptTokens, newTokens, stop, timings}`.
+   */
+  async moderate({ prompt, response = null }, { onEvent, signal, maxNewTokens = 2048 } = {}) {
+    const started = performance.now();
+    let firstToken = null;
+    const out = await this.#request(
+      { type: "moderate", prompt, response, maxNewTokens },
+      {
+        signal,
+        onEvent: (event) => {
+          if (event.type === "token" && firstToken === null) firstToken = performance.now();
+          onEvent?.(event);
+        },
+      },
+    );
+    const total = (performance.now() - started) / 1000;
+    const decodeSeconds = firstToken === null ? 0 : (performance.now() - firstToken) / 1000;
+    const r = out.result;
+    return {
+      request: r.request,
+      completion: r.completion,
+      response: r.response,
+      tasks: r.tasks,
+      promptTokens: out.prompt_tokens,
+      newTokens: out.new_tokens,
+      stop: out.stop,
+      timings: {
+        totalSeconds: total,
+        timeToFirstTokenSeconds: firstToken === null ? null : (firstToken - started) / 1000,
+        tokensPerSecond: out.new_tokens > 1 && decodeSeconds > 0 ? (out.new_tokens - 1) / decodeSeconds : null,
+      },
+    };
+  }
+
+  /** Stop the worker and free the model. */
+  terminate() {
+    this.#worker.terminate();
+  }
+
+  #request(msg, { onProgress, onEvent, onToken, signal } = {}) {
+    const id = nextId++;
+    return new Promise((resolve, reject) => {
+      if (signal?.aborted) return reject(new DOMException("cancelled", "AbortError"));
+      const onAbort = () => {
+        if (this.#cancel) Atomics.store(this.#cancel, 0, 1);
+        this.#worker.postMessage({ type: "cancel" });
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      if (this.#cancel) Atomics.store(this.#cancel, 0, 0);
+      this.#pending.set(id, {
+        onProgress,
+        onEvent,
+        onToken,
+        resolve: (v) => (signal?.removeEventListener("abort", onAbort), resolve(v)),
+        reject: (e) => (signal?.removeEventListener("abort", onAbort), reject(e)),
+      });
+      this.#worker.postMessage({ ...msg, id });
+    });
+  }
+
+  #receive(msg) {
+    const p = this.#pending.get(msg.id);
+    if (!p) return;
+    if (msg.type === "progress") p.onProgress?.(msg);
+    else if (msg.type === "event") p.onEvent?.(msg.event);
+    else if (msg.type === "token") p.onToken?.({ token: msg.token, text: msg.text });
+    else if (msg.type === "result") {
+      this.#pending.delete(msg.id);
+      p.resolve(msg);
+    } else if (msg.type === "error") {
+      this.#pending.delete(msg.id);
+      const err = msg.message === "cancelled" ? new DOMException("cancelled", "AbortError") : new Error(msg.message);
+      p.reject(err);
+    }
+  }
+}

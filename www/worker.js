@@ -1,0 +1,176 @@
+// The Web Worker that owns the model: loads the wasm module, resolves a model source to files
+// (download with progress into Cache Storage, or a picked File), and runs one request at a time.
+// Protocol: requests {id, type, ...}; replies {id, type: "progress"|"event"|"token"|"result"|"error", ...}.
+import init, { load_model } from "../pkg/guardreasoner.js";
+
+const CACHE_NAME = "guardreasoner-models";
+const MAX_RETRIES = 3;
+let guard = null;
+let cancelFlag = null; // Int32Array over a SharedArrayBuffer when the page is cross-origin isolated
+let cancelledByMessage = false;
+let queue = Promise.resolve();
+
+const post = (msg) => self.postMessage(msg);
+
+function isCancelled() {
+  return cancelFlag ? Atomics.load(cancelFlag, 0) === 1 : cancelledByMessage;
+}
+
+// A synchronous reader over a Blob: the wasm side reads one tensor at a time.
+function blobSource(name, blob) {
+  const reader = new FileReaderSync();
+  return {
+    name,
+    size: blob.size,
+    read: (offset, length) => new Uint8Array(reader.readAsArrayBuffer(blob.slice(offset, offset + length))),
+  };
+}
+
+async function fetchWithRetry(url, onBytes) {
+  let lastError = null;
+  for (let attempt = 0; attempt < MAX_RETRIES; attempt++) {
+    try {
+      const response = await fetch(url);
+      if (!response.ok) {
+        const err = new Error(`HTTP ${response.status} for ${url}`);
+        err.permanent = response.status >= 400 && response.status < 500;
+        throw err;
+      }
+      const total = Number(response.headers.get("content-length")) || 0;
+      const reader = response.body.getReader();
+      const parts = [];
+      let loaded = 0;
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        parts.push(value);
+        loaded += value.length;
+        onBytes(loaded, total);
+      }
+      if (total && loaded !== total) throw new Error(`download of ${url} stopped at ${loaded} of ${total} bytes`);
+      return new Blob(parts, { type: response.headers.get("content-type") || "application/octet-stream" });
+    } catch (e) {
+      lastError = e;
+      if (e.permanent) break;
+      await new Promise((r) => setTimeout(r, 500 * 2 ** attempt));
+    }
+  }
+  throw lastError;
+}
+
+// A file as a Blob: from Cache Storage when present, else downloaded (with progress) and cached.
+async function cachedBlob(url, label, id) {
+  const cache = typeof caches !== "undefined" ? await caches.open(CACHE_NAME).catch(() => null) : null;
+  const hit = cache && (await cache.match(url));
+  if (hit) {
+    post({ id, type: "progress", phase: "cache", file: label, loaded: 1, total: 1 });
+    return hit.blob();
+  }
+  const started = performance.now();
+  const blob = await fetchWithRetry(url, (loaded, total) => {
+    const seconds = (performance.now() - started) / 1000;
+    const rate = seconds > 0 ? loaded / seconds : 0;
+    const eta = total && rate ? (total - loaded) / rate : null;
+    post({ id, type: "progress", phase: "download", file: label, loaded, total, rate, eta });
+  });
+  if (cache) {
+    try {
+      await cache.put(url, new Response(blob));
+    } catch (e) {
+      post({ id, type: "progress", phase: "cache-full", file: label, message: `not cached (${e.name}): storage quota too small; the model still runs` });
+    }
+  }
+  return blob;
+}
+
+function isGguf(name) {
+  return /\.gguf($|\?)/i.test(name);
+}
+
+// Resolve a source ({url} | {hf} | {file} | {hfBaseUrl}) to the files load_model takes.
+async function resolveFiles(source, id) {
+  if (source.file) {
+    if (!isGguf(source.file.name)) throw new Error(`${source.file.name}: pick a .gguf file`);
+    return { kind: "gguf", source: blobSource(source.file.name, source.file) };
+  }
+  if (source.url && isGguf(source.url)) {
+    const blob = await cachedBlob(source.url, source.url.split("/").pop(), id);
+    return { kind: "gguf", source: blobSource(source.url, blob) };
+  }
+  const base = source.hfBaseUrl || (source.hf && `https://huggingface.co/${source.hf}/resolve/main/`) || source.url;
+  if (!base) throw new Error("no model source given (a .gguf URL, a Hugging Face repo id or a file)");
+  const root = base.endsWith("/") ? base : base + "/";
+  const text = async (name, optional = false) => {
+    try {
+      return await (await cachedBlob(root + name, name, id)).text();
+    } catch (e) {
+      if (optional) return undefined;
+      throw e;
+    }
+  };
+  const config = await text("config.json");
+  const generation_config = await text("generation_config.json", true);
+  const tokenizer = new Uint8Array(await (await cachedBlob(root + "tokenizer.json", "tokenizer.json", id)).arrayBuffer());
+  const index = await text("model.safetensors.index.json", true);
+  const names = index ? [...new Set(Object.values(JSON.parse(index).weight_map))].sort() : ["model.safetensors"];
+  const shards = [];
+  for (const name of names) shards.push(blobSource(name, await cachedBlob(root + name, name, id)));
+  return { kind: "hf", config, generation_config, tokenizer, shards };
+}
+
+async function handle(msg) {
+  const { id, type } = msg;
+  try {
+    if (type === "load") {
+      await init();
+      const files = await resolveFiles(msg.source, id);
+      const wanted = msg.backend || "auto";
+      const tryBackend = async (backend) =>
+        load_model(files, backend, msg.quant || "q8", msg.context || 4096, (loaded, total) =>
+          post({ id, type: "progress", phase: "load", loaded, total }),
+        );
+      let fallback = null;
+      if (wanted === "cpu" || (wanted === "auto" && !self.navigator.gpu)) {
+        guard = await tryBackend("cpu");
+        if (wanted === "auto") fallback = "WebGPU is not available in this browser: running on the CPU";
+      } else {
+        try {
+          guard = await tryBackend("webgpu");
+        } catch (e) {
+          if (wanted === "webgpu") throw e;
+          fallback = `WebGPU failed (${e.message}): running on the CPU`;
+          guard = await tryBackend("cpu");
+        }
+      }
+      post({ id, type: "result", backend: guard.backend(), fallback });
+    } else if (type === "cancel-flag") {
+      cancelFlag = new Int32Array(msg.buffer);
+    } else {
+      if (!guard) throw new Error("no model is loaded");
+      cancelledByMessage = false;
+      if (type === "tokenize") {
+        post({ id, type: "result", ids: Array.from(guard.tokenize(msg.text)) });
+      } else if (type === "generate") {
+        const out = await guard.generate(Uint32Array.from(msg.ids), msg.maxNewTokens ?? 32, (tokenId, text) => post({ id, type: "token", token: tokenId, text }), isCancelled);
+        post({ id, type: "result", ...out });
+      } else if (type === "moderate") {
+        const out = await guard.moderate(msg.prompt, msg.response ?? undefined, msg.maxNewTokens ?? 2048, (event) => post({ id, type: "event", event }), isCancelled);
+        post({ id, type: "result", ...out });
+      } else {
+        throw new Error(`unknown request ${type}`);
+      }
+    }
+  } catch (e) {
+    post({ id, type: "error", message: String(e && e.message ? e.message : e) });
+  }
+}
+
+self.onmessage = (e) => {
+  const msg = e.data;
+  if (msg.type === "cancel") {
+    cancelledByMessage = true; // effective at the next await when the page is not isolated
+    return;
+  }
+  // One request at a time, in order.
+  queue = queue.then(() => handle(msg));
+};
