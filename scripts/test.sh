@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: installs what is missing (the wasm32 target, Mesa's
-# Vulkan driver lavapipe for the GPU tests), fetches test assets, runs every test (release
-# build), and checks the core still compiles to wasm32.
+# The whole test suite on a fresh machine: installs what is missing (the wasm32 target,
+# wasm-bindgen-cli, Mesa's Vulkan driver lavapipe for the GPU tests, Debian's Chromium and the npm
+# packages for the browser tests), fetches test assets, runs every Rust test (release build),
+# builds the wasm package and runs the headless-browser tests.
 # Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,14 +10,19 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 
 command -v cargo >/dev/null || { echo "needs Rust (https://rustup.rs)" >&2; exit 1; }
 rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
-if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
-  echo "installing Mesa's Vulkan drivers (lavapipe) for the GPU tests..."
+missing=()
+ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || missing+=(mesa-vulkan-drivers)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} (apt)..."
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq mesa-vulkan-drivers >/dev/null
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 scripts/fetch-test-assets.sh
 
 echo "== cargo test (release)"
 cargo test --release --all-targets
-echo "== wasm32 check of the core"
-cargo check --release --target wasm32-unknown-unknown --lib --no-default-features
+echo "== wasm package"
+scripts/build-wasm.sh
+echo "== browser tests (headless Chromium, WebGPU on SwiftShader without a GPU)"
+node --test tests/browser/

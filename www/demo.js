@@ -19,6 +19,9 @@ const EXAMPLES = [
 
 let guard = null;
 let controller = null;
+const query = new URLSearchParams(location.search);
+// ?max=N caps new tokens (the model's default is 2048).
+const maxNewTokens = Math.max(1, Number(query.get("max")) || 2048);
 
 function showError(message) {
   $("error").hidden = !message;
@@ -156,6 +159,7 @@ async function check() {
       { prompt: $("prompt").value, response },
       {
         signal: controller.signal,
+        maxNewTokens,
         onEvent: (e) => {
           if (e.type === "token") $("raw").textContent += e.text;
           else if (e.type === "task_started") taskSection(tasks, e.task);
@@ -200,7 +204,9 @@ $("clear-cache").addEventListener("click", async () => {
   await caches.delete(CACHE_NAME).catch(() => {});
   refreshCacheStatus();
 });
-const fromQuery = new URLSearchParams(location.search).get("model");
+const fromQuery = query.get("model");
 if (fromQuery) $("model-source").value = fromQuery;
+if (["auto", "webgpu", "cpu"].includes(query.get("backend"))) $("backend-choice").value = query.get("backend");
+if (["q8", "q4", "f32"].includes(query.get("quant"))) $("quant").value = query.get("quant");
 refreshCacheStatus();
 if (fromQuery) loadModel();

@@ -1,0 +1,93 @@
+// The demo page in headless Chromium: live streaming of the reasoning, verdict badges, hostile
+// text rendered as text, no network traffic during a run, cancel, and bad model sources. Runs on
+// the CPU backend (the tiny random model; WebGPU is covered by api.test.mjs).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { repo, startServer, launch, openPage } from "./harness.mjs";
+
+const tiny = "/.cache/tiny-rebuilt/llama32/";
+const badDir = path.join(repo, ".cache/bad-models");
+let server;
+let browser;
+
+before(async () => {
+  fs.mkdirSync(badDir, { recursive: true });
+  const smol = fs.readFileSync(path.join(repo, ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+  fs.writeFileSync(path.join(badDir, "truncated.gguf"), smol.subarray(0, smol.length / 2));
+  fs.writeFileSync(path.join(badDir, "not-a-model.gguf"), "<!doctype html><p>Not found</p>");
+  server = await startServer();
+  browser = await launch({ webgpu: false });
+});
+after(async () => {
+  await browser?.close();
+  server?.stop();
+});
+
+async function readyPage(max) {
+  const opened = await openPage(browser, server.url, `/www/?model=${encodeURIComponent(tiny)}&backend=cpu&quant=f32&max=${max}`);
+  await opened.page.waitForFunction(() => document.getElementById("load-status").textContent === "Model ready.", null, { timeout: 120000 });
+  return opened;
+}
+
+test("reasoning streams live, verdicts appear, hostile text stays text, no requests during the run", async () => {
+  const { page, requests, logs } = await readyPage(300);
+  assert.match(await page.textContent("#backend"), /cpu/);
+  const evil = `<img src=x onerror="window.__xss = 1"> <script>window.__xss = 2</script>`;
+  await page.fill("#prompt", evil);
+  await page.fill("#response", `<b>bold?</b><script>window.__xss = 3</script>`);
+  const before = requests.length;
+  await page.click("#check");
+  const states = new Set();
+  for (let i = 0; i < 2000; i++) {
+    const [raw, cards, stats] = await page.evaluate(() => [document.getElementById("raw").textContent.length, document.getElementById("tasks").textContent.length, document.getElementById("stats").textContent]);
+    if (/tokens ·/.test(stats)) break;
+    if (raw > 0) states.add(`${raw}/${cards}`);
+    await page.waitForTimeout(20);
+  }
+  assert.ok(states.size >= 2, `saw ${states.size} intermediate states; log: ${logs.join("\n")}`);
+  assert.match(await page.textContent("#stats"), /tokens · .* tokens\/s · first token/);
+  assert.equal(await page.locator(".badge").count(), 3, "three verdict badges");
+  assert.ok((await page.locator(".task").count()) >= 1, "reasoning cards");
+  assert.equal(await page.evaluate(() => window.__xss), undefined, "no injected script ran");
+  assert.equal(await page.locator("main img, main b").count(), 0, "no injected elements");
+  assert.deepEqual(requests.slice(before), [], "no network request during the run");
+  for (const url of requests) assert.ok(url.startsWith(server.url), `request left the page's origin: ${url}`);
+  const shots = path.join(repo, ".cache/screenshots");
+  fs.mkdirSync(shots, { recursive: true });
+  await page.screenshot({ path: path.join(shots, "demo.png"), fullPage: true });
+  await page.close();
+});
+
+test("cancel stops a run and the next run works", async () => {
+  const { page } = await readyPage(2000);
+  await page.click("#check");
+  await page.waitForFunction(() => document.getElementById("raw").textContent.length > 20, null, { timeout: 60000 });
+  await page.click("#cancel");
+  await page.waitForFunction(() => document.getElementById("stats").textContent === "Cancelled.", null, { timeout: 10000 });
+  assert.equal(await page.isDisabled("#check"), false);
+  const cancelledAt = (await page.textContent("#raw")).length;
+  await page.goto(`${server.url}/www/?model=${encodeURIComponent(tiny)}&backend=cpu&quant=f32&max=20`);
+  await page.waitForFunction(() => document.getElementById("load-status").textContent === "Model ready.", null, { timeout: 120000 });
+  await page.click("#check");
+  await page.waitForFunction(() => /tokens ·/.test(document.getElementById("stats").textContent), null, { timeout: 60000 });
+  assert.ok(cancelledAt > 0);
+  await page.close();
+});
+
+test("bad model sources give clear messages and leave the page usable", async () => {
+  const { page } = await openPage(browser, server.url, "/www/?backend=cpu");
+  const tryLoad = async (source) => {
+    await page.fill("#model-source", source);
+    await page.click("#load");
+    await page.waitForFunction(() => !document.getElementById("error").hidden || document.getElementById("load-status").textContent === "Model ready.", null, { timeout: 120000 });
+    return (await page.isHidden("#error")) ? "" : await page.textContent("#error");
+  };
+  assert.match(await tryLoad(`${server.url}/nowhere/model.gguf`), /404/);
+  assert.match(await tryLoad(`${server.url}/.cache/bad-models/truncated.gguf`), /truncated|past the end|remaining/i);
+  assert.match(await tryLoad(`${server.url}/.cache/bad-models/not-a-model.gguf`), /not a GGUF file/);
+  assert.match(await tryLoad(`${server.url}/nowhere/folder/`), /404/);
+  assert.equal(await tryLoad(`${server.url}${tiny}`), "", "a good model still loads afterwards");
+  await page.close();
+});
