@@ -1,0 +1,72 @@
+// Types for guardreasoner.js.
+
+export type ModelSource = { hf: string } | { url: string } | { hfBaseUrl: string } | { file: File };
+
+export interface LoadProgress {
+  phase: "download" | "cache" | "cache-full" | "load";
+  file?: string;
+  loaded?: number;
+  total?: number;
+  /** bytes per second (downloads) */
+  rate?: number;
+  /** seconds left (downloads), when the size is known */
+  eta?: number | null;
+  message?: string;
+}
+
+export interface LoadOptions {
+  backend?: "auto" | "webgpu" | "cpu";
+  quant?: "q8" | "q4" | "f32";
+  /** KV cache size in tokens (prompt + new tokens) */
+  context?: number;
+  onProgress?: (p: LoadProgress) => void;
+  workerUrl?: string | URL;
+}
+
+export type TaskName = "prompt_harmfulness" | "refusal" | "response_harmfulness";
+export type VerdictKind = "request" | "completion" | "response";
+
+export type GuardEvent =
+  | { type: "token"; text: string }
+  | { type: "task_started"; task: TaskName }
+  | { type: "step_started"; task: TaskName; step: number }
+  | { type: "step_text"; task: TaskName; step: number; text: string }
+  | { type: "step_finished"; task: TaskName; step: number }
+  | { type: "conclusion"; task: TaskName; text: string }
+  | { type: "verdict"; kind: VerdictKind; value: string | null }
+  | { type: "done" };
+
+export interface TaskReasoning {
+  task: TaskName;
+  steps: string[];
+  conclusion: string | null;
+}
+
+export interface ModerationResult {
+  request: "harmful" | "unharmful" | null;
+  completion: "refusal" | "compliance" | null;
+  response: "harmful" | "unharmful" | null;
+  tasks: TaskReasoning[];
+  promptTokens: number;
+  newTokens: number;
+  stop: "eos" | "max_tokens" | "context_full";
+  timings: { totalSeconds: number; timeToFirstTokenSeconds: number | null; tokensPerSecond: number | null };
+}
+
+export declare class GuardReasoner {
+  /** "gpu (<adapter>)" or "cpu (wasm, candle)" */
+  readonly backend: string;
+  /** Why the CPU is used when WebGPU was wanted, else null. */
+  readonly fallback: string | null;
+  static load(source: ModelSource, options?: LoadOptions): Promise<GuardReasoner>;
+  tokenize(text: string): Promise<number[]>;
+  generate(
+    ids: ArrayLike<number>,
+    options?: { maxNewTokens?: number; onToken?: (t: { token: number; text: string }) => void; signal?: AbortSignal },
+  ): Promise<{ tokens: number[]; stop: string; promptTokens: number; reusedTokens: number }>;
+  moderate(
+    conversation: { prompt: string; response?: string | null },
+    options?: { onEvent?: (e: GuardEvent) => void; signal?: AbortSignal; maxNewTokens?: number },
+  ): Promise<ModerationResult>;
+  terminate(): void;
+}
