@@ -232,7 +232,11 @@ impl GpuBackend {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
-        let adapter = format!("{} ({:?}, {})", info.name, info.backend, info.driver);
+        let adapter = match (info.name.is_empty(), info.backend) {
+            // Browsers may withhold adapter names; say at least that it is WebGPU.
+            (true, wgpu::Backend::BrowserWebGpu) => "browser WebGPU adapter".to_string(),
+            _ => format!("{} ({:?}, {})", info.name, info.backend, info.driver),
+        };
         Ok(Self {
             device,
             queue,

@@ -1,0 +1,57 @@
+// SmolLM2-135M-Instruct Q4_1 through the worker on WebGPU (SwiftShader without a GPU): the
+// greedy tokens streamed to the page equal the native CLI's on the same WGSL kernels
+// (`guardreasoner generate --backend gpu`), and the load and decode speed are logged.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { repo, startServer, launch, openPage } from "./harness.mjs";
+
+const model = "/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+const NEW_TOKENS = 12;
+let server;
+
+before(async () => {
+  server = await startServer();
+});
+after(() => server?.stop());
+
+test("SmolLM2 on WebGPU in the browser equals the native CLI", async () => {
+  const reference = JSON.parse(fs.readFileSync(path.join(repo, "tests/fixtures/smollm2_reference.json"), "utf8"));
+  const ids = reference.prompts[0].ids;
+  const cli = path.join(repo, "target/release/guardreasoner");
+  const native = JSON.parse(
+    execFileSync(cli, ["generate", "--model", path.join(repo, model), "--tokens", ids.join(","), "--max-new", String(NEW_TOKENS), "--backend", "gpu", "--quiet"], {
+      env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || "/tmp" },
+    }).toString(),
+  ).tokens;
+  const browser = await launch({ webgpu: true });
+  try {
+    const { page, logs } = await openPage(browser, server.url);
+    const out = await page
+      .evaluate(
+        async ({ model, ids, n }) => {
+          const { GuardReasoner } = await import("/www/guardreasoner.js");
+          const t0 = performance.now();
+          const guard = await GuardReasoner.load({ url: model }, { backend: "webgpu", context: 256 });
+          const loadSeconds = (performance.now() - t0) / 1000;
+          let first = null;
+          const t1 = performance.now();
+          const res = await guard.generate(ids, { maxNewTokens: n, onToken: () => (first ??= performance.now()) });
+          const end = performance.now();
+          guard.terminate();
+          return { backend: guard.backend, tokens: res.tokens, loadSeconds, prefillSeconds: (first - t1) / 1000, decodeTokensPerSecond: (res.tokens.length - 1) / ((end - first) / 1000) };
+        },
+        { model, ids, n: NEW_TOKENS },
+      )
+      .catch((e) => {
+        throw new Error(`${e.message}\nbrowser log:\n${logs.join("\n")}`);
+      });
+    console.log(`SmolLM2 in Chromium on ${out.backend}: load ${out.loadSeconds.toFixed(1)} s, prompt of ${ids.length} tokens ${out.prefillSeconds.toFixed(1)} s, decode ${out.decodeTokensPerSecond.toFixed(2)} tokens/s`);
+    assert.match(out.backend, /^gpu/);
+    assert.deepEqual(out.tokens, native);
+  } finally {
+    await browser.close();
+  }
+});
