@@ -129,17 +129,7 @@ unsafe fn row_dot4_avx2(scales: &[[f32; 2]], quants: &[i8], tokens: [(&[f32], &[
     for (b, [d, m]) in scales.iter().enumerate() {
         // SAFETY: as in row_dot_avx2; every token slice holds scales.len() whole blocks.
         unsafe {
-            let qp = quants.as_ptr().add(b * BLOCK) as *const __m128i;
-            let (lo, hi) = (_mm_loadu_si128(qp), _mm_loadu_si128(qp.add(1)));
-            let dv = _mm256_set1_ps(*d);
-            let words = [
-                _mm256_cvtepi8_epi32(lo),
-                _mm256_cvtepi8_epi32(_mm_srli_si128::<8>(lo)),
-                _mm256_cvtepi8_epi32(hi),
-                _mm256_cvtepi8_epi32(_mm_srli_si128::<8>(hi)),
-            ];
-            for (k, w) in words.into_iter().enumerate() {
-                let wf = _mm256_mul_ps(_mm256_cvtepi32_ps(w), dv);
+            for (k, wf) in block_weights_avx2(quants, b, *d).into_iter().enumerate() {
                 for (a, (x, _)) in acc.iter_mut().zip(&tokens) {
                     *a = _mm256_fmadd_ps(wf, _mm256_loadu_ps(x.as_ptr().add(b * BLOCK + k * 8)), *a);
                 }
@@ -159,6 +149,24 @@ unsafe fn row_dot4_avx2(scales: &[[f32; 2]], quants: &[i8], tokens: [(&[f32], &[
     out
 }
 
+/// Block `b`'s 32 weights times its scale `d`, as four vectors of 8 f32.
+///
+/// # Safety
+/// AVX2 must be available and `quants` must hold block `b` (32 bytes at `b * 32`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_weights_avx2(quants: &[i8], b: usize, d: f32) -> [std::arch::x86_64::__m256; 4] {
+    use std::arch::x86_64::*;
+    debug_assert!(quants.len() >= (b + 1) * BLOCK);
+    // SAFETY: the caller guarantees 32 bytes at b * 32.
+    unsafe {
+        let qp = quants.as_ptr().add(b * BLOCK) as *const __m128i;
+        let (lo, hi) = (_mm_loadu_si128(qp), _mm_loadu_si128(qp.add(1)));
+        let dv = _mm256_set1_ps(d);
+        [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)].map(|w| _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(w)), dv))
+    }
+}
+
 /// AVX2/FMA: 32 weights per block widened i8 -> i32 -> f32, scaled by d, multiplied into an
 /// 8-lane accumulator; the offset term stays scalar.
 #[cfg(target_arch = "x86_64")]
@@ -172,18 +180,8 @@ unsafe fn row_dot_avx2(scales: &[[f32; 2]], quants: &[i8], x: &[f32], sums: &[f3
         // SAFETY: block b covers quants[b*32..b*32+32] and x[b*32..b*32+32], both in bounds
         // because every slice holds scales.len() whole blocks (checked by the caller's shapes).
         unsafe {
-            let qp = quants.as_ptr().add(b * BLOCK) as *const __m128i;
             let xp = x.as_ptr().add(b * BLOCK);
-            let (lo, hi) = (_mm_loadu_si128(qp), _mm_loadu_si128(qp.add(1)));
-            let dv = _mm256_set1_ps(*d);
-            let words = [
-                _mm256_cvtepi8_epi32(lo),
-                _mm256_cvtepi8_epi32(_mm_srli_si128::<8>(lo)),
-                _mm256_cvtepi8_epi32(hi),
-                _mm256_cvtepi8_epi32(_mm_srli_si128::<8>(hi)),
-            ];
-            for (k, w) in words.into_iter().enumerate() {
-                let wf = _mm256_mul_ps(_mm256_cvtepi32_ps(w), dv);
+            for (k, wf) in block_weights_avx2(quants, b, *d).into_iter().enumerate() {
                 acc = _mm256_fmadd_ps(wf, _mm256_loadu_ps(xp.add(k * 8)), acc);
             }
         }
