@@ -4,7 +4,7 @@
 use crate::backend::Backend;
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
-use crate::format::{ByteSource, HostTensor, StorageType, TensorEntry, TensorIndex};
+use crate::format::{ByteSource, HostTensor, TensorEntry, TensorIndex};
 
 /// Tensor names differ between HF checkpoints and GGUF files; the roles are the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,19 +255,4 @@ pub fn forward<B: Backend>(b: &B, w: &ModelWeights<B>, rope: &B::Rope, c: &Llama
     }
     let last = b.rms_norm(&b.last_row(&x)?, &w.final_norm, c.rms_norm_eps)?; // (1, hidden)
     b.linear(&last, &w.lm_head) // (1, vocab)
-}
-
-/// Storage types a model may hold, for messages and `bench` output.
-pub fn describe_storage(index: &TensorIndex) -> String {
-    let mut kinds: Vec<String> = index
-        .tensors
-        .values()
-        .map(|e| match e.storage {
-            StorageType::Ggml(t) => format!("{t:?}"),
-            other => format!("{other:?}"),
-        })
-        .collect();
-    kinds.sort();
-    kinds.dedup();
-    kinds.join("+")
 }

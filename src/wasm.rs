@@ -47,9 +47,7 @@ impl ByteSource for JsSource {
         self.size
     }
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        if offset.saturating_add(buf.len() as u64) > self.size {
-            return Err(Error::format(&self.name, format!("read of {} bytes at {offset} is past the end ({} bytes): truncated?", buf.len(), self.size)));
-        }
+        crate::format::check_read(&self.name, self.size, offset, buf.len())?;
         let out = self
             .read
             .call2(&JsValue::NULL, &JsValue::from_f64(offset as f64), &JsValue::from_f64(buf.len() as f64))

@@ -36,6 +36,14 @@ pub trait ByteSource {
     }
 }
 
+/// The one bounds check every `ByteSource::read_at` makes before reading.
+pub(crate) fn check_read(name: &str, file_len: u64, offset: u64, len: usize) -> Result<()> {
+    if offset.checked_add(len as u64).is_none_or(|end| end > file_len) {
+        return Err(Error::format(name, format!("read of {len} bytes at {offset} is past the end ({file_len} bytes): truncated?")));
+    }
+    Ok(())
+}
+
 /// A whole file in memory (tests, small files picked in the browser).
 pub struct MemorySource {
     name: String,
@@ -53,12 +61,9 @@ impl ByteSource for MemorySource {
         self.bytes.len() as u64
     }
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let start = usize::try_from(offset).ok();
-        let slice = start
-            .and_then(|s| s.checked_add(buf.len()).map(|e| (s, e)))
-            .and_then(|(s, e)| self.bytes.get(s..e))
-            .ok_or_else(|| Error::format(&self.name, format!("read of {} bytes at {offset} is past the end ({} bytes)", buf.len(), self.bytes.len())))?;
-        buf.copy_from_slice(slice);
+        check_read(&self.name, self.len(), offset, buf.len())?;
+        let start = offset as usize; // < bytes.len() after the check
+        buf.copy_from_slice(&self.bytes[start..start + buf.len()]);
         Ok(())
     }
     fn name(&self) -> &str {
@@ -98,9 +103,7 @@ mod native {
             self.len
         }
         fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-            if offset.saturating_add(buf.len() as u64) > self.len {
-                return Err(Error::format(&self.name, format!("read of {} bytes at {offset} is past the end ({} bytes): truncated?", buf.len(), self.len)));
-            }
+            super::check_read(&self.name, self.len, offset, buf.len())?;
             self.file.read_exact_at(buf, offset).map_err(|e| Error::io(format!("reading {}", self.name), e))
         }
         fn name(&self) -> &str {
