@@ -85,6 +85,34 @@ pub async fn generate<B: Backend>(
     Ok(Generation { tokens, stop, prompt_tokens: prompt.len(), reused_tokens: reused, first_logits })
 }
 
+/// Greedy generation that also decodes: `on_delta` sees each new piece of text as it becomes
+/// certain (the last one at the end); resolves to the whole generated text and the generation.
+pub async fn generate_text<B: Backend>(
+    engine: &mut Engine<B>,
+    tokenizer: &TextTokenizer,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    is_cancelled: &dyn Fn() -> bool,
+    on_delta: &mut dyn FnMut(&str) -> Result<()>,
+) -> Result<(String, Generation)> {
+    let mut detok = Detokenizer::new();
+    let mut text = String::new();
+    let mut take = |delta: String, text: &mut String| -> Result<()> {
+        if delta.is_empty() {
+            return Ok(());
+        }
+        text.push_str(&delta);
+        on_delta(&delta)
+    };
+    let generation = generate(engine, prompt, opts, is_cancelled, &mut |p| match p {
+        Progress::PromptDone { .. } => Ok(()),
+        Progress::Token(id) => take(detok.push(tokenizer, id)?, &mut text),
+    })
+    .await?;
+    take(detok.finish(tokenizer)?, &mut text)?;
+    Ok((text, generation))
+}
+
 /// Ids in, text deltas out. Text is released only when the tokens so far decode to whole
 /// characters; a multi-byte character split across tokens waits for its last byte (the
 /// prefix/read offset scheme of HF text-generation-inference).

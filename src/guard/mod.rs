@@ -1,12 +1,15 @@
 //! The GuardReasoner protocol: the prompt the model was trained on, a streaming parser of its
-//! reasoning and verdicts, and the paper's benchmark scorer (DESIGN.md sections 3 and 5).
+//! reasoning and verdicts, the paper's benchmark scorer, and benchmark runs' item selection and
+//! files (DESIGN.md sections 3 and 5).
 
+pub mod bench;
 pub mod parser;
 pub mod prompt;
 pub mod score;
 #[cfg(test)]
 mod test_data;
 
+pub use bench::{PlannedItem, ResumePoint, Shard, plan_items, prediction_line, resume_point};
 pub use parser::{GuardEvent, GuardResult, ReasoningParser, Task, TaskReasoning, VerdictKind};
 pub use prompt::{INSTRUCTION, NO_RESPONSE, guard_prompt};
 #[cfg(not(target_arch = "wasm32"))]

@@ -1,0 +1,201 @@
+//! `guardreasoner predict`: the paper's benchmarks through the native engine, written in the
+//! paper's layout item by item (each line flushed and synced, so a killed run loses nothing
+//! finished and a rerun resumes), then scored. The browser evaluator (scripts/evaluate.mjs) does
+//! the same through the wasm module; both select items, build prompts, write lines and find the
+//! resume point with the same code (`guardreasoner::guard::bench`).
+
+use super::{EngineJob, PredictArgs, with_engine};
+use anyhow::{Context, Result, bail};
+use guardreasoner::backend::Backend;
+use guardreasoner::engine::Engine;
+use guardreasoner::generate::{GenerateOptions, generate_text};
+use guardreasoner::guard::{
+    DATASETS, DatasetPredictions, DatasetSpec, PlannedItem, evaluate, parse_benchmark_json,
+    parse_predictions_jsonl, plan_items, prediction_line, resume_point,
+};
+use guardreasoner::tokenizer::TextTokenizer;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+const PREDICTIONS_FILE: &str = "generated_predictions.jsonl";
+const MANIFEST_FILE: &str = "run.json";
+const SUMMARY_FILE: &str = "summary.json";
+
+/// One dataset of the run, read and planned before the model loads (bad input fails fast).
+struct DatasetRun {
+    spec: &'static DatasetSpec,
+    planned: Vec<PlannedItem>,
+    /// The benchmark file's items this run covers, as JSON objects (WildGuardTest's labels).
+    raw_items: Vec<serde_json::Value>,
+    total_items: usize,
+    path: PathBuf,
+}
+
+pub fn run(args: PredictArgs) -> Result<()> {
+    let runs = plan(&args)?;
+    check_manifest(&args)?;
+    with_engine(&args.model, PredictJob { args: &args, runs })
+}
+
+fn benchmark_path(dir: &Path, spec: &DatasetSpec) -> PathBuf {
+    dir.join(format!("{}.json", spec.benchmark_file))
+}
+
+/// The datasets asked for (all whose file is present by default), each read and planned.
+fn plan(args: &PredictArgs) -> Result<Vec<DatasetRun>> {
+    if !args.benchmark_dir.is_dir() {
+        bail!("--benchmark-dir {}: not a folder", args.benchmark_dir.display());
+    }
+    let specs: Vec<&'static DatasetSpec> = if args.datasets.is_empty() {
+        DATASETS.iter().filter(|spec| benchmark_path(&args.benchmark_dir, spec).is_file()).collect()
+    } else {
+        args.datasets
+            .iter()
+            .map(|name| {
+                DATASETS.iter().find(|spec| spec.name == name.as_str()).with_context(|| {
+                    let names: Vec<&str> = DATASETS.iter().map(|spec| spec.name).collect();
+                    format!("unknown dataset `{name}`; the paper's are {}", names.join(", "))
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    if specs.is_empty() {
+        bail!("no benchmark files in {}", args.benchmark_dir.display());
+    }
+    specs
+        .into_iter()
+        .map(|spec| {
+            let file = benchmark_path(&args.benchmark_dir, spec);
+            let text = std::fs::read_to_string(&file).with_context(|| format!("{}: cannot read the benchmark file of {}", file.display(), spec.name))?;
+            let items = parse_benchmark_json(&file.display().to_string(), &text)?;
+            let planned = plan_items(&file.display().to_string(), &items, args.limit, args.shard)?;
+            let range = args.shard.select(items.len(), args.limit);
+            let raw_items = items[range].iter().map(|item| serde_json::Value::Object(item.fields.clone())).collect();
+            Ok(DatasetRun { spec, planned, raw_items, total_items: items.len(), path: args.out.join(spec.name).join(PREDICTIONS_FILE) })
+        })
+        .collect()
+}
+
+/// `run.json` records what the folder's predictions were made with; a rerun must match it.
+fn check_manifest(args: &PredictArgs) -> Result<()> {
+    let manifest = serde_json::json!({
+        "model": args.model.model.display().to_string(),
+        "max_new_tokens": args.max_new_tokens,
+        "quant": format!("{:?}", args.model.quant).to_lowercase(),
+    });
+    let path = args.out.join(MANIFEST_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let old: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON; remove it or use another --out", path.display()))?;
+        for key in ["model", "max_new_tokens", "quant"] {
+            if old.get(key) != manifest.get(key) {
+                bail!("{} holds a run with {key} = {}, this one has {}; use the same settings to resume, or another --out", args.out.display(), old.get(key).unwrap_or(&serde_json::Value::Null), manifest[key]);
+            }
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::write(&path, format!("{manifest:#}\n")).with_context(|| format!("writing {}", path.display()))
+}
+
+struct PredictJob<'a> {
+    args: &'a PredictArgs,
+    runs: Vec<DatasetRun>,
+}
+
+impl EngineJob<()> for PredictJob<'_> {
+    fn run<B: Backend>(self, mut engine: Engine<B>, tokenizer: TextTokenizer) -> Result<()> {
+        let PredictJob { args, runs } = self;
+        let cancelled = Arc::new(AtomicBool::new(false));
+        {
+            let cancelled = cancelled.clone();
+            let _ = ctrlc::set_handler(move || cancelled.store(true, Ordering::Relaxed));
+        }
+        let opts = GenerateOptions { max_new_tokens: args.max_new_tokens, stop_ids: engine.config.eos_token_ids.clone(), keep_first_logits: false };
+        let started = Instant::now();
+        let (mut new_items, mut new_tokens, mut generation_s) = (0usize, 0usize, 0f64);
+        for run in &runs {
+            let name = run.spec.name;
+            let existing = match std::fs::read(&run.path) {
+                Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(e) => return Err(e).with_context(|| format!("reading {}", run.path.display())),
+            };
+            let point = resume_point(&run.path.display().to_string(), &existing, &run.planned)?;
+            std::fs::create_dir_all(run.path.parent().expect("a dataset folder")).with_context(|| format!("creating the folder of {}", run.path.display()))?;
+            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&run.path).with_context(|| format!("opening {}", run.path.display()))?;
+            if point.partial_bytes > 0 {
+                eprintln!("{name}: dropping an unfinished last line ({} bytes) of {}", point.partial_bytes, run.path.display());
+                file.set_len(point.keep_bytes as u64).with_context(|| format!("truncating {}", run.path.display()))?;
+            }
+            if point.done > 0 {
+                eprintln!("{name}: resuming after {} of {} items already in {}", point.done, run.planned.len(), run.path.display());
+            }
+            let bar = indicatif::ProgressBar::new(run.planned.len() as u64).with_position(point.done as u64);
+            bar.set_style(indicatif::ProgressStyle::with_template("{prefix:>22} {bar:30} {pos}/{len} items {msg} eta {eta}").expect("static template").progress_chars("=> "));
+            bar.set_prefix(name);
+            let (mut tokens, mut seconds) = (0usize, 0f64);
+            for item in &run.planned[point.done..] {
+                let ids = tokenizer.encode_prompt(&item.prompt)?;
+                let t0 = Instant::now();
+                let result = pollster::block_on(generate_text(&mut engine, &tokenizer, &ids, &opts, &|| cancelled.load(Ordering::Relaxed), &mut |_| Ok(())));
+                let (predict, generation) = match result {
+                    Ok(out) => out,
+                    Err(guardreasoner::Error::Cancelled) => {
+                        bar.abandon();
+                        eprintln!("interrupted: the finished items are in {}; run the same command again to resume", args.out.display());
+                        std::process::exit(130);
+                    }
+                    Err(e) => return Err(e).with_context(|| format!("{name} item {} of the benchmark file", item.index + 1)),
+                };
+                file.write_all(prediction_line(&item.prompt, item.label.as_deref(), &predict).as_bytes()).and_then(|_| file.sync_data()).with_context(|| format!("writing {}", run.path.display()))?;
+                seconds += t0.elapsed().as_secs_f64();
+                tokens += generation.tokens.len();
+                bar.set_message(format!("{:.1} tokens/s", tokens as f64 / seconds.max(1e-9)));
+                bar.inc(1);
+            }
+            bar.finish();
+            if bar.is_hidden() {
+                eprintln!("{name}: {} items ({} new), {tokens} tokens in {seconds:.1} s", run.planned.len(), run.planned.len() - point.done);
+            }
+            new_items += run.planned.len() - point.done;
+            new_tokens += tokens;
+            generation_s += seconds;
+        }
+        let wall_s = started.elapsed().as_secs_f64();
+        let mut predictions = Vec::new();
+        let mut wild_guard_items = None;
+        for run in &runs {
+            let source = run.path.display().to_string();
+            let text = std::fs::read_to_string(&run.path).with_context(|| format!("reading {source}"))?;
+            predictions.push(DatasetPredictions { dataset: run.spec.name.to_string(), records: parse_predictions_jsonl(&source, &text)?, source });
+            if run.spec.ground_truth == guardreasoner::guard::GroundTruthSource::BenchmarkFields {
+                wild_guard_items = Some(parse_benchmark_json("WildGuardTest items", &serde_json::Value::Array(run.raw_items.clone()).to_string())?);
+            }
+        }
+        let report = evaluate(&predictions, wild_guard_items.as_deref())?;
+        print!("{}", report.to_tables());
+        let summary = serde_json::json!({
+            "engine": "native",
+            "backend": engine.backend.describe(),
+            "model": args.model.model.display().to_string(),
+            "max_new_tokens": args.max_new_tokens,
+            "shard": args.shard.to_string(),
+            "limit": args.limit,
+            "datasets": runs.iter().map(|r| serde_json::json!({"name": r.spec.name, "items": r.planned.len(), "benchmark_items": r.total_items})).collect::<Vec<_>>(),
+            "new_items": new_items,
+            "tokens_generated": new_tokens,
+            "generation_s": generation_s,
+            "wall_s": wall_s,
+            "items_per_s": new_items as f64 / generation_s.max(1e-9),
+            "tokens_per_s": new_tokens as f64 / generation_s.max(1e-9),
+            "scores": report,
+        });
+        let path = args.out.join(SUMMARY_FILE);
+        std::fs::write(&path, format!("{summary:#}\n")).with_context(|| format!("writing {}", path.display()))?;
+        println!("{summary}");
+        Ok(())
+    }
+}

@@ -1,0 +1,105 @@
+//! `guardreasoner predict`, the native twin of the browser evaluator, on the tiny golden model over
+//! two of the paper's benchmark files: the paper's layout, resuming a folder (a longer --limit
+//! goes on where the shorter run stopped and ends as a fresh run would), and clear refusals that
+//! leave finished results as they were.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const DATASETS: &str = "SimpleSafetyTests,HarmBenchResponse";
+const NEW_TOKENS: &str = "12";
+
+fn benchmark_dir() -> PathBuf {
+    common::shared_dir().join("guardreasoner/benchmark")
+}
+
+fn predict(out: &Path, extra: &[&str]) -> Output {
+    let model = common::tiny::tiny_folder("llama32");
+    let bench = benchmark_dir();
+    let mut args = vec!["predict", "--quiet", "--model", model.to_str().unwrap(), "--benchmark-dir", bench.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    if !extra.contains(&"--max-new-tokens") {
+        args.extend(["--max-new-tokens", NEW_TOKENS]);
+    }
+    args.extend_from_slice(extra);
+    Command::new(env!("CARGO_BIN_EXE_guardreasoner")).args(&args).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn predictions(out: &Path, dataset: &str) -> String {
+    std::fs::read_to_string(out.join(dataset).join("generated_predictions.jsonl")).unwrap()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = common::cache_dir().join("scratch/cli-predict").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn writes_the_paper_layout_and_resumes() {
+    let fresh = scratch("fresh");
+    let run = predict(&fresh, &["--datasets", DATASETS, "--limit", "3"]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let stdout = text(&run.stdout);
+    assert!(stdout.contains("prompt harmfulness detection task") && stdout.contains("response harmfulness detection task"), "{stdout}");
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(summary["new_items"], 6);
+    assert!(fresh.join("summary.json").is_file() && fresh.join("run.json").is_file());
+    let bench: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(benchmark_dir().join("0_0_SimpleSafetyTests.json")).unwrap()).unwrap();
+    let lines: Vec<serde_json::Value> = predictions(&fresh, "SimpleSafetyTests").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    for (line, item) in lines.iter().zip(&bench) {
+        let keys: Vec<&str> = line.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys.len(), 3);
+        assert_eq!(line["prompt"].as_str().unwrap(), format!("{}\n{}", item["instruction"].as_str().unwrap(), item["input"].as_str().unwrap()));
+        assert_eq!(line["label"], item["output"]);
+        assert!(!line["predict"].as_str().unwrap().is_empty());
+    }
+
+    let resumed = scratch("resumed");
+    let first = predict(&resumed, &["--datasets", DATASETS, "--limit", "2"]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let second = predict(&resumed, &["--datasets", DATASETS, "--limit", "3"]);
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    let stderr = text(&second.stderr);
+    assert!(stderr.contains("SimpleSafetyTests: resuming after 2 of 3 items"), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(text(&second.stdout).trim().lines().last().unwrap()).unwrap();
+    assert_eq!(summary["new_items"], 2, "only the third item of each dataset is new");
+    for dataset in ["SimpleSafetyTests", "HarmBenchResponse"] {
+        assert_eq!(predictions(&resumed, dataset), predictions(&fresh, dataset), "{dataset}");
+    }
+}
+
+#[test]
+fn refuses_bad_input_and_keeps_results() {
+    let out = scratch("refusals");
+    assert!(predict(&out, &["--datasets", "SimpleSafetyTests", "--limit", "2"]).status.success());
+    let kept = predictions(&out, "SimpleSafetyTests");
+    let refused = |extra: &[&str], message: &str| {
+        let run = predict(&out, extra);
+        let stderr = text(&run.stderr);
+        assert!(!run.status.success() && stderr.contains(message), "expected `{message}` in: {stderr}");
+        assert_eq!(predictions(&out, "SimpleSafetyTests"), kept, "results kept after: {stderr}");
+    };
+    refused(&["--datasets", "NoSuchSet"], "unknown dataset `NoSuchSet`");
+    refused(&["--datasets", "SimpleSafetyTests", "--shard", "2/2"], "need 0 <= I < N");
+    refused(&["--datasets", "SimpleSafetyTests", "--limit", "1"], "holds 2 predictions but this run selects 1 items");
+    refused(&["--datasets", "SimpleSafetyTests", "--limit", "2", "--max-new-tokens", "3"], "holds a run with max_new_tokens = 12");
+    refused(&["--datasets", "SimpleSafetyTests", "--shard", "1/2", "--limit", "4"], "its prompt is not that of benchmark item 3");
+    let lonely = out.with_file_name("one-file-bench");
+    std::fs::create_dir_all(&lonely).unwrap();
+    std::fs::copy(benchmark_dir().join("0_0_SimpleSafetyTests.json"), lonely.join("0_0_SimpleSafetyTests.json")).unwrap();
+    let model = common::tiny::tiny_folder("llama32");
+    let run = Command::new(env!("CARGO_BIN_EXE_guardreasoner"))
+        .args(["predict", "--quiet", "--model", model.to_str().unwrap(), "--benchmark-dir", lonely.to_str().unwrap(), "--datasets", DATASETS, "--out", out.to_str().unwrap(), "--max-new-tokens", NEW_TOKENS])
+        .output()
+        .unwrap();
+    let stderr = text(&run.stderr);
+    assert!(!run.status.success() && stderr.contains("cannot read the benchmark file of HarmBenchResponse"), "{stderr}");
+    assert_eq!(predictions(&out, "SimpleSafetyTests"), kept);
+}
