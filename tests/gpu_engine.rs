@@ -19,7 +19,7 @@ const LOGIT_RTOL: f32 = 1e-3;
 const SEED: u64 = 0x5EED;
 
 fn gpu(quant: GpuQuant, max_binding_bytes: Option<u64>) -> GpuBackend {
-    pollster::block_on(GpuBackend::new(GpuOptions { quant, max_binding_bytes })).expect("a Vulkan adapter (install mesa-vulkan-drivers for lavapipe)")
+    pollster::block_on(GpuBackend::new(GpuOptions { quant, max_binding_bytes, ..GpuOptions::default() })).expect("a Vulkan adapter (install mesa-vulkan-drivers for lavapipe)")
 }
 
 fn engine<B: Backend>(opened: OpenedModel, backend: B) -> Engine<B> {

@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use common::SplitMix;
 use guardreasoner::backend::Backend;
 use guardreasoner::backend::cpu::CpuBackend;
-use guardreasoner::backend::gpu::{GpuBackend, GpuOptions, GpuQuant};
+use guardreasoner::backend::gpu::{GpuBackend, GpuOptions, GpuQuant, LinearKernel};
 use guardreasoner::config::LlamaConfig;
 use guardreasoner::format::{HostTensor, StorageType};
 
@@ -210,8 +210,8 @@ fn check_embed_and_argmax<B: Backend>(b: &B, label: &str) {
     assert_eq!(pollster::block_on(b.argmax(&x)).unwrap(), 613, "{label}: argmax");
 }
 
-fn gpu(max_binding_bytes: Option<u64>) -> GpuBackend {
-    pollster::block_on(GpuBackend::new(GpuOptions { quant: GpuQuant::F32, max_binding_bytes })).expect("a Vulkan adapter (mesa-vulkan-drivers)")
+fn gpu(max_binding_bytes: Option<u64>, linear: LinearKernel) -> GpuBackend {
+    pollster::block_on(GpuBackend::new(GpuOptions { quant: GpuQuant::F32, max_binding_bytes, linear })).expect("a Vulkan adapter (mesa-vulkan-drivers)")
 }
 
 #[test]
@@ -228,7 +228,7 @@ fn cpu_ops() {
 
 #[test]
 fn gpu_ops() {
-    let b = gpu(None);
+    let b = gpu(None, LinearKernel::Auto);
     // Q4_K and Q6_K are dequantized and stored as the GPU's 8-bit blocks.
     check_linear(&b, "gpu", |d| if matches!(d, GgmlDType::Q4K | GgmlDType::Q6K) { Exactness::Approximate(0.02) } else { Exactness::Exact });
     check_elementwise(&b, "gpu");
@@ -241,7 +241,18 @@ fn gpu_ops() {
 #[test]
 fn gpu_ops_with_weights_split_across_bindings() {
     // 1 KiB per binding: every weight above splits into many row ranges, the last one short.
-    let b = gpu(Some(1024));
+    let b = gpu(Some(1024), LinearKernel::Auto);
     check_linear(&b, "gpu split", |d| if matches!(d, GgmlDType::Q4K | GgmlDType::Q6K) { Exactness::Approximate(0.02) } else { Exactness::Exact });
     check_embed_and_argmax(&b, "gpu split");
+}
+
+#[test]
+fn gpu_linear_kernels_each() {
+    // Auto picks one kernel per adapter; prove both on this one, whole and split.
+    for linear in [LinearKernel::Cooperative, LinearKernel::RowPerThread] {
+        for max_binding in [None, Some(1024)] {
+            let b = gpu(max_binding, linear);
+            check_linear(&b, &format!("gpu {linear:?} {max_binding:?}"), |d| if matches!(d, GgmlDType::Q4K | GgmlDType::Q6K) { Exactness::Approximate(0.02) } else { Exactness::Exact });
+        }
+    }
 }

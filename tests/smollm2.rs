@@ -108,5 +108,5 @@ fn cpu_matches_llama_cpp() {
 
 #[test]
 fn gpu_matches_llama_cpp() {
-    check_against_llama_cpp(pollster::block_on(GpuBackend::new(GpuOptions { quant: GpuQuant::F32, max_binding_bytes: None })).expect("a Vulkan adapter"));
+    check_against_llama_cpp(pollster::block_on(GpuBackend::new(GpuOptions { quant: GpuQuant::F32, ..GpuOptions::default() })).expect("a Vulkan adapter"));
 }

@@ -7,7 +7,7 @@ mod common;
 use common::tiny::*;
 use guardreasoner::backend::Backend;
 use guardreasoner::backend::cpu::CpuBackend;
-use guardreasoner::backend::gpu::{GpuBackend, GpuOptions, GpuQuant};
+use guardreasoner::backend::gpu::{GpuBackend, GpuOptions, GpuQuant, LinearKernel};
 use guardreasoner::engine::Engine;
 use guardreasoner::generate::{GenerateOptions, generate};
 use guardreasoner::loader::{OpenedModel, open_path};
@@ -53,7 +53,7 @@ fn classic_on_cpu() {
 }
 
 fn gpu_f32() -> GpuBackend {
-    pollster::block_on(GpuBackend::new(GpuOptions { quant: GpuQuant::F32, max_binding_bytes: None })).expect("a Vulkan adapter (mesa-vulkan-drivers)")
+    pollster::block_on(GpuBackend::new(GpuOptions { quant: GpuQuant::F32, ..GpuOptions::default() })).expect("a Vulkan adapter (mesa-vulkan-drivers)")
 }
 
 #[test]
@@ -69,6 +69,9 @@ fn classic_on_gpu() {
 #[test]
 fn llama32_like_on_gpu_with_the_embedding_split() {
     // 1 MiB per binding: the 128256 x 64 f32 embedding / tied LM head (31 MiB) splits into 32.
-    let backend = pollster::block_on(GpuBackend::new(GpuOptions { quant: GpuQuant::F32, max_binding_bytes: Some(1 << 20) })).unwrap();
+    // With the cooperative linear kernel (lavapipe, a CPU, gets the row-per-thread one by
+    // default), so both kernels are proven on a whole model.
+    let opts = GpuOptions { quant: GpuQuant::F32, max_binding_bytes: Some(1 << 20), linear: LinearKernel::Cooperative };
+    let backend = pollster::block_on(GpuBackend::new(opts)).unwrap();
     check_model("llama32", backend);
 }

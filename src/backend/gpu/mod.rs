@@ -41,17 +41,31 @@ pub struct GpuOptions {
     pub quant: GpuQuant,
     /// Use at most this many bytes per storage binding (tests force splitting with it).
     pub max_binding_bytes: Option<u64>,
+    pub linear: LinearKernel,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        Self { quant: GpuQuant::Q8, max_binding_bytes: None }
+        Self { quant: GpuQuant::Q8, max_binding_bytes: None, linear: LinearKernel::Auto }
     }
+}
+
+/// How matrix products split a row's dot product among threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinearKernel {
+    /// `RowPerThread` on adapters that say they run on the CPU (lavapipe, SwiftShader), else
+    /// `Cooperative`.
+    Auto,
+    /// 32 threads share a row and add their sums in workgroup memory (linear.wgsl): GPUs.
+    Cooperative,
+    /// One thread per row, no workgroup memory (linear_rows.wgsl): CPU emulations.
+    RowPerThread,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Kernel {
     Linear(WeightFormat),
+    LinearRows(WeightFormat),
     Embed(WeightFormat),
     RmsNorm,
     Rope,
@@ -73,6 +87,7 @@ impl Kernel {
         };
         match self {
             Kernel::Linear(f) => format!("{}\n{}", fmt(f), include_str!("linear.wgsl")),
+            Kernel::LinearRows(f) => format!("{}\n{}", fmt(f), include_str!("linear_rows.wgsl")),
             Kernel::Embed(f) => format!("{}\n{}", fmt(f), include_str!("embed.wgsl")),
             Kernel::RmsNorm => include_str!("rms_norm.wgsl").into(),
             Kernel::Rope => include_str!("rope.wgsl").into(),
@@ -158,6 +173,8 @@ pub struct GpuBackend {
     queue: wgpu::Queue,
     adapter: String,
     opts: GpuOptions,
+    /// The linear kernel `opts.linear` resolved for this adapter.
+    row_per_thread: bool,
     max_binding: u64,
     pipelines: RefCell<HashMap<Kernel, Rc<(wgpu::ComputePipeline, wgpu::BindGroupLayout)>>>,
     /// Bind groups by (kernel, parameter offset, buffers): the same few hundred recur every
@@ -232,16 +249,25 @@ impl GpuBackend {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
+        let on_cpu = info.device_type == wgpu::DeviceType::Cpu;
         let adapter = match (info.name.is_empty(), info.backend) {
-            // Browsers may withhold adapter names; say at least that it is WebGPU.
+            // Browsers may withhold adapter names; say at least that it is WebGPU, and whether
+            // it is the browser's CPU fallback (SwiftShader).
+            (true, wgpu::Backend::BrowserWebGpu) if on_cpu => "browser WebGPU fallback adapter, CPU emulation".to_string(),
             (true, wgpu::Backend::BrowserWebGpu) => "browser WebGPU adapter".to_string(),
             _ => format!("{} ({:?}, {})", info.name, info.backend, info.driver),
+        };
+        let row_per_thread = match opts.linear {
+            LinearKernel::Auto => on_cpu,
+            LinearKernel::Cooperative => false,
+            LinearKernel::RowPerThread => true,
         };
         Ok(Self {
             device,
             queue,
             adapter,
             opts,
+            row_per_thread,
             max_binding,
             pipelines: RefCell::new(HashMap::new()),
             bind_groups: RefCell::new(HashMap::new()),
@@ -564,7 +590,9 @@ impl Backend for GpuBackend {
             let p = params(&[part.rows as u32, w.cols as u32, x.rows as u32, part.row_start as u32, w.rows as u32]);
             let mut buffers = vec![x.buffer(), out.buffer()];
             buffers.extend(part.buffers());
-            self.dispatch(Kernel::Linear(w.format), &p, &buffers, (part.rows.div_ceil(8) as u32, x.rows.div_ceil(4) as u32))?;
+            // Rows per workgroup: linear_rows.wgsl ROWS, linear.wgsl ROWS; 4 tokens per tile.
+            let (kernel, rows_per_group) = if self.row_per_thread { (Kernel::LinearRows(w.format), 64) } else { (Kernel::Linear(w.format), 8) };
+            self.dispatch(kernel, &p, &buffers, (part.rows.div_ceil(rows_per_group) as u32, x.rows.div_ceil(4) as u32))?;
         }
         Ok(out)
     }
