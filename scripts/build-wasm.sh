@@ -10,7 +10,7 @@ if ! wasm-bindgen --version 2>/dev/null | grep -q "0.2.130"; then
   echo "installing wasm-bindgen-cli 0.2.130 (a few minutes)..."
   cargo install wasm-bindgen-cli --version 0.2.130
 fi
-[ -x node_modules/.bin/wasm-opt ] || npm ci --no-audit --no-fund
+scripts/npm-deps.sh
 cargo build --release --target wasm32-unknown-unknown --lib --no-default-features
 rm -rf pkg
 wasm-bindgen --target web --out-dir pkg target/wasm32-unknown-unknown/release/guardreasoner.wasm

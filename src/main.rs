@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use guardreasoner::backend::Backend;
 use guardreasoner::backend::cpu::CpuBackend;
-use guardreasoner::backend::gpu::{GpuBackend, GpuOptions, GpuQuant};
+use guardreasoner::backend::gpu::{GpuBackend, GpuOptions, GpuQuant, LinearKernel};
 use guardreasoner::engine::Engine;
 use guardreasoner::generate::{Detokenizer, GenerateOptions, Progress, generate};
 use guardreasoner::guard::{GuardEvent, ReasoningParser, guard_prompt};
@@ -37,6 +37,9 @@ enum Command {
     Synth(SynthArgs),
     /// Score a predictions tree (<DIR>/<Dataset>/generated_predictions.jsonl) as the paper does.
     Eval(EvalArgs),
+    /// Run the model over the paper's benchmark files and write predictions in the paper's layout
+    /// (the native twin of scripts/evaluate.sh, which runs the wasm module in a headless browser).
+    Predict(PredictArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -78,6 +81,19 @@ struct ModelArgs {
     /// No progress bar while loading.
     #[arg(long)]
     quiet: bool,
+    /// GPU matrix kernel: `auto` picks row-per-thread on adapters that run on the CPU (lavapipe)
+    /// and cooperative on real GPUs.
+    #[arg(long, value_enum, default_value = "auto")]
+    gpu_linear: GpuLinear,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum GpuLinear {
+    Auto,
+    /// 32 threads per row, sums added in workgroup memory.
+    Cooperative,
+    /// One thread per row, no workgroup memory.
+    RowPerThread,
 }
 
 #[derive(Args)]
@@ -171,6 +187,36 @@ struct EvalArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct PredictArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The paper's benchmark files (0_0_SimpleSafetyTests.json, ...).
+    #[arg(long)]
+    benchmark_dir: PathBuf,
+    /// Comma-separated dataset names as in the paper's tables (default: every benchmark file present).
+    #[arg(long, value_delimiter = ',')]
+    datasets: Vec<String>,
+    /// Only the first N items of each dataset.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// This machine's share of a split run, I/N (0-based): contiguous slices, so the shards'
+    /// files concatenate in order to the unsplit run's.
+    #[arg(long, default_value = "0/1", value_parser = parse_shard)]
+    shard: guardreasoner::guard::Shard,
+    /// Most new tokens per item.
+    #[arg(long, default_value_t = 2048)]
+    max_new_tokens: usize,
+    /// Output folder: <OUT>/<Dataset>/generated_predictions.jsonl, run.json, summary.json.
+    /// A rerun with the same folder resumes after the last finished item.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn parse_shard(text: &str) -> std::result::Result<guardreasoner::guard::Shard, String> {
+    guardreasoner::guard::Shard::parse(text)
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -180,6 +226,7 @@ fn main() {
         Command::Bench(a) => bench(a),
         Command::Eval(a) => eval(a),
         Command::Synth(a) => synth(a),
+        Command::Predict(a) => predict::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -217,7 +264,15 @@ fn with_engine<R>(args: &ModelArgs, job: impl EngineJob<R>) -> Result<R> {
                 // SAFETY: as above. Silences a harmless Vulkan loader warning.
                 unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
             }
-            let backend = pollster::block_on(GpuBackend::new(GpuOptions { quant, max_binding_bytes: None }))?;
+            let backend = pollster::block_on(GpuBackend::new(GpuOptions {
+                quant,
+                linear: match args.gpu_linear {
+                    GpuLinear::Auto => LinearKernel::Auto,
+                    GpuLinear::Cooperative => LinearKernel::Cooperative,
+                    GpuLinear::RowPerThread => LinearKernel::RowPerThread,
+                },
+                ..GpuOptions::default()
+            }))?;
             if !args.quiet {
                 eprintln!("GPU: {}", backend.adapter_name());
             }
@@ -467,6 +522,9 @@ fn eval(args: EvalArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[path = "cli/predict.rs"]
+mod predict;
 
 fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

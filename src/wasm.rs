@@ -10,8 +10,8 @@ use crate::backend::gpu::{GpuBackend, GpuOptions, GpuQuant};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::format::ByteSource;
-use crate::generate::{Detokenizer, GenerateOptions, Progress, generate};
-use crate::guard::{ReasoningParser, guard_prompt};
+use crate::generate::{Detokenizer, GenerateOptions, Progress, generate, generate_text};
+use crate::guard::{DATASETS, DatasetPredictions, PlannedItem, ReasoningParser, Shard, evaluate, guard_prompt, parse_benchmark_json, parse_predictions_jsonl, plan_items};
 use crate::loader::{OpenedModel, open_gguf, open_hf};
 use crate::tokenizer::TextTokenizer;
 use js_sys::{Function, Promise, Uint8Array};
@@ -131,7 +131,7 @@ pub async fn load_model(files: JsValue, backend: String, quant: String, context:
                 "q4" => GpuQuant::Q4,
                 _ => GpuQuant::Q8,
             };
-            let gpu = GpuBackend::new(GpuOptions { quant, max_binding_bytes: None }).await.map_err(js_err)?;
+            let gpu = GpuBackend::new(GpuOptions { quant, ..GpuOptions::default() }).await.map_err(js_err)?;
             let name = gpu.describe();
             let weights = files.load(&gpu, &mut progress).map_err(js_err)?;
             (AnyEngine::Gpu(Engine::new(gpu, config, weights, context).map_err(js_err)?), name)
@@ -151,15 +151,28 @@ pub async fn load_model(files: JsValue, backend: String, quant: String, context:
     Ok(Guard { inner: Rc::new(RefCell::new(Inner { engine, tokenizer, backend })) })
 }
 
-/// Run greedy generation on whichever engine is loaded; `on_token(id)` sees every new token.
+fn options<B: Backend>(engine: &Engine<B>, max_new: u32) -> GenerateOptions {
+    GenerateOptions { max_new_tokens: max_new as usize, stop_ids: engine.config.eos_token_ids.clone(), keep_first_logits: false }
+}
+
+fn cancel_poll(is_cancelled: &Function) -> impl Fn() -> bool + '_ {
+    || is_cancelled.call0(&JsValue::NULL).map(|v| v.is_truthy()).unwrap_or(false)
+}
+
+/// Greedy generation on whichever engine is loaded; `on_token(id)` sees every new token.
 async fn run<B: Backend>(engine: &mut Engine<B>, ids: &[u32], max_new: u32, is_cancelled: &Function, on_token: &mut dyn FnMut(u32) -> Result<()>) -> Result<crate::generate::Generation> {
-    let opts = GenerateOptions { max_new_tokens: max_new as usize, stop_ids: engine.config.eos_token_ids.clone(), keep_first_logits: false };
-    let cancelled = || is_cancelled.call0(&JsValue::NULL).map(|v| v.is_truthy()).unwrap_or(false);
-    generate(engine, ids, &opts, &cancelled, &mut |p| match p {
+    let opts = options(engine, max_new);
+    generate(engine, ids, &opts, &cancel_poll(is_cancelled), &mut |p| match p {
         Progress::PromptDone { .. } => Ok(()),
         Progress::Token(id) => on_token(id),
     })
     .await
+}
+
+/// Greedy generation with the text decoded; `on_delta` sees each new piece of text.
+async fn run_text<B: Backend>(engine: &mut Engine<B>, tokenizer: &TextTokenizer, ids: &[u32], max_new: u32, is_cancelled: &Function, on_delta: &mut dyn FnMut(&str) -> Result<()>) -> Result<(String, crate::generate::Generation)> {
+    let opts = options(engine, max_new);
+    generate_text(engine, tokenizer, ids, &opts, &cancel_poll(is_cancelled), on_delta).await
 }
 
 #[wasm_bindgen]
@@ -199,48 +212,44 @@ impl Guard {
 
     /// Classify a conversation: builds the GuardReasoner prompt, streams `on_event(event)` for
     /// every text delta (`{type: "token", text}`) and reasoning event, and resolves to
-    /// `{result, prompt_tokens, new_tokens, stop}`.
+    /// `{result, text, prompt_tokens, reused_tokens, new_tokens, stop}`.
     pub fn moderate(&self, prompt: String, response: Option<String>, max_new: u32, on_event: Function, is_cancelled: Function) -> Promise {
+        self.classify(guard_prompt(&prompt, response.as_deref()), max_new, on_event, is_cancelled)
+    }
+
+    /// As `moderate`, on a complete GuardReasoner prompt text (instruction and conversation, as
+    /// the benchmark files hold it; BOS is added here).
+    pub fn classify(&self, text: String, max_new: u32, on_event: Function, is_cancelled: Function) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
             let mut guard = inner.try_borrow_mut().map_err(|_| js_err("busy: one run at a time"))?;
             let Inner { engine, tokenizer, .. } = &mut *guard;
-            let text = guard_prompt(&prompt, response.as_deref());
             let ids = tokenizer.encode_prompt(&text).map_err(js_err)?;
-            let mut detok = Detokenizer::new();
             let mut parser = ReasoningParser::new();
             let emit = |value: &serde_json::Value| -> Result<()> {
                 let v = to_js(value).map_err(|e| Error::Other(js_message(&e)))?;
                 on_event.call1(&JsValue::NULL, &v).map(|_| ()).map_err(|e| Error::Other(js_message(&e)))
             };
-            let push = |delta: &str, parser: &mut ReasoningParser| -> Result<()> {
-                if delta.is_empty() {
-                    return Ok(());
-                }
-                emit(&serde_json::json!({"type": "token", "text": delta}))?;
-                for event in parser.push(delta) {
-                    emit(&serde_json::to_value(&event).map_err(|e| Error::Other(e.to_string()))?)?;
-                }
-                Ok(())
-            };
-            let out = {
-                let mut on = |id: u32| -> Result<()> {
-                    let delta = detok.push(tokenizer, id)?;
-                    push(&delta, &mut parser)
+            let (text, out) = {
+                let mut on_delta = |delta: &str| -> Result<()> {
+                    emit(&serde_json::json!({"type": "token", "text": delta}))?;
+                    for event in parser.push(delta) {
+                        emit(&serde_json::to_value(&event).map_err(|e| Error::Other(e.to_string()))?)?;
+                    }
+                    Ok(())
                 };
                 match engine {
-                    AnyEngine::Cpu(e) => run(e, &ids, max_new, &is_cancelled, &mut on).await,
-                    AnyEngine::Gpu(e) => run(e, &ids, max_new, &is_cancelled, &mut on).await,
+                    AnyEngine::Cpu(e) => run_text(e, tokenizer, &ids, max_new, &is_cancelled, &mut on_delta).await,
+                    AnyEngine::Gpu(e) => run_text(e, tokenizer, &ids, max_new, &is_cancelled, &mut on_delta).await,
                 }
                 .map_err(js_err)?
             };
-            let tail = detok.finish(tokenizer).map_err(js_err)?;
-            push(&tail, &mut parser).map_err(js_err)?;
             for event in parser.finish() {
                 emit(&serde_json::to_value(&event).map_err(js_err)?).map_err(js_err)?;
             }
             let summary = serde_json::json!({
                 "result": parser.result(),
+                "text": text,
                 "prompt_tokens": ids.len(),
                 "reused_tokens": out.reused_tokens,
                 "new_tokens": out.tokens.len(),
@@ -249,4 +258,61 @@ impl Guard {
             to_js(&summary)
         })
     }
+}
+
+/// The paper's datasets: `[{name, file}]` (`file`: the benchmark file name without `.json`).
+#[wasm_bindgen]
+pub fn benchmark_datasets() -> std::result::Result<JsValue, JsValue> {
+    let list: Vec<serde_json::Value> = DATASETS.iter().map(|d| serde_json::json!({"name": d.name, "file": d.benchmark_file})).collect();
+    to_js(&serde_json::Value::Array(list))
+}
+
+/// The items a run covers in one benchmark file: `[{index, prompt, label}]`. `text` is the
+/// file's JSON; `limit` < 0 means all items; shard `shard_index` of `shard_count`.
+#[wasm_bindgen]
+pub fn plan_benchmark(file: &str, text: &str, limit: f64, shard_index: u32, shard_count: u32) -> std::result::Result<JsValue, JsValue> {
+    let shard = Shard::new(shard_index as usize, shard_count as usize).map_err(js_err)?;
+    let items = parse_benchmark_json(file, text).map_err(js_err)?;
+    let limit = (limit >= 0.0).then_some(limit as usize);
+    let planned = plan_items(file, &items, limit, shard).map_err(js_err)?;
+    let total = items.len();
+    to_js(&serde_json::json!({"total": total, "items": planned}))
+}
+
+/// Where a run resumes in an existing predictions file (`{done, keep_bytes, partial_bytes}`),
+/// given the planned items; errors when the file belongs to another run or is malformed.
+#[wasm_bindgen]
+pub fn resume_point(file: &str, existing: &str, planned: JsValue) -> std::result::Result<JsValue, JsValue> {
+    let planned: Vec<PlannedItem> = serde_wasm_bindgen::from_value(planned).map_err(js_err)?;
+    let point = crate::guard::resume_point(file, existing, &planned).map_err(js_err)?;
+    to_js(&serde_json::to_value(point).map_err(js_err)?)
+}
+
+/// One line of `generated_predictions.jsonl` (newline included), keys in the paper's order.
+#[wasm_bindgen]
+pub fn prediction_line(prompt: &str, label: Option<String>, predict: &str) -> String {
+    crate::guard::prediction_line(prompt, label.as_deref(), predict)
+}
+
+/// Scores predictions with the paper's rules. `predictions`: `[{dataset, source, text}]` (the
+/// JSONL texts); `wild_guard_items`: the WildGuardTest benchmark items the predictions cover,
+/// as JSON (needed only for WildGuardTest). Resolves to `{report, tables}`.
+#[wasm_bindgen]
+pub fn score_predictions(predictions: JsValue, wild_guard_items: Option<String>) -> std::result::Result<JsValue, JsValue> {
+    #[derive(serde::Deserialize)]
+    struct Input {
+        dataset: String,
+        source: String,
+        text: String,
+    }
+    let inputs: Vec<Input> = serde_wasm_bindgen::from_value(predictions).map_err(js_err)?;
+    let mut parsed = Vec::new();
+    for input in inputs {
+        let records = parse_predictions_jsonl(&input.source, &input.text).map_err(js_err)?;
+        parsed.push(DatasetPredictions { dataset: input.dataset, source: input.source, records });
+    }
+    let wild_guard = wild_guard_items.map(|text| parse_benchmark_json("WildGuardTest benchmark items", &text)).transpose().map_err(js_err)?;
+    let report = evaluate(&parsed, wild_guard.as_deref()).map_err(js_err)?;
+    let tables = report.to_tables();
+    to_js(&serde_json::json!({"report": report, "tables": tables}))
 }

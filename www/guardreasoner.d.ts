@@ -1,6 +1,7 @@
 // Types for guardreasoner.js.
 
-export type ModelSource = { hf: string } | { url: string } | { hfBaseUrl: string } | { file: File };
+/** `cache: false` skips Cache Storage (for files served from this machine). */
+export type ModelSource = { hf: string } | { url: string; cache?: boolean } | { hfBaseUrl: string; cache?: boolean } | { file: File };
 
 export interface LoadProgress {
   phase: "download" | "cache" | "cache-full" | "load";
@@ -47,7 +48,11 @@ export interface ModerationResult {
   completion: "refusal" | "compliance" | null;
   response: "harmful" | "unharmful" | null;
   tasks: TaskReasoning[];
+  /** The generated text, whole. */
+  text: string;
   promptTokens: number;
+  /** Prompt tokens whose KV came from the previous request (a shared prefix). */
+  reusedTokens: number;
   newTokens: number;
   stop: "eos" | "max_tokens" | "context_full";
   timings: { totalSeconds: number; timeToFirstTokenSeconds: number | null; tokensPerSecond: number | null };
@@ -66,6 +71,11 @@ export declare class GuardReasoner {
   ): Promise<{ tokens: number[]; stop: string; promptTokens: number; reusedTokens: number }>;
   moderate(
     conversation: { prompt: string; response?: string | null },
+    options?: { onEvent?: (e: GuardEvent) => void; signal?: AbortSignal; maxNewTokens?: number },
+  ): Promise<ModerationResult>;
+  /** As `moderate`, on a complete GuardReasoner prompt (instruction + "\n" + conversation). */
+  classifyPrompt(
+    text: string,
     options?: { onEvent?: (e: GuardEvent) => void; signal?: AbortSignal; maxNewTokens?: number },
   ): Promise<ModerationResult>;
   terminate(): void;

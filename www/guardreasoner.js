@@ -28,7 +28,8 @@ export class GuardReasoner {
 
   /**
    * Load a model. `source`: `{url}` (a .gguf URL, or an HF-style folder URL), `{hf: "owner/name"}`,
-   * `{hfBaseUrl}` or `{file}` (a .gguf File). Options: `backend` "auto" | "webgpu" | "cpu",
+   * `{hfBaseUrl}` or `{file}` (a .gguf File); `cache: false` in a URL source skips Cache Storage
+   * (for files already on this machine). Options: `backend` "auto" | "webgpu" | "cpu",
    * `quant` "q8" | "q4" | "f32" (float weights on the GPU), `context` (tokens), `onProgress`.
    */
   static async load(source, { onProgress, backend = "auto", quant = "q8", context = 4096, workerUrl } = {}) {
@@ -54,13 +55,25 @@ export class GuardReasoner {
   /**
    * Classify a conversation. `onEvent(event)` receives `token`, `task_started`, `step_started`,
    * `step_text`, `step_finished`, `conclusion` and `verdict` events as they happen. Resolves to
-   * `{request, completion, response, tasks, promptTokens, newTokens, stop, timings}`.
+   * `{request, completion, response, tasks, text, promptTokens, newTokens, stop, timings}`.
    */
-  async moderate({ prompt, response = null }, { onEvent, signal, maxNewTokens = 2048 } = {}) {
+  async moderate({ prompt, response = null }, options = {}) {
+    return this.#classify({ type: "moderate", prompt, response }, options);
+  }
+
+  /**
+   * As `moderate`, on a complete GuardReasoner prompt text: the instruction and the conversation,
+   * as the paper's benchmark files hold it (`instruction + "\n" + input`). BOS is added.
+   */
+  async classifyPrompt(text, options = {}) {
+    return this.#classify({ type: "classify", text }, options);
+  }
+
+  async #classify(msg, { onEvent, signal, maxNewTokens = 2048 } = {}) {
     const started = performance.now();
     let firstToken = null;
     const out = await this.#request(
-      { type: "moderate", prompt, response, maxNewTokens },
+      { ...msg, maxNewTokens },
       {
         signal,
         onEvent: (event) => {
@@ -77,7 +90,9 @@ export class GuardReasoner {
       completion: r.completion,
       response: r.response,
       tasks: r.tasks,
+      text: out.text,
       promptTokens: out.prompt_tokens,
+      reusedTokens: out.reused_tokens,
       newTokens: out.new_tokens,
       stop: out.stop,
       timings: {

@@ -59,8 +59,8 @@ async function fetchWithRetry(url, onBytes) {
 }
 
 // A file as a Blob: from Cache Storage when present, else downloaded (with progress) and cached.
-async function cachedBlob(url, label, id) {
-  const cache = typeof caches !== "undefined" ? await caches.open(CACHE_NAME).catch(() => null) : null;
+async function cachedBlob(url, label, id, useCache = true) {
+  const cache = useCache && typeof caches !== "undefined" ? await caches.open(CACHE_NAME).catch(() => null) : null;
   const hit = cache && (await cache.match(url));
   if (hit) {
     post({ id, type: "progress", phase: "cache", file: label, loaded: 1, total: 1 });
@@ -89,12 +89,13 @@ function isGguf(name) {
 
 // Resolve a source ({url} | {hf} | {file} | {hfBaseUrl}) to the files load_model takes.
 async function resolveFiles(source, id) {
+  const useCache = source.cache !== false;
   if (source.file) {
     if (!isGguf(source.file.name)) throw new Error(`${source.file.name}: pick a .gguf file`);
     return { kind: "gguf", source: blobSource(source.file.name, source.file) };
   }
   if (source.url && isGguf(source.url)) {
-    const blob = await cachedBlob(source.url, source.url.split("/").pop(), id);
+    const blob = await cachedBlob(source.url, source.url.split("/").pop(), id, useCache);
     return { kind: "gguf", source: blobSource(source.url, blob) };
   }
   const base = source.hfBaseUrl || (source.hf && `https://huggingface.co/${source.hf}/resolve/main/`) || source.url;
@@ -102,7 +103,7 @@ async function resolveFiles(source, id) {
   const root = base.endsWith("/") ? base : base + "/";
   const text = async (name, optional = false) => {
     try {
-      return await (await cachedBlob(root + name, name, id)).text();
+      return await (await cachedBlob(root + name, name, id, useCache)).text();
     } catch (e) {
       if (optional) return undefined;
       throw e;
@@ -110,11 +111,11 @@ async function resolveFiles(source, id) {
   };
   const config = await text("config.json");
   const generation_config = await text("generation_config.json", true);
-  const tokenizer = new Uint8Array(await (await cachedBlob(root + "tokenizer.json", "tokenizer.json", id)).arrayBuffer());
+  const tokenizer = new Uint8Array(await (await cachedBlob(root + "tokenizer.json", "tokenizer.json", id, useCache)).arrayBuffer());
   const index = await text("model.safetensors.index.json", true);
   const names = index ? [...new Set(Object.values(JSON.parse(index).weight_map))].sort() : ["model.safetensors"];
   const shards = [];
-  for (const name of names) shards.push(blobSource(name, await cachedBlob(root + name, name, id)));
+  for (const name of names) shards.push(blobSource(name, await cachedBlob(root + name, name, id, useCache)));
   return { kind: "hf", config, generation_config, tokenizer, shards };
 }
 
@@ -155,6 +156,9 @@ async function handle(msg) {
         post({ id, type: "result", ...out });
       } else if (type === "moderate") {
         const out = await guard.moderate(msg.prompt, msg.response ?? undefined, msg.maxNewTokens ?? 2048, (event) => post({ id, type: "event", event }), isCancelled);
+        post({ id, type: "result", ...out });
+      } else if (type === "classify") {
+        const out = await guard.classify(msg.text, msg.maxNewTokens ?? 2048, (event) => post({ id, type: "event", event }), isCancelled);
         post({ id, type: "result", ...out });
       } else {
         throw new Error(`unknown request ${type}`);

@@ -1,31 +1,19 @@
 // Shared set-up for the browser tests: the static server and headless Chromium with WebGPU on
 // SwiftShader (or a real GPU when there is one), driven by playwright-core.
-import { spawn } from "node:child_process";
-import { chromium } from "playwright-core";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { startServer as serve } from "../../scripts/serve.mjs";
+import { launchChromium } from "../../scripts/browser.mjs";
 
 export const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 
 export async function startServer() {
-  const proc = spawn(process.execPath, [path.join(repo, "scripts/serve.mjs"), "--port", "0"], { stdio: ["ignore", "pipe", "inherit"] });
-  const url = await new Promise((resolve, reject) => {
-    let out = "";
-    proc.stdout.on("data", (d) => {
-      out += d;
-      const m = out.match(/http:\/\/127\.0\.0\.1:\d+/);
-      if (m) resolve(m[0]);
-    });
-    proc.on("exit", (code) => reject(new Error(`server exited with ${code}`)));
-  });
-  return { url, stop: () => proc.kill() };
+  const { url, close } = await serve({ root: repo });
+  return { url, stop: close };
 }
 
 export async function launch({ webgpu = true } = {}) {
-  const args = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"];
-  if (webgpu) args.push("--enable-unsafe-webgpu", "--enable-features=Vulkan");
-  else args.push("--disable-gpu", "--disable-webgpu");
-  return chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", headless: true, args });
+  return launchChromium({ webgpu });
 }
 
 /** A page on the demo origin (cross-origin isolated), with every request URL recorded. */

@@ -1,0 +1,363 @@
+#!/usr/bin/env node
+// The headless-browser batch evaluator: serves the repository on 127.0.0.1, opens www/bench.html
+// in headless Chromium (the same wasm module and Web Worker as the demo, on WebGPU when the
+// browser has it), feeds it the paper's benchmark items and writes
+// OUT/<Dataset>/generated_predictions.jsonl item by item (each line synced to disk, so a killed
+// run loses nothing finished and a rerun resumes), then scores the run with the project's scorer.
+// Run it through scripts/evaluate.sh, which builds what it needs first.
+import fs from "node:fs";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { fileURLToPath } from "node:url";
+import cliProgress from "cli-progress";
+import { startServer } from "./serve.mjs";
+import { launchChromium } from "./browser.mjs";
+
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const PREDICTIONS_FILE = "generated_predictions.jsonl";
+const MANIFEST_FILE = "run.json";
+const SUMMARY_FILE = "summary.json";
+const DEFAULT_MODEL = "yueliu1999/GuardReasoner-1B";
+// URL prefix the local model file or folder is served under.
+const LOCAL_MODEL_PREFIX = "/local-model/";
+// Off a terminal, load progress is logged every tenth only for files bigger than this.
+const LOG_TENTHS_ABOVE_BYTES = 64 * 2 ** 20;
+
+const USAGE = `Usage: scripts/evaluate.sh --benchmark-dir DIR --out DIR [options]
+
+Runs GuardReasoner over the paper's benchmark files in headless Chromium, through the same wasm
+module as the demo, writes OUT/<Dataset>/generated_predictions.jsonl (prompt, label, predict) item
+by item, and prints the paper's tables and a JSON summary (also saved as OUT/summary.json).
+A rerun with the same --out resumes after the last finished item.
+
+Options:
+  --benchmark-dir DIR   the paper's benchmark files (0_0_SimpleSafetyTests.json, ...)
+  --out DIR             where predictions, run.json and summary.json go
+  --model M             a Hugging Face repo id, a .gguf URL, an HF-style folder URL, or a local
+                        .gguf file or HF-style folder (default ${DEFAULT_MODEL})
+  --datasets A,B        dataset names as in the paper's tables (default: every file present)
+  --limit N             only the first N items of each dataset
+  --shard I/N           this machine's share of a split run (0-based, contiguous slices; the
+                        shards' files concatenate in order to the unsplit run's), default 0/1
+  --max-new-tokens N    most new tokens per item (default 2048)
+  --backend B           auto | webgpu | cpu (default auto: WebGPU when the browser has it)
+  --quant Q             float weights on the GPU: q8 | q4 | f32 (default q8)
+  --context N           KV cache size in tokens, prompt + new (default 4096)
+  --profile DIR         browser profile; its Cache Storage keeps downloaded models between runs
+                        (default .cache/browser-profile in the repository)
+  -h, --help            this text`;
+
+class UsageError extends Error {}
+
+function parseOptions(argv) {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: {
+        "benchmark-dir": { type: "string" },
+        out: { type: "string" },
+        model: { type: "string", default: DEFAULT_MODEL },
+        datasets: { type: "string" },
+        limit: { type: "string" },
+        shard: { type: "string", default: "0/1" },
+        "max-new-tokens": { type: "string", default: "2048" },
+        backend: { type: "string", default: "auto" },
+        quant: { type: "string", default: "q8" },
+        context: { type: "string", default: "4096" },
+        profile: { type: "string", default: path.join(REPO, ".cache/browser-profile") },
+        help: { type: "boolean", short: "h" },
+      },
+    }));
+  } catch (e) {
+    throw new UsageError(e.message);
+  }
+  if (values.help) return null;
+  const count = (name, min) => {
+    const text = values[name];
+    if (!/^\d+$/.test(text) || Number(text) < min) throw new UsageError(`--${name} ${text}: expected a whole number >= ${min}`);
+    return Number(text);
+  };
+  if (!values["benchmark-dir"]) throw new UsageError("--benchmark-dir is required");
+  if (!values.out) throw new UsageError("--out is required");
+  const shard = /^(\d+)\/(\d+)$/.exec(values.shard);
+  if (!shard || Number(shard[2]) < 1 || Number(shard[1]) >= Number(shard[2])) throw new UsageError(`--shard ${values.shard}: expected I/N with 0 <= I < N, e.g. 0/2`);
+  if (!["auto", "webgpu", "cpu"].includes(values.backend)) throw new UsageError(`--backend ${values.backend}: expected auto, webgpu or cpu`);
+  if (!["q8", "q4", "f32"].includes(values.quant)) throw new UsageError(`--quant ${values.quant}: expected q8, q4 or f32`);
+  return {
+    benchmarkDir: path.resolve(values["benchmark-dir"]),
+    out: path.resolve(values.out),
+    model: values.model,
+    datasets: values.datasets ? values.datasets.split(",").map((s) => s.trim()).filter((s) => s) : null,
+    limit: values.limit === undefined ? null : count("limit", 0),
+    shard: { index: Number(shard[1]), count: Number(shard[2]), text: values.shard },
+    maxNewTokens: count("max-new-tokens", 1),
+    backend: values.backend,
+    quant: values.quant,
+    context: count("context", 1),
+    profile: path.resolve(values.profile),
+  };
+}
+
+/** The page's model source for --model, and what the server must mount for a local one. */
+function modelSource(model) {
+  if (/^https?:\/\//i.test(model)) return { source: { url: model }, mounts: {}, id: model };
+  if (fs.existsSync(model)) {
+    const abs = path.resolve(model);
+    if (fs.statSync(abs).isDirectory()) return { source: { url: LOCAL_MODEL_PREFIX, cache: false }, mounts: { [LOCAL_MODEL_PREFIX]: abs }, id: abs };
+    const url = LOCAL_MODEL_PREFIX + encodeURIComponent(path.basename(abs));
+    return { source: { url, cache: false }, mounts: { [url]: abs }, id: abs };
+  }
+  if (/^[\w.-]+\/[\w.-]+$/.test(model)) return { source: { hf: model }, mounts: {}, id: model };
+  throw new UsageError(`--model ${model}: no such file or folder, and not a URL or a Hugging Face repo id (owner/name)`);
+}
+
+/** run.json records what OUT's predictions were made with; a rerun must match it. */
+function checkManifest(opts, modelId) {
+  const manifest = { engine: "browser", model: modelId, max_new_tokens: opts.maxNewTokens, quant: opts.quant };
+  const file = path.join(opts.out, MANIFEST_FILE);
+  if (fs.existsSync(file)) {
+    let old;
+    try {
+      old = JSON.parse(fs.readFileSync(file, "utf8"));
+    } catch {
+      throw new Error(`${file}: not JSON; remove it or use another --out`);
+    }
+    for (const key of Object.keys(manifest)) {
+      if (old[key] !== manifest[key]) {
+        throw new Error(`${opts.out} holds a run with ${key} = ${JSON.stringify(old[key])}, this one has ${JSON.stringify(manifest[key])}; use the same settings to resume, or another --out`);
+      }
+    }
+    return;
+  }
+  fs.mkdirSync(opts.out, { recursive: true });
+  fs.writeFileSync(file, JSON.stringify(manifest, null, 2) + "\n");
+}
+
+const isTTY = Boolean(process.stderr.isTTY);
+const log = (line) => process.stderr.write(line + "\n");
+const seconds = (s) => (s >= 90 ? `${Math.floor(s / 60)} min ${Math.round(s % 60)} s` : `${s.toFixed(1)} s`);
+const mib = (b) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+
+/** Model download and load progress: a bar on a terminal, a line per phase and tenth elsewhere. */
+function loadProgress() {
+  const bar = isTTY ? new cliProgress.SingleBar({ format: "{phase} {bar} {done}/{all} {file}", hideCursor: true, clearOnComplete: true }, cliProgress.Presets.shades_classic) : null;
+  let shown = null;
+  let lastTenth = -1;
+  return {
+    update(p) {
+      if (p.phase === "cache-full") return log(`note: ${p.message}`);
+      const key = `${p.phase} ${p.file ?? ""}`;
+      if (bar) {
+        if (shown !== key) bar.stop(), bar.start(p.total || 1, 0, { phase: p.phase.padEnd(8), file: p.file ?? "", done: "", all: "" });
+        bar.update(p.loaded, { done: mib(p.loaded), all: mib(p.total || 0) });
+      } else {
+        // A line when a file starts, and every tenth of the big ones.
+        const tenth = p.total > LOG_TENTHS_ABOVE_BYTES ? Math.floor((10 * p.loaded) / p.total) : 0;
+        if (shown !== key) log(`${p.phase} ${p.file ?? "weights"} (${mib(p.total || 0)})`);
+        else if (tenth > lastTenth) log(`${p.phase} ${p.file ?? "weights"}: ${mib(p.loaded)} of ${mib(p.total)}`);
+        lastTenth = shown !== key ? tenth : Math.max(lastTenth, tenth);
+      }
+      shown = key;
+    },
+    stop() {
+      bar?.stop();
+    },
+  };
+}
+
+/** One progress bar per dataset (items, tokens/s, ETA); plain lines when not on a terminal. */
+function datasetProgress(multi, name, total, done) {
+  const bar = multi?.create(total, done, { name: name.padEnd(22), tps: "-" });
+  return {
+    tokens(n) {
+      bar?.update({ tps: n.toFixed(1) });
+    },
+    item(value, line) {
+      bar?.update(value);
+      if (!bar) log(`${name} ${line}`);
+    },
+  };
+}
+
+async function main() {
+  let opts;
+  try {
+    opts = parseOptions(process.argv.slice(2));
+  } catch (e) {
+    if (e instanceof UsageError) {
+      log(`error: ${e.message}\n\n${USAGE}`);
+      process.exit(2);
+    }
+    throw e;
+  }
+  if (!opts) return console.log(USAGE);
+  const started = performance.now();
+  if (!fs.existsSync(path.join(REPO, "pkg/guardreasoner_bg.wasm"))) throw new Error("pkg/ is not built: run scripts/build-wasm.sh (scripts/evaluate.sh does it for you)");
+  if (!fs.statSync(opts.benchmarkDir, { throwIfNoEntry: false })?.isDirectory()) throw new Error(`--benchmark-dir ${opts.benchmarkDir}: not a folder`);
+  const model = modelSource(opts.model);
+
+  const server = await startServer({ root: REPO, mounts: model.mounts });
+  const browser = await launchChromium({ webgpu: opts.backend !== "cpu", profileDir: opts.profile });
+  const closeAll = async () => {
+    await browser.close().catch(() => {});
+    await server.close();
+  };
+  let interrupted = false;
+  const onSignal = (signal) => {
+    if (interrupted) process.exit(130);
+    interrupted = true;
+    log(`\ninterrupted (${signal}): finished items are in ${opts.out}; run the same command again to resume`);
+    closeAll().finally(() => process.exit(130));
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  try {
+    const page = await browser.newPage();
+    const pageErrors = [];
+    page.on("pageerror", (e) => pageErrors.push(e.message));
+    page.on("console", (m) => m.type() === "error" && pageErrors.push(m.text()));
+    await page.goto(`${server.url}/www/bench.html`);
+    await page.waitForFunction(() => window.benchReady === true, null, { timeout: 60_000 }).catch(() => {
+      throw new Error(`the bench page did not start: ${pageErrors.join("; ") || "no message"}`);
+    });
+
+    // Plan every dataset and check existing files before the model loads: bad input fails fast
+    // and leaves what is on disk as it was.
+    const known = await page.evaluate(() => window.bench.datasets());
+    const specs = (opts.datasets ?? known.map((d) => d.name)).map((name) => {
+      const spec = known.find((d) => d.name === name);
+      if (!spec) throw new UsageError(`unknown dataset ${name}; the paper's are ${known.map((d) => d.name).join(", ")}`);
+      return spec;
+    });
+    const runs = [];
+    for (const spec of specs) {
+      const file = path.join(opts.benchmarkDir, `${spec.file}.json`);
+      if (!fs.existsSync(file)) {
+        if (!opts.datasets) continue; // by default: the datasets whose files are present
+        throw new Error(`${spec.name}: its benchmark file ${file} does not exist`);
+      }
+      const text = fs.readFileSync(file, "utf8");
+      const plan = await page.evaluate(([f, t, l, i, n]) => window.bench.plan(f, t, l, i, n), [file, text, opts.limit ?? -1, opts.shard.index, opts.shard.count]);
+      const out = path.join(opts.out, spec.name, PREDICTIONS_FILE);
+      const existing = fs.existsSync(out) ? fs.readFileSync(out, "utf8") : "";
+      const resume = await page.evaluate(([f, e, p]) => window.bench.resume(f, e, p), [out, existing, plan.items]);
+      const wildGuardItems = spec.name === "WildGuardTest" ? JSON.stringify(JSON.parse(text).slice(plan.items[0]?.index ?? 0, (plan.items.at(-1)?.index ?? -1) + 1)) : null;
+      runs.push({ spec, file, out, plan, resume, wildGuardItems });
+    }
+    if (runs.length === 0) throw new Error(`no benchmark files in ${opts.benchmarkDir}`);
+    checkManifest(opts, model.id);
+
+    const chromiumVersion = (await page.evaluate(() => navigator.userAgent)).match(/Chrome\/([\d.]+)/)?.[1] ?? "unknown";
+    const adapter = opts.backend === "cpu" ? { available: false, description: "WebGPU off (--backend cpu)" } : await page.evaluate(() => window.bench.adapter());
+    log(`browser: Chromium ${chromiumVersion}; WebGPU adapter: ${adapter.description}`);
+    const progress = loadProgress();
+    await page.exposeFunction("benchProgress", (p) => progress.update(p));
+    const loadStarted = performance.now();
+    let loaded;
+    try {
+      loaded = await page.evaluate(([source, o]) => window.bench.load(source, o), [model.source, { backend: opts.backend, quant: opts.quant, context: opts.context }]);
+    } catch (e) {
+      throw new Error(`cannot load the model ${opts.model}: ${cleanMessage(e)}`);
+    } finally {
+      progress.stop();
+    }
+    const loadSeconds = (performance.now() - loadStarted) / 1000;
+    log(`model: ${opts.model} on ${loaded.backend} (loaded in ${seconds(loadSeconds)})${loaded.fallback ? `; ${loaded.fallback}` : ""}`);
+
+    let itemTokens = () => {};
+    await page.exposeFunction("benchTokens", (n) => itemTokens(n));
+    const multi = isTTY ? new cliProgress.MultiBar({ format: "{name} {bar} {value}/{total} items | {tps} tokens/s | eta {eta_formatted}", hideCursor: true, clearOnComplete: false, etaBuffer: 20 }, cliProgress.Presets.shades_classic) : null;
+    const totals = { newItems: 0, tokens: 0, promptTokens: 0, seconds: 0 };
+    const perDataset = [];
+    try {
+      for (const run of runs) {
+        const { spec, plan, resume, out } = run;
+        const todo = plan.items.slice(resume.done);
+        fs.mkdirSync(path.dirname(out), { recursive: true });
+        if (resume.partial_bytes > 0) {
+          log(`${spec.name}: dropping an unfinished last line (${resume.partial_bytes} bytes) of ${out}`);
+          fs.truncateSync(out, resume.keep_bytes);
+        }
+        if (resume.done > 0) log(`${spec.name}: resuming after ${resume.done} of ${plan.items.length} items already in ${out}`);
+        const bar = datasetProgress(multi, spec.name, plan.items.length, resume.done);
+        const fd = fs.openSync(out, "a");
+        const stats = { tokens: 0, seconds: 0 };
+        try {
+          for (const [k, item] of todo.entries()) {
+            const itemStarted = performance.now();
+            itemTokens = (n) => bar.tokens((stats.tokens + n) / (stats.seconds + (performance.now() - itemStarted) / 1000));
+            let r;
+            try {
+              r = await page.evaluate(([it, n]) => window.bench.classify(it, n), [item, opts.maxNewTokens]);
+            } catch (e) {
+              throw new Error(`${spec.name} item ${item.index + 1} of ${path.basename(run.file)}: ${cleanMessage(e)}`);
+            }
+            fs.writeSync(fd, r.line);
+            fs.fsyncSync(fd);
+            stats.tokens += r.newTokens;
+            stats.seconds += r.seconds;
+            totals.promptTokens += r.promptTokens;
+            const tps = stats.tokens / Math.max(stats.seconds, 1e-9);
+            const done = resume.done + k + 1;
+            const eta = ((plan.items.length - done) * stats.seconds) / (k + 1);
+            bar.tokens(tps);
+            bar.item(done, `${done}/${plan.items.length} items, ${r.newTokens} tokens in ${seconds(r.seconds)} (${tps.toFixed(1)} tokens/s so far), eta ${seconds(eta)}`);
+          }
+        } finally {
+          fs.closeSync(fd);
+        }
+        totals.newItems += todo.length;
+        totals.tokens += stats.tokens;
+        totals.seconds += stats.seconds;
+        perDataset.push({ name: spec.name, items: plan.items.length, new_items: todo.length, benchmark_items: plan.total, tokens_generated: stats.tokens, generation_s: stats.seconds });
+      }
+    } finally {
+      multi?.stop();
+    }
+
+    const predictions = runs.map((r) => ({ dataset: r.spec.name, source: r.out, text: fs.readFileSync(r.out, "utf8") }));
+    const wildGuard = runs.find((r) => r.wildGuardItems)?.wildGuardItems ?? null;
+    const { report, tables } = await page.evaluate(([p, w]) => window.bench.score(p, w), [predictions, wildGuard]);
+    process.stdout.write(tables);
+    const summary = {
+      engine: "browser",
+      browser: `Chromium ${chromiumVersion}`,
+      adapter: adapter.description,
+      backend: loaded.backend,
+      fallback: loaded.fallback,
+      model: opts.model,
+      quant: opts.quant,
+      max_new_tokens: opts.maxNewTokens,
+      shard: opts.shard.text,
+      limit: opts.limit,
+      datasets: perDataset,
+      new_items: totals.newItems,
+      tokens_generated: totals.tokens,
+      prompt_tokens: totals.promptTokens,
+      load_s: loadSeconds,
+      generation_s: totals.seconds,
+      wall_s: (performance.now() - started) / 1000,
+      items_per_s: totals.newItems / Math.max(totals.seconds, 1e-9),
+      tokens_per_s: totals.tokens / Math.max(totals.seconds, 1e-9),
+      scores: report,
+    };
+    fs.writeFileSync(path.join(opts.out, SUMMARY_FILE), JSON.stringify(summary, null, 2) + "\n");
+    console.log(JSON.stringify(summary));
+  } finally {
+    if (!interrupted) await closeAll();
+  }
+}
+
+/** Playwright wraps page errors ("page.evaluate: Error: ..."); keep the message a person needs. */
+function cleanMessage(e) {
+  return String(e?.message ?? e)
+    .replace(/^page\.evaluate: /, "")
+    .replace(/^Error: /, "")
+    .split("\n")[0];
+}
+
+main().catch((e) => {
+  log(`error: ${e instanceof UsageError ? e.message : cleanMessage(e)}`);
+  process.exit(e instanceof UsageError ? 2 : 1);
+});

@@ -1,0 +1,218 @@
+// The headless-browser batch evaluator (scripts/evaluate.mjs) end to end on the tiny golden model
+// over two of the paper's datasets: the files' layout and prompts, `predict` equal to the native
+// CLI's greedy output (`guardreasoner predict`), the printed tables, kill and resume, shards, and
+// clear errors that leave finished results intact.
+import { test, before } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { repo } from "./harness.mjs";
+
+const benchmarkDir = path.resolve(repo, process.env.GUARDREASONER_SHARED || "../shared", "guardreasoner/benchmark");
+const model = path.join(repo, ".cache/tiny-rebuilt/llama32");
+const native = path.join(repo, "target/release/guardreasoner");
+const DATASETS = ["SimpleSafetyTests", "HarmBenchResponse"];
+const BENCHMARK_FILES = { SimpleSafetyTests: "0_0_SimpleSafetyTests.json", HarmBenchResponse: "0_5_harmbench_response.json" };
+const LIMIT = 3;
+// Enough tokens that an item takes a moment on the wasm CPU path (the kill test needs that),
+// few enough that the WebGPU run on SwiftShader (seconds per token there) stays short.
+const CPU_NEW_TOKENS = 48;
+const GPU_NEW_TOKENS = 4;
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "gr-evaluate-"));
+
+let runs = 0;
+/** The evaluator's command line, with a browser profile of its own. */
+const evaluatorArgs = (args) => [path.join(repo, "scripts/evaluate.mjs"), "--profile", path.join(tmp, `profile-${runs++}`), ...args];
+
+/** Run the evaluator to the end; resolves to {code, stdout, stderr}. */
+function evaluate(args, { timeoutMs = 15 * 60_000 } = {}) {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, evaluatorArgs(args), { stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d) => (stdout += d));
+    child.stderr.on("data", (d) => (stderr += d));
+    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+    child.on("exit", (code) => (clearTimeout(timer), resolve({ code, stdout, stderr })));
+  });
+}
+
+const common = (out, extra = []) => ["--model", model, "--benchmark-dir", benchmarkDir, "--datasets", DATASETS.join(","), "--limit", String(LIMIT), "--out", out, ...extra];
+const cpuRun = (out, extra = []) => common(out, ["--backend", "cpu", "--quant", "f32", "--max-new-tokens", String(CPU_NEW_TOKENS), ...extra]);
+const predictionsFile = (dir, dataset) => path.join(dir, dataset, "generated_predictions.jsonl");
+const records = (dir, dataset) => fs.readFileSync(predictionsFile(dir, dataset), "utf8").split("\n").filter((l) => l).map((l) => JSON.parse(l));
+const benchmark = (dataset) => JSON.parse(fs.readFileSync(path.join(benchmarkDir, BENCHMARK_FILES[dataset]), "utf8"));
+
+/** The native CLI's predictions for the same items (same selection code, native engine). */
+function nativePredictions(out, maxNewTokens) {
+  const r = spawnSync(native, ["predict", "--model", model, "--quiet", "--benchmark-dir", benchmarkDir, "--datasets", DATASETS.join(","), "--limit", String(LIMIT), "--max-new-tokens", String(maxNewTokens), "--out", out], { encoding: "utf8" });
+  assert.equal(r.status, 0, `native predict failed: ${r.stderr}`);
+  return out;
+}
+
+let cpuBaseline; // an uninterrupted CPU run, shared by the tests below
+
+before(async () => {
+  for (const [what, file] of [["the tiny model (run cargo test first)", path.join(model, "model.safetensors")], ["pkg/ (run scripts/build-wasm.sh)", path.join(repo, "pkg/guardreasoner_bg.wasm")], ["the native CLI (cargo build --release)", native], ["the benchmark files", benchmarkDir]]) {
+    assert.ok(fs.existsSync(file), `missing ${what}: ${file}`);
+  }
+  cpuBaseline = path.join(tmp, "cpu-baseline");
+  const r = await evaluate(cpuRun(cpuBaseline));
+  assert.equal(r.code, 0, r.stderr);
+});
+
+test("WebGPU run: paper layout, prompts, predict equal to the native CLI, tables and summary", async () => {
+  const out = path.join(tmp, "webgpu");
+  const r = await evaluate(common(out, ["--backend", "webgpu", "--quant", "f32", "--max-new-tokens", String(GPU_NEW_TOKENS)]));
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /WebGPU adapter: \S/, "names the adapter");
+  assert.match(r.stderr, /on gpu \(/, "ran on WebGPU");
+  const reference = nativePredictions(path.join(tmp, "native-gpu-tokens"), GPU_NEW_TOKENS);
+  for (const dataset of DATASETS) {
+    const got = records(out, dataset);
+    const items = benchmark(dataset).slice(0, LIMIT);
+    assert.equal(got.length, LIMIT, `${dataset}: ${LIMIT} lines`);
+    got.forEach((rec, i) => {
+      assert.deepEqual(Object.keys(rec), ["prompt", "label", "predict"], "the paper's keys, in its order");
+      assert.equal(rec.prompt, `${items[i].instruction}\n${items[i].input}`, `${dataset} item ${i + 1}: prompt`);
+      assert.equal(rec.label, items[i].output, `${dataset} item ${i + 1}: label`);
+    });
+    assert.deepEqual(got.map((x) => x.predict), records(reference, dataset).map((x) => x.predict), `${dataset}: predict equals the native CLI's greedy output`);
+  }
+  assert.match(r.stdout, /prompt harmfulness detection task/);
+  assert.match(r.stdout, /response harmfulness detection task/);
+  assert.match(r.stdout, /SimpleSafetyTests\s+WildGuardTest\s+Weighted Avg\./);
+  const summary = JSON.parse(r.stdout.trim().split("\n").at(-1));
+  assert.deepEqual(summary, JSON.parse(fs.readFileSync(path.join(out, "summary.json"), "utf8")));
+  assert.equal(summary.new_items, 2 * LIMIT);
+  assert.ok(summary.tokens_generated > 0 && summary.tokens_per_s > 0 && summary.items_per_s > 0 && summary.wall_s > 0, JSON.stringify(summary));
+  assert.ok(summary.adapter.length > 0);
+  assert.deepEqual(summary.scores.datasets.map((d) => [d.name, d.items]), [["SimpleSafetyTests", LIMIT], ["HarmBenchResponse", LIMIT]], "in the paper's dataset order");
+});
+
+test("the CPU fallback writes what the native CLI writes, byte for byte", () => {
+  const reference = nativePredictions(path.join(tmp, "native-cpu"), CPU_NEW_TOKENS);
+  for (const dataset of DATASETS) {
+    assert.equal(fs.readFileSync(predictionsFile(cpuBaseline, dataset), "utf8"), fs.readFileSync(predictionsFile(reference, dataset), "utf8"), dataset);
+  }
+});
+
+test("a run killed after its first item resumes and ends with the same files", async () => {
+  const out = path.join(tmp, "killed");
+  const child = spawn(process.execPath, evaluatorArgs(cpuRun(out)), { stdio: "ignore", detached: true });
+  const first = predictionsFile(out, DATASETS[0]);
+  const lines = () => (fs.existsSync(first) ? fs.readFileSync(first, "utf8").split("\n").length - 1 : 0);
+  const deadline = Date.now() + 5 * 60_000;
+  while (lines() < 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  process.kill(-child.pid, "SIGKILL"); // the evaluator, its Chromium and the worker, at once
+  await new Promise((r) => child.on("exit", r));
+  const kept = fs.readFileSync(first, "utf8");
+  const keptLines = kept.split("\n").length - 1;
+  assert.ok(keptLines >= 1 && keptLines < LIMIT, `killed with ${keptLines} of ${LIMIT} items finished`);
+  // A write cut off by the kill would leave half a line: make one, the rerun must drop it.
+  const half = fs.readFileSync(predictionsFile(cpuBaseline, DATASETS[0]), "utf8").split("\n")[keptLines].slice(0, 100);
+  fs.appendFileSync(first, half);
+
+  const r = await evaluate(cpuRun(out));
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, new RegExp(`${DATASETS[0]}: dropping an unfinished last line \\(100 bytes\\)`));
+  assert.match(r.stderr, new RegExp(`${DATASETS[0]}: resuming after ${keptLines} of ${LIMIT} items`));
+  assert.ok(fs.readFileSync(first, "utf8").startsWith(kept), "finished items kept as they were");
+  for (const dataset of DATASETS) {
+    assert.equal(fs.readFileSync(predictionsFile(out, dataset), "utf8"), fs.readFileSync(predictionsFile(cpuBaseline, dataset), "utf8"), `${dataset}: equals the uninterrupted run`);
+  }
+  const summary = JSON.parse(r.stdout.trim().split("\n").at(-1));
+  assert.equal(summary.new_items, 2 * LIMIT - keptLines, "finished items are not redone");
+
+  // Run again: nothing left to do, nothing changes.
+  const again = await evaluate(cpuRun(out));
+  assert.equal(again.code, 0, again.stderr);
+  assert.equal(JSON.parse(again.stdout.trim().split("\n").at(-1)).new_items, 0);
+});
+
+test("--shard 0/2 and 1/2 together cover every item exactly once, in order", async () => {
+  const parts = [];
+  for (const shard of ["0/2", "1/2"]) {
+    const out = path.join(tmp, `shard-${shard.replace("/", "of")}`);
+    const r = await evaluate(common(out, ["--backend", "cpu", "--quant", "f32", "--max-new-tokens", "2", "--shard", shard]));
+    assert.equal(r.code, 0, r.stderr);
+    parts.push(out);
+  }
+  for (const dataset of DATASETS) {
+    const [a, b] = parts.map((dir) => records(dir, dataset));
+    assert.ok(a.length > 0 && b.length > 0, `${dataset}: both shards have items (${a.length}, ${b.length})`);
+    const prompts = [...a, ...b].map((x) => x.prompt);
+    assert.deepEqual(prompts, records(cpuBaseline, dataset).map((x) => x.prompt), `${dataset}: the shards concatenate to the whole run`);
+    assert.equal(new Set(prompts).size, LIMIT);
+  }
+});
+
+test("bad input: a clear error, and results already written stay intact", async () => {
+  const out = path.join(tmp, "errors");
+  fs.cpSync(cpuBaseline, out, { recursive: true });
+  const before = Object.fromEntries(DATASETS.map((d) => [d, fs.readFileSync(predictionsFile(out, d), "utf8")]));
+  const unchanged = () => DATASETS.forEach((d) => assert.equal(fs.readFileSync(predictionsFile(out, d), "utf8"), before[d], `${d} untouched`));
+
+  // A dataset whose benchmark file is missing.
+  const partialBench = path.join(tmp, "bench-without-harmbench");
+  fs.mkdirSync(partialBench);
+  fs.copyFileSync(path.join(benchmarkDir, BENCHMARK_FILES.SimpleSafetyTests), path.join(partialBench, BENCHMARK_FILES.SimpleSafetyTests));
+  let r = await evaluate(["--model", model, "--benchmark-dir", partialBench, "--datasets", DATASETS.join(","), "--limit", "5", "--out", out, "--backend", "cpu", "--quant", "f32", "--max-new-tokens", String(CPU_NEW_TOKENS)]);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /HarmBenchResponse: its benchmark file .*0_5_harmbench_response\.json does not exist/);
+  unchanged();
+
+  // A malformed line in a benchmark file.
+  const brokenBench = path.join(tmp, "bench-broken");
+  fs.mkdirSync(brokenBench);
+  fs.writeFileSync(path.join(brokenBench, BENCHMARK_FILES.SimpleSafetyTests), JSON.stringify([{ instruction: "x", output: "harmful" }]));
+  r = await evaluate(["--model", model, "--benchmark-dir", brokenBench, "--datasets", "SimpleSafetyTests", "--out", path.join(tmp, "broken-out"), "--backend", "cpu"]);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /0_0_SimpleSafetyTests\.json: item 1: field `input` is missing/);
+
+  // A malformed line in the predictions file being resumed.
+  const file = predictionsFile(out, DATASETS[0]);
+  const lines = before[DATASETS[0]].split("\n");
+  const corrupt = [lines[0], "{not json", ...lines.slice(1)].join("\n");
+  fs.writeFileSync(file, corrupt);
+  r = await evaluate(cpuRun(out, ["--limit", "5"]));
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /generated_predictions\.jsonl:2: invalid JSON/);
+  assert.equal(fs.readFileSync(file, "utf8"), corrupt, "left as it was");
+  fs.writeFileSync(file, before[DATASETS[0]]);
+
+  // A model that fails to load (a truncated GGUF), and a URL that is not there.
+  const truncated = path.join(tmp, "truncated.gguf");
+  const smol = path.join(repo, ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+  const fd = fs.openSync(smol, "r");
+  const head = Buffer.alloc(1 << 20);
+  fs.readSync(fd, head, 0, head.length, 0);
+  fs.closeSync(fd);
+  fs.writeFileSync(truncated, head);
+  const loadFails = async (modelArg) => {
+    const dir = path.join(tmp, `load-${path.basename(modelArg).replace(/\W/g, "")}`);
+    fs.cpSync(cpuBaseline, dir, { recursive: true });
+    fs.rmSync(path.join(dir, "run.json")); // a different model: a run folder of its own
+    const kept = fs.readFileSync(predictionsFile(dir, DATASETS[0]), "utf8");
+    const res = await evaluate(["--model", modelArg, "--benchmark-dir", benchmarkDir, "--datasets", DATASETS.join(","), "--limit", "5", "--out", dir, "--backend", "cpu", "--max-new-tokens", "2"]);
+    assert.equal(res.code, 1, res.stderr);
+    assert.equal(fs.readFileSync(predictionsFile(dir, DATASETS[0]), "utf8"), kept, "results kept");
+    return res.stderr;
+  };
+  assert.match(await loadFails(truncated), /error: cannot load the model .*truncated\.gguf: .*(truncated|past the end|remaining)/i);
+  assert.match(await loadFails("http://127.0.0.1:9/missing.gguf"), /error: cannot load the model http:\/\/127\.0\.0\.1:9\/missing\.gguf: /);
+
+  // Other settings than the folder's run, and bad options.
+  r = await evaluate(cpuRun(out, ["--max-new-tokens", "7"]));
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /holds a run with max_new_tokens = 48, this one has 7/);
+  r = await evaluate(cpuRun(out, ["--shard", "2/2"]));
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /--shard 2\/2: expected I\/N/);
+  r = await evaluate(cpuRun(out, ["--datasets", "NoSuchSet"]));
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /unknown dataset NoSuchSet; the paper's are SimpleSafetyTests, /);
+  unchanged();
+});

@@ -1,0 +1,81 @@
+// The page the batch evaluator (scripts/evaluate.mjs) drives through playwright: it loads the
+// same wasm package as the demo, runs the model in the same Web Worker (GuardReasoner), and
+// exposes `window.bench` for the evaluator to call. Item selection, prompts, predictions lines,
+// resume points and scoring come from the wasm module, so they are the native CLI's too.
+import init, { benchmark_datasets, plan_benchmark, resume_point, prediction_line, score_predictions } from "../pkg/guardreasoner.js";
+import { GuardReasoner } from "./guardreasoner.js";
+
+// How often token counts go back to the evaluator while an item generates.
+const TOKEN_REPORT_MS = 250;
+
+const status = document.getElementById("status");
+const current = document.getElementById("current");
+let guard = null;
+
+/** What the browser says of its WebGPU adapter (vendor, architecture), or why there is none. */
+async function adapterInfo() {
+  if (!navigator.gpu) return { available: false, description: "no WebGPU in this browser" };
+  try {
+    const adapter = await navigator.gpu.requestAdapter();
+    if (!adapter) return { available: false, description: "WebGPU gave no adapter" };
+    const info = adapter.info || (adapter.requestAdapterInfo ? await adapter.requestAdapterInfo() : {});
+    const parts = [info.vendor, info.architecture, info.device, info.description].filter((p) => p);
+    return { available: true, vendor: info.vendor || "", architecture: info.architecture || "", description: parts.join(" ") || "unnamed adapter" };
+  } catch (e) {
+    return { available: false, description: `WebGPU adapter request failed: ${e.message}` };
+  }
+}
+
+window.bench = {
+  datasets: () => benchmark_datasets(),
+  plan: (file, text, limit, shardIndex, shardCount) => plan_benchmark(file, text, limit ?? -1, shardIndex, shardCount),
+  resume: (file, existing, planned) => resume_point(file, existing, planned),
+  score: (predictions, wildGuardItems) => score_predictions(predictions, wildGuardItems ?? undefined),
+  adapter: adapterInfo,
+
+  async load(source, { backend, quant, context }) {
+    guard?.terminate();
+    guard = null;
+    status.textContent = "loading the model";
+    guard = await GuardReasoner.load(source, {
+      backend,
+      quant,
+      context,
+      onProgress: (p) => window.benchProgress?.({ phase: p.phase, file: p.file ?? null, loaded: p.loaded ?? 0, total: p.total ?? 0, message: p.message ?? null }),
+    });
+    status.textContent = `model loaded on ${guard.backend}`;
+    return { backend: guard.backend, fallback: guard.fallback };
+  },
+
+  /** Run one planned item; resolves to its predictions line and counts. */
+  async classify(item, maxNewTokens) {
+    if (!guard) throw new Error("no model is loaded");
+    current.textContent = `item ${item.index + 1}`;
+    let tokens = 0;
+    let reported = performance.now();
+    const started = performance.now();
+    const out = await guard.classifyPrompt(item.prompt, {
+      maxNewTokens,
+      onEvent: (e) => {
+        if (e.type !== "token") return;
+        tokens++; // one event per text delta: close to, not exactly, the token count
+        if (performance.now() - reported > TOKEN_REPORT_MS) {
+          reported = performance.now();
+          window.benchTokens?.(tokens);
+        }
+      },
+    });
+    return {
+      line: prediction_line(item.prompt, item.label, out.text),
+      promptTokens: out.promptTokens,
+      reusedTokens: out.reusedTokens,
+      newTokens: out.newTokens,
+      stop: out.stop,
+      seconds: (performance.now() - started) / 1000,
+    };
+  },
+};
+
+await init();
+status.textContent = "ready";
+window.benchReady = true;
