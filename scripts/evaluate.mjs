@@ -268,7 +268,7 @@ async function main() {
     let itemTokens = () => {};
     await page.exposeFunction("benchTokens", (n) => itemTokens(n));
     const multi = isTTY ? new cliProgress.MultiBar({ format: "{name} {bar} {value}/{total} items | {tps} tokens/s | eta {eta_formatted}", hideCursor: true, clearOnComplete: false, etaBuffer: 20 }, cliProgress.Presets.shades_classic) : null;
-    const totals = { newItems: 0, tokens: 0, promptTokens: 0, seconds: 0 };
+    const totals = { newItems: 0, tokens: 0, promptTokens: 0, reusedTokens: 0, seconds: 0, firstTokenSeconds: 0 };
     const perDataset = [];
     try {
       for (const run of runs) {
@@ -298,6 +298,8 @@ async function main() {
             stats.tokens += r.newTokens;
             stats.seconds += r.seconds;
             totals.promptTokens += r.promptTokens;
+            totals.reusedTokens += r.reusedTokens;
+            totals.firstTokenSeconds += r.firstTokenSeconds ?? r.seconds;
             const tps = stats.tokens / Math.max(stats.seconds, 1e-9);
             const done = resume.done + k + 1;
             const eta = ((plan.items.length - done) * stats.seconds) / (k + 1);
@@ -335,11 +337,18 @@ async function main() {
       new_items: totals.newItems,
       tokens_generated: totals.tokens,
       prompt_tokens: totals.promptTokens,
+      // Prompt tokens whose KV came from the previous item (the shared instruction).
+      reused_prompt_tokens: totals.reusedTokens,
+      // Time to each item's first text, summed: prefill, and the first token.
+      first_token_s: totals.firstTokenSeconds,
       load_s: loadSeconds,
       generation_s: totals.seconds,
       wall_s: (performance.now() - started) / 1000,
       items_per_s: totals.newItems / Math.max(totals.seconds, 1e-9),
+      // Generated tokens over the whole generation time, prefill included.
       tokens_per_s: totals.tokens / Math.max(totals.seconds, 1e-9),
+      // Tokens after each item's first, over the time after it: decode alone.
+      decode_tokens_per_s: (totals.tokens - totals.newItems) / Math.max(totals.seconds - totals.firstTokenSeconds, 1e-9),
       scores: report,
     };
     fs.writeFileSync(path.join(opts.out, SUMMARY_FILE), JSON.stringify(summary, null, 2) + "\n");

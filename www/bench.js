@@ -72,6 +72,8 @@ window.bench = {
       newTokens: out.newTokens,
       stop: out.stop,
       seconds: (performance.now() - started) / 1000,
+      // Until the first text: the prompt's prefill (the part not reused from the previous item).
+      firstTokenSeconds: out.timings.timeToFirstTokenSeconds,
     };
   },
 };

@@ -116,6 +116,7 @@ impl EngineJob<()> for PredictJob<'_> {
         let opts = GenerateOptions { max_new_tokens: args.max_new_tokens, stop_ids: engine.config.eos_token_ids.clone(), keep_first_logits: false };
         let started = Instant::now();
         let (mut new_items, mut new_tokens, mut generation_s) = (0usize, 0usize, 0f64);
+        let (mut prompt_tokens, mut reused_tokens, mut first_token_s) = (0usize, 0usize, 0f64);
         for run in &runs {
             let name = run.spec.name;
             let existing = match std::fs::read(&run.path) {
@@ -140,7 +141,11 @@ impl EngineJob<()> for PredictJob<'_> {
             for item in &run.planned[point.done..] {
                 let ids = tokenizer.encode_prompt(&item.prompt)?;
                 let t0 = Instant::now();
-                let result = pollster::block_on(generate_text(&mut engine, &tokenizer, &ids, &opts, &|| cancelled.load(Ordering::Relaxed), &mut |_| Ok(())));
+                let mut first_text: Option<f64> = None;
+                let result = pollster::block_on(generate_text(&mut engine, &tokenizer, &ids, &opts, &|| cancelled.load(Ordering::Relaxed), &mut |_| {
+                    first_text.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+                    Ok(())
+                }));
                 let (predict, generation) = match result {
                     Ok(out) => out,
                     Err(guardreasoner::Error::Cancelled) => {
@@ -153,6 +158,9 @@ impl EngineJob<()> for PredictJob<'_> {
                 file.write_all(prediction_line(&item.prompt, item.label.as_deref(), &predict).as_bytes()).and_then(|_| file.sync_data()).with_context(|| format!("writing {}", run.path.display()))?;
                 seconds += t0.elapsed().as_secs_f64();
                 tokens += generation.tokens.len();
+                prompt_tokens += ids.len();
+                reused_tokens += generation.reused_tokens;
+                first_token_s += first_text.unwrap_or_else(|| t0.elapsed().as_secs_f64());
                 bar.set_message(format!("{:.1} tokens/s", tokens as f64 / seconds.max(1e-9)));
                 bar.inc(1);
             }
@@ -187,10 +195,14 @@ impl EngineJob<()> for PredictJob<'_> {
             "datasets": runs.iter().map(|r| serde_json::json!({"name": r.spec.name, "items": r.planned.len(), "benchmark_items": r.total_items})).collect::<Vec<_>>(),
             "new_items": new_items,
             "tokens_generated": new_tokens,
+            "prompt_tokens": prompt_tokens,
+            "reused_prompt_tokens": reused_tokens,
+            "first_token_s": first_token_s,
             "generation_s": generation_s,
             "wall_s": wall_s,
             "items_per_s": new_items as f64 / generation_s.max(1e-9),
             "tokens_per_s": new_tokens as f64 / generation_s.max(1e-9),
+            "decode_tokens_per_s": new_tokens.saturating_sub(new_items) as f64 / (generation_s - first_token_s).max(1e-9),
             "scores": report,
         });
         let path = args.out.join(SUMMARY_FILE);

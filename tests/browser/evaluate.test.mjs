@@ -17,9 +17,8 @@ const DATASETS = ["SimpleSafetyTests", "HarmBenchResponse"];
 const BENCHMARK_FILES = { SimpleSafetyTests: "0_0_SimpleSafetyTests.json", HarmBenchResponse: "0_5_harmbench_response.json" };
 const LIMIT = 3;
 // Enough tokens that an item takes a moment on the wasm CPU path (the kill test needs that),
-// few enough that the WebGPU run on SwiftShader (seconds per token there) stays short.
-const CPU_NEW_TOKENS = 48;
-const GPU_NEW_TOKENS = 4;
+// few enough that the WebGPU run on SwiftShader stays short (about 20 s for all six items).
+const NEW_TOKENS = 48;
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "gr-evaluate-"));
 
 let runs = 0;
@@ -40,7 +39,7 @@ function evaluate(args, { timeoutMs = 15 * 60_000 } = {}) {
 }
 
 const common = (out, extra = []) => ["--model", model, "--benchmark-dir", benchmarkDir, "--datasets", DATASETS.join(","), "--limit", String(LIMIT), "--out", out, ...extra];
-const cpuRun = (out, extra = []) => common(out, ["--backend", "cpu", "--quant", "f32", "--max-new-tokens", String(CPU_NEW_TOKENS), ...extra]);
+const cpuRun = (out, extra = []) => common(out, ["--backend", "cpu", "--quant", "f32", "--max-new-tokens", String(NEW_TOKENS), ...extra]);
 const predictionsFile = (dir, dataset) => path.join(dir, dataset, "generated_predictions.jsonl");
 const records = (dir, dataset) => fs.readFileSync(predictionsFile(dir, dataset), "utf8").split("\n").filter((l) => l).map((l) => JSON.parse(l));
 const benchmark = (dataset) => JSON.parse(fs.readFileSync(path.join(benchmarkDir, BENCHMARK_FILES[dataset]), "utf8"));
@@ -53,11 +52,13 @@ function nativePredictions(out, maxNewTokens) {
 }
 
 let cpuBaseline; // an uninterrupted CPU run, shared by the tests below
+let nativeReference; // the native CLI's predictions for the same items
 
 before(async () => {
   for (const [what, file] of [["the tiny model (run cargo test first)", path.join(model, "model.safetensors")], ["pkg/ (run scripts/build-wasm.sh)", path.join(repo, "pkg/guardreasoner_bg.wasm")], ["the native CLI (cargo build --release)", native], ["the benchmark files", benchmarkDir]]) {
     assert.ok(fs.existsSync(file), `missing ${what}: ${file}`);
   }
+  nativeReference = nativePredictions(path.join(tmp, "native"), NEW_TOKENS);
   cpuBaseline = path.join(tmp, "cpu-baseline");
   const r = await evaluate(cpuRun(cpuBaseline));
   assert.equal(r.code, 0, r.stderr);
@@ -65,11 +66,10 @@ before(async () => {
 
 test("WebGPU run: paper layout, prompts, predict equal to the native CLI, tables and summary", async () => {
   const out = path.join(tmp, "webgpu");
-  const r = await evaluate(common(out, ["--backend", "webgpu", "--quant", "f32", "--max-new-tokens", String(GPU_NEW_TOKENS)]));
+  const r = await evaluate(common(out, ["--backend", "webgpu", "--quant", "f32", "--max-new-tokens", String(NEW_TOKENS)]));
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stderr, /WebGPU adapter: \S/, "names the adapter");
   assert.match(r.stderr, /on gpu \(/, "ran on WebGPU");
-  const reference = nativePredictions(path.join(tmp, "native-gpu-tokens"), GPU_NEW_TOKENS);
   for (const dataset of DATASETS) {
     const got = records(out, dataset);
     const items = benchmark(dataset).slice(0, LIMIT);
@@ -79,7 +79,7 @@ test("WebGPU run: paper layout, prompts, predict equal to the native CLI, tables
       assert.equal(rec.prompt, `${items[i].instruction}\n${items[i].input}`, `${dataset} item ${i + 1}: prompt`);
       assert.equal(rec.label, items[i].output, `${dataset} item ${i + 1}: label`);
     });
-    assert.deepEqual(got.map((x) => x.predict), records(reference, dataset).map((x) => x.predict), `${dataset}: predict equals the native CLI's greedy output`);
+    assert.deepEqual(got.map((x) => x.predict), records(nativeReference, dataset).map((x) => x.predict), `${dataset}: predict equals the native CLI's greedy output`);
   }
   assert.match(r.stdout, /prompt harmfulness detection task/);
   assert.match(r.stdout, /response harmfulness detection task/);
@@ -93,9 +93,8 @@ test("WebGPU run: paper layout, prompts, predict equal to the native CLI, tables
 });
 
 test("the CPU fallback writes what the native CLI writes, byte for byte", () => {
-  const reference = nativePredictions(path.join(tmp, "native-cpu"), CPU_NEW_TOKENS);
   for (const dataset of DATASETS) {
-    assert.equal(fs.readFileSync(predictionsFile(cpuBaseline, dataset), "utf8"), fs.readFileSync(predictionsFile(reference, dataset), "utf8"), dataset);
+    assert.equal(fs.readFileSync(predictionsFile(cpuBaseline, dataset), "utf8"), fs.readFileSync(predictionsFile(nativeReference, dataset), "utf8"), dataset);
   }
 });
 
@@ -159,7 +158,7 @@ test("bad input: a clear error, and results already written stay intact", async 
   const partialBench = path.join(tmp, "bench-without-harmbench");
   fs.mkdirSync(partialBench);
   fs.copyFileSync(path.join(benchmarkDir, BENCHMARK_FILES.SimpleSafetyTests), path.join(partialBench, BENCHMARK_FILES.SimpleSafetyTests));
-  let r = await evaluate(["--model", model, "--benchmark-dir", partialBench, "--datasets", DATASETS.join(","), "--limit", "5", "--out", out, "--backend", "cpu", "--quant", "f32", "--max-new-tokens", String(CPU_NEW_TOKENS)]);
+  let r = await evaluate(["--model", model, "--benchmark-dir", partialBench, "--datasets", DATASETS.join(","), "--limit", "5", "--out", out, "--backend", "cpu", "--quant", "f32", "--max-new-tokens", String(NEW_TOKENS)]);
   assert.equal(r.code, 1);
   assert.match(r.stderr, /HarmBenchResponse: its benchmark file .*0_5_harmbench_response\.json does not exist/);
   unchanged();
