@@ -86,8 +86,8 @@ impl Kernel {
             WeightFormat::Q4 => include_str!("fmt_q4.wgsl"),
         };
         match self {
-            Kernel::Linear(f) => format!("{}\n{}", fmt(f), include_str!("linear.wgsl")),
-            Kernel::LinearRows(f) => format!("{}\n{}", fmt(f), include_str!("linear_rows.wgsl")),
+            Kernel::Linear(f) => format!("{}\n{}\n{}", fmt(f), include_str!("linear_common.wgsl"), include_str!("linear.wgsl")),
+            Kernel::LinearRows(f) => format!("{}\n{}\n{}", fmt(f), include_str!("linear_common.wgsl"), include_str!("linear_rows.wgsl")),
             Kernel::Embed(f) => format!("{}\n{}", fmt(f), include_str!("embed.wgsl")),
             Kernel::RmsNorm => include_str!("rms_norm.wgsl").into(),
             Kernel::Rope => include_str!("rope.wgsl").into(),
