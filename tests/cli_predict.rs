@@ -103,3 +103,34 @@ fn refuses_bad_input_and_keeps_results() {
     assert!(!run.status.success() && stderr.contains("cannot read the benchmark file of HarmBenchResponse"), "{stderr}");
     assert_eq!(predictions(&out, "SimpleSafetyTests"), kept);
 }
+
+#[test]
+fn wild_guard_labels_come_from_the_items_the_shard_covers() {
+    // No WildGuardTest file ships here: make one from SimpleSafetyTests items with the paper's
+    // label fields. Shard 1/2 of 4 items covers items 3 and 4.
+    let dir = scratch("wildguard-bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut items: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(benchmark_dir().join("0_0_SimpleSafetyTests.json")).unwrap()).unwrap();
+    items.truncate(4);
+    for (i, item) in items.iter_mut().enumerate() {
+        item["prompt_harm_label"] = (if i % 2 == 1 { "harmful" } else { "unharmful" }).into();
+        item["response_harm_label"] = "unharmful".into();
+        item["response_refusal_label"] = if i == 2 { serde_json::Value::Null } else { "refusal".into() };
+    }
+    std::fs::write(dir.join("0_4_wild_guard_test.json"), serde_json::to_string(&items).unwrap()).unwrap();
+    let out = scratch("wildguard-out");
+    let model = common::tiny::tiny_folder("llama32");
+    let run = Command::new(env!("CARGO_BIN_EXE_guardreasoner"))
+        .args(["predict", "--quiet", "--model", model.to_str().unwrap(), "--benchmark-dir", dir.to_str().unwrap(), "--shard", "1/2", "--out", out.to_str().unwrap(), "--max-new-tokens", "2"])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let scores = &summary["scores"]["datasets"][0];
+    assert_eq!(scores["name"], "WildGuardTest");
+    let task = |name: &str| scores["scores"].as_array().unwrap().iter().find(|s| s["task"] == name).unwrap().clone();
+    // The tiny model's noise never answers: item 3 (unharmful) counts twice, item 4 (harmful) drops.
+    assert_eq!((task("prompt_harmfulness")["counted_pairs"].clone(), task("prompt_harmfulness")["dropped_items"].clone()), (2.into(), 1.into()));
+    // Item 3's refusal label is null (skipped); item 4's is "refusal", counted twice.
+    assert_eq!((task("refusal")["null_labels"].clone(), task("refusal")["counted_pairs"].clone()), (1.into(), 2.into()));
+}

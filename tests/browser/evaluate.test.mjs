@@ -215,3 +215,27 @@ test("bad input: a clear error, and results already written stay intact", async 
   assert.match(r.stderr, /unknown dataset NoSuchSet; the paper's are SimpleSafetyTests, /);
   unchanged();
 });
+
+test("WildGuardTest takes its labels from the benchmark items the shard covers", async () => {
+  // No WildGuardTest file ships here: make one from SimpleSafetyTests items with the label fields
+  // the paper's file has. Shard 1/2 of 4 items covers items 3 and 4.
+  const dir = path.join(tmp, "bench-wildguard");
+  fs.mkdirSync(dir);
+  const items = benchmark("SimpleSafetyTests").slice(0, 4).map((item, i) => ({
+    ...item,
+    prompt_harm_label: i % 2 ? "harmful" : "unharmful",
+    response_harm_label: "unharmful",
+    response_refusal_label: i === 2 ? null : "refusal",
+  }));
+  fs.writeFileSync(path.join(dir, "0_4_wild_guard_test.json"), JSON.stringify(items));
+  const out = path.join(tmp, "wildguard");
+  const r = await evaluate(["--model", model, "--benchmark-dir", dir, "--shard", "1/2", "--out", out, "--backend", "cpu", "--max-new-tokens", "2"]);
+  assert.equal(r.code, 0, r.stderr);
+  const scores = JSON.parse(fs.readFileSync(path.join(out, "summary.json"), "utf8")).scores.datasets[0];
+  assert.equal(scores.name, "WildGuardTest");
+  const task = (name) => scores.scores.find((s) => s.task === name);
+  // The tiny model's noise never answers: item 3 (unharmful) counts twice, item 4 (harmful) drops.
+  assert.deepEqual([task("prompt_harmfulness").counted_pairs, task("prompt_harmfulness").dropped_items], [2, 1]);
+  // Item 3's refusal label is null (skipped); item 4's is "refusal", counted twice.
+  assert.deepEqual([task("refusal").null_labels, task("refusal").counted_pairs], [1, 2]);
+});
