@@ -49,6 +49,10 @@ Options:
 
 class UsageError extends Error {}
 
+// Set by SIGINT/SIGTERM: the browser is being closed, so the run's pending calls fail; that is
+// not an error to report.
+let interrupted = false;
+
 function parseOptions(argv) {
   let values;
   try {
@@ -198,12 +202,14 @@ async function main() {
   const model = modelSource(opts.model);
 
   const server = await startServer({ root: REPO, mounts: model.mounts });
-  const browser = await launchChromium({ webgpu: opts.backend !== "cpu", profileDir: opts.profile });
+  const browser = await launchChromium({ webgpu: opts.backend !== "cpu", profileDir: opts.profile }).catch((e) => {
+    server.close();
+    throw new Error(`${e.message} (is another run using the same --profile ${opts.profile}? give each its own)`);
+  });
   const closeAll = async () => {
     await browser.close().catch(() => {});
     await server.close();
   };
-  let interrupted = false;
   const onSignal = (signal) => {
     if (interrupted) process.exit(130);
     interrupted = true;
@@ -367,6 +373,7 @@ function cleanMessage(e) {
 }
 
 main().catch((e) => {
+  if (interrupted) return; // the signal handler exits with 130 once the browser is closed
   log(`error: ${e instanceof UsageError ? e.message : cleanMessage(e)}`);
   process.exit(e instanceof UsageError ? 2 : 1);
 });
