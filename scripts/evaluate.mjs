@@ -77,22 +77,23 @@ function parseOptions(argv) {
     throw new UsageError(e.message);
   }
   if (values.help) return null;
-  const count = (name, min) => {
+  // The upper bound keeps numbers within what the wasm side takes (u32) and what makes sense.
+  const count = (name, min, max = 1e9) => {
     const text = values[name];
-    if (!/^\d+$/.test(text) || Number(text) < min) throw new UsageError(`--${name} ${text}: expected a whole number >= ${min}`);
+    if (!/^\d+$/.test(text) || Number(text) < min || Number(text) > max) throw new UsageError(`--${name} ${text}: expected a whole number from ${min} to ${max}`);
     return Number(text);
   };
   if (!values["benchmark-dir"]) throw new UsageError("--benchmark-dir is required");
   if (!values.out) throw new UsageError("--out is required");
   const shard = /^(\d+)\/(\d+)$/.exec(values.shard);
-  if (!shard || Number(shard[2]) < 1 || Number(shard[1]) >= Number(shard[2])) throw new UsageError(`--shard ${values.shard}: expected I/N with 0 <= I < N, e.g. 0/2`);
+  if (!shard || Number(shard[2]) < 1 || Number(shard[1]) >= Number(shard[2]) || Number(shard[2]) > 1e6) throw new UsageError(`--shard ${values.shard}: expected I/N with 0 <= I < N, e.g. 0/2`);
   if (!["auto", "webgpu", "cpu"].includes(values.backend)) throw new UsageError(`--backend ${values.backend}: expected auto, webgpu or cpu`);
   if (!["q8", "q4", "f32"].includes(values.quant)) throw new UsageError(`--quant ${values.quant}: expected q8, q4 or f32`);
   return {
     benchmarkDir: path.resolve(values["benchmark-dir"]),
     out: path.resolve(values.out),
     model: values.model,
-    datasets: values.datasets ? values.datasets.split(",").map((s) => s.trim()).filter((s) => s) : null,
+    datasets: values.datasets ? [...new Set(values.datasets.split(",").map((s) => s.trim()).filter((s) => s))] : null,
     limit: values.limit === undefined ? null : count("limit", 0),
     shard: { index: Number(shard[1]), count: Number(shard[2]), text: values.shard },
     maxNewTokens: count("max-new-tokens", 1),
@@ -109,8 +110,9 @@ function modelSource(model) {
   if (fs.existsSync(model)) {
     const abs = path.resolve(model);
     if (fs.statSync(abs).isDirectory()) return { source: { url: LOCAL_MODEL_PREFIX, cache: false }, mounts: { [LOCAL_MODEL_PREFIX]: abs }, id: abs };
-    const url = LOCAL_MODEL_PREFIX + encodeURIComponent(path.basename(abs));
-    return { source: { url, cache: false }, mounts: { [url]: abs }, id: abs };
+    // The server matches mounts against the decoded path; the page fetches the encoded URL.
+    const name = path.basename(abs);
+    return { source: { url: LOCAL_MODEL_PREFIX + encodeURIComponent(name), cache: false }, mounts: { [LOCAL_MODEL_PREFIX + name]: abs }, id: abs };
   }
   if (/^[\w.-]+\/[\w.-]+$/.test(model)) return { source: { hf: model }, mounts: {}, id: model };
   throw new UsageError(`--model ${model}: no such file or folder, and not a URL or a Hugging Face repo id (owner/name)`);
@@ -120,7 +122,17 @@ function modelSource(model) {
 function checkManifest(opts, modelId) {
   const manifest = { engine: "browser", model: modelId, max_new_tokens: opts.maxNewTokens, quant: opts.quant };
   const file = path.join(opts.out, MANIFEST_FILE);
-  if (fs.existsSync(file)) {
+  // A manifest binds the folder only once it holds predictions (a run whose model failed to
+  // load leaves a manifest and nothing else).
+  const size = (f) => {
+    try {
+      return fs.statSync(f).size;
+    } catch {
+      return 0;
+    }
+  };
+  const hasPredictions = fs.existsSync(opts.out) && fs.readdirSync(opts.out).some((d) => size(path.join(opts.out, d, PREDICTIONS_FILE)) > 0);
+  if (fs.existsSync(file) && hasPredictions) {
     let old;
     try {
       old = JSON.parse(fs.readFileSync(file, "utf8"));
@@ -204,7 +216,8 @@ async function main() {
   const server = await startServer({ root: REPO, mounts: model.mounts });
   const browser = await launchChromium({ webgpu: opts.backend !== "cpu", profileDir: opts.profile }).catch((e) => {
     server.close();
-    throw new Error(`${e.message} (is another run using the same --profile ${opts.profile}? give each its own)`);
+    const missing = /doesn't exist|ENOENT|no such file/i.test(e.message);
+    throw new Error(missing ? e.message : `${e.message} (is another run using the same --profile ${opts.profile}? give each its own)`);
   });
   const closeAll = async () => {
     await browser.close().catch(() => {});
@@ -214,7 +227,7 @@ async function main() {
     if (interrupted) process.exit(130);
     interrupted = true;
     log(`\ninterrupted (${signal}): finished items are in ${opts.out}; run the same command again to resume`);
-    closeAll().finally(() => process.exit(130));
+    closeAll().finally(() => process.exit(signal === "SIGTERM" ? 143 : 130));
   };
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
@@ -246,7 +259,7 @@ async function main() {
       const text = fs.readFileSync(file, "utf8");
       const plan = await page.evaluate(([f, t, l, i, n]) => window.bench.plan(f, t, l, i, n), [file, text, opts.limit ?? -1, opts.shard.index, opts.shard.count]);
       const out = path.join(opts.out, spec.name, PREDICTIONS_FILE);
-      const existing = fs.existsSync(out) ? fs.readFileSync(out, "utf8") : "";
+      const existing = fs.existsSync(out) ? fs.readFileSync(out).toString("base64") : "";
       const resume = await page.evaluate(([f, e, p]) => window.bench.resume(f, e, p), [out, existing, plan.items]);
       const wildGuardItems = spec.name === "WildGuardTest" ? JSON.stringify(JSON.parse(text).slice(plan.items[0]?.index ?? 0, (plan.items.at(-1)?.index ?? -1) + 1)) : null;
       runs.push({ spec, file, out, plan, resume, wildGuardItems });

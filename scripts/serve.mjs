@@ -52,10 +52,29 @@ function resolve(pathname, root, mounts) {
 export function startServer({ root = REPO, port = 0, mounts = {} } = {}) {
   root = path.resolve(root);
   const server = http.createServer((req, res) => {
+    try {
+      handle(req, res);
+    } catch (e) {
+      if (!res.headersSent) res.writeHead(500, HEADERS);
+      res.end(`server error: ${e.message}`);
+    }
+  });
+  const handle = (req, res) => {
+    // Only this machine's names: a page elsewhere that rebinds its DNS name to 127.0.0.1 must
+    // not read these files.
+    const host = (req.headers.host || "").replace(/:\d+$/, "");
+    if (!["127.0.0.1", "localhost", "[::1]"].includes(host)) {
+      res.writeHead(403, HEADERS).end("forbidden host");
+      return;
+    }
     let pathname;
     try {
       pathname = decodeURIComponent(new URL(req.url, "http://localhost").pathname);
     } catch {
+      res.writeHead(400, HEADERS).end("bad request");
+      return;
+    }
+    if (pathname.includes("\0")) {
       res.writeHead(400, HEADERS).end("bad request");
       return;
     }
@@ -76,9 +95,11 @@ export function startServer({ root = REPO, port = 0, mounts = {} } = {}) {
       }
       res.writeHead(200, { ...HEADERS, "Content-Type": TYPES[path.extname(target)] || "application/octet-stream", "Content-Length": stat.size });
       if (req.method === "HEAD") return res.end();
-      fs.createReadStream(target).pipe(res);
+      fs.createReadStream(target)
+        .on("error", () => res.destroy())
+        .pipe(res);
     });
-  });
+  };
   return new Promise((resolvePromise, reject) => {
     server.once("error", reject);
     server.listen(port, "127.0.0.1", () => {

@@ -282,7 +282,7 @@ pub fn plan_benchmark(file: &str, text: &str, limit: f64, shard_index: u32, shar
 /// Where a run resumes in an existing predictions file (`{done, keep_bytes, partial_bytes}`),
 /// given the planned items; errors when the file belongs to another run or is malformed.
 #[wasm_bindgen]
-pub fn resume_point(file: &str, existing: &str, planned: JsValue) -> std::result::Result<JsValue, JsValue> {
+pub fn resume_point(file: &str, existing: &[u8], planned: JsValue) -> std::result::Result<JsValue, JsValue> {
     let planned: Vec<PlannedItem> = serde_wasm_bindgen::from_value(planned).map_err(js_err)?;
     let point = crate::guard::resume_point(file, existing, &planned).map_err(js_err)?;
     to_js(&serde_json::to_value(point).map_err(js_err)?)

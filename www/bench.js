@@ -29,7 +29,8 @@ async function adapterInfo() {
 window.bench = {
   datasets: () => benchmark_datasets(),
   plan: (file, text, limit, shardIndex, shardCount) => plan_benchmark(file, text, limit ?? -1, shardIndex, shardCount),
-  resume: (file, existing, planned) => resume_point(file, existing, planned),
+  // `existing`: the file's bytes in base64 (offsets are bytes, whatever a cut-off write left).
+  resume: (file, existing, planned) => resume_point(file, Uint8Array.from(atob(existing), (c) => c.charCodeAt(0)), planned),
   score: (predictions, wildGuardItems) => score_predictions(predictions, wildGuardItems ?? undefined),
   adapter: adapterInfo,
 

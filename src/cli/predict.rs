@@ -65,6 +65,9 @@ fn plan(args: &PredictArgs) -> Result<Vec<DatasetRun>> {
     if specs.is_empty() {
         bail!("no benchmark files in {}", args.benchmark_dir.display());
     }
+    let mut specs = specs;
+    let mut seen = std::collections::HashSet::new();
+    specs.retain(|spec| seen.insert(spec.name)); // a dataset named twice runs once
     specs
         .into_iter()
         .map(|spec| {
@@ -87,7 +90,10 @@ fn check_manifest(args: &PredictArgs) -> Result<()> {
         "quant": format!("{:?}", args.model.quant).to_lowercase(),
     });
     let path = args.out.join(MANIFEST_FILE);
-    if let Ok(text) = std::fs::read_to_string(&path) {
+    // A manifest binds the folder only once it holds predictions (a run whose model failed to
+    // load leaves a manifest and nothing else).
+    let has_predictions = DATASETS.iter().any(|spec| std::fs::metadata(args.out.join(spec.name).join(PREDICTIONS_FILE)).is_ok_and(|m| m.len() > 0));
+    if let Some(text) = std::fs::read_to_string(&path).ok().filter(|_| has_predictions) {
         let old: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON; remove it or use another --out", path.display()))?;
         for key in ["model", "max_new_tokens", "quant"] {
             if old.get(key) != manifest.get(key) {
@@ -120,8 +126,8 @@ impl EngineJob<()> for PredictJob<'_> {
         for run in &runs {
             let name = run.spec.name;
             let existing = match std::fs::read(&run.path) {
-                Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
                 Err(e) => return Err(e).with_context(|| format!("reading {}", run.path.display())),
             };
             let point = resume_point(&run.path.display().to_string(), &existing, &run.planned)?;

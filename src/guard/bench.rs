@@ -102,9 +102,11 @@ pub struct ResumePoint {
 /// a file from another dataset, shard or benchmark is refused, never mixed); a last line without
 /// its newline is an unfinished write and is dropped. Refuses a file with more lines than the
 /// plan. Nothing here changes the file.
-pub fn resume_point(file: &str, existing: &str, planned: &[PlannedItem]) -> Result<ResumePoint, ScoreError> {
-    let keep_bytes = existing.rfind('\n').map_or(0, |i| i + 1);
-    let complete = &existing[..keep_bytes];
+pub fn resume_point(file: &str, existing: &[u8], planned: &[PlannedItem]) -> Result<ResumePoint, ScoreError> {
+    // Work on bytes: the offsets are the file's, whatever a cut-off write left at the end.
+    let keep_bytes = existing.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let complete = std::str::from_utf8(&existing[..keep_bytes])
+        .map_err(|e| ScoreError::File { file: file.to_string(), message: format!("not UTF-8 text (byte {}); use another --out", e.valid_up_to()) })?;
     let records = parse_predictions_jsonl(file, complete)?;
     if records.len() > planned.len() {
         return Err(ScoreError::File {
@@ -188,18 +190,21 @@ mod tests {
         let planned = plan_items("bench.json", &items(4), None, Shard::WHOLE).unwrap();
         let line = |i: usize| prediction_line(&planned[i].prompt, planned[i].label.as_deref(), &format!("answer {i}"));
         let two = format!("{}{}", line(0), line(1));
-        assert_eq!(resume_point("f", "", &planned).unwrap(), ResumePoint { done: 0, keep_bytes: 0, partial_bytes: 0 });
-        assert_eq!(resume_point("f", &two, &planned).unwrap(), ResumePoint { done: 2, keep_bytes: two.len(), partial_bytes: 0 });
-        // A write cut off mid-line is dropped, the finished lines kept.
-        let cut = format!("{two}{}", &line(2)[..40]);
-        assert_eq!(resume_point("f", &cut, &planned).unwrap(), ResumePoint { done: 2, keep_bytes: two.len(), partial_bytes: 40 });
+        assert_eq!(resume_point("f", b"", &planned).unwrap(), ResumePoint { done: 0, keep_bytes: 0, partial_bytes: 0 });
+        assert_eq!(resume_point("f", two.as_bytes(), &planned).unwrap(), ResumePoint { done: 2, keep_bytes: two.len(), partial_bytes: 0 });
+        // A write cut off mid-line (here inside the two bytes of "é") is dropped, the finished
+        // lines kept, with offsets in bytes.
+        let mut cut = format!("{two}{}", &line(2)).into_bytes();
+        let e_acute = two.len() + line(2).find('é').unwrap();
+        cut.truncate(e_acute + 1);
+        assert_eq!(resume_point("f", &cut, &planned).unwrap(), ResumePoint { done: 2, keep_bytes: two.len(), partial_bytes: e_acute + 1 - two.len() });
         // Lines of another item, a broken complete line, or more lines than planned are refused.
         let swapped = format!("{}{}", line(1), line(0));
-        let err = resume_point("f", &swapped, &planned).unwrap_err().to_string();
+        let err = resume_point("f", swapped.as_bytes(), &planned).unwrap_err().to_string();
         assert!(err.contains("f:1") && err.contains("item 1"), "{err}");
         let broken = format!("{}{{\"prompt\": \n", line(0));
-        assert!(resume_point("f", &broken, &planned).unwrap_err().to_string().contains("f:2"));
-        let err = resume_point("f", &two, &planned[..1]).unwrap_err().to_string();
+        assert!(resume_point("f", broken.as_bytes(), &planned).unwrap_err().to_string().contains("f:2"));
+        let err = resume_point("f", two.as_bytes(), &planned[..1]).unwrap_err().to_string();
         assert!(err.contains("holds 2 predictions but this run selects 1"), "{err}");
     }
 }
