@@ -10,7 +10,7 @@ use guardreasoner::backend::Backend;
 use guardreasoner::engine::Engine;
 use guardreasoner::generate::{GenerateOptions, generate_text};
 use guardreasoner::guard::{
-    DATASETS, DatasetPredictions, DatasetSpec, PlannedItem, evaluate, parse_benchmark_json,
+    BenchmarkItem, DATASETS, DatasetPredictions, DatasetSpec, PlannedItem, evaluate, parse_benchmark_json,
     parse_predictions_jsonl, plan_items, prediction_line, resume_point,
 };
 use guardreasoner::tokenizer::TextTokenizer;
@@ -28,8 +28,8 @@ const SUMMARY_FILE: &str = "summary.json";
 struct DatasetRun {
     spec: &'static DatasetSpec,
     planned: Vec<PlannedItem>,
-    /// The benchmark file's items this run covers, as JSON objects (WildGuardTest's labels).
-    raw_items: Vec<serde_json::Value>,
+    /// The benchmark file's items this run covers (WildGuardTest's labels).
+    covered_items: Vec<BenchmarkItem>,
     total_items: usize,
     path: PathBuf,
 }
@@ -76,8 +76,8 @@ fn plan(args: &PredictArgs) -> Result<Vec<DatasetRun>> {
             let items = parse_benchmark_json(&file.display().to_string(), &text)?;
             let planned = plan_items(&file.display().to_string(), &items, args.limit, args.shard)?;
             let range = args.shard.select(items.len(), args.limit);
-            let raw_items = items[range].iter().map(|item| serde_json::Value::Object(item.fields.clone())).collect();
-            Ok(DatasetRun { spec, planned, raw_items, total_items: items.len(), path: args.out.join(spec.name).join(PREDICTIONS_FILE) })
+            let covered_items = items[range].to_vec();
+            Ok(DatasetRun { spec, planned, covered_items, total_items: items.len(), path: args.out.join(spec.name).join(PREDICTIONS_FILE) })
         })
         .collect()
 }
@@ -186,10 +186,10 @@ impl EngineJob<()> for PredictJob<'_> {
             let text = std::fs::read_to_string(&run.path).with_context(|| format!("reading {source}"))?;
             predictions.push(DatasetPredictions { dataset: run.spec.name.to_string(), records: parse_predictions_jsonl(&source, &text)?, source });
             if run.spec.ground_truth == guardreasoner::guard::GroundTruthSource::BenchmarkFields {
-                wild_guard_items = Some(parse_benchmark_json("WildGuardTest items", &serde_json::Value::Array(run.raw_items.clone()).to_string())?);
+                wild_guard_items = Some(run.covered_items.as_slice());
             }
         }
-        let report = evaluate(&predictions, wild_guard_items.as_deref())?;
+        let report = evaluate(&predictions, wild_guard_items)?;
         print!("{}", report.to_tables());
         let summary = serde_json::json!({
             "engine": "native",
