@@ -11,6 +11,7 @@ pub mod generate;
 pub mod guard;
 pub mod loader;
 pub mod model;
+pub mod session;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod synth;
 pub mod tokenizer;

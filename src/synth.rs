@@ -7,7 +7,7 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
-/// GuardReasoner-1B (Llama-3.2-1B): DESIGN.md section 3.
+/// GuardReasoner-1B (Llama-3.2-1B): ARCHITECTURE.md §3.
 pub const HIDDEN: usize = 2048;
 pub const LAYERS: usize = 16;
 pub const HEADS: usize = 32;

@@ -4,16 +4,14 @@
 //! Blob (a download in Cache Storage, or a file the user picked) and tensors are read one at a
 //! time.
 
-use crate::backend::Backend;
-use crate::backend::cpu::CpuBackend;
-use crate::backend::gpu::{GpuBackend, GpuOptions, GpuQuant};
-use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::format::ByteSource;
-use crate::generate::{Detokenizer, GenerateOptions, Progress, generate, generate_text};
-use crate::guard::{DATASETS, DatasetPredictions, PlannedItem, ReasoningParser, Shard, evaluate, guard_prompt, parse_benchmark_json, parse_predictions_jsonl, plan_items};
+use crate::guard::{
+    DATASETS, DatasetPredictions, PlannedItem, Shard, evaluate, guard_prompt, parse_benchmark_json, parse_predictions_jsonl,
+    plan_items,
+};
 use crate::loader::{OpenedModel, open_gguf, open_hf};
-use crate::tokenizer::TextTokenizer;
+use crate::session::{BackendChoice, ClassifyEvent, Device, Quant, RunOptions, Session, Stop};
 use js_sys::{Function, Promise, Uint8Array};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -76,21 +74,10 @@ fn js_message(e: &JsValue) -> String {
         .unwrap_or_else(|| format!("{e:?}"))
 }
 
-enum AnyEngine {
-    Cpu(Engine<CpuBackend>),
-    Gpu(Engine<GpuBackend>),
-}
-
-struct Inner {
-    engine: AnyEngine,
-    tokenizer: TextTokenizer,
-    backend: String,
-}
-
 /// A loaded model in the worker. One run at a time: a second concurrent call is refused.
 #[wasm_bindgen]
 pub struct Guard {
-    inner: Rc<RefCell<Inner>>,
+    session: Rc<RefCell<Session>>,
 }
 
 fn open_files(files: &JsValue) -> Result<OpenedModel> {
@@ -100,9 +87,15 @@ fn open_files(files: &JsValue) -> Result<OpenedModel> {
         Some("hf") => {
             let text = |k: &str| get(k).as_string();
             let config = text("config").ok_or_else(|| Error::Config("config.json is missing".into()))?;
-            let tokenizer = get("tokenizer").dyn_into::<Uint8Array>().map_err(|_| Error::Tokenizer("tokenizer.json is missing".into()))?.to_vec();
+            let tokenizer = get("tokenizer")
+                .dyn_into::<Uint8Array>()
+                .map_err(|_| Error::Tokenizer("tokenizer.json is missing".into()))?
+                .to_vec();
             let shards = js_sys::Array::from(&get("shards"));
-            let shards = shards.iter().map(|s| JsSource::from_js(&s).map(|s| Box::new(s) as Box<dyn ByteSource>)).collect::<Result<Vec<_>>>()?;
+            let shards = shards
+                .iter()
+                .map(|s| JsSource::from_js(&s).map(|s| Box::new(s) as Box<dyn ByteSource>))
+                .collect::<Result<Vec<_>>>()?;
             if shards.is_empty() {
                 return Err(Error::Config("no .safetensors file was given".into()));
             }
@@ -114,148 +107,111 @@ fn open_files(files: &JsValue) -> Result<OpenedModel> {
 
 /// Load a model. `files`: `{kind: "gguf", source}` or `{kind: "hf", config, generation_config?,
 /// tokenizer: Uint8Array, shards: [source]}`, each source `{name, size, read(offset, length)}`.
-/// `backend`: "webgpu" or "cpu". `quant` (float weights on the GPU): "f32", "q8" or "q4".
-/// `on_progress(done_bytes, total_bytes)` while tensors load.
+/// `backend`: "auto", "webgpu" (or "gpu") or "cpu"; `quant` (float weights): "q8", "q4" or
+/// "none" (also "f32", "q8_0", "q4_0"); unknown words are refused. `on_progress(done_bytes,
+/// total_bytes)` while tensors load.
 #[wasm_bindgen]
-pub async fn load_model(files: JsValue, backend: String, quant: String, context: u32, on_progress: Function) -> std::result::Result<Guard, JsValue> {
-    let OpenedModel { mut files, tokenizer } = open_files(&files).map_err(js_err)?;
+pub async fn load_model(
+    files: JsValue,
+    backend: String,
+    quant: String,
+    context: u32,
+    on_progress: Function,
+) -> std::result::Result<Guard, JsValue> {
+    let choice = BackendChoice {
+        device: Device::parse(&backend).map_err(js_err)?,
+        quant: Quant::parse(&quant).map_err(js_err)?,
+        ..BackendChoice::default()
+    };
+    let model = open_files(&files).map_err(js_err)?;
     let mut progress = |done: u64, total: u64| {
         let _ = on_progress.call2(&JsValue::NULL, &JsValue::from_f64(done as f64), &JsValue::from_f64(total as f64));
     };
-    let config = files.config.clone();
-    let context = context.max(1) as usize;
-    let (engine, backend) = match backend.as_str() {
-        "webgpu" => {
-            let quant = match quant.as_str() {
-                "f32" => GpuQuant::F32,
-                "q4" => GpuQuant::Q4,
-                _ => GpuQuant::Q8,
-            };
-            let gpu = GpuBackend::new(GpuOptions { quant, ..GpuOptions::default() }).await.map_err(js_err)?;
-            let name = gpu.describe();
-            let weights = files.load(&gpu, &mut progress).map_err(js_err)?;
-            (AnyEngine::Gpu(Engine::new(gpu, config, weights, context).map_err(js_err)?), name)
-        }
-        "cpu" => {
-            let cpu = CpuBackend::new(match quant.as_str() {
-                "q8" => Some(candle_core::quantized::GgmlDType::Q8_0),
-                "q4" => Some(candle_core::quantized::GgmlDType::Q4_0),
-                _ => None,
-            });
-            let name = "cpu (wasm, candle)".to_string();
-            let weights = files.load(&cpu, &mut progress).map_err(js_err)?;
-            (AnyEngine::Cpu(Engine::new(cpu, config, weights, context).map_err(js_err)?), name)
-        }
-        other => return Err(js_err(format!("unknown backend {other:?} (expected \"webgpu\" or \"cpu\")"))),
-    };
-    Ok(Guard { inner: Rc::new(RefCell::new(Inner { engine, tokenizer, backend })) })
-}
-
-fn options<B: Backend>(engine: &Engine<B>, max_new: u32) -> GenerateOptions {
-    GenerateOptions { max_new_tokens: max_new as usize, stop_ids: engine.config.eos_token_ids.clone(), keep_first_logits: false }
+    let session = Session::load(model, choice, context as usize, &mut progress).await.map_err(js_err)?;
+    Ok(Guard { session: Rc::new(RefCell::new(session)) })
 }
 
 fn cancel_poll(is_cancelled: &Function) -> impl Fn() -> bool + '_ {
     || is_cancelled.call0(&JsValue::NULL).map(|v| v.is_truthy()).unwrap_or(false)
 }
 
-/// Greedy generation on whichever engine is loaded; `on_token(id)` sees every new token.
-async fn run<B: Backend>(engine: &mut Engine<B>, ids: &[u32], max_new: u32, is_cancelled: &Function, on_token: &mut dyn FnMut(u32) -> Result<()>) -> Result<crate::generate::Generation> {
-    let opts = options(engine, max_new);
-    generate(engine, ids, &opts, &cancel_poll(is_cancelled), &mut |p| match p {
-        Progress::PromptDone { .. } => Ok(()),
-        Progress::Token(id) => on_token(id),
-    })
-    .await
+/// A run that stopped on the cancel flag rejects (the JS API turns it into an AbortError).
+fn reject_cancelled(stop: Stop) -> std::result::Result<(), JsValue> {
+    if stop == Stop::Cancelled { Err(js_err(Error::Cancelled)) } else { Ok(()) }
 }
 
-/// Greedy generation with the text decoded; `on_delta` sees each new piece of text.
-async fn run_text<B: Backend>(engine: &mut Engine<B>, tokenizer: &TextTokenizer, ids: &[u32], max_new: u32, is_cancelled: &Function, on_delta: &mut dyn FnMut(&str) -> Result<()>) -> Result<(String, crate::generate::Generation)> {
-    let opts = options(engine, max_new);
-    generate_text(engine, tokenizer, ids, &opts, &cancel_poll(is_cancelled), on_delta).await
+fn to_js_value(value: &impl serde::Serialize) -> std::result::Result<JsValue, JsValue> {
+    to_js(&serde_json::to_value(value).map_err(js_err)?)
 }
 
 #[wasm_bindgen]
 impl Guard {
-    /// "gpu (<adapter>)" or "cpu (wasm, candle)".
+    /// "gpu (<adapter>)" or "cpu (candle, 1 threads)".
     pub fn backend(&self) -> String {
-        self.inner.try_borrow().map(|i| i.backend.clone()).unwrap_or_default()
+        self.session.try_borrow().map(|s| s.backend().to_string()).unwrap_or_default()
+    }
+
+    /// Why the CPU runs although WebGPU was wanted (`backend: "auto"`), or undefined.
+    pub fn fallback(&self) -> Option<String> {
+        self.session.try_borrow().ok().and_then(|s| s.fallback().map(str::to_string))
     }
 
     /// Prompt ids of `text`, BOS included.
     pub fn tokenize(&self, text: &str) -> std::result::Result<Vec<u32>, JsValue> {
-        let inner = self.inner.try_borrow().map_err(|_| js_err("busy: a run is in progress"))?;
-        inner.tokenizer.encode_prompt(text).map_err(js_err)
+        let session = self.session.try_borrow().map_err(|_| js_err("busy: a run is in progress"))?;
+        session.tokenizer().encode_prompt(text).map_err(js_err)
     }
 
     /// Greedy generation from ids (EOS stops it). `on_token(id, text_delta)`; `is_cancelled()`
-    /// is polled before every token. Resolves to `{tokens, stop, prompt_tokens, reused_tokens}`.
+    /// is polled before every token. Resolves to `{tokens, stop, promptTokens, reusedTokens,
+    /// timings}`.
     pub fn generate(&self, ids: Vec<u32>, max_new: u32, on_token: Function, is_cancelled: Function) -> Promise {
-        let inner = self.inner.clone();
+        let session = self.session.clone();
         future_to_promise(async move {
-            let mut guard = inner.try_borrow_mut().map_err(|_| js_err("busy: one run at a time"))?;
-            let Inner { engine, tokenizer, .. } = &mut *guard;
-            let mut detok = Detokenizer::new();
-            let mut on = |id: u32| -> Result<()> {
-                let delta = detok.push(tokenizer, id)?;
-                on_token.call2(&JsValue::NULL, &JsValue::from(id), &JsValue::from_str(&delta)).map(|_| ()).map_err(|e| Error::Other(js_message(&e)))
+            let mut session = session.try_borrow_mut().map_err(|_| js_err("busy: one run at a time"))?;
+            let mut on = |id: Option<u32>, delta: &str| -> Result<()> {
+                let Some(id) = id else { return Ok(()) }; // the tail of an unfinished character
+                on_token
+                    .call2(&JsValue::NULL, &JsValue::from(id), &JsValue::from_str(delta))
+                    .map(|_| ())
+                    .map_err(|e| Error::Other(js_message(&e)))
             };
-            let out = match engine {
-                AnyEngine::Cpu(e) => run(e, &ids, max_new, &is_cancelled, &mut on).await,
-                AnyEngine::Gpu(e) => run(e, &ids, max_new, &is_cancelled, &mut on).await,
-            }
-            .map_err(js_err)?;
-            let summary = serde_json::json!({"tokens": out.tokens, "stop": out.stop, "prompt_tokens": out.prompt_tokens, "reused_tokens": out.reused_tokens});
-            to_js(&summary)
+            let options = RunOptions::new(max_new as usize);
+            let out = session.generate(&ids, &options, &cancel_poll(&is_cancelled), &mut on).await.map_err(js_err)?;
+            reject_cancelled(out.stop)?;
+            to_js_value(&out)
         })
     }
 
     /// Classify a conversation: builds the GuardReasoner prompt, streams `on_event(event)` for
-    /// every text delta (`{type: "token", text}`) and reasoning event, and resolves to
-    /// `{result, text, prompt_tokens, reused_tokens, new_tokens, stop}`.
-    pub fn moderate(&self, prompt: String, response: Option<String>, max_new: u32, on_event: Function, is_cancelled: Function) -> Promise {
+    /// every text delta (`{type: "token", text}`) and reasoning event, and resolves to the
+    /// session's classification (`{request, completion, response, verdictFound, problem, tasks,
+    /// text, promptTokens, reusedTokens, newTokens, stop, timings}`).
+    pub fn moderate(
+        &self,
+        prompt: String,
+        response: Option<String>,
+        max_new: u32,
+        on_event: Function,
+        is_cancelled: Function,
+    ) -> Promise {
         self.classify(guard_prompt(&prompt, response.as_deref()), max_new, on_event, is_cancelled)
     }
 
     /// As `moderate`, on a complete GuardReasoner prompt text (instruction and conversation, as
     /// the benchmark files hold it; BOS is added here).
     pub fn classify(&self, text: String, max_new: u32, on_event: Function, is_cancelled: Function) -> Promise {
-        let inner = self.inner.clone();
+        let session = self.session.clone();
         future_to_promise(async move {
-            let mut guard = inner.try_borrow_mut().map_err(|_| js_err("busy: one run at a time"))?;
-            let Inner { engine, tokenizer, .. } = &mut *guard;
-            let ids = tokenizer.encode_prompt(&text).map_err(js_err)?;
-            let mut parser = ReasoningParser::new();
-            let emit = |value: &serde_json::Value| -> Result<()> {
-                let v = to_js(value).map_err(|e| Error::Other(js_message(&e)))?;
-                on_event.call1(&JsValue::NULL, &v).map(|_| ()).map_err(|e| Error::Other(js_message(&e)))
+            let mut session = session.try_borrow_mut().map_err(|_| js_err("busy: one run at a time"))?;
+            let mut emit = |event: ClassifyEvent| -> Result<()> {
+                let value = to_js(&event.to_json()).map_err(|e| Error::Other(js_message(&e)))?;
+                on_event.call1(&JsValue::NULL, &value).map(|_| ()).map_err(|e| Error::Other(js_message(&e)))
             };
-            let (text, out) = {
-                let mut on_delta = |delta: &str| -> Result<()> {
-                    emit(&serde_json::json!({"type": "token", "text": delta}))?;
-                    for event in parser.push(delta) {
-                        emit(&serde_json::to_value(&event).map_err(|e| Error::Other(e.to_string()))?)?;
-                    }
-                    Ok(())
-                };
-                match engine {
-                    AnyEngine::Cpu(e) => run_text(e, tokenizer, &ids, max_new, &is_cancelled, &mut on_delta).await,
-                    AnyEngine::Gpu(e) => run_text(e, tokenizer, &ids, max_new, &is_cancelled, &mut on_delta).await,
-                }
-                .map_err(js_err)?
-            };
-            for event in parser.finish() {
-                emit(&serde_json::to_value(&event).map_err(js_err)?).map_err(js_err)?;
-            }
-            let summary = serde_json::json!({
-                "result": parser.result(),
-                "text": text,
-                "prompt_tokens": ids.len(),
-                "reused_tokens": out.reused_tokens,
-                "new_tokens": out.tokens.len(),
-                "stop": out.stop,
-            });
-            to_js(&summary)
+            let options = RunOptions::new(max_new as usize);
+            let out = session.classify(&text, &options, &cancel_poll(&is_cancelled), &mut emit).await.map_err(js_err)?;
+            reject_cancelled(out.stop)?;
+            to_js_value(&out)
         })
     }
 }

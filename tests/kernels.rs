@@ -211,7 +211,7 @@ fn check_embed_and_argmax<B: Backend>(b: &B, label: &str) {
 }
 
 fn gpu(max_binding_bytes: Option<u64>, linear: LinearKernel) -> GpuBackend {
-    pollster::block_on(GpuBackend::new(GpuOptions { quant: GpuQuant::F32, max_binding_bytes, linear })).expect("a Vulkan adapter (mesa-vulkan-drivers)")
+    pollster::block_on(GpuBackend::new(GpuOptions { quant: GpuQuant::F32, max_binding_bytes, linear, ..GpuOptions::default() })).expect("a Vulkan adapter (mesa-vulkan-drivers)")
 }
 
 #[test]

@@ -71,7 +71,7 @@ fn llama32_like_on_gpu_with_the_embedding_split() {
     // 1 MiB per binding: the 128256 x 64 f32 embedding / tied LM head (31 MiB) splits into 32.
     // With the cooperative linear kernel (lavapipe, a CPU, gets the row-per-thread one by
     // default), so both kernels are proven on a whole model.
-    let opts = GpuOptions { quant: GpuQuant::F32, max_binding_bytes: Some(1 << 20), linear: LinearKernel::Cooperative };
+    let opts = GpuOptions { quant: GpuQuant::F32, max_binding_bytes: Some(1 << 20), linear: LinearKernel::Cooperative, ..GpuOptions::default() };
     let backend = pollster::block_on(GpuBackend::new(opts)).unwrap();
     check_model("llama32", backend);
 }

@@ -54,7 +54,6 @@ window.bench = {
     current.textContent = `item ${item.index + 1}`;
     let tokens = 0;
     let reported = performance.now();
-    const started = performance.now();
     const out = await guard.classifyPrompt(item.prompt, {
       maxNewTokens,
       onEvent: (e) => {
@@ -72,7 +71,7 @@ window.bench = {
       reusedTokens: out.reusedTokens,
       newTokens: out.newTokens,
       stop: out.stop,
-      seconds: (performance.now() - started) / 1000,
+      seconds: out.timings.totalSeconds,
       // Until the first text: the prompt's prefill (the part not reused from the previous item).
       firstTokenSeconds: out.timings.timeToFirstTokenSeconds,
     };

@@ -17,7 +17,8 @@ export interface LoadProgress {
 
 export interface LoadOptions {
   backend?: "auto" | "webgpu" | "cpu";
-  quant?: "q8" | "q4" | "f32";
+  /** Float weights once loaded: "q8" (default), "q4" or "none" (keep f32); "f32", "q8_0" and "q4_0" are taken too. */
+  quant?: "q8" | "q4" | "none" | "f32" | "q8_0" | "q4_0";
   /** KV cache size in tokens (prompt + new tokens) */
   context?: number;
   onProgress?: (p: LoadProgress) => void;
@@ -47,6 +48,10 @@ export interface ModerationResult {
   request: "harmful" | "unharmful" | null;
   completion: "refusal" | "compliance" | null;
   response: "harmful" | "unharmful" | null;
+  /** False when the output held no verdict line at all (cut off, or the model wandered). */
+  verdictFound: boolean;
+  /** When `verdictFound` is false: what happened and what to try, e.g. raising `maxNewTokens`. */
+  problem: string | null;
   tasks: TaskReasoning[];
   /** The generated text, whole. */
   text: string;
@@ -55,7 +60,17 @@ export interface ModerationResult {
   reusedTokens: number;
   newTokens: number;
   stop: "eos" | "max_tokens" | "context_full";
-  timings: { totalSeconds: number; timeToFirstTokenSeconds: number | null; tokensPerSecond: number | null };
+  timings: Timings;
+}
+
+/** Measured in the worker's core: time spent queued behind another request is not counted. */
+export interface Timings {
+  totalSeconds: number;
+  timeToFirstTokenSeconds: number | null;
+  /** Prompt tokens that ran (not reused) over the time to the first token. */
+  prefillTokensPerSecond: number | null;
+  /** Decode: tokens after the first over the time after it. */
+  tokensPerSecond: number | null;
 }
 
 export declare class GuardReasoner {
@@ -68,7 +83,7 @@ export declare class GuardReasoner {
   generate(
     ids: ArrayLike<number>,
     options?: { maxNewTokens?: number; onToken?: (t: { token: number; text: string }) => void; signal?: AbortSignal },
-  ): Promise<{ tokens: number[]; stop: string; promptTokens: number; reusedTokens: number }>;
+  ): Promise<{ tokens: number[]; stop: "eos" | "max_tokens" | "context_full"; promptTokens: number; reusedTokens: number; timings: Timings }>;
   moderate(
     conversation: { prompt: string; response?: string | null },
     options?: { onEvent?: (e: GuardEvent) => void; signal?: AbortSignal; maxNewTokens?: number },

@@ -30,7 +30,8 @@ export class GuardReasoner {
    * Load a model. `source`: `{url}` (a .gguf URL, or an HF-style folder URL), `{hf: "owner/name"}`,
    * `{hfBaseUrl}` or `{file}` (a .gguf File); `cache: false` in a URL source skips Cache Storage
    * (for files already on this machine). Options: `backend` "auto" | "webgpu" | "cpu",
-   * `quant` "q8" | "q4" | "f32" (float weights on the GPU), `context` (tokens), `onProgress`.
+   * `quant` "q8" | "q4" | "none" (float weights once loaded; "f32", "q8_0", "q4_0" also taken),
+   * `context` (tokens), `onProgress`.
    */
   static async load(source, { onProgress, backend = "auto", quant = "q8", context = 4096, workerUrl } = {}) {
     const url = workerUrl || new URL("./worker.js", import.meta.url);
@@ -48,14 +49,16 @@ export class GuardReasoner {
 
   /** Greedy generation from token ids. `onToken({token, text})` streams; `signal` cancels. */
   async generate(ids, { maxNewTokens = 32, onToken, signal } = {}) {
-    const out = await this.#request({ type: "generate", ids: Array.from(ids), maxNewTokens }, { onToken, signal });
-    return { tokens: out.tokens, stop: out.stop, promptTokens: out.prompt_tokens, reusedTokens: out.reused_tokens };
+    const { id, type, ...result } = await this.#request({ type: "generate", ids: Array.from(ids), maxNewTokens }, { onToken, signal });
+    return result;
   }
 
   /**
    * Classify a conversation. `onEvent(event)` receives `token`, `task_started`, `step_started`,
    * `step_text`, `step_finished`, `conclusion` and `verdict` events as they happen. Resolves to
-   * `{request, completion, response, tasks, text, promptTokens, newTokens, stop, timings}`.
+   * `{request, completion, response, verdictFound, problem, tasks, text, promptTokens,
+   * reusedTokens, newTokens, stop, timings}`; `verdictFound` is false (and `problem` says why,
+   * e.g. the new-token limit cut the answer off) when the output held no verdict line.
    */
   async moderate({ prompt, response = null }, options = {}) {
     return this.#classify({ type: "moderate", prompt, response }, options);
@@ -70,37 +73,10 @@ export class GuardReasoner {
   }
 
   async #classify(msg, { onEvent, signal, maxNewTokens = 2048 } = {}) {
-    const started = performance.now();
-    let firstToken = null;
-    const out = await this.#request(
-      { ...msg, maxNewTokens },
-      {
-        signal,
-        onEvent: (event) => {
-          if (event.type === "token" && firstToken === null) firstToken = performance.now();
-          onEvent?.(event);
-        },
-      },
-    );
-    const total = (performance.now() - started) / 1000;
-    const decodeSeconds = firstToken === null ? 0 : (performance.now() - firstToken) / 1000;
-    const r = out.result;
-    return {
-      request: r.request,
-      completion: r.completion,
-      response: r.response,
-      tasks: r.tasks,
-      text: out.text,
-      promptTokens: out.prompt_tokens,
-      reusedTokens: out.reused_tokens,
-      newTokens: out.new_tokens,
-      stop: out.stop,
-      timings: {
-        totalSeconds: total,
-        timeToFirstTokenSeconds: firstToken === null ? null : (firstToken - started) / 1000,
-        tokensPerSecond: out.new_tokens > 1 && decodeSeconds > 0 ? (out.new_tokens - 1) / decodeSeconds : null,
-      },
-    };
+    // The core's result as it is: verdicts, verdictFound/problem, reasoning, counts, and timings
+    // measured in the worker (time spent queued behind another request is not counted).
+    const { id, type, ...result } = await this.#request({ ...msg, maxNewTokens }, { signal, onEvent });
+    return result;
   }
 
   /** Stop the worker and free the model. */

@@ -125,24 +125,14 @@ async function handle(msg) {
     if (type === "load") {
       await init();
       const files = await resolveFiles(msg.source, id);
+      // The core picks the device ("auto": WebGPU, else the CPU, saying why) and refuses unknown
+      // words; only a browser without WebGPU at all is decided here.
       const wanted = msg.backend || "auto";
-      const tryBackend = async (backend) =>
-        load_model(files, backend, msg.quant || "q8", msg.context || 4096, (loaded, total) =>
-          post({ id, type: "progress", phase: "load", loaded, total }),
-        );
-      let fallback = null;
-      if (wanted === "cpu" || (wanted === "auto" && !self.navigator.gpu)) {
-        guard = await tryBackend("cpu");
-        if (wanted === "auto") fallback = "WebGPU is not available in this browser: running on the CPU";
-      } else {
-        try {
-          guard = await tryBackend("webgpu");
-        } catch (e) {
-          if (wanted === "webgpu") throw e;
-          fallback = `WebGPU failed (${e.message}): running on the CPU`;
-          guard = await tryBackend("cpu");
-        }
-      }
+      const noWebGpu = wanted === "auto" && !self.navigator.gpu;
+      guard = await load_model(files, noWebGpu ? "cpu" : wanted, msg.quant || "q8", msg.context || 4096, (loaded, total) =>
+        post({ id, type: "progress", phase: "load", loaded, total }),
+      );
+      const fallback = noWebGpu ? "WebGPU is not available in this browser: running on the CPU" : (guard.fallback() ?? null);
       post({ id, type: "result", backend: guard.backend(), fallback });
     } else if (type === "cancel-flag") {
       cancelFlag = new Int32Array(msg.buffer);

@@ -4,21 +4,43 @@
 //! the same through the wasm module; both select items, build prompts, write lines and find the
 //! resume point with the same code (`guardreasoner::guard::bench`).
 
-use super::{EngineJob, PredictArgs, with_engine};
+use super::{EXIT_INTERRUPTED, ModelArgs, is_interrupted};
 use anyhow::{Context, Result, bail};
-use guardreasoner::backend::Backend;
-use guardreasoner::engine::Engine;
-use guardreasoner::generate::{GenerateOptions, generate_text};
+use clap::Args;
 use guardreasoner::guard::{
-    BenchmarkItem, DATASETS, DatasetPredictions, DatasetSpec, PlannedItem, evaluate, parse_benchmark_json,
+    BenchmarkItem, DATASETS, DatasetPredictions, DatasetSpec, PlannedItem, Shard, evaluate, parse_benchmark_json,
     parse_predictions_jsonl, plan_items, prediction_line, resume_point,
 };
-use guardreasoner::tokenizer::TextTokenizer;
+use guardreasoner::session::{RunOptions, Session, Stop};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+
+#[derive(Args)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The paper's benchmark files (0_0_SimpleSafetyTests.json, ...).
+    #[arg(long)]
+    pub benchmark_dir: PathBuf,
+    /// Comma-separated dataset names as in the paper's tables (default: every benchmark file present).
+    #[arg(long, value_delimiter = ',')]
+    pub datasets: Vec<String>,
+    /// Only the first N items of each dataset.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// This machine's share of a split run, I/N (0-based): contiguous slices, so the shards'
+    /// files concatenate in order to the unsplit run's.
+    #[arg(long, default_value = "0/1", value_parser = Shard::parse)]
+    pub shard: Shard,
+    /// Most new tokens per item (`--max-new` also accepted).
+    #[arg(long, alias = "max-new", default_value_t = 2048)]
+    pub max_new_tokens: usize,
+    /// Output folder: <OUT>/<Dataset>/generated_predictions.jsonl, run.json, summary.json.
+    /// A rerun with the same folder resumes after the last finished item.
+    #[arg(long)]
+    pub out: PathBuf,
+}
 
 const PREDICTIONS_FILE: &str = "generated_predictions.jsonl";
 const MANIFEST_FILE: &str = "run.json";
@@ -34,10 +56,11 @@ struct DatasetRun {
     path: PathBuf,
 }
 
-pub fn run(args: PredictArgs) -> Result<()> {
+pub fn run(args: PredictArgs) -> Result<u8> {
     let runs = plan(&args)?;
     check_manifest(&args)?;
-    with_engine(&args.model, PredictJob { args: &args, runs })
+    let mut session = args.model.load()?;
+    predict(&args, &runs, &mut session)
 }
 
 fn benchmark_path(dir: &Path, spec: &DatasetSpec) -> PathBuf {
@@ -85,9 +108,9 @@ fn plan(args: &PredictArgs) -> Result<Vec<DatasetRun>> {
 /// `run.json` records what the folder's predictions were made with; a rerun must match it.
 fn check_manifest(args: &PredictArgs) -> Result<()> {
     let manifest = serde_json::json!({
-        "model": args.model.model.display().to_string(),
+        "model": args.model.source.model,
         "max_new_tokens": args.max_new_tokens,
-        "quant": format!("{:?}", args.model.quant).to_lowercase(),
+        "quant": args.model.quant.name(),
     });
     let path = args.out.join(MANIFEST_FILE);
     // A manifest binds the folder only once it holds predictions (a run whose model failed to
@@ -106,24 +129,14 @@ fn check_manifest(args: &PredictArgs) -> Result<()> {
     std::fs::write(&path, format!("{manifest:#}\n")).with_context(|| format!("writing {}", path.display()))
 }
 
-struct PredictJob<'a> {
-    args: &'a PredictArgs,
-    runs: Vec<DatasetRun>,
-}
-
-impl EngineJob<()> for PredictJob<'_> {
-    fn run<B: Backend>(self, mut engine: Engine<B>, tokenizer: TextTokenizer) -> Result<()> {
-        let PredictJob { args, runs } = self;
-        let cancelled = Arc::new(AtomicBool::new(false));
-        {
-            let cancelled = cancelled.clone();
-            let _ = ctrlc::set_handler(move || cancelled.store(true, Ordering::Relaxed));
-        }
-        let opts = GenerateOptions { max_new_tokens: args.max_new_tokens, stop_ids: engine.config.eos_token_ids.clone(), keep_first_logits: false };
+/// Runs every planned item not yet in its dataset's file, then scores the run.
+fn predict(args: &PredictArgs, runs: &[DatasetRun], session: &mut Session) -> Result<u8> {
+        super::interrupted(); // Ctrl-C from here on stops after the current token; finished items stay
+        let options = RunOptions::new(args.max_new_tokens);
         let started = Instant::now();
         let (mut new_items, mut new_tokens, mut generation_s) = (0usize, 0usize, 0f64);
         let (mut prompt_tokens, mut reused_tokens, mut first_token_s) = (0usize, 0usize, 0f64);
-        for run in &runs {
+        for run in runs {
             let name = run.spec.name;
             let existing = match std::fs::read(&run.path) {
                 Ok(bytes) => bytes,
@@ -145,28 +158,20 @@ impl EngineJob<()> for PredictJob<'_> {
             bar.set_prefix(name);
             let (mut tokens, mut seconds) = (0usize, 0f64);
             for item in &run.planned[point.done..] {
-                let ids = tokenizer.encode_prompt(&item.prompt)?;
                 let t0 = Instant::now();
-                let mut first_text: Option<f64> = None;
-                let result = pollster::block_on(generate_text(&mut engine, &tokenizer, &ids, &opts, &|| cancelled.load(Ordering::Relaxed), &mut |_| {
-                    first_text.get_or_insert_with(|| t0.elapsed().as_secs_f64());
-                    Ok(())
-                }));
-                let (predict, generation) = match result {
-                    Ok(out) => out,
-                    Err(guardreasoner::Error::Cancelled) => {
-                        bar.abandon();
-                        eprintln!("interrupted: the finished items are in {}; run the same command again to resume", args.out.display());
-                        std::process::exit(130);
-                    }
-                    Err(e) => return Err(e).with_context(|| format!("{name} item {} of the benchmark file", item.index + 1)),
-                };
-                file.write_all(prediction_line(&item.prompt, item.label.as_deref(), &predict).as_bytes()).and_then(|_| file.sync_data()).with_context(|| format!("writing {}", run.path.display()))?;
+                let result = pollster::block_on(session.classify(&item.prompt, &options, &is_interrupted, &mut |_| Ok(())))
+                    .with_context(|| format!("{name} item {} of the benchmark file", item.index + 1))?;
+                if result.stop == Stop::Cancelled {
+                    bar.abandon();
+                    eprintln!("interrupted: the finished items are in {}; run the same command again to resume", args.out.display());
+                    return Ok(EXIT_INTERRUPTED);
+                }
+                file.write_all(prediction_line(&item.prompt, item.label.as_deref(), &result.text).as_bytes()).and_then(|_| file.sync_data()).with_context(|| format!("writing {}", run.path.display()))?;
                 seconds += t0.elapsed().as_secs_f64();
-                tokens += generation.tokens.len();
-                prompt_tokens += ids.len();
-                reused_tokens += generation.reused_tokens;
-                first_token_s += first_text.unwrap_or_else(|| t0.elapsed().as_secs_f64());
+                tokens += result.new_tokens;
+                prompt_tokens += result.prompt_tokens;
+                reused_tokens += result.reused_tokens;
+                first_token_s += result.timings.time_to_first_token_seconds.unwrap_or(result.timings.total_seconds);
                 bar.set_message(format!("{:.1} tokens/s", tokens as f64 / seconds.max(1e-9)));
                 bar.inc(1);
             }
@@ -181,7 +186,7 @@ impl EngineJob<()> for PredictJob<'_> {
         let wall_s = started.elapsed().as_secs_f64();
         let mut predictions = Vec::new();
         let mut wild_guard_items = None;
-        for run in &runs {
+        for run in runs {
             let source = run.path.display().to_string();
             let text = std::fs::read_to_string(&run.path).with_context(|| format!("reading {source}"))?;
             predictions.push(DatasetPredictions { dataset: run.spec.name.to_string(), records: parse_predictions_jsonl(&source, &text)?, source });
@@ -193,8 +198,8 @@ impl EngineJob<()> for PredictJob<'_> {
         print!("{}", report.to_tables());
         let summary = serde_json::json!({
             "engine": "native",
-            "backend": engine.backend.describe(),
-            "model": args.model.model.display().to_string(),
+            "backend": session.backend(),
+            "model": args.model.source.model,
             "max_new_tokens": args.max_new_tokens,
             "shard": args.shard.to_string(),
             "limit": args.limit,
@@ -214,6 +219,5 @@ impl EngineJob<()> for PredictJob<'_> {
         let path = args.out.join(SUMMARY_FILE);
         std::fs::write(&path, format!("{summary:#}\n")).with_context(|| format!("writing {}", path.display()))?;
         println!("{summary}");
-        Ok(())
+        Ok(0)
     }
-}

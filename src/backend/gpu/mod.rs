@@ -8,7 +8,6 @@ mod weights;
 
 use super::Backend;
 use crate::config::LlamaConfig;
-use crate::engine::PREFILL_CHUNK;
 use crate::error::{Error, Result};
 use crate::format::HostTensor;
 use std::cell::RefCell;
@@ -42,11 +41,17 @@ pub struct GpuOptions {
     /// Use at most this many bytes per storage binding (tests force splitting with it).
     pub max_binding_bytes: Option<u64>,
     pub linear: LinearKernel,
+    /// Rows (tokens) one activation buffer holds: the most a forward pass may run at once. The
+    /// engine's prefill chunk must fit (the session passes it).
+    pub max_rows: usize,
 }
+
+/// `GpuOptions::max_rows` unless told otherwise: the engine's prefill chunk today.
+pub const DEFAULT_MAX_ROWS: usize = 128;
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        Self { quant: GpuQuant::Q8, max_binding_bytes: None, linear: LinearKernel::Auto }
+        Self { quant: GpuQuant::Q8, max_binding_bytes: None, linear: LinearKernel::Auto, max_rows: DEFAULT_MAX_ROWS }
     }
 }
 
@@ -107,7 +112,7 @@ impl Kernel {
     }
 }
 
-/// Activation buffers are recycled by width: every buffer holds up to `PREFILL_CHUNK` rows.
+/// Activation buffers are recycled by width: every buffer holds up to `GpuOptions::max_rows` rows.
 struct Pool {
     free: HashMap<usize, Vec<wgpu::Buffer>>,
 }
@@ -343,15 +348,16 @@ impl GpuBackend {
     }
 
     fn activation(&self, rows: usize, cols: usize) -> Result<GpuAct> {
-        if rows > PREFILL_CHUNK {
-            return Err(Error::Backend(format!("{rows} rows exceed the activation buffers' {PREFILL_CHUNK}")));
+        let max_rows = self.opts.max_rows;
+        if rows > max_rows {
+            return Err(Error::Backend(format!("{rows} rows exceed the activation buffers' {max_rows}")));
         }
         let buffer = self.pool.borrow_mut().free.get_mut(&cols).and_then(|v| v.pop());
         let buffer = match buffer {
             Some(b) => b,
             None => self.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("activation"),
-                size: (PREFILL_CHUNK * cols * 4) as u64,
+                size: (max_rows * cols * 4) as u64,
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
                 mapped_at_creation: false,
             }),

@@ -1,0 +1,77 @@
+//! `guardreasoner bench`: prefill and decode tokens/s and peak memory on a model, for comparing
+//! with llama.cpp on the same machine in the same run.
+
+use super::ModelArgs;
+use anyhow::{Result, bail};
+use clap::Args;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt length for the prefill measurement.
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+    /// Tokens to decode for the decode measurement.
+    #[arg(long = "gen", default_value_t = 64)]
+    pub gen_tokens: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: BenchArgs) -> Result<u8> {
+    if args.prompt_tokens == 0 || args.gen_tokens == 0 {
+        bail!("--prompt-tokens and --gen must be at least 1");
+    }
+    let load_start = Instant::now();
+    let mut session = args.model.load()?;
+    let load_s = load_start.elapsed().as_secs_f64();
+    // A fixed, ordinary-text prompt: token ids of real words, repeated to length.
+    let tokenizer = session.tokenizer();
+    let words = tokenizer.encode_text("The quick brown fox jumps over the lazy dog while the guard model reasons step by step. ")?;
+    let mut prompt: Vec<u32> = tokenizer.bos_id().into_iter().collect();
+    while prompt.len() < args.prompt_tokens {
+        prompt.extend(words.iter().copied().take(args.prompt_tokens - prompt.len()));
+    }
+    if prompt.len() + args.gen_tokens > session.context_len() {
+        bail!("--prompt-tokens + --gen = {} exceeds the context {}; raise --context", prompt.len() + args.gen_tokens, session.context_len());
+    }
+    let speed = pollster::block_on(session.speed_test(&prompt, args.gen_tokens))?;
+    let prefill_tps = speed.prompt_tokens as f64 / speed.prefill_s;
+    let decode_tps = speed.gen_tokens as f64 / speed.decode_s;
+    let peak_rss = peak_rss_bytes();
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
+    if args.json {
+        let report = serde_json::json!({
+            "model": args.model.source.model,
+            "backend": session.backend(),
+            "quant": args.model.quant.name(),
+            "load_s": load_s,
+            "prompt_tokens": speed.prompt_tokens,
+            "prefill_tokens_per_s": prefill_tps,
+            "gen_tokens": speed.gen_tokens,
+            "decode_tokens_per_s": decode_tps,
+            "peak_host_bytes": peak_rss,
+            "device_buffer_bytes": session.device_bytes(),
+        });
+        println!("{report}");
+    } else {
+        println!("backend {}", session.backend());
+        println!("load {load_s:.2} s");
+        println!("prefill {} tokens: {prefill_tps:.1} tokens/s", speed.prompt_tokens);
+        println!("decode {} tokens: {decode_tps:.1} tokens/s", speed.gen_tokens);
+        println!("peak host memory {}", peak_rss.map(mib).unwrap_or_else(|| "unknown".into()));
+        println!("device buffers {}", session.device_bytes().map(mib).unwrap_or_else(|| "none".into()));
+    }
+    Ok(0)
+}
+
+/// The process's peak resident memory (Linux `VmHWM`), where the system says.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -1,0 +1,155 @@
+//! What the commands share: the model and backend options, opening a session with a progress
+//! bar, the Ctrl-C flag, and the exit codes. Each command lives in its own file here; `main.rs`
+//! only parses and dispatches.
+
+pub mod bench;
+pub mod eval;
+pub mod generate;
+pub mod moderate;
+pub mod predict;
+pub mod synth;
+pub mod tokenize;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use guardreasoner::backend::gpu::LinearKernel;
+use guardreasoner::loader::{OpenedModel, open_path};
+use guardreasoner::session::{BackendChoice, Device, Quant, Session, parse_linear_kernel};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Exit codes (also in the README): 0 done, 1 error, 2 bad usage (clap's), 3 a classification
+/// found no verdict, 130 interrupted (Ctrl-C) or 143 (SIGTERM is not caught: the shell's).
+pub const EXIT_NO_VERDICT: u8 = 3;
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Where the model comes from.
+#[derive(Args, Clone)]
+pub struct ModelSource {
+    /// Model: an HF-style folder (config.json, tokenizer.json, *.safetensors), a .gguf file, or
+    /// a Hugging Face repo id (owner/name) already in the local Hugging Face cache.
+    #[arg(long, short = 'm')]
+    pub model: String,
+}
+
+impl ModelSource {
+    pub fn open(&self) -> Result<OpenedModel> {
+        let path = resolve_model(&self.model)?;
+        open_path(&path).with_context(|| format!("opening model {}", path.display()))
+    }
+}
+
+/// The model, and how it runs: every command that runs the model takes these.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    #[command(flatten)]
+    pub source: ModelSource,
+    /// No progress bar or backend line on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Where it runs: cpu, gpu (WebGPU through wgpu: Vulkan natively; `webgpu` also accepted) or
+    /// auto (the GPU when it loads, else the CPU).
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub backend: Device,
+    /// Float weights once loaded: none (keep the file's types; bf16 loads as f32), q8 (8-bit
+    /// blocks, near-lossless) or q4 (4-bit, some accuracy cost). Also f32, q8_0, q4_0. Quantized
+    /// GGUF weights keep their own types.
+    #[arg(long, default_value = "none", value_parser = parse_quant)]
+    pub quant: Quant,
+    /// KV cache size in tokens (prompt + new tokens); capped by the model's context.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000_000))]
+    pub context: u32,
+    /// CPU threads (default: all cores).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+    /// GPU matrix kernel: auto (one thread per row on adapters that run on the CPU, like
+    /// lavapipe; 32 threads per row on real GPUs), cooperative or row-per-thread.
+    #[arg(long, default_value = "auto", value_parser = parse_linear)]
+    pub gpu_linear: LinearKernel,
+}
+
+fn parse_device(word: &str) -> Result<Device, String> {
+    Device::parse(word).map_err(|e| e.to_string())
+}
+
+fn parse_quant(word: &str) -> Result<Quant, String> {
+    Quant::parse(word).map_err(|e| e.to_string())
+}
+
+fn parse_linear(word: &str) -> Result<LinearKernel, String> {
+    parse_linear_kernel(word).map_err(|e| e.to_string())
+}
+
+impl ModelArgs {
+    pub fn choice(&self) -> BackendChoice {
+        BackendChoice { device: self.backend, quant: self.quant, linear: self.gpu_linear }
+    }
+
+    /// Opens the model and loads it onto the chosen backend, with a progress bar on stderr.
+    pub fn load(&self) -> Result<Session> {
+        if let Some(n) = self.threads {
+            // SAFETY: single-threaded here, before any thread pool exists.
+            unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+        }
+        if self.backend != Device::Cpu && std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+            // SAFETY: as above. Silences a harmless Vulkan loader warning.
+            unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
+        }
+        let model = self.source.open()?;
+        let bar = if self.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(model.files.weight_bytes()) };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("loading {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        let session = pollster::block_on(Session::load(model, self.choice(), self.context as usize, &mut |done, _| bar.set_position(done)))?;
+        bar.finish_and_clear();
+        if !self.quiet {
+            eprintln!("backend: {}", session.backend());
+            if let Some(note) = session.fallback() {
+                eprintln!("note: {note}");
+            }
+        }
+        Ok(session)
+    }
+}
+
+/// `owner/name` when no such path exists: the newest snapshot of that repo in the local Hugging
+/// Face cache (`HF_HUB_CACHE`, or `HF_HOME/hub`, or `~/.cache/huggingface/hub`). Downloading is
+/// not built in yet: the error says how to fetch it.
+fn resolve_model(model: &str) -> Result<PathBuf> {
+    let path = Path::new(model);
+    let is_repo_id = model.split('/').count() == 2 && model.split('/').all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
+    if path.exists() || !is_repo_id {
+        return Ok(path.to_path_buf());
+    }
+    let hub = std::env::var_os("HF_HUB_CACHE").map(PathBuf::from).or_else(|| std::env::var_os("HF_HOME").map(|home| PathBuf::from(home).join("hub"))).or_else(|| {
+        std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/huggingface/hub"))
+    });
+    let snapshots = hub.map(|hub| hub.join(format!("models--{}", model.replace('/', "--"))).join("snapshots"));
+    let newest = snapshots.as_ref().and_then(|dir| std::fs::read_dir(dir).ok()).and_then(|entries| {
+        entries.filter_map(|e| e.ok()).filter(|e| e.path().join("config.json").exists()).max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok()).map(|e| e.path())
+    });
+    match newest {
+        Some(folder) => Ok(folder),
+        None => bail!(
+            "{model} is not a file or folder here, and not in the local Hugging Face cache; fetch it first:\n  pip install -U huggingface_hub && huggingface-cli download {model} --local-dir models/{name}\nthen pass --model models/{name}",
+            name = model.rsplit('/').next().unwrap_or(model)
+        ),
+    }
+}
+
+/// Raised by Ctrl-C; commands poll it between tokens. Installed once, on first use.
+pub fn interrupted() -> &'static AtomicBool {
+    static FLAG: OnceLock<&'static AtomicBool> = OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed));
+        flag
+    })
+}
+
+pub fn is_interrupted() -> bool {
+    interrupted().load(Ordering::Relaxed)
+}

@@ -1,0 +1,529 @@
+//! One loaded model for every front door (the CLI, the wasm facade, the evaluators): the backend
+//! the user chose, the engine and tokenizer behind one backend-erased type, and the operations
+//! they all need (`generate`, `classify`, `speed_test`) with stop ids, cancellation, the guard
+//! parser and timings handled once. See ARCHITECTURE.md §5.
+
+use crate::backend::Backend;
+use crate::backend::cpu::CpuBackend;
+use crate::backend::gpu::{GpuBackend, GpuOptions, GpuQuant, LinearKernel};
+use crate::engine::{Engine, PREFILL_CHUNK};
+use crate::error::{Error, Result};
+use crate::generate::{Detokenizer, GenerateOptions, Progress, StopReason, generate};
+use crate::guard::{GuardEvent, ReasoningParser, TaskReasoning, guard_prompt};
+use crate::loader::OpenedModel;
+use crate::tokenizer::TextTokenizer;
+use candle_core::quantized::GgmlDType;
+use serde::Serialize;
+use web_time::Instant;
+
+/// Where the forward pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// The GPU when one can be set up, else the CPU (the reason is kept as the fallback note).
+    Auto,
+    Cpu,
+    /// WebGPU: wgpu over Vulkan natively, the browser's WebGPU in wasm.
+    Gpu,
+}
+
+impl Device {
+    /// The user's word: `auto`, `cpu`, `gpu` (or `webgpu`).
+    pub fn parse(word: &str) -> Result<Self> {
+        match word.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "gpu" | "webgpu" => Ok(Device::Gpu),
+            other => Err(Error::Other(format!("unknown backend `{other}`: expected auto, cpu or gpu (webgpu)"))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Auto => "auto",
+            Device::Cpu => "cpu",
+            Device::Gpu => "gpu",
+        }
+    }
+}
+
+/// How float weights are stored once loaded. Quantized GGUF weights keep their own blocks
+/// whatever this says (on the GPU they become its 8-bit or 4-bit blocks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quant {
+    /// Keep the file's types (bf16/f16 load as f32: exact).
+    None,
+    /// 8-bit blocks of 32 (GGML Q8_0 on the CPU): near-lossless, about a quarter of f32.
+    Q8,
+    /// 4-bit blocks of 32 (GGML Q4_0 on the CPU): about an eighth of f32, some accuracy cost.
+    Q4,
+}
+
+impl Quant {
+    /// The user's word: `none` (or `f32`), `q8` (or `q8_0`), `q4` (or `q4_0`).
+    pub fn parse(word: &str) -> Result<Self> {
+        match word.trim().to_ascii_lowercase().as_str() {
+            "none" | "f32" => Ok(Quant::None),
+            "q8" | "q8_0" => Ok(Quant::Q8),
+            "q4" | "q4_0" => Ok(Quant::Q4),
+            other => Err(Error::Other(format!("unknown quantization `{other}`: expected none (f32), q8 (q8_0) or q4 (q4_0)"))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Quant::None => "none",
+            Quant::Q8 => "q8",
+            Quant::Q4 => "q4",
+        }
+    }
+
+    fn cpu(self) -> Option<GgmlDType> {
+        match self {
+            Quant::None => None,
+            Quant::Q8 => Some(GgmlDType::Q8_0),
+            Quant::Q4 => Some(GgmlDType::Q4_0),
+        }
+    }
+
+    fn gpu(self) -> GpuQuant {
+        match self {
+            Quant::None => GpuQuant::F32,
+            Quant::Q8 => GpuQuant::Q8,
+            Quant::Q4 => GpuQuant::Q4,
+        }
+    }
+}
+
+/// The GPU's matrix kernel, by the user's word: `auto`, `cooperative`, `row-per-thread`.
+pub fn parse_linear_kernel(word: &str) -> Result<LinearKernel> {
+    match word.trim().to_ascii_lowercase().as_str() {
+        "auto" => Ok(LinearKernel::Auto),
+        "cooperative" => Ok(LinearKernel::Cooperative),
+        "row-per-thread" | "rows" => Ok(LinearKernel::RowPerThread),
+        other => Err(Error::Other(format!("unknown GPU matrix kernel `{other}`: expected auto, cooperative or row-per-thread"))),
+    }
+}
+
+/// Everything the user chooses about the backend: one value every front door builds from its
+/// own words (`Device::parse`, `Quant::parse`, `parse_linear_kernel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendChoice {
+    pub device: Device,
+    pub quant: Quant,
+    pub linear: LinearKernel,
+}
+
+impl Default for BackendChoice {
+    fn default() -> Self {
+        Self { device: Device::Cpu, quant: Quant::None, linear: LinearKernel::Auto }
+    }
+}
+
+enum AnyEngine {
+    Cpu(Engine<CpuBackend>),
+    Gpu(Engine<GpuBackend>),
+}
+
+/// Runs `$body` with `$e` bound to the engine, whatever its backend.
+macro_rules! on_engine {
+    ($engine:expr, $e:ident => $body:expr) => {
+        match $engine {
+            AnyEngine::Cpu($e) => $body,
+            AnyEngine::Gpu($e) => $body,
+        }
+    };
+}
+
+/// What a run asks beyond its prompt.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub max_new_tokens: usize,
+    /// Generate `max_new_tokens` whatever the model says (speed tests, goldens).
+    pub ignore_eos: bool,
+    /// Keep the logits that predict the first new token (`generate --logits-out`, tests).
+    pub keep_first_logits: bool,
+}
+
+impl RunOptions {
+    pub fn new(max_new_tokens: usize) -> Self {
+        Self { max_new_tokens, ignore_eos: false, keep_first_logits: false }
+    }
+}
+
+/// Why generation ended, as every front door reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stop {
+    Eos,
+    MaxTokens,
+    ContextFull,
+    /// The caller's cancel flag was raised; the output is what came before.
+    Cancelled,
+}
+
+impl From<StopReason> for Stop {
+    fn from(reason: StopReason) -> Self {
+        match reason {
+            StopReason::Eos => Stop::Eos,
+            StopReason::MaxTokens => Stop::MaxTokens,
+            StopReason::ContextFull => Stop::ContextFull,
+        }
+    }
+}
+
+impl Stop {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stop::Eos => "eos",
+            Stop::MaxTokens => "max_tokens",
+            Stop::ContextFull => "context_full",
+            Stop::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Timings of one run, measured in the core so every front door reports the same numbers (and
+/// none counts time spent waiting in a queue).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Timings {
+    pub total_seconds: f64,
+    /// Until the first new token: the prompt's prefill plus one argmax.
+    pub time_to_first_token_seconds: Option<f64>,
+    /// Prompt tokens that ran (not reused from the cache) over the time to the first token.
+    pub prefill_tokens_per_second: Option<f64>,
+    /// Decode speed: the tokens after the first over the time after it.
+    pub tokens_per_second: Option<f64>,
+}
+
+impl Timings {
+    fn measure(started: Instant, first_token: Option<f64>, ran_prompt_tokens: usize, new_tokens: usize) -> Self {
+        let total = started.elapsed().as_secs_f64();
+        let decode = first_token.map(|first| total - first).filter(|s| *s > 0.0 && new_tokens > 1);
+        Timings {
+            total_seconds: total,
+            time_to_first_token_seconds: first_token,
+            prefill_tokens_per_second: first_token.filter(|s| *s > 0.0).map(|s| ran_prompt_tokens as f64 / s),
+            tokens_per_second: decode.map(|s| (new_tokens - 1) as f64 / s),
+        }
+    }
+}
+
+/// The result of `Session::generate`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Generated {
+    pub tokens: Vec<u32>,
+    pub stop: Stop,
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose KV came from the previous run (a shared prefix).
+    pub reused_tokens: usize,
+    pub timings: Timings,
+    #[serde(skip)]
+    pub first_logits: Option<Vec<f32>>,
+}
+
+/// What `classify` streams: each text delta, then the reasoning events it completes.
+#[derive(Debug, Clone, Copy)]
+pub enum ClassifyEvent<'a> {
+    Token(&'a str),
+    Guard(&'a GuardEvent),
+}
+
+impl ClassifyEvent<'_> {
+    /// The wire form shared by the CLI's `--json` lines and the browser's events:
+    /// `{"type":"token","text":...}` or the guard event's own tagged form.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            ClassifyEvent::Token(text) => serde_json::json!({"type": "token", "text": text}),
+            ClassifyEvent::Guard(event) => serde_json::to_value(event).unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
+
+/// The result of `Session::classify`: the JS API's `ModerationResult` and the CLI's `done` event.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Classification {
+    pub request: Option<String>,
+    pub completion: Option<String>,
+    pub response: Option<String>,
+    /// False when the output held no verdict line at all (`Request: ...` and the like): the
+    /// answer was cut off, or the model wandered. Verdicts of `None` written by the model count
+    /// as found.
+    pub verdict_found: bool,
+    /// Set when `verdict_found` is false: what happened and what to try.
+    pub problem: Option<String>,
+    pub tasks: Vec<TaskReasoning>,
+    /// The generated text, whole.
+    pub text: String,
+    pub prompt_tokens: usize,
+    pub reused_tokens: usize,
+    pub new_tokens: usize,
+    pub stop: Stop,
+    pub timings: Timings,
+}
+
+/// Why no verdict was found, with what to try.
+fn no_verdict_problem(stop: Stop, new_tokens: usize) -> String {
+    let why = match stop {
+        Stop::MaxTokens => format!("the answer was cut off at the new-token limit ({new_tokens} tokens); raise it (--max-new-tokens, maxNewTokens)"),
+        Stop::ContextFull => "the context filled up before the answer ended; raise the context size (--context, context)".to_string(),
+        Stop::Cancelled => "the run was cancelled before the answer".to_string(),
+        Stop::Eos => "the model ended its answer without a verdict line".to_string(),
+    };
+    format!("no verdict found: {why}")
+}
+
+/// Speed of one prefill and a decode run, from `Session::speed_test`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpeedReport {
+    pub prompt_tokens: usize,
+    pub prefill_s: f64,
+    pub gen_tokens: usize,
+    pub decode_s: f64,
+}
+
+/// A loaded model, ready to run. One run at a time (`&mut self`).
+pub struct Session {
+    engine: AnyEngine,
+    tokenizer: TextTokenizer,
+    backend: String,
+    fallback: Option<String>,
+}
+
+impl Session {
+    /// Loads `model` onto the chosen backend with a KV cache of `context` tokens (capped by the
+    /// model's). `progress(done_bytes, total_bytes)` while tensors load. With `Device::Auto` a
+    /// GPU that cannot be set up or cannot hold the model leaves the CPU, and `fallback` says why.
+    pub async fn load(model: OpenedModel, choice: BackendChoice, context: usize, progress: &mut dyn FnMut(u64, u64)) -> Result<Self> {
+        let OpenedModel { mut files, tokenizer } = model;
+        let context = context.max(1);
+        let mut fallback = None;
+        if choice.device != Device::Cpu {
+            let options = GpuOptions { quant: choice.quant.gpu(), linear: choice.linear, max_rows: PREFILL_CHUNK, ..GpuOptions::default() };
+            let loaded = match GpuBackend::new(options).await {
+                Ok(gpu) => files.load(&gpu, progress).and_then(|weights| Engine::new(gpu, files.config.clone(), weights, context)),
+                Err(e) => Err(e),
+            };
+            match loaded {
+                Ok(engine) => {
+                    let backend = engine.backend.describe();
+                    return Ok(Self { engine: AnyEngine::Gpu(engine), tokenizer, backend, fallback });
+                }
+                Err(e) if choice.device == Device::Auto => fallback = Some(format!("the GPU failed ({e}): running on the CPU")),
+                Err(e) => return Err(e),
+            }
+        }
+        let cpu = CpuBackend::new(choice.quant.cpu());
+        let weights = files.load(&cpu, progress)?;
+        let engine = Engine::new(cpu, files.config.clone(), weights, context)?;
+        let backend = engine.backend.describe();
+        Ok(Self { engine: AnyEngine::Cpu(engine), tokenizer, backend, fallback })
+    }
+
+    /// "cpu (candle, 2 threads)", "gpu (<adapter>)", ...
+    pub fn backend(&self) -> &str {
+        &self.backend
+    }
+
+    /// Why the CPU runs although a GPU was wanted (`Device::Auto`), else None.
+    pub fn fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// Tokens the KV cache holds (prompt + new tokens).
+    pub fn context_len(&self) -> usize {
+        on_engine!(&self.engine, e => e.context_len())
+    }
+
+    /// Bytes of device buffers (GPU), where there is a device.
+    pub fn device_bytes(&self) -> Option<u64> {
+        on_engine!(&self.engine, e => e.backend.device_bytes())
+    }
+
+    /// Greedy generation from prompt ids, stopping at any EOS id of the model (unless
+    /// `ignore_eos`), the token limit, a full context, or `is_cancelled()` (polled before every
+    /// token; a cancelled run returns what it made with `Stop::Cancelled`). `on_token(Some(id),
+    /// text_delta)` sees every new token with the text it completes (often empty mid-character),
+    /// and `on_token(None, rest)` the text left at the end, if any.
+    pub async fn generate(
+        &mut self,
+        ids: &[u32],
+        options: &RunOptions,
+        is_cancelled: &dyn Fn() -> bool,
+        on_token: &mut dyn FnMut(Option<u32>, &str) -> Result<()>,
+    ) -> Result<Generated> {
+        let started = Instant::now();
+        let mut first_token = None;
+        let mut tokens = Vec::new();
+        let mut reused = 0;
+        let mut detokenizer = Detokenizer::new();
+        let tokenizer = &self.tokenizer;
+        let outcome = on_engine!(&mut self.engine, engine => {
+            let generate_options = GenerateOptions {
+                max_new_tokens: options.max_new_tokens,
+                stop_ids: if options.ignore_eos { Vec::new() } else { engine.config.eos_token_ids.clone() },
+                keep_first_logits: options.keep_first_logits,
+            };
+            generate(engine, ids, &generate_options, is_cancelled, &mut |progress| match progress {
+                Progress::PromptDone { reused_tokens, .. } => {
+                    reused = reused_tokens;
+                    Ok(())
+                }
+                Progress::Token(id) => {
+                    first_token.get_or_insert_with(|| started.elapsed().as_secs_f64());
+                    tokens.push(id);
+                    let delta = detokenizer.push(tokenizer, id)?;
+                    on_token(Some(id), &delta)
+                }
+            })
+            .await
+        });
+        let (stop, first_logits) = match outcome {
+            Ok(generation) => (Stop::from(generation.stop), generation.first_logits),
+            Err(Error::Cancelled) => (Stop::Cancelled, None),
+            Err(e) => return Err(e),
+        };
+        let tail = detokenizer.finish(tokenizer)?;
+        if !tail.is_empty() {
+            on_token(None, &tail)?;
+        }
+        let timings = Timings::measure(started, first_token, ids.len() - reused.min(ids.len()), tokens.len());
+        Ok(Generated { prompt_tokens: ids.len(), reused_tokens: reused, stop, timings, first_logits, tokens })
+    }
+
+    /// Classifies a conversation: the GuardReasoner prompt of `prompt` and `response` (the model
+    /// sees `None` without one), then as `classify`.
+    pub async fn moderate(
+        &mut self,
+        prompt: &str,
+        response: Option<&str>,
+        options: &RunOptions,
+        is_cancelled: &dyn Fn() -> bool,
+        on_event: &mut dyn FnMut(ClassifyEvent) -> Result<()>,
+    ) -> Result<Classification> {
+        self.classify(&guard_prompt(prompt, response), options, is_cancelled, on_event).await
+    }
+
+    /// Runs a complete GuardReasoner prompt text (instruction and conversation, as the benchmark
+    /// files hold it; BOS is added here), streaming each text delta and the reasoning events it
+    /// completes, and returns the verdicts, the reasoning, the text and the counts.
+    pub async fn classify(
+        &mut self,
+        text: &str,
+        options: &RunOptions,
+        is_cancelled: &dyn Fn() -> bool,
+        on_event: &mut dyn FnMut(ClassifyEvent) -> Result<()>,
+    ) -> Result<Classification> {
+        let ids = self.tokenizer.encode_prompt(text)?;
+        let mut parser = ReasoningParser::new();
+        let mut generated_text = String::new();
+        let mut verdict_found = false;
+        let mut pass_on = |event: &GuardEvent, on_event: &mut dyn FnMut(ClassifyEvent) -> Result<()>| {
+            verdict_found |= matches!(event, GuardEvent::Verdict { .. });
+            on_event(ClassifyEvent::Guard(event))
+        };
+        let generated = self
+            .generate(&ids, options, is_cancelled, &mut |_, delta| {
+                if delta.is_empty() {
+                    return Ok(());
+                }
+                generated_text.push_str(delta);
+                on_event(ClassifyEvent::Token(delta))?;
+                parser.push(delta).iter().try_for_each(|event| pass_on(event, on_event))
+            })
+            .await?;
+        for event in parser.finish().iter().filter(|e| !matches!(e, GuardEvent::Done)) {
+            pass_on(event, on_event)?;
+        }
+        let result = parser.result();
+        let new_tokens = generated.tokens.len();
+        Ok(Classification {
+            request: result.request.clone(),
+            completion: result.completion.clone(),
+            response: result.response.clone(),
+            verdict_found,
+            problem: (!verdict_found).then(|| no_verdict_problem(generated.stop, new_tokens)),
+            tasks: result.tasks.clone(),
+            text: generated_text,
+            prompt_tokens: generated.prompt_tokens,
+            reused_tokens: generated.reused_tokens,
+            new_tokens,
+            stop: generated.stop,
+            timings: generated.timings,
+        })
+    }
+
+    /// Prefill speed on `prompt`, then decode speed over `gen_tokens` greedy steps (EOS ignored),
+    /// after a short warm-up (pipeline compilation, first allocations). The cache is reset.
+    pub async fn speed_test(&mut self, prompt: &[u32], gen_tokens: usize) -> Result<SpeedReport> {
+        on_engine!(&mut self.engine, engine => {
+            if prompt.is_empty() || prompt.len() + gen_tokens > engine.context_len() {
+                return Err(Error::Prompt(format!(
+                    "a speed test of {} prompt + {gen_tokens} new tokens does not fit the context of {}; raise the context size",
+                    prompt.len(),
+                    engine.context_len()
+                )));
+            }
+            let (logits, _) = engine.prefill(&prompt[..prompt.len().min(8)])?;
+            engine.backend.argmax(&logits).await?;
+            engine.reset();
+            let t0 = Instant::now();
+            let (logits, _) = engine.prefill(prompt)?;
+            let mut next = engine.backend.argmax(&logits).await?;
+            let prefill_s = t0.elapsed().as_secs_f64();
+            let t1 = Instant::now();
+            for _ in 0..gen_tokens {
+                let logits = engine.step(next)?;
+                next = engine.backend.argmax(&logits).await?;
+            }
+            let decode_s = t1.elapsed().as_secs_f64();
+            engine.reset();
+            Ok(SpeedReport { prompt_tokens: prompt.len(), prefill_s, gen_tokens, decode_s })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_of_a_choice_maps_to_one_value() {
+        for (words, quant) in [(["none", "f32", "F32"], Quant::None), (["q8", "q8_0", "Q8_0"], Quant::Q8), (["q4", "q4_0", " q4 "], Quant::Q4)] {
+            for word in words {
+                assert_eq!(Quant::parse(word).unwrap(), quant, "{word}");
+            }
+        }
+        for (word, device) in [("cpu", Device::Cpu), ("gpu", Device::Gpu), ("webgpu", Device::Gpu), ("WebGPU", Device::Gpu), ("auto", Device::Auto)] {
+            assert_eq!(Device::parse(word).unwrap(), device, "{word}");
+        }
+        assert_eq!(parse_linear_kernel("row-per-thread").unwrap(), LinearKernel::RowPerThread);
+    }
+
+    #[test]
+    fn unknown_words_are_refused_by_name() {
+        for (err, word) in [
+            (Quant::parse("q5").unwrap_err(), "q5"),
+            (Quant::parse("").unwrap_err(), ""),
+            (Device::parse("tpu").unwrap_err(), "tpu"),
+            (parse_linear_kernel("fast").unwrap_err(), "fast"),
+        ] {
+            assert!(err.to_string().contains(&format!("`{word}`")), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_missing_verdict_names_the_stop_and_the_knob() {
+        assert!(no_verdict_problem(Stop::MaxTokens, 48).contains("raise it (--max-new-tokens"));
+        assert!(no_verdict_problem(Stop::ContextFull, 10).contains("--context"));
+        assert!(no_verdict_problem(Stop::Eos, 10).contains("without a verdict line"));
+    }
+}
