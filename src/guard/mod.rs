@@ -2,16 +2,16 @@
 //! reasoning and verdicts, the paper's benchmark scorer, and benchmark runs' item selection and
 //! files (DESIGN.md sections 3 and 5).
 
-pub mod bench;
 pub mod parser;
 pub mod prompt;
+pub mod run;
 pub mod score;
 #[cfg(test)]
 mod test_data;
 
-pub use bench::{PlannedItem, ResumePoint, Shard, plan_items, prediction_line, resume_point};
 pub use parser::{GuardEvent, GuardResult, ReasoningParser, Task, TaskReasoning, VerdictKind};
 pub use prompt::{INSTRUCTION, NO_RESPONSE, guard_prompt};
+pub use run::{PlannedItem, ResumePoint, Shard, plan_items, prediction_line, resume_point};
 #[cfg(not(target_arch = "wasm32"))]
 pub use score::evaluate_dir;
 pub use score::{

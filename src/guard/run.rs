@@ -1,8 +1,8 @@
 //! Benchmark runs: which items of a benchmark file a run covers (`--limit`, `--shard I/N`), the
-//! generation prompt of each (DESIGN.md §5: `instruction + "\n" + input`, label `output`), the
-//! predictions line in the paper's layout, and where an interrupted run resumes. Written once
-//! and used by both the native `predict` command and the headless-browser evaluator (via wasm),
-//! so the two produce the same files.
+//! generation prompt of each (`instruction + "\n" + input`, label `output`), the predictions
+//! line in the paper's layout, and where an interrupted run resumes. Reference: ARCHITECTURE.md
+//! §7 (benchmark runs). Written once and used by both the native `predict` command and the
+//! headless-browser evaluator (via wasm), so the two produce the same files.
 
 use serde::{Deserialize, Serialize};
 
