@@ -24,7 +24,8 @@ pub fn guard_prompt(prompt: &str, response: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::score::{DATASETS, parse_benchmark_json, parse_predictions_jsonl};
+    use super::super::datasets::DATASETS;
+    use super::super::predictions::{parse_benchmark_json, parse_predictions_jsonl};
     use super::super::test_data;
     use super::*;
 

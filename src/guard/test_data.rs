@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 /// Overrides the location of the shared folder (the one holding `guardreasoner/`).
 pub const SHARED_DIR_ENV: &str = "GUARDREASONER_SHARED";
 
-/// The paper's predictions file name inside `<dir>/<Dataset>/`.
-pub const PREDICTIONS_FILE: &str = "generated_predictions.jsonl";
+pub use super::predictions::PREDICTIONS_FILE;
 
 /// Lines in all six shipped predictions-1B files together (DESIGN.md §3).
 pub const PREDICTIONS_1B_LINES: usize = 2195;
@@ -52,13 +51,13 @@ pub struct RealOutput {
 pub fn real_outputs() -> Vec<RealOutput> {
     let dir = predictions_1b_dir();
     let mut outputs = Vec::new();
-    for spec in super::score::DATASETS {
+    for spec in super::datasets::DATASETS {
         let path = dir.join(spec.name).join(PREDICTIONS_FILE);
         if !path.is_file() {
             continue;
         }
         let records =
-            super::score::parse_predictions_jsonl(&path.display().to_string(), &read(&path))
+            super::predictions::parse_predictions_jsonl(&path.display().to_string(), &read(&path))
                 .unwrap_or_else(|e| panic!("{e}"));
         for (index, record) in records.into_iter().enumerate() {
             outputs.push(RealOutput {
