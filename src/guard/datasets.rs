@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::parser::Task;
+use super::task::Task;
 
 /// Where a dataset's ground truth comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

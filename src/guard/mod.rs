@@ -1,21 +1,23 @@
-//! The GuardReasoner protocol: the prompt the model was trained on, a streaming parser of its
-//! reasoning and verdicts, the paper's datasets and file formats, its benchmark scorer, and
-//! benchmark runs' item selection. Reference: ARCHITECTURE.md §3 (model contract and output
-//! shape) and §7 (benchmark runs and scoring).
+//! The GuardReasoner protocol: the prompt the model was trained on, its three tasks, a streaming
+//! parser of its reasoning and verdicts, the paper's datasets and file formats, its benchmark
+//! scorer, and benchmark runs' item selection. Reference: ARCHITECTURE.md §3 (model contract and
+//! output shape) and §7 (benchmark runs and scoring).
 
 pub mod datasets;
+pub mod lines;
 pub mod parser;
 pub mod predictions;
 pub mod prompt;
 pub mod run;
 pub mod score;
+pub mod task;
 #[cfg(test)]
 mod test_data;
 
 pub use datasets::{
     DATASETS, DatasetSpec, GroundTruthSource, TASK_DATASETS, benchmark_label_field, dataset_spec,
 };
-pub use parser::{GuardEvent, GuardResult, ReasoningParser, Task, TaskReasoning, VerdictKind};
+pub use parser::{GuardEvent, GuardResult, ReasoningParser, TaskReasoning};
 pub use predictions::{
     BenchmarkItem, PREDICTIONS_FILE, PredictionRecord, ScoreError, parse_benchmark_json,
     parse_predictions_jsonl, prediction_line,
@@ -28,3 +30,4 @@ pub use score::{
     DatasetPredictions, DatasetReport, EvalReport, GroundTruth, PREDICTION_TAIL_CHARS, TaskScore,
     TaskSummary, evaluate, find_verdict, positive_label, prediction_tail, score_items,
 };
+pub use task::Task;

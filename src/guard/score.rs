@@ -11,10 +11,10 @@ use serde::Serialize;
 use super::datasets::{
     DATASETS, GroundTruthSource, TASK_DATASETS, benchmark_label_field, tasks_of,
 };
-use super::parser::Task;
 use super::predictions::{BenchmarkItem, PredictionRecord, ScoreError};
 #[cfg(not(target_arch = "wasm32"))]
 use super::predictions::{PREDICTIONS_FILE, parse_benchmark_json, parse_predictions_jsonl};
+use super::task::Task;
 
 /// The evaluator reads only this many characters (Python `predict[-300:]`: code points, not bytes)
 /// from the end of a prediction.
