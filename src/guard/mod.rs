@@ -11,8 +11,6 @@ pub mod prompt;
 pub mod run;
 pub mod score;
 pub mod task;
-#[cfg(test)]
-mod test_data;
 
 pub use datasets::{
     DATASETS, DatasetSpec, GroundTruthSource, TASK_DATASETS, benchmark_label_field, dataset_spec,

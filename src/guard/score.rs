@@ -504,19 +504,8 @@ pub fn evaluate_dir(
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_data;
     use super::*;
     use std::path::{Path, PathBuf};
-
-    /// The paper's figures for GuardReasoner-1B on the six shipped datasets (two decimals).
-    const EXPECTED_1B_F1: [(&str, Task, &str); 6] = [
-        ("HarmBenchPrompt", Task::PromptHarmfulness, "96.31"),
-        ("AegisSafetyTest", Task::PromptHarmfulness, "89.34"),
-        ("SimpleSafetyTests", Task::PromptHarmfulness, "98.99"),
-        ("HarmBenchResponse", Task::ResponseHarmfulness, "84.69"),
-        ("XSTestReponseHarmful", Task::ResponseHarmfulness, "90.68"),
-        ("XSTestResponseRefusal", Task::Refusal, "91.05"),
-    ];
 
     /// A scratch directory under the system temp dir, unique per test process, removed on drop.
     struct ScratchDir(PathBuf);
@@ -557,49 +546,6 @@ mod tests {
         pairs
             .iter()
             .map(|(truth, predict)| (GroundTruth::Known(truth.to_string()), *predict))
-    }
-
-    #[test]
-    fn predictions_1b_reproduce_the_paper() {
-        let report =
-            evaluate_dir(&test_data::predictions_1b_dir(), None).unwrap_or_else(|e| panic!("{e}"));
-        println!("{}", report.to_tables());
-        for (dataset, task, expected) in EXPECTED_1B_F1 {
-            let f1 = report
-                .f1(dataset, task)
-                .unwrap_or_else(|| panic!("{dataset} not scored"));
-            assert_eq!(format!("{f1:.2}"), expected, "{dataset}");
-        }
-        assert_eq!(
-            report.missing,
-            [
-                "OpenAIModeration",
-                "WildGuardTest",
-                "ToxicChat",
-                "SafeRLHF",
-                "BeaverTails"
-            ]
-        );
-        let prompt = &report.tasks[0];
-        assert_eq!(prompt.task, Task::PromptHarmfulness);
-        assert_eq!(
-            prompt.present,
-            ["HarmBenchPrompt", "AegisSafetyTest", "SimpleSafetyTests"]
-        );
-        assert_eq!(
-            prompt.missing,
-            ["ToxicChat", "OpenAIModeration", "WildGuardTest"]
-        );
-        // Weighted by lines: HarmBenchPrompt 239, AegisSafetyTest 359, SimpleSafetyTests 100.
-        let aegis = report.dataset("AegisSafetyTest").expect("present");
-        assert_eq!(aegis.items, 359);
-        assert_eq!(aegis.scores[0].unparseable_predictions, 2);
-        assert_eq!(
-            aegis.scores[0].counted_pairs, 357,
-            "two unharmful items counted twice, harmful ones dropped"
-        );
-        let tables = report.to_tables();
-        assert!(tables.contains("missing: ToxicChat, OpenAIModeration, WildGuardTest"));
     }
 
     #[test]
