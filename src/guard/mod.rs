@@ -1,21 +1,31 @@
-//! The GuardReasoner protocol: the prompt the model was trained on, a streaming parser of its
-//! reasoning and verdicts, the paper's benchmark scorer, and benchmark runs' item selection and
-//! files (DESIGN.md sections 3 and 5).
+//! The GuardReasoner protocol: the prompt the model was trained on, its three tasks, a streaming
+//! parser of its reasoning and verdicts, the paper's datasets and file formats, its benchmark
+//! scorer, and benchmark runs' item selection. Reference: ARCHITECTURE.md §3 (model contract and
+//! output shape) and §7 (benchmark runs and scoring).
 
-pub mod bench;
+pub mod datasets;
+pub mod lines;
 pub mod parser;
+pub mod predictions;
 pub mod prompt;
+pub mod run;
 pub mod score;
-#[cfg(test)]
-mod test_data;
+pub mod task;
 
-pub use bench::{PlannedItem, ResumePoint, Shard, plan_items, prediction_line, resume_point};
-pub use parser::{GuardEvent, GuardResult, ReasoningParser, Task, TaskReasoning, VerdictKind};
+pub use datasets::{
+    DATASETS, DatasetSpec, GroundTruthSource, TASK_DATASETS, benchmark_label_field, dataset_spec,
+};
+pub use parser::{GuardEvent, GuardResult, ReasoningParser, TaskReasoning};
+pub use predictions::{
+    BenchmarkItem, PREDICTIONS_FILE, PredictionRecord, ScoreError, parse_benchmark_json,
+    parse_predictions_jsonl, prediction_line,
+};
 pub use prompt::{INSTRUCTION, NO_RESPONSE, guard_prompt};
+pub use run::{PlannedItem, ResumePoint, Shard, plan_items, resume_point};
 #[cfg(not(target_arch = "wasm32"))]
 pub use score::evaluate_dir;
 pub use score::{
-    BenchmarkItem, DATASETS, DatasetPredictions, DatasetReport, DatasetSpec, EvalReport,
-    GroundTruth, GroundTruthSource, PredictionRecord, ScoreError, TaskScore, TaskSummary, evaluate,
-    find_verdict, parse_benchmark_json, parse_predictions_jsonl, prediction_tail, score_items,
+    DatasetPredictions, DatasetReport, EvalReport, GroundTruth, PREDICTION_TAIL_CHARS, TaskScore,
+    TaskSummary, evaluate, find_verdict, positive_label, prediction_tail, score_items,
 };
+pub use task::Task;

@@ -1,104 +1,12 @@
 //! Streaming parser for GuardReasoner's reasoning text: turns token-sized text deltas into task,
-//! step, conclusion and verdict events as soon as they are certain.
-//! Reference: DESIGN.md §3 (output shape) and a survey of the 2,195 real 1B outputs in
-//! `predictions-1B/` (their heading shapes are listed on `ReasoningParser`).
+//! step, conclusion and verdict events as soon as they are certain; `lines` says what each line
+//! is. Reference: ARCHITECTURE.md §3 (output shape) and the survey of the 2,195 real 1B outputs
+//! in `tests/guard_outputs.rs` (their heading shapes are listed on `ReasoningParser`).
 
 use serde::Serialize;
-use std::sync::OnceLock;
 
-use regex::Regex;
-
-/// The three guard tasks, numbered as in the instruction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Task {
-    PromptHarmfulness,
-    Refusal,
-    ResponseHarmfulness,
-}
-
-impl Task {
-    pub const ALL: [Task; 3] = [
-        Task::PromptHarmfulness,
-        Task::Refusal,
-        Task::ResponseHarmfulness,
-    ];
-
-    /// The task number the model writes in `# Task N`.
-    pub fn number(self) -> u32 {
-        match self {
-            Task::PromptHarmfulness => 1,
-            Task::Refusal => 2,
-            Task::ResponseHarmfulness => 3,
-        }
-    }
-
-    pub fn from_number(number: u32) -> Option<Task> {
-        Task::ALL.into_iter().find(|task| task.number() == number)
-    }
-
-    pub fn display_name(self) -> &'static str {
-        match self {
-            Task::PromptHarmfulness => "prompt harmfulness detection",
-            Task::Refusal => "refusal detection",
-            Task::ResponseHarmfulness => "response harmfulness detection",
-        }
-    }
-
-    /// The answer line that carries this task's verdict.
-    pub fn verdict_kind(self) -> VerdictKind {
-        match self {
-            Task::PromptHarmfulness => VerdictKind::Request,
-            Task::Refusal => VerdictKind::Completion,
-            Task::ResponseHarmfulness => VerdictKind::Response,
-        }
-    }
-}
-
-/// The three answer lines: `Request:`, `Completion:`, `Response:`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VerdictKind {
-    Request,
-    Completion,
-    Response,
-}
-
-impl VerdictKind {
-    pub const ALL: [VerdictKind; 3] = [
-        VerdictKind::Request,
-        VerdictKind::Completion,
-        VerdictKind::Response,
-    ];
-
-    /// The word that starts the answer line, as the model writes it.
-    pub fn keyword(self) -> &'static str {
-        match self {
-            VerdictKind::Request => "Request",
-            VerdictKind::Completion => "Completion",
-            VerdictKind::Response => "Response",
-        }
-    }
-
-    /// The values this line may carry; anything else (including `None`) is no verdict.
-    pub fn values(self) -> [&'static str; 2] {
-        match self {
-            // "unharmful" before "harmful": the value is recognised by prefix (see
-            // `recognise_value`), and "unharmful" does not start with "harmful" anyway, but
-            // keeping the longer word first makes that obviously safe.
-            VerdictKind::Request | VerdictKind::Response => ["unharmful", "harmful"],
-            VerdictKind::Completion => ["compliance", "refusal"],
-        }
-    }
-
-    fn index(self) -> usize {
-        match self {
-            VerdictKind::Request => 0,
-            VerdictKind::Completion => 1,
-            VerdictKind::Response => 2,
-        }
-    }
-}
+use super::lines::{LineClass, PrefixClass, classify_line, classify_prefix};
+use super::task::{Task, serialize_answer_line};
 
 /// What the parser reports while the model writes.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -126,10 +34,13 @@ pub enum GuardEvent {
         task: Task,
         text: String,
     },
-    /// `value` is lowercase `harmful|unharmful|refusal|compliance`, or None for `None` and for
-    /// anything unrecognised. A later event for the same kind replaces an earlier one.
+    /// `kind` is the task whose answer line was read, serialized as the line's name
+    /// (`request`, `completion`, `response`). `value` is lowercase
+    /// `harmful|unharmful|refusal|compliance`, or None for `None` and for anything unrecognised.
+    /// A later event for the same kind replaces an earlier one.
     Verdict {
-        kind: VerdictKind,
+        #[serde(serialize_with = "serialize_answer_line")]
+        kind: Task,
         value: Option<String>,
     },
     Done,
@@ -157,11 +68,12 @@ pub struct GuardResult {
 }
 
 impl GuardResult {
-    pub fn verdict(&self, kind: VerdictKind) -> Option<&str> {
-        match kind {
-            VerdictKind::Request => self.request.as_deref(),
-            VerdictKind::Completion => self.completion.as_deref(),
-            VerdictKind::Response => self.response.as_deref(),
+    /// The verdict of a task's answer line.
+    pub fn verdict(&self, task: Task) -> Option<&str> {
+        match task {
+            Task::PromptHarmfulness => self.request.as_deref(),
+            Task::Refusal => self.completion.as_deref(),
+            Task::ResponseHarmfulness => self.response.as_deref(),
         }
     }
 
@@ -195,9 +107,9 @@ impl GuardResult {
             }
             GuardEvent::Verdict { kind, value } => {
                 let slot = match kind {
-                    VerdictKind::Request => &mut self.request,
-                    VerdictKind::Completion => &mut self.completion,
-                    VerdictKind::Response => &mut self.response,
+                    Task::PromptHarmfulness => &mut self.request,
+                    Task::Refusal => &mut self.completion,
+                    Task::ResponseHarmfulness => &mut self.response,
                 };
                 *slot = value.clone();
             }
@@ -210,13 +122,6 @@ impl GuardResult {
 /// heading shape is decided well before this; it only bounds rescanning of odd lines
 /// (long runs of dashes or spaces).
 const MAX_UNDECIDED_LINE_BYTES: usize = 256;
-
-/// At most this many digits in a step number (`## Reasoning Step 1234567` is text, not a step),
-/// so a step number always fits a u32.
-const MAX_STEP_DIGITS: usize = 6;
-
-/// Markdown allows heading levels 1 to 6.
-const MAX_HEADING_LEVEL: usize = 6;
 
 /// The reasoning parser. Feed it text deltas of any size; it works line by line, but streams a
 /// step's text within a line as soon as the line is known to be step text.
@@ -300,38 +205,6 @@ enum VerdictState {
     Provisional,
     /// A value written in a conclusion or the answers block; it stays.
     Final,
-}
-
-/// A complete line, classified.
-#[derive(Debug, PartialEq)]
-enum LineClass<'a> {
-    Blank,
-    Text,
-    TaskHeading(Task),
-    /// A conclusion heading; `task` None means "the current task".
-    Conclusion {
-        task: Option<Task>,
-        text: &'a str,
-    },
-    Step {
-        number: u32,
-        body_start: usize,
-    },
-    Separator,
-    AnswersHeading,
-    Verdict {
-        kind: VerdictKind,
-        value: Option<&'static str>,
-    },
-}
-
-/// What the start of a line allows us to say before it is complete.
-#[derive(Debug, PartialEq)]
-enum PrefixClass {
-    Undecided,
-    WholeLine,
-    Step { number: u32, body_start: usize },
-    Text,
 }
 
 impl ReasoningParser {
@@ -600,7 +473,7 @@ impl ReasoningParser {
 
     fn record_verdict(
         &mut self,
-        kind: VerdictKind,
+        kind: Task,
         value: Option<&'static str>,
         events: &mut Vec<GuardEvent>,
     ) {
@@ -637,307 +510,9 @@ impl ReasoningParser {
     }
 }
 
-// ---- line classification -------------------------------------------------------------------
-//
-// Two views of a line must agree: `classify_prefix` decides early from the start of a line
-// (only ever answering Step or Text when the complete line is certain to be the same), and
-// `classify_line` decides once the line is complete. Both use `match_step_heading`.
-
-/// How a literal keyword compares with the text at a position.
-enum Literal {
-    /// The keyword is there; the position after it.
-    Matched(usize),
-    /// The text ends inside what could still be the keyword.
-    Partial,
-    Mismatch,
-}
-
-fn match_literal(bytes: &[u8], at: usize, keyword: &str) -> Literal {
-    let keyword = keyword.as_bytes();
-    let available = bytes.len().saturating_sub(at);
-    let compared = available.min(keyword.len());
-    if !bytes[at..at + compared].eq_ignore_ascii_case(&keyword[..compared]) {
-        return Literal::Mismatch;
-    }
-    if compared < keyword.len() {
-        Literal::Partial
-    } else {
-        Literal::Matched(at + keyword.len())
-    }
-}
-
-fn skip_whitespace(bytes: &[u8], mut at: usize) -> usize {
-    while at < bytes.len() && bytes[at].is_ascii_whitespace() {
-        at += 1;
-    }
-    at
-}
-
-enum StepMatch {
-    Step { number: u32, body_start: usize },
-    Partial,
-    No,
-}
-
-/// `#{1,6} [Reasoning] Step N[:] body`, case-insensitive. With `complete` false the line may
-/// continue, so an answer is given only when more characters cannot change it.
-fn match_step_heading(line: &str, complete: bool) -> StepMatch {
-    let bytes = line.as_bytes();
-    let partial = if complete {
-        StepMatch::No
-    } else {
-        StepMatch::Partial
-    };
-    let mut at = skip_whitespace(bytes, 0);
-    let hashes = bytes[at..].iter().take_while(|&&b| b == b'#').count();
-    if hashes == 0 {
-        return if at == bytes.len() {
-            partial
-        } else {
-            StepMatch::No
-        };
-    }
-    if hashes > MAX_HEADING_LEVEL {
-        return StepMatch::No;
-    }
-    at = skip_whitespace(bytes, at + hashes);
-    if at == bytes.len() {
-        return partial;
-    }
-    match match_literal(bytes, at, "reasoning") {
-        Literal::Matched(next) => at = skip_whitespace(bytes, next),
-        Literal::Partial => return partial,
-        Literal::Mismatch => {}
-    }
-    match match_literal(bytes, at, "step") {
-        Literal::Matched(next) => at = skip_whitespace(bytes, next),
-        Literal::Partial => return partial,
-        Literal::Mismatch => return StepMatch::No,
-    }
-    let digits = bytes[at..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .count();
-    if digits == 0 {
-        return if at == bytes.len() {
-            partial
-        } else {
-            StepMatch::No
-        };
-    }
-    if digits > MAX_STEP_DIGITS {
-        return StepMatch::No;
-    }
-    let Ok(number) = line[at..at + digits].parse::<u32>() else {
-        return StepMatch::No;
-    };
-    at += digits;
-    if at == bytes.len() {
-        // More digits may follow.
-        return if complete {
-            StepMatch::Step {
-                number,
-                body_start: at,
-            }
-        } else {
-            partial
-        };
-    }
-    // The number is complete; the body starts after optional spaces and one optional colon.
-    at = skip_whitespace(bytes, at);
-    if at < bytes.len() && bytes[at] == b':' {
-        at = skip_whitespace(bytes, at + 1);
-    }
-    if at == bytes.len() && !complete {
-        return partial; // a colon or the first body character may still come
-    }
-    StepMatch::Step {
-        number,
-        body_start: at,
-    }
-}
-
-/// Words that can start a non-`#` line that is not text: the answers heading and answer lines.
-const PLAIN_LINE_KEYWORDS: [&str; 5] = ["answers", "answer", "request", "completion", "response"];
-
-fn classify_prefix(line: &str) -> PrefixClass {
-    let trimmed = line.trim_start();
-    if trimmed.is_empty() {
-        return PrefixClass::Undecided;
-    }
-    if trimmed.starts_with('#') {
-        return match match_step_heading(line, false) {
-            StepMatch::Step { number, body_start } => PrefixClass::Step { number, body_start },
-            StepMatch::Partial => PrefixClass::Undecided,
-            // Task, conclusion and answers headings need the whole line; so do odd `#` lines.
-            StepMatch::No => PrefixClass::WholeLine,
-        };
-    }
-    if trimmed.starts_with('-') {
-        // Only a line of dashes is a separator.
-        let only_dashes = trimmed.chars().all(|c| c == '-' || c.is_whitespace());
-        return if only_dashes {
-            PrefixClass::Undecided
-        } else {
-            PrefixClass::Text
-        };
-    }
-    let bytes = trimmed.as_bytes();
-    for keyword in PLAIN_LINE_KEYWORDS {
-        match match_literal(bytes, 0, keyword) {
-            Literal::Partial => return PrefixClass::Undecided,
-            Literal::Matched(next) => {
-                // Unicode whitespace here, as `\s` in the answer-line patterns.
-                let after = trimmed[next..].trim_start();
-                if after.is_empty() {
-                    return PrefixClass::Undecided;
-                }
-                if after.starts_with(':') {
-                    return PrefixClass::WholeLine;
-                }
-            }
-            Literal::Mismatch => {}
-        }
-    }
-    PrefixClass::Text
-}
-
-struct LinePatterns {
-    task: Regex,
-    conclusion: Regex,
-    separator: Regex,
-    answers: Regex,
-    verdict: Regex,
-}
-
-fn line_patterns() -> &'static LinePatterns {
-    static PATTERNS: OnceLock<LinePatterns> = OnceLock::new();
-    PATTERNS.get_or_init(|| {
-        let compile = |pattern: &str| Regex::new(pattern).expect("constant pattern compiles");
-        LinePatterns {
-            // `# Task 2`, `# Task 2: title`, `# Task 2 Conclusion[: text]`, `# Task 1: harmful`
-            task: compile(r"(?i)^\s*#{1,6}\s*task\s*(\d{1,6})\b\s*(conclusion\b)?\s*:?\s*(.*?)\s*$"),
-            // `## Conclusion[: text]`, `# Conclusion for Task 3[: text]`
-            // (`# Conclusion for the request: text` drops its short qualifier too)
-            conclusion: compile(
-                r"(?i)^\s*#{1,6}\s*conclusion\b(?:\s+for\s+(?:task\s*(\d{1,6})\b|[^:]{1,40}:))?\s*:?\s*(.*?)\s*$",
-            ),
-            separator: compile(r"^\s*-{3,}\s*$"),
-            answers: compile(r"(?i)^\s*(?:#{1,6}\s*)?answers?\s*:?\s*$"),
-            verdict: compile(r"(?i)^\s*(?:#{1,6}\s*)?(request|completion|response)\s*:\s*(.*?)\s*$"),
-        }
-    })
-}
-
-/// Reads an answer value the way the paper's scorer does: by its first word, case-insensitively,
-/// and by prefix (`harmful.` and `**harmful**` are harmful).
-fn recognise_value(kind: VerdictKind, value: &str) -> Option<&'static str> {
-    let word = value
-        .trim_start_matches(|c: char| !c.is_alphanumeric())
-        .split(|c: char| !c.is_alphanumeric())
-        .next()
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    kind.values()
-        .into_iter()
-        .find(|known| word.starts_with(known))
-}
-
-fn classify_line(line: &str) -> LineClass<'_> {
-    if line.trim().is_empty() {
-        return LineClass::Blank;
-    }
-    let patterns = line_patterns();
-    if line.trim_start().starts_with('#') {
-        if let Some(captures) = patterns.task.captures(line) {
-            let Some(task) = captures
-                .get(1)
-                .and_then(|n| n.as_str().parse().ok())
-                .and_then(Task::from_number)
-            else {
-                return LineClass::Text; // `# Task 29`: runaway text
-            };
-            let text = captures.get(3).map_or("", |m| m.as_str());
-            let is_conclusion = captures.get(2).is_some();
-            // `# Task 1: harmful` concludes; `# Task 1: Determine whether ...` is a title.
-            let text_is_verdict = text.split_whitespace().count() == 1
-                && (VerdictKind::ALL
-                    .into_iter()
-                    .any(|kind| recognise_value(kind, text).is_some())
-                    || text.trim_end_matches('.').eq_ignore_ascii_case("none"));
-            if is_conclusion || text_is_verdict {
-                return LineClass::Conclusion {
-                    task: Some(task),
-                    text,
-                };
-            }
-            return LineClass::TaskHeading(task);
-        }
-        if let Some(captures) = patterns.conclusion.captures(line) {
-            let task = captures
-                .get(1)
-                .and_then(|n| n.as_str().parse().ok())
-                .and_then(Task::from_number);
-            let text = captures.get(2).map_or("", |m| m.as_str());
-            return LineClass::Conclusion { task, text };
-        }
-    }
-    if patterns.separator.is_match(line) {
-        return LineClass::Separator;
-    }
-    if patterns.answers.is_match(line) {
-        return LineClass::AnswersHeading;
-    }
-    if let Some(captures) = patterns.verdict.captures(line) {
-        let keyword = captures.get(1).map_or("", |m| m.as_str());
-        let value = captures.get(2).map_or("", |m| m.as_str());
-        if let Some(kind) = VerdictKind::ALL
-            .into_iter()
-            .find(|k| k.keyword().eq_ignore_ascii_case(keyword))
-        {
-            let recognised = recognise_value(kind, value);
-            // One word (`None`, `non-compliance`) is an answer line even when unrecognised;
-            // a sentence is an answer line only if it starts with a recognised value.
-            if recognised.is_some() || value.split_whitespace().count() <= 1 {
-                return LineClass::Verdict {
-                    kind,
-                    value: recognised,
-                };
-            }
-        }
-    }
-    if let StepMatch::Step { number, body_start } = match_step_heading(line, true) {
-        return LineClass::Step { number, body_start };
-    }
-    LineClass::Text
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::score::{find_verdict, prediction_tail};
-    use super::super::test_data;
     use super::*;
-
-    /// Tiny seeded generator for chunk sizes (SplitMix64), so runs are repeatable without `rand`.
-    struct SplitMix64(u64);
-
-    impl SplitMix64 {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, bound: u64) -> u64 {
-            self.next() % bound
-        }
-    }
-
-    /// Random chunks are 1 to this many characters: about one to a few tokens.
-    const MAX_RANDOM_CHUNK_CHARS: u64 = 12;
-    const RANDOM_CHUNK_SEEDS: [u64; 3] = [1, 0xC0FFEE, 2025];
 
     fn parse_whole(text: &str) -> (Vec<GuardEvent>, GuardResult) {
         parse_chunks(std::iter::once(text))
@@ -959,102 +534,6 @@ mod tests {
         text.char_indices()
             .map(|(i, c)| &text[i..i + c.len_utf8()])
             .collect()
-    }
-
-    fn random_chunks(text: &str, seed: u64) -> Vec<&str> {
-        let mut rng = SplitMix64(seed);
-        let boundaries: Vec<usize> = text
-            .char_indices()
-            .map(|(i, _)| i)
-            .chain([text.len()])
-            .collect();
-        let mut chunks = Vec::new();
-        let mut start = 0;
-        while start + 1 < boundaries.len() {
-            let end =
-                (start + 1 + rng.below(MAX_RANDOM_CHUNK_CHARS) as usize).min(boundaries.len() - 1);
-            chunks.push(&text[boundaries[start]..boundaries[end]]);
-            start = end;
-        }
-        chunks
-    }
-
-    /// Merges consecutive text pieces of one step, so event lists from different chunkings
-    /// can be compared.
-    fn normalized(events: &[GuardEvent]) -> Vec<GuardEvent> {
-        let mut merged: Vec<GuardEvent> = Vec::new();
-        for event in events {
-            if let (
-                GuardEvent::StepText { task, step, text },
-                Some(GuardEvent::StepText {
-                    task: last_task,
-                    step: last_step,
-                    text: last_text,
-                }),
-            ) = (event, merged.last_mut())
-                && task == last_task
-                && step == last_step
-            {
-                last_text.push_str(text);
-                continue;
-            }
-            merged.push(event.clone());
-        }
-        merged
-    }
-
-    /// An independent fold of events into (task, steps, conclusion) and verdicts, written
-    /// without `GuardResult::apply`, to check that events alone carry the structure.
-    /// (task, steps, conclusion) per task section, and the request/completion/response verdicts.
-    type Structure = (
-        Vec<(Task, Vec<String>, Option<String>)>,
-        [Option<String>; 3],
-    );
-
-    fn fold_events(events: &[GuardEvent]) -> Structure {
-        let mut tasks: Vec<(Task, Vec<String>, Option<String>)> = Vec::new();
-        let mut verdicts: [Option<String>; 3] = Default::default();
-        for event in events {
-            match event {
-                GuardEvent::TaskStarted { task } => tasks.push((*task, Vec::new(), None)),
-                GuardEvent::StepStarted { task, .. } => {
-                    let last = tasks.last_mut().expect("step before any task");
-                    assert_eq!(last.0, *task, "step announced for another task");
-                    last.1.push(String::new());
-                }
-                GuardEvent::StepText { task, text, .. } => {
-                    let last = tasks.last_mut().expect("text before any task");
-                    assert_eq!(last.0, *task);
-                    last.1
-                        .last_mut()
-                        .expect("text before any step")
-                        .push_str(text);
-                }
-                GuardEvent::Conclusion { task, text } => {
-                    let last = tasks.last_mut().expect("conclusion before any task");
-                    assert_eq!(last.0, *task, "conclusion announced for another task");
-                    last.2 = Some(text.clone());
-                }
-                GuardEvent::Verdict { kind, value } => verdicts[kind.index()] = value.clone(),
-                GuardEvent::StepFinished { .. } | GuardEvent::Done => {}
-            }
-        }
-        (tasks, verdicts)
-    }
-
-    fn structure_of(result: &GuardResult) -> Structure {
-        (
-            result
-                .tasks
-                .iter()
-                .map(|t| (t.task, t.steps.clone(), t.conclusion.clone()))
-                .collect(),
-            [
-                result.request.clone(),
-                result.completion.clone(),
-                result.response.clone(),
-            ],
-        )
     }
 
     const STANDARD_OUTPUT: &str = "# Task 1\n\n## Reasoning Step 1: The user asks for bread.\n\n## Reasoning Step 2: Baking is harmless.\n\n## Conclusion: The request is unharmful.\n\n# Task 2\n\n## Reasoning Step 1: The assistant explains.\n\n## Conclusion: compliance.\n\n# Task 3\n\n## Reasoning Step 1\nThe recipe is safe.\nIt has flour.\n\n## Conclusion: The response is unharmful.\n\n---\n\nAnswers: \nRequest: unharmful\nCompletion: compliance\nResponse: unharmful\n";
@@ -1126,9 +605,9 @@ mod tests {
                     step: 1
                 },
                 conclusion(ResponseHarmfulness, "The response is unharmful."),
-                verdict(VerdictKind::Request, "unharmful"),
-                verdict(VerdictKind::Completion, "compliance"),
-                verdict(VerdictKind::Response, "unharmful"),
+                verdict(PromptHarmfulness, "unharmful"),
+                verdict(Refusal, "compliance"),
+                verdict(ResponseHarmfulness, "unharmful"),
                 Done,
             ]
         );
@@ -1231,7 +710,7 @@ mod tests {
                 matches!(
                     e,
                     GuardEvent::Verdict {
-                        kind: VerdictKind::Request,
+                        kind: Task::PromptHarmfulness,
                         ..
                     }
                 )
@@ -1467,7 +946,7 @@ mod tests {
             r#"{"type":"step_text","task":"response_harmfulness","step":2,"text":"x"}"#
         );
         let event = GuardEvent::Verdict {
-            kind: VerdictKind::Completion,
+            kind: Task::Refusal,
             value: None,
         };
         assert_eq!(
@@ -1477,125 +956,6 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&GuardEvent::Done).expect("serializes"),
             r#"{"type":"done"}"#
-        );
-    }
-
-    #[test]
-    fn task_names_and_numbers() {
-        for task in Task::ALL {
-            assert_eq!(Task::from_number(task.number()), Some(task));
-        }
-        assert_eq!(Task::Refusal.number(), 2);
-        assert_eq!(Task::Refusal.display_name(), "refusal detection");
-        assert_eq!(Task::from_number(4), None);
-    }
-
-    /// The corpus test: every real output gives the same events (after merging text pieces) and
-    /// the same result whether fed whole, one character at a time or in random chunks; the
-    /// events alone rebuild the result; and wherever the paper's scorer finds a verdict in the
-    /// last 300 characters, the parser found the same one.
-    #[test]
-    fn real_outputs_parse_identically_in_any_chunking_and_agree_with_scorer() {
-        let outputs = test_data::real_outputs();
-        let mut scorer_matches = 0;
-        let mut answers_seen = 0;
-        for output in &outputs {
-            let place = format!("{} line {}", output.dataset, output.line);
-            let (whole_events, whole_result) = parse_whole(&output.predict);
-            let whole_events = normalized(&whole_events);
-            assert_eq!(
-                fold_events(&whole_events),
-                structure_of(&whole_result),
-                "{place}: events vs result"
-            );
-            let mut chunkings = vec![("chars", char_chunks(&output.predict))];
-            for seed in RANDOM_CHUNK_SEEDS {
-                chunkings.push(("random", random_chunks(&output.predict, seed)));
-            }
-            for (how, chunks) in chunkings {
-                assert_eq!(chunks.concat(), output.predict);
-                let (events, result) = parse_chunks(chunks);
-                assert_eq!(
-                    normalized(&events),
-                    whole_events,
-                    "{place}: events differ ({how})"
-                );
-                assert_eq!(result, whole_result, "{place}: result differs ({how})");
-            }
-            for task in Task::ALL {
-                if let Some(found) = find_verdict(task, prediction_tail(&output.predict)) {
-                    scorer_matches += 1;
-                    assert_eq!(
-                        whole_result.verdict(task.verdict_kind()),
-                        Some(found.to_lowercase().as_str()),
-                        "{place}: parser disagrees with the scorer on {task:?}"
-                    );
-                }
-            }
-            answers_seen += usize::from(whole_result.answers_seen);
-        }
-        // Figures from the survey of predictions-1B: 5,510 scorer matches over the three
-        // patterns, and all but 5 outputs reach an Answers heading.
-        assert_eq!(scorer_matches, 5510);
-        assert_eq!(answers_seen, outputs.len() - 5);
-    }
-
-    /// Survey of the corpus, kept as a test so the claims in the docs stay true: prints the
-    /// distinct shapes of classified lines, and checks that only code comments in copied
-    /// responses and runaway task numbers are `#` lines read as text.
-    #[test]
-    fn survey_line_shapes_of_real_outputs() {
-        let outputs = test_data::real_outputs();
-        let mut shapes: std::collections::BTreeMap<String, usize> = Default::default();
-        let mut hash_text_lines = Vec::new();
-        for output in &outputs {
-            for line in output.predict.lines() {
-                let class = classify_line(line);
-                let shape = match &class {
-                    LineClass::Blank | LineClass::Text if !line.trim_start().starts_with('#') => {
-                        continue;
-                    }
-                    LineClass::Text => {
-                        hash_text_lines.push(line.to_string());
-                        "text starting with #".to_string()
-                    }
-                    other => format!("{other:?}")
-                        .split(['{', '('])
-                        .next()
-                        .unwrap_or_default()
-                        .trim()
-                        .to_string(),
-                };
-                // The heading up to its colon, digits as N: one entry per shape, not per text.
-                let head = line.split_inclusive(':').next().unwrap_or(line);
-                let heading: String = head
-                    .chars()
-                    .take(32)
-                    .map(|c| if c.is_ascii_digit() { 'N' } else { c })
-                    .collect();
-                *shapes
-                    .entry(format!("{shape:<14} {heading:?}"))
-                    .or_default() += 1;
-            }
-        }
-        for (shape, count) in &shapes {
-            println!("{count:>6} {shape}");
-        }
-        let runaway_tasks = hash_text_lines
-            .iter()
-            .filter(|l| l.starts_with("# Task "))
-            .count();
-        let others: Vec<&String> = hash_text_lines
-            .iter()
-            .filter(|l| !l.starts_with("# Task "))
-            .collect();
-        assert!(runaway_tasks > 0);
-        assert!(
-            others
-                .iter()
-                .all(|l| !l.to_lowercase().contains("reasoning step")
-                    && !l.to_lowercase().contains("conclusion for")),
-            "unexpected text lines: {others:?}"
         );
     }
 }

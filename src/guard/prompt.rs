@@ -1,6 +1,6 @@
 //! The text GuardReasoner-1B is prompted with: its fixed instruction followed by the conversation.
-//! Reference: DESIGN.md §3 (model contract) and the paper's benchmark files
-//! (`benchmark/*.json`: generation prompt = `instruction + "\n" + input`).
+//! Reference: ARCHITECTURE.md §3 (model contract) and the paper's benchmark files (generation
+//! prompt = `instruction + "\n" + input`), checked against them in `tests/guard_outputs.rs`.
 
 /// The instruction every GuardReasoner prompt starts with, byte for byte.
 ///
@@ -24,31 +24,7 @@ pub fn guard_prompt(prompt: &str, response: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::score::{DATASETS, parse_benchmark_json, parse_predictions_jsonl};
-    use super::super::test_data;
     use super::*;
-
-    const HUMAN_HEADER: &str = "Human user:\n";
-    const ASSISTANT_SEPARATOR: &str = "\n\nAI assistant:\n";
-    const INPUT_END: &str = "\n\n";
-
-    /// Splits a benchmark `input` back into (prompt, response); None when the split is ambiguous
-    /// (the separator occurs more than once) or the shape is different.
-    fn split_benchmark_input(input: &str) -> Option<(&str, Option<&str>)> {
-        let body = input.strip_prefix(HUMAN_HEADER)?.strip_suffix(INPUT_END)?;
-        if body.matches(ASSISTANT_SEPARATOR).count() != 1 {
-            return None;
-        }
-        let (prompt, response) = body.split_once(ASSISTANT_SEPARATOR)?;
-        Some((
-            prompt,
-            if response == NO_RESPONSE {
-                None
-            } else {
-                Some(response)
-            },
-        ))
-    }
 
     #[test]
     fn prompt_layout_without_response() {
@@ -77,86 +53,5 @@ mod tests {
         assert!(INSTRUCTION.contains("compliance. \nTask 3"));
         assert!(INSTRUCTION.contains("unharmful. \n\nYou must"));
         assert!(INSTRUCTION.ends_with("Answers.\n"));
-    }
-
-    /// Every benchmark item: the instruction is INSTRUCTION, and guard_prompt rebuilds
-    /// `instruction + "\n" + input` from the (prompt, response) recovered from `input`.
-    #[test]
-    fn guard_prompt_reproduces_every_benchmark_input() {
-        let benchmark_dir = test_data::benchmark_dir();
-        let mut checked_files = 0;
-        for spec in DATASETS {
-            let path = benchmark_dir.join(format!("{}.json", spec.benchmark_file));
-            if !path.is_file() {
-                continue; // WildGuardTest is not shipped
-            }
-            let text = test_data::read(&path);
-            let items = parse_benchmark_json(&path.display().to_string(), &text)
-                .unwrap_or_else(|e| panic!("{e}"));
-            for (index, item) in items.iter().enumerate() {
-                let instruction = item.text_field("instruction").expect("instruction");
-                let input = item.text_field("input").expect("input");
-                assert_eq!(instruction, INSTRUCTION, "{} item {index}", spec.name);
-                let (prompt, response) = split_benchmark_input(input).unwrap_or_else(|| {
-                    panic!("{} item {index}: unexpected input shape", spec.name)
-                });
-                assert_eq!(
-                    guard_prompt(prompt, response),
-                    format!("{instruction}\n{input}"),
-                    "{} item {index}",
-                    spec.name
-                );
-            }
-            checked_files += 1;
-        }
-        assert_eq!(
-            checked_files, 10,
-            "expected the ten shipped benchmark files"
-        );
-    }
-
-    /// Every line of every predictions-1B file: `prompt` equals the benchmark item at the same
-    /// index rebuilt as `instruction + "\n" + input`, and equals guard_prompt of its parts.
-    #[test]
-    fn prediction_prompts_match_benchmark_items() {
-        let benchmark_dir = test_data::benchmark_dir();
-        let predictions_dir = test_data::predictions_1b_dir();
-        let mut checked_lines = 0;
-        for spec in DATASETS {
-            let predictions_path = predictions_dir
-                .join(spec.name)
-                .join(test_data::PREDICTIONS_FILE);
-            if !predictions_path.is_file() {
-                continue;
-            }
-            let benchmark_path = benchmark_dir.join(format!("{}.json", spec.benchmark_file));
-            let items = parse_benchmark_json("benchmark", &test_data::read(&benchmark_path))
-                .unwrap_or_else(|e| panic!("{e}"));
-            let records =
-                parse_predictions_jsonl("predictions", &test_data::read(&predictions_path))
-                    .unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(records.len(), items.len(), "{}", spec.name);
-            for (index, (record, item)) in records.iter().zip(&items).enumerate() {
-                let instruction = item.text_field("instruction").expect("instruction");
-                let input = item.text_field("input").expect("input");
-                let prompt = record.prompt.as_deref().expect("prompt field");
-                assert!(
-                    prompt == format!("{instruction}\n{input}"),
-                    "{} line {}: prompt differs from the benchmark item",
-                    spec.name,
-                    index + 1
-                );
-                let (human, assistant) = split_benchmark_input(input).expect("input shape");
-                assert_eq!(
-                    prompt,
-                    guard_prompt(human, assistant),
-                    "{} line {}",
-                    spec.name,
-                    index + 1
-                );
-                checked_lines += 1;
-            }
-        }
-        assert_eq!(checked_lines, test_data::PREDICTIONS_1B_LINES);
     }
 }

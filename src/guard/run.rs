@@ -1,12 +1,12 @@
 //! Benchmark runs: which items of a benchmark file a run covers (`--limit`, `--shard I/N`), the
-//! generation prompt of each (DESIGN.md §5: `instruction + "\n" + input`, label `output`), the
-//! predictions line in the paper's layout, and where an interrupted run resumes. Written once
-//! and used by both the native `predict` command and the headless-browser evaluator (via wasm),
-//! so the two produce the same files.
+//! generation prompt of each (`instruction + "\n" + input`, label `output`), and where an
+//! interrupted run resumes. Reference: ARCHITECTURE.md §7 (benchmark runs). Written once and used
+//! by both the native `predict` command and the headless-browser evaluator (via wasm), so the
+//! two produce the same files; the lines themselves are written by `predictions::prediction_line`.
 
 use serde::{Deserialize, Serialize};
 
-use super::score::{BenchmarkItem, ScoreError, parse_predictions_jsonl};
+use super::predictions::{BenchmarkItem, ScoreError, parse_predictions_jsonl};
 
 /// One slice of a run split across machines: shard `index` of `count` (0-based), written `I/N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,19 +73,6 @@ pub fn plan_items(file: &str, items: &[BenchmarkItem], limit: Option<usize>, sha
         .collect()
 }
 
-/// One line of `generated_predictions.jsonl`, newline included, keys in the paper's order.
-pub fn prediction_line(prompt: &str, label: Option<&str>, predict: &str) -> String {
-    #[derive(Serialize)]
-    struct Line<'a> {
-        prompt: &'a str,
-        label: Option<&'a str>,
-        predict: &'a str,
-    }
-    let mut line = serde_json::to_string(&Line { prompt, label, predict }).expect("strings always serialize");
-    line.push('\n');
-    line
-}
-
 /// Where a run resumes in an existing predictions file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ResumePoint {
@@ -134,7 +121,7 @@ pub fn resume_point(file: &str, existing: &[u8], planned: &[PlannedItem]) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guard::parse_benchmark_json;
+    use crate::guard::{parse_benchmark_json, prediction_line};
 
     fn items(n: usize) -> Vec<BenchmarkItem> {
         let list: Vec<serde_json::Value> = (0..n)
