@@ -106,48 +106,23 @@ function parseOptions(argv) {
 
 /** The page's model source for --model, and what the server must mount for a local one. */
 function modelSource(model) {
-  if (/^https?:\/\//i.test(model)) return { source: { url: model }, mounts: {}, id: model };
+  if (/^https?:\/\//i.test(model)) return { source: { url: model }, mounts: {} };
   if (fs.existsSync(model)) {
     const abs = path.resolve(model);
-    if (fs.statSync(abs).isDirectory()) return { source: { url: LOCAL_MODEL_PREFIX, cache: false }, mounts: { [LOCAL_MODEL_PREFIX]: abs }, id: abs };
+    if (fs.statSync(abs).isDirectory()) return { source: { url: LOCAL_MODEL_PREFIX, cache: false }, mounts: { [LOCAL_MODEL_PREFIX]: abs } };
     // The server matches mounts against the decoded path; the page fetches the encoded URL.
     const name = path.basename(abs);
-    return { source: { url: LOCAL_MODEL_PREFIX + encodeURIComponent(name), cache: false }, mounts: { [LOCAL_MODEL_PREFIX + name]: abs }, id: abs };
+    return { source: { url: LOCAL_MODEL_PREFIX + encodeURIComponent(name), cache: false }, mounts: { [LOCAL_MODEL_PREFIX + name]: abs } };
   }
-  if (/^[\w.-]+\/[\w.-]+$/.test(model)) return { source: { hf: model }, mounts: {}, id: model };
+  if (/^[\w.-]+\/[\w.-]+$/.test(model)) return { source: { hf: model }, mounts: {} };
   throw new UsageError(`--model ${model}: no such file or folder, and not a URL or a Hugging Face repo id (owner/name)`);
 }
 
-/** run.json records what OUT's predictions were made with; a rerun must match it. */
-function checkManifest(opts, modelId) {
-  const manifest = { engine: "browser", model: modelId, max_new_tokens: opts.maxNewTokens, quant: opts.quant };
-  const file = path.join(opts.out, MANIFEST_FILE);
-  // A manifest binds the folder only once it holds predictions (a run whose model failed to
-  // load leaves a manifest and nothing else).
-  const size = (f) => {
-    try {
-      return fs.statSync(f).size;
-    } catch {
-      return 0;
-    }
-  };
-  const hasPredictions = fs.existsSync(opts.out) && fs.readdirSync(opts.out).some((d) => size(path.join(opts.out, d, PREDICTIONS_FILE)) > 0);
-  if (fs.existsSync(file) && hasPredictions) {
-    let old;
-    try {
-      old = JSON.parse(fs.readFileSync(file, "utf8"));
-    } catch {
-      throw new Error(`${file}: not JSON; remove it or use another --out`);
-    }
-    for (const key of Object.keys(manifest)) {
-      if (old[key] !== manifest[key]) {
-        throw new Error(`${opts.out} holds a run with ${key} = ${JSON.stringify(old[key])}, this one has ${JSON.stringify(manifest[key])}; use the same settings to resume, or another --out`);
-      }
-    }
-    return;
-  }
-  fs.mkdirSync(opts.out, { recursive: true });
-  fs.writeFileSync(file, JSON.stringify(manifest, null, 2) + "\n");
+/** Whether OUT already holds predictions: only then does its run.json bind a rerun (a run whose
+ * model failed to load leaves nothing to protect). */
+function holdsPredictions(out) {
+  const size = (f) => fs.statSync(f, { throwIfNoEntry: false })?.size ?? 0;
+  return fs.existsSync(out) && fs.readdirSync(out).some((d) => size(path.join(out, d, PREDICTIONS_FILE)) > 0);
 }
 
 const isTTY = Boolean(process.stderr.isTTY);
@@ -257,15 +232,13 @@ async function main() {
         throw new Error(`${spec.name}: its benchmark file ${file} does not exist`);
       }
       const text = fs.readFileSync(file, "utf8");
-      const plan = await page.evaluate(([f, t, l, i, n]) => window.bench.plan(f, t, l, i, n), [file, text, opts.limit ?? -1, opts.shard.index, opts.shard.count]);
+      const plan = await page.evaluate(([d, f, t, l, i, n]) => window.bench.plan(d, f, t, l, i, n), [spec.name, file, text, opts.limit ?? -1, opts.shard.index, opts.shard.count]);
       const out = path.join(opts.out, spec.name, PREDICTIONS_FILE);
       const existing = fs.existsSync(out) ? fs.readFileSync(out).toString("base64") : "";
       const resume = await page.evaluate(([f, e, p]) => window.bench.resume(f, e, p), [out, existing, plan.items]);
-      const wildGuardItems = spec.name === "WildGuardTest" ? JSON.stringify(JSON.parse(text).slice(plan.items[0]?.index ?? 0, (plan.items.at(-1)?.index ?? -1) + 1)) : null;
-      runs.push({ spec, file, out, plan, resume, wildGuardItems });
+      runs.push({ spec, file, out, plan, resume });
     }
     if (runs.length === 0) throw new Error(`no benchmark files in ${opts.benchmarkDir}`);
-    checkManifest(opts, model.id);
 
     const chromiumVersion = (await page.evaluate(() => navigator.userAgent)).match(/Chrome\/([\d.]+)/)?.[1] ?? "unknown";
     const adapter = opts.backend === "cpu" ? { available: false, description: "WebGPU off (--backend cpu)" } : await page.evaluate(() => window.bench.adapter());
@@ -284,11 +257,26 @@ async function main() {
     const loadSeconds = (performance.now() - loadStarted) / 1000;
     log(`model: ${opts.model} on ${loaded.backend} (loaded in ${seconds(loadSeconds)})${loaded.fallback ? `; ${loaded.fallback}` : ""}`);
 
+    // run.json binds OUT to the settings and the model's identity (known once it is open): a
+    // rerun with others is refused before any item runs.
+    const manifestFile = path.join(opts.out, MANIFEST_FILE);
+    const existingManifest = holdsPredictions(opts.out) && fs.existsSync(manifestFile) ? fs.readFileSync(manifestFile, "utf8") : null;
+    const settings = { model: opts.model, backend: opts.backend, quant: opts.quant, context: opts.context, max_new_tokens: opts.maxNewTokens };
+    let manifest = existingManifest;
+    try {
+      const made = await page.evaluate(([s, e, f]) => window.bench.manifest(s, e, f), [settings, existingManifest, opts.out]);
+      if (made) {
+        fs.mkdirSync(opts.out, { recursive: true });
+        fs.writeFileSync(manifestFile, made);
+        manifest = made;
+      }
+    } catch (e) {
+      throw new Error(cleanMessage(e));
+    }
+
     let itemTokens = () => {};
     await page.exposeFunction("benchTokens", (n) => itemTokens(n));
     const multi = isTTY ? new cliProgress.MultiBar({ format: "{name} {bar} {value}/{total} items | {tps} tokens/s | eta {eta_formatted}", hideCursor: true, clearOnComplete: false, etaBuffer: 20 }, cliProgress.Presets.shades_classic) : null;
-    const totals = { newItems: 0, tokens: 0, promptTokens: 0, reusedTokens: 0, seconds: 0, firstTokenSeconds: 0 };
-    const perDataset = [];
     try {
       for (const run of runs) {
         const { spec, plan, resume, out } = run;
@@ -299,6 +287,7 @@ async function main() {
           fs.truncateSync(out, resume.keep_bytes);
         }
         if (resume.done > 0) log(`${spec.name}: resuming after ${resume.done} of ${plan.items.length} items already in ${out}`);
+        await page.evaluate(([n, i, t]) => window.bench.startDataset(n, i, t), [spec.name, plan.items.length, plan.total]);
         const bar = datasetProgress(multi, spec.name, plan.items.length, resume.done);
         const fd = fs.openSync(out, "a");
         const stats = { tokens: 0, seconds: 0 };
@@ -316,9 +305,6 @@ async function main() {
             fs.fsyncSync(fd);
             stats.tokens += r.newTokens;
             stats.seconds += r.seconds;
-            totals.promptTokens += r.promptTokens;
-            totals.reusedTokens += r.reusedTokens;
-            totals.firstTokenSeconds += r.firstTokenSeconds ?? r.seconds;
             const tps = stats.tokens / Math.max(stats.seconds, 1e-9);
             const done = resume.done + k + 1;
             const eta = ((plan.items.length - done) * stats.seconds) / (k + 1);
@@ -328,48 +314,21 @@ async function main() {
         } finally {
           fs.closeSync(fd);
         }
-        totals.newItems += todo.length;
-        totals.tokens += stats.tokens;
-        totals.seconds += stats.seconds;
-        perDataset.push({ name: spec.name, items: plan.items.length, new_items: todo.length, benchmark_items: plan.total, tokens_generated: stats.tokens, generation_s: stats.seconds });
       }
     } finally {
       multi?.stop();
     }
 
     const predictions = runs.map((r) => ({ dataset: r.spec.name, source: r.out, text: fs.readFileSync(r.out, "utf8") }));
-    const wildGuard = runs.find((r) => r.wildGuardItems)?.wildGuardItems ?? null;
+    const wildGuard = runs.find((r) => r.plan.benchmark_items)?.plan.benchmark_items ?? null;
     const { report, tables } = await page.evaluate(([p, w]) => window.bench.score(p, w), [predictions, wildGuard]);
     process.stdout.write(tables);
-    const summary = {
-      engine: "browser",
-      browser: `Chromium ${chromiumVersion}`,
-      adapter: adapter.description,
-      backend: loaded.backend,
-      fallback: loaded.fallback,
-      model: opts.model,
-      quant: opts.quant,
-      max_new_tokens: opts.maxNewTokens,
-      shard: opts.shard.text,
-      limit: opts.limit,
-      datasets: perDataset,
-      new_items: totals.newItems,
-      tokens_generated: totals.tokens,
-      prompt_tokens: totals.promptTokens,
-      // Prompt tokens whose KV came from the previous item (the shared instruction).
-      reused_prompt_tokens: totals.reusedTokens,
-      // Time to each item's first text, summed: prefill, and the first token.
-      first_token_s: totals.firstTokenSeconds,
-      load_s: loadSeconds,
-      generation_s: totals.seconds,
-      wall_s: (performance.now() - started) / 1000,
-      items_per_s: totals.newItems / Math.max(totals.seconds, 1e-9),
-      // Generated tokens over the whole generation time, prefill included.
-      tokens_per_s: totals.tokens / Math.max(totals.seconds, 1e-9),
-      // Tokens after each item's first, over the time after it: decode alone.
-      decode_tokens_per_s: (totals.tokens - totals.newItems) / Math.max(totals.seconds - totals.firstTokenSeconds, 1e-9),
-      scores: report,
-    };
+    const engine = { engine: "browser", browser: `Chromium ${chromiumVersion}`, adapter: adapter.description, backend: loaded.backend, fallback: loaded.fallback };
+    const wall = (performance.now() - started) / 1000;
+    const summary = await page.evaluate(
+      ([m, i, n, l, e, ls, w, r]) => window.bench.summary(m, i, n, l, e, ls, w, r),
+      [manifest, opts.shard.index, opts.shard.count, opts.limit ?? -1, engine, loadSeconds, wall, report],
+    );
     fs.writeFileSync(path.join(opts.out, SUMMARY_FILE), JSON.stringify(summary, null, 2) + "\n");
     console.log(JSON.stringify(summary));
   } finally {

@@ -8,11 +8,47 @@ use crate::format::gguf::GgufFile;
 use crate::format::{safetensors, ByteSource, TensorIndex};
 use crate::model::{ModelFiles, Naming};
 use crate::tokenizer::TextTokenizer;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-/// A model ready to load: its files and its tokenizer.
+/// A model ready to load: its files, its tokenizer, and what it is by content.
 pub struct OpenedModel {
     pub files: ModelFiles,
     pub tokenizer: TextTokenizer,
+    pub identity: ModelIdentity,
+}
+
+/// A model identified by its content, not by how its path was spelled: the bytes of its files and
+/// a SHA-256 of every file's length and header (GGUF metadata and tensor infos; the safetensors
+/// JSON header) and, for HF folders, of the config, generation config and tokenizer. Weight bytes
+/// are not read (hashing 2.5 GB would cost more than a benchmark item). Benchmark runs record it
+/// in `run.json` (ARCHITECTURE.md §7).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelIdentity {
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// Header bytes hashed per file at most: GGUF headers carry the tokenizer (a few MB for Llama 3).
+const MAX_HASHED_HEADER_BYTES: u64 = 64 << 20;
+
+fn identify(sources: &mut [Box<dyn ByteSource>], index: &TensorIndex, side_files: &[&[u8]]) -> Result<ModelIdentity> {
+    let mut hash = Sha256::new();
+    let mut bytes = 0;
+    for (shard, source) in sources.iter_mut().enumerate() {
+        let data_start = index.tensors.values().filter(|t| t.shard == shard).map(|t| t.offset).min().unwrap_or(source.len());
+        let header = source.read_vec(0, data_start.min(source.len()).min(MAX_HASHED_HEADER_BYTES))?;
+        hash.update(source.len().to_le_bytes());
+        hash.update((header.len() as u64).to_le_bytes());
+        hash.update(&header);
+        bytes += source.len();
+    }
+    for file in side_files {
+        hash.update((file.len() as u64).to_le_bytes());
+        hash.update(file);
+    }
+    let sha256 = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(ModelIdentity { bytes, sha256 })
 }
 
 /// An HF-style model from its small JSON files and its safetensors shards.
@@ -23,8 +59,10 @@ pub fn open_hf(config_json: &str, generation_config_json: Option<&str>, tokenize
     for (i, shard) in shards.iter_mut().enumerate() {
         safetensors::read_index(shard.as_mut(), i, &mut index)?;
     }
+    let side_files = [config_json.as_bytes(), generation_config_json.unwrap_or("").as_bytes(), tokenizer_json];
+    let identity = identify(&mut shards, &index, &side_files)?;
     let files = ModelFiles::new(config, index, Naming::HuggingFace, shards)?;
-    Ok(OpenedModel { files, tokenizer })
+    Ok(OpenedModel { files, tokenizer, identity })
 }
 
 /// A GGUF file: config, tokenizer and weights in one.
@@ -32,8 +70,10 @@ pub fn open_gguf(mut source: Box<dyn ByteSource>) -> Result<OpenedModel> {
     let gguf = GgufFile::read(source.as_mut())?;
     let config = LlamaConfig::from_gguf(&gguf)?;
     let tokenizer = TextTokenizer::from_gguf(&gguf)?;
-    let files = ModelFiles::new(config, gguf.index, Naming::Gguf, vec![source])?;
-    Ok(OpenedModel { files, tokenizer })
+    let mut sources = vec![source];
+    let identity = identify(&mut sources, &gguf.index, &[])?;
+    let files = ModelFiles::new(config, gguf.index, Naming::Gguf, sources)?;
+    Ok(OpenedModel { files, tokenizer, identity })
 }
 
 #[cfg(not(target_arch = "wasm32"))]

@@ -10,7 +10,7 @@ use crate::engine::{Engine, PREFILL_CHUNK};
 use crate::error::{Error, Result};
 use crate::generate::{Detokenizer, GenerateOptions, Progress, StopReason, generate};
 use crate::guard::{GuardEvent, ReasoningParser, TaskReasoning, guard_prompt};
-use crate::loader::OpenedModel;
+use crate::loader::{ModelIdentity, OpenedModel};
 use crate::tokenizer::TextTokenizer;
 use candle_core::quantized::GgmlDType;
 use serde::Serialize;
@@ -292,6 +292,7 @@ pub struct Session {
     tokenizer: TextTokenizer,
     backend: String,
     fallback: Option<String>,
+    identity: ModelIdentity,
 }
 
 impl Session {
@@ -299,7 +300,7 @@ impl Session {
     /// model's). `progress(done_bytes, total_bytes)` while tensors load. With `Device::Auto` a
     /// GPU that cannot be set up or cannot hold the model leaves the CPU, and `fallback` says why.
     pub async fn load(model: OpenedModel, choice: BackendChoice, context: usize, progress: &mut dyn FnMut(u64, u64)) -> Result<Self> {
-        let OpenedModel { mut files, tokenizer } = model;
+        let OpenedModel { mut files, tokenizer, identity } = model;
         let context = context.max(1);
         let mut fallback = None;
         if choice.device != Device::Cpu {
@@ -311,7 +312,7 @@ impl Session {
             match loaded {
                 Ok(engine) => {
                     let backend = engine.backend.describe();
-                    return Ok(Self { engine: AnyEngine::Gpu(engine), tokenizer, backend, fallback });
+                    return Ok(Self { engine: AnyEngine::Gpu(engine), tokenizer, backend, fallback, identity });
                 }
                 Err(e) if choice.device == Device::Auto => fallback = Some(format!("the GPU failed ({e}): running on the CPU")),
                 Err(e) => return Err(e),
@@ -321,7 +322,7 @@ impl Session {
         let weights = files.load(&cpu, progress)?;
         let engine = Engine::new(cpu, files.config.clone(), weights, context)?;
         let backend = engine.backend.describe();
-        Ok(Self { engine: AnyEngine::Cpu(engine), tokenizer, backend, fallback })
+        Ok(Self { engine: AnyEngine::Cpu(engine), tokenizer, backend, fallback, identity })
     }
 
     /// "cpu (candle, 2 threads)", "gpu (<adapter>)", ...
@@ -332,6 +333,11 @@ impl Session {
     /// Why the CPU runs although a GPU was wanted (`Device::Auto`), else None.
     pub fn fallback(&self) -> Option<&str> {
         self.fallback.as_deref()
+    }
+
+    /// What the loaded model is, by content.
+    pub fn model_identity(&self) -> &ModelIdentity {
+        &self.identity
     }
 
     pub fn tokenizer(&self) -> &TextTokenizer {

@@ -7,10 +7,10 @@
 use crate::error::{Error, Result};
 use crate::format::ByteSource;
 use crate::guard::{
-    DATASETS, DatasetPredictions, PlannedItem, Shard, evaluate, guard_prompt, parse_benchmark_json, parse_predictions_jsonl,
-    plan_items,
+    DATASETS, DatasetPredictions, GroundTruthSource, PlannedItem, RunManifest, RunSummary, Shard, dataset_spec,
+    evaluate, guard_prompt, parse_benchmark_json, parse_predictions_jsonl, plan_items,
 };
-use crate::loader::{OpenedModel, open_gguf, open_hf};
+use crate::loader::{ModelIdentity, OpenedModel, open_gguf, open_hf};
 use crate::session::{BackendChoice, ClassifyEvent, Device, Quant, RunOptions, Session, Stop};
 use js_sys::{Function, Promise, Uint8Array};
 use std::cell::RefCell;
@@ -156,6 +156,12 @@ impl Guard {
         self.session.try_borrow().ok().and_then(|s| s.fallback().map(str::to_string))
     }
 
+    /// What the loaded model is by content: `{bytes, sha256}` (benchmark runs record it).
+    pub fn model_identity(&self) -> std::result::Result<JsValue, JsValue> {
+        let session = self.session.try_borrow().map_err(|_| js_err("busy: a run is in progress"))?;
+        to_js_value(session.model_identity())
+    }
+
     /// Prompt ids of `text`, BOS included.
     pub fn tokenize(&self, text: &str) -> std::result::Result<Vec<u32>, JsValue> {
         let session = self.session.try_borrow().map_err(|_| js_err("busy: a run is in progress"))?;
@@ -219,20 +225,117 @@ impl Guard {
 /// The paper's datasets: `[{name, file}]` (`file`: the benchmark file name without `.json`).
 #[wasm_bindgen]
 pub fn benchmark_datasets() -> std::result::Result<JsValue, JsValue> {
-    let list: Vec<serde_json::Value> = DATASETS.iter().map(|d| serde_json::json!({"name": d.name, "file": d.benchmark_file})).collect();
+    let list: Vec<serde_json::Value> =
+        DATASETS.iter().map(|d| serde_json::json!({"name": d.name, "file": d.benchmark_file})).collect();
     to_js(&serde_json::Value::Array(list))
 }
 
-/// The items a run covers in one benchmark file: `[{index, prompt, label}]`. `text` is the
-/// file's JSON; `limit` < 0 means all items; shard `shard_index` of `shard_count`.
+/// The items a run covers in `dataset`'s benchmark file: `{total, items: [{index, prompt,
+/// label}], benchmark_items}`. `text` is the file's JSON; `limit` < 0 means all items; shard
+/// `shard_index` of `shard_count`. `benchmark_items` is the JSON of the covered items where the
+/// scorer needs them (WildGuardTest's label fields), else null.
 #[wasm_bindgen]
-pub fn plan_benchmark(file: &str, text: &str, limit: f64, shard_index: u32, shard_count: u32) -> std::result::Result<JsValue, JsValue> {
+pub fn plan_benchmark(
+    dataset: &str,
+    file: &str,
+    text: &str,
+    limit: f64,
+    shard_index: u32,
+    shard_count: u32,
+) -> std::result::Result<JsValue, JsValue> {
     let shard = Shard::new(shard_index as usize, shard_count as usize).map_err(js_err)?;
     let items = parse_benchmark_json(file, text).map_err(js_err)?;
     let limit = (limit >= 0.0).then_some(limit as usize);
     let planned = plan_items(file, &items, limit, shard).map_err(js_err)?;
-    let total = items.len();
-    to_js(&serde_json::json!({"total": total, "items": planned}))
+    let needs_items = dataset_spec(dataset).is_some_and(|spec| spec.ground_truth == GroundTruthSource::BenchmarkFields);
+    let benchmark_items = needs_items.then(|| {
+        let covered: Vec<&serde_json::Map<String, serde_json::Value>> =
+            items[shard.select(items.len(), limit)].iter().map(|item| &item.fields).collect();
+        serde_json::to_string(&covered).unwrap_or_default()
+    });
+    to_js(&serde_json::json!({"total": items.len(), "items": planned, "benchmark_items": benchmark_items}))
+}
+
+/// `run.json` for a browser run. `settings`: `{model, model_identity, backend, quant, context,
+/// max_new_tokens}` in the user's words (normalised here, unknown words refused). With
+/// `existing` (the folder's `run.json` text, when the folder holds predictions) the settings are
+/// checked against it and nothing is returned; without, resolves to the text to write.
+#[wasm_bindgen]
+pub fn run_manifest(settings: JsValue, existing: Option<String>, folder: &str) -> std::result::Result<Option<String>, JsValue> {
+    #[derive(serde::Deserialize)]
+    struct Settings {
+        model: String,
+        model_identity: ModelIdentity,
+        backend: String,
+        quant: String,
+        context: usize,
+        max_new_tokens: usize,
+    }
+    let s: Settings = serde_wasm_bindgen::from_value(settings).map_err(js_err)?;
+    let manifest = RunManifest {
+        engine: "browser".into(),
+        model: s.model,
+        model_identity: s.model_identity,
+        backend: Device::parse(&s.backend).map_err(js_err)?.name().into(),
+        quant: Quant::parse(&s.quant).map_err(js_err)?.name().into(),
+        context: s.context,
+        max_new_tokens: s.max_new_tokens,
+    };
+    match existing {
+        Some(text) => manifest.check_against(&text, folder).map(|_| None).map_err(js_err),
+        None => Ok(Some(manifest.to_file_text())),
+    }
+}
+
+/// A run's counts, item by item, for `summary.json` (the native `predict` keeps the same).
+#[wasm_bindgen(js_name = RunSummary)]
+pub struct JsRunSummary(RunSummary);
+
+#[wasm_bindgen(js_class = RunSummary)]
+impl JsRunSummary {
+    #[wasm_bindgen(constructor)]
+    pub fn new() -> Self {
+        Self(RunSummary::new())
+    }
+
+    /// Items that follow go to this dataset.
+    pub fn start_dataset(&mut self, name: &str, items: u32, benchmark_items: u32) {
+        self.0.start_dataset(name, items as usize, benchmark_items as usize);
+    }
+
+    /// One finished item: the classification's counts and timings.
+    pub fn add_item(&mut self, new_tokens: u32, prompt_tokens: u32, reused_tokens: u32, seconds: f64, first_token_s: f64) {
+        self.0.add_item(new_tokens as usize, prompt_tokens as usize, reused_tokens as usize, seconds, first_token_s);
+    }
+
+    /// `summary.json`'s object. `manifest`: the run's `run.json` text; `engine`: `{engine,
+    /// backend, ...}`; `report`: the scorer's report (`score_predictions`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn to_json(
+        &self,
+        manifest: &str,
+        shard_index: u32,
+        shard_count: u32,
+        limit: f64,
+        engine: JsValue,
+        load_s: f64,
+        wall_s: f64,
+        report: JsValue,
+    ) -> std::result::Result<JsValue, JsValue> {
+        let manifest: RunManifest = serde_json::from_str(manifest).map_err(js_err)?;
+        let shard = Shard::new(shard_index as usize, shard_count as usize).map_err(js_err)?;
+        let engine: serde_json::Value = serde_wasm_bindgen::from_value(engine).map_err(js_err)?;
+        let report: serde_json::Value = serde_wasm_bindgen::from_value(report).map_err(js_err)?;
+        let limit = (limit >= 0.0).then_some(limit as usize);
+        let engine = engine.as_object().cloned().unwrap_or_default();
+        to_js(&self.0.to_json(&manifest, shard, limit, engine, load_s, wall_s, report))
+    }
+}
+
+impl Default for JsRunSummary {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Where a run resumes in an existing predictions file (`{done, keep_bytes, partial_bytes}`),

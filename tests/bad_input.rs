@@ -114,7 +114,7 @@ fn unsupported_config() {
 }
 
 fn micro_engine(context: usize) -> (Engine<CpuBackend>, guardreasoner::tokenizer::TextTokenizer) {
-    let OpenedModel { mut files, tokenizer } = open_micro_hf(safetensors_bf16(&micro_tensors(1)), &micro_config_json()).unwrap();
+    let OpenedModel { mut files, tokenizer, .. } = open_micro_hf(safetensors_bf16(&micro_tensors(1)), &micro_config_json()).unwrap();
     let backend = CpuBackend::new(None);
     let weights = files.load(&backend, &mut |_, _| {}).unwrap();
     (Engine::new(backend, files.config.clone(), weights, context).unwrap(), tokenizer)

@@ -66,7 +66,7 @@ fn references() -> Vec<Reference> {
 }
 
 fn engine<B: Backend>(backend: B) -> (Engine<B>, guardreasoner::tokenizer::TextTokenizer) {
-    let OpenedModel { mut files, tokenizer } = open_path(&smollm2_path()).unwrap();
+    let OpenedModel { mut files, tokenizer, .. } = open_path(&smollm2_path()).unwrap();
     let weights = files.load(&backend, &mut |_, _| {}).unwrap();
     (Engine::new(backend, files.config.clone(), weights, 512).unwrap(), tokenizer)
 }

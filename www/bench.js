@@ -2,7 +2,7 @@
 // same wasm package as the demo, runs the model in the same Web Worker (GuardReasoner), and
 // exposes `window.bench` for the evaluator to call. Item selection, prompts, predictions lines,
 // resume points and scoring come from the wasm module, so they are the native CLI's too.
-import init, { benchmark_datasets, plan_benchmark, resume_point, prediction_line, score_predictions } from "../pkg/guardreasoner.js";
+import init, { benchmark_datasets, plan_benchmark, resume_point, prediction_line, score_predictions, run_manifest, RunSummary } from "../pkg/guardreasoner.js";
 import { GuardReasoner } from "./guardreasoner.js";
 
 // How often token counts go back to the evaluator while an item generates.
@@ -11,6 +11,7 @@ const TOKEN_REPORT_MS = 250;
 const status = document.getElementById("status");
 const current = document.getElementById("current");
 let guard = null;
+let summary = null; // the run's counts, item by item (RunSummary, from the wasm module)
 
 /** What the browser says of its WebGPU adapter (vendor, architecture), or why there is none. */
 async function adapterInfo() {
@@ -28,11 +29,17 @@ async function adapterInfo() {
 
 window.bench = {
   datasets: () => benchmark_datasets(),
-  plan: (file, text, limit, shardIndex, shardCount) => plan_benchmark(file, text, limit ?? -1, shardIndex, shardCount),
+  plan: (dataset, file, text, limit, shardIndex, shardCount) => plan_benchmark(dataset, file, text, limit ?? -1, shardIndex, shardCount),
   // `existing`: the file's bytes in base64 (offsets are bytes, whatever a cut-off write left).
   resume: (file, existing, planned) => resume_point(file, Uint8Array.from(atob(existing), (c) => c.charCodeAt(0)), planned),
   score: (predictions, wildGuardItems) => score_predictions(predictions, wildGuardItems ?? undefined),
   adapter: adapterInfo,
+  // run.json: checked against `existing` (resolves to undefined) or made (resolves to its text),
+  // bound to the loaded model's identity.
+  manifest: (settings, existing, folder) => run_manifest({ ...settings, model_identity: guard.modelIdentity }, existing ?? undefined, folder),
+  startDataset: (name, items, benchmarkItems) => summary.start_dataset(name, items, benchmarkItems),
+  summary: (manifest, shardIndex, shardCount, limit, engine, loadSeconds, wallSeconds, report) =>
+    summary.to_json(manifest, shardIndex, shardCount, limit ?? -1, engine, loadSeconds, wallSeconds, report),
 
   async load(source, { backend, quant, context }) {
     guard?.terminate();
@@ -65,6 +72,8 @@ window.bench = {
         }
       },
     });
+    const t = out.timings;
+    summary.add_item(out.newTokens, out.promptTokens, out.reusedTokens, t.totalSeconds, t.timeToFirstTokenSeconds ?? t.totalSeconds);
     return {
       line: prediction_line(item.prompt, item.label, out.text),
       promptTokens: out.promptTokens,
@@ -79,5 +88,6 @@ window.bench = {
 };
 
 await init();
+summary = new RunSummary();
 status.textContent = "ready";
 window.benchReady = true;

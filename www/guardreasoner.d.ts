@@ -78,6 +78,8 @@ export declare class GuardReasoner {
   readonly backend: string;
   /** Why the CPU is used when WebGPU was wanted, else null. */
   readonly fallback: string | null;
+  /** The loaded model by content: its files' total size and a SHA-256 of their sizes and headers. */
+  readonly modelIdentity: { bytes: number; sha256: string };
   static load(source: ModelSource, options?: LoadOptions): Promise<GuardReasoner>;
   tokenize(text: string): Promise<number[]>;
   generate(

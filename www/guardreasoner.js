@@ -12,6 +12,8 @@ export class GuardReasoner {
   #cancel = null; // Int32Array over a SharedArrayBuffer when cross-origin isolated
   backend = "";
   fallback = null;
+  /** What the loaded model is by content: `{bytes, sha256}` of its files' sizes and headers. */
+  modelIdentity = null;
 
   constructor(worker) {
     this.#worker = worker;
@@ -39,6 +41,7 @@ export class GuardReasoner {
     const out = await guard.#request({ type: "load", source, backend, quant, context }, { onProgress });
     guard.backend = out.backend;
     guard.fallback = out.fallback;
+    guard.modelIdentity = out.modelIdentity;
     return guard;
   }
 

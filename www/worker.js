@@ -133,7 +133,7 @@ async function handle(msg) {
         post({ id, type: "progress", phase: "load", loaded, total }),
       );
       const fallback = noWebGpu ? "WebGPU is not available in this browser: running on the CPU" : (guard.fallback() ?? null);
-      post({ id, type: "result", backend: guard.backend(), fallback });
+      post({ id, type: "result", backend: guard.backend(), fallback, modelIdentity: guard.model_identity() });
     } else if (type === "cancel-flag") {
       cancelFlag = new Int32Array(msg.buffer);
     } else {

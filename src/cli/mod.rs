@@ -88,6 +88,11 @@ impl ModelArgs {
 
     /// Opens the model and loads it onto the chosen backend, with a progress bar on stderr.
     pub fn load(&self) -> Result<Session> {
+        self.load_opened(self.source.open()?)
+    }
+
+    /// Loads an opened model onto the chosen backend, with a progress bar on stderr.
+    pub fn load_opened(&self, model: OpenedModel) -> Result<Session> {
         if let Some(n) = self.threads {
             // SAFETY: single-threaded here, before any thread pool exists.
             unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
@@ -96,7 +101,6 @@ impl ModelArgs {
             // SAFETY: as above. Silences a harmless Vulkan loader warning.
             unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
         }
-        let model = self.source.open()?;
         let bar = if self.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(model.files.weight_bytes()) };
         bar.set_style(
             indicatif::ProgressStyle::with_template("loading {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")

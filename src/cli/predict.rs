@@ -2,14 +2,15 @@
 //! paper's layout item by item (each line flushed and synced, so a killed run loses nothing
 //! finished and a rerun resumes), then scored. The browser evaluator (scripts/evaluate.mjs) does
 //! the same through the wasm module; both select items, build prompts, write lines and find the
-//! resume point with the same code (`guardreasoner::guard::bench`).
+//! resume point with the same code (`guardreasoner::guard::run`).
 
 use super::{EXIT_INTERRUPTED, ModelArgs, is_interrupted};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use guardreasoner::guard::{
-    BenchmarkItem, DATASETS, DatasetPredictions, DatasetSpec, PlannedItem, Shard, evaluate, parse_benchmark_json,
-    parse_predictions_jsonl, plan_items, prediction_line, resume_point,
+    BenchmarkItem, DATASETS, DatasetPredictions, DatasetSpec, EvalReport, GroundTruthSource, MANIFEST_FILE, PREDICTIONS_FILE,
+    PlannedItem, RunManifest, RunSummary, SUMMARY_FILE, Shard, evaluate, parse_benchmark_json, parse_predictions_jsonl,
+    plan_items, prediction_line, resume_point,
 };
 use guardreasoner::session::{RunOptions, Session, Stop};
 use std::io::Write;
@@ -42,10 +43,6 @@ pub struct PredictArgs {
     pub out: PathBuf,
 }
 
-const PREDICTIONS_FILE: &str = "generated_predictions.jsonl";
-const MANIFEST_FILE: &str = "run.json";
-const SUMMARY_FILE: &str = "summary.json";
-
 /// One dataset of the run, read and planned before the model loads (bad input fails fast).
 struct DatasetRun {
     spec: &'static DatasetSpec,
@@ -57,10 +54,35 @@ struct DatasetRun {
 }
 
 pub fn run(args: PredictArgs) -> Result<u8> {
+    let started = Instant::now();
     let runs = plan(&args)?;
-    check_manifest(&args)?;
-    let mut session = args.model.load()?;
-    predict(&args, &runs, &mut session)
+    let model = args.model.source.open()?;
+    let manifest = RunManifest {
+        engine: "native".into(),
+        model: args.model.source.model.clone(),
+        model_identity: model.identity.clone(),
+        backend: args.model.backend.name().into(),
+        quant: args.model.quant.name().into(),
+        context: args.model.context as usize,
+        max_new_tokens: args.max_new_tokens,
+    };
+    check_manifest(&args.out, &manifest)?;
+    let load_started = Instant::now();
+    let mut session = args.model.load_opened(model)?;
+    let load_s = load_started.elapsed().as_secs_f64();
+    let mut summary = RunSummary::new();
+    if predict(&args, &runs, &mut session, &mut summary)? == Outcome::Interrupted {
+        return Ok(EXIT_INTERRUPTED);
+    }
+    let report = score(&runs)?;
+    print!("{}", report.to_tables());
+    let engine = serde_json::json!({"engine": "native", "backend": session.backend(), "fallback": session.fallback()});
+    let engine = engine.as_object().cloned().unwrap_or_default();
+    let summary = summary.to_json(&manifest, args.shard, args.limit, engine, load_s, started.elapsed().as_secs_f64(), serde_json::to_value(&report)?);
+    let path = args.out.join(SUMMARY_FILE);
+    std::fs::write(&path, format!("{summary:#}\n")).with_context(|| format!("writing {}", path.display()))?;
+    println!("{summary}");
+    Ok(0)
 }
 
 fn benchmark_path(dir: &Path, spec: &DatasetSpec) -> PathBuf {
@@ -105,119 +127,87 @@ fn plan(args: &PredictArgs) -> Result<Vec<DatasetRun>> {
         .collect()
 }
 
-/// `run.json` records what the folder's predictions were made with; a rerun must match it.
-fn check_manifest(args: &PredictArgs) -> Result<()> {
-    let manifest = serde_json::json!({
-        "model": args.model.source.model,
-        "max_new_tokens": args.max_new_tokens,
-        "quant": args.model.quant.name(),
-    });
-    let path = args.out.join(MANIFEST_FILE);
-    // A manifest binds the folder only once it holds predictions (a run whose model failed to
-    // load leaves a manifest and nothing else).
-    let has_predictions = DATASETS.iter().any(|spec| std::fs::metadata(args.out.join(spec.name).join(PREDICTIONS_FILE)).is_ok_and(|m| m.len() > 0));
+/// `run.json` records what the folder's predictions were made with; a rerun must match it. It
+/// binds the folder only once the folder holds predictions (a run that failed before its first
+/// item leaves a manifest and nothing else).
+fn check_manifest(out: &Path, manifest: &RunManifest) -> Result<()> {
+    let path = out.join(MANIFEST_FILE);
+    let has_predictions = DATASETS.iter().any(|spec| std::fs::metadata(out.join(spec.name).join(PREDICTIONS_FILE)).is_ok_and(|m| m.len() > 0));
     if let Some(text) = std::fs::read_to_string(&path).ok().filter(|_| has_predictions) {
-        let old: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON; remove it or use another --out", path.display()))?;
-        for key in ["model", "max_new_tokens", "quant"] {
-            if old.get(key) != manifest.get(key) {
-                bail!("{} holds a run with {key} = {}, this one has {}; use the same settings to resume, or another --out", args.out.display(), old.get(key).unwrap_or(&serde_json::Value::Null), manifest[key]);
-            }
-        }
-        return Ok(());
+        return manifest.check_against(&text, &out.display().to_string()).map_err(anyhow::Error::msg);
     }
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    std::fs::write(&path, format!("{manifest:#}\n")).with_context(|| format!("writing {}", path.display()))
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::write(&path, manifest.to_file_text()).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Runs every planned item not yet in its dataset's file, then scores the run.
-fn predict(args: &PredictArgs, runs: &[DatasetRun], session: &mut Session) -> Result<u8> {
-        super::interrupted(); // Ctrl-C from here on stops after the current token; finished items stay
-        let options = RunOptions::new(args.max_new_tokens);
-        let started = Instant::now();
-        let (mut new_items, mut new_tokens, mut generation_s) = (0usize, 0usize, 0f64);
-        let (mut prompt_tokens, mut reused_tokens, mut first_token_s) = (0usize, 0usize, 0f64);
-        for run in runs {
-            let name = run.spec.name;
-            let existing = match std::fs::read(&run.path) {
-                Ok(bytes) => bytes,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-                Err(e) => return Err(e).with_context(|| format!("reading {}", run.path.display())),
-            };
-            let point = resume_point(&run.path.display().to_string(), &existing, &run.planned)?;
-            std::fs::create_dir_all(run.path.parent().expect("a dataset folder")).with_context(|| format!("creating the folder of {}", run.path.display()))?;
-            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&run.path).with_context(|| format!("opening {}", run.path.display()))?;
-            if point.partial_bytes > 0 {
-                eprintln!("{name}: dropping an unfinished last line ({} bytes) of {}", point.partial_bytes, run.path.display());
-                file.set_len(point.keep_bytes as u64).with_context(|| format!("truncating {}", run.path.display()))?;
-            }
-            if point.done > 0 {
-                eprintln!("{name}: resuming after {} of {} items already in {}", point.done, run.planned.len(), run.path.display());
-            }
-            let bar = indicatif::ProgressBar::new(run.planned.len() as u64).with_position(point.done as u64);
-            bar.set_style(indicatif::ProgressStyle::with_template("{prefix:>22} {bar:30} {pos}/{len} items {msg} eta {eta}").expect("static template").progress_chars("=> "));
-            bar.set_prefix(name);
-            let (mut tokens, mut seconds) = (0usize, 0f64);
-            for item in &run.planned[point.done..] {
-                let t0 = Instant::now();
-                let result = pollster::block_on(session.classify(&item.prompt, &options, &is_interrupted, &mut |_| Ok(())))
-                    .with_context(|| format!("{name} item {} of the benchmark file", item.index + 1))?;
-                if result.stop == Stop::Cancelled {
-                    bar.abandon();
-                    eprintln!("interrupted: the finished items are in {}; run the same command again to resume", args.out.display());
-                    return Ok(EXIT_INTERRUPTED);
-                }
-                file.write_all(prediction_line(&item.prompt, item.label.as_deref(), &result.text).as_bytes()).and_then(|_| file.sync_data()).with_context(|| format!("writing {}", run.path.display()))?;
-                seconds += t0.elapsed().as_secs_f64();
-                tokens += result.new_tokens;
-                prompt_tokens += result.prompt_tokens;
-                reused_tokens += result.reused_tokens;
-                first_token_s += result.timings.time_to_first_token_seconds.unwrap_or(result.timings.total_seconds);
-                bar.set_message(format!("{:.1} tokens/s", tokens as f64 / seconds.max(1e-9)));
-                bar.inc(1);
-            }
-            bar.finish();
-            if bar.is_hidden() {
-                eprintln!("{name}: {} items ({} new), {tokens} tokens in {seconds:.1} s", run.planned.len(), run.planned.len() - point.done);
-            }
-            new_items += run.planned.len() - point.done;
-            new_tokens += tokens;
-            generation_s += seconds;
+#[derive(PartialEq, Eq)]
+enum Outcome {
+    Finished,
+    Interrupted,
+}
+
+/// Runs every planned item not yet in its dataset's file, each line written and synced as soon as
+/// its item is done.
+fn predict(args: &PredictArgs, runs: &[DatasetRun], session: &mut Session, summary: &mut RunSummary) -> Result<Outcome> {
+    super::interrupted(); // Ctrl-C from here on stops after the current token; finished items stay
+    let options = RunOptions::new(args.max_new_tokens);
+    for run in runs {
+        let name = run.spec.name;
+        let existing = match std::fs::read(&run.path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", run.path.display())),
+        };
+        let point = resume_point(&run.path.display().to_string(), &existing, &run.planned)?;
+        std::fs::create_dir_all(run.path.parent().expect("a dataset folder")).with_context(|| format!("creating the folder of {}", run.path.display()))?;
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&run.path).with_context(|| format!("opening {}", run.path.display()))?;
+        if point.partial_bytes > 0 {
+            eprintln!("{name}: dropping an unfinished last line ({} bytes) of {}", point.partial_bytes, run.path.display());
+            file.set_len(point.keep_bytes as u64).with_context(|| format!("truncating {}", run.path.display()))?;
         }
-        let wall_s = started.elapsed().as_secs_f64();
-        let mut predictions = Vec::new();
-        let mut wild_guard_items = None;
-        for run in runs {
-            let source = run.path.display().to_string();
-            let text = std::fs::read_to_string(&run.path).with_context(|| format!("reading {source}"))?;
-            predictions.push(DatasetPredictions { dataset: run.spec.name.to_string(), records: parse_predictions_jsonl(&source, &text)?, source });
-            if run.spec.ground_truth == guardreasoner::guard::GroundTruthSource::BenchmarkFields {
-                wild_guard_items = Some(run.covered_items.as_slice());
-            }
+        if point.done > 0 {
+            eprintln!("{name}: resuming after {} of {} items already in {}", point.done, run.planned.len(), run.path.display());
         }
-        let report = evaluate(&predictions, wild_guard_items)?;
-        print!("{}", report.to_tables());
-        let summary = serde_json::json!({
-            "engine": "native",
-            "backend": session.backend(),
-            "model": args.model.source.model,
-            "max_new_tokens": args.max_new_tokens,
-            "shard": args.shard.to_string(),
-            "limit": args.limit,
-            "datasets": runs.iter().map(|r| serde_json::json!({"name": r.spec.name, "items": r.planned.len(), "benchmark_items": r.total_items})).collect::<Vec<_>>(),
-            "new_items": new_items,
-            "tokens_generated": new_tokens,
-            "prompt_tokens": prompt_tokens,
-            "reused_prompt_tokens": reused_tokens,
-            "first_token_s": first_token_s,
-            "generation_s": generation_s,
-            "wall_s": wall_s,
-            "items_per_s": new_items as f64 / generation_s.max(1e-9),
-            "tokens_per_s": new_tokens as f64 / generation_s.max(1e-9),
-            "decode_tokens_per_s": new_tokens.saturating_sub(new_items) as f64 / (generation_s - first_token_s).max(1e-9),
-            "scores": report,
-        });
-        let path = args.out.join(SUMMARY_FILE);
-        std::fs::write(&path, format!("{summary:#}\n")).with_context(|| format!("writing {}", path.display()))?;
-        println!("{summary}");
-        Ok(0)
+        summary.start_dataset(name, run.planned.len(), run.total_items);
+        let bar = indicatif::ProgressBar::new(run.planned.len() as u64).with_position(point.done as u64);
+        bar.set_style(indicatif::ProgressStyle::with_template("{prefix:>22} {bar:30} {pos}/{len} items {msg} eta {eta}").expect("static template").progress_chars("=> "));
+        bar.set_prefix(name);
+        let (mut tokens, mut seconds) = (0usize, 0f64);
+        for item in &run.planned[point.done..] {
+            let result = pollster::block_on(session.classify(&item.prompt, &options, &is_interrupted, &mut |_| Ok(())))
+                .with_context(|| format!("{name} item {} of the benchmark file", item.index + 1))?;
+            if result.stop == Stop::Cancelled {
+                bar.abandon();
+                eprintln!("interrupted: the finished items are in {}; run the same command again to resume", args.out.display());
+                return Ok(Outcome::Interrupted);
+            }
+            file.write_all(prediction_line(&item.prompt, item.label.as_deref(), &result.text).as_bytes()).and_then(|_| file.sync_data()).with_context(|| format!("writing {}", run.path.display()))?;
+            let t = &result.timings;
+            summary.add_item(result.new_tokens, result.prompt_tokens, result.reused_tokens, t.total_seconds, t.time_to_first_token_seconds.unwrap_or(t.total_seconds));
+            tokens += result.new_tokens;
+            seconds += t.total_seconds;
+            bar.set_message(format!("{:.1} tokens/s", tokens as f64 / seconds.max(1e-9)));
+            bar.inc(1);
+        }
+        bar.finish();
+        if bar.is_hidden() {
+            eprintln!("{name}: {} items ({} new), {tokens} tokens in {seconds:.1} s", run.planned.len(), run.planned.len() - point.done);
+        }
     }
+    Ok(Outcome::Finished)
+}
+
+/// Scores every dataset's whole file (earlier runs' items included) with the paper's rules.
+fn score(runs: &[DatasetRun]) -> Result<EvalReport> {
+    let mut predictions = Vec::new();
+    let mut wild_guard_items = None;
+    for run in runs {
+        let source = run.path.display().to_string();
+        let text = std::fs::read_to_string(&run.path).with_context(|| format!("reading {source}"))?;
+        predictions.push(DatasetPredictions { dataset: run.spec.name.to_string(), records: parse_predictions_jsonl(&source, &text)?, source });
+        if run.spec.ground_truth == GroundTruthSource::BenchmarkFields {
+            wild_guard_items = Some(run.covered_items.as_slice());
+        }
+    }
+    Ok(evaluate(&predictions, wild_guard_items)?)
+}

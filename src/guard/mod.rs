@@ -8,6 +8,7 @@ pub mod lines;
 pub mod parser;
 pub mod predictions;
 pub mod prompt;
+pub mod record;
 pub mod run;
 pub mod score;
 pub mod task;
@@ -21,6 +22,7 @@ pub use predictions::{
     parse_predictions_jsonl, prediction_line,
 };
 pub use prompt::{INSTRUCTION, NO_RESPONSE, guard_prompt};
+pub use record::{DatasetTotals, EngineInfo, MANIFEST_FILE, RunManifest, RunSummary, SUMMARY_FILE};
 pub use run::{PlannedItem, ResumePoint, Shard, plan_items, resume_point};
 #[cfg(not(target_arch = "wasm32"))]
 pub use score::evaluate_dir;

@@ -96,6 +96,13 @@ test("the CPU fallback writes what the native CLI writes, byte for byte", () => 
   for (const dataset of DATASETS) {
     assert.equal(fs.readFileSync(predictionsFile(cpuBaseline, dataset), "utf8"), fs.readFileSync(predictionsFile(nativeReference, dataset), "utf8"), dataset);
   }
+  // Both engines bind their folders with one manifest: the same settings and model identity.
+  const manifest = (dir) => JSON.parse(fs.readFileSync(path.join(dir, "run.json"), "utf8"));
+  const { engine: browserEngine, ...browser } = manifest(cpuBaseline);
+  const { engine: nativeEngine, ...native } = manifest(nativeReference);
+  assert.deepEqual([browserEngine, nativeEngine], ["browser", "native"]);
+  assert.deepEqual(browser, native, "run.json apart from the engine");
+  assert.match(native.model_identity.sha256, /^[0-9a-f]{64}$/);
 });
 
 test("a run killed after its first item resumes and ends with the same files", async () => {
