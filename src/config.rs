@@ -130,20 +130,28 @@ impl LlamaConfig {
             Some(s) => match s.rope_type.as_deref() {
                 None | Some("default") => None,
                 Some("llama3") => {
-                    let need = |v: Option<f32>, what: &str| v.ok_or_else(|| Error::Config(format!("rope_scaling llama3 lacks {what}")));
+                    let need = |v: Option<f32>, what: &str| {
+                        v.ok_or_else(|| Error::Config(format!("rope_scaling llama3 lacks {what}")))
+                    };
                     Some(Llama3RopeScaling {
                         factor: need(s.factor, "factor")?,
                         low_freq_factor: need(s.low_freq_factor, "low_freq_factor")?,
                         high_freq_factor: need(s.high_freq_factor, "high_freq_factor")?,
-                        original_max_position_embeddings: need(s.original_max_position_embeddings, "original_max_position_embeddings")?,
+                        original_max_position_embeddings: need(
+                            s.original_max_position_embeddings,
+                            "original_max_position_embeddings",
+                        )?,
                     })
                 }
-                Some(other) => return Err(Error::Config(format!("rope_scaling type {other:?} is not supported (only llama3)"))),
+                Some(other) => {
+                    return Err(Error::Config(format!("rope_scaling type {other:?} is not supported (only llama3)")));
+                }
             },
         };
         let mut eos = hf.eos_token_id.map(OneOrMany::into_vec).unwrap_or_default();
         if let Some(generation) = generation_config_json {
-            let generation: HfGenerationConfig = serde_json::from_str(generation).map_err(|e| Error::Config(format!("generation_config.json: {e}")))?;
+            let generation: HfGenerationConfig =
+                serde_json::from_str(generation).map_err(|e| Error::Config(format!("generation_config.json: {e}")))?;
             for id in generation.eos_token_id.map(OneOrMany::into_vec).unwrap_or_default() {
                 if !eos.contains(&id) {
                     eos.push(id);
@@ -156,7 +164,11 @@ impl LlamaConfig {
             num_layers: hf.num_hidden_layers,
             num_heads: hf.num_attention_heads,
             num_kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
-            head_dim: hf.head_dim.unwrap_or(if hf.num_attention_heads == 0 { 0 } else { hf.hidden_size / hf.num_attention_heads }),
+            head_dim: hf.head_dim.unwrap_or(if hf.num_attention_heads == 0 {
+                0
+            } else {
+                hf.hidden_size / hf.num_attention_heads
+            }),
             vocab_size: hf.vocab_size,
             rms_norm_eps: hf.rms_norm_eps,
             rope_theta: rope_theta.unwrap_or(10_000.0),
@@ -185,7 +197,10 @@ impl LlamaConfig {
         let num_heads = need("llama.attention.head_count")?;
         let vocab_size = match gguf.get_u64("llama.vocab_size") {
             Some(v) => v as usize,
-            None => gguf.get_array("tokenizer.ggml.tokens").map(|t| t.len()).ok_or_else(|| Error::Config("GGUF has neither llama.vocab_size nor tokenizer.ggml.tokens".into()))?,
+            None => gguf
+                .get_array("tokenizer.ggml.tokens")
+                .map(|t| t.len())
+                .ok_or_else(|| Error::Config("GGUF has neither llama.vocab_size nor tokenizer.ggml.tokens".into()))?,
         };
         let eos = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
             .iter()
@@ -202,10 +217,11 @@ impl LlamaConfig {
             num_layers: need("llama.block_count")?,
             num_heads,
             num_kv_heads: gguf.get_u64("llama.attention.head_count_kv").map(|v| v as usize).unwrap_or(num_heads),
-            head_dim: gguf
-                .get_u64("llama.attention.key_length")
-                .map(|v| v as usize)
-                .unwrap_or(if num_heads == 0 { 0 } else { hidden_size / num_heads }),
+            head_dim: gguf.get_u64("llama.attention.key_length").map(|v| v as usize).unwrap_or(if num_heads == 0 {
+                0
+            } else {
+                hidden_size / num_heads
+            }),
             vocab_size,
             rms_norm_eps: gguf.get_f32("llama.attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
             rope_theta: gguf.get_f32("llama.rope.freq_base").unwrap_or(10_000.0),
@@ -222,7 +238,12 @@ impl LlamaConfig {
 
     fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
-        if self.num_layers == 0 || self.hidden_size == 0 || self.num_heads == 0 || self.num_kv_heads == 0 || self.vocab_size == 0 {
+        if self.num_layers == 0
+            || self.hidden_size == 0
+            || self.num_heads == 0
+            || self.num_kv_heads == 0
+            || self.vocab_size == 0
+        {
             return bad("a dimension of the model is zero".into());
         }
         if self.num_heads % self.num_kv_heads != 0 {
@@ -256,7 +277,8 @@ impl LlamaConfig {
                 } else if wavelen > low_freq_wavelen {
                     f / s.factor
                 } else {
-                    let smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                    let smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor)
+                        / (s.high_freq_factor - s.low_freq_factor);
                     (1.0 - smooth) * f / s.factor + smooth * f
                 }
             })

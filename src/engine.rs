@@ -5,7 +5,7 @@
 use crate::backend::Backend;
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
-use crate::model::{forward, ModelWeights};
+use crate::model::{ModelWeights, forward};
 
 /// Prompt tokens per forward pass while prefilling: bounds activation memory
 /// (`chunk x intermediate` floats) while keeping matrix products large enough to be efficient.
@@ -52,10 +52,17 @@ impl<B: Backend> Engine<B> {
             return Err(Error::Prompt("the prompt is empty (no tokens)".into()));
         }
         if ids.len() > self.max_seq {
-            return Err(Error::Prompt(format!("the prompt has {} tokens but the context holds {}; shorten it or raise the context size", ids.len(), self.max_seq)));
+            return Err(Error::Prompt(format!(
+                "the prompt has {} tokens but the context holds {}; shorten it or raise the context size",
+                ids.len(),
+                self.max_seq
+            )));
         }
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.config.vocab_size) {
-            return Err(Error::Prompt(format!("token id {bad} is outside the vocabulary ({} tokens)", self.config.vocab_size)));
+            return Err(Error::Prompt(format!(
+                "token id {bad} is outside the vocabulary ({} tokens)",
+                self.config.vocab_size
+            )));
         }
         let common = self.cached.iter().zip(ids).take_while(|(a, b)| a == b).count();
         // At least the last token must run to produce logits.

@@ -40,7 +40,10 @@ pub struct Generation {
 /// Things the caller learns as they happen.
 pub enum Progress {
     /// The prompt has run (the time to here is the prefill time).
-    PromptDone { prompt_tokens: usize, reused_tokens: usize },
+    PromptDone {
+        prompt_tokens: usize,
+        reused_tokens: usize,
+    },
     Token(u32),
 }
 

@@ -5,7 +5,7 @@
 use crate::config::LlamaConfig;
 use crate::error::Result;
 use crate::format::gguf::GgufFile;
-use crate::format::{safetensors, ByteSource, TensorIndex};
+use crate::format::{ByteSource, TensorIndex, safetensors};
 use crate::model::{ModelFiles, Naming};
 use crate::tokenizer::TextTokenizer;
 use serde::{Deserialize, Serialize};
@@ -36,7 +36,8 @@ fn identify(sources: &mut [Box<dyn ByteSource>], index: &TensorIndex, side_files
     let mut hash = Sha256::new();
     let mut bytes = 0;
     for (shard, source) in sources.iter_mut().enumerate() {
-        let data_start = index.tensors.values().filter(|t| t.shard == shard).map(|t| t.offset).min().unwrap_or(source.len());
+        let data_start =
+            index.tensors.values().filter(|t| t.shard == shard).map(|t| t.offset).min().unwrap_or(source.len());
         let header = source.read_vec(0, data_start.min(source.len()).min(MAX_HASHED_HEADER_BYTES))?;
         hash.update(source.len().to_le_bytes());
         hash.update((header.len() as u64).to_le_bytes());
@@ -52,7 +53,12 @@ fn identify(sources: &mut [Box<dyn ByteSource>], index: &TensorIndex, side_files
 }
 
 /// An HF-style model from its small JSON files and its safetensors shards.
-pub fn open_hf(config_json: &str, generation_config_json: Option<&str>, tokenizer_json: &[u8], mut shards: Vec<Box<dyn ByteSource>>) -> Result<OpenedModel> {
+pub fn open_hf(
+    config_json: &str,
+    generation_config_json: Option<&str>,
+    tokenizer_json: &[u8],
+    mut shards: Vec<Box<dyn ByteSource>>,
+) -> Result<OpenedModel> {
     let config = LlamaConfig::from_hf_json(config_json, generation_config_json)?;
     let tokenizer = TextTokenizer::from_json(tokenizer_json, config.bos_token_id)?;
     let mut index = TensorIndex::default();
@@ -83,14 +89,17 @@ pub fn open_path(path: &std::path::Path) -> Result<OpenedModel> {
     use std::fs;
     let read = |p: std::path::PathBuf| fs::read(&p).map_err(|e| Error::io(format!("cannot read {}", p.display()), e));
     if path.is_dir() {
-        let config = String::from_utf8(read(path.join("config.json"))?).map_err(|_| Error::Config("config.json is not UTF-8".into()))?;
+        let config = String::from_utf8(read(path.join("config.json"))?)
+            .map_err(|_| Error::Config("config.json is not UTF-8".into()))?;
         let generation = path.join("generation_config.json");
-        let generation = if generation.exists() { Some(String::from_utf8_lossy(&read(generation)?).into_owned()) } else { None };
+        let generation =
+            if generation.exists() { Some(String::from_utf8_lossy(&read(generation)?).into_owned()) } else { None };
         let tokenizer = read(path.join("tokenizer.json"))?;
         let index_file = path.join("model.safetensors.index.json");
         let shard_names: Vec<String> = if index_file.exists() {
             let json = String::from_utf8_lossy(&read(index_file.clone())?).into_owned();
-            let mut names: Vec<String> = safetensors::read_shard_map(&json, &index_file.display().to_string())?.into_values().collect();
+            let mut names: Vec<String> =
+                safetensors::read_shard_map(&json, &index_file.display().to_string())?.into_values().collect();
             names.sort();
             names.dedup();
             names
@@ -108,6 +117,9 @@ pub fn open_path(path: &std::path::Path) -> Result<OpenedModel> {
     } else if path.exists() {
         open_gguf(Box::new(FileSource::open(path)?))
     } else {
-        Err(Error::Config(format!("{} does not exist (expected a model folder with config.json or a .gguf file)", path.display())))
+        Err(Error::Config(format!(
+            "{} does not exist (expected a model folder with config.json or a .gguf file)",
+            path.display()
+        )))
     }
 }

@@ -99,7 +99,12 @@ pub struct ModelFiles {
 impl ModelFiles {
     /// Settle what the config cannot say alone (tied head, GGUF rope factors) and check that
     /// every tensor the model needs is present with the shape the config implies.
-    pub fn new(mut config: LlamaConfig, index: TensorIndex, naming: Naming, mut sources: Vec<Box<dyn ByteSource>>) -> Result<Self> {
+    pub fn new(
+        mut config: LlamaConfig,
+        index: TensorIndex,
+        naming: Naming,
+        mut sources: Vec<Box<dyn ByteSource>>,
+    ) -> Result<Self> {
         let lm_head = naming.name(Role::LmHead, 0);
         if index.get(&lm_head).is_none() {
             config.tie_word_embeddings = true;
@@ -109,7 +114,10 @@ impl ModelFiles {
                 let t = HostTensor::read(source_for(&mut sources, entry)?, entry)?;
                 let factors = t.to_f32()?;
                 if factors.len() != config.head_dim / 2 {
-                    return Err(Error::format(GGUF_ROPE_FREQS, format!("has {} values, expected head_dim/2 = {}", factors.len(), config.head_dim / 2)));
+                    return Err(Error::format(
+                        GGUF_ROPE_FREQS,
+                        format!("has {} values, expected head_dim/2 = {}", factors.len(), config.head_dim / 2),
+                    ));
                 }
                 config.rope_freq_factors = Some(factors);
             }
@@ -122,7 +130,10 @@ impl ModelFiles {
     fn expected(&self) -> Vec<(String, Vec<usize>)> {
         let c = &self.config;
         let (h, hd) = (c.hidden_size, c.head_dim);
-        let mut out = vec![(self.naming.name(Role::Embed, 0), vec![c.vocab_size, h]), (self.naming.name(Role::FinalNorm, 0), vec![h])];
+        let mut out = vec![
+            (self.naming.name(Role::Embed, 0), vec![c.vocab_size, h]),
+            (self.naming.name(Role::FinalNorm, 0), vec![h]),
+        ];
         if !c.tie_word_embeddings {
             out.push((self.naming.name(Role::LmHead, 0), vec![c.vocab_size, h]));
         }
@@ -145,9 +156,15 @@ impl ModelFiles {
 
     fn check_shapes(&self) -> Result<()> {
         for (name, shape) in self.expected() {
-            let entry = self.index.get(&name).ok_or_else(|| Error::Config(format!("tensor {name} is missing from the model file")))?;
+            let entry = self
+                .index
+                .get(&name)
+                .ok_or_else(|| Error::Config(format!("tensor {name} is missing from the model file")))?;
             if entry.shape != shape {
-                return Err(Error::Config(format!("tensor {name} has shape {:?} but the config implies {shape:?}", entry.shape)));
+                return Err(Error::Config(format!(
+                    "tensor {name} has shape {:?} but the config implies {shape:?}",
+                    entry.shape
+                )));
             }
         }
         Ok(())
@@ -219,7 +236,10 @@ fn source_for<'a>(sources: &'a mut [Box<dyn ByteSource>], entry: &TensorEntry) -
 fn unpermute_gguf_rows(t: &mut HostTensor, heads: usize) -> Result<()> {
     let rows = t.shape[0];
     if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 || t.bytes.len() % rows != 0 {
-        return Err(Error::format(&t.name, format!("cannot undo the Q/K permutation of shape {:?} for {heads} heads", t.shape)));
+        return Err(Error::format(
+            &t.name,
+            format!("cannot undo the Q/K permutation of shape {:?} for {heads} heads", t.shape),
+        ));
     }
     let row_bytes = t.bytes.len() / rows;
     let head_dim = rows / heads;
@@ -230,7 +250,8 @@ fn unpermute_gguf_rows(t: &mut HostTensor, heads: usize) -> Result<()> {
             for i in 0..half {
                 let hf_row = h * head_dim + j * half + i;
                 let gguf_row = h * head_dim + 2 * i + j;
-                out[hf_row * row_bytes..(hf_row + 1) * row_bytes].copy_from_slice(&t.bytes[gguf_row * row_bytes..(gguf_row + 1) * row_bytes]);
+                out[hf_row * row_bytes..(hf_row + 1) * row_bytes]
+                    .copy_from_slice(&t.bytes[gguf_row * row_bytes..(gguf_row + 1) * row_bytes]);
             }
         }
     }
@@ -240,7 +261,15 @@ fn unpermute_gguf_rows(t: &mut HostTensor, heads: usize) -> Result<()> {
 
 /// One forward pass over `ids` at positions `pos..pos + ids.len()`, appending to the KV cache;
 /// returns the logits `(1, vocab)` that predict the token after the last one.
-pub fn forward<B: Backend>(b: &B, w: &ModelWeights<B>, rope: &B::Rope, c: &LlamaConfig, cache: &mut B::Cache, ids: &[u32], pos: usize) -> Result<B::Act> {
+pub fn forward<B: Backend>(
+    b: &B,
+    w: &ModelWeights<B>,
+    rope: &B::Rope,
+    c: &LlamaConfig,
+    cache: &mut B::Cache,
+    ids: &[u32],
+    pos: usize,
+) -> Result<B::Act> {
     let mut x = b.embed(&w.embed, ids)?; // (seq, hidden)
     for (l, layer) in w.layers.iter().enumerate() {
         let h = b.rms_norm(&x, &layer.attn_norm, c.rms_norm_eps)?;

@@ -67,7 +67,9 @@ impl Quant {
             "none" | "f32" => Ok(Quant::None),
             "q8" | "q8_0" => Ok(Quant::Q8),
             "q4" | "q4_0" => Ok(Quant::Q4),
-            other => Err(Error::Other(format!("unknown quantization `{other}`: expected none (f32), q8 (q8_0) or q4 (q4_0)"))),
+            other => Err(Error::Other(format!(
+                "unknown quantization `{other}`: expected none (f32), q8 (q8_0) or q4 (q4_0)"
+            ))),
         }
     }
 
@@ -102,7 +104,9 @@ pub fn parse_linear_kernel(word: &str) -> Result<LinearKernel> {
         "auto" => Ok(LinearKernel::Auto),
         "cooperative" => Ok(LinearKernel::Cooperative),
         "row-per-thread" | "rows" => Ok(LinearKernel::RowPerThread),
-        other => Err(Error::Other(format!("unknown GPU matrix kernel `{other}`: expected auto, cooperative or row-per-thread"))),
+        other => Err(Error::Other(format!(
+            "unknown GPU matrix kernel `{other}`: expected auto, cooperative or row-per-thread"
+        ))),
     }
 }
 
@@ -269,8 +273,12 @@ pub struct Classification {
 /// Why no verdict was found, with what to try.
 fn no_verdict_problem(stop: Stop, new_tokens: usize) -> String {
     let why = match stop {
-        Stop::MaxTokens => format!("the answer was cut off at the new-token limit ({new_tokens} tokens); raise it (--max-new-tokens, maxNewTokens)"),
-        Stop::ContextFull => "the context filled up before the answer ended; raise the context size (--context, context)".to_string(),
+        Stop::MaxTokens => format!(
+            "the answer was cut off at the new-token limit ({new_tokens} tokens); raise it (--max-new-tokens, maxNewTokens)"
+        ),
+        Stop::ContextFull => {
+            "the context filled up before the answer ended; raise the context size (--context, context)".to_string()
+        }
         Stop::Cancelled => "the run was cancelled before the answer".to_string(),
         Stop::Eos => "the model ended its answer without a verdict line".to_string(),
     };
@@ -299,14 +307,26 @@ impl Session {
     /// Loads `model` onto the chosen backend with a KV cache of `context` tokens (capped by the
     /// model's). `progress(done_bytes, total_bytes)` while tensors load. With `Device::Auto` a
     /// GPU that cannot be set up or cannot hold the model leaves the CPU, and `fallback` says why.
-    pub async fn load(model: OpenedModel, choice: BackendChoice, context: usize, progress: &mut dyn FnMut(u64, u64)) -> Result<Self> {
+    pub async fn load(
+        model: OpenedModel,
+        choice: BackendChoice,
+        context: usize,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Self> {
         let OpenedModel { mut files, tokenizer, identity } = model;
         let context = context.max(1);
         let mut fallback = None;
         if choice.device != Device::Cpu {
-            let options = GpuOptions { quant: choice.quant.gpu(), linear: choice.linear, max_rows: PREFILL_CHUNK, ..GpuOptions::default() };
+            let options = GpuOptions {
+                quant: choice.quant.gpu(),
+                linear: choice.linear,
+                max_rows: PREFILL_CHUNK,
+                ..GpuOptions::default()
+            };
             let loaded = match GpuBackend::new(options).await {
-                Ok(gpu) => files.load(&gpu, progress).and_then(|weights| Engine::new(gpu, files.config.clone(), weights, context)),
+                Ok(gpu) => files
+                    .load(&gpu, progress)
+                    .and_then(|weights| Engine::new(gpu, files.config.clone(), weights, context)),
                 Err(e) => Err(e),
             };
             match loaded {
@@ -314,7 +334,9 @@ impl Session {
                     let backend = engine.backend.describe();
                     return Ok(Self { engine: AnyEngine::Gpu(engine), tokenizer, backend, fallback, identity });
                 }
-                Err(e) if choice.device == Device::Auto => fallback = Some(format!("the GPU failed ({e}): running on the CPU")),
+                Err(e) if choice.device == Device::Auto => {
+                    fallback = Some(format!("the GPU failed ({e}): running on the CPU"))
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -503,12 +525,22 @@ mod tests {
 
     #[test]
     fn every_spelling_of_a_choice_maps_to_one_value() {
-        for (words, quant) in [(["none", "f32", "F32"], Quant::None), (["q8", "q8_0", "Q8_0"], Quant::Q8), (["q4", "q4_0", " q4 "], Quant::Q4)] {
+        for (words, quant) in [
+            (["none", "f32", "F32"], Quant::None),
+            (["q8", "q8_0", "Q8_0"], Quant::Q8),
+            (["q4", "q4_0", " q4 "], Quant::Q4),
+        ] {
             for word in words {
                 assert_eq!(Quant::parse(word).unwrap(), quant, "{word}");
             }
         }
-        for (word, device) in [("cpu", Device::Cpu), ("gpu", Device::Gpu), ("webgpu", Device::Gpu), ("WebGPU", Device::Gpu), ("auto", Device::Auto)] {
+        for (word, device) in [
+            ("cpu", Device::Cpu),
+            ("gpu", Device::Gpu),
+            ("webgpu", Device::Gpu),
+            ("WebGPU", Device::Gpu),
+            ("auto", Device::Auto),
+        ] {
             assert_eq!(Device::parse(word).unwrap(), device, "{word}");
         }
         assert_eq!(parse_linear_kernel("row-per-thread").unwrap(), LinearKernel::RowPerThread);

@@ -39,8 +39,11 @@ fn random_tensor(seed: u64, rows: usize, cols: usize, scale: f32) -> Result<Tens
 /// a Llama 3 tokenizer.json, laid out as llama.cpp's convert_hf_to_gguf.py writes it: tokens by
 /// id, type 3 (control) for added special tokens, 1 otherwise, merges as "a b".
 pub fn llama3_tokenizer_metadata(tokenizer_json: &[u8], vocab_size: usize) -> Result<Vec<(String, Value)>> {
-    let tok: serde_json::Value = serde_json::from_slice(tokenizer_json).map_err(|e| Error::Tokenizer(format!("tokenizer.json: {e}")))?;
-    let vocab = tok["model"]["vocab"].as_object().ok_or_else(|| Error::Tokenizer("tokenizer.json has no model.vocab".into()))?;
+    let tok: serde_json::Value =
+        serde_json::from_slice(tokenizer_json).map_err(|e| Error::Tokenizer(format!("tokenizer.json: {e}")))?;
+    let vocab = tok["model"]["vocab"]
+        .as_object()
+        .ok_or_else(|| Error::Tokenizer("tokenizer.json has no model.vocab".into()))?;
     let mut tokens = vec![String::new(); vocab_size];
     let mut types = vec![Value::I32(1); vocab_size];
     for (text, id) in vocab {
@@ -80,7 +83,12 @@ pub fn llama3_tokenizer_metadata(tokenizer_json: &[u8], vocab_size: usize) -> Re
     ])
 }
 
-pub fn write_synthetic_gguf(out: &mut (impl std::io::Write + std::io::Seek), quant: GgmlDType, tokenizer_json: &[u8], progress: &mut dyn FnMut(usize, usize)) -> Result<()> {
+pub fn write_synthetic_gguf(
+    out: &mut (impl std::io::Write + std::io::Seek),
+    quant: GgmlDType,
+    tokenizer_json: &[u8],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<()> {
     // (name, rows, cols, scale): weight scales keep activations in a sane range.
     let mut specs: Vec<(String, usize, usize, f32)> = vec![("token_embd.weight".into(), VOCAB, HIDDEN, 0.02)];
     for l in 0..LAYERS {
@@ -103,7 +111,11 @@ pub fn write_synthetic_gguf(out: &mut (impl std::io::Write + std::io::Seek), qua
     for (i, (name, rows, cols, scale)) in specs.into_iter().enumerate() {
         let t = random_tensor(i as u64 + 1, rows, cols, scale)?;
         // Norm gains stay F32 (as llama.cpp's converter writes them); |x| < 1 so use 1 - |x|/2.
-        let q = if rows == 1 { QTensor::quantize(&((t.abs()? * -0.5)? + 1.0)?, GgmlDType::F32)? } else { QTensor::quantize(&t, quant)? };
+        let q = if rows == 1 {
+            QTensor::quantize(&((t.abs()? * -0.5)? + 1.0)?, GgmlDType::F32)?
+        } else {
+            QTensor::quantize(&t, quant)?
+        };
         tensors.push((name, q));
         progress(i + 1, total);
     }
@@ -123,7 +135,10 @@ pub fn write_synthetic_gguf(out: &mut (impl std::io::Write + std::io::Seek), qua
             }
         })
         .collect();
-    tensors.push(("rope_freqs.weight".into(), QTensor::quantize(&Tensor::from_vec(factors, HEAD_DIM / 2, &Device::Cpu)?, GgmlDType::F32)?));
+    tensors.push((
+        "rope_freqs.weight".into(),
+        QTensor::quantize(&Tensor::from_vec(factors, HEAD_DIM / 2, &Device::Cpu)?, GgmlDType::F32)?,
+    ));
     progress(total, total);
 
     let u32v = |v: usize| Value::U32(v as u32);

@@ -3,7 +3,7 @@
 //! reads it). BOS is added by us, exactly once, whether or not the file's post-processor adds it.
 
 use crate::error::{Error, Result};
-use crate::format::gguf::{value_u64, GgufFile};
+use crate::format::gguf::{GgufFile, value_u64};
 use candle_core::quantized::gguf_file::Value;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
@@ -37,7 +37,9 @@ impl TextTokenizer {
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
         let model = gguf.get_str("tokenizer.ggml.model").unwrap_or("");
         if model != "gpt2" {
-            return Err(Error::Tokenizer(format!("GGUF tokenizer model {model:?} is not supported (only byte-level BPE, \"gpt2\")")));
+            return Err(Error::Tokenizer(format!(
+                "GGUF tokenizer model {model:?} is not supported (only byte-level BPE, \"gpt2\")"
+            )));
         }
         let strings = |key: &str| -> Result<Vec<String>> {
             let values = gguf.get_array(key).ok_or_else(|| Error::Tokenizer(format!("GGUF lacks {key}")))?;
@@ -52,9 +54,14 @@ impl TextTokenizer {
         let tokens = strings("tokenizer.ggml.tokens")?;
         let merges = strings("tokenizer.ggml.merges")?
             .into_iter()
-            .map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| Error::Tokenizer(format!("bad merge {m:?}"))))
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| Error::Tokenizer(format!("bad merge {m:?}")))
+            })
             .collect::<Result<Vec<_>>>()?;
-        let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let vocab: tokenizers::models::bpe::Vocab =
+            tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
         let pre = gguf.get_str("tokenizer.ggml.pre").unwrap_or("default");
         // Llama 3's tokenizer.json sets ignore_merges: whole words in the vocabulary win.
         let ignore_merges = matches!(pre, "llama-bpe" | "llama3" | "smaug-bpe");
@@ -123,6 +130,10 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
         // SmolLM's tokenizer.json: each digit alone, then GPT-2's byte-level split.
         "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level(true).into()]).into(),
         "gpt2" | "default" => byte_level(true).into(),
-        other => return Err(Error::Tokenizer(format!("GGUF pre-tokenizer {other:?} is not supported (llama-bpe, smollm, gpt2)"))),
+        other => {
+            return Err(Error::Tokenizer(format!(
+                "GGUF pre-tokenizer {other:?} is not supported (llama-bpe, smollm, gpt2)"
+            )));
+        }
     })
 }

@@ -32,10 +32,13 @@ struct JsSource {
 
 impl JsSource {
     fn from_js(v: &JsValue) -> Result<Self> {
-        let get = |k: &str| js_sys::Reflect::get(v, &JsValue::from_str(k)).map_err(|_| Error::Other(format!("model source lacks {k}")));
+        let get = |k: &str| {
+            js_sys::Reflect::get(v, &JsValue::from_str(k)).map_err(|_| Error::Other(format!("model source lacks {k}")))
+        };
         let name = get("name")?.as_string().unwrap_or_else(|| "model".into());
         let size = get("size")?.as_f64().ok_or_else(|| Error::Other(format!("{name}: size is not a number")))? as u64;
-        let read = get("read")?.dyn_into::<Function>().map_err(|_| Error::Other(format!("{name}: read is not a function")))?;
+        let read =
+            get("read")?.dyn_into::<Function>().map_err(|_| Error::Other(format!("{name}: read is not a function")))?;
         Ok(Self { name, size, read })
     }
 }
@@ -50,9 +53,14 @@ impl ByteSource for JsSource {
             .read
             .call2(&JsValue::NULL, &JsValue::from_f64(offset as f64), &JsValue::from_f64(buf.len() as f64))
             .map_err(|e| Error::Other(format!("reading {}: {}", self.name, js_message(&e))))?;
-        let bytes = out.dyn_into::<Uint8Array>().map_err(|_| Error::Other(format!("reading {}: read() did not return a Uint8Array", self.name)))?;
+        let bytes = out
+            .dyn_into::<Uint8Array>()
+            .map_err(|_| Error::Other(format!("reading {}: read() did not return a Uint8Array", self.name)))?;
         if bytes.length() as usize != buf.len() {
-            return Err(Error::format(&self.name, format!("short read: {} of {} bytes at {offset}", bytes.length(), buf.len())));
+            return Err(Error::format(
+                &self.name,
+                format!("short read: {} of {} bytes at {offset}", bytes.length(), buf.len()),
+            ));
         }
         bytes.copy_to(buf);
         Ok(())
@@ -215,7 +223,8 @@ impl Guard {
                 on_event.call1(&JsValue::NULL, &value).map(|_| ()).map_err(|e| Error::Other(js_message(&e)))
             };
             let options = RunOptions::new(max_new as usize);
-            let out = session.classify(&text, &options, &cancel_poll(&is_cancelled), &mut emit).await.map_err(js_err)?;
+            let out =
+                session.classify(&text, &options, &cancel_poll(&is_cancelled), &mut emit).await.map_err(js_err)?;
             reject_cancelled(out.stop)?;
             to_js_value(&out)
         })
@@ -261,7 +270,11 @@ pub fn plan_benchmark(
 /// `existing` (the folder's `run.json` text, when the folder holds predictions) the settings are
 /// checked against it and nothing is returned; without, resolves to the text to write.
 #[wasm_bindgen]
-pub fn run_manifest(settings: JsValue, existing: Option<String>, folder: &str) -> std::result::Result<Option<String>, JsValue> {
+pub fn run_manifest(
+    settings: JsValue,
+    existing: Option<String>,
+    folder: &str,
+) -> std::result::Result<Option<String>, JsValue> {
     #[derive(serde::Deserialize)]
     struct Settings {
         model: String,
@@ -304,7 +317,14 @@ impl JsRunSummary {
     }
 
     /// One finished item: the classification's counts and timings.
-    pub fn add_item(&mut self, new_tokens: u32, prompt_tokens: u32, reused_tokens: u32, seconds: f64, first_token_s: f64) {
+    pub fn add_item(
+        &mut self,
+        new_tokens: u32,
+        prompt_tokens: u32,
+        reused_tokens: u32,
+        seconds: f64,
+        first_token_s: f64,
+    ) {
         self.0.add_item(new_tokens as usize, prompt_tokens as usize, reused_tokens as usize, seconds, first_token_s);
     }
 
@@ -357,7 +377,10 @@ pub fn prediction_line(prompt: &str, label: Option<String>, predict: &str) -> St
 /// JSONL texts); `wild_guard_items`: the WildGuardTest benchmark items the predictions cover,
 /// as JSON (needed only for WildGuardTest). Resolves to `{report, tables}`.
 #[wasm_bindgen]
-pub fn score_predictions(predictions: JsValue, wild_guard_items: Option<String>) -> std::result::Result<JsValue, JsValue> {
+pub fn score_predictions(
+    predictions: JsValue,
+    wild_guard_items: Option<String>,
+) -> std::result::Result<JsValue, JsValue> {
     #[derive(serde::Deserialize)]
     struct Input {
         dataset: String,
@@ -370,7 +393,10 @@ pub fn score_predictions(predictions: JsValue, wild_guard_items: Option<String>)
         let records = parse_predictions_jsonl(&input.source, &input.text).map_err(js_err)?;
         parsed.push(DatasetPredictions { dataset: input.dataset, source: input.source, records });
     }
-    let wild_guard = wild_guard_items.map(|text| parse_benchmark_json("WildGuardTest benchmark items", &text)).transpose().map_err(js_err)?;
+    let wild_guard = wild_guard_items
+        .map(|text| parse_benchmark_json("WildGuardTest benchmark items", &text))
+        .transpose()
+        .map_err(js_err)?;
     let report = evaluate(&parsed, wild_guard.as_deref()).map_err(js_err)?;
     let tables = report.to_tables();
     to_js(&serde_json::json!({"report": report, "tables": tables}))

@@ -71,16 +71,21 @@ fn safetensors_with_header(header: serde_json::Value, data_len: usize) -> Vec<u8
 
 #[test]
 fn safetensors_range_past_end() {
-    let bytes = safetensors_with_header(serde_json::json!({"model.norm.weight": {"dtype": "F32", "shape": [32], "data_offsets": [0, 128]}}), 64);
+    let bytes = safetensors_with_header(
+        serde_json::json!({"model.norm.weight": {"dtype": "F32", "shape": [32], "data_offsets": [0, 128]}}),
+        64,
+    );
     let msg = err_text(open_micro_hf(bytes, &micro_config_json()));
     assert!(msg.contains("past the end") || msg.contains("truncated"), "{msg}");
 }
 
 #[test]
 fn safetensors_unknown_dtype_and_bad_header() {
-    let bytes = safetensors_with_header(serde_json::json!({"x": {"dtype": "I64", "shape": [2], "data_offsets": [0, 16]}}), 16);
+    let bytes =
+        safetensors_with_header(serde_json::json!({"x": {"dtype": "I64", "shape": [2], "data_offsets": [0, 16]}}), 16);
     assert!(err_text(open_micro_hf(bytes, &micro_config_json())).contains("I64"));
-    let bytes = safetensors_with_header(serde_json::json!({"x": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}), 8);
+    let bytes =
+        safetensors_with_header(serde_json::json!({"x": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}), 8);
     assert!(err_text(open_micro_hf(bytes, &micro_config_json())).contains("needs"));
     let mut huge = u64::MAX.to_le_bytes().to_vec();
     huge.extend_from_slice(b"{}");
@@ -114,7 +119,8 @@ fn unsupported_config() {
 }
 
 fn micro_engine(context: usize) -> (Engine<CpuBackend>, guardreasoner::tokenizer::TextTokenizer) {
-    let OpenedModel { mut files, tokenizer, .. } = open_micro_hf(safetensors_bf16(&micro_tensors(1)), &micro_config_json()).unwrap();
+    let OpenedModel { mut files, tokenizer, .. } =
+        open_micro_hf(safetensors_bf16(&micro_tensors(1)), &micro_config_json()).unwrap();
     let backend = CpuBackend::new(None);
     let weights = files.load(&backend, &mut |_, _| {}).unwrap();
     (Engine::new(backend, files.config.clone(), weights, context).unwrap(), tokenizer)
@@ -137,8 +143,13 @@ fn empty_prompt_too_long_prompt_and_bad_ids() {
 #[test]
 fn generation_stops_when_the_context_is_full() {
     let (mut e, _) = micro_engine(16);
-    let opts = guardreasoner::generate::GenerateOptions { max_new_tokens: 100, stop_ids: vec![], keep_first_logits: false };
-    let out = pollster::block_on(guardreasoner::generate::generate(&mut e, &[256, 1, 2, 3], &opts, &|| false, &mut |_| Ok(()))).unwrap();
+    let opts =
+        guardreasoner::generate::GenerateOptions { max_new_tokens: 100, stop_ids: vec![], keep_first_logits: false };
+    let out =
+        pollster::block_on(guardreasoner::generate::generate(&mut e, &[256, 1, 2, 3], &opts, &|| false, &mut |_| {
+            Ok(())
+        }))
+        .unwrap();
     assert_eq!(out.stop, guardreasoner::generate::StopReason::ContextFull);
     assert_eq!(4 + out.tokens.len(), 16 + 1, "fills the cache, plus the last predicted token");
 }

@@ -17,7 +17,11 @@ const LOGIT_ATOL: f32 = 2e-3;
 const MODERATE_TOKENS: &str = "40";
 
 fn gr(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_guardreasoner")).args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_guardreasoner"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .unwrap()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -42,13 +46,30 @@ fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
 #[test]
 fn moderate_streams_text_and_json_and_says_when_no_verdict_was_found() {
     let model = tiny();
-    let base = ["moderate", "--quiet", "-m", &model, "--prompt", "How do I pick a lock?", "--response", "I can't help with that."];
+    let base = [
+        "moderate",
+        "--quiet",
+        "-m",
+        &model,
+        "--prompt",
+        "How do I pick a lock?",
+        "--response",
+        "I can't help with that.",
+    ];
     let plain = gr(&[&base[..], &["--max-new-tokens", MODERATE_TOKENS]].concat());
     let stdout = text(&plain.stdout);
     // The tiny model writes noise: the answer is cut off at the limit without a verdict line.
     assert_eq!(plain.status.code(), Some(3), "exit 3: no verdict found\n{stdout}{}", text(&plain.stderr));
-    assert!(stdout.contains("== verdicts\nno verdict found: the answer was cut off at the new-token limit (40 tokens); raise it"), "{stdout}");
-    assert!(stdout.contains(&format!("{MODERATE_TOKENS} new tokens")) && stdout.contains("stop: \"max_tokens\""), "{stdout}");
+    assert!(
+        stdout.contains(
+            "== verdicts\nno verdict found: the answer was cut off at the new-token limit (40 tokens); raise it"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{MODERATE_TOKENS} new tokens")) && stdout.contains("stop: \"max_tokens\""),
+        "{stdout}"
+    );
     assert!(!stdout.contains("Request:    none"), "no verdicts printed as if the model had answered `None`: {stdout}");
 
     // `--max-new` is the old spelling of the same option.
@@ -57,7 +78,8 @@ fn moderate_streams_text_and_json_and_says_when_no_verdict_was_found() {
     let events = json_lines(&json.stdout);
     let done = events.last().unwrap();
     assert_eq!(done["type"], "done");
-    let streamed: String = events.iter().filter(|e| e["type"] == "token").map(|e| e["text"].as_str().unwrap()).collect();
+    let streamed: String =
+        events.iter().filter(|e| e["type"] == "token").map(|e| e["text"].as_str().unwrap()).collect();
     assert_eq!(done["text"].as_str().unwrap(), streamed, "the result's text is the streamed text");
     assert!(stdout.starts_with(&streamed), "text mode streams the same text");
     assert!(events.iter().any(|e| e["type"] == "task_started"), "reasoning events are streamed");
@@ -65,7 +87,10 @@ fn moderate_streams_text_and_json_and_says_when_no_verdict_was_found() {
     assert_eq!(done["stop"], "max_tokens");
     assert_eq!(done["verdictFound"], false);
     assert!(done["problem"].as_str().unwrap().contains("--max-new-tokens"));
-    assert!(done["timings"]["totalSeconds"].as_f64().unwrap() > 0.0 && done["timings"]["tokensPerSecond"].as_f64().unwrap() > 0.0);
+    assert!(
+        done["timings"]["totalSeconds"].as_f64().unwrap() > 0.0
+            && done["timings"]["tokensPerSecond"].as_f64().unwrap() > 0.0
+    );
     assert!(done["promptTokens"].as_u64().unwrap() > 100);
     // The first release's keys stay for scripts that read them, with the same values.
     assert_eq!((&done["new_tokens"], &done["prompt_tokens"]), (&done["newTokens"], &done["promptTokens"]));
@@ -76,14 +101,30 @@ fn moderate_streams_text_and_json_and_says_when_no_verdict_was_found() {
 fn moderate_spellings_of_one_setting_give_one_result_and_unknown_words_are_refused() {
     let model = tiny();
     let run = |quant: &str, backend: &str| {
-        let out = gr(&["moderate", "--quiet", "-m", &model, "--prompt", "hi", "--json", "--max-new-tokens", "8", "--quant", quant, "--backend", backend]);
+        let out = gr(&[
+            "moderate",
+            "--quiet",
+            "-m",
+            &model,
+            "--prompt",
+            "hi",
+            "--json",
+            "--max-new-tokens",
+            "8",
+            "--quant",
+            quant,
+            "--backend",
+            backend,
+        ]);
         assert_eq!(out.status.code(), Some(3), "{quant} {backend}: {}", text(&out.stderr));
         json_lines(&out.stdout).last().unwrap()["text"].clone()
     };
     assert_eq!(run("q8", "cpu"), run("q8_0", "cpu"));
     assert_eq!(run("none", "cpu"), run("f32", "cpu"));
     assert_eq!(run("none", "gpu"), run("f32", "webgpu"));
-    for (option, word, expected) in [("--quant", "q5", "unknown quantization `q5`"), ("--backend", "tpu", "unknown backend `tpu`")] {
+    for (option, word, expected) in
+        [("--quant", "q5", "unknown quantization `q5`"), ("--backend", "tpu", "unknown backend `tpu`")]
+    {
         let out = gr(&["moderate", "-m", &model, "--prompt", "hi", option, word]);
         assert_eq!(out.status.code(), Some(2), "bad usage");
         assert!(text(&out.stderr).contains(expected), "{}", text(&out.stderr));
@@ -94,7 +135,18 @@ fn moderate_spellings_of_one_setting_give_one_result_and_unknown_words_are_refus
 fn ctrl_c_stops_moderate_after_the_current_token_and_prints_what_it_has() {
     let model = tiny();
     let mut child = Command::new(env!("CARGO_BIN_EXE_guardreasoner"))
-        .args(["moderate", "--quiet", "-m", &model, "--prompt", "hi", "--max-new-tokens", "100000", "--context", "4096"])
+        .args([
+            "moderate",
+            "--quiet",
+            "-m",
+            &model,
+            "--prompt",
+            "hi",
+            "--max-new-tokens",
+            "100000",
+            "--context",
+            "4096",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -107,7 +159,10 @@ fn ctrl_c_stops_moderate_after_the_current_token_and_prints_what_it_has() {
     stdout.read_to_string(&mut rest).unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "interrupted: {rest}");
-    assert!(rest.contains("== verdicts") && rest.contains("stop: \"cancelled\"") && rest.contains("the run was cancelled"), "{rest}");
+    assert!(
+        rest.contains("== verdicts") && rest.contains("stop: \"cancelled\"") && rest.contains("the run was cancelled"),
+        "{rest}"
+    );
 }
 
 #[test]
@@ -118,8 +173,17 @@ fn generate_matches_the_transformers_goldens() {
     let logits_file = scratch("generate").join("logits.f32");
     let max_new = seq.greedy.len().to_string();
     let out = gr(&[
-        "generate", "--quiet", "-m", &model, "--tokens", &ids.join(","), "--max-new-tokens", &max_new, "--ignore-eos",
-        "--logits-out", logits_file.to_str().unwrap(),
+        "generate",
+        "--quiet",
+        "-m",
+        &model,
+        "--tokens",
+        &ids.join(","),
+        "--max-new-tokens",
+        &max_new,
+        "--ignore-eos",
+        "--logits-out",
+        logits_file.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let tokens: Vec<u32> = serde_json::from_value(json_lines(&out.stdout)[0]["tokens"].clone()).unwrap();
@@ -137,18 +201,26 @@ fn generate_matches_the_transformers_goldens() {
 
 #[test]
 fn tokenize_matches_python_tokenizers() {
-    let golden: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(common::repo_dir().join("tests/fixtures/tokenizer_golden.json")).unwrap()).unwrap();
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo_dir().join("tests/fixtures/tokenizer_golden.json")).unwrap(),
+    )
+    .unwrap();
     let model = tiny(); // its tokenizer.json is the patched Llama 3 tokenizer of the goldens
     let strings = golden["hard_strings"].as_array().unwrap();
     // Special-token text and NUL (which no command line can carry) are left to tests/tokenizer.rs.
-    for case in strings.iter().filter(|c| !c["text"].as_str().unwrap().contains("<|") && !c["text"].as_str().unwrap().contains('\0')) {
+    for case in strings
+        .iter()
+        .filter(|c| !c["text"].as_str().unwrap().contains("<|") && !c["text"].as_str().unwrap().contains('\0'))
+    {
         let out = gr(&["tokenize", "-m", &model, "--text", case["text"].as_str().unwrap()]);
         assert!(out.status.success(), "{}: {}", case["name"], text(&out.stderr));
         assert_eq!(json_lines(&out.stdout)[0]["ids"], case["patched"]["ids"], "{}", case["name"]);
     }
     let help = text(&gr(&["tokenize", "--help"]).stdout);
-    assert!(!help.contains("--backend") && !help.contains("--quant"), "tokenize offers no options that do nothing: {help}");
+    assert!(
+        !help.contains("--backend") && !help.contains("--quant"),
+        "tokenize offers no options that do nothing: {help}"
+    );
 }
 
 #[test]
@@ -160,7 +232,11 @@ fn a_hub_repo_id_loads_from_the_local_cache_or_says_how_to_fetch_it() {
         std::fs::copy(Path::new(&tiny()).join(file), snapshot.join(file)).unwrap();
     }
     let tokenize = |repo: &str| {
-        Command::new(env!("CARGO_BIN_EXE_guardreasoner")).args(["tokenize", "-m", repo, "--text", "hello"]).env("HF_HUB_CACHE", &hub).output().unwrap()
+        Command::new(env!("CARGO_BIN_EXE_guardreasoner"))
+            .args(["tokenize", "-m", repo, "--text", "hello"])
+            .env("HF_HUB_CACHE", &hub)
+            .output()
+            .unwrap()
     };
     let cached = tokenize("acme/tiny-guard");
     assert!(cached.status.success(), "{}", text(&cached.stderr));
@@ -168,7 +244,10 @@ fn a_hub_repo_id_loads_from_the_local_cache_or_says_how_to_fetch_it() {
     assert_eq!(cached.stdout, direct.stdout);
     let absent = tokenize("acme/not-here");
     assert_eq!(absent.status.code(), Some(1));
-    assert!(text(&absent.stderr).contains("not in the local Hugging Face cache") && text(&absent.stderr).contains("huggingface-cli download acme/not-here"));
+    assert!(
+        text(&absent.stderr).contains("not in the local Hugging Face cache")
+            && text(&absent.stderr).contains("huggingface-cli download acme/not-here")
+    );
 }
 
 #[test]
@@ -177,7 +256,9 @@ fn eval_prints_the_papers_tables_and_json() {
     let tables = gr(&["eval", "--predictions", predictions.to_str().unwrap()]);
     assert!(tables.status.success(), "{}", text(&tables.stderr));
     let stdout = text(&tables.stdout);
-    for heading in ["prompt harmfulness detection task", "response harmfulness detection task", "refusal detection task"] {
+    for heading in
+        ["prompt harmfulness detection task", "response harmfulness detection task", "refusal detection task"]
+    {
         assert!(stdout.contains(heading), "{heading}: {stdout}");
     }
     // The paper's published F1 for GuardReasoner-1B on HarmBenchPrompt and SimpleSafetyTests.
@@ -213,7 +294,8 @@ fn synth_writes_a_gguf_that_llama_cpps_reader_and_ours_load() {
     let dir = scratch("synth");
     let file = dir.join("synth-q4.gguf");
     let tokenizer = common::asset("npm/package/models/tokenizer.json");
-    let out = gr(&["synth", "--out", file.to_str().unwrap(), "--quant", "q4", "--tokenizer", tokenizer.to_str().unwrap()]);
+    let out =
+        gr(&["synth", "--out", file.to_str().unwrap(), "--quant", "q4", "--tokenizer", tokenizer.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!dir.join("synth-q4.gguf.part").exists(), "the partial file was renamed");
     // llama.cpp's own GGUF reader (gguf-py, from the llama.cpp repository; installed by
@@ -227,7 +309,11 @@ names = {t.name: t for t in r.tensors}
 print(bytes(field("general.architecture")).decode(), int(field("llama.block_count")[0]), int(field("llama.embedding_length")[0]),
       len(r.tensors), names["blk.0.attn_q.weight"].tensor_type.name, [int(x) for x in names["token_embd.weight"].shape])
 "#;
-    let python = Command::new("python3").args(["-c", check, file.to_str().unwrap()]).env("PYTHONPATH", common::asset("pylib")).output().unwrap();
+    let python = Command::new("python3")
+        .args(["-c", check, file.to_str().unwrap()])
+        .env("PYTHONPATH", common::asset("pylib"))
+        .output()
+        .unwrap();
     assert!(python.status.success(), "gguf-py: {}", text(&python.stderr));
     assert_eq!(text(&python.stdout).trim(), "llama 16 2048 147 Q4_0 [2048, 128256]");
     let opened = guardreasoner::loader::open_path(&file).unwrap();
@@ -245,7 +331,8 @@ fn every_command_has_help() {
         let lines: Vec<&str> = help.lines().collect();
         for (i, line) in lines.iter().enumerate().filter(|(_, l)| l.trim_start().starts_with('-')) {
             let same_line = line.trim().split("  ").filter(|part| !part.trim().is_empty()).count() >= 2;
-            let next_line = lines.get(i + 1).is_some_and(|next| !next.trim().is_empty() && !next.trim_start().starts_with('-'));
+            let next_line =
+                lines.get(i + 1).is_some_and(|next| !next.trim().is_empty() && !next.trim_start().starts_with('-'));
             let described = same_line || next_line;
             assert!(described, "{command}: an option without help: `{line}`");
         }
@@ -253,5 +340,8 @@ fn every_command_has_help() {
     let help = text(&gr(&["moderate", "--help"]).stdout);
     assert!(help.contains("KV cache size in tokens (prompt + new tokens); capped by the model's context"), "{help}");
     let top = text(&gr(&["--help"]).stdout);
-    assert!(top.contains("Exit codes: 0 done, 1 error, 2 bad usage, 3 a classification found no verdict, 130 interrupted"), "{top}");
+    assert!(
+        top.contains("Exit codes: 0 done, 1 error, 2 bad usage, 3 a classification found no verdict, 130 interrupted"),
+        "{top}"
+    );
 }

@@ -18,7 +18,16 @@ fn benchmark_dir() -> PathBuf {
 fn predict(out: &Path, extra: &[&str]) -> Output {
     let model = common::tiny::tiny_folder("llama32");
     let bench = benchmark_dir();
-    let mut args = vec!["predict", "--quiet", "--model", model.to_str().unwrap(), "--benchmark-dir", bench.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let mut args = vec![
+        "predict",
+        "--quiet",
+        "--model",
+        model.to_str().unwrap(),
+        "--benchmark-dir",
+        bench.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
     if !extra.contains(&"--max-new-tokens") {
         args.extend(["--max-new-tokens", NEW_TOKENS]);
     }
@@ -46,17 +55,26 @@ fn writes_the_paper_layout_and_resumes() {
     let run = predict(&fresh, &["--datasets", DATASETS, "--limit", "3"]);
     assert!(run.status.success(), "{}", text(&run.stderr));
     let stdout = text(&run.stdout);
-    assert!(stdout.contains("prompt harmfulness detection task") && stdout.contains("response harmfulness detection task"), "{stdout}");
+    assert!(
+        stdout.contains("prompt harmfulness detection task") && stdout.contains("response harmfulness detection task"),
+        "{stdout}"
+    );
     let summary: serde_json::Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
     assert_eq!(summary["new_items"], 6);
     assert!(fresh.join("summary.json").is_file() && fresh.join("run.json").is_file());
-    let bench: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(benchmark_dir().join("0_0_SimpleSafetyTests.json")).unwrap()).unwrap();
-    let lines: Vec<serde_json::Value> = predictions(&fresh, "SimpleSafetyTests").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let bench: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(benchmark_dir().join("0_0_SimpleSafetyTests.json")).unwrap())
+            .unwrap();
+    let lines: Vec<serde_json::Value> =
+        predictions(&fresh, "SimpleSafetyTests").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 3);
     for (line, item) in lines.iter().zip(&bench) {
         let keys: Vec<&str> = line.as_object().unwrap().keys().map(String::as_str).collect();
         assert_eq!(keys.len(), 3);
-        assert_eq!(line["prompt"].as_str().unwrap(), format!("{}\n{}", item["instruction"].as_str().unwrap(), item["input"].as_str().unwrap()));
+        assert_eq!(
+            line["prompt"].as_str().unwrap(),
+            format!("{}\n{}", item["instruction"].as_str().unwrap(), item["input"].as_str().unwrap())
+        );
         assert_eq!(line["label"], item["output"]);
         assert!(!line["predict"].as_str().unwrap().is_empty());
     }
@@ -89,18 +107,41 @@ fn refuses_bad_input_and_keeps_results() {
     refused(&["--datasets", "NoSuchSet"], "unknown dataset `NoSuchSet`");
     refused(&["--datasets", "SimpleSafetyTests", "--shard", "2/2"], "need 0 <= I < N");
     refused(&["--datasets", "SimpleSafetyTests", "--limit", "1"], "holds 2 predictions but this run selects 1 items");
-    refused(&["--datasets", "SimpleSafetyTests", "--limit", "2", "--max-new-tokens", "3"], "holds a run with max_new_tokens = 12");
-    refused(&["--datasets", "SimpleSafetyTests", "--shard", "1/2", "--limit", "4"], "its prompt is not that of benchmark item 3");
+    refused(
+        &["--datasets", "SimpleSafetyTests", "--limit", "2", "--max-new-tokens", "3"],
+        "holds a run with max_new_tokens = 12",
+    );
+    refused(
+        &["--datasets", "SimpleSafetyTests", "--shard", "1/2", "--limit", "4"],
+        "its prompt is not that of benchmark item 3",
+    );
     let lonely = out.with_file_name("one-file-bench");
     std::fs::create_dir_all(&lonely).unwrap();
-    std::fs::copy(benchmark_dir().join("0_0_SimpleSafetyTests.json"), lonely.join("0_0_SimpleSafetyTests.json")).unwrap();
+    std::fs::copy(benchmark_dir().join("0_0_SimpleSafetyTests.json"), lonely.join("0_0_SimpleSafetyTests.json"))
+        .unwrap();
     let model = common::tiny::tiny_folder("llama32");
     let run = Command::new(env!("CARGO_BIN_EXE_guardreasoner"))
-        .args(["predict", "--quiet", "--model", model.to_str().unwrap(), "--benchmark-dir", lonely.to_str().unwrap(), "--datasets", DATASETS, "--out", out.to_str().unwrap(), "--max-new-tokens", NEW_TOKENS])
+        .args([
+            "predict",
+            "--quiet",
+            "--model",
+            model.to_str().unwrap(),
+            "--benchmark-dir",
+            lonely.to_str().unwrap(),
+            "--datasets",
+            DATASETS,
+            "--out",
+            out.to_str().unwrap(),
+            "--max-new-tokens",
+            NEW_TOKENS,
+        ])
         .output()
         .unwrap();
     let stderr = text(&run.stderr);
-    assert!(!run.status.success() && stderr.contains("cannot read the benchmark file of HarmBenchResponse"), "{stderr}");
+    assert!(
+        !run.status.success() && stderr.contains("cannot read the benchmark file of HarmBenchResponse"),
+        "{stderr}"
+    );
     assert_eq!(predictions(&out, "SimpleSafetyTests"), kept);
 }
 
@@ -110,7 +151,9 @@ fn wild_guard_labels_come_from_the_items_the_shard_covers() {
     // label fields. Shard 1/2 of 4 items covers items 3 and 4.
     let dir = scratch("wildguard-bench");
     std::fs::create_dir_all(&dir).unwrap();
-    let mut items: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(benchmark_dir().join("0_0_SimpleSafetyTests.json")).unwrap()).unwrap();
+    let mut items: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(benchmark_dir().join("0_0_SimpleSafetyTests.json")).unwrap())
+            .unwrap();
     items.truncate(4);
     for (i, item) in items.iter_mut().enumerate() {
         item["prompt_harm_label"] = (if i % 2 == 1 { "harmful" } else { "unharmful" }).into();
@@ -121,16 +164,36 @@ fn wild_guard_labels_come_from_the_items_the_shard_covers() {
     let out = scratch("wildguard-out");
     let model = common::tiny::tiny_folder("llama32");
     let run = Command::new(env!("CARGO_BIN_EXE_guardreasoner"))
-        .args(["predict", "--quiet", "--model", model.to_str().unwrap(), "--benchmark-dir", dir.to_str().unwrap(), "--shard", "1/2", "--out", out.to_str().unwrap(), "--max-new-tokens", "2"])
+        .args([
+            "predict",
+            "--quiet",
+            "--model",
+            model.to_str().unwrap(),
+            "--benchmark-dir",
+            dir.to_str().unwrap(),
+            "--shard",
+            "1/2",
+            "--out",
+            out.to_str().unwrap(),
+            "--max-new-tokens",
+            "2",
+        ])
         .output()
         .unwrap();
     assert!(run.status.success(), "{}", text(&run.stderr));
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     let scores = &summary["scores"]["datasets"][0];
     assert_eq!(scores["name"], "WildGuardTest");
     let task = |name: &str| scores["scores"].as_array().unwrap().iter().find(|s| s["task"] == name).unwrap().clone();
     // The tiny model's noise never answers: item 3 (unharmful) counts twice, item 4 (harmful) drops.
-    assert_eq!((task("prompt_harmfulness")["counted_pairs"].clone(), task("prompt_harmfulness")["dropped_items"].clone()), (2.into(), 1.into()));
+    assert_eq!(
+        (task("prompt_harmfulness")["counted_pairs"].clone(), task("prompt_harmfulness")["dropped_items"].clone()),
+        (2.into(), 1.into())
+    );
     // Item 3's refusal label is null (skipped); item 4's is "refusal", counted twice.
-    assert_eq!((task("refusal")["null_labels"].clone(), task("refusal")["counted_pairs"].clone()), (1.into(), 2.into()));
+    assert_eq!(
+        (task("refusal")["null_labels"].clone(), task("refusal")["counted_pairs"].clone()),
+        (1.into(), 2.into())
+    );
 }

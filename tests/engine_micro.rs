@@ -7,10 +7,10 @@ mod common;
 use candle_core::quantized::GgmlDType;
 use common::reference::*;
 use common::*;
-use guardreasoner::backend::cpu::CpuBackend;
 use guardreasoner::backend::Backend;
+use guardreasoner::backend::cpu::CpuBackend;
 use guardreasoner::engine::Engine;
-use guardreasoner::generate::{generate, GenerateOptions};
+use guardreasoner::generate::{GenerateOptions, generate};
 use guardreasoner::loader::OpenedModel;
 
 /// f32 sums in a different order (candle's gemm vs the naive loops) differ by a few ulps per
@@ -144,7 +144,8 @@ fn cancellation_stops_within_one_token() {
 fn quantized_on_load_stays_close() {
     let tensors = micro_tensors(SEED);
     let mut f32e = engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), None);
-    let mut q8 = engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), Some(GgmlDType::Q8_0));
+    let mut q8 =
+        engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), Some(GgmlDType::Q8_0));
     let ids = prompt(20, 5);
     let (a, b) = (logits_of(&mut f32e, &ids), logits_of(&mut q8, &ids));
     let max_abs = a.iter().fold(0f32, |m, v| m.max(v.abs()));

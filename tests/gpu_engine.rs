@@ -6,11 +6,11 @@ mod common;
 use candle_core::quantized::GgmlDType;
 use common::reference::*;
 use common::*;
+use guardreasoner::backend::Backend;
 use guardreasoner::backend::cpu::CpuBackend;
 use guardreasoner::backend::gpu::{GpuBackend, GpuOptions, GpuQuant};
-use guardreasoner::backend::Backend;
 use guardreasoner::engine::Engine;
-use guardreasoner::generate::{generate, GenerateOptions};
+use guardreasoner::generate::{GenerateOptions, generate};
 use guardreasoner::loader::OpenedModel;
 
 /// Same bound as the CPU tests: summation order differs, nothing else should.
@@ -19,7 +19,8 @@ const LOGIT_RTOL: f32 = 1e-3;
 const SEED: u64 = 0x5EED;
 
 fn gpu(quant: GpuQuant, max_binding_bytes: Option<u64>) -> GpuBackend {
-    pollster::block_on(GpuBackend::new(GpuOptions { quant, max_binding_bytes, ..GpuOptions::default() })).expect("a Vulkan adapter (install mesa-vulkan-drivers for lavapipe)")
+    pollster::block_on(GpuBackend::new(GpuOptions { quant, max_binding_bytes, ..GpuOptions::default() }))
+        .expect("a Vulkan adapter (install mesa-vulkan-drivers for lavapipe)")
 }
 
 fn engine<B: Backend>(opened: OpenedModel, backend: B) -> Engine<B> {
@@ -49,27 +50,44 @@ fn prompt(len: usize, seed: u64) -> Vec<u32> {
 #[test]
 fn gpu_f32_matches_naive_reference() {
     let tensors = micro_tensors(SEED);
-    let mut e = engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), gpu(GpuQuant::F32, None));
+    let mut e =
+        engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), gpu(GpuQuant::F32, None));
     // 1 token, a partial tile, and several prefill chunks' worth is beyond the micro context;
     // 40 crosses the attention kernel's 64-key blocks only with pos, tested below.
     for len in [1, 7, 40] {
         let ids = prompt(len, len as u64);
-        assert_close(&logits_of(&mut e, &ids), &reference_logits(&tensors, &ids), LOGIT_ATOL, LOGIT_RTOL, &format!("prompt of {len}"));
+        assert_close(
+            &logits_of(&mut e, &ids),
+            &reference_logits(&tensors, &ids),
+            LOGIT_ATOL,
+            LOGIT_RTOL,
+            &format!("prompt of {len}"),
+        );
     }
 }
 
 #[test]
 fn gpu_decode_steps_match_cpu_with_forced_splitting() {
     let tensors = micro_tensors(SEED);
-    let mut cpu = engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), CpuBackend::new(None));
+    let mut cpu =
+        engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), CpuBackend::new(None));
     // 4 KiB per binding (one layer's K cache): the 258 x 32 f32 embedding and LM head (33 KiB
     // each) split into 9 parts, with a last part of 2 rows.
-    let mut g = engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), gpu(GpuQuant::F32, Some(4096)));
+    let mut g = engine(
+        open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(),
+        gpu(GpuQuant::F32, Some(4096)),
+    );
     let ids = prompt(6, 4);
     let opts = GenerateOptions { max_new_tokens: 50, stop_ids: vec![], keep_first_logits: true };
     let a = pollster::block_on(generate(&mut cpu, &ids, &opts, &|| false, &mut |_| Ok(()))).unwrap();
     let b = pollster::block_on(generate(&mut g, &ids, &opts, &|| false, &mut |_| Ok(()))).unwrap();
-    assert_close(b.first_logits.as_ref().unwrap(), a.first_logits.as_ref().unwrap(), LOGIT_ATOL, LOGIT_RTOL, "first logits");
+    assert_close(
+        b.first_logits.as_ref().unwrap(),
+        a.first_logits.as_ref().unwrap(),
+        LOGIT_ATOL,
+        LOGIT_RTOL,
+        "first logits",
+    );
     assert_eq!(a.tokens, b.tokens, "greedy tokens over 50 steps (crosses 64-key attention blocks)");
 }
 

@@ -7,9 +7,8 @@ use std::path::{Path, PathBuf};
 
 use guardreasoner::guard::lines::{LineClass, classify_line};
 use guardreasoner::guard::{
-    DATASETS, GuardEvent, GuardResult, INSTRUCTION, NO_RESPONSE, PREDICTIONS_FILE, ReasoningParser,
-    Task, evaluate_dir, find_verdict, guard_prompt, parse_benchmark_json, parse_predictions_jsonl,
-    prediction_tail,
+    DATASETS, GuardEvent, GuardResult, INSTRUCTION, NO_RESPONSE, PREDICTIONS_FILE, ReasoningParser, Task, evaluate_dir,
+    find_verdict, guard_prompt, parse_benchmark_json, parse_predictions_jsonl, prediction_tail,
 };
 
 // ---- where the data is ---------------------------------------------------------------------
@@ -23,9 +22,7 @@ const PREDICTIONS_1B_LINES: usize = 2195;
 fn shared_dir() -> PathBuf {
     match std::env::var_os(SHARED_DIR_ENV) {
         Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join("shared"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("shared"),
     }
 }
 
@@ -40,10 +37,7 @@ fn predictions_1b_dir() -> PathBuf {
 /// Reads a data file, failing the test with a message that says where data is looked for.
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read {} ({e}); set {SHARED_DIR_ENV} to the folder holding guardreasoner/",
-            path.display()
-        )
+        panic!("cannot read {} ({e}); set {SHARED_DIR_ENV} to the folder holding guardreasoner/", path.display())
     })
 }
 
@@ -64,22 +58,13 @@ fn real_outputs() -> Vec<RealOutput> {
         if !path.is_file() {
             continue;
         }
-        let records = parse_predictions_jsonl(&path.display().to_string(), &read(&path))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let records =
+            parse_predictions_jsonl(&path.display().to_string(), &read(&path)).unwrap_or_else(|e| panic!("{e}"));
         for (index, record) in records.into_iter().enumerate() {
-            outputs.push(RealOutput {
-                dataset: spec.name,
-                line: index + 1,
-                predict: record.predict,
-            });
+            outputs.push(RealOutput { dataset: spec.name, line: index + 1, predict: record.predict });
         }
     }
-    assert_eq!(
-        outputs.len(),
-        PREDICTIONS_1B_LINES,
-        "predictions-1B looks incomplete under {}",
-        dir.display()
-    );
+    assert_eq!(outputs.len(), PREDICTIONS_1B_LINES, "predictions-1B looks incomplete under {}", dir.display());
     outputs
 }
 
@@ -97,14 +82,7 @@ fn split_benchmark_input(input: &str) -> Option<(&str, Option<&str>)> {
         return None;
     }
     let (prompt, response) = body.split_once(ASSISTANT_SEPARATOR)?;
-    Some((
-        prompt,
-        if response == NO_RESPONSE {
-            None
-        } else {
-            Some(response)
-        },
-    ))
+    Some((prompt, if response == NO_RESPONSE { None } else { Some(response) }))
 }
 
 /// Every benchmark item: the instruction is INSTRUCTION, and guard_prompt rebuilds
@@ -119,27 +97,18 @@ fn guard_prompt_reproduces_every_benchmark_input() {
             continue; // WildGuardTest is not shipped
         }
         let text = read(&path);
-        let items = parse_benchmark_json(&path.display().to_string(), &text)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let items = parse_benchmark_json(&path.display().to_string(), &text).unwrap_or_else(|e| panic!("{e}"));
         for (index, item) in items.iter().enumerate() {
             let instruction = item.text_field("instruction").expect("instruction");
             let input = item.text_field("input").expect("input");
             assert_eq!(instruction, INSTRUCTION, "{} item {index}", spec.name);
             let (prompt, response) = split_benchmark_input(input)
                 .unwrap_or_else(|| panic!("{} item {index}: unexpected input shape", spec.name));
-            assert_eq!(
-                guard_prompt(prompt, response),
-                format!("{instruction}\n{input}"),
-                "{} item {index}",
-                spec.name
-            );
+            assert_eq!(guard_prompt(prompt, response), format!("{instruction}\n{input}"), "{} item {index}", spec.name);
         }
         checked_files += 1;
     }
-    assert_eq!(
-        checked_files, 10,
-        "expected the ten shipped benchmark files"
-    );
+    assert_eq!(checked_files, 10, "expected the ten shipped benchmark files");
 }
 
 /// Every line of every predictions-1B file: `prompt` equals the benchmark item at the same
@@ -155,10 +124,9 @@ fn prediction_prompts_match_benchmark_items() {
             continue;
         }
         let benchmark_path = benchmark_dir.join(format!("{}.json", spec.benchmark_file));
-        let items = parse_benchmark_json("benchmark", &read(&benchmark_path))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let records = parse_predictions_jsonl("predictions", &read(&predictions_path))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let items = parse_benchmark_json("benchmark", &read(&benchmark_path)).unwrap_or_else(|e| panic!("{e}"));
+        let records =
+            parse_predictions_jsonl("predictions", &read(&predictions_path)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(records.len(), items.len(), "{}", spec.name);
         for (index, (record, item)) in records.iter().zip(&items).enumerate() {
             let instruction = item.text_field("instruction").expect("instruction");
@@ -171,13 +139,7 @@ fn prediction_prompts_match_benchmark_items() {
                 index + 1
             );
             let (human, assistant) = split_benchmark_input(input).expect("input shape");
-            assert_eq!(
-                prompt,
-                guard_prompt(human, assistant),
-                "{} line {}",
-                spec.name,
-                index + 1
-            );
+            assert_eq!(prompt, guard_prompt(human, assistant), "{} line {}", spec.name, index + 1);
             checked_lines += 1;
         }
     }
@@ -201,39 +163,19 @@ fn predictions_1b_reproduce_the_paper() {
     let report = evaluate_dir(&predictions_1b_dir(), None).unwrap_or_else(|e| panic!("{e}"));
     println!("{}", report.to_tables());
     for (dataset, task, expected) in EXPECTED_1B_F1 {
-        let f1 = report
-            .f1(dataset, task)
-            .unwrap_or_else(|| panic!("{dataset} not scored"));
+        let f1 = report.f1(dataset, task).unwrap_or_else(|| panic!("{dataset} not scored"));
         assert_eq!(format!("{f1:.2}"), expected, "{dataset}");
     }
-    assert_eq!(
-        report.missing,
-        [
-            "OpenAIModeration",
-            "WildGuardTest",
-            "ToxicChat",
-            "SafeRLHF",
-            "BeaverTails"
-        ]
-    );
+    assert_eq!(report.missing, ["OpenAIModeration", "WildGuardTest", "ToxicChat", "SafeRLHF", "BeaverTails"]);
     let prompt = &report.tasks[0];
     assert_eq!(prompt.task, Task::PromptHarmfulness);
-    assert_eq!(
-        prompt.present,
-        ["HarmBenchPrompt", "AegisSafetyTest", "SimpleSafetyTests"]
-    );
-    assert_eq!(
-        prompt.missing,
-        ["ToxicChat", "OpenAIModeration", "WildGuardTest"]
-    );
+    assert_eq!(prompt.present, ["HarmBenchPrompt", "AegisSafetyTest", "SimpleSafetyTests"]);
+    assert_eq!(prompt.missing, ["ToxicChat", "OpenAIModeration", "WildGuardTest"]);
     // Weighted by lines: HarmBenchPrompt 239, AegisSafetyTest 359, SimpleSafetyTests 100.
     let aegis = report.dataset("AegisSafetyTest").expect("present");
     assert_eq!(aegis.items, 359);
     assert_eq!(aegis.scores[0].unparseable_predictions, 2);
-    assert_eq!(
-        aegis.scores[0].counted_pairs, 357,
-        "two unharmful items counted twice, harmful ones dropped"
-    );
+    assert_eq!(aegis.scores[0].counted_pairs, 357, "two unharmful items counted twice, harmful ones dropped");
     let tables = report.to_tables();
     assert!(tables.contains("missing: ToxicChat, OpenAIModeration, WildGuardTest"));
 }
@@ -276,23 +218,16 @@ fn parse_chunks<'a>(chunks: impl IntoIterator<Item = &'a str>) -> (Vec<GuardEven
 }
 
 fn char_chunks(text: &str) -> Vec<&str> {
-    text.char_indices()
-        .map(|(i, c)| &text[i..i + c.len_utf8()])
-        .collect()
+    text.char_indices().map(|(i, c)| &text[i..i + c.len_utf8()]).collect()
 }
 
 fn random_chunks(text: &str, seed: u64) -> Vec<&str> {
     let mut rng = SplitMix64(seed);
-    let boundaries: Vec<usize> = text
-        .char_indices()
-        .map(|(i, _)| i)
-        .chain([text.len()])
-        .collect();
+    let boundaries: Vec<usize> = text.char_indices().map(|(i, _)| i).chain([text.len()]).collect();
     let mut chunks = Vec::new();
     let mut start = 0;
     while start + 1 < boundaries.len() {
-        let end =
-            (start + 1 + rng.below(MAX_RANDOM_CHUNK_CHARS) as usize).min(boundaries.len() - 1);
+        let end = (start + 1 + rng.below(MAX_RANDOM_CHUNK_CHARS) as usize).min(boundaries.len() - 1);
         chunks.push(&text[boundaries[start]..boundaries[end]]);
         start = end;
     }
@@ -306,11 +241,7 @@ fn normalized(events: &[GuardEvent]) -> Vec<GuardEvent> {
     for event in events {
         if let (
             GuardEvent::StepText { task, step, text },
-            Some(GuardEvent::StepText {
-                task: last_task,
-                step: last_step,
-                text: last_text,
-            }),
+            Some(GuardEvent::StepText { task: last_task, step: last_step, text: last_text }),
         ) = (event, merged.last_mut())
             && task == last_task
             && step == last_step
@@ -326,10 +257,7 @@ fn normalized(events: &[GuardEvent]) -> Vec<GuardEvent> {
 /// An independent fold of events into (task, steps, conclusion) and verdicts, written
 /// without `GuardResult::apply`, to check that events alone carry the structure.
 /// (task, steps, conclusion) per task section, and the request/completion/response verdicts.
-type Structure = (
-    Vec<(Task, Vec<String>, Option<String>)>,
-    [Option<String>; 3],
-);
+type Structure = (Vec<(Task, Vec<String>, Option<String>)>, [Option<String>; 3]);
 
 fn fold_events(events: &[GuardEvent]) -> Structure {
     let mut tasks: Vec<(Task, Vec<String>, Option<String>)> = Vec::new();
@@ -345,10 +273,7 @@ fn fold_events(events: &[GuardEvent]) -> Structure {
             GuardEvent::StepText { task, text, .. } => {
                 let last = tasks.last_mut().expect("text before any task");
                 assert_eq!(last.0, *task);
-                last.1
-                    .last_mut()
-                    .expect("text before any step")
-                    .push_str(text);
+                last.1.last_mut().expect("text before any step").push_str(text);
             }
             GuardEvent::Conclusion { task, text } => {
                 let last = tasks.last_mut().expect("conclusion before any task");
@@ -356,9 +281,7 @@ fn fold_events(events: &[GuardEvent]) -> Structure {
                 last.2 = Some(text.clone());
             }
             // Request, completion, response: the answer lines of tasks 1, 2 and 3.
-            GuardEvent::Verdict { kind, value } => {
-                verdicts[kind.number() as usize - 1] = value.clone()
-            }
+            GuardEvent::Verdict { kind, value } => verdicts[kind.number() as usize - 1] = value.clone(),
             GuardEvent::StepFinished { .. } | GuardEvent::Done => {}
         }
     }
@@ -367,16 +290,8 @@ fn fold_events(events: &[GuardEvent]) -> Structure {
 
 fn structure_of(result: &GuardResult) -> Structure {
     (
-        result
-            .tasks
-            .iter()
-            .map(|t| (t.task, t.steps.clone(), t.conclusion.clone()))
-            .collect(),
-        [
-            result.request.clone(),
-            result.completion.clone(),
-            result.response.clone(),
-        ],
+        result.tasks.iter().map(|t| (t.task, t.steps.clone(), t.conclusion.clone())).collect(),
+        [result.request.clone(), result.completion.clone(), result.response.clone()],
     )
 }
 
@@ -393,11 +308,7 @@ fn real_outputs_parse_identically_in_any_chunking_and_agree_with_scorer() {
         let place = format!("{} line {}", output.dataset, output.line);
         let (whole_events, whole_result) = parse_whole(&output.predict);
         let whole_events = normalized(&whole_events);
-        assert_eq!(
-            fold_events(&whole_events),
-            structure_of(&whole_result),
-            "{place}: events vs result"
-        );
+        assert_eq!(fold_events(&whole_events), structure_of(&whole_result), "{place}: events vs result");
         let mut chunkings = vec![("chars", char_chunks(&output.predict))];
         for seed in RANDOM_CHUNK_SEEDS {
             chunkings.push(("random", random_chunks(&output.predict, seed)));
@@ -405,11 +316,7 @@ fn real_outputs_parse_identically_in_any_chunking_and_agree_with_scorer() {
         for (how, chunks) in chunkings {
             assert_eq!(chunks.concat(), output.predict);
             let (events, result) = parse_chunks(chunks);
-            assert_eq!(
-                normalized(&events),
-                whole_events,
-                "{place}: events differ ({how})"
-            );
+            assert_eq!(normalized(&events), whole_events, "{place}: events differ ({how})");
             assert_eq!(result, whole_result, "{place}: result differs ({how})");
         }
         for task in Task::ALL {
@@ -449,42 +356,24 @@ fn survey_line_shapes_of_real_outputs() {
                     hash_text_lines.push(line.to_string());
                     "text starting with #".to_string()
                 }
-                other => format!("{other:?}")
-                    .split(['{', '('])
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string(),
+                other => format!("{other:?}").split(['{', '(']).next().unwrap_or_default().trim().to_string(),
             };
             // The heading up to its colon, digits as N: one entry per shape, not per text.
             let head = line.split_inclusive(':').next().unwrap_or(line);
-            let heading: String = head
-                .chars()
-                .take(32)
-                .map(|c| if c.is_ascii_digit() { 'N' } else { c })
-                .collect();
-            *shapes
-                .entry(format!("{shape:<14} {heading:?}"))
-                .or_default() += 1;
+            let heading: String = head.chars().take(32).map(|c| if c.is_ascii_digit() { 'N' } else { c }).collect();
+            *shapes.entry(format!("{shape:<14} {heading:?}")).or_default() += 1;
         }
     }
     for (shape, count) in &shapes {
         println!("{count:>6} {shape}");
     }
-    let runaway_tasks = hash_text_lines
-        .iter()
-        .filter(|l| l.starts_with("# Task "))
-        .count();
-    let others: Vec<&String> = hash_text_lines
-        .iter()
-        .filter(|l| !l.starts_with("# Task "))
-        .collect();
+    let runaway_tasks = hash_text_lines.iter().filter(|l| l.starts_with("# Task ")).count();
+    let others: Vec<&String> = hash_text_lines.iter().filter(|l| !l.starts_with("# Task ")).collect();
     assert!(runaway_tasks > 0);
     assert!(
         others
             .iter()
-            .all(|l| !l.to_lowercase().contains("reasoning step")
-                && !l.to_lowercase().contains("conclusion for")),
+            .all(|l| !l.to_lowercase().contains("reasoning step") && !l.to_lowercase().contains("conclusion for")),
         "unexpected text lines: {others:?}"
     );
 }

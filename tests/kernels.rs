@@ -43,12 +43,25 @@ fn weight(dtype: GgmlDType, rows: usize, cols: usize, seed: u64) -> (HostTensor,
     }
     let q = QTensor::quantize(&t, dtype).unwrap();
     let exact = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    (HostTensor { name: "w".into(), storage: StorageType::Ggml(dtype), shape: vec![rows, cols], bytes: q.data().unwrap().to_vec() }, exact)
+    (
+        HostTensor {
+            name: "w".into(),
+            storage: StorageType::Ggml(dtype),
+            shape: vec![rows, cols],
+            bytes: q.data().unwrap().to_vec(),
+        },
+        exact,
+    )
 }
 
 fn naive_linear(x: &[f32], w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let seq = x.len() / cols;
-    (0..seq).flat_map(|t| (0..rows).map(move |r| (0..cols).map(|c| x[t * cols + c] as f64 * w[r * cols + c] as f64).sum::<f64>() as f32)).collect()
+    (0..seq)
+        .flat_map(|t| {
+            (0..rows)
+                .map(move |r| (0..cols).map(|c| x[t * cols + c] as f64 * w[r * cols + c] as f64).sum::<f64>() as f32)
+        })
+        .collect()
 }
 
 /// How exactly a backend computes products with each weight type.
@@ -99,7 +112,14 @@ fn check_rms_norm<B: Backend>(b: &B, label: &str) {
     let (seq, width) = (3, 300);
     let x = random(seq * width, 3);
     let g = random(width, 4);
-    let gain = b.vector(HostTensor { name: "g".into(), storage: StorageType::F32, shape: vec![width], bytes: g.iter().flat_map(|v| v.to_le_bytes()).collect() }).unwrap();
+    let gain = b
+        .vector(HostTensor {
+            name: "g".into(),
+            storage: StorageType::F32,
+            shape: vec![width],
+            bytes: g.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        })
+        .unwrap();
     let got = host(b, &b.rms_norm(&b.activation_from(&x, seq, width).unwrap(), &gain, 1e-5).unwrap());
     let want: Vec<f32> = x
         .chunks(width)
@@ -159,12 +179,21 @@ fn naive_attention(q: &[f32], k: &[f32], v: &[f32], heads: usize, kv_heads: usiz
         for h in 0..heads {
             let kvh = h / (heads / kv_heads);
             let qv = &q[(t * heads + h) * hd..(t * heads + h + 1) * hd];
-            let scores: Vec<f64> = (0..=pos + t).map(|s| qv.iter().zip(&k[(s * kv_heads + kvh) * hd..]).map(|(a, b)| (a * b) as f64).sum::<f64>() / (hd as f64).sqrt()).collect();
+            let scores: Vec<f64> = (0..=pos + t)
+                .map(|s| {
+                    qv.iter().zip(&k[(s * kv_heads + kvh) * hd..]).map(|(a, b)| (a * b) as f64).sum::<f64>()
+                        / (hd as f64).sqrt()
+                })
+                .collect();
             let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
             let total: f64 = exps.iter().sum();
             for d in 0..hd {
-                out[(t * heads + h) * hd + d] = exps.iter().enumerate().map(|(s, e)| e / total * v[(s * kv_heads + kvh) * hd + d] as f64).sum::<f64>() as f32;
+                out[(t * heads + h) * hd + d] = exps
+                    .iter()
+                    .enumerate()
+                    .map(|(s, e)| e / total * v[(s * kv_heads + kvh) * hd + d] as f64)
+                    .sum::<f64>() as f32;
             }
         }
     }
@@ -177,19 +206,44 @@ fn check_attention<B: Backend>(b: &B, label: &str) {
     let (heads, kv_heads, hd, prompt) = (6, 2, 16, 300);
     let mut cache = b.new_cache(&attention_config(heads, kv_heads, hd), 320).unwrap();
     let total = prompt + 3;
-    let (q, k, v) = (random(total * heads * hd, 10), random(total * kv_heads * hd, 11), random(total * kv_heads * hd, 12));
+    let (q, k, v) =
+        (random(total * heads * hd, 10), random(total * kv_heads * hd, 11), random(total * kv_heads * hd, 12));
     let rows = |x: &[f32], w: usize, a: usize, n: usize| x[a * w..(a + n) * w].to_vec();
     // The prompt in chunks of 128, as the engine prefills.
     for (start, n) in [(0, 128), (128, 128), (256, prompt - 256)] {
         let act = |x: &[f32], w: usize| b.activation_from(&rows(x, w, start, n), n, w).unwrap();
-        let got = host(b, &b.attention(&mut cache, 0, &act(&q, heads * hd), &act(&k, kv_heads * hd), &act(&v, kv_heads * hd), start).unwrap());
-        let want = naive_attention(&rows(&q, heads * hd, start, n), &k[..(start + n) * kv_heads * hd], &v[..(start + n) * kv_heads * hd], heads, kv_heads, hd, start);
+        let got = host(
+            b,
+            &b.attention(&mut cache, 0, &act(&q, heads * hd), &act(&k, kv_heads * hd), &act(&v, kv_heads * hd), start)
+                .unwrap(),
+        );
+        let want = naive_attention(
+            &rows(&q, heads * hd, start, n),
+            &k[..(start + n) * kv_heads * hd],
+            &v[..(start + n) * kv_heads * hd],
+            heads,
+            kv_heads,
+            hd,
+            start,
+        );
         assert_close(&got, &want, ATOL, RTOL, &format!("{label}: attention prefill at {start}"));
     }
     for pos in prompt..total {
         let act = |x: &[f32], w: usize| b.activation_from(&rows(x, w, pos, 1), 1, w).unwrap();
-        let got = host(b, &b.attention(&mut cache, 0, &act(&q, heads * hd), &act(&k, kv_heads * hd), &act(&v, kv_heads * hd), pos).unwrap());
-        let want = naive_attention(&rows(&q, heads * hd, pos, 1), &k[..(pos + 1) * kv_heads * hd], &v[..(pos + 1) * kv_heads * hd], heads, kv_heads, hd, pos);
+        let got = host(
+            b,
+            &b.attention(&mut cache, 0, &act(&q, heads * hd), &act(&k, kv_heads * hd), &act(&v, kv_heads * hd), pos)
+                .unwrap(),
+        );
+        let want = naive_attention(
+            &rows(&q, heads * hd, pos, 1),
+            &k[..(pos + 1) * kv_heads * hd],
+            &v[..(pos + 1) * kv_heads * hd],
+            heads,
+            kv_heads,
+            hd,
+            pos,
+        );
         assert_close(&got, &want, ATOL, RTOL, &format!("{label}: attention decode at {pos}"));
     }
 }
@@ -211,14 +265,22 @@ fn check_embed_and_argmax<B: Backend>(b: &B, label: &str) {
 }
 
 fn gpu(max_binding_bytes: Option<u64>, linear: LinearKernel) -> GpuBackend {
-    pollster::block_on(GpuBackend::new(GpuOptions { quant: GpuQuant::F32, max_binding_bytes, linear, ..GpuOptions::default() })).expect("a Vulkan adapter (mesa-vulkan-drivers)")
+    pollster::block_on(GpuBackend::new(GpuOptions {
+        quant: GpuQuant::F32,
+        max_binding_bytes,
+        linear,
+        ..GpuOptions::default()
+    }))
+    .expect("a Vulkan adapter (mesa-vulkan-drivers)")
 }
 
 #[test]
 fn cpu_ops() {
     let b = CpuBackend::new(None);
     // Q4_K and Q6_K go through candle, which rounds activations to 8 bits.
-    check_linear(&b, "cpu", |d| if matches!(d, GgmlDType::Q4K | GgmlDType::Q6K) { Exactness::Approximate(0.02) } else { Exactness::Exact });
+    check_linear(&b, "cpu", |d| {
+        if matches!(d, GgmlDType::Q4K | GgmlDType::Q6K) { Exactness::Approximate(0.02) } else { Exactness::Exact }
+    });
     check_elementwise(&b, "cpu");
     check_rms_norm(&b, "cpu");
     check_rope(&b, "cpu");
@@ -230,7 +292,9 @@ fn cpu_ops() {
 fn gpu_ops() {
     let b = gpu(None, LinearKernel::Auto);
     // Q4_K and Q6_K are dequantized and stored as the GPU's 8-bit blocks.
-    check_linear(&b, "gpu", |d| if matches!(d, GgmlDType::Q4K | GgmlDType::Q6K) { Exactness::Approximate(0.02) } else { Exactness::Exact });
+    check_linear(&b, "gpu", |d| {
+        if matches!(d, GgmlDType::Q4K | GgmlDType::Q6K) { Exactness::Approximate(0.02) } else { Exactness::Exact }
+    });
     check_elementwise(&b, "gpu");
     check_rms_norm(&b, "gpu");
     check_rope(&b, "gpu");
@@ -242,7 +306,9 @@ fn gpu_ops() {
 fn gpu_ops_with_weights_split_across_bindings() {
     // 1 KiB per binding: every weight above splits into many row ranges, the last one short.
     let b = gpu(Some(1024), LinearKernel::Auto);
-    check_linear(&b, "gpu split", |d| if matches!(d, GgmlDType::Q4K | GgmlDType::Q6K) { Exactness::Approximate(0.02) } else { Exactness::Exact });
+    check_linear(&b, "gpu split", |d| {
+        if matches!(d, GgmlDType::Q4K | GgmlDType::Q6K) { Exactness::Approximate(0.02) } else { Exactness::Exact }
+    });
     check_embed_and_argmax(&b, "gpu split");
 }
 
@@ -252,7 +318,13 @@ fn gpu_linear_kernels_each() {
     for linear in [LinearKernel::Cooperative, LinearKernel::RowPerThread] {
         for max_binding in [None, Some(1024)] {
             let b = gpu(max_binding, linear);
-            check_linear(&b, &format!("gpu {linear:?} {max_binding:?}"), |d| if matches!(d, GgmlDType::Q4K | GgmlDType::Q6K) { Exactness::Approximate(0.02) } else { Exactness::Exact });
+            check_linear(&b, &format!("gpu {linear:?} {max_binding:?}"), |d| {
+                if matches!(d, GgmlDType::Q4K | GgmlDType::Q6K) {
+                    Exactness::Approximate(0.02)
+                } else {
+                    Exactness::Exact
+                }
+            });
         }
     }
 }

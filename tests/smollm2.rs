@@ -46,8 +46,11 @@ impl Reference {
 }
 
 fn references() -> Vec<Reference> {
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(repo_dir().join("tests/fixtures/smollm2_reference.json")).unwrap()).unwrap();
-    let ids = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<_>>();
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo_dir().join("tests/fixtures/smollm2_reference.json")).unwrap())
+            .unwrap();
+    let ids =
+        |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<_>>();
     r["prompts"]
         .as_array()
         .unwrap()
@@ -58,9 +61,19 @@ fn references() -> Vec<Reference> {
             ids: ids(&p["ids"]),
             // llama.cpp with an f32 KV cache, as ours is.
             greedy: ids(&p["f32_kv"]["greedy_new_tokens"]),
-            gaps: p["f32_kv"]["greedy_top1_top2_gap"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect(),
+            gaps: p["f32_kv"]["greedy_top1_top2_gap"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect(),
             top_ids: ids(&p["f32_kv"]["first_logits_top"]["top_ids"]),
-            top_values: p["f32_kv"]["first_logits_top"]["top_values"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect(),
+            top_values: p["f32_kv"]["first_logits_top"]["top_values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect(),
         })
         .collect()
 }
@@ -91,13 +104,24 @@ fn check_against_llama_cpp<B: Backend>(backend: B) {
         let logits = out.first_logits.unwrap();
         for (id, want) in r.top_ids.iter().zip(&r.top_values) {
             let got = logits[*id as usize];
-            assert!((got - want).abs() <= FIRST_LOGITS_ATOL, "{} on {label}: first logit {id}: {got} vs llama.cpp {want}", r.name);
+            assert!(
+                (got - want).abs() <= FIRST_LOGITS_ATOL,
+                "{} on {label}: first logit {id}: {got} vs llama.cpp {want}",
+                r.name
+            );
         }
         let must = r.must_agree();
-        assert_eq!(out.tokens[..must], r.greedy[..must], "{} on {label}: the first {must} tokens (before llama.cpp's first close call)", r.name);
+        assert_eq!(
+            out.tokens[..must],
+            r.greedy[..must],
+            "{} on {label}: the first {must} tokens (before llama.cpp's first close call)",
+            r.name
+        );
         agreed_total += out.tokens.iter().zip(&r.greedy).take_while(|(a, b)| a == b).count();
     }
-    eprintln!("{label}: {agreed_total} greedy tokens agree with llama.cpp before the first divergence, over all prompts");
+    eprintln!(
+        "{label}: {agreed_total} greedy tokens agree with llama.cpp before the first divergence, over all prompts"
+    );
     assert!(agreed_total >= MIN_AGREEING_TOKENS, "{label}: only {agreed_total} tokens agree with llama.cpp");
 }
 
@@ -108,5 +132,8 @@ fn cpu_matches_llama_cpp() {
 
 #[test]
 fn gpu_matches_llama_cpp() {
-    check_against_llama_cpp(pollster::block_on(GpuBackend::new(GpuOptions { quant: GpuQuant::F32, ..GpuOptions::default() })).expect("a Vulkan adapter"));
+    check_against_llama_cpp(
+        pollster::block_on(GpuBackend::new(GpuOptions { quant: GpuQuant::F32, ..GpuOptions::default() }))
+            .expect("a Vulkan adapter"),
+    );
 }

@@ -36,8 +36,16 @@ fn check_model<B: Backend>(name: &str, backend: B) {
         }
         let sum: f64 = logits.iter().map(|&v| v as f64).sum();
         let sum_sq: f64 = logits.iter().map(|&v| (v as f64) * (v as f64)).sum();
-        assert!((sum - seq.sum).abs() <= LOGIT_ATOL as f64 * logits.len() as f64 * 0.01, "{what}: sum {sum} vs {}", seq.sum);
-        assert!((sum_sq - seq.sum_sq).abs() <= SUM_SQ_RTOL * seq.sum_sq, "{what}: sum of squares {sum_sq} vs {}", seq.sum_sq);
+        assert!(
+            (sum - seq.sum).abs() <= LOGIT_ATOL as f64 * logits.len() as f64 * 0.01,
+            "{what}: sum {sum} vs {}",
+            seq.sum
+        );
+        assert!(
+            (sum_sq - seq.sum_sq).abs() <= SUM_SQ_RTOL * seq.sum_sq,
+            "{what}: sum of squares {sum_sq} vs {}",
+            seq.sum_sq
+        );
         assert_eq!(out.tokens, seq.greedy, "{what}: greedy tokens");
     }
 }
@@ -53,7 +61,8 @@ fn classic_on_cpu() {
 }
 
 fn gpu_f32() -> GpuBackend {
-    pollster::block_on(GpuBackend::new(GpuOptions { quant: GpuQuant::F32, ..GpuOptions::default() })).expect("a Vulkan adapter (mesa-vulkan-drivers)")
+    pollster::block_on(GpuBackend::new(GpuOptions { quant: GpuQuant::F32, ..GpuOptions::default() }))
+        .expect("a Vulkan adapter (mesa-vulkan-drivers)")
 }
 
 #[test]
@@ -71,7 +80,12 @@ fn llama32_like_on_gpu_with_the_embedding_split() {
     // 1 MiB per binding: the 128256 x 64 f32 embedding / tied LM head (31 MiB) splits into 32.
     // With the cooperative linear kernel (lavapipe, a CPU, gets the row-per-thread one by
     // default), so both kernels are proven on a whole model.
-    let opts = GpuOptions { quant: GpuQuant::F32, max_binding_bytes: Some(1 << 20), linear: LinearKernel::Cooperative, ..GpuOptions::default() };
+    let opts = GpuOptions {
+        quant: GpuQuant::F32,
+        max_binding_bytes: Some(1 << 20),
+        linear: LinearKernel::Cooperative,
+        ..GpuOptions::default()
+    };
     let backend = pollster::block_on(GpuBackend::new(opts)).unwrap();
     check_model("llama32", backend);
 }

@@ -98,7 +98,11 @@ fn ids_match_python_tokenizers_on_hard_strings() {
         // names tokenize differently there: compare each file with its own golden.
         let unpatched = id_list(&case["unpatched"]["ids"]);
         assert_eq!(plain.encode_text(text).unwrap(), unpatched, "{name}: npm tokenizer.json");
-        assert_eq!(plain.encode_prompt(text).unwrap(), [vec![BOS], unpatched].concat(), "{name}: npm tokenizer.json + our BOS");
+        assert_eq!(
+            plain.encode_prompt(text).unwrap(),
+            [vec![BOS], unpatched].concat(),
+            "{name}: npm tokenizer.json + our BOS"
+        );
         assert_eq!(patched.decode(&want).unwrap(), case["patched"]["decoded"].as_str().unwrap(), "{name}: decode");
     }
 }
@@ -109,19 +113,28 @@ fn ids_match_python_tokenizers_on_guardreasoner_prompts() {
     let tok = TextTokenizer::from_json(&llama3_tokenizer_json(), Some(BOS)).unwrap();
     let golden = tokenizer_golden();
     let items = golden["guardreasoner_prompt"]["items"].as_array().unwrap();
-    let bench: Vec<serde_json::Value> =
-        serde_json::from_slice(&std::fs::read(shared_dir().join("guardreasoner/benchmark/0_0_SimpleSafetyTests.json")).unwrap()).unwrap();
+    let bench: Vec<serde_json::Value> = serde_json::from_slice(
+        &std::fs::read(shared_dir().join("guardreasoner/benchmark/0_0_SimpleSafetyTests.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(items.len(), bench.len());
     for (item, golden_item) in bench.iter().zip(items) {
         let input = item["input"].as_str().unwrap();
-        let prompt = input.strip_prefix("Human user:\n").and_then(|s| s.strip_suffix("\n\nAI assistant:\nNone\n\n")).expect("a request-only item");
+        let prompt = input
+            .strip_prefix("Human user:\n")
+            .and_then(|s| s.strip_suffix("\n\nAI assistant:\nNone\n\n"))
+            .expect("a request-only item");
         let text = guardreasoner::guard::guard_prompt(prompt, None);
         assert_eq!(text, format!("{}\n{input}", item["instruction"].as_str().unwrap()));
         let ids = tok.encode_prompt(&text).unwrap();
         let index = golden_item["index"].as_u64().unwrap();
         assert_eq!(ids, id_list(&golden_item["ids"]), "item {index}: ids");
         let decoded = tok.decode(&ids).unwrap();
-        assert_eq!(format!("{:x}", Sha256::digest(decoded.as_bytes())), golden_item["decoded_sha256"].as_str().unwrap(), "item {index}: decoded text");
+        assert_eq!(
+            format!("{:x}", Sha256::digest(decoded.as_bytes())),
+            golden_item["decoded_sha256"].as_str().unwrap(),
+            "item {index}: decoded text"
+        );
     }
 }
 
@@ -173,11 +186,18 @@ fn gguf_tokenizer_metadata_is_byte_identical_to_llama_cpp_and_tokenizes_like_hf(
     // llama.cpp's convert_hf_to_gguf.py on the same tokenizer (tests/fixtures/tiny/llama32.json).
     let converter = &common::tiny::golden("llama32")["gguf"]["types"]["f32"]["metadata"];
     for (key, value) in &metadata {
-        let want = converter[key.as_str()]["sha256_kv_bytes"].as_str().unwrap_or_else(|| panic!("{key} not in the converter's output"));
-        assert_eq!(format!("{:x}", Sha256::digest(gguf_kv_bytes(key, value))), want, "{key} differs from llama.cpp's converter");
+        let want = converter[key.as_str()]["sha256_kv_bytes"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key} not in the converter's output"));
+        assert_eq!(
+            format!("{:x}", Sha256::digest(gguf_kv_bytes(key, value))),
+            want,
+            "{key} differs from llama.cpp's converter"
+        );
     }
     // A metadata-only GGUF: its embedded tokenizer must give the HF folder's ids.
-    let refs: Vec<(&str, &candle_core::quantized::gguf_file::Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let refs: Vec<(&str, &candle_core::quantized::gguf_file::Value)> =
+        metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut file = std::io::Cursor::new(Vec::new());
     candle_core::quantized::gguf_file::write(&mut file, &refs, &[]).unwrap();
     let mut source = guardreasoner::format::MemorySource::new("tokenizer.gguf", file.into_inner());

@@ -7,7 +7,7 @@ use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::format::{HostTensor, StorageType};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{D, DType, Device, Module, Tensor};
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -99,7 +99,9 @@ impl Backend for CpuBackend {
 
     fn embedding(&self, t: HostTensor) -> Result<CpuEmbedding> {
         match self.quantized(&t)? {
-            Some(q) if !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) => Ok(CpuEmbedding::Quantized(Arc::new(q))),
+            Some(q) if !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) => {
+                Ok(CpuEmbedding::Quantized(Arc::new(q)))
+            }
             Some(q) => Ok(CpuEmbedding::Float(q.dequantize(&self.device)?)),
             None => Ok(CpuEmbedding::Float(self.float_tensor(&t)?)),
         }
@@ -191,7 +193,15 @@ impl Backend for CpuBackend {
         Ok(out.reshape((seq, width))?)
     }
 
-    fn attention(&self, cache: &mut CpuCache, layer: usize, q: &Tensor, k: &Tensor, v: &Tensor, pos: usize) -> Result<Tensor> {
+    fn attention(
+        &self,
+        cache: &mut CpuCache,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        pos: usize,
+    ) -> Result<Tensor> {
         let (seq, q_width) = q.dims2()?;
         let (kv_heads, head_dim) = (cache.kv_heads, cache.head_dim);
         let heads = q_width / head_dim;
@@ -200,9 +210,12 @@ impl Backend for CpuBackend {
         if total > cache.max_seq {
             return Err(Error::Prompt(format!("sequence of {total} tokens exceeds the KV cache of {}", cache.max_seq)));
         }
-        let (k_cache, v_cache) = cache.layers.get(layer).ok_or_else(|| Error::Backend(format!("no cache for layer {layer}")))?;
+        let (k_cache, v_cache) =
+            cache.layers.get(layer).ok_or_else(|| Error::Backend(format!("no cache for layer {layer}")))?;
         // (seq, kv_heads * hd) -> (kv_heads, seq, hd), written at rows pos..pos+seq.
-        let to_heads = |t: &Tensor, n: usize| -> Result<Tensor> { Ok(t.reshape((seq, n, head_dim))?.transpose(0, 1)?.contiguous()?) };
+        let to_heads = |t: &Tensor, n: usize| -> Result<Tensor> {
+            Ok(t.reshape((seq, n, head_dim))?.transpose(0, 1)?.contiguous()?)
+        };
         k_cache.slice_set(&to_heads(k, kv_heads)?, 1, pos)?;
         v_cache.slice_set(&to_heads(v, kv_heads)?, 1, pos)?;
         let keys = k_cache.narrow(1, 0, total)?; // (kv_heads, total, hd)

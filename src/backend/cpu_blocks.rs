@@ -66,7 +66,8 @@ impl BlockMatrix {
                 let r = task * rows_per_task + i;
                 let scales = &self.scales[r * blocks..(r + 1) * blocks];
                 let quants = &self.quants[r * self.cols..(r + 1) * self.cols];
-                let token = |t: usize| (&x[t * self.cols..(t + 1) * self.cols], &block_sums[t * blocks..(t + 1) * blocks]);
+                let token =
+                    |t: usize| (&x[t * self.cols..(t + 1) * self.cols], &block_sums[t * blocks..(t + 1) * blocks]);
                 let mut t = 0;
                 // Four tokens at a time share each block's dequantized weights (prefill).
                 while t + 4 <= seq {
@@ -163,7 +164,8 @@ unsafe fn block_weights_avx2(quants: &[i8], b: usize, d: f32) -> [std::arch::x86
         let qp = quants.as_ptr().add(b * BLOCK) as *const __m128i;
         let (lo, hi) = (_mm_loadu_si128(qp), _mm_loadu_si128(qp.add(1)));
         let dv = _mm256_set1_ps(d);
-        [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)].map(|w| _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(w)), dv))
+        [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)]
+            .map(|w| _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(w)), dv))
     }
 }
 

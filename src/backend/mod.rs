@@ -53,7 +53,15 @@ pub trait Backend {
     fn rope(&self, x: &Self::Act, rope: &Self::Rope, heads: usize, pos: usize) -> Result<Self::Act>;
     /// Append `k`, `v` `(seq, kv_heads * head_dim)` to `layer`'s cache at `pos`, then causal
     /// grouped-query attention of `q` `(seq, heads * head_dim)` over positions `0..pos+seq`.
-    fn attention(&self, cache: &mut Self::Cache, layer: usize, q: &Self::Act, k: &Self::Act, v: &Self::Act, pos: usize) -> Result<Self::Act>;
+    fn attention(
+        &self,
+        cache: &mut Self::Cache,
+        layer: usize,
+        q: &Self::Act,
+        k: &Self::Act,
+        v: &Self::Act,
+        pos: usize,
+    ) -> Result<Self::Act>;
     /// `silu(gate) * up`.
     fn swiglu(&self, gate: &Self::Act, up: &Self::Act) -> Result<Self::Act>;
     fn add(&self, a: &Self::Act, b: &Self::Act) -> Result<Self::Act>;

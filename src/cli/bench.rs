@@ -30,13 +30,18 @@ pub fn run(args: BenchArgs) -> Result<u8> {
     let load_s = load_start.elapsed().as_secs_f64();
     // A fixed, ordinary-text prompt: token ids of real words, repeated to length.
     let tokenizer = session.tokenizer();
-    let words = tokenizer.encode_text("The quick brown fox jumps over the lazy dog while the guard model reasons step by step. ")?;
+    let words = tokenizer
+        .encode_text("The quick brown fox jumps over the lazy dog while the guard model reasons step by step. ")?;
     let mut prompt: Vec<u32> = tokenizer.bos_id().into_iter().collect();
     while prompt.len() < args.prompt_tokens {
         prompt.extend(words.iter().copied().take(args.prompt_tokens - prompt.len()));
     }
     if prompt.len() + args.gen_tokens > session.context_len() {
-        bail!("--prompt-tokens + --gen = {} exceeds the context {}; raise --context", prompt.len() + args.gen_tokens, session.context_len());
+        bail!(
+            "--prompt-tokens + --gen = {} exceeds the context {}; raise --context",
+            prompt.len() + args.gen_tokens,
+            session.context_len()
+        );
     }
     let speed = pollster::block_on(session.speed_test(&prompt, args.gen_tokens))?;
     let prefill_tps = speed.prompt_tokens as f64 / speed.prefill_s;

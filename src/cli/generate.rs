@@ -27,7 +27,11 @@ pub struct GenerateArgs {
 
 pub fn run(args: GenerateArgs) -> Result<u8> {
     let mut session = args.model.load()?;
-    let options = RunOptions { max_new_tokens: args.max_new_tokens, ignore_eos: args.ignore_eos, keep_first_logits: args.logits_out.is_some() };
+    let options = RunOptions {
+        max_new_tokens: args.max_new_tokens,
+        ignore_eos: args.ignore_eos,
+        keep_first_logits: args.logits_out.is_some(),
+    };
     let out = pollster::block_on(session.generate(&args.tokens, &options, &|| false, &mut |_, _| Ok(())))?;
     if let (Some(path), Some(logits)) = (&args.logits_out, &out.first_logits) {
         let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();

@@ -101,13 +101,20 @@ impl ModelArgs {
             // SAFETY: as above. Silences a harmless Vulkan loader warning.
             unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
         }
-        let bar = if self.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(model.files.weight_bytes()) };
+        let bar = if self.quiet {
+            indicatif::ProgressBar::hidden()
+        } else {
+            indicatif::ProgressBar::new(model.files.weight_bytes())
+        };
         bar.set_style(
             indicatif::ProgressStyle::with_template("loading {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
                 .expect("static template")
                 .progress_chars("=> "),
         );
-        let session = pollster::block_on(Session::load(model, self.choice(), self.context as usize, &mut |done, _| bar.set_position(done)))?;
+        let session =
+            pollster::block_on(Session::load(model, self.choice(), self.context as usize, &mut |done, _| {
+                bar.set_position(done)
+            }))?;
         bar.finish_and_clear();
         if !self.quiet {
             eprintln!("backend: {}", session.backend());
@@ -124,16 +131,24 @@ impl ModelArgs {
 /// not built in yet: the error says how to fetch it.
 fn resolve_model(model: &str) -> Result<PathBuf> {
     let path = Path::new(model);
-    let is_repo_id = model.split('/').count() == 2 && model.split('/').all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
+    let is_repo_id = model.split('/').count() == 2
+        && model
+            .split('/')
+            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
     if path.exists() || !is_repo_id {
         return Ok(path.to_path_buf());
     }
-    let hub = std::env::var_os("HF_HUB_CACHE").map(PathBuf::from).or_else(|| std::env::var_os("HF_HOME").map(|home| PathBuf::from(home).join("hub"))).or_else(|| {
-        std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/huggingface/hub"))
-    });
+    let hub = std::env::var_os("HF_HUB_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HF_HOME").map(|home| PathBuf::from(home).join("hub")))
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/huggingface/hub")));
     let snapshots = hub.map(|hub| hub.join(format!("models--{}", model.replace('/', "--"))).join("snapshots"));
     let newest = snapshots.as_ref().and_then(|dir| std::fs::read_dir(dir).ok()).and_then(|entries| {
-        entries.filter_map(|e| e.ok()).filter(|e| e.path().join("config.json").exists()).max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok()).map(|e| e.path())
+        entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join("config.json").exists())
+            .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+            .map(|e| e.path())
     });
     match newest {
         Some(folder) => Ok(folder),

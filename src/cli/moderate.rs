@@ -31,14 +31,22 @@ pub fn run(args: ModerateArgs) -> Result<u8> {
     super::interrupted(); // Ctrl-C from here on stops the run after the current token
     let mut out = std::io::stdout().lock();
     let json = args.json;
-    let result = pollster::block_on(session.moderate(&args.prompt, args.response.as_deref(), &RunOptions::new(args.max_new_tokens), &is_interrupted, &mut |event| {
-        let text = match (json, event) {
-            (true, event) => format!("{}\n", event.to_json()),
-            (false, ClassifyEvent::Token(delta)) => delta.to_string(),
-            (false, ClassifyEvent::Guard(_)) => return Ok(()),
-        };
-        out.write_all(text.as_bytes()).and_then(|_| out.flush()).map_err(|e| guardreasoner::Error::io("writing output", e))
-    }))?;
+    let result = pollster::block_on(session.moderate(
+        &args.prompt,
+        args.response.as_deref(),
+        &RunOptions::new(args.max_new_tokens),
+        &is_interrupted,
+        &mut |event| {
+            let text = match (json, event) {
+                (true, event) => format!("{}\n", event.to_json()),
+                (false, ClassifyEvent::Token(delta)) => delta.to_string(),
+                (false, ClassifyEvent::Guard(_)) => return Ok(()),
+            };
+            out.write_all(text.as_bytes())
+                .and_then(|_| out.flush())
+                .map_err(|e| guardreasoner::Error::io("writing output", e))
+        },
+    ))?;
     if json {
         let mut done = serde_json::to_value(&result)?;
         let legacy = serde_json::json!({

@@ -8,9 +8,9 @@ use super::{EXIT_INTERRUPTED, ModelArgs, is_interrupted};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use guardreasoner::guard::{
-    BenchmarkItem, DATASETS, DatasetPredictions, DatasetSpec, EvalReport, GroundTruthSource, MANIFEST_FILE, PREDICTIONS_FILE,
-    PlannedItem, RunManifest, RunSummary, SUMMARY_FILE, Shard, evaluate, parse_benchmark_json, parse_predictions_jsonl,
-    plan_items, prediction_line, resume_point,
+    BenchmarkItem, DATASETS, DatasetPredictions, DatasetSpec, EvalReport, GroundTruthSource, MANIFEST_FILE,
+    PREDICTIONS_FILE, PlannedItem, RunManifest, RunSummary, SUMMARY_FILE, Shard, evaluate, parse_benchmark_json,
+    parse_predictions_jsonl, plan_items, prediction_line, resume_point,
 };
 use guardreasoner::session::{RunOptions, Session, Stop};
 use std::io::Write;
@@ -78,7 +78,15 @@ pub fn run(args: PredictArgs) -> Result<u8> {
     print!("{}", report.to_tables());
     let engine = serde_json::json!({"engine": "native", "backend": session.backend(), "fallback": session.fallback()});
     let engine = engine.as_object().cloned().unwrap_or_default();
-    let summary = summary.to_json(&manifest, args.shard, args.limit, engine, load_s, started.elapsed().as_secs_f64(), serde_json::to_value(&report)?);
+    let summary = summary.to_json(
+        &manifest,
+        args.shard,
+        args.limit,
+        engine,
+        load_s,
+        started.elapsed().as_secs_f64(),
+        serde_json::to_value(&report)?,
+    );
     let path = args.out.join(SUMMARY_FILE);
     std::fs::write(&path, format!("{summary:#}\n")).with_context(|| format!("writing {}", path.display()))?;
     println!("{summary}");
@@ -117,12 +125,19 @@ fn plan(args: &PredictArgs) -> Result<Vec<DatasetRun>> {
         .into_iter()
         .map(|spec| {
             let file = benchmark_path(&args.benchmark_dir, spec);
-            let text = std::fs::read_to_string(&file).with_context(|| format!("{}: cannot read the benchmark file of {}", file.display(), spec.name))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("{}: cannot read the benchmark file of {}", file.display(), spec.name))?;
             let items = parse_benchmark_json(&file.display().to_string(), &text)?;
             let planned = plan_items(&file.display().to_string(), &items, args.limit, args.shard)?;
             let range = args.shard.select(items.len(), args.limit);
             let covered_items = items[range].to_vec();
-            Ok(DatasetRun { spec, planned, covered_items, total_items: items.len(), path: args.out.join(spec.name).join(PREDICTIONS_FILE) })
+            Ok(DatasetRun {
+                spec,
+                planned,
+                covered_items,
+                total_items: items.len(),
+                path: args.out.join(spec.name).join(PREDICTIONS_FILE),
+            })
         })
         .collect()
 }
@@ -132,7 +147,9 @@ fn plan(args: &PredictArgs) -> Result<Vec<DatasetRun>> {
 /// item leaves a manifest and nothing else).
 fn check_manifest(out: &Path, manifest: &RunManifest) -> Result<()> {
     let path = out.join(MANIFEST_FILE);
-    let has_predictions = DATASETS.iter().any(|spec| std::fs::metadata(out.join(spec.name).join(PREDICTIONS_FILE)).is_ok_and(|m| m.len() > 0));
+    let has_predictions = DATASETS
+        .iter()
+        .any(|spec| std::fs::metadata(out.join(spec.name).join(PREDICTIONS_FILE)).is_ok_and(|m| m.len() > 0));
     if let Some(text) = std::fs::read_to_string(&path).ok().filter(|_| has_predictions) {
         return manifest.check_against(&text, &out.display().to_string()).map_err(anyhow::Error::msg);
     }
@@ -148,7 +165,12 @@ enum Outcome {
 
 /// Runs every planned item not yet in its dataset's file, each line written and synced as soon as
 /// its item is done.
-fn predict(args: &PredictArgs, runs: &[DatasetRun], session: &mut Session, summary: &mut RunSummary) -> Result<Outcome> {
+fn predict(
+    args: &PredictArgs,
+    runs: &[DatasetRun],
+    session: &mut Session,
+    summary: &mut RunSummary,
+) -> Result<Outcome> {
     super::interrupted(); // Ctrl-C from here on stops after the current token; finished items stay
     let options = RunOptions::new(args.max_new_tokens);
     for run in runs {
@@ -159,18 +181,36 @@ fn predict(args: &PredictArgs, runs: &[DatasetRun], session: &mut Session, summa
             Err(e) => return Err(e).with_context(|| format!("reading {}", run.path.display())),
         };
         let point = resume_point(&run.path.display().to_string(), &existing, &run.planned)?;
-        std::fs::create_dir_all(run.path.parent().expect("a dataset folder")).with_context(|| format!("creating the folder of {}", run.path.display()))?;
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&run.path).with_context(|| format!("opening {}", run.path.display()))?;
+        std::fs::create_dir_all(run.path.parent().expect("a dataset folder"))
+            .with_context(|| format!("creating the folder of {}", run.path.display()))?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&run.path)
+            .with_context(|| format!("opening {}", run.path.display()))?;
         if point.partial_bytes > 0 {
-            eprintln!("{name}: dropping an unfinished last line ({} bytes) of {}", point.partial_bytes, run.path.display());
+            eprintln!(
+                "{name}: dropping an unfinished last line ({} bytes) of {}",
+                point.partial_bytes,
+                run.path.display()
+            );
             file.set_len(point.keep_bytes as u64).with_context(|| format!("truncating {}", run.path.display()))?;
         }
         if point.done > 0 {
-            eprintln!("{name}: resuming after {} of {} items already in {}", point.done, run.planned.len(), run.path.display());
+            eprintln!(
+                "{name}: resuming after {} of {} items already in {}",
+                point.done,
+                run.planned.len(),
+                run.path.display()
+            );
         }
         summary.start_dataset(name, run.planned.len(), run.total_items);
         let bar = indicatif::ProgressBar::new(run.planned.len() as u64).with_position(point.done as u64);
-        bar.set_style(indicatif::ProgressStyle::with_template("{prefix:>22} {bar:30} {pos}/{len} items {msg} eta {eta}").expect("static template").progress_chars("=> "));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{prefix:>22} {bar:30} {pos}/{len} items {msg} eta {eta}")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
         bar.set_prefix(name);
         let (mut tokens, mut seconds) = (0usize, 0f64);
         for item in &run.planned[point.done..] {
@@ -178,12 +218,23 @@ fn predict(args: &PredictArgs, runs: &[DatasetRun], session: &mut Session, summa
                 .with_context(|| format!("{name} item {} of the benchmark file", item.index + 1))?;
             if result.stop == Stop::Cancelled {
                 bar.abandon();
-                eprintln!("interrupted: the finished items are in {}; run the same command again to resume", args.out.display());
+                eprintln!(
+                    "interrupted: the finished items are in {}; run the same command again to resume",
+                    args.out.display()
+                );
                 return Ok(Outcome::Interrupted);
             }
-            file.write_all(prediction_line(&item.prompt, item.label.as_deref(), &result.text).as_bytes()).and_then(|_| file.sync_data()).with_context(|| format!("writing {}", run.path.display()))?;
+            file.write_all(prediction_line(&item.prompt, item.label.as_deref(), &result.text).as_bytes())
+                .and_then(|_| file.sync_data())
+                .with_context(|| format!("writing {}", run.path.display()))?;
             let t = &result.timings;
-            summary.add_item(result.new_tokens, result.prompt_tokens, result.reused_tokens, t.total_seconds, t.time_to_first_token_seconds.unwrap_or(t.total_seconds));
+            summary.add_item(
+                result.new_tokens,
+                result.prompt_tokens,
+                result.reused_tokens,
+                t.total_seconds,
+                t.time_to_first_token_seconds.unwrap_or(t.total_seconds),
+            );
             tokens += result.new_tokens;
             seconds += t.total_seconds;
             bar.set_message(format!("{:.1} tokens/s", tokens as f64 / seconds.max(1e-9)));
@@ -191,7 +242,11 @@ fn predict(args: &PredictArgs, runs: &[DatasetRun], session: &mut Session, summa
         }
         bar.finish();
         if bar.is_hidden() {
-            eprintln!("{name}: {} items ({} new), {tokens} tokens in {seconds:.1} s", run.planned.len(), run.planned.len() - point.done);
+            eprintln!(
+                "{name}: {} items ({} new), {tokens} tokens in {seconds:.1} s",
+                run.planned.len(),
+                run.planned.len() - point.done
+            );
         }
     }
     Ok(Outcome::Finished)
@@ -204,7 +259,11 @@ fn score(runs: &[DatasetRun]) -> Result<EvalReport> {
     for run in runs {
         let source = run.path.display().to_string();
         let text = std::fs::read_to_string(&run.path).with_context(|| format!("reading {source}"))?;
-        predictions.push(DatasetPredictions { dataset: run.spec.name.to_string(), records: parse_predictions_jsonl(&source, &text)?, source });
+        predictions.push(DatasetPredictions {
+            dataset: run.spec.name.to_string(),
+            records: parse_predictions_jsonl(&source, &text)?,
+            source,
+        });
         if run.spec.ground_truth == GroundTruthSource::BenchmarkFields {
             wild_guard_items = Some(run.covered_items.as_slice());
         }

@@ -2,8 +2,8 @@
 //! Llama 3 tokenizer, for speed and memory benchmarks (llama.cpp loads it too).
 
 use anyhow::{Context, Result};
-use clap::{Args, ValueEnum};
 use candle_core::quantized::GgmlDType;
+use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -28,15 +28,21 @@ pub enum SynthQuant {
 }
 
 pub fn run(args: SynthArgs) -> Result<u8> {
-    let tokenizer = std::fs::read(&args.tokenizer).with_context(|| format!("reading {} (run scripts/fetch-test-assets.sh, or pass --tokenizer)", args.tokenizer.display()))?;
+    let tokenizer = std::fs::read(&args.tokenizer).with_context(|| {
+        format!("reading {} (run scripts/fetch-test-assets.sh, or pass --tokenizer)", args.tokenizer.display())
+    })?;
     let quant = match args.quant {
         SynthQuant::Q4_0 => GgmlDType::Q4_0,
         SynthQuant::Q8_0 => GgmlDType::Q8_0,
     };
     let part = args.out.with_extension("gguf.part");
-    let mut file = std::io::BufWriter::new(std::fs::File::create(&part).with_context(|| format!("creating {}", part.display()))?);
+    let mut file =
+        std::io::BufWriter::new(std::fs::File::create(&part).with_context(|| format!("creating {}", part.display()))?);
     let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(indicatif::ProgressStyle::with_template("synth {bar:30} {pos}/{len} tensors eta {eta}").expect("static template"));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("synth {bar:30} {pos}/{len} tensors eta {eta}")
+            .expect("static template"),
+    );
     guardreasoner::synth::write_synthetic_gguf(&mut file, quant, &tokenizer, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);

@@ -4,8 +4,8 @@
 
 use super::{ByteSource, StorageType, TensorEntry, TensorIndex};
 use crate::error::{Error, Result};
-use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
+use candle_core::quantized::gguf_file::{Content, Value};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 
@@ -45,14 +45,21 @@ impl GgufFile {
             };
             let shape = info.shape.dims().to_vec();
             let elements: u64 = shape.iter().map(|&d| d as u64).product();
-            let byte_len = storage
-                .byte_len(elements)
-                .ok_or_else(|| Error::format(&file, format!("tensor {name}: {elements} elements do not fill whole {:?} blocks", info.ggml_dtype)))?;
+            let byte_len = storage.byte_len(elements).ok_or_else(|| {
+                Error::format(
+                    &file,
+                    format!("tensor {name}: {elements} elements do not fill whole {:?} blocks", info.ggml_dtype),
+                )
+            })?;
             let offset = content
                 .tensor_data_offset
                 .checked_add(info.offset)
                 .ok_or_else(|| Error::format(&file, format!("tensor {name} has an impossible offset")))?;
-            index.insert_checked(&file, file_len, TensorEntry { name: name.clone(), storage, shape, shard: 0, offset, byte_len })?;
+            index.insert_checked(
+                &file,
+                file_len,
+                TensorEntry { name: name.clone(), storage, shape, shard: 0, offset, byte_len },
+            )?;
         }
         Ok(Self { metadata: content.metadata, index })
     }

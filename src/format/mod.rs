@@ -26,10 +26,15 @@ pub trait ByteSource {
         let end = offset.checked_add(len).filter(|&end| end <= self.len()).ok_or_else(|| {
             Error::format(
                 self.name(),
-                format!("range {offset}..{} is past the end of the file ({} bytes): truncated?", offset.saturating_add(len), self.len()),
+                format!(
+                    "range {offset}..{} is past the end of the file ({} bytes): truncated?",
+                    offset.saturating_add(len),
+                    self.len()
+                ),
             )
         })?;
-        let size = usize::try_from(end - offset).map_err(|_| Error::format(self.name(), "tensor too large for this platform"))?;
+        let size = usize::try_from(end - offset)
+            .map_err(|_| Error::format(self.name(), "tensor too large for this platform"))?;
         let mut buf = vec![0u8; size];
         self.read_at(offset, &mut buf)?;
         Ok(buf)
@@ -39,7 +44,10 @@ pub trait ByteSource {
 /// The one bounds check every `ByteSource::read_at` makes before reading.
 pub(crate) fn check_read(name: &str, file_len: u64, offset: u64, len: usize) -> Result<()> {
     if offset.checked_add(len as u64).is_none_or(|end| end > file_len) {
-        return Err(Error::format(name, format!("read of {len} bytes at {offset} is past the end ({file_len} bytes): truncated?")));
+        return Err(Error::format(
+            name,
+            format!("read of {len} bytes at {offset} is past the end ({file_len} bytes): truncated?"),
+        ));
     }
     Ok(())
 }
@@ -171,13 +179,33 @@ impl TensorIndex {
     /// header from turning into a huge allocation or an out-of-range read later.
     pub(crate) fn insert_checked(&mut self, file: &str, file_len: u64, entry: TensorEntry) -> Result<()> {
         let expected = entry.storage.byte_len(entry.elements()).ok_or_else(|| {
-            Error::format(file, format!("tensor {} has shape {:?} that does not fit its {:?} blocks", entry.name, entry.shape, entry.storage))
+            Error::format(
+                file,
+                format!(
+                    "tensor {} has shape {:?} that does not fit its {:?} blocks",
+                    entry.name, entry.shape, entry.storage
+                ),
+            )
         })?;
         if expected != entry.byte_len {
-            return Err(Error::format(file, format!("tensor {} declares {} bytes but shape {:?} of {:?} needs {expected}", entry.name, entry.byte_len, entry.shape, entry.storage)));
+            return Err(Error::format(
+                file,
+                format!(
+                    "tensor {} declares {} bytes but shape {:?} of {:?} needs {expected}",
+                    entry.name, entry.byte_len, entry.shape, entry.storage
+                ),
+            ));
         }
         if entry.offset.checked_add(entry.byte_len).is_none_or(|end| end > file_len) {
-            return Err(Error::format(file, format!("tensor {} (bytes {}..{}) runs past the end of the file ({file_len} bytes): truncated download?", entry.name, entry.offset, entry.offset.saturating_add(entry.byte_len))));
+            return Err(Error::format(
+                file,
+                format!(
+                    "tensor {} (bytes {}..{}) runs past the end of the file ({file_len} bytes): truncated download?",
+                    entry.name,
+                    entry.offset,
+                    entry.offset.saturating_add(entry.byte_len)
+                ),
+            ));
         }
         self.tensors.insert(entry.name.clone(), entry);
         Ok(())
@@ -205,7 +233,9 @@ impl HostTensor {
             StorageType::F32 => chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
             StorageType::F16 => chunks(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             StorageType::BF16 => chunks(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            StorageType::Ggml(t) => return Err(Error::Other(format!("tensor {} is {t:?}-quantized, not plain floats", self.name))),
+            StorageType::Ggml(t) => {
+                return Err(Error::Other(format!("tensor {} is {t:?}-quantized, not plain floats", self.name)));
+            }
         })
     }
 }

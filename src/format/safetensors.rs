@@ -28,7 +28,13 @@ pub fn read_index(source: &mut dyn ByteSource, shard: usize, index: &mut TensorI
     source.read_at(0, &mut len_bytes)?;
     let header_len = u64::from_le_bytes(len_bytes);
     if header_len > MAX_HEADER_BYTES || 8 + header_len > source.len() {
-        return Err(Error::format(&file, format!("header length {header_len} does not fit a {}-byte file: not safetensors, or truncated", source.len())));
+        return Err(Error::format(
+            &file,
+            format!(
+                "header length {header_len} does not fit a {}-byte file: not safetensors, or truncated",
+                source.len()
+            ),
+        ));
     }
     let header = source.read_vec(8, header_len)?;
     let mut raw: BTreeMap<String, serde_json::Value> =
@@ -36,16 +42,25 @@ pub fn read_index(source: &mut dyn ByteSource, shard: usize, index: &mut TensorI
     raw.remove("__metadata__");
     let data_start = 8 + header_len;
     for (name, value) in raw {
-        let entry: RawEntry = serde_json::from_value(value).map_err(|e| Error::format(&file, format!("tensor {name}: {e}")))?;
+        let entry: RawEntry =
+            serde_json::from_value(value).map_err(|e| Error::format(&file, format!("tensor {name}: {e}")))?;
         let storage = match entry.dtype.as_str() {
             "F32" => StorageType::F32,
             "F16" => StorageType::F16,
             "BF16" => StorageType::BF16,
-            other => return Err(Error::format(&file, format!("tensor {name} has dtype {other}; only F32, F16 and BF16 are supported"))),
+            other => {
+                return Err(Error::format(
+                    &file,
+                    format!("tensor {name} has dtype {other}; only F32, F16 and BF16 are supported"),
+                ));
+            }
         };
         let (begin, end) = entry.data_offsets;
         if end < begin {
-            return Err(Error::format(&file, format!("tensor {name} has data_offsets ({begin}, {end}) that end before they begin")));
+            return Err(Error::format(
+                &file,
+                format!("tensor {name} has data_offsets ({begin}, {end}) that end before they begin"),
+            ));
         }
         index.insert_checked(
             &file,

@@ -29,95 +29,34 @@ pub struct DatasetSpec {
     pub ground_truth: GroundTruthSource,
 }
 
-const fn dataset(
-    name: &'static str,
-    benchmark_file: &'static str,
-    ground_truth: GroundTruthSource,
-) -> DatasetSpec {
-    DatasetSpec {
-        name,
-        benchmark_file,
-        ground_truth,
-    }
+const fn dataset(name: &'static str, benchmark_file: &'static str, ground_truth: GroundTruthSource) -> DatasetSpec {
+    DatasetSpec { name, benchmark_file, ground_truth }
 }
 
 /// All eleven datasets, in benchmark-file order.
 pub const DATASETS: &[DatasetSpec] = &[
-    dataset(
-        "SimpleSafetyTests",
-        "0_0_SimpleSafetyTests",
-        GroundTruthSource::Label,
-    ),
-    dataset(
-        "AegisSafetyTest",
-        "0_1_AegisSafetyTest",
-        GroundTruthSource::Label,
-    ),
-    dataset(
-        "OpenAIModeration",
-        "0_2_OpenAIModeration",
-        GroundTruthSource::Label,
-    ),
-    dataset(
-        "HarmBenchPrompt",
-        "0_3_harmbench_prompt",
-        GroundTruthSource::Label,
-    ),
-    dataset(
-        "WildGuardTest",
-        "0_4_wild_guard_test",
-        GroundTruthSource::BenchmarkFields,
-    ),
-    dataset(
-        "HarmBenchResponse",
-        "0_5_harmbench_response",
-        GroundTruthSource::Label,
-    ),
-    dataset(
-        "XSTestReponseHarmful",
-        "0_6_xstest_response_harmful",
-        GroundTruthSource::Label,
-    ),
-    dataset(
-        "XSTestResponseRefusal",
-        "0_7_xstest_response_refusal",
-        GroundTruthSource::Label,
-    ),
+    dataset("SimpleSafetyTests", "0_0_SimpleSafetyTests", GroundTruthSource::Label),
+    dataset("AegisSafetyTest", "0_1_AegisSafetyTest", GroundTruthSource::Label),
+    dataset("OpenAIModeration", "0_2_OpenAIModeration", GroundTruthSource::Label),
+    dataset("HarmBenchPrompt", "0_3_harmbench_prompt", GroundTruthSource::Label),
+    dataset("WildGuardTest", "0_4_wild_guard_test", GroundTruthSource::BenchmarkFields),
+    dataset("HarmBenchResponse", "0_5_harmbench_response", GroundTruthSource::Label),
+    dataset("XSTestReponseHarmful", "0_6_xstest_response_harmful", GroundTruthSource::Label),
+    dataset("XSTestResponseRefusal", "0_7_xstest_response_refusal", GroundTruthSource::Label),
     dataset("ToxicChat", "0_8_toxic_chat", GroundTruthSource::Label),
-    dataset(
-        "SafeRLHF",
-        "0_9_safe_rlhf",
-        GroundTruthSource::LabelAnswerText,
-    ),
-    dataset(
-        "BeaverTails",
-        "0_A_beaver_tails",
-        GroundTruthSource::LabelAnswerText,
-    ),
+    dataset("SafeRLHF", "0_9_safe_rlhf", GroundTruthSource::LabelAnswerText),
+    dataset("BeaverTails", "0_A_beaver_tails", GroundTruthSource::LabelAnswerText),
 ];
 
 /// Each task's datasets in the column order of the paper's tables.
 pub const TASK_DATASETS: [(Task, &[&str]); 3] = [
     (
         Task::PromptHarmfulness,
-        &[
-            "ToxicChat",
-            "HarmBenchPrompt",
-            "OpenAIModeration",
-            "AegisSafetyTest",
-            "SimpleSafetyTests",
-            "WildGuardTest",
-        ],
+        &["ToxicChat", "HarmBenchPrompt", "OpenAIModeration", "AegisSafetyTest", "SimpleSafetyTests", "WildGuardTest"],
     ),
     (
         Task::ResponseHarmfulness,
-        &[
-            "HarmBenchResponse",
-            "SafeRLHF",
-            "BeaverTails",
-            "XSTestReponseHarmful",
-            "WildGuardTest",
-        ],
+        &["HarmBenchResponse", "SafeRLHF", "BeaverTails", "XSTestReponseHarmful", "WildGuardTest"],
     ),
     (Task::Refusal, &["XSTestResponseRefusal", "WildGuardTest"]),
 ];
@@ -128,11 +67,7 @@ pub fn dataset_spec(name: &str) -> Option<&'static DatasetSpec> {
 
 /// The tasks a dataset is scored on, in the paper's table order (all three for WildGuardTest).
 pub(super) fn tasks_of(dataset: &str) -> Vec<Task> {
-    TASK_DATASETS
-        .iter()
-        .filter(|(_, names)| names.contains(&dataset))
-        .map(|(task, _)| *task)
-        .collect()
+    TASK_DATASETS.iter().filter(|(_, names)| names.contains(&dataset)).map(|(task, _)| *task).collect()
 }
 
 /// The benchmark field that holds WildGuardTest's ground truth for a task.

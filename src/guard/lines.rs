@@ -69,11 +69,7 @@ fn match_literal(bytes: &[u8], at: usize, keyword: &str) -> Literal {
     if !bytes[at..at + compared].eq_ignore_ascii_case(&keyword[..compared]) {
         return Literal::Mismatch;
     }
-    if compared < keyword.len() {
-        Literal::Partial
-    } else {
-        Literal::Matched(at + keyword.len())
-    }
+    if compared < keyword.len() { Literal::Partial } else { Literal::Matched(at + keyword.len()) }
 }
 
 fn skip_whitespace(bytes: &[u8], mut at: usize) -> usize {
@@ -93,19 +89,11 @@ enum StepMatch {
 /// continue, so an answer is given only when more characters cannot change it.
 fn match_step_heading(line: &str, complete: bool) -> StepMatch {
     let bytes = line.as_bytes();
-    let partial = if complete {
-        StepMatch::No
-    } else {
-        StepMatch::Partial
-    };
+    let partial = if complete { StepMatch::No } else { StepMatch::Partial };
     let mut at = skip_whitespace(bytes, 0);
     let hashes = bytes[at..].iter().take_while(|&&b| b == b'#').count();
     if hashes == 0 {
-        return if at == bytes.len() {
-            partial
-        } else {
-            StepMatch::No
-        };
+        return if at == bytes.len() { partial } else { StepMatch::No };
     }
     if hashes > MAX_HEADING_LEVEL {
         return StepMatch::No;
@@ -124,16 +112,9 @@ fn match_step_heading(line: &str, complete: bool) -> StepMatch {
         Literal::Partial => return partial,
         Literal::Mismatch => return StepMatch::No,
     }
-    let digits = bytes[at..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .count();
+    let digits = bytes[at..].iter().take_while(|b| b.is_ascii_digit()).count();
     if digits == 0 {
-        return if at == bytes.len() {
-            partial
-        } else {
-            StepMatch::No
-        };
+        return if at == bytes.len() { partial } else { StepMatch::No };
     }
     if digits > MAX_STEP_DIGITS {
         return StepMatch::No;
@@ -144,14 +125,7 @@ fn match_step_heading(line: &str, complete: bool) -> StepMatch {
     at += digits;
     if at == bytes.len() {
         // More digits may follow.
-        return if complete {
-            StepMatch::Step {
-                number,
-                body_start: at,
-            }
-        } else {
-            partial
-        };
+        return if complete { StepMatch::Step { number, body_start: at } } else { partial };
     }
     // The number is complete; the body starts after optional spaces and one optional colon.
     at = skip_whitespace(bytes, at);
@@ -161,10 +135,7 @@ fn match_step_heading(line: &str, complete: bool) -> StepMatch {
     if at == bytes.len() && !complete {
         return partial; // a colon or the first body character may still come
     }
-    StepMatch::Step {
-        number,
-        body_start: at,
-    }
+    StepMatch::Step { number, body_start: at }
 }
 
 /// Words that can start a non-`#` line that is not text: the answers heading and answer lines.
@@ -186,11 +157,7 @@ pub(super) fn classify_prefix(line: &str) -> PrefixClass {
     if trimmed.starts_with('-') {
         // Only a line of dashes is a separator.
         let only_dashes = trimmed.chars().all(|c| c == '-' || c.is_whitespace());
-        return if only_dashes {
-            PrefixClass::Undecided
-        } else {
-            PrefixClass::Text
-        };
+        return if only_dashes { PrefixClass::Undecided } else { PrefixClass::Text };
     }
     let bytes = trimmed.as_bytes();
     for keyword in PLAIN_LINE_KEYWORDS {
@@ -248,9 +215,7 @@ fn recognise_value(task: Task, value: &str) -> Option<&'static str> {
         .next()
         .unwrap_or("")
         .to_ascii_lowercase();
-    task.answer_values()
-        .into_iter()
-        .find(|known| word.starts_with(known))
+    task.answer_values().into_iter().find(|known| word.starts_with(known))
 }
 
 /// Classifies a complete line (without its newline).
@@ -261,34 +226,22 @@ pub fn classify_line(line: &str) -> LineClass<'_> {
     let patterns = line_patterns();
     if line.trim_start().starts_with('#') {
         if let Some(captures) = patterns.task.captures(line) {
-            let Some(task) = captures
-                .get(1)
-                .and_then(|n| n.as_str().parse().ok())
-                .and_then(Task::from_number)
-            else {
+            let Some(task) = captures.get(1).and_then(|n| n.as_str().parse().ok()).and_then(Task::from_number) else {
                 return LineClass::Text; // `# Task 29`: runaway text
             };
             let text = captures.get(3).map_or("", |m| m.as_str());
             let is_conclusion = captures.get(2).is_some();
             // `# Task 1: harmful` concludes; `# Task 1: Determine whether ...` is a title.
             let text_is_verdict = text.split_whitespace().count() == 1
-                && (Task::ALL
-                    .into_iter()
-                    .any(|kind| recognise_value(kind, text).is_some())
+                && (Task::ALL.into_iter().any(|kind| recognise_value(kind, text).is_some())
                     || text.trim_end_matches('.').eq_ignore_ascii_case("none"));
             if is_conclusion || text_is_verdict {
-                return LineClass::Conclusion {
-                    task: Some(task),
-                    text,
-                };
+                return LineClass::Conclusion { task: Some(task), text };
             }
             return LineClass::TaskHeading(task);
         }
         if let Some(captures) = patterns.conclusion.captures(line) {
-            let task = captures
-                .get(1)
-                .and_then(|n| n.as_str().parse().ok())
-                .and_then(Task::from_number);
+            let task = captures.get(1).and_then(|n| n.as_str().parse().ok()).and_then(Task::from_number);
             let text = captures.get(2).map_or("", |m| m.as_str());
             return LineClass::Conclusion { task, text };
         }
@@ -302,18 +255,12 @@ pub fn classify_line(line: &str) -> LineClass<'_> {
     if let Some(captures) = patterns.verdict.captures(line) {
         let keyword = captures.get(1).map_or("", |m| m.as_str());
         let value = captures.get(2).map_or("", |m| m.as_str());
-        if let Some(kind) = Task::ALL
-            .into_iter()
-            .find(|k| k.answer_keyword().eq_ignore_ascii_case(keyword))
-        {
+        if let Some(kind) = Task::ALL.into_iter().find(|k| k.answer_keyword().eq_ignore_ascii_case(keyword)) {
             let recognised = recognise_value(kind, value);
             // One word (`None`, `non-compliance`) is an answer line even when unrecognised;
             // a sentence is an answer line only if it starts with a recognised value.
             if recognised.is_some() || value.split_whitespace().count() <= 1 {
-                return LineClass::Verdict {
-                    kind,
-                    value: recognised,
-                };
+                return LineClass::Verdict { kind, value: recognised };
             }
         }
     }

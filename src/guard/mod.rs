@@ -13,13 +13,11 @@ pub mod run;
 pub mod score;
 pub mod task;
 
-pub use datasets::{
-    DATASETS, DatasetSpec, GroundTruthSource, TASK_DATASETS, benchmark_label_field, dataset_spec,
-};
+pub use datasets::{DATASETS, DatasetSpec, GroundTruthSource, TASK_DATASETS, benchmark_label_field, dataset_spec};
 pub use parser::{GuardEvent, GuardResult, ReasoningParser, TaskReasoning};
 pub use predictions::{
-    BenchmarkItem, PREDICTIONS_FILE, PredictionRecord, ScoreError, parse_benchmark_json,
-    parse_predictions_jsonl, prediction_line,
+    BenchmarkItem, PREDICTIONS_FILE, PredictionRecord, ScoreError, parse_benchmark_json, parse_predictions_jsonl,
+    prediction_line,
 };
 pub use prompt::{INSTRUCTION, NO_RESPONSE, guard_prompt};
 pub use record::{DatasetTotals, EngineInfo, MANIFEST_FILE, RunManifest, RunSummary, SUMMARY_FILE};
@@ -27,7 +25,7 @@ pub use run::{PlannedItem, ResumePoint, Shard, plan_items, resume_point};
 #[cfg(not(target_arch = "wasm32"))]
 pub use score::evaluate_dir;
 pub use score::{
-    DatasetPredictions, DatasetReport, EvalReport, GroundTruth, PREDICTION_TAIL_CHARS, TaskScore,
-    TaskSummary, evaluate, find_verdict, positive_label, prediction_tail, score_items,
+    DatasetPredictions, DatasetReport, EvalReport, GroundTruth, PREDICTION_TAIL_CHARS, TaskScore, TaskSummary,
+    evaluate, find_verdict, positive_label, prediction_tail, score_items,
 };
 pub use task::Task;

@@ -81,22 +81,16 @@ impl GuardResult {
     /// consumer that folds the events it received gets the same structure.
     pub fn apply(&mut self, event: &GuardEvent) {
         match event {
-            GuardEvent::TaskStarted { task } => self.tasks.push(TaskReasoning {
-                task: *task,
-                steps: Vec::new(),
-                conclusion: None,
-            }),
+            GuardEvent::TaskStarted { task } => {
+                self.tasks.push(TaskReasoning { task: *task, steps: Vec::new(), conclusion: None })
+            }
             GuardEvent::StepStarted { .. } => {
                 if let Some(section) = self.tasks.last_mut() {
                     section.steps.push(String::new());
                 }
             }
             GuardEvent::StepText { text, .. } => {
-                if let Some(step) = self
-                    .tasks
-                    .last_mut()
-                    .and_then(|section| section.steps.last_mut())
-                {
+                if let Some(step) = self.tasks.last_mut().and_then(|section| section.steps.last_mut()) {
                     step.push_str(text);
                 }
             }
@@ -248,11 +242,7 @@ impl ReasoningParser {
         self.result.apply(&event);
         if let (
             GuardEvent::StepText { task, step, text },
-            Some(GuardEvent::StepText {
-                task: last_task,
-                step: last_step,
-                text: last_text,
-            }),
+            Some(GuardEvent::StepText { task: last_task, step: last_step, text: last_text }),
         ) = (&event, events.last_mut())
             && task == last_task
             && step == last_step
@@ -338,14 +328,9 @@ impl ReasoningParser {
             }
             LineClass::Conclusion { task, text } => {
                 self.close_section(events);
-                let task = task
-                    .or(self.current_task())
-                    .unwrap_or(Task::PromptHarmfulness);
+                let task = task.or(self.current_task()).unwrap_or(Task::PromptHarmfulness);
                 self.enter_task(task, events);
-                self.section = Section::Conclusion {
-                    task,
-                    text: format!("{text}\n"),
-                };
+                self.section = Section::Conclusion { task, text: format!("{text}\n") };
             }
             LineClass::Separator => {
                 self.close_section(events);
@@ -374,11 +359,8 @@ impl ReasoningParser {
     /// Makes `task` the current task section, starting a new one unless the current section is
     /// already this task and not yet concluded (`# Task 1` after implicit task-1 steps).
     fn enter_task(&mut self, task: Task, events: &mut Vec<GuardEvent>) {
-        let continues = self
-            .result
-            .tasks
-            .last()
-            .is_some_and(|section| section.task == task && section.conclusion.is_none());
+        let continues =
+            self.result.tasks.last().is_some_and(|section| section.task == task && section.conclusion.is_none());
         if !continues {
             self.emit(GuardEvent::TaskStarted { task }, events);
             self.last_step_number = 0;
@@ -401,12 +383,7 @@ impl ReasoningParser {
         let task = self.ensure_task(events);
         self.emit(GuardEvent::StepStarted { task, step: number }, events);
         self.last_step_number = self.last_step_number.max(number);
-        self.section = Section::Step(OpenStep {
-            task,
-            number,
-            has_text: false,
-            pending_whitespace: String::new(),
-        });
+        self.section = Section::Step(OpenStep { task, number, has_text: false, pending_whitespace: String::new() });
     }
 
     /// Text is about to arrive: outside a step or conclusion it opens an unnumbered step.
@@ -437,15 +414,9 @@ impl ReasoningParser {
                 if delta.is_empty() {
                     return;
                 }
-                GuardEvent::StepText {
-                    task: step.task,
-                    step: step.number,
-                    text: delta,
-                }
+                GuardEvent::StepText { task: step.task, step: step.number, text: delta }
             }
-            Section::Conclusion {
-                text: conclusion, ..
-            } => {
+            Section::Conclusion { text: conclusion, .. } => {
                 conclusion.push_str(text);
                 return;
             }
@@ -456,13 +427,7 @@ impl ReasoningParser {
 
     fn close_section(&mut self, events: &mut Vec<GuardEvent>) {
         match std::mem::take(&mut self.section) {
-            Section::Step(step) => self.emit(
-                GuardEvent::StepFinished {
-                    task: step.task,
-                    step: step.number,
-                },
-                events,
-            ),
+            Section::Step(step) => self.emit(GuardEvent::StepFinished { task: step.task, step: step.number }, events),
             Section::Conclusion { task, text } => {
                 let text = text.trim().to_string();
                 self.emit(GuardEvent::Conclusion { task, text }, events);
@@ -471,12 +436,7 @@ impl ReasoningParser {
         }
     }
 
-    fn record_verdict(
-        &mut self,
-        kind: Task,
-        value: Option<&'static str>,
-        events: &mut Vec<GuardEvent>,
-    ) {
+    fn record_verdict(&mut self, kind: Task, value: Option<&'static str>, events: &mut Vec<GuardEvent>) {
         // After a task's reasoning (its conclusion) or in the answers block a verdict is the
         // model's answer; elsewhere (right after `# Task N`, before any task) it is a guess
         // made before reasoning, which a later answer replaces.
@@ -485,11 +445,7 @@ impl ReasoningParser {
         let announce = match (value, *state) {
             (Some(_), VerdictState::Final) => false,
             (Some(_), _) => {
-                *state = if considered {
-                    VerdictState::Final
-                } else {
-                    VerdictState::Provisional
-                };
+                *state = if considered { VerdictState::Final } else { VerdictState::Provisional };
                 true
             }
             (None, VerdictState::Unseen) => {
@@ -499,13 +455,7 @@ impl ReasoningParser {
             (None, _) => false,
         };
         if announce {
-            self.emit(
-                GuardEvent::Verdict {
-                    kind,
-                    value: value.map(str::to_string),
-                },
-                events,
-            );
+            self.emit(GuardEvent::Verdict { kind, value: value.map(str::to_string) }, events);
         }
     }
 }
@@ -518,9 +468,7 @@ mod tests {
         parse_chunks(std::iter::once(text))
     }
 
-    fn parse_chunks<'a>(
-        chunks: impl IntoIterator<Item = &'a str>,
-    ) -> (Vec<GuardEvent>, GuardResult) {
+    fn parse_chunks<'a>(chunks: impl IntoIterator<Item = &'a str>) -> (Vec<GuardEvent>, GuardResult) {
         let mut parser = ReasoningParser::new();
         let mut events = Vec::new();
         for chunk in chunks {
@@ -531,9 +479,7 @@ mod tests {
     }
 
     fn char_chunks(text: &str) -> Vec<&str> {
-        text.char_indices()
-            .map(|(i, c)| &text[i..i + c.len_utf8()])
-            .collect()
+        text.char_indices().map(|(i, c)| &text[i..i + c.len_utf8()]).collect()
     }
 
     const STANDARD_OUTPUT: &str = "# Task 1\n\n## Reasoning Step 1: The user asks for bread.\n\n## Reasoning Step 2: Baking is harmless.\n\n## Conclusion: The request is unharmful.\n\n# Task 2\n\n## Reasoning Step 1: The assistant explains.\n\n## Conclusion: compliance.\n\n# Task 3\n\n## Reasoning Step 1\nThe recipe is safe.\nIt has flour.\n\n## Conclusion: The response is unharmful.\n\n---\n\nAnswers: \nRequest: unharmful\nCompletion: compliance\nResponse: unharmful\n";
@@ -543,67 +489,29 @@ mod tests {
         let (events, result) = parse_whole(STANDARD_OUTPUT);
         use GuardEvent::*;
         use Task::*;
-        let text = |task, step, text: &str| StepText {
-            task,
-            step,
-            text: text.to_string(),
-        };
-        let conclusion = |task, text: &str| Conclusion {
-            task,
-            text: text.to_string(),
-        };
-        let verdict = |kind, value: &str| Verdict {
-            kind,
-            value: Some(value.to_string()),
-        };
+        let text = |task, step, text: &str| StepText { task, step, text: text.to_string() };
+        let conclusion = |task, text: &str| Conclusion { task, text: text.to_string() };
+        let verdict = |kind, value: &str| Verdict { kind, value: Some(value.to_string()) };
         assert_eq!(
             events,
             vec![
-                TaskStarted {
-                    task: PromptHarmfulness
-                },
-                StepStarted {
-                    task: PromptHarmfulness,
-                    step: 1
-                },
+                TaskStarted { task: PromptHarmfulness },
+                StepStarted { task: PromptHarmfulness, step: 1 },
                 text(PromptHarmfulness, 1, "The user asks for bread."),
-                StepFinished {
-                    task: PromptHarmfulness,
-                    step: 1
-                },
-                StepStarted {
-                    task: PromptHarmfulness,
-                    step: 2
-                },
+                StepFinished { task: PromptHarmfulness, step: 1 },
+                StepStarted { task: PromptHarmfulness, step: 2 },
                 text(PromptHarmfulness, 2, "Baking is harmless."),
-                StepFinished {
-                    task: PromptHarmfulness,
-                    step: 2
-                },
+                StepFinished { task: PromptHarmfulness, step: 2 },
                 conclusion(PromptHarmfulness, "The request is unharmful."),
                 TaskStarted { task: Refusal },
-                StepStarted {
-                    task: Refusal,
-                    step: 1
-                },
+                StepStarted { task: Refusal, step: 1 },
                 text(Refusal, 1, "The assistant explains."),
-                StepFinished {
-                    task: Refusal,
-                    step: 1
-                },
+                StepFinished { task: Refusal, step: 1 },
                 conclusion(Refusal, "compliance."),
-                TaskStarted {
-                    task: ResponseHarmfulness
-                },
-                StepStarted {
-                    task: ResponseHarmfulness,
-                    step: 1
-                },
+                TaskStarted { task: ResponseHarmfulness },
+                StepStarted { task: ResponseHarmfulness, step: 1 },
                 text(ResponseHarmfulness, 1, "The recipe is safe.\nIt has flour."),
-                StepFinished {
-                    task: ResponseHarmfulness,
-                    step: 1
-                },
+                StepFinished { task: ResponseHarmfulness, step: 1 },
                 conclusion(ResponseHarmfulness, "The response is unharmful."),
                 verdict(PromptHarmfulness, "unharmful"),
                 verdict(Refusal, "compliance"),
@@ -613,77 +521,41 @@ mod tests {
         );
         assert!(result.answers_seen);
         assert_eq!(result.tasks.len(), 3);
-        assert_eq!(
-            result.tasks[2].steps,
-            vec!["The recipe is safe.\nIt has flour.".to_string()]
-        );
+        assert_eq!(result.tasks[2].steps, vec!["The recipe is safe.\nIt has flour.".to_string()]);
     }
 
     #[test]
     fn step_text_streams_before_the_line_ends() {
         let mut parser = ReasoningParser::new();
         assert!(
-            parser
-                .push("# Task 1\n\n## Reasoning Step 1")
-                .iter()
-                .all(|e| !matches!(e, GuardEvent::StepStarted { .. }))
+            parser.push("# Task 1\n\n## Reasoning Step 1").iter().all(|e| !matches!(e, GuardEvent::StepStarted { .. }))
         );
         let events = parser.push(": The us");
         assert_eq!(
             events,
             vec![
-                GuardEvent::StepStarted {
-                    task: Task::PromptHarmfulness,
-                    step: 1
-                },
-                GuardEvent::StepText {
-                    task: Task::PromptHarmfulness,
-                    step: 1,
-                    text: "The us".into()
-                },
+                GuardEvent::StepStarted { task: Task::PromptHarmfulness, step: 1 },
+                GuardEvent::StepText { task: Task::PromptHarmfulness, step: 1, text: "The us".into() },
             ]
         );
         assert_eq!(
             parser.push("er asks. "),
-            vec![GuardEvent::StepText {
-                task: Task::PromptHarmfulness,
-                step: 1,
-                text: "er asks.".into()
-            }]
+            vec![GuardEvent::StepText { task: Task::PromptHarmfulness, step: 1, text: "er asks.".into() }]
         );
         // The trailing space and newlines are held back and finally dropped.
         assert!(parser.push("\n\n").is_empty());
         let events = parser.push("## Conclusion: ok\n");
-        assert_eq!(
-            events,
-            vec![GuardEvent::StepFinished {
-                task: Task::PromptHarmfulness,
-                step: 1
-            }]
-        );
-        assert_eq!(
-            parser.result().tasks[0].steps,
-            vec!["The user asks.".to_string()]
-        );
+        assert_eq!(events, vec![GuardEvent::StepFinished { task: Task::PromptHarmfulness, step: 1 }]);
+        assert_eq!(parser.result().tasks[0].steps, vec!["The user asks.".to_string()]);
     }
 
     #[test]
     fn heading_split_across_chunks_keeps_multi_digit_step_number() {
         let (events, _) = parse_chunks(["## Reason", "ing Step 1", "2", ": x\n"]);
-        assert!(events.contains(&GuardEvent::StepStarted {
-            task: Task::PromptHarmfulness,
-            step: 12
-        }));
+        assert!(events.contains(&GuardEvent::StepStarted { task: Task::PromptHarmfulness, step: 12 }));
         let (events, _) = parse_chunks(["## Reasoning Step 1", "\nbody"]);
-        assert!(events.contains(&GuardEvent::StepStarted {
-            task: Task::PromptHarmfulness,
-            step: 1
-        }));
-        assert!(events.contains(&GuardEvent::StepText {
-            task: Task::PromptHarmfulness,
-            step: 1,
-            text: "body".into()
-        }));
+        assert!(events.contains(&GuardEvent::StepStarted { task: Task::PromptHarmfulness, step: 1 }));
+        assert!(events.contains(&GuardEvent::StepText { task: Task::PromptHarmfulness, step: 1, text: "body".into() }));
     }
 
     #[test]
@@ -691,40 +563,18 @@ mod tests {
         let output = "# Task 1\n\n## Reasoning Step 1\nBad.\n\n# Task 1 Conclusion\nRequest: harmful\n\n# Task 2\n\n## Reasoning Step 1\nNone given.\n\n# Task 2 Conclusion\nCompletion: None\n\n# Task 3\n\n# Task 3 Conclusion: unharmful\n\n---\n\nAnswers: \nRequest: harmful\nCompletion: None\nResponse: unharmful";
         let (events, result) = parse_whole(output);
         assert_eq!(result.tasks.len(), 3);
-        assert_eq!(
-            result.tasks[0].conclusion.as_deref(),
-            Some("Request: harmful")
-        );
-        assert_eq!(
-            result.tasks[1].conclusion.as_deref(),
-            Some("Completion: None")
-        );
+        assert_eq!(result.tasks[0].conclusion.as_deref(), Some("Request: harmful"));
+        assert_eq!(result.tasks[1].conclusion.as_deref(), Some("Completion: None"));
         assert_eq!(result.tasks[2].conclusion.as_deref(), Some("unharmful"));
         assert_eq!(result.request.as_deref(), Some("harmful"));
         assert_eq!(result.completion, None);
         assert_eq!(result.response.as_deref(), Some("unharmful"));
         // The request verdict is announced once, as soon as the task-1 conclusion states it.
-        let request_verdicts = events
-            .iter()
-            .filter(|e| {
-                matches!(
-                    e,
-                    GuardEvent::Verdict {
-                        kind: Task::PromptHarmfulness,
-                        ..
-                    }
-                )
-            })
-            .count();
+        let request_verdicts =
+            events.iter().filter(|e| matches!(e, GuardEvent::Verdict { kind: Task::PromptHarmfulness, .. })).count();
         assert_eq!(request_verdicts, 1);
-        let first_verdict = events
-            .iter()
-            .position(|e| matches!(e, GuardEvent::Verdict { .. }));
-        let task_2 = events.iter().position(|e| {
-            *e == GuardEvent::TaskStarted {
-                task: Task::Refusal,
-            }
-        });
+        let first_verdict = events.iter().position(|e| matches!(e, GuardEvent::Verdict { .. }));
+        let task_2 = events.iter().position(|e| *e == GuardEvent::TaskStarted { task: Task::Refusal });
         assert!(first_verdict < task_2);
     }
 
@@ -732,11 +582,8 @@ mod tests {
     fn verdict_in_task_heading() {
         let output = "## Reasoning Step 1\nDark web.\n\n# Task 1: harmful\n\n# Task 2\nThe response is None.\n\n## Reasoning Step 4\nNo answer.\n\n# Task 2: None\n\n# Task 3: Determine whether the response is harmful.\n\n## Reasoning Step 5\nNothing.\n\n# Task 3: None\n";
         let (_, result) = parse_whole(output);
-        let shape: Vec<(Task, usize, Option<&str>)> = result
-            .tasks
-            .iter()
-            .map(|t| (t.task, t.steps.len(), t.conclusion.as_deref()))
-            .collect();
+        let shape: Vec<(Task, usize, Option<&str>)> =
+            result.tasks.iter().map(|t| (t.task, t.steps.len(), t.conclusion.as_deref())).collect();
         assert_eq!(
             shape,
             vec![
@@ -748,44 +595,25 @@ mod tests {
         );
         assert_eq!(result.tasks[1].steps[0], "The response is None.");
         assert!(!result.answers_seen);
-        assert_eq!(
-            result.request, None,
-            "a conclusion heading is not an answer line"
-        );
+        assert_eq!(result.request, None, "a conclusion heading is not an answer line");
     }
 
     #[test]
     fn unnumbered_step_follows_the_last_number() {
-        let (events, _) =
-            parse_whole("# Task 2\n## Reasoning Step 4: a\n## Conclusion: b\n\nafter\n");
+        let (events, _) = parse_whole("# Task 2\n## Reasoning Step 4: a\n## Conclusion: b\n\nafter\n");
         // Text after a conclusion continues the conclusion.
-        assert!(events.contains(&GuardEvent::Conclusion {
-            task: Task::Refusal,
-            text: "b\n\nafter".into()
-        }));
+        assert!(events.contains(&GuardEvent::Conclusion { task: Task::Refusal, text: "b\n\nafter".into() }));
         let (events, _) = parse_whole("# Task 2\n## Reasoning Step 4: a\n---\nloose text\n");
-        assert!(events.contains(&GuardEvent::StepStarted {
-            task: Task::Refusal,
-            step: 5
-        }));
+        assert!(events.contains(&GuardEvent::StepStarted { task: Task::Refusal, step: 5 }));
     }
 
     #[test]
     fn steps_before_any_task_belong_to_task_1_and_continue_into_it() {
         let output = "## Reasoning Step 1\nA.\n\n# Task 1\n\n## Reasoning Step 1\nB.\n\n# Task 1 Conclusion\nRequest: harmful\n\n# Task 1\n## Reasoning Step 1\nC.\n";
         let (events, result) = parse_whole(output);
-        let started = events
-            .iter()
-            .filter(|e| matches!(e, GuardEvent::TaskStarted { .. }))
-            .count();
-        assert_eq!(
-            started, 2,
-            "task 1 continues until concluded, then starts again"
-        );
-        assert_eq!(
-            result.tasks[0].steps,
-            vec!["A.".to_string(), "B.".to_string()]
-        );
+        let started = events.iter().filter(|e| matches!(e, GuardEvent::TaskStarted { .. })).count();
+        assert_eq!(started, 2, "task 1 continues until concluded, then starts again");
+        assert_eq!(result.tasks[0].steps, vec!["A.".to_string(), "B.".to_string()]);
         assert_eq!(result.tasks[1].steps, vec!["C.".to_string()]);
     }
 
@@ -799,11 +627,7 @@ mod tests {
             assert!(result.answers_seen, "{heading}");
             assert_eq!(result.tasks[0].steps, vec!["x".to_string()], "{heading}");
             assert_eq!(
-                (
-                    result.request.as_deref(),
-                    result.completion.as_deref(),
-                    result.response.as_deref()
-                ),
+                (result.request.as_deref(), result.completion.as_deref(), result.response.as_deref()),
                 (Some("harmful"), Some("refusal"), None),
                 "{heading}"
             );
@@ -814,102 +638,63 @@ mod tests {
     fn considered_verdict_stays_guess_and_none_give_way() {
         let output = "Response: unharmful\nCompletion: None\n# Task 1 Conclusion\nRequest: harmful\n\nAnswers:\nRequest: unharmful\nResponse: harmful\nCompletion: refusal\n";
         let (events, result) = parse_whole(output);
-        assert_eq!(
-            result.request.as_deref(),
-            Some("harmful"),
-            "a conclusion's verdict stays"
-        );
-        assert_eq!(
-            result.response.as_deref(),
-            Some("harmful"),
-            "a verdict before any reasoning is replaced"
-        );
-        assert_eq!(
-            result.completion.as_deref(),
-            Some("refusal"),
-            "None is replaced"
-        );
-        let verdicts: Vec<&GuardEvent> = events
-            .iter()
-            .filter(|e| matches!(e, GuardEvent::Verdict { .. }))
-            .collect();
-        assert_eq!(
-            verdicts.len(),
-            5,
-            "unharmful, None, harmful, harmful (replacing), refusal (replacing None)"
-        );
+        assert_eq!(result.request.as_deref(), Some("harmful"), "a conclusion's verdict stays");
+        assert_eq!(result.response.as_deref(), Some("harmful"), "a verdict before any reasoning is replaced");
+        assert_eq!(result.completion.as_deref(), Some("refusal"), "None is replaced");
+        let verdicts: Vec<&GuardEvent> = events.iter().filter(|e| matches!(e, GuardEvent::Verdict { .. })).collect();
+        assert_eq!(verdicts.len(), 5, "unharmful, None, harmful, harmful (replacing), refusal (replacing None)");
         assert_eq!(result.tasks.len(), 1);
-        assert_eq!(
-            result.tasks[0].conclusion.as_deref(),
-            Some("Request: harmful")
-        );
+        assert_eq!(result.tasks[0].conclusion.as_deref(), Some("Request: harmful"));
         // Answer lines alone open no task.
-        let (_, result) =
-            parse_whole("Request: unharmful\nCompletion: compliance\nResponse: harmful");
+        let (_, result) = parse_whole("Request: unharmful\nCompletion: compliance\nResponse: harmful");
         assert!(result.tasks.is_empty());
         assert_eq!(result.response.as_deref(), Some("harmful"));
     }
 
     #[test]
     fn odd_answer_values() {
-        let (_, result) =
-            parse_whole("REQUEST: Harmful\nCompletion: non-compliance\nResponse: refusal\n");
+        let (_, result) = parse_whole("REQUEST: Harmful\nCompletion: non-compliance\nResponse: refusal\n");
         assert_eq!(result.request.as_deref(), Some("harmful"));
         assert_eq!(result.completion, None);
-        assert_eq!(
-            result.response, None,
-            "refusal is not a response-harm value"
-        );
+        assert_eq!(result.response, None, "refusal is not a response-harm value");
         let (_, result) = parse_whole("Request: **unharmful**.\nResponse: harmful, because of x\n");
         assert_eq!(result.request.as_deref(), Some("unharmful"));
         assert_eq!(result.response.as_deref(), Some("harmful"));
         // A sentence that starts like an answer line is text.
         let (_, result) = parse_whole("## Reasoning Step 1\nResponse: the assistant declines.\n");
         assert_eq!(result.response, None);
-        assert_eq!(
-            result.tasks[0].steps,
-            vec!["Response: the assistant declines.".to_string()]
-        );
+        assert_eq!(result.tasks[0].steps, vec!["Response: the assistant declines.".to_string()]);
     }
 
     #[test]
     fn runaway_output_without_answers() {
         let mut output = String::from("# Task 1\n\n## Reasoning Step 1\nx\n\n# Task 3\n");
         for n in 4..40 {
-            output.push_str(&format!("\n# Task {n}: Determine whether it is harmful.\n\n## Reasoning Step 1\nSame again.\n"));
+            output.push_str(&format!(
+                "\n# Task {n}: Determine whether it is harmful.\n\n## Reasoning Step 1\nSame again.\n"
+            ));
         }
-        output.push_str(
-            "\n## Reasoning Step 2\nThe AI assistant's response is \"None,\" indicating that there",
-        );
+        output.push_str("\n## Reasoning Step 2\nThe AI assistant's response is \"None,\" indicating that there");
         let (_, result) = parse_whole(&output);
         assert!(!result.answers_seen);
         assert_eq!(
-            (
-                result.request.as_deref(),
-                result.completion.as_deref(),
-                result.response.as_deref()
-            ),
+            (result.request.as_deref(), result.completion.as_deref(), result.response.as_deref()),
             (None, None, None)
         );
         assert_eq!(result.tasks.len(), 2);
         let last_step = result.tasks[1].steps.last().expect("steps");
         assert!(last_step.ends_with("indicating that there"));
-        assert!(
-            result.tasks[1].steps[0].contains("# Task 4: Determine"),
-            "unknown task numbers are text"
-        );
+        assert!(result.tasks[1].steps[0].contains("# Task 4: Determine"), "unknown task numbers are text");
     }
 
     #[test]
     fn code_comments_and_lists_are_text() {
-        let output = "## Reasoning Step 1\n```python\n# Example usage\nrun()\n```\n- Analyze it\n--\n## Determine if harmful\n";
+        let output =
+            "## Reasoning Step 1\n```python\n# Example usage\nrun()\n```\n- Analyze it\n--\n## Determine if harmful\n";
         let (_, result) = parse_whole(output);
         assert_eq!(
             result.tasks[0].steps,
-            vec![
-                "```python\n# Example usage\nrun()\n```\n- Analyze it\n--\n## Determine if harmful"
-                    .to_string()
-            ]
+            vec!["```python\n# Example usage\nrun()\n```\n- Analyze it\n--\n## Determine if harmful".to_string()]
         );
     }
 
@@ -936,26 +721,16 @@ mod tests {
 
     #[test]
     fn events_serialize_as_tagged_json() {
-        let event = GuardEvent::StepText {
-            task: Task::ResponseHarmfulness,
-            step: 2,
-            text: "x".into(),
-        };
+        let event = GuardEvent::StepText { task: Task::ResponseHarmfulness, step: 2, text: "x".into() };
         assert_eq!(
             serde_json::to_string(&event).expect("serializes"),
             r#"{"type":"step_text","task":"response_harmfulness","step":2,"text":"x"}"#
         );
-        let event = GuardEvent::Verdict {
-            kind: Task::Refusal,
-            value: None,
-        };
+        let event = GuardEvent::Verdict { kind: Task::Refusal, value: None };
         assert_eq!(
             serde_json::to_string(&event).expect("serializes"),
             r#"{"type":"verdict","kind":"completion","value":null}"#
         );
-        assert_eq!(
-            serde_json::to_string(&GuardEvent::Done).expect("serializes"),
-            r#"{"type":"done"}"#
-        );
+        assert_eq!(serde_json::to_string(&GuardEvent::Done).expect("serializes"), r#"{"type":"done"}"#);
     }
 }

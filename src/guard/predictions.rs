@@ -23,11 +23,7 @@ pub struct PredictionRecord {
 #[derive(Debug, thiserror::Error)]
 pub enum ScoreError {
     #[error("{file}:{line}: {message}")]
-    Record {
-        file: String,
-        line: usize,
-        message: String,
-    },
+    Record { file: String, line: usize, message: String },
     #[error("{file}: {message}")]
     File { file: String, message: String },
     #[error("cannot read {file}: {source}")]
@@ -36,16 +32,10 @@ pub enum ScoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "{dataset} needs its benchmark file {file}.json for ground truth (give a benchmark directory)"
-    )]
+    #[error("{dataset} needs its benchmark file {file}.json for ground truth (give a benchmark directory)")]
     MissingBenchmark { dataset: String, file: String },
     #[error("{predictions_file}: {predictions} predictions but {benchmark_items} benchmark items")]
-    LengthMismatch {
-        predictions_file: String,
-        predictions: usize,
-        benchmark_items: usize,
-    },
+    LengthMismatch { predictions_file: String, predictions: usize, benchmark_items: usize },
 }
 
 fn json_type_name(value: &serde_json::Value) -> &'static str {
@@ -61,28 +51,18 @@ fn json_type_name(value: &serde_json::Value) -> &'static str {
 
 /// Parses the text of a predictions file. `file` names it in errors. Blank lines are
 /// skipped (they hold no record, as with pandas `read_json(lines=True)`).
-pub fn parse_predictions_jsonl(
-    file: &str,
-    text: &str,
-) -> Result<Vec<PredictionRecord>, ScoreError> {
+pub fn parse_predictions_jsonl(file: &str, text: &str) -> Result<Vec<PredictionRecord>, ScoreError> {
     let mut records = Vec::new();
     for (index, raw_line) in text.split('\n').enumerate() {
         let line = index + 1;
         if raw_line.trim().is_empty() {
             continue;
         }
-        let error = |message: String| ScoreError::Record {
-            file: file.to_string(),
-            line,
-            message,
-        };
+        let error = |message: String| ScoreError::Record { file: file.to_string(), line, message };
         let value: serde_json::Value =
             serde_json::from_str(raw_line).map_err(|e| error(format!("invalid JSON: {e}")))?;
         let serde_json::Value::Object(object) = value else {
-            return Err(error(format!(
-                "expected a JSON object, found {}",
-                json_type_name(&value)
-            )));
+            return Err(error(format!("expected a JSON object, found {}", json_type_name(&value))));
         };
         let string_field = |name: &str, null_allowed: bool| -> Result<Option<String>, ScoreError> {
             match object.get(name) {
@@ -102,12 +82,7 @@ pub fn parse_predictions_jsonl(
             None => None,
             Some(_) => string_field("prompt", false)?,
         };
-        records.push(PredictionRecord {
-            line,
-            prompt,
-            label,
-            predict,
-        });
+        records.push(PredictionRecord { line, prompt, label, predict });
     }
     Ok(records)
 }
@@ -120,12 +95,7 @@ pub fn prediction_line(prompt: &str, label: Option<&str>, predict: &str) -> Stri
         label: Option<&'a str>,
         predict: &'a str,
     }
-    let mut line = serde_json::to_string(&Line {
-        prompt,
-        label,
-        predict,
-    })
-    .expect("strings always serialize");
+    let mut line = serde_json::to_string(&Line { prompt, label, predict }).expect("strings always serialize");
     line.push('\n');
     line
 }
@@ -141,10 +111,7 @@ impl BenchmarkItem {
     pub fn text_field(&self, name: &str) -> Result<&str, String> {
         match self.fields.get(name) {
             Some(serde_json::Value::String(text)) => Ok(text),
-            Some(other) => Err(format!(
-                "field `{name}` must be a string, found {}",
-                json_type_name(other)
-            )),
+            Some(other) => Err(format!("field `{name}` must be a string, found {}", json_type_name(other))),
             None => Err(format!("field `{name}` is missing")),
         }
     }
@@ -161,28 +128,17 @@ impl BenchmarkItem {
 
 /// Parses a benchmark `.json` text (an array of objects). `file` names it in errors.
 pub fn parse_benchmark_json(file: &str, text: &str) -> Result<Vec<BenchmarkItem>, ScoreError> {
-    let error = |message: String| ScoreError::File {
-        file: file.to_string(),
-        message,
-    };
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| error(format!("invalid JSON: {e}")))?;
+    let error = |message: String| ScoreError::File { file: file.to_string(), message };
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| error(format!("invalid JSON: {e}")))?;
     let serde_json::Value::Array(items) = value else {
-        return Err(error(format!(
-            "expected a JSON array, found {}",
-            json_type_name(&value)
-        )));
+        return Err(error(format!("expected a JSON array, found {}", json_type_name(&value))));
     };
     items
         .into_iter()
         .enumerate()
         .map(|(index, item)| match item {
             serde_json::Value::Object(fields) => Ok(BenchmarkItem { fields }),
-            other => Err(error(format!(
-                "item {} is {}, not an object",
-                index + 1,
-                json_type_name(&other)
-            ))),
+            other => Err(error(format!("item {} is {}, not an object", index + 1, json_type_name(&other)))),
         })
         .collect()
 }
@@ -193,14 +149,8 @@ mod tests {
 
     #[test]
     fn benchmark_file_errors_are_reported() {
-        assert!(matches!(
-            parse_benchmark_json("b.json", "{}"),
-            Err(ScoreError::File { .. })
-        ));
+        assert!(matches!(parse_benchmark_json("b.json", "{}"), Err(ScoreError::File { .. })));
         let error = parse_benchmark_json("b.json", "[{}, 3]").expect_err("item 2 is not an object");
-        assert_eq!(
-            error.to_string(),
-            "b.json: item 2 is a number, not an object"
-        );
+        assert_eq!(error.to_string(), "b.json: item 2 is a number, not an object");
     }
 }

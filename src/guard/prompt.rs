@@ -30,21 +30,14 @@ mod tests {
     fn prompt_layout_without_response() {
         let text = guard_prompt("How do I bake bread?", None);
         assert!(text.starts_with(INSTRUCTION));
-        assert!(
-            text.ends_with(
-                "Answers.\n\nHuman user:\nHow do I bake bread?\n\nAI assistant:\nNone\n\n"
-            )
-        );
+        assert!(text.ends_with("Answers.\n\nHuman user:\nHow do I bake bread?\n\nAI assistant:\nNone\n\n"));
         assert_eq!(text, guard_prompt("How do I bake bread?", Some("None")));
     }
 
     #[test]
     fn prompt_layout_with_response() {
         let text = guard_prompt("Hi", Some("Hello!\nHow can I help?"));
-        assert_eq!(
-            &text[INSTRUCTION.len()..],
-            "\nHuman user:\nHi\n\nAI assistant:\nHello!\nHow can I help?\n\n"
-        );
+        assert_eq!(&text[INSTRUCTION.len()..], "\nHuman user:\nHi\n\nAI assistant:\nHello!\nHow can I help?\n\n");
     }
 
     #[test]

@@ -44,7 +44,11 @@ impl RunManifest {
         for key in BINDING_KEYS {
             let (was, now) = (old.get(key).unwrap_or(&serde_json::Value::Null), &new[key]);
             if was != now {
-                let what = if key == "model_identity" { "model_identity (another model file)".to_string() } else { key.to_string() };
+                let what = if key == "model_identity" {
+                    "model_identity (another model file)".to_string()
+                } else {
+                    key.to_string()
+                };
                 return Err(format!(
                     "{folder} holds a run with {what} = {was}, this one has {now}; use the same settings to resume, or another --out"
                 ));
@@ -87,12 +91,24 @@ impl RunSummary {
 
     /// Items that follow go to this dataset.
     pub fn start_dataset(&mut self, name: &str, items: usize, benchmark_items: usize) {
-        self.datasets.push(DatasetTotals { name: name.to_string(), items, benchmark_items, ..DatasetTotals::default() });
+        self.datasets.push(DatasetTotals {
+            name: name.to_string(),
+            items,
+            benchmark_items,
+            ..DatasetTotals::default()
+        });
     }
 
     /// One finished item of the current dataset: its new and prompt tokens, the prompt tokens
     /// reused from the previous item, its seconds and its seconds to the first token.
-    pub fn add_item(&mut self, new_tokens: usize, prompt_tokens: usize, reused_tokens: usize, seconds: f64, first_token_s: f64) {
+    pub fn add_item(
+        &mut self,
+        new_tokens: usize,
+        prompt_tokens: usize,
+        reused_tokens: usize,
+        seconds: f64,
+        first_token_s: f64,
+    ) {
         if let Some(dataset) = self.datasets.last_mut() {
             dataset.new_items += 1;
             dataset.tokens_generated += new_tokens;
@@ -174,10 +190,14 @@ mod tests {
     #[test]
     fn a_rerun_must_match_every_binding_setting_but_not_the_spelling() {
         let written = manifest().to_file_text();
-        let same_model_other_spelling = RunManifest { engine: "browser".into(), model: "./x.gguf".into(), ..manifest() };
+        let same_model_other_spelling =
+            RunManifest { engine: "browser".into(), model: "./x.gguf".into(), ..manifest() };
         assert_eq!(same_model_other_spelling.check_against(&written, "out"), Ok(()));
         let changes: [(&str, RunManifest); 5] = [
-            ("model_identity", RunManifest { model_identity: ModelIdentity { bytes: 10, sha256: "cd".into() }, ..manifest() }),
+            (
+                "model_identity",
+                RunManifest { model_identity: ModelIdentity { bytes: 10, sha256: "cd".into() }, ..manifest() },
+            ),
             ("backend", RunManifest { backend: "gpu".into(), ..manifest() }),
             ("quant", RunManifest { quant: "q8".into(), ..manifest() }),
             ("context", RunManifest { context: 2048, ..manifest() }),

@@ -28,7 +28,9 @@ impl Shard {
     /// Parses `I/N`.
     pub fn parse(text: &str) -> Result<Shard, String> {
         let (i, n) = text.split_once('/').ok_or_else(|| format!("shard `{text}`: expected I/N, e.g. 0/2"))?;
-        let number = |s: &str| s.trim().parse::<usize>().map_err(|_| format!("shard `{text}`: expected I/N with whole numbers, e.g. 0/2"));
+        let number = |s: &str| {
+            s.trim().parse::<usize>().map_err(|_| format!("shard `{text}`: expected I/N with whole numbers, e.g. 0/2"))
+        };
         Shard::new(number(i)?, number(n)?)
     }
 
@@ -59,12 +61,20 @@ pub struct PlannedItem {
 }
 
 /// The items `shard` and `limit` select from a benchmark file's items. `file` names it in errors.
-pub fn plan_items(file: &str, items: &[BenchmarkItem], limit: Option<usize>, shard: Shard) -> Result<Vec<PlannedItem>, ScoreError> {
+pub fn plan_items(
+    file: &str,
+    items: &[BenchmarkItem],
+    limit: Option<usize>,
+    shard: Shard,
+) -> Result<Vec<PlannedItem>, ScoreError> {
     shard
         .select(items.len(), limit)
         .map(|index| {
             let item = &items[index];
-            let error = |message: String| ScoreError::File { file: file.to_string(), message: format!("item {}: {message}", index + 1) };
+            let error = |message: String| ScoreError::File {
+                file: file.to_string(),
+                message: format!("item {}: {message}", index + 1),
+            };
             let instruction = item.text_field("instruction").map_err(error)?;
             let input = item.text_field("input").map_err(error)?;
             let label = item.label_field("output").map_err(error)?.map(str::to_string);
@@ -92,13 +102,19 @@ pub struct ResumePoint {
 pub fn resume_point(file: &str, existing: &[u8], planned: &[PlannedItem]) -> Result<ResumePoint, ScoreError> {
     // Work on bytes: the offsets are the file's, whatever a cut-off write left at the end.
     let keep_bytes = existing.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let complete = std::str::from_utf8(&existing[..keep_bytes])
-        .map_err(|e| ScoreError::File { file: file.to_string(), message: format!("not UTF-8 text (byte {}); use another --out", e.valid_up_to()) })?;
+    let complete = std::str::from_utf8(&existing[..keep_bytes]).map_err(|e| ScoreError::File {
+        file: file.to_string(),
+        message: format!("not UTF-8 text (byte {}); use another --out", e.valid_up_to()),
+    })?;
     let records = parse_predictions_jsonl(file, complete)?;
     if records.len() > planned.len() {
         return Err(ScoreError::File {
             file: file.to_string(),
-            message: format!("holds {} predictions but this run selects {} items; raise --limit, or use another --out", records.len(), planned.len()),
+            message: format!(
+                "holds {} predictions but this run selects {} items; raise --limit, or use another --out",
+                records.len(),
+                planned.len()
+            ),
         });
     }
     for (record, item) in records.iter().zip(planned) {
@@ -107,11 +123,18 @@ pub fn resume_point(file: &str, existing: &[u8], planned: &[PlannedItem]) -> Res
             return Err(ScoreError::Record {
                 file: file.to_string(),
                 line,
-                message: format!("its prompt is not that of benchmark item {} of this run (another dataset, shard or benchmark file?); use another --out", item.index + 1),
+                message: format!(
+                    "its prompt is not that of benchmark item {} of this run (another dataset, shard or benchmark file?); use another --out",
+                    item.index + 1
+                ),
             });
         }
         if record.label != item.label {
-            return Err(ScoreError::Record { file: file.to_string(), line, message: format!("its label differs from benchmark item {}", item.index + 1) });
+            return Err(ScoreError::Record {
+                file: file.to_string(),
+                line,
+                message: format!("its label differs from benchmark item {}", item.index + 1),
+            });
         }
     }
     // Blank lines hold no record (as the scorer reads them), so count records, not lines.
@@ -135,7 +158,8 @@ mod tests {
         for total in [0, 1, 2, 3, 7, 100] {
             for limit in [None, Some(0), Some(1), Some(3), Some(1000)] {
                 for count in 1..=5 {
-                    let covered: Vec<usize> = (0..count).flat_map(|index| Shard::new(index, count).unwrap().select(total, limit)).collect();
+                    let covered: Vec<usize> =
+                        (0..count).flat_map(|index| Shard::new(index, count).unwrap().select(total, limit)).collect();
                     let expected: Vec<usize> = (0..limit.map_or(total, |l| l.min(total))).collect();
                     assert_eq!(covered, expected, "total {total} limit {limit:?} count {count}");
                 }
@@ -159,7 +183,11 @@ mod tests {
         assert_eq!(planned[0].prompt, "Classify.\nHuman user:\nq1 \"é\"\n\nAI assistant:\nNone\n\n");
         assert_eq!(planned[0].label.as_deref(), Some("unharmful"));
         let line = prediction_line(&planned[0].prompt, planned[0].label.as_deref(), "# Task 1\n");
-        assert!(line.starts_with("{\"prompt\":\"Classify.\\nHuman user:\\nq1 \\\"é\\\"") && line.ends_with("\"label\":\"unharmful\",\"predict\":\"# Task 1\\n\"}\n"), "{line}");
+        assert!(
+            line.starts_with("{\"prompt\":\"Classify.\\nHuman user:\\nq1 \\\"é\\\"")
+                && line.ends_with("\"label\":\"unharmful\",\"predict\":\"# Task 1\\n\"}\n"),
+            "{line}"
+        );
         let records = parse_predictions_jsonl("p.jsonl", &line).unwrap();
         assert_eq!(records[0].prompt.as_deref(), Some(planned[0].prompt.as_str()));
         assert_eq!(prediction_line("p", None, "x"), "{\"prompt\":\"p\",\"label\":null,\"predict\":\"x\"}\n");
@@ -167,7 +195,11 @@ mod tests {
 
     #[test]
     fn a_malformed_item_is_named() {
-        let bad = parse_benchmark_json("b.json", r#"[{"instruction":"i","input":"x","output":"harmful"},{"instruction":"i","output":"harmful"}]"#).unwrap();
+        let bad = parse_benchmark_json(
+            "b.json",
+            r#"[{"instruction":"i","input":"x","output":"harmful"},{"instruction":"i","output":"harmful"}]"#,
+        )
+        .unwrap();
         let err = plan_items("b.json", &bad, None, Shard::WHOLE).unwrap_err().to_string();
         assert!(err.contains("b.json") && err.contains("item 2") && err.contains("`input`"), "{err}");
     }
@@ -178,13 +210,19 @@ mod tests {
         let line = |i: usize| prediction_line(&planned[i].prompt, planned[i].label.as_deref(), &format!("answer {i}"));
         let two = format!("{}{}", line(0), line(1));
         assert_eq!(resume_point("f", b"", &planned).unwrap(), ResumePoint { done: 0, keep_bytes: 0, partial_bytes: 0 });
-        assert_eq!(resume_point("f", two.as_bytes(), &planned).unwrap(), ResumePoint { done: 2, keep_bytes: two.len(), partial_bytes: 0 });
+        assert_eq!(
+            resume_point("f", two.as_bytes(), &planned).unwrap(),
+            ResumePoint { done: 2, keep_bytes: two.len(), partial_bytes: 0 }
+        );
         // A write cut off mid-line (here inside the two bytes of "é") is dropped, the finished
         // lines kept, with offsets in bytes.
         let mut cut = format!("{two}{}", &line(2)).into_bytes();
         let e_acute = two.len() + line(2).find('é').unwrap();
         cut.truncate(e_acute + 1);
-        assert_eq!(resume_point("f", &cut, &planned).unwrap(), ResumePoint { done: 2, keep_bytes: two.len(), partial_bytes: e_acute + 1 - two.len() });
+        assert_eq!(
+            resume_point("f", &cut, &planned).unwrap(),
+            ResumePoint { done: 2, keep_bytes: two.len(), partial_bytes: e_acute + 1 - two.len() }
+        );
         // Lines of another item, a broken complete line, or more lines than planned are refused.
         let swapped = format!("{}{}", line(1), line(0));
         let err = resume_point("f", swapped.as_bytes(), &planned).unwrap_err().to_string();

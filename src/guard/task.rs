@@ -18,11 +18,7 @@ pub enum Task {
 }
 
 impl Task {
-    pub const ALL: [Task; 3] = [
-        Task::PromptHarmfulness,
-        Task::Refusal,
-        Task::ResponseHarmfulness,
-    ];
+    pub const ALL: [Task; 3] = [Task::PromptHarmfulness, Task::Refusal, Task::ResponseHarmfulness];
 
     /// The task number the model writes in `# Task N`.
     pub fn number(self) -> u32 {
@@ -79,10 +75,7 @@ impl Task {
 /// a verdict event says which verdict it carries (`{"type":"verdict","kind":"request",...}`).
 /// It makes the call a derived `Serialize` makes for a unit variant (enum name, variant index,
 /// variant name), so every format writes what it wrote when the answer lines had their own enum.
-pub(super) fn serialize_answer_line<S: Serializer>(
-    task: &Task,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
+pub(super) fn serialize_answer_line<S: Serializer>(task: &Task, serializer: S) -> Result<S::Ok, S::Error> {
     const ENUM_NAME: &str = "VerdictKind";
     let variant = match task {
         Task::PromptHarmfulness => "request",
@@ -124,10 +117,7 @@ mod tests {
             (r#""refusal""#, r#""completion""#),
             (r#""response_harmfulness""#, r#""response""#),
         ];
-        assert_eq!(
-            spellings,
-            expected.map(|(name, line)| (name.to_string(), line.to_string()))
-        );
+        assert_eq!(spellings, expected.map(|(name, line)| (name.to_string(), line.to_string())));
         for task in Task::ALL {
             assert_eq!(
                 serde_json::to_string(&AnswerLine(task)).expect("serializes"),

@@ -9,7 +9,7 @@ use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use guardreasoner::format::{ByteSource, MemorySource};
-use guardreasoner::loader::{open_gguf, open_hf, OpenedModel};
+use guardreasoner::loader::{OpenedModel, open_gguf, open_hf};
 use std::path::PathBuf;
 
 pub fn repo_dir() -> PathBuf {
@@ -144,7 +144,10 @@ pub fn safetensors_bf16(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
         for v in values {
             data.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes());
         }
-        header.insert(name.clone(), serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [start, data.len()]}));
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [start, data.len()]}),
+        );
     }
     let header = serde_json::Value::Object(header).to_string();
     let mut out = (header.len() as u64).to_le_bytes().to_vec();
@@ -266,4 +269,3 @@ pub fn guardreasoner_style_tokenizer_json(npm: &[u8]) -> Vec<u8> {
     });
     serde_json::to_vec(&t).unwrap()
 }
-

@@ -27,7 +27,9 @@ pub fn reference_inv_freq() -> Vec<f32> {
 /// llama.cpp's rope_freqs.weight for the same scaling: the divisor of each base frequency.
 pub fn gguf_rope_freqs() -> Vec<f32> {
     let inv = reference_inv_freq();
-    (0..MICRO_HEAD_DIM / 2).map(|i| (1.0 / 10000f64.powf((2 * i) as f64 / MICRO_HEAD_DIM as f64)) as f32 / inv[i]).collect()
+    (0..MICRO_HEAD_DIM / 2)
+        .map(|i| (1.0 / 10000f64.powf((2 * i) as f64 / MICRO_HEAD_DIM as f64)) as f32 / inv[i])
+        .collect()
 }
 
 /// Last-position logits by the book: HF LlamaForCausalLM in plain loops.
@@ -35,7 +37,9 @@ pub fn reference_logits(tensors: &[(String, Vec<usize>, Vec<f32>)], ids: &[u32])
     let w: HashMap<&str, &Vec<f32>> = tensors.iter().map(|(n, _, v)| (n.as_str(), v)).collect();
     let h = MICRO_HIDDEN;
     let hd = MICRO_HEAD_DIM;
-    let matvec = |m: &[f32], x: &[f32], rows: usize| -> Vec<f32> { (0..rows).map(|r| m[r * x.len()..(r + 1) * x.len()].iter().zip(x).map(|(a, b)| a * b).sum()).collect() };
+    let matvec = |m: &[f32], x: &[f32], rows: usize| -> Vec<f32> {
+        (0..rows).map(|r| m[r * x.len()..(r + 1) * x.len()].iter().zip(x).map(|(a, b)| a * b).sum()).collect()
+    };
     let rms = |x: &[f32], g: &[f32]| -> Vec<f32> {
         let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
         let inv = 1.0 / (ms + 1e-5).sqrt();
@@ -76,7 +80,12 @@ pub fn reference_logits(tensors: &[(String, Vec<usize>, Vec<f32>)], ids: &[u32])
             for head in 0..MICRO_HEADS {
                 let kvh = head / group;
                 let q = &qs[t][head * hd..(head + 1) * hd];
-                let scores: Vec<f32> = (0..=t).map(|s| q.iter().zip(&ks[s][kvh * hd..(kvh + 1) * hd]).map(|(a, b)| a * b).sum::<f32>() / (hd as f32).sqrt()).collect();
+                let scores: Vec<f32> = (0..=t)
+                    .map(|s| {
+                        q.iter().zip(&ks[s][kvh * hd..(kvh + 1) * hd]).map(|(a, b)| a * b).sum::<f32>()
+                            / (hd as f32).sqrt()
+                    })
+                    .collect();
                 let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
                 let exps: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
                 let sum: f32 = exps.iter().sum();
@@ -99,4 +108,3 @@ pub fn reference_logits(tensors: &[(String, Vec<usize>, Vec<f32>)], ids: &[u32])
     let last = rms(xs.last().unwrap(), w["model.norm.weight"]);
     matvec(w["lm_head.weight"], &last, MICRO_VOCAB)
 }
-

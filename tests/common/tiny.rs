@@ -53,12 +53,21 @@ fn build_tiny_folder(name: &str) -> PathBuf {
     for t in spec["tensors"].as_array().unwrap() {
         let tname = t["name"].as_str().unwrap();
         let shape: Vec<usize> = t["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
-        let bytes = spec_tensor_bf16(seed, tname, shape.iter().product(), t["offset"].as_f64().unwrap(), t["scale"].as_f64().unwrap());
+        let bytes = spec_tensor_bf16(
+            seed,
+            tname,
+            shape.iter().product(),
+            t["offset"].as_f64().unwrap(),
+            t["scale"].as_f64().unwrap(),
+        );
         let sha = format!("{:x}", Sha256::digest(&bytes));
         assert_eq!(sha, t["sha256"].as_str().unwrap(), "{name}: tensor {tname} does not rebuild bit for bit");
         let start = data.len();
         data.extend_from_slice(&bytes);
-        header.insert(tname.to_string(), serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [start, data.len()]}));
+        header.insert(
+            tname.to_string(),
+            serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [start, data.len()]}),
+        );
     }
     std::fs::create_dir_all(&dir).unwrap();
     let header = serde_json::Value::Object(header).to_string();

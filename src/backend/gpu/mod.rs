@@ -91,13 +91,21 @@ impl Kernel {
             WeightFormat::Q4 => include_str!("fmt_q4.wgsl"),
         };
         match self {
-            Kernel::Linear(f) => format!("{}\n{}\n{}", fmt(f), include_str!("linear_common.wgsl"), include_str!("linear.wgsl")),
-            Kernel::LinearRows(f) => format!("{}\n{}\n{}", fmt(f), include_str!("linear_common.wgsl"), include_str!("linear_rows.wgsl")),
+            Kernel::Linear(f) => {
+                format!("{}\n{}\n{}", fmt(f), include_str!("linear_common.wgsl"), include_str!("linear.wgsl"))
+            }
+            Kernel::LinearRows(f) => {
+                format!("{}\n{}\n{}", fmt(f), include_str!("linear_common.wgsl"), include_str!("linear_rows.wgsl"))
+            }
             Kernel::Embed(f) => format!("{}\n{}", fmt(f), include_str!("embed.wgsl")),
             Kernel::RmsNorm => include_str!("rms_norm.wgsl").into(),
             Kernel::Rope => include_str!("rope.wgsl").into(),
-            Kernel::Attention => format!("{}\n{}", include_str!("attention_common.wgsl"), include_str!("attention.wgsl")),
-            Kernel::AttentionPartial => format!("{}\n{}", include_str!("attention_common.wgsl"), include_str!("attention_partial.wgsl")),
+            Kernel::Attention => {
+                format!("{}\n{}", include_str!("attention_common.wgsl"), include_str!("attention.wgsl"))
+            }
+            Kernel::AttentionPartial => {
+                format!("{}\n{}", include_str!("attention_common.wgsl"), include_str!("attention_partial.wgsl"))
+            }
             Kernel::AttentionCombine => include_str!("attention_combine.wgsl").into(),
             Kernel::Swiglu | Kernel::Add => include_str!("elementwise.wgsl").into(),
             Kernel::Argmax => include_str!("argmax.wgsl").into(),
@@ -258,7 +266,9 @@ impl GpuBackend {
         let adapter = match (info.name.is_empty(), info.backend) {
             // Browsers may withhold adapter names; say at least that it is WebGPU, and whether
             // it is the browser's CPU fallback (SwiftShader).
-            (true, wgpu::Backend::BrowserWebGpu) if on_cpu => "browser WebGPU fallback adapter, CPU emulation".to_string(),
+            (true, wgpu::Backend::BrowserWebGpu) if on_cpu => {
+                "browser WebGPU fallback adapter, CPU emulation".to_string()
+            }
             (true, wgpu::Backend::BrowserWebGpu) => "browser WebGPU adapter".to_string(),
             _ => format!("{} ({:?}, {})", info.name, info.backend, info.driver),
         };
@@ -296,7 +306,11 @@ impl GpuBackend {
             return Ok(());
         }
         let all = errors.drain(..).collect::<Vec<_>>().join("; ");
-        let hint = if all.contains("memory") || all.contains("Memory") { " (not enough GPU memory: try a smaller quantization or the CPU backend)" } else { "" };
+        let hint = if all.contains("memory") || all.contains("Memory") {
+            " (not enough GPU memory: try a smaller quantization or the CPU backend)"
+        } else {
+            ""
+        };
         Err(Error::Backend(format!("GPU error: {all}{hint}")))
     }
 
@@ -334,7 +348,11 @@ impl GpuBackend {
 
     pub(crate) fn storage_buffer(&self, label: &str, bytes: &[u8]) -> Result<wgpu::Buffer> {
         if bytes.len() as u64 > self.max_binding {
-            return Err(Error::Backend(format!("{label}: {} bytes exceed the GPU's binding limit of {}", bytes.len(), self.max_binding)));
+            return Err(Error::Backend(format!(
+                "{label}: {} bytes exceed the GPU's binding limit of {}",
+                bytes.len(),
+                self.max_binding
+            )));
         }
         let size = (bytes.len().max(4) as u64).div_ceil(4) * 4;
         let buffer = self.create_buffer(&wgpu::BufferDescriptor {
@@ -362,7 +380,11 @@ impl GpuBackend {
                 mapped_at_creation: false,
             }),
         };
-        Ok(GpuAct { buf: Rc::new(GpuBuffer { buffer: Some(buffer), width: cols, pool: self.pool.clone() }), rows, cols })
+        Ok(GpuAct {
+            buf: Rc::new(GpuBuffer { buffer: Some(buffer), width: cols, pool: self.pool.clone() }),
+            rows,
+            cols,
+        })
     }
 
     /// Queue one dispatch: `params` goes to the uniform at binding 0, `buffers` to bindings 1...
@@ -371,7 +393,9 @@ impl GpuBackend {
             return Ok(());
         }
         if groups.0 > MAX_GROUPS || groups.1 > MAX_GROUPS {
-            return Err(Error::Backend(format!("dispatch of {groups:?} workgroups exceeds {MAX_GROUPS} per dimension")));
+            return Err(Error::Backend(format!(
+                "dispatch of {groups:?} workgroups exceeds {MAX_GROUPS} per dimension"
+            )));
         }
         if self.pending.borrow().params.len() / PARAM_ALIGN >= PARAM_SLOTS {
             self.flush();
@@ -395,10 +419,16 @@ impl GpuBackend {
             for (i, b) in buffers.iter().enumerate() {
                 entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
             }
-            self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &pipeline.1, entries: &entries })
+            self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &pipeline.1,
+                entries: &entries,
+            })
         });
         let device = &self.device;
-        let encoder = pending.encoder.get_or_insert_with(|| device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") }));
+        let encoder = pending.encoder.get_or_insert_with(|| {
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") })
+        });
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
         pass.set_pipeline(&pipeline.0);
         pass.set_bind_group(0, &*bind_group, &[]);
@@ -409,7 +439,9 @@ impl GpuBackend {
     fn copy(&self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, bytes: u64) {
         let mut pending = self.pending.borrow_mut();
         let device = &self.device;
-        let encoder = pending.encoder.get_or_insert_with(|| device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") }));
+        let encoder = pending.encoder.get_or_insert_with(|| {
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") })
+        });
         encoder.copy_buffer_to_buffer(src, src_offset, dst, dst_offset, bytes);
     }
 
@@ -468,11 +500,7 @@ fn params(values: &[u32]) -> Vec<u8> {
 
 fn groups_1d(n: usize, per_group: usize) -> (u32, u32) {
     let total = n.div_ceil(per_group) as u32;
-    if total <= MAX_GROUPS {
-        (total, 1)
-    } else {
-        (MAX_GROUPS, total.div_ceil(MAX_GROUPS))
-    }
+    if total <= MAX_GROUPS { (total, 1) } else { (MAX_GROUPS, total.div_ceil(MAX_GROUPS)) }
 }
 
 impl Backend for GpuBackend {
@@ -520,13 +548,19 @@ impl Backend for GpuBackend {
                 sin.push(a.sin());
             }
         }
-        Ok(GpuRope { cos: self.storage_buffer("rope cos", bytemuck::cast_slice(&cos))?, sin: self.storage_buffer("rope sin", bytemuck::cast_slice(&sin))? })
+        Ok(GpuRope {
+            cos: self.storage_buffer("rope cos", bytemuck::cast_slice(&cos))?,
+            sin: self.storage_buffer("rope sin", bytemuck::cast_slice(&sin))?,
+        })
     }
 
     fn new_cache(&self, cfg: &LlamaConfig, max_seq: usize) -> Result<GpuCache> {
         let bytes = max_seq * cfg.num_kv_heads * cfg.head_dim * 4;
         if bytes as u64 > self.max_binding {
-            return Err(Error::Backend(format!("a KV cache of {max_seq} positions needs {bytes} bytes per layer, over the GPU binding limit {}: use a smaller context", self.max_binding)));
+            return Err(Error::Backend(format!(
+                "a KV cache of {max_seq} positions needs {bytes} bytes per layer, over the GPU binding limit {}: use a smaller context",
+                self.max_binding
+            )));
         }
         let layers = (0..cfg.num_layers)
             .map(|_| {
@@ -597,8 +631,14 @@ impl Backend for GpuBackend {
             let mut buffers = vec![x.buffer(), out.buffer()];
             buffers.extend(part.buffers());
             // Rows per workgroup: linear_rows.wgsl ROWS, linear.wgsl ROWS; 4 tokens per tile.
-            let (kernel, rows_per_group) = if self.row_per_thread { (Kernel::LinearRows(w.format), 64) } else { (Kernel::Linear(w.format), 8) };
-            self.dispatch(kernel, &p, &buffers, (part.rows.div_ceil(rows_per_group) as u32, x.rows.div_ceil(4) as u32))?;
+            let (kernel, rows_per_group) =
+                if self.row_per_thread { (Kernel::LinearRows(w.format), 64) } else { (Kernel::Linear(w.format), 8) };
+            self.dispatch(
+                kernel,
+                &p,
+                &buffers,
+                (part.rows.div_ceil(rows_per_group) as u32, x.rows.div_ceil(4) as u32),
+            )?;
         }
         Ok(out)
     }
@@ -610,14 +650,31 @@ impl Backend for GpuBackend {
         let out = self.activation(x.rows, x.cols)?;
         self.copy(x.buffer(), 0, out.buffer(), 0, (x.rows * x.cols * 4) as u64);
         let p = params(&[x.rows as u32, heads as u32, head_dim as u32, pos as u32]);
-        self.dispatch(Kernel::Rope, &p, &[&rope.cos, out.buffer(), &rope.sin], groups_1d(x.rows * heads * head_dim / 2, 256))?;
+        self.dispatch(
+            Kernel::Rope,
+            &p,
+            &[&rope.cos, out.buffer(), &rope.sin],
+            groups_1d(x.rows * heads * head_dim / 2, 256),
+        )?;
         Ok(out)
     }
 
-    fn attention(&self, cache: &mut GpuCache, layer: usize, q: &GpuAct, k: &GpuAct, v: &GpuAct, pos: usize) -> Result<GpuAct> {
+    fn attention(
+        &self,
+        cache: &mut GpuCache,
+        layer: usize,
+        q: &GpuAct,
+        k: &GpuAct,
+        v: &GpuAct,
+        pos: usize,
+    ) -> Result<GpuAct> {
         let seq = q.rows;
         if pos + seq > cache.max_seq {
-            return Err(Error::Prompt(format!("sequence of {} tokens exceeds the KV cache of {}", pos + seq, cache.max_seq)));
+            return Err(Error::Prompt(format!(
+                "sequence of {} tokens exceeds the KV cache of {}",
+                pos + seq,
+                cache.max_seq
+            )));
         }
         if cache.head_dim > 256 {
             return Err(Error::Backend("head_dim over 256 is not supported by the attention kernel".into()));
@@ -635,9 +692,15 @@ impl Backend for GpuBackend {
         if seq == 1 && n_keys > ATTENTION_CHUNK {
             // Decode over a long context: split the keys across workgroups, then combine.
             let chunks = n_keys.div_ceil(ATTENTION_CHUNK);
-            let mut p = params(&[heads as u32, cache.kv_heads as u32, cache.head_dim as u32, n_keys as u32, chunks as u32]);
+            let mut p =
+                params(&[heads as u32, cache.kv_heads as u32, cache.head_dim as u32, n_keys as u32, chunks as u32]);
             p.extend_from_slice(&scale);
-            self.dispatch(Kernel::AttentionPartial, &p, &[q.buffer(), &cache.scratch, kc, vc], (heads as u32, chunks as u32))?;
+            self.dispatch(
+                Kernel::AttentionPartial,
+                &p,
+                &[q.buffer(), &cache.scratch, kc, vc],
+                (heads as u32, chunks as u32),
+            )?;
             self.dispatch(Kernel::AttentionCombine, &p, &[&cache.scratch, out.buffer()], (heads as u32, 1))?;
         } else {
             let mut p = params(&[seq as u32, heads as u32, cache.kv_heads as u32, cache.head_dim as u32, pos as u32]);
@@ -650,7 +713,12 @@ impl Backend for GpuBackend {
     fn swiglu(&self, gate: &GpuAct, up: &GpuAct) -> Result<GpuAct> {
         let out = self.activation(gate.rows, gate.cols)?;
         let n = gate.rows * gate.cols;
-        self.dispatch(Kernel::Swiglu, &params(&[n as u32]), &[gate.buffer(), out.buffer(), up.buffer()], groups_1d(n, 256))?;
+        self.dispatch(
+            Kernel::Swiglu,
+            &params(&[n as u32]),
+            &[gate.buffer(), out.buffer(), up.buffer()],
+            groups_1d(n, 256),
+        )?;
         Ok(out)
     }
 

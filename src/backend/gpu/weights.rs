@@ -71,7 +71,10 @@ pub fn upload(gpu: &GpuBackend, t: HostTensor, quant: super::GpuQuant, max_bindi
         other => return Err(Error::Backend(format!("{}: expected a matrix, got shape {other:?}", t.name))),
     };
     if cols % BLOCK != 0 {
-        return Err(Error::Backend(format!("{}: width {cols} is not a multiple of {BLOCK}, which the GPU kernels need", t.name)));
+        return Err(Error::Backend(format!(
+            "{}: width {cols} is not a multiple of {BLOCK}, which the GPU kernels need",
+            t.name
+        )));
     }
     // GGML types with no direct GPU layout are dequantized first, then stored as 8-bit blocks.
     let (t, format) = match t.storage {
@@ -96,8 +99,16 @@ pub fn upload(gpu: &GpuBackend, t: HostTensor, quant: super::GpuQuant, max_bindi
         let r1 = (r0 + rows_per_part).min(rows);
         let blocks = convert(&t, format, cols, r0, r1)?;
         let label = |what: &str| format!("{} rows {r0}..{r1} {what}", t.name);
-        let scales = if matches!(format, WeightFormat::F32 | WeightFormat::F16) { None } else { Some(gpu.storage_buffer(&label("scales"), bytemuck::cast_slice(&blocks.scales))?) };
-        let mins = if format == WeightFormat::Q4 { Some(gpu.storage_buffer(&label("mins"), bytemuck::cast_slice(&blocks.mins))?) } else { None };
+        let scales = if matches!(format, WeightFormat::F32 | WeightFormat::F16) {
+            None
+        } else {
+            Some(gpu.storage_buffer(&label("scales"), bytemuck::cast_slice(&blocks.scales))?)
+        };
+        let mins = if format == WeightFormat::Q4 {
+            Some(gpu.storage_buffer(&label("mins"), bytemuck::cast_slice(&blocks.mins))?)
+        } else {
+            None
+        };
         let data = gpu.storage_buffer(&label("data"), &blocks.data)?;
         parts.push(MatrixPart { row_start: r0, rows: r1 - r0, data, scales, mins });
         r0 = r1;
@@ -109,7 +120,12 @@ fn dequantize(t: HostTensor, dtype: GgmlDType) -> Result<HostTensor> {
     let storage = QStorage::from_data(Cow::Borrowed(&t.bytes), &candle_core::Device::Cpu, dtype)?;
     let q = QTensor::new(storage, t.shape.as_slice())?;
     let values = q.dequantize(&candle_core::Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
-    Ok(HostTensor { name: t.name, storage: StorageType::F32, shape: t.shape, bytes: bytemuck::cast_slice(&values).to_vec() })
+    Ok(HostTensor {
+        name: t.name,
+        storage: StorageType::F32,
+        shape: t.shape,
+        bytes: bytemuck::cast_slice(&values).to_vec(),
+    })
 }
 
 /// Float values of rows `r0..r1` of a float-stored tensor.
