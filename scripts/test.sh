@@ -2,7 +2,8 @@
 # The whole test suite on a fresh machine: installs what is missing (the wasm32 target,
 # wasm-bindgen-cli, Mesa's Vulkan driver lavapipe for the GPU tests, Debian's Chromium and the npm
 # packages for the browser tests), fetches test assets, runs every Rust test (release build),
-# builds the wasm package and runs the headless-browser tests.
+# checks formatting and clippy on both targets, builds the wasm package and runs the
+# headless-browser tests.
 # Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,8 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 
 command -v cargo >/dev/null || { echo "needs Rust (https://rustup.rs)" >&2; exit 1; }
 rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 missing=()
 ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || missing+=(mesa-vulkan-drivers)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
@@ -20,6 +23,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 scripts/fetch-test-assets.sh
 
+echo "== format and lints (native and wasm32)"
+cargo fmt --check
+cargo clippy --release --all-targets -- -D warnings
+cargo clippy --release --target wasm32-unknown-unknown --lib --no-default-features -- -D warnings
 echo "== cargo test (release)"
 cargo test --release --all-targets
 echo "== wasm package"

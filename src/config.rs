@@ -98,15 +98,15 @@ impl LlamaConfig {
     /// Parse `config.json`, adding EOS ids from `generation_config.json` when given.
     pub fn from_hf_json(config_json: &str, generation_config_json: Option<&str>) -> Result<Self> {
         let hf: HfConfig = serde_json::from_str(config_json).map_err(|e| Error::Config(format!("config.json: {e}")))?;
-        if let Some(t) = &hf.model_type {
-            if t != "llama" {
-                return Err(Error::Config(format!("model_type is {t:?}; only Llama models are supported")));
-            }
+        if let Some(t) = &hf.model_type
+            && t != "llama"
+        {
+            return Err(Error::Config(format!("model_type is {t:?}; only Llama models are supported")));
         }
-        if let Some(archs) = &hf.architectures {
-            if !archs.iter().any(|a| a == "LlamaForCausalLM") {
-                return Err(Error::Config(format!("architectures {archs:?}; only LlamaForCausalLM is supported")));
-            }
+        if let Some(archs) = &hf.architectures
+            && !archs.iter().any(|a| a == "LlamaForCausalLM")
+        {
+            return Err(Error::Config(format!("architectures {archs:?}; only LlamaForCausalLM is supported")));
         }
         if hf.hidden_act.as_deref().is_some_and(|a| a != "silu") {
             return Err(Error::Config(format!("hidden_act {:?}; only silu is supported", hf.hidden_act)));
@@ -164,11 +164,7 @@ impl LlamaConfig {
             num_layers: hf.num_hidden_layers,
             num_heads: hf.num_attention_heads,
             num_kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
-            head_dim: hf.head_dim.unwrap_or(if hf.num_attention_heads == 0 {
-                0
-            } else {
-                hf.hidden_size / hf.num_attention_heads
-            }),
+            head_dim: hf.head_dim.unwrap_or(hf.hidden_size.checked_div(hf.num_attention_heads).unwrap_or(0)),
             vocab_size: hf.vocab_size,
             rms_norm_eps: hf.rms_norm_eps,
             rope_theta: rope_theta.unwrap_or(10_000.0),
@@ -217,11 +213,10 @@ impl LlamaConfig {
             num_layers: need("llama.block_count")?,
             num_heads,
             num_kv_heads: gguf.get_u64("llama.attention.head_count_kv").map(|v| v as usize).unwrap_or(num_heads),
-            head_dim: gguf.get_u64("llama.attention.key_length").map(|v| v as usize).unwrap_or(if num_heads == 0 {
-                0
-            } else {
-                hidden_size / num_heads
-            }),
+            head_dim: gguf
+                .get_u64("llama.attention.key_length")
+                .map(|v| v as usize)
+                .unwrap_or(hidden_size.checked_div(num_heads).unwrap_or(0)),
             vocab_size,
             rms_norm_eps: gguf.get_f32("llama.attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
             rope_theta: gguf.get_f32("llama.rope.freq_base").unwrap_or(10_000.0),
@@ -246,10 +241,10 @@ impl LlamaConfig {
         {
             return bad("a dimension of the model is zero".into());
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return bad(format!("{} heads is not a multiple of {} KV heads", self.num_heads, self.num_kv_heads));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return bad(format!("head_dim {} must be even and non-zero", self.head_dim));
         }
         if !(self.rms_norm_eps.is_finite() && self.rope_theta.is_finite() && self.rope_theta > 0.0) {

@@ -109,18 +109,18 @@ impl ModelFiles {
         if index.get(&lm_head).is_none() {
             config.tie_word_embeddings = true;
         }
-        if naming == Naming::Gguf {
-            if let Some(entry) = index.get(GGUF_ROPE_FREQS) {
-                let t = HostTensor::read(source_for(&mut sources, entry)?, entry)?;
-                let factors = t.to_f32()?;
-                if factors.len() != config.head_dim / 2 {
-                    return Err(Error::format(
-                        GGUF_ROPE_FREQS,
-                        format!("has {} values, expected head_dim/2 = {}", factors.len(), config.head_dim / 2),
-                    ));
-                }
-                config.rope_freq_factors = Some(factors);
+        if naming == Naming::Gguf
+            && let Some(entry) = index.get(GGUF_ROPE_FREQS)
+        {
+            let t = HostTensor::read(source_for(&mut sources, entry)?, entry)?;
+            let factors = t.to_f32()?;
+            if factors.len() != config.head_dim / 2 {
+                return Err(Error::format(
+                    GGUF_ROPE_FREQS,
+                    format!("has {} values, expected head_dim/2 = {}", factors.len(), config.head_dim / 2),
+                ));
             }
+            config.rope_freq_factors = Some(factors);
         }
         let files = Self { config, index, naming, sources };
         files.check_shapes()?;
@@ -235,7 +235,11 @@ fn source_for<'a>(sources: &'a mut [Box<dyn ByteSource>], entry: &TensorEntry) -
 /// tensors are reordered exactly.
 fn unpermute_gguf_rows(t: &mut HostTensor, heads: usize) -> Result<()> {
     let rows = t.shape[0];
-    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 || t.bytes.len() % rows != 0 {
+    if heads == 0
+        || !rows.is_multiple_of(heads)
+        || !(rows / heads).is_multiple_of(2)
+        || !t.bytes.len().is_multiple_of(rows)
+    {
         return Err(Error::format(
             &t.name,
             format!("cannot undo the Q/K permutation of shape {:?} for {heads} heads", t.shape),

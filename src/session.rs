@@ -125,6 +125,8 @@ impl Default for BackendChoice {
     }
 }
 
+// One per session, never moved in a loop: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum AnyEngine {
     Cpu(Engine<CpuBackend>),
     Gpu(Engine<GpuBackend>),

@@ -52,11 +52,11 @@ pub fn llama3_tokenizer_metadata(tokenizer_json: &[u8], vocab_size: usize) -> Re
         }
     }
     for added in tok["added_tokens"].as_array().into_iter().flatten() {
-        if let (Some(id), Some(text)) = (added["id"].as_u64(), added["content"].as_str()) {
-            if let Some(slot) = tokens.get_mut(id as usize) {
-                *slot = text.to_string();
-                types[id as usize] = Value::I32(3);
-            }
+        if let (Some(id), Some(text)) = (added["id"].as_u64(), added["content"].as_str())
+            && let Some(slot) = tokens.get_mut(id as usize)
+        {
+            *slot = text.to_string();
+            types[id as usize] = Value::I32(3);
         }
     }
     let merges: Vec<Value> = tok["model"]["merges"]

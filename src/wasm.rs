@@ -179,6 +179,8 @@ impl Guard {
     /// Greedy generation from ids (EOS stops it). `on_token(id, text_delta)`; `is_cancelled()`
     /// is polled before every token. Resolves to `{tokens, stop, promptTokens, reusedTokens,
     /// timings}`.
+    // The borrow is the session's lock: held for the whole run, so a second call is refused.
+    #[allow(clippy::await_holding_refcell_ref)]
     pub fn generate(&self, ids: Vec<u32>, max_new: u32, on_token: Function, is_cancelled: Function) -> Promise {
         let session = self.session.clone();
         future_to_promise(async move {
@@ -214,6 +216,8 @@ impl Guard {
 
     /// As `moderate`, on a complete GuardReasoner prompt text (instruction and conversation, as
     /// the benchmark files hold it; BOS is added here).
+    // The borrow is the session's lock: held for the whole run, so a second call is refused.
+    #[allow(clippy::await_holding_refcell_ref)]
     pub fn classify(&self, text: String, max_new: u32, on_event: Function, is_cancelled: Function) -> Promise {
         let session = self.session.clone();
         future_to_promise(async move {

@@ -65,7 +65,7 @@ fn safetensors_with_header(header: serde_json::Value, data_len: usize) -> Vec<u8
     let h = header.to_string();
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
     out.extend_from_slice(h.as_bytes());
-    out.extend(std::iter::repeat(0u8).take(data_len));
+    out.extend(std::iter::repeat_n(0u8, data_len));
     out
 }
 

@@ -20,7 +20,7 @@ const LOGIT_ATOL: f32 = 2e-3;
 const SUM_SQ_RTOL: f64 = 1e-5;
 
 fn check_model<B: Backend>(name: &str, backend: B) {
-    let OpenedModel { mut files, tokenizer: _ } = open_path(&tiny_folder(name)).unwrap();
+    let OpenedModel { mut files, .. } = open_path(&tiny_folder(name)).unwrap();
     let weights = files.load(&backend, &mut |_, _| {}).unwrap();
     let mut engine = Engine::new(backend, files.config.clone(), weights, 1024).unwrap();
     let label = engine.backend.describe();

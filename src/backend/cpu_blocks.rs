@@ -27,7 +27,7 @@ impl BlockMatrix {
             GgmlDType::Q4_1 => 20,
             _ => return None,
         };
-        if cols % BLOCK != 0 || bytes.len() != rows * cols / BLOCK * size {
+        if !cols.is_multiple_of(BLOCK) || bytes.len() != rows * cols / BLOCK * size {
             return None;
         }
         let mut scales = Vec::with_capacity(bytes.len() / size);

@@ -138,7 +138,7 @@ impl StorageType {
             StorageType::F16 | StorageType::BF16 => elements.checked_mul(2),
             StorageType::Ggml(t) => {
                 let block = t.block_size() as u64;
-                (elements % block == 0).then(|| elements / block * t.type_size() as u64)
+                elements.is_multiple_of(block).then(|| elements / block * t.type_size() as u64)
             }
         }
     }

@@ -125,6 +125,9 @@ struct Pool {
     free: HashMap<usize, Vec<wgpu::Buffer>>,
 }
 
+/// A bind group's identity: its kernel, its parameter offset and the buffers it binds.
+type BindGroupKey = (Kernel, u64, Vec<wgpu::Buffer>);
+
 pub struct GpuBuffer {
     buffer: Option<wgpu::Buffer>,
     width: usize,
@@ -192,7 +195,7 @@ pub struct GpuBackend {
     pipelines: RefCell<HashMap<Kernel, Rc<(wgpu::ComputePipeline, wgpu::BindGroupLayout)>>>,
     /// Bind groups by (kernel, parameter offset, buffers): the same few hundred recur every
     /// decode step, so after the first step none is created.
-    bind_groups: RefCell<HashMap<(Kernel, u64, Vec<wgpu::Buffer>), wgpu::BindGroup>>,
+    bind_groups: RefCell<HashMap<BindGroupKey, wgpu::BindGroup>>,
     /// Bytes of every GPU buffer this backend created (weights, cache, activations).
     allocated: std::cell::Cell<u64>,
     pool: Rc<RefCell<Pool>>,
