@@ -33,7 +33,7 @@ enum Command {
     /// Score a predictions tree (<DIR>/<Dataset>/generated_predictions.jsonl) as the paper does.
     Eval(cli::eval::EvalArgs),
     /// Run the model over the paper's benchmark files and write predictions in the paper's layout
-    /// (the native twin of scripts/evaluate.sh, which runs the wasm module in a headless browser).
+    /// (the native twin of evaluator/evaluate.sh, which runs the wasm module in a headless browser).
     Predict(cli::predict::PredictArgs),
 }
 

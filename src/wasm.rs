@@ -82,9 +82,10 @@ fn js_message(e: &JsValue) -> String {
         .unwrap_or_else(|| format!("{e:?}"))
 }
 
-/// A loaded model in the worker. One run at a time: a second concurrent call is refused.
-#[wasm_bindgen]
-pub struct Guard {
+/// A loaded model in the worker (JS `Session`). One run at a time: a second concurrent call is
+/// refused.
+#[wasm_bindgen(js_name = Session)]
+pub struct WasmSession {
     session: Rc<RefCell<Session>>,
 }
 
@@ -125,7 +126,7 @@ pub async fn load_model(
     quant: String,
     context: u32,
     on_progress: Function,
-) -> std::result::Result<Guard, JsValue> {
+) -> std::result::Result<WasmSession, JsValue> {
     let choice = BackendChoice {
         device: Device::parse(&backend).map_err(js_err)?,
         quant: Quant::parse(&quant).map_err(js_err)?,
@@ -136,7 +137,7 @@ pub async fn load_model(
         let _ = on_progress.call2(&JsValue::NULL, &JsValue::from_f64(done as f64), &JsValue::from_f64(total as f64));
     };
     let session = Session::load(model, choice, context as usize, &mut progress).await.map_err(js_err)?;
-    Ok(Guard { session: Rc::new(RefCell::new(session)) })
+    Ok(WasmSession { session: Rc::new(RefCell::new(session)) })
 }
 
 fn cancel_poll(is_cancelled: &Function) -> impl Fn() -> bool + '_ {
@@ -152,8 +153,8 @@ fn to_js_value(value: &impl serde::Serialize) -> std::result::Result<JsValue, Js
     to_js(&serde_json::to_value(value).map_err(js_err)?)
 }
 
-#[wasm_bindgen]
-impl Guard {
+#[wasm_bindgen(js_class = Session)]
+impl WasmSession {
     /// "gpu (<adapter>)" or "cpu (candle, 1 threads)".
     pub fn backend(&self) -> String {
         self.session.try_borrow().map(|s| s.backend().to_string()).unwrap_or_default()

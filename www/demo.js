@@ -1,9 +1,12 @@
 // The demo page: load a model into the worker, stream GuardReasoner's reasoning as cards by task,
 // then verdict badges. Model and user text only ever reach the page through textContent.
 import { GuardReasoner } from "./guardreasoner.js";
+import { BACKENDS, CACHE_NAME, DEFAULTS, QUANTS } from "./protocol.js";
 
 const $ = (id) => document.getElementById(id);
-const CACHE_NAME = "guardreasoner-models";
+// The select's word for each spelling the options take.
+const QUANT_CHOICE = { f32: "none", q8_0: "q8", q4_0: "q4" };
+const BACKEND_CHOICE = { gpu: "webgpu" };
 const TASK_NAMES = {
   prompt_harmfulness: "Task 1 · prompt harmfulness detection",
   refusal: "Task 2 · refusal detection",
@@ -20,8 +23,8 @@ const EXAMPLES = [
 let guard = null;
 let controller = null;
 const query = new URLSearchParams(location.search);
-// ?max=N caps new tokens (the model's default is 2048).
-const maxNewTokens = Math.max(1, Number(query.get("max")) || 2048);
+// ?max=N caps new tokens.
+const maxNewTokens = Math.max(1, Number(query.get("max")) || DEFAULTS.maxNewTokens);
 
 function showError(message) {
   $("error").hidden = !message;
@@ -176,7 +179,9 @@ async function check() {
     );
     $("verdicts").replaceChildren(badge("Request", result.request), badge("Completion", result.completion), badge("Response", result.response));
     const t = result.timings;
-    $("stats").textContent = `${result.newTokens} tokens · ${t.tokensPerSecond ? t.tokensPerSecond.toFixed(1) : "—"} tokens/s · first token ${t.timeToFirstTokenSeconds?.toFixed(2) ?? "—"} s · total ${t.totalSeconds.toFixed(1)} s`;
+    // Without a verdict line the badges say "none": say why, and what to try.
+    const problem = result.verdictFound ? "" : `${result.problem[0].toUpperCase()}${result.problem.slice(1)} · `;
+    $("stats").textContent = `${problem}${result.newTokens} tokens · ${t.tokensPerSecond ? t.tokensPerSecond.toFixed(1) : "—"} tokens/s · first token ${t.timeToFirstTokenSeconds?.toFixed(2) ?? "—"} s · total ${t.totalSeconds.toFixed(1)} s`;
   } catch (e) {
     if (e.name === "AbortError") $("stats").textContent = "Cancelled.";
     else {
@@ -206,7 +211,9 @@ $("clear-cache").addEventListener("click", async () => {
 });
 const fromQuery = query.get("model");
 if (fromQuery) $("model-source").value = fromQuery;
-if (["auto", "webgpu", "cpu"].includes(query.get("backend"))) $("backend-choice").value = query.get("backend");
-if (["q8", "q4", "f32"].includes(query.get("quant"))) $("quant").value = query.get("quant");
+const backendWord = query.get("backend");
+if (BACKENDS.includes(backendWord)) $("backend-choice").value = BACKEND_CHOICE[backendWord] ?? backendWord;
+const quantWord = query.get("quant");
+if (QUANTS.includes(quantWord)) $("quant").value = QUANT_CHOICE[quantWord] ?? quantWord;
 refreshCacheStatus();
 if (fromQuery) loadModel();

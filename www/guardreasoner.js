@@ -4,6 +4,8 @@
 //   const guard = await GuardReasoner.load({ hf: "yueliu1999/GuardReasoner-1B" }, { onProgress });
 //   const result = await guard.moderate({ prompt, response }, { onEvent, signal });
 
+import { DEFAULTS, Reply, Request } from "./protocol.js";
+
 let nextId = 1;
 
 export class GuardReasoner {
@@ -24,7 +26,7 @@ export class GuardReasoner {
     };
     if (globalThis.crossOriginIsolated && typeof SharedArrayBuffer !== "undefined") {
       this.#cancel = new Int32Array(new SharedArrayBuffer(4));
-      worker.postMessage({ type: "cancel-flag", buffer: this.#cancel.buffer });
+      worker.postMessage({ type: Request.cancelFlag, buffer: this.#cancel.buffer });
     }
   }
 
@@ -35,10 +37,10 @@ export class GuardReasoner {
    * `quant` "q8" | "q4" | "none" (float weights once loaded; "f32", "q8_0", "q4_0" also taken),
    * `context` (tokens), `onProgress`.
    */
-  static async load(source, { onProgress, backend = "auto", quant = "q8", context = 4096, workerUrl } = {}) {
+  static async load(source, { onProgress, backend = DEFAULTS.backend, quant = DEFAULTS.quant, context = DEFAULTS.context, workerUrl } = {}) {
     const url = workerUrl || new URL("./worker.js", import.meta.url);
     const guard = new GuardReasoner(new Worker(url, { type: "module" }));
-    const out = await guard.#request({ type: "load", source, backend, quant, context }, { onProgress });
+    const out = await guard.#request({ type: Request.load, source, backend, quant, context }, { onProgress });
     guard.backend = out.backend;
     guard.fallback = out.fallback;
     guard.modelIdentity = out.modelIdentity;
@@ -47,12 +49,12 @@ export class GuardReasoner {
 
   /** Token ids of `text`, BOS included. */
   async tokenize(text) {
-    return (await this.#request({ type: "tokenize", text })).ids;
+    return (await this.#request({ type: Request.tokenize, text })).ids;
   }
 
   /** Greedy generation from token ids. `onToken({token, text})` streams; `signal` cancels. */
-  async generate(ids, { maxNewTokens = 32, onToken, signal } = {}) {
-    const { id, type, ...result } = await this.#request({ type: "generate", ids: Array.from(ids), maxNewTokens }, { onToken, signal });
+  async generate(ids, { maxNewTokens = DEFAULTS.generateMaxNewTokens, onToken, signal } = {}) {
+    const { id, type, ...result } = await this.#request({ type: Request.generate, ids: Array.from(ids), maxNewTokens }, { onToken, signal });
     return result;
   }
 
@@ -64,7 +66,7 @@ export class GuardReasoner {
    * e.g. the new-token limit cut the answer off) when the output held no verdict line.
    */
   async moderate({ prompt, response = null }, options = {}) {
-    return this.#classify({ type: "moderate", prompt, response }, options);
+    return this.#classify({ type: Request.moderate, prompt, response }, options);
   }
 
   /**
@@ -72,10 +74,10 @@ export class GuardReasoner {
    * as the paper's benchmark files hold it (`instruction + "\n" + input`). BOS is added.
    */
   async classifyPrompt(text, options = {}) {
-    return this.#classify({ type: "classify", text }, options);
+    return this.#classify({ type: Request.classify, text }, options);
   }
 
-  async #classify(msg, { onEvent, signal, maxNewTokens = 2048 } = {}) {
+  async #classify(msg, { onEvent, signal, maxNewTokens = DEFAULTS.maxNewTokens } = {}) {
     // The core's result as it is: verdicts, verdictFound/problem, reasoning, counts, and timings
     // measured in the worker (time spent queued behind another request is not counted).
     const { id, type, ...result } = await this.#request({ ...msg, maxNewTokens }, { signal, onEvent });
@@ -93,7 +95,7 @@ export class GuardReasoner {
       if (signal?.aborted) return reject(new DOMException("cancelled", "AbortError"));
       const onAbort = () => {
         if (this.#cancel) Atomics.store(this.#cancel, 0, 1);
-        this.#worker.postMessage({ type: "cancel" });
+        this.#worker.postMessage({ type: Request.cancel });
       };
       signal?.addEventListener("abort", onAbort, { once: true });
       if (this.#cancel) Atomics.store(this.#cancel, 0, 0);
@@ -111,13 +113,13 @@ export class GuardReasoner {
   #receive(msg) {
     const p = this.#pending.get(msg.id);
     if (!p) return;
-    if (msg.type === "progress") p.onProgress?.(msg);
-    else if (msg.type === "event") p.onEvent?.(msg.event);
-    else if (msg.type === "token") p.onToken?.({ token: msg.token, text: msg.text });
-    else if (msg.type === "result") {
+    if (msg.type === Reply.progress) p.onProgress?.(msg);
+    else if (msg.type === Reply.event) p.onEvent?.(msg.event);
+    else if (msg.type === Reply.token) p.onToken?.({ token: msg.token, text: msg.text });
+    else if (msg.type === Reply.result) {
       this.#pending.delete(msg.id);
       p.resolve(msg);
-    } else if (msg.type === "error") {
+    } else if (msg.type === Reply.error) {
       this.#pending.delete(msg.id);
       const err = msg.message === "cancelled" ? new DOMException("cancelled", "AbortError") : new Error(msg.message);
       p.reject(err);

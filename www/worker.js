@@ -1,11 +1,11 @@
 // The Web Worker that owns the model: loads the wasm module, resolves a model source to files
 // (download with progress into Cache Storage, or a picked File), and runs one request at a time.
-// Protocol: requests {id, type, ...}; replies {id, type: "progress"|"event"|"token"|"result"|"error", ...}.
+// Protocol (www/protocol.js): requests {id, type, ...}; replies {id, type, ...}.
 import init, { load_model } from "../pkg/guardreasoner.js";
+import { CACHE_NAME, DEFAULTS, HF_FILES, Reply, Request, hubBaseUrl } from "./protocol.js";
 
-const CACHE_NAME = "guardreasoner-models";
 const MAX_RETRIES = 3;
-let guard = null;
+let session = null; // the wasm Session
 let cancelFlag = null; // Int32Array over a SharedArrayBuffer when the page is cross-origin isolated
 let cancelledByMessage = false;
 let queue = Promise.resolve();
@@ -63,7 +63,7 @@ async function cachedBlob(url, label, id, useCache = true) {
   const cache = useCache && typeof caches !== "undefined" ? await caches.open(CACHE_NAME).catch(() => null) : null;
   const hit = cache && (await cache.match(url));
   if (hit) {
-    post({ id, type: "progress", phase: "cache", file: label, loaded: 1, total: 1 });
+    post({ id, type: Reply.progress, phase: "cache", file: label, loaded: 1, total: 1 });
     return hit.blob();
   }
   const started = performance.now();
@@ -71,13 +71,13 @@ async function cachedBlob(url, label, id, useCache = true) {
     const seconds = (performance.now() - started) / 1000;
     const rate = seconds > 0 ? loaded / seconds : 0;
     const eta = total && rate ? (total - loaded) / rate : null;
-    post({ id, type: "progress", phase: "download", file: label, loaded, total, rate, eta });
+    post({ id, type: Reply.progress, phase: "download", file: label, loaded, total, rate, eta });
   });
   if (cache) {
     try {
       await cache.put(url, new Response(blob));
     } catch (e) {
-      post({ id, type: "progress", phase: "cache-full", file: label, message: `not cached (${e.name}): storage quota too small; the model still runs` });
+      post({ id, type: Reply.progress, phase: "cache-full", file: label, message: `not cached (${e.name}): storage quota too small; the model still runs` });
     }
   }
   return blob;
@@ -98,7 +98,7 @@ async function resolveFiles(source, id) {
     const blob = await cachedBlob(source.url, source.url.split("/").pop(), id, useCache);
     return { kind: "gguf", source: blobSource(source.url, blob) };
   }
-  const base = source.hfBaseUrl || (source.hf && `https://huggingface.co/${source.hf}/resolve/main/`) || source.url;
+  const base = source.hfBaseUrl || (source.hf && hubBaseUrl(source.hf)) || source.url;
   if (!base) throw new Error("no model source given (a .gguf URL, a Hugging Face repo id or a file)");
   const root = base.endsWith("/") ? base : base + "/";
   const text = async (name, optional = false) => {
@@ -109,11 +109,11 @@ async function resolveFiles(source, id) {
       throw e;
     }
   };
-  const config = await text("config.json");
-  const generation_config = await text("generation_config.json", true);
-  const tokenizer = new Uint8Array(await (await cachedBlob(root + "tokenizer.json", "tokenizer.json", id, useCache)).arrayBuffer());
-  const index = await text("model.safetensors.index.json", true);
-  const names = index ? [...new Set(Object.values(JSON.parse(index).weight_map))].sort() : ["model.safetensors"];
+  const config = await text(HF_FILES.config);
+  const generation_config = await text(HF_FILES.generationConfig, true);
+  const tokenizer = new Uint8Array(await (await cachedBlob(root + HF_FILES.tokenizer, HF_FILES.tokenizer, id, useCache)).arrayBuffer());
+  const index = await text(HF_FILES.shardIndex, true);
+  const names = index ? [...new Set(Object.values(JSON.parse(index).weight_map))].sort() : [HF_FILES.singleShard];
   const shards = [];
   for (const name of names) shards.push(blobSource(name, await cachedBlob(root + name, name, id, useCache)));
   return { kind: "hf", config, generation_config, tokenizer, shards };
@@ -122,46 +122,48 @@ async function resolveFiles(source, id) {
 async function handle(msg) {
   const { id, type } = msg;
   try {
-    if (type === "load") {
+    if (type === Request.load) {
       await init();
       const files = await resolveFiles(msg.source, id);
       // The core picks the device ("auto": WebGPU, else the CPU, saying why) and refuses unknown
       // words; only a browser without WebGPU at all is decided here.
-      const wanted = msg.backend || "auto";
+      const wanted = msg.backend || DEFAULTS.backend;
       const noWebGpu = wanted === "auto" && !self.navigator.gpu;
-      guard = await load_model(files, noWebGpu ? "cpu" : wanted, msg.quant || "q8", msg.context || 4096, (loaded, total) =>
-        post({ id, type: "progress", phase: "load", loaded, total }),
+      session = await load_model(files, noWebGpu ? "cpu" : wanted, msg.quant || DEFAULTS.quant, msg.context || DEFAULTS.context, (loaded, total) =>
+        post({ id, type: Reply.progress, phase: "load", loaded, total }),
       );
-      const fallback = noWebGpu ? "WebGPU is not available in this browser: running on the CPU" : (guard.fallback() ?? null);
-      post({ id, type: "result", backend: guard.backend(), fallback, modelIdentity: guard.model_identity() });
-    } else if (type === "cancel-flag") {
+      const fallback = noWebGpu ? "WebGPU is not available in this browser: running on the CPU" : (session.fallback() ?? null);
+      post({ id, type: Reply.result, backend: session.backend(), fallback, modelIdentity: session.model_identity() });
+    } else if (type === Request.cancelFlag) {
       cancelFlag = new Int32Array(msg.buffer);
     } else {
-      if (!guard) throw new Error("no model is loaded");
+      if (!session) throw new Error("no model is loaded");
       cancelledByMessage = false;
-      if (type === "tokenize") {
-        post({ id, type: "result", ids: Array.from(guard.tokenize(msg.text)) });
-      } else if (type === "generate") {
-        const out = await guard.generate(Uint32Array.from(msg.ids), msg.maxNewTokens ?? 32, (tokenId, text) => post({ id, type: "token", token: tokenId, text }), isCancelled);
-        post({ id, type: "result", ...out });
-      } else if (type === "moderate") {
-        const out = await guard.moderate(msg.prompt, msg.response ?? undefined, msg.maxNewTokens ?? 2048, (event) => post({ id, type: "event", event }), isCancelled);
-        post({ id, type: "result", ...out });
-      } else if (type === "classify") {
-        const out = await guard.classify(msg.text, msg.maxNewTokens ?? 2048, (event) => post({ id, type: "event", event }), isCancelled);
-        post({ id, type: "result", ...out });
+      const onEvent = (event) => post({ id, type: Reply.event, event });
+      if (type === Request.tokenize) {
+        post({ id, type: Reply.result, ids: Array.from(session.tokenize(msg.text)) });
+      } else if (type === Request.generate) {
+        const onToken = (tokenId, text) => post({ id, type: Reply.token, token: tokenId, text });
+        const out = await session.generate(Uint32Array.from(msg.ids), msg.maxNewTokens ?? DEFAULTS.generateMaxNewTokens, onToken, isCancelled);
+        post({ id, type: Reply.result, ...out });
+      } else if (type === Request.moderate) {
+        const out = await session.moderate(msg.prompt, msg.response ?? undefined, msg.maxNewTokens ?? DEFAULTS.maxNewTokens, onEvent, isCancelled);
+        post({ id, type: Reply.result, ...out });
+      } else if (type === Request.classify) {
+        const out = await session.classify(msg.text, msg.maxNewTokens ?? DEFAULTS.maxNewTokens, onEvent, isCancelled);
+        post({ id, type: Reply.result, ...out });
       } else {
         throw new Error(`unknown request ${type}`);
       }
     }
   } catch (e) {
-    post({ id, type: "error", message: String(e && e.message ? e.message : e) });
+    post({ id, type: Reply.error, message: String(e && e.message ? e.message : e) });
   }
 }
 
 self.onmessage = (e) => {
   const msg = e.data;
-  if (msg.type === "cancel") {
+  if (msg.type === Request.cancel) {
     cancelledByMessage = true; // effective at the next await when the page is not isolated
     return;
   }

@@ -1,6 +1,6 @@
 //! `guardreasoner predict`: the paper's benchmarks through the native engine, written in the
 //! paper's layout item by item (each line flushed and synced, so a killed run loses nothing
-//! finished and a rerun resumes), then scored. The browser evaluator (scripts/evaluate.mjs) does
+//! finished and a rerun resumes), then scored. The browser evaluator (evaluator/evaluate.mjs) does
 //! the same through the wasm module; both select items, build prompts, write lines and find the
 //! resume point with the same code (`guardreasoner::guard::run`).
 

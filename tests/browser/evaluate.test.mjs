@@ -1,4 +1,4 @@
-// The headless-browser batch evaluator (scripts/evaluate.mjs) end to end on the tiny golden model
+// The headless-browser batch evaluator (evaluator/evaluate.mjs) end to end on the tiny golden model
 // over two of the paper's datasets: the files' layout and prompts, `predict` equal to the native
 // CLI's greedy output (`guardreasoner predict`), the printed tables, kill and resume, shards, and
 // clear errors that leave finished results intact.
@@ -23,7 +23,7 @@ const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "gr-evaluate-"));
 
 let runs = 0;
 /** The evaluator's command line, with a browser profile of its own. */
-const evaluatorArgs = (args) => [path.join(repo, "scripts/evaluate.mjs"), "--profile", path.join(tmp, `profile-${runs++}`), ...args];
+const evaluatorArgs = (args) => [path.join(repo, "evaluator/evaluate.mjs"), "--profile", path.join(tmp, `profile-${runs++}`), ...args];
 
 /** Run the evaluator to the end; resolves to {code, stdout, stderr}. */
 function evaluate(args, { timeoutMs = 15 * 60_000 } = {}) {

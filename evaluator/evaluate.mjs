@@ -1,29 +1,32 @@
 #!/usr/bin/env node
-// The headless-browser batch evaluator: serves the repository on 127.0.0.1, opens www/bench.html
+// The headless-browser batch evaluator: serves the repository on 127.0.0.1, opens evaluator/page.html
 // in headless Chromium (the same wasm module and Web Worker as the demo, on WebGPU when the
 // browser has it), feeds it the paper's benchmark items and writes
 // OUT/<Dataset>/generated_predictions.jsonl item by item (each line synced to disk, so a killed
 // run loses nothing finished and a rerun resumes), then scores the run with the project's scorer.
-// Run it through scripts/evaluate.sh, which builds what it needs first.
+// Run it through evaluator/evaluate.sh, which builds what it needs first. The steps: plan (items,
+// resume points) -> load (the model, then run.json) -> run (items, lines synced) -> score.
 import fs from "node:fs";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import cliProgress from "cli-progress";
-import { startServer } from "./serve.mjs";
-import { launchChromium } from "./browser.mjs";
+import { startServer } from "../scripts/serve.mjs";
+import { launchChromium } from "../scripts/browser.mjs";
+import { BACKENDS, DEFAULTS, QUANTS } from "../www/protocol.js";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const PREDICTIONS_FILE = "generated_predictions.jsonl";
 const MANIFEST_FILE = "run.json";
 const SUMMARY_FILE = "summary.json";
 const DEFAULT_MODEL = "yueliu1999/GuardReasoner-1B";
+const PAGE = "/evaluator/page.html";
 // URL prefix the local model file or folder is served under.
 const LOCAL_MODEL_PREFIX = "/local-model/";
 // Off a terminal, load progress is logged every tenth only for files bigger than this.
 const LOG_TENTHS_ABOVE_BYTES = 64 * 2 ** 20;
 
-const USAGE = `Usage: scripts/evaluate.sh --benchmark-dir DIR --out DIR [options]
+const USAGE = `Usage: evaluator/evaluate.sh --benchmark-dir DIR --out DIR [options]
 
 Runs GuardReasoner over the paper's benchmark files in headless Chromium, through the same wasm
 module as the demo, writes OUT/<Dataset>/generated_predictions.jsonl (prompt, label, predict) item
@@ -39,10 +42,11 @@ Options:
   --limit N             only the first N items of each dataset
   --shard I/N           this machine's share of a split run (0-based, contiguous slices; the
                         shards' files concatenate in order to the unsplit run's), default 0/1
-  --max-new-tokens N    most new tokens per item (default 2048)
-  --backend B           auto | webgpu | cpu (default auto: WebGPU when the browser has it)
-  --quant Q             float weights on the GPU: q8 | q4 | f32 (default q8)
-  --context N           KV cache size in tokens, prompt + new (default 4096)
+  --max-new-tokens N    most new tokens per item (default ${DEFAULTS.maxNewTokens}; --max-new also taken)
+  --backend B           auto | webgpu | cpu (default ${DEFAULTS.backend}: WebGPU when the browser has it)
+  --quant Q             float weights once loaded: q8 | q4 | none (default ${DEFAULTS.quant}; f32, q8_0,
+                        q4_0 also taken)
+  --context N           KV cache size in tokens, prompt + new (default ${DEFAULTS.context})
   --profile DIR         browser profile; its Cache Storage keeps downloaded models between runs
                         (default .cache/browser-profile in the repository)
   -h, --help            this text`;
@@ -65,10 +69,11 @@ function parseOptions(argv) {
         datasets: { type: "string" },
         limit: { type: "string" },
         shard: { type: "string", default: "0/1" },
-        "max-new-tokens": { type: "string", default: "2048" },
-        backend: { type: "string", default: "auto" },
-        quant: { type: "string", default: "q8" },
-        context: { type: "string", default: "4096" },
+        "max-new-tokens": { type: "string" },
+        "max-new": { type: "string" },
+        backend: { type: "string", default: DEFAULTS.backend },
+        quant: { type: "string", default: DEFAULTS.quant },
+        context: { type: "string", default: String(DEFAULTS.context) },
         profile: { type: "string", default: path.join(REPO, ".cache/browser-profile") },
         help: { type: "boolean", short: "h" },
       },
@@ -77,6 +82,7 @@ function parseOptions(argv) {
     throw new UsageError(e.message);
   }
   if (values.help) return null;
+  values["max-new-tokens"] ??= values["max-new"] ?? String(DEFAULTS.maxNewTokens);
   // The upper bound keeps numbers within what the wasm side takes (u32) and what makes sense.
   const count = (name, min, max = 1e9) => {
     const text = values[name];
@@ -87,8 +93,8 @@ function parseOptions(argv) {
   if (!values.out) throw new UsageError("--out is required");
   const shard = /^(\d+)\/(\d+)$/.exec(values.shard);
   if (!shard || Number(shard[2]) < 1 || Number(shard[1]) >= Number(shard[2]) || Number(shard[2]) > 1e6) throw new UsageError(`--shard ${values.shard}: expected I/N with 0 <= I < N, e.g. 0/2`);
-  if (!["auto", "webgpu", "cpu"].includes(values.backend)) throw new UsageError(`--backend ${values.backend}: expected auto, webgpu or cpu`);
-  if (!["q8", "q4", "f32"].includes(values.quant)) throw new UsageError(`--quant ${values.quant}: expected q8, q4 or f32`);
+  if (!BACKENDS.includes(values.backend)) throw new UsageError(`--backend ${values.backend}: expected auto, webgpu or cpu`);
+  if (!QUANTS.includes(values.quant)) throw new UsageError(`--quant ${values.quant}: expected q8, q4 or none (or f32, q8_0, q4_0)`);
   return {
     benchmarkDir: path.resolve(values["benchmark-dir"]),
     out: path.resolve(values.out),
@@ -184,7 +190,7 @@ async function main() {
   }
   if (!opts) return console.log(USAGE);
   const started = performance.now();
-  if (!fs.existsSync(path.join(REPO, "pkg/guardreasoner_bg.wasm"))) throw new Error("pkg/ is not built: run scripts/build-wasm.sh (scripts/evaluate.sh does it for you)");
+  if (!fs.existsSync(path.join(REPO, "pkg/guardreasoner_bg.wasm"))) throw new Error("pkg/ is not built: run scripts/build-wasm.sh (evaluator/evaluate.sh does it for you)");
   if (!fs.statSync(opts.benchmarkDir, { throwIfNoEntry: false })?.isDirectory()) throw new Error(`--benchmark-dir ${opts.benchmarkDir}: not a folder`);
   const model = modelSource(opts.model);
 
@@ -211,129 +217,149 @@ async function main() {
     const pageErrors = [];
     page.on("pageerror", (e) => pageErrors.push(e.message));
     page.on("console", (m) => m.type() === "error" && pageErrors.push(m.text()));
-    await page.goto(`${server.url}/www/bench.html`);
-    await page.waitForFunction(() => window.benchReady === true, null, { timeout: 60_000 }).catch(() => {
-      throw new Error(`the bench page did not start: ${pageErrors.join("; ") || "no message"}`);
+    await page.goto(`${server.url}${PAGE}`);
+    await page.waitForFunction(() => window.evaluatorReady === true, null, { timeout: 60_000 }).catch(() => {
+      throw new Error(`the evaluator page did not start: ${pageErrors.join("; ") || "no message"}`);
     });
 
-    // Plan every dataset and check existing files before the model loads: bad input fails fast
-    // and leaves what is on disk as it was.
-    const known = await page.evaluate(() => window.bench.datasets());
-    const specs = (opts.datasets ?? known.map((d) => d.name)).map((name) => {
-      const spec = known.find((d) => d.name === name);
-      if (!spec) throw new UsageError(`unknown dataset ${name}; the paper's are ${known.map((d) => d.name).join(", ")}`);
-      return spec;
-    });
-    const runs = [];
-    for (const spec of specs) {
-      const file = path.join(opts.benchmarkDir, `${spec.file}.json`);
-      if (!fs.existsSync(file)) {
-        if (!opts.datasets) continue; // by default: the datasets whose files are present
-        throw new Error(`${spec.name}: its benchmark file ${file} does not exist`);
-      }
-      const text = fs.readFileSync(file, "utf8");
-      const plan = await page.evaluate(([d, f, t, l, i, n]) => window.bench.plan(d, f, t, l, i, n), [spec.name, file, text, opts.limit ?? -1, opts.shard.index, opts.shard.count]);
-      const out = path.join(opts.out, spec.name, PREDICTIONS_FILE);
-      const existing = fs.existsSync(out) ? fs.readFileSync(out).toString("base64") : "";
-      const resume = await page.evaluate(([f, e, p]) => window.bench.resume(f, e, p), [out, existing, plan.items]);
-      runs.push({ spec, file, out, plan, resume });
-    }
-    if (runs.length === 0) throw new Error(`no benchmark files in ${opts.benchmarkDir}`);
-
-    const chromiumVersion = (await page.evaluate(() => navigator.userAgent)).match(/Chrome\/([\d.]+)/)?.[1] ?? "unknown";
-    const adapter = opts.backend === "cpu" ? { available: false, description: "WebGPU off (--backend cpu)" } : await page.evaluate(() => window.bench.adapter());
-    log(`browser: Chromium ${chromiumVersion}; WebGPU adapter: ${adapter.description}`);
-    const progress = loadProgress();
-    await page.exposeFunction("benchProgress", (p) => progress.update(p));
-    const loadStarted = performance.now();
-    let loaded;
-    try {
-      loaded = await page.evaluate(([source, o]) => window.bench.load(source, o), [model.source, { backend: opts.backend, quant: opts.quant, context: opts.context }]);
-    } catch (e) {
-      throw new Error(`cannot load the model ${opts.model}: ${cleanMessage(e)}`);
-    } finally {
-      progress.stop();
-    }
-    const loadSeconds = (performance.now() - loadStarted) / 1000;
-    log(`model: ${opts.model} on ${loaded.backend} (loaded in ${seconds(loadSeconds)})${loaded.fallback ? `; ${loaded.fallback}` : ""}`);
-
-    // run.json binds OUT to the settings and the model's identity (known once it is open): a
-    // rerun with others is refused before any item runs.
-    const manifestFile = path.join(opts.out, MANIFEST_FILE);
-    const existingManifest = holdsPredictions(opts.out) && fs.existsSync(manifestFile) ? fs.readFileSync(manifestFile, "utf8") : null;
-    const settings = { model: opts.model, backend: opts.backend, quant: opts.quant, context: opts.context, max_new_tokens: opts.maxNewTokens };
-    let manifest = existingManifest;
-    try {
-      const made = await page.evaluate(([s, e, f]) => window.bench.manifest(s, e, f), [settings, existingManifest, opts.out]);
-      if (made) {
-        fs.mkdirSync(opts.out, { recursive: true });
-        fs.writeFileSync(manifestFile, made);
-        manifest = made;
-      }
-    } catch (e) {
-      throw new Error(cleanMessage(e));
-    }
-
-    let itemTokens = () => {};
-    await page.exposeFunction("benchTokens", (n) => itemTokens(n));
-    const multi = isTTY ? new cliProgress.MultiBar({ format: "{name} {bar} {value}/{total} items | {tps} tokens/s | eta {eta_formatted}", hideCursor: true, clearOnComplete: false, etaBuffer: 20 }, cliProgress.Presets.shades_classic) : null;
-    try {
-      for (const run of runs) {
-        const { spec, plan, resume, out } = run;
-        const todo = plan.items.slice(resume.done);
-        fs.mkdirSync(path.dirname(out), { recursive: true });
-        if (resume.partial_bytes > 0) {
-          log(`${spec.name}: dropping an unfinished last line (${resume.partial_bytes} bytes) of ${out}`);
-          fs.truncateSync(out, resume.keep_bytes);
-        }
-        if (resume.done > 0) log(`${spec.name}: resuming after ${resume.done} of ${plan.items.length} items already in ${out}`);
-        await page.evaluate(([n, i, t]) => window.bench.startDataset(n, i, t), [spec.name, plan.items.length, plan.total]);
-        const bar = datasetProgress(multi, spec.name, plan.items.length, resume.done);
-        const fd = fs.openSync(out, "a");
-        const stats = { tokens: 0, seconds: 0 };
-        try {
-          for (const [k, item] of todo.entries()) {
-            const itemStarted = performance.now();
-            itemTokens = (n) => bar.tokens((stats.tokens + n) / (stats.seconds + (performance.now() - itemStarted) / 1000));
-            let r;
-            try {
-              r = await page.evaluate(([it, n]) => window.bench.classify(it, n), [item, opts.maxNewTokens]);
-            } catch (e) {
-              throw new Error(`${spec.name} item ${item.index + 1} of ${path.basename(run.file)}: ${cleanMessage(e)}`);
-            }
-            fs.writeSync(fd, r.line);
-            fs.fsyncSync(fd);
-            stats.tokens += r.newTokens;
-            stats.seconds += r.seconds;
-            const tps = stats.tokens / Math.max(stats.seconds, 1e-9);
-            const done = resume.done + k + 1;
-            const eta = ((plan.items.length - done) * stats.seconds) / (k + 1);
-            bar.tokens(tps);
-            bar.item(done, `${done}/${plan.items.length} items, ${r.newTokens} tokens in ${seconds(r.seconds)} (${tps.toFixed(1)} tokens/s so far), eta ${seconds(eta)}`);
-          }
-        } finally {
-          fs.closeSync(fd);
-        }
-      }
-    } finally {
-      multi?.stop();
-    }
-
-    const predictions = runs.map((r) => ({ dataset: r.spec.name, source: r.out, text: fs.readFileSync(r.out, "utf8") }));
-    const wildGuard = runs.find((r) => r.plan.benchmark_items)?.plan.benchmark_items ?? null;
-    const { report, tables } = await page.evaluate(([p, w]) => window.bench.score(p, w), [predictions, wildGuard]);
+    const runs = await plan(page, opts);
+    const loaded = await load(page, opts, model);
+    await run(page, opts, runs);
+    const { tables, summary } = await score(page, opts, runs, loaded, started);
     process.stdout.write(tables);
-    const engine = { engine: "browser", browser: `Chromium ${chromiumVersion}`, adapter: adapter.description, backend: loaded.backend, fallback: loaded.fallback };
-    const wall = (performance.now() - started) / 1000;
-    const summary = await page.evaluate(
-      ([m, i, n, l, e, ls, w, r]) => window.bench.summary(m, i, n, l, e, ls, w, r),
-      [manifest, opts.shard.index, opts.shard.count, opts.limit ?? -1, engine, loadSeconds, wall, report],
-    );
     fs.writeFileSync(path.join(opts.out, SUMMARY_FILE), JSON.stringify(summary, null, 2) + "\n");
     console.log(JSON.stringify(summary));
   } finally {
     if (!interrupted) await closeAll();
   }
+}
+
+/** Every dataset planned and its file checked before the model loads: bad input fails fast and
+ * leaves what is on disk as it was. */
+async function plan(page, opts) {
+  const known = await page.evaluate(() => window.evaluator.datasets());
+  const specs = (opts.datasets ?? known.map((d) => d.name)).map((name) => {
+    const spec = known.find((d) => d.name === name);
+    if (!spec) throw new UsageError(`unknown dataset ${name}; the paper's are ${known.map((d) => d.name).join(", ")}`);
+    return spec;
+  });
+  const runs = [];
+  for (const spec of specs) {
+    const file = path.join(opts.benchmarkDir, `${spec.file}.json`);
+    if (!fs.existsSync(file)) {
+      if (!opts.datasets) continue; // by default: the datasets whose files are present
+      throw new Error(`${spec.name}: its benchmark file ${file} does not exist`);
+    }
+    const text = fs.readFileSync(file, "utf8");
+    const plan = await page.evaluate(([d, f, t, l, i, n]) => window.evaluator.plan(d, f, t, l, i, n), [spec.name, file, text, opts.limit ?? -1, opts.shard.index, opts.shard.count]);
+    const out = path.join(opts.out, spec.name, PREDICTIONS_FILE);
+    const existing = fs.existsSync(out) ? fs.readFileSync(out).toString("base64") : "";
+    const resume = await page.evaluate(([f, e, p]) => window.evaluator.resume(f, e, p), [out, existing, plan.items]);
+    runs.push({ spec, file, out, plan, resume });
+  }
+  if (runs.length === 0) throw new Error(`no benchmark files in ${opts.benchmarkDir}`);
+  return runs;
+}
+
+/** The model loaded in the page's worker, then run.json: it binds OUT to the settings and the
+ * model's identity (known once the model is open), so a rerun with others is refused before any
+ * item runs. Resolves to what the summary says of the engine. */
+async function load(page, opts, model) {
+  const chromiumVersion = (await page.evaluate(() => navigator.userAgent)).match(/Chrome\/([\d.]+)/)?.[1] ?? "unknown";
+  const adapter = opts.backend === "cpu" ? { available: false, description: "WebGPU off (--backend cpu)" } : await page.evaluate(() => window.evaluator.adapter());
+  log(`browser: Chromium ${chromiumVersion}; WebGPU adapter: ${adapter.description}`);
+  const progress = loadProgress();
+  await page.exposeFunction("evaluatorProgress", (p) => progress.update(p));
+  const loadStarted = performance.now();
+  let loaded;
+  try {
+    loaded = await page.evaluate(([source, o]) => window.evaluator.load(source, o), [model.source, { backend: opts.backend, quant: opts.quant, context: opts.context }]);
+  } catch (e) {
+    throw new Error(`cannot load the model ${opts.model}: ${cleanMessage(e)}`);
+  } finally {
+    progress.stop();
+  }
+  const loadSeconds = (performance.now() - loadStarted) / 1000;
+  log(`model: ${opts.model} on ${loaded.backend} (loaded in ${seconds(loadSeconds)})${loaded.fallback ? `; ${loaded.fallback}` : ""}`);
+
+  const manifestFile = path.join(opts.out, MANIFEST_FILE);
+  const existing = holdsPredictions(opts.out) && fs.existsSync(manifestFile) ? fs.readFileSync(manifestFile, "utf8") : null;
+  const settings = { model: opts.model, backend: opts.backend, quant: opts.quant, context: opts.context, max_new_tokens: opts.maxNewTokens };
+  let manifest = existing;
+  try {
+    const made = await page.evaluate(([s, e, f]) => window.evaluator.manifest(s, e, f), [settings, existing, opts.out]);
+    if (made) {
+      fs.mkdirSync(opts.out, { recursive: true });
+      fs.writeFileSync(manifestFile, made);
+      manifest = made;
+    }
+  } catch (e) {
+    throw new Error(cleanMessage(e));
+  }
+  const engine = { engine: "browser", browser: `Chromium ${chromiumVersion}`, adapter: adapter.description, backend: loaded.backend, fallback: loaded.fallback };
+  return { engine, manifest, loadSeconds };
+}
+
+/** Every planned item not yet in its dataset's file, each line written and synced to disk as soon
+ * as its item is done. */
+async function run(page, opts, runs) {
+  let itemTokens = () => {};
+  await page.exposeFunction("evaluatorTokens", (n) => itemTokens(n));
+  const multi = isTTY ? new cliProgress.MultiBar({ format: "{name} {bar} {value}/{total} items | {tps} tokens/s | eta {eta_formatted}", hideCursor: true, clearOnComplete: false, etaBuffer: 20 }, cliProgress.Presets.shades_classic) : null;
+  try {
+    for (const run of runs) {
+      const { spec, plan, resume, out } = run;
+      const todo = plan.items.slice(resume.done);
+      fs.mkdirSync(path.dirname(out), { recursive: true });
+      if (resume.partial_bytes > 0) {
+        log(`${spec.name}: dropping an unfinished last line (${resume.partial_bytes} bytes) of ${out}`);
+        fs.truncateSync(out, resume.keep_bytes);
+      }
+      if (resume.done > 0) log(`${spec.name}: resuming after ${resume.done} of ${plan.items.length} items already in ${out}`);
+      await page.evaluate(([n, i, t]) => window.evaluator.startDataset(n, i, t), [spec.name, plan.items.length, plan.total]);
+      const bar = datasetProgress(multi, spec.name, plan.items.length, resume.done);
+      const fd = fs.openSync(out, "a");
+      const stats = { tokens: 0, seconds: 0 };
+      try {
+        for (const [k, item] of todo.entries()) {
+          const itemStarted = performance.now();
+          itemTokens = (n) => bar.tokens((stats.tokens + n) / (stats.seconds + (performance.now() - itemStarted) / 1000));
+          let r;
+          try {
+            r = await page.evaluate(([it, n]) => window.evaluator.classify(it, n), [item, opts.maxNewTokens]);
+          } catch (e) {
+            throw new Error(`${spec.name} item ${item.index + 1} of ${path.basename(run.file)}: ${cleanMessage(e)}`);
+          }
+          fs.writeSync(fd, r.line);
+          fs.fsyncSync(fd);
+          stats.tokens += r.newTokens;
+          stats.seconds += r.seconds;
+          const tps = stats.tokens / Math.max(stats.seconds, 1e-9);
+          const done = resume.done + k + 1;
+          const eta = ((plan.items.length - done) * stats.seconds) / (k + 1);
+          bar.tokens(tps);
+          bar.item(done, `${done}/${plan.items.length} items, ${r.newTokens} tokens in ${seconds(r.seconds)} (${tps.toFixed(1)} tokens/s so far), eta ${seconds(eta)}`);
+        }
+      } finally {
+        fs.closeSync(fd);
+      }
+    }
+  } finally {
+    multi?.stop();
+  }
+}
+
+/** The paper's tables over every dataset's whole file, and the run's summary. */
+async function score(page, opts, runs, loaded, started) {
+  const predictions = runs.map((r) => ({ dataset: r.spec.name, source: r.out, text: fs.readFileSync(r.out, "utf8") }));
+  const wildGuard = runs.find((r) => r.plan.benchmark_items)?.plan.benchmark_items ?? null;
+  const { report, tables } = await page.evaluate(([p, w]) => window.evaluator.score(p, w), [predictions, wildGuard]);
+  const wall = (performance.now() - started) / 1000;
+  const summary = await page.evaluate(
+    ([m, i, n, l, e, ls, w, r]) => window.evaluator.summary(m, i, n, l, e, ls, w, r),
+    [loaded.manifest, opts.shard.index, opts.shard.count, opts.limit ?? -1, loaded.engine, loaded.loadSeconds, wall, report],
+  );
+  return { tables, summary };
 }
 
 /** Playwright wraps page errors ("page.evaluate: Error: ..."); keep the message a person needs. */

@@ -1,9 +1,9 @@
-// The page the batch evaluator (scripts/evaluate.mjs) drives through playwright: it loads the
+// The page the batch evaluator (evaluator/evaluate.mjs) drives through playwright: it loads the
 // same wasm package as the demo, runs the model in the same Web Worker (GuardReasoner), and
-// exposes `window.bench` for the evaluator to call. Item selection, prompts, predictions lines,
+// exposes `window.evaluator` for the evaluator to call. Item selection, prompts, predictions lines,
 // resume points and scoring come from the wasm module, so they are the native CLI's too.
 import init, { benchmark_datasets, plan_benchmark, resume_point, prediction_line, score_predictions, run_manifest, RunSummary } from "../pkg/guardreasoner.js";
-import { GuardReasoner } from "./guardreasoner.js";
+import { GuardReasoner } from "../www/guardreasoner.js";
 
 // How often token counts go back to the evaluator while an item generates.
 const TOKEN_REPORT_MS = 250;
@@ -27,7 +27,7 @@ async function adapterInfo() {
   }
 }
 
-window.bench = {
+window.evaluator = {
   datasets: () => benchmark_datasets(),
   plan: (dataset, file, text, limit, shardIndex, shardCount) => plan_benchmark(dataset, file, text, limit ?? -1, shardIndex, shardCount),
   // `existing`: the file's bytes in base64 (offsets are bytes, whatever a cut-off write left).
@@ -49,7 +49,7 @@ window.bench = {
       backend,
       quant,
       context,
-      onProgress: (p) => window.benchProgress?.({ phase: p.phase, file: p.file ?? null, loaded: p.loaded ?? 0, total: p.total ?? 0, message: p.message ?? null }),
+      onProgress: (p) => window.evaluatorProgress?.({ phase: p.phase, file: p.file ?? null, loaded: p.loaded ?? 0, total: p.total ?? 0, message: p.message ?? null }),
     });
     status.textContent = `model loaded on ${guard.backend}`;
     return { backend: guard.backend, fallback: guard.fallback };
@@ -68,7 +68,7 @@ window.bench = {
         tokens++; // one event per text delta: close to, not exactly, the token count
         if (performance.now() - reported > TOKEN_REPORT_MS) {
           reported = performance.now();
-          window.benchTokens?.(tokens);
+          window.evaluatorTokens?.(tokens);
         }
       },
     });
@@ -90,4 +90,4 @@ window.bench = {
 await init();
 summary = new RunSummary();
 status.textContent = "ready";
-window.benchReady = true;
+window.evaluatorReady = true;

@@ -1,0 +1,56 @@
+// What the page, the Web Worker, the demo and the evaluator share, spelled once: the worker's
+// message kinds, the defaults, the words the backend and quantization options take, the cache
+// name and the files of a Hugging Face model folder. No browser API is used here, so Node
+// (evaluator/evaluate.mjs) imports it too.
+
+/** Requests to the worker: `{id, type, ...}`. */
+export const Request = Object.freeze({
+  load: "load",
+  tokenize: "tokenize",
+  generate: "generate",
+  moderate: "moderate",
+  classify: "classify",
+  /** `{type, buffer}`: a SharedArrayBuffer the page raises to cancel (cross-origin isolated pages). */
+  cancelFlag: "cancel-flag",
+  /** No id: cancels the run in progress (effective at its next await without a cancel flag). */
+  cancel: "cancel",
+});
+
+/** Replies from the worker: `{id, type, ...}`. */
+export const Reply = Object.freeze({
+  progress: "progress",
+  event: "event",
+  token: "token",
+  result: "result",
+  error: "error",
+});
+
+export const DEFAULTS = Object.freeze({
+  backend: "auto",
+  quant: "q8",
+  /** KV cache tokens: prompt + new tokens. */
+  context: 4096,
+  /** New tokens of a classification (the model's answers run to ~250; 2048 is the paper's cap). */
+  maxNewTokens: 2048,
+  /** New tokens of a plain `generate`. */
+  generateMaxNewTokens: 32,
+});
+
+/** The words the options take (the core accepts these and refuses others with a message). */
+export const BACKENDS = Object.freeze(["auto", "webgpu", "gpu", "cpu"]);
+export const QUANTS = Object.freeze(["q8", "q4", "none", "f32", "q8_0", "q4_0"]);
+
+/** Cache Storage holding downloaded model files. */
+export const CACHE_NAME = "guardreasoner-models";
+
+/** A Hugging Face model folder: the files the worker fetches. */
+export const HF_FILES = Object.freeze({
+  config: "config.json",
+  generationConfig: "generation_config.json",
+  tokenizer: "tokenizer.json",
+  shardIndex: "model.safetensors.index.json",
+  singleShard: "model.safetensors",
+});
+
+/** Where the Hub serves a repo's files. */
+export const hubBaseUrl = (repo) => `https://huggingface.co/${repo}/resolve/main/`;
