@@ -1,5 +1,5 @@
 //! The small interface the forward pass is written against. Each backend owns how weights and
-//! activations are stored (candle tensors on the CPU; GPU buffers later) and may fuse inside an
+//! activations are stored (candle tensors on the CPU, wgpu buffers on the GPU) and may fuse inside an
 //! op; the order of ops is fixed once, in `model::forward`.
 
 pub mod cpu;
@@ -19,7 +19,9 @@ pub trait Backend {
     type Vector;
     /// Activations `(seq, width)`.
     type Act;
-    /// The KV cache of every layer: `(layer, kv_heads, max_seq, head_dim)` for K and for V.
+    /// The KV cache of every layer, K and V, preallocated for `max_seq` positions; each backend
+    /// picks its layout (CPU: `(kv_heads, max_seq, head_dim)` per layer; GPU: `(max_seq, kv_heads *
+    /// head_dim)` per layer).
     type Cache;
     /// Rotary cos/sin tables `(max_seq, head_dim / 2)`.
     type Rope;

@@ -648,8 +648,8 @@ impl Backend for GpuBackend {
 
     fn rope(&self, x: &GpuAct, rope: &GpuRope, heads: usize, pos: usize) -> Result<GpuAct> {
         let head_dim = x.cols / heads;
-        // In place: the input is not used again by the forward pass, but a clone keeps the
-        // by-value contract honest for any other caller.
+        // rope.wgsl rotates in place, so the input is copied first and stays as it was (one
+        // buffer copy per call; not yet: a kernel that writes its own output).
         let out = self.activation(x.rows, x.cols)?;
         self.copy(x.buffer(), 0, out.buffer(), 0, (x.rows * x.cols * 4) as u64);
         let p = params(&[x.rows as u32, heads as u32, head_dim as u32, pos as u32]);
