@@ -143,7 +143,6 @@ function loadProgress() {
   let lastTenth = -1;
   return {
     update(p) {
-      if (p.phase === "cache-full") return log(`note: ${p.message}`);
       const key = `${p.phase} ${p.file ?? ""}`;
       if (bar) {
         if (shown !== key) bar.stop(), bar.start(p.total || 1, 0, { phase: p.phase.padEnd(8), file: p.file ?? "", done: "", all: "" });

@@ -45,11 +45,27 @@ function resolve(pathname, root, mounts) {
   return file === root || file.startsWith(root + path.sep) ? file : null;
 }
 
+/** The byte range a `Range: bytes=a-b` header asks of a file of `size` bytes, or null for all. */
+function byteRange(header, size) {
+  const m = /^bytes=(\d*)-(\d*)$/.exec(header || "");
+  if (!m || (m[1] === "" && m[2] === "")) return null;
+  const start = m[1] === "" ? Math.max(0, size - Number(m[2])) : Number(m[1]);
+  const end = m[1] === "" || m[2] === "" ? size - 1 : Math.min(Number(m[2]), size - 1);
+  return { start, end };
+}
+
 /**
- * Start the server. Resolves to `{url, close()}` once it listens (`url` without a trailing slash).
+ * Start the server. Resolves to `{url, requests, close()}` once it listens (`url` without a
+ * trailing slash; `requests`: `{method, path, range}` of every request, for tests).
  * `mounts`: a URL prefix ending in "/" to an absolute folder, or a URL path to one absolute file.
+ * `faults` (tests only), for paths under `faults.under`: `{dropAfterBytes, drops}` cuts the
+ * connection after that many body bytes, `drops` times in all; `ignoreRanges` answers every
+ * request whole, as a server without range support does; `unavailable` (a Set of paths) answers
+ * them 503, as a server that is down.
  */
-export function startServer({ root = REPO, port = 0, mounts = {} } = {}) {
+export function startServer({ root = REPO, port = 0, mounts = {}, faults = {} } = {}) {
+  const requests = [];
+  let dropsLeft = faults.drops ?? 0;
   root = path.resolve(root);
   const server = http.createServer((req, res) => {
     try {
@@ -74,8 +90,13 @@ export function startServer({ root = REPO, port = 0, mounts = {} } = {}) {
       res.writeHead(400, HEADERS).end("bad request");
       return;
     }
+    requests.push({ method: req.method, path: pathname, range: req.headers.range ?? null });
     if (pathname.includes("\0")) {
       res.writeHead(400, HEADERS).end("bad request");
+      return;
+    }
+    if (faults.unavailable?.has(pathname)) {
+      res.writeHead(503, HEADERS).end("unavailable");
       return;
     }
     if (pathname === "/") {
@@ -93,11 +114,26 @@ export function startServer({ root = REPO, port = 0, mounts = {} } = {}) {
         res.writeHead(404, { ...HEADERS, "Content-Type": "text/plain" }).end(`not found: ${pathname}`);
         return;
       }
-      res.writeHead(200, { ...HEADERS, "Content-Type": TYPES[path.extname(target)] || "application/octet-stream", "Content-Length": stat.size });
-      if (req.method === "HEAD") return res.end();
-      fs.createReadStream(target)
-        .on("error", () => res.destroy())
-        .pipe(res);
+      const faulty = faults.under !== undefined && pathname.startsWith(faults.under);
+      const etag = `"${stat.size.toString(16)}-${Math.floor(stat.mtimeMs).toString(16)}"`;
+      const headers = { ...HEADERS, "Content-Type": TYPES[path.extname(target)] || "application/octet-stream", "Accept-Ranges": faulty && faults.ignoreRanges ? "none" : "bytes", ETag: etag, "Last-Modified": stat.mtime.toUTCString() };
+      // A range is served only while the client's copy is of this version (If-Range).
+      const ifRange = req.headers["if-range"];
+      const range = (faulty && faults.ignoreRanges) || (ifRange && ifRange !== etag) ? null : byteRange(req.headers.range, stat.size);
+      if (range && (range.start >= stat.size || range.start > range.end)) {
+        res.writeHead(416, { ...headers, "Content-Range": `bytes */${stat.size}` }).end();
+        return;
+      }
+      const { start, end } = range ?? { start: 0, end: stat.size - 1 };
+      if (range) res.writeHead(206, { ...headers, "Content-Range": `bytes ${start}-${end}/${stat.size}`, "Content-Length": end - start + 1 });
+      else res.writeHead(200, { ...headers, "Content-Length": stat.size });
+      if (req.method === "HEAD" || stat.size === 0) return res.end();
+      const drop = faulty && dropsLeft > 0 && faults.dropAfterBytes < end - start + 1;
+      if (drop) dropsLeft -= 1;
+      const stream = fs.createReadStream(target, { start, end: drop ? start + faults.dropAfterBytes - 1 : end });
+      stream.on("error", () => res.destroy());
+      if (drop) stream.on("end", () => setTimeout(() => res.destroy(), 10));
+      stream.pipe(res, { end: !drop });
     });
   };
   return new Promise((resolvePromise, reject) => {
@@ -106,6 +142,7 @@ export function startServer({ root = REPO, port = 0, mounts = {} } = {}) {
       const url = `http://127.0.0.1:${server.address().port}`;
       resolvePromise({
         url,
+        requests,
         close: () => new Promise((done) => (server.close(done), server.closeAllConnections())),
       });
     });

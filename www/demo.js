@@ -2,6 +2,7 @@
 // then verdict badges. Model and user text only ever reach the page through textContent.
 import { GuardReasoner } from "./guardreasoner.js";
 import { BACKENDS, CACHE_NAME, DEFAULTS, QUANTS } from "./protocol.js";
+import { clearStored, storedSummary } from "./model-store.js";
 
 const $ = (id) => document.getElementById(id);
 // The select's word for each spelling the options take.
@@ -47,11 +48,10 @@ function sourceFromText(text) {
 
 async function refreshCacheStatus() {
   try {
-    const cache = await caches.open(CACHE_NAME);
-    const keys = await cache.keys();
-    let bytes = 0;
-    for (const k of keys) bytes += (await (await cache.match(k)).blob()).size;
-    $("cache-status").textContent = keys.length ? `${keys.length} files, ${formatBytes(bytes)} stored` : "empty";
+    const { files, bytes } = await storedSummary();
+    const estimate = await navigator.storage.estimate?.();
+    const free = estimate ? `; ${formatBytes(Math.max(0, estimate.quota - estimate.usage))} free` : "";
+    $("cache-status").textContent = (files ? `${files} files, ${formatBytes(bytes)} stored` : "empty") + free;
   } catch {
     $("cache-status").textContent = "unavailable";
   }
@@ -78,15 +78,18 @@ async function loadModel() {
           bar.max = p.total || 1;
           bar.value = p.loaded;
           const eta = p.eta != null ? `, ${Math.ceil(p.eta)} s left` : "";
-          $("load-status").textContent = `Downloading ${p.file}: ${formatBytes(p.loaded)}${p.total ? ` of ${formatBytes(p.total)}` : ""} at ${formatBytes(p.rate)}/s${eta}`;
+          const resumed = p.resumedFrom ? ` (resumed at ${formatBytes(p.resumedFrom)})` : "";
+          $("load-status").textContent = `Downloading ${p.file}: ${formatBytes(p.loaded)}${p.total ? ` of ${formatBytes(p.total)}` : ""} at ${formatBytes(p.rate)}/s${eta}${resumed}`;
         } else if (p.phase === "load") {
           bar.max = p.total || 1;
           bar.value = p.loaded;
           $("load-status").textContent = `Loading weights: ${formatBytes(p.loaded)} of ${formatBytes(p.total)}`;
+        } else if (p.phase === "copy") {
+          bar.max = p.total || 1;
+          bar.value = p.loaded;
+          $("load-status").textContent = `Copying ${p.file}: ${formatBytes(p.loaded)} of ${formatBytes(p.total)}`;
         } else if (p.phase === "cache") {
-          $("load-status").textContent = `Reading ${p.file} from the browser cache`;
-        } else if (p.phase === "cache-full") {
-          $("load-status").textContent = p.message;
+          $("load-status").textContent = `Reading ${p.file} from browser storage`;
         }
       },
     });
@@ -206,7 +209,13 @@ $("load").addEventListener("click", loadModel);
 $("check").addEventListener("click", check);
 $("cancel").addEventListener("click", () => controller?.abort());
 $("clear-cache").addEventListener("click", async () => {
-  await caches.delete(CACHE_NAME).catch(() => {});
+  guard?.terminate(); // a loaded model's files may still be open
+  guard = null;
+  $("check").disabled = true;
+  $("backend").textContent = "—";
+  $("load-status").textContent = "No model loaded.";
+  await clearStored();
+  await globalThis.caches?.delete(CACHE_NAME).catch(() => {}); // what older versions stored
   refreshCacheStatus();
 });
 const fromQuery = query.get("model");

@@ -1,10 +1,15 @@
 // Types for guardreasoner.js.
 
-/** `cache: false` skips Cache Storage (for files served from this machine). */
-export type ModelSource = { hf: string } | { url: string; cache?: boolean } | { hfBaseUrl: string; cache?: boolean } | { file: File };
+/** `cache: false` keeps nothing in browser storage (for files served from this machine). A Hub
+ * `revision` (default "main") is resolved to its commit and pinned; `hfEndpoint` replaces the Hub. */
+export type ModelSource =
+  | { hf: string; revision?: string; hfEndpoint?: string }
+  | { url: string; cache?: boolean }
+  | { hfBaseUrl: string; cache?: boolean }
+  | { file: File };
 
 export interface LoadProgress {
-  phase: "download" | "cache" | "cache-full" | "load";
+  phase: "download" | "cache" | "copy" | "load";
   file?: string;
   loaded?: number;
   total?: number;
@@ -12,7 +17,8 @@ export interface LoadProgress {
   rate?: number;
   /** seconds left (downloads), when the size is known */
   eta?: number | null;
-  message?: string;
+  /** downloads: bytes already stored when this attempt began (a resumed download) */
+  resumedFrom?: number;
 }
 
 export interface LoadOptions {
@@ -22,7 +28,11 @@ export interface LoadOptions {
   /** KV cache size in tokens (prompt + new tokens) */
   context?: number;
   onProgress?: (p: LoadProgress) => void;
+  /** A Hub revision for an `{hf}` source (default "main"). */
+  revision?: string;
   workerUrl?: string | URL;
+  /** Bytes to use as the browser's storage quota (tests of the "not enough storage" path). */
+  storageQuotaOverride?: number;
 }
 
 export type TaskName = "prompt_harmfulness" | "refusal" | "response_harmfulness";

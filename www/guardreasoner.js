@@ -31,16 +31,25 @@ export class GuardReasoner {
   }
 
   /**
-   * Load a model. `source`: `{url}` (a .gguf URL, or an HF-style folder URL), `{hf: "owner/name"}`,
-   * `{hfBaseUrl}` or `{file}` (a .gguf File); `cache: false` in a URL source skips Cache Storage
-   * (for files already on this machine). Options: `backend` "auto" | "webgpu" | "cpu",
+   * Load a model. `source`: `{url}` (a .gguf URL, or an HF-style folder URL), `{hf: "owner/name",
+   * revision?, hfEndpoint?}`, `{hfBaseUrl}` or `{file}` (a .gguf File). Downloads stream into the
+   * origin's private file system (OPFS), resume after a break, and are kept for the next visit;
+   * `cache: false` in a URL source keeps nothing (for files already on this machine). A Hub
+   * revision (default "main"; also the `revision` option) is resolved to its commit, and the files
+   * are stored under it: an upstream change is a fresh download, never mixed with stored files. Options: `backend` "auto" | "webgpu" | "cpu",
    * `quant` "q8" | "q4" | "none" (float weights once loaded; "f32", "q8_0", "q4_0" also taken),
-   * `context` (tokens), `onProgress`.
+   * `context` (tokens), `onProgress` (phases: "download" with loaded/total/rate/eta/resumedFrom,
+   * "cache", "copy" for a picked file, "load"). `storageQuotaOverride` (bytes) stands in for the
+   * browser's quota, for tests.
    */
-  static async load(source, { onProgress, backend = DEFAULTS.backend, quant = DEFAULTS.quant, context = DEFAULTS.context, workerUrl } = {}) {
+  static async load(source, { onProgress, backend = DEFAULTS.backend, quant = DEFAULTS.quant, context = DEFAULTS.context, revision, workerUrl, storageQuotaOverride } = {}) {
     const url = workerUrl || new URL("./worker.js", import.meta.url);
     const guard = new GuardReasoner(new Worker(url, { type: "module" }));
-    const out = await guard.#request({ type: Request.load, source, backend, quant, context }, { onProgress });
+    // Ask once that stored models survive storage pressure (the browser may say no; they are then
+    // kept as long as it allows).
+    await globalThis.navigator?.storage?.persist?.().catch(() => false);
+    if (revision && source?.hf && !source.revision) source = { ...source, revision };
+    const out = await guard.#request({ type: Request.load, source, backend, quant, context, quotaOverride: storageQuotaOverride }, { onProgress });
     guard.backend = out.backend;
     guard.fallback = out.fallback;
     guard.modelIdentity = out.modelIdentity;

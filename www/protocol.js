@@ -40,8 +40,11 @@ export const DEFAULTS = Object.freeze({
 export const BACKENDS = Object.freeze(["auto", "webgpu", "gpu", "cpu"]);
 export const QUANTS = Object.freeze(["q8", "q4", "none", "f32", "q8_0", "q4_0"]);
 
-/** Cache Storage holding downloaded model files. */
+/** Cache Storage that held downloaded model files before they moved to OPFS (cleared with them). */
 export const CACHE_NAME = "guardreasoner-models";
+
+/** The OPFS folder of downloaded model files (www/model-store.js). */
+export const MODELS_DIR = "guardreasoner-models";
 
 /** A Hugging Face model folder: the files the worker fetches. */
 export const HF_FILES = Object.freeze({
@@ -52,5 +55,11 @@ export const HF_FILES = Object.freeze({
   singleShard: "model.safetensors",
 });
 
-/** Where the Hub serves a repo's files. */
-export const hubBaseUrl = (repo) => `https://huggingface.co/${repo}/resolve/main/`;
+/** The Hugging Face Hub; `hfEndpoint` in a source points elsewhere (a mirror, a test server). */
+export const HUB_ENDPOINT = "https://huggingface.co";
+
+/** Where the Hub serves a repo's files at a revision (a branch, a tag or a commit). */
+export const hubBaseUrl = (repo, revision = "main", endpoint = HUB_ENDPOINT) => `${endpoint}/${repo}/resolve/${encodeURIComponent(revision)}/`;
+
+/** The Hub's answer to "which commit is this revision": `{sha, ...}`. */
+export const hubRevisionUrl = (repo, revision = "main", endpoint = HUB_ENDPOINT) => `${endpoint}/api/models/${repo}/revision/${encodeURIComponent(revision)}`;

@@ -1,10 +1,11 @@
 // The Web Worker that owns the model: loads the wasm module, resolves a model source to files
-// (download with progress into Cache Storage, or a picked File), and runs one request at a time.
+// (downloaded with progress and resume into OPFS, www/model-store.js; or a picked File), and runs
+// one request at a time.
 // Protocol (www/protocol.js): requests {id, type, ...}; replies {id, type, ...}.
 import init, { load_model } from "../pkg/guardreasoner.js";
-import { CACHE_NAME, DEFAULTS, HF_FILES, Reply, Request, hubBaseUrl } from "./protocol.js";
+import { DEFAULTS, HF_FILES, HUB_ENDPOINT, Reply, Request, hubBaseUrl, hubRevisionUrl } from "./protocol.js";
+import { StorageError, pins, storedFile, storedUpload } from "./model-store.js";
 
-const MAX_RETRIES = 3;
 let session = null; // the wasm Session
 let cancelFlag = null; // Int32Array over a SharedArrayBuffer when the page is cross-origin isolated
 let cancelledByMessage = false;
@@ -16,107 +17,104 @@ function isCancelled() {
   return cancelFlag ? Atomics.load(cancelFlag, 0) === 1 : cancelledByMessage;
 }
 
-// A synchronous reader over a Blob: the wasm side reads one tensor at a time.
-function blobSource(name, blob) {
-  const reader = new FileReaderSync();
-  return {
-    name,
-    size: blob.size,
-    read: (offset, length) => new Uint8Array(reader.readAsArrayBuffer(blob.slice(offset, offset + length))),
-  };
-}
-
-async function fetchWithRetry(url, onBytes) {
-  let lastError = null;
-  for (let attempt = 0; attempt < MAX_RETRIES; attempt++) {
-    try {
-      const response = await fetch(url);
-      if (!response.ok) {
-        const err = new Error(`HTTP ${response.status} for ${url}`);
-        err.permanent = response.status >= 400 && response.status < 500;
-        throw err;
-      }
-      const total = Number(response.headers.get("content-length")) || 0;
-      const reader = response.body.getReader();
-      const parts = [];
-      let loaded = 0;
-      for (;;) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        parts.push(value);
-        loaded += value.length;
-        onBytes(loaded, total);
-      }
-      if (total && loaded !== total) throw new Error(`download of ${url} stopped at ${loaded} of ${total} bytes`);
-      return new Blob(parts, { type: response.headers.get("content-type") || "application/octet-stream" });
-    } catch (e) {
-      lastError = e;
-      if (e.permanent) break;
-      await new Promise((r) => setTimeout(r, 500 * 2 ** attempt));
-    }
-  }
-  throw lastError;
-}
-
-// A file as a Blob: from Cache Storage when present, else downloaded (with progress) and cached.
-async function cachedBlob(url, label, id, useCache = true) {
-  const cache = useCache && typeof caches !== "undefined" ? await caches.open(CACHE_NAME).catch(() => null) : null;
-  const hit = cache && (await cache.match(url));
-  if (hit) {
-    post({ id, type: Reply.progress, phase: "cache", file: label, loaded: 1, total: 1 });
-    return hit.blob();
-  }
+// Progress of one file's download: bytes (resumed ones included), rate and ETA of this session.
+function downloadProgress(id, label) {
   const started = performance.now();
-  const blob = await fetchWithRetry(url, (loaded, total) => {
+  return (loaded, total, resumedFrom) => {
     const seconds = (performance.now() - started) / 1000;
-    const rate = seconds > 0 ? loaded / seconds : 0;
+    const rate = seconds > 0 ? (loaded - resumedFrom) / seconds : 0;
     const eta = total && rate ? (total - loaded) / rate : null;
-    post({ id, type: Reply.progress, phase: "download", file: label, loaded, total, rate, eta });
-  });
-  if (cache) {
-    try {
-      await cache.put(url, new Response(blob));
-    } catch (e) {
-      post({ id, type: Reply.progress, phase: "cache-full", file: label, message: `not cached (${e.name}): storage quota too small; the model still runs` });
-    }
-  }
-  return blob;
+    post({ id, type: Reply.progress, phase: "download", file: label, loaded, total, rate, eta, resumedFrom });
+  };
 }
 
 function isGguf(name) {
   return /\.gguf($|\?)/i.test(name);
 }
 
-// Resolve a source ({url} | {hf} | {file} | {hfBaseUrl}) to the files load_model takes.
-async function resolveFiles(source, id) {
-  const useCache = source.cache !== false;
-  if (source.file) {
-    if (!isGguf(source.file.name)) throw new Error(`${source.file.name}: pick a .gguf file`);
-    return { kind: "gguf", source: blobSource(source.file.name, source.file) };
-  }
-  if (source.url && isGguf(source.url)) {
-    const blob = await cachedBlob(source.url, source.url.split("/").pop(), id, useCache);
-    return { kind: "gguf", source: blobSource(source.url, blob) };
-  }
-  const base = source.hfBaseUrl || (source.hf && hubBaseUrl(source.hf)) || source.url;
-  if (!base) throw new Error("no model source given (a .gguf URL, a Hugging Face repo id or a file)");
-  const root = base.endsWith("/") ? base : base + "/";
-  const text = async (name, optional = false) => {
-    try {
-      return await (await cachedBlob(root + name, name, id, useCache)).text();
-    } catch (e) {
-      if (optional) return undefined;
-      throw e;
+/** The commit a Hub revision names, pinned in OPFS: online the Hub is asked each time (a new
+ * commit means new files, never spliced with the old); offline the last pin is used. */
+async function pinnedCommit(repo, revision, endpoint) {
+  const key = `${endpoint}/${repo}@${revision}`;
+  try {
+    const response = await fetch(hubRevisionUrl(repo, revision, endpoint));
+    if (response.ok) {
+      const { sha } = await response.json();
+      if (/^[0-9a-f]{40}$/i.test(sha ?? "")) {
+        await pins.save(key, sha);
+        return sha;
+      }
+    } else if (response.status === 401 || response.status === 404) {
+      throw new StorageError(`${repo}: no such model or revision \`${revision}\` on ${endpoint} (HTTP ${response.status})`);
     }
+  } catch (e) {
+    if (e instanceof StorageError) throw e;
+  }
+  const pinned = await pins.load(key);
+  if (!pinned) throw new Error(`${repo}: cannot reach ${endpoint} to resolve revision \`${revision}\`, and nothing of it is stored`);
+  return pinned;
+}
+
+// Resolve a source ({url} | {hf, revision?, hfEndpoint?} | {file} | {hfBaseUrl}) to the files
+// load_model takes. Every file is stored in OPFS and read through a sync access handle; the
+// returned `release()` closes them (and deletes temporary ones) once the model has loaded.
+async function resolveFiles(source, id, quotaOverride) {
+  const keep = source.cache !== false;
+  const opened = [];
+  const release = () => Promise.all(opened.map((f) => f.release()));
+  const store = async (url, label) => {
+    const file = await storedFile(url, label, {
+      keep,
+      quotaOverride,
+      onProgress: downloadProgress(id, label),
+      onCached: () => post({ id, type: Reply.progress, phase: "cache", file: label, loaded: 1, total: 1 }),
+    });
+    opened.push(file);
+    return file.source;
   };
-  const config = await text(HF_FILES.config);
-  const generation_config = await text(HF_FILES.generationConfig, true);
-  const tokenizer = new Uint8Array(await (await cachedBlob(root + HF_FILES.tokenizer, HF_FILES.tokenizer, id, useCache)).arrayBuffer());
-  const index = await text(HF_FILES.shardIndex, true);
-  const names = index ? [...new Set(Object.values(JSON.parse(index).weight_map))].sort() : [HF_FILES.singleShard];
-  const shards = [];
-  for (const name of names) shards.push(blobSource(name, await cachedBlob(root + name, name, id, useCache)));
-  return { kind: "hf", config, generation_config, tokenizer, shards };
+  try {
+    if (source.file) {
+      if (!isGguf(source.file.name)) throw new Error(`${source.file.name}: pick a .gguf file`);
+      const label = source.file.name;
+      const file = await storedUpload(source.file, { quotaOverride, onProgress: (loaded, total) => post({ id, type: Reply.progress, phase: "copy", file: label, loaded, total }) });
+      opened.push(file);
+      return { files: { kind: "gguf", source: file.source }, release };
+    }
+    if (source.url && isGguf(source.url)) {
+      return { files: { kind: "gguf", source: await store(source.url, source.url.split("/").pop()) }, release };
+    }
+    let base = source.hfBaseUrl || source.url;
+    if (source.hf) {
+      const endpoint = source.hfEndpoint || HUB_ENDPOINT;
+      base = hubBaseUrl(source.hf, await pinnedCommit(source.hf, source.revision || "main", endpoint), endpoint);
+    }
+    if (!base) throw new Error("no model source given (a .gguf URL, a Hugging Face repo id or a file)");
+    const root = base.endsWith("/") ? base : base + "/";
+    const bytes = async (name, optional = false) => {
+      try {
+        const src = await store(root + name, name);
+        return src.read(0, src.size);
+      } catch (e) {
+        if (optional && !(e instanceof StorageError && /storage/.test(e.message))) return undefined;
+        throw e;
+      }
+    };
+    const text = async (name, optional) => {
+      const b = await bytes(name, optional);
+      return b === undefined ? undefined : new TextDecoder().decode(b);
+    };
+    const config = await text(HF_FILES.config);
+    const generation_config = await text(HF_FILES.generationConfig, true);
+    const tokenizer = await bytes(HF_FILES.tokenizer);
+    const index = await text(HF_FILES.shardIndex, true);
+    const names = index ? [...new Set(Object.values(JSON.parse(index).weight_map))].sort() : [HF_FILES.singleShard];
+    const shards = [];
+    for (const name of names) shards.push(await store(root + name, name));
+    return { files: { kind: "hf", config, generation_config, tokenizer, shards }, release };
+  } catch (e) {
+    await release();
+    throw e;
+  }
 }
 
 async function handle(msg) {
@@ -124,14 +122,18 @@ async function handle(msg) {
   try {
     if (type === Request.load) {
       await init();
-      const files = await resolveFiles(msg.source, id);
+      const { files, release } = await resolveFiles(msg.source, id, msg.quotaOverride);
       // The core picks the device ("auto": WebGPU, else the CPU, saying why) and refuses unknown
       // words; only a browser without WebGPU at all is decided here.
       const wanted = msg.backend || DEFAULTS.backend;
       const noWebGpu = wanted === "auto" && !self.navigator.gpu;
-      session = await load_model(files, noWebGpu ? "cpu" : wanted, msg.quant || DEFAULTS.quant, msg.context || DEFAULTS.context, (loaded, total) =>
-        post({ id, type: Reply.progress, phase: "load", loaded, total }),
-      );
+      try {
+        session = await load_model(files, noWebGpu ? "cpu" : wanted, msg.quant || DEFAULTS.quant, msg.context || DEFAULTS.context, (loaded, total) =>
+          post({ id, type: Reply.progress, phase: "load", loaded, total }),
+        );
+      } finally {
+        await release(); // the weights are in wasm or GPU memory now (or the load failed)
+      }
       const fallback = noWebGpu ? "WebGPU is not available in this browser: running on the CPU" : (session.fallback() ?? null);
       post({ id, type: Reply.result, backend: session.backend(), fallback, modelIdentity: session.model_identity() });
     } else if (type === Request.cancelFlag) {

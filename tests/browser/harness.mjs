@@ -7,9 +7,11 @@ import { launchChromium } from "../../scripts/browser.mjs";
 
 export const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 
-export async function startServer() {
-  const { url, close } = await serve({ root: repo });
-  return { url, stop: close };
+/** The static server over the repository; `options` as scripts/serve.mjs takes them (mounts,
+ * faults). `requests` records every request. */
+export async function startServer(options = {}) {
+  const { url, close, requests } = await serve({ root: repo, ...options });
+  return { url, stop: close, requests };
 }
 
 export async function launch({ webgpu = true } = {}) {
