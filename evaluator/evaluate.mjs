@@ -47,7 +47,7 @@ Options:
   --quant Q             float weights once loaded: q8 | q4 | none (default ${DEFAULTS.quant}; f32, q8_0,
                         q4_0 also taken)
   --context N           KV cache size in tokens, prompt + new (default ${DEFAULTS.context})
-  --profile DIR         browser profile; its Cache Storage keeps downloaded models between runs
+  --profile DIR         browser profile; its OPFS keeps downloaded models between runs
                         (default .cache/browser-profile in the repository)
   -h, --help            this text`;
 

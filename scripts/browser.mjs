@@ -12,7 +12,7 @@ export function chromiumArgs({ webgpu = true } = {}) {
   return args;
 }
 
-/** A browser (`newPage()`, `close()`). With `profileDir` a persistent profile, so Cache Storage
+/** A browser (`newPage()`, `close()`). With `profileDir` a persistent profile, so OPFS
  * (downloaded models) survives between runs. */
 export async function launchChromium({ webgpu = true, profileDir = null } = {}) {
   const options = { executablePath: CHROMIUM, headless: true, args: chromiumArgs({ webgpu }) };

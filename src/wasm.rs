@@ -1,7 +1,7 @@
 //! The WebAssembly facade: a thin wasm-bindgen layer over the core for the Web Worker
 //! (www/worker.js). Every failure is a JS error with a message; nothing here panics on input.
 //! Model bytes never sit whole in wasm memory: the worker hands in a synchronous reader over a
-//! Blob (a download in Cache Storage, or a file the user picked) and tensors are read one at a
+//! file in the origin private file system (www/model-store.js) and tensors are read one at a
 //! time.
 
 use crate::error::{Error, Result};
@@ -23,7 +23,7 @@ fn js_err(e: impl std::fmt::Display) -> JsValue {
 }
 
 /// A byte source backed by JS: `{ name, size, read(offset, length) -> Uint8Array }`, where
-/// `read` is synchronous (FileReaderSync over a Blob slice in the worker).
+/// `read` is synchronous (an OPFS sync access handle in the worker).
 struct JsSource {
     name: String,
     size: u64,

@@ -1,5 +1,6 @@
 //! `guardreasoner synth`: a GuardReasoner-1B-shaped GGUF with seeded random weights and the real
-//! Llama 3 tokenizer, for speed and memory benchmarks (llama.cpp loads it too).
+//! Llama 3 tokenizer, for speed and memory benchmarks (llama.cpp loads it too), or the bf16
+//! Hugging Face folder the real checkpoint is, for loading tests.
 
 use anyhow::{Context, Result};
 use candle_core::quantized::GgmlDType;
@@ -8,10 +9,12 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct SynthArgs {
-    /// Output .gguf file (written as FILE.part, renamed when complete).
+    /// Output: a .gguf file (written as FILE.part, renamed when complete), or with `--quant bf16`
+    /// a folder (config.json, generation_config.json, tokenizer.json, model.safetensors).
     #[arg(long)]
     pub out: PathBuf,
-    /// Weight type of the matrices.
+    /// Weight type of the matrices: q4_0, q8_0 (GGUF), or bf16 (a Hugging Face folder of 2.47 GB,
+    /// as the real checkpoint).
     #[arg(long, value_enum, default_value = "q4_0")]
     pub quant: SynthQuant,
     /// A Llama 3 tokenizer.json whose vocabulary goes into the file.
@@ -25,6 +28,7 @@ pub enum SynthQuant {
     Q4_0,
     #[value(name = "q8_0", alias = "q8")]
     Q8_0,
+    Bf16,
 }
 
 pub fn run(args: SynthArgs) -> Result<u8> {
@@ -34,6 +38,14 @@ pub fn run(args: SynthArgs) -> Result<u8> {
     let quant = match args.quant {
         SynthQuant::Q4_0 => GgmlDType::Q4_0,
         SynthQuant::Q8_0 => GgmlDType::Q8_0,
+        SynthQuant::Bf16 => {
+            let bar = indicatif::ProgressBar::new_spinner().with_message("writing a 2.47 GB bf16 folder");
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            guardreasoner::synth::write_synthetic_hf_folder(&args.out, &tokenizer, &mut |_, _| {})?;
+            bar.finish_and_clear();
+            eprintln!("wrote {}", args.out.display());
+            return Ok(0);
+        }
     };
     let part = args.out.with_extension("gguf.part");
     let mut file =

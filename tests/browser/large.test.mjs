@@ -1,0 +1,53 @@
+// Large models load every time in headless Chromium: GuardReasoner-1B-shaped files written by
+// `guardreasoner synth` (GGUF Q4_0 703 MB, GGUF Q8_0 1.3 GB, and the bf16 Hugging Face folder of
+// 2.47 GB that the real checkpoint is) each load twice in a row on the wasm CPU fallback, and the
+// smallest and the largest once on WebGPU (SwiftShader without a GPU), through
+// scripts/load-bench.mjs, which serves them from 127.0.0.1 as the evaluator does. Each load is
+// followed by a token. The files are written once per run and deleted after; load times and the
+// browser's peak memory are logged (10-in-a-row runs: `node scripts/load-bench.mjs --times 10`).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { repo } from "./harness.mjs";
+
+const dir = path.join(repo, ".cache/large-models");
+const cli = path.join(repo, "target/release/guardreasoner");
+const MODELS = { q4: path.join(dir, "synth-q4_0.gguf"), q8: path.join(dir, "synth-q8_0.gguf"), bf16: path.join(dir, "synth-bf16") };
+
+before(() => {
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+  for (const [quant, out] of Object.entries(MODELS)) execFileSync(cli, ["synth", "--quant", quant, "--out", out], { stdio: "ignore" });
+});
+after(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+function loadBench(model, backend, times) {
+  const out = execFileSync(process.execPath, [path.join(repo, "scripts/load-bench.mjs"), "--model", model, "--backend", backend, "--times", String(times), "--json"], {
+    env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || "/tmp" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  return JSON.parse(out.toString().trim().split("\n").at(-1));
+}
+
+for (const [name, backend, times] of [
+  ["q4", "cpu", 2],
+  ["q8", "cpu", 2],
+  ["bf16", "cpu", 2],
+  ["q4", "webgpu", 1],
+  ["bf16", "webgpu", 1],
+]) {
+  test(`the 1B-shaped ${name} model loads ${times} time(s) in a row on ${backend}`, () => {
+    let report;
+    try {
+      report = loadBench(MODELS[name], backend, times);
+    } catch (e) {
+      // load-bench exits 1 when a load failed; its report is still the last line
+      report = JSON.parse(String(e.stdout).trim().split("\n").at(-1));
+    }
+    console.log(`${name} on ${backend}: loads ${report.seconds.join(", ")} s, peak browser memory ${(report.peak_browser_rss_bytes / 2 ** 30).toFixed(2)} GiB`);
+    assert.deepEqual(report.errors, []);
+    assert.equal(report.succeeded, times);
+  });
+}

@@ -1,0 +1,70 @@
+// The browser's default weight setting (q8: float weights quantized to 8-bit blocks while
+// loading) checked for output, not only for loading: greedy tokens in the browser equal the
+// native CLI's with the same quantization (`guardreasoner generate --quant q8`), on the CPU
+// fallback against the native CPU backend and on WebGPU against the native GPU backend (the same
+// WGSL), for the tiny Llama-3.2-like model (bf16, quantized on load) and SmolLM2 (GGUF Q4_1 with
+// an 8-bit embedding). q4 is checked the same way on the tiny model.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { repo, startServer, launch, openPage } from "./harness.mjs";
+
+const NEW_TOKENS = 24;
+const MODELS = {
+  tiny: { source: { hfBaseUrl: "/.cache/tiny-rebuilt/llama32/" }, file: ".cache/tiny-rebuilt/llama32" },
+  smollm2: { source: { url: "/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf" }, file: ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf" },
+};
+const ids = JSON.parse(fs.readFileSync(path.join(repo, "tests/fixtures/smollm2_reference.json"), "utf8")).prompts[0].ids;
+let server;
+
+before(async () => {
+  assert.ok(fs.existsSync(path.join(repo, "pkg/guardreasoner_bg.wasm")), "run scripts/build-wasm.sh first");
+  server = await startServer();
+});
+after(() => server?.stop());
+
+function native(model, quant, backend) {
+  const args = ["generate", "--quiet", "--model", path.join(repo, MODELS[model].file), "--tokens", ids.join(","), "--max-new-tokens", String(NEW_TOKENS), "--quant", quant, "--backend", backend];
+  const out = execFileSync(path.join(repo, "target/release/guardreasoner"), args, { env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || "/tmp" } });
+  return JSON.parse(out.toString()).tokens;
+}
+
+async function inBrowser(model, quant, backend) {
+  const browser = await launch({ webgpu: backend === "webgpu" });
+  try {
+    const { page, logs } = await openPage(browser, server.url);
+    return await page
+      .evaluate(
+        async ({ source, quant, backend, ids, n }) => {
+          const { GuardReasoner } = await import("/www/guardreasoner.js");
+          const guard = await GuardReasoner.load(source, { backend, quant, context: 256 });
+          const res = await guard.generate(ids, { maxNewTokens: n });
+          guard.terminate();
+          return { backend: guard.backend, tokens: res.tokens };
+        },
+        { source: MODELS[model].source, quant, backend, ids, n: NEW_TOKENS },
+      )
+      .catch((e) => {
+        throw new Error(`${e.message}\nbrowser log:\n${logs.join("\n")}`);
+      });
+  } finally {
+    await browser.close();
+  }
+}
+
+for (const [model, quant, backend, nativeBackend] of [
+  ["tiny", "q8", "cpu", "cpu"],
+  ["tiny", "q8", "webgpu", "gpu"],
+  ["tiny", "q4", "cpu", "cpu"],
+  ["smollm2", "q8", "cpu", "cpu"],
+]) {
+  test(`${model} with ${quant} in the browser (${backend}) equals the native CLI's --quant ${quant} (${nativeBackend})`, async () => {
+    const expected = native(model, quant, nativeBackend);
+    const out = await inBrowser(model, quant, backend);
+    assert.match(out.backend, backend === "cpu" ? /^cpu/ : /^gpu/);
+    assert.ok(expected.length >= 8, `native made only ${expected.length} tokens`);
+    assert.deepEqual(out.tokens, expected);
+  });
+}
