@@ -61,6 +61,11 @@ function openSync(fileHandle, name) {
   });
 }
 
+async function forget(dir, key) {
+  await dir.removeEntry(key).catch(() => {});
+  await dir.removeEntry(`${key}.json`).catch(() => {});
+}
+
 /** A byte source for the wasm side over an open sync access handle. */
 export function handleSource(name, handle) {
   return {
@@ -178,13 +183,22 @@ export async function storedFile(url, label, { keep = true, onProgress, onCached
   const fileHandle = await dir.getFileHandle(key, { create: true });
   const meta = await readMeta(dir, key);
   if (keep && meta?.complete && (await fileHandle.getFile()).size === meta.size) onCached?.();
-  else await download(dir, key, fileHandle, url, label, { onProgress, quotaOverride, fetchOptions });
+  else {
+    try {
+      await download(dir, key, fileHandle, url, label, { onProgress, quotaOverride, fetchOptions });
+    } catch (e) {
+      // Keep a partial file for the next attempt to resume; forget one with nothing in it (a
+      // 404, a refused quota), so it is neither counted nor mistaken for a download.
+      if ((await fileHandle.getFile()).size === 0) await forget(dir, key);
+      throw e;
+    }
+  }
   const handle = await openSync(fileHandle, label);
   return {
     source: handleSource(url, handle),
     release: async () => {
       handle.close();
-      if (!keep) await dir.removeEntry(key).catch(() => {}), await dir.removeEntry(`${key}.json`).catch(() => {});
+      if (!keep) await forget(dir, key);
     },
   };
 }

@@ -91,3 +91,20 @@ test("bad model sources give clear messages and leave the page usable", async ()
   assert.equal(await tryLoad(`${server.url}${tiny}`), "", "a good model still loads afterwards");
   await page.close();
 });
+
+test("the storage panel shows the stored model and clearing it frees the space", async () => {
+  // One context, so the page sees the storage its own load wrote.
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`${server.url}/www/?model=${encodeURIComponent(tiny)}&backend=cpu&quant=f32&max=20`);
+  await page.waitForFunction(() => document.getElementById("load-status").textContent === "Model ready.", null, { timeout: 120000 });
+  await page.waitForFunction(() => /^\d+ files, [\d.]+ MB stored; .* free$/.test(document.getElementById("cache-status").textContent), null, { timeout: 10000 });
+  const stored = await page.textContent("#cache-status");
+  assert.match(stored, /^4 files, 21\.\d MB stored/, "config, generation config, tokenizer and weights of the tiny model; nothing for the index it lacks");
+  await page.click("#clear-cache");
+  await page.waitForFunction(() => document.getElementById("cache-status").textContent.startsWith("empty"), null, { timeout: 10000 });
+  assert.equal(await page.isDisabled("#check"), true, "the model whose files were cleared is unloaded");
+  await page.click("#load");
+  await page.waitForFunction(() => document.getElementById("load-status").textContent === "Model ready.", null, { timeout: 120000 });
+  await context.close();
+});
