@@ -96,6 +96,57 @@ fn check_linear<B: Backend>(b: &B, label: &str, exactness: impl Fn(GgmlDType) ->
     }
 }
 
+/// Widths that are not whole blocks of 32 (and not even multiples of 4), for float weights in
+/// each float storage type, and an embedding table of such a width.
+const ODD_WIDTHS: [usize; 5] = [7, 40, 83, 100, 131];
+
+/// A float weight stored as `storage` (F32, F16 or BF16), and the exact values it stands for.
+fn float_weight(storage: StorageType, rows: usize, cols: usize, seed: u64) -> (HostTensor, Vec<f32>) {
+    let values = random(rows * cols, seed);
+    let (bytes, exact): (Vec<u8>, Vec<f32>) = match storage {
+        StorageType::F16 => {
+            let h: Vec<half::f16> = values.iter().map(|&v| half::f16::from_f32(v)).collect();
+            (h.iter().flat_map(|v| v.to_le_bytes()).collect(), h.iter().map(|v| v.to_f32()).collect())
+        }
+        StorageType::BF16 => {
+            let h: Vec<half::bf16> = values.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            (h.iter().flat_map(|v| v.to_le_bytes()).collect(), h.iter().map(|v| v.to_f32()).collect())
+        }
+        _ => (values.iter().flat_map(|v| v.to_le_bytes()).collect(), values),
+    };
+    (HostTensor { name: "w".into(), storage, shape: vec![rows, cols], bytes }, exact)
+}
+
+fn check_any_width<B: Backend>(b: &B, label: &str) {
+    for storage in [StorageType::F32, StorageType::F16, StorageType::BF16] {
+        for cols in ODD_WIDTHS {
+            let rows = 37;
+            let (host_w, exact) = float_weight(storage, rows, cols, cols as u64);
+            let w = b.matrix(host_w).unwrap();
+            for seq in [1, 5] {
+                let xs = random(seq * cols, 100 + seq as u64);
+                let x = b.activation_from(&xs, seq, cols).unwrap();
+                let got = host(b, &b.linear(&x, &w).unwrap());
+                let want = naive_linear(&xs, &exact, rows, cols);
+                assert_close(
+                    &got,
+                    &want,
+                    ATOL * cols as f32,
+                    RTOL,
+                    &format!("{label}: linear {storage:?} ({rows}x{cols}) x {seq} tokens"),
+                );
+            }
+        }
+    }
+    let (rows, cols) = (300, 42);
+    let (table, exact) = float_weight(StorageType::BF16, rows, cols, 22);
+    let table = b.embedding(table).unwrap();
+    let ids = [0u32, 299, 17, 150];
+    let got = host(b, &b.embed(&table, &ids).unwrap());
+    let want: Vec<f32> = ids.iter().flat_map(|&i| exact[i as usize * cols..(i as usize + 1) * cols].to_vec()).collect();
+    assert_close(&got, &want, ATOL, RTOL, &format!("{label}: embed of width {cols}"));
+}
+
 fn check_elementwise<B: Backend>(b: &B, label: &str) {
     let (seq, width) = (7, 37 * 3);
     let (a, c) = (random(seq * width, 1), random(seq * width, 2));
@@ -286,6 +337,7 @@ fn cpu_ops() {
     check_rope(&b, "cpu");
     check_attention(&b, "cpu");
     check_embed_and_argmax(&b, "cpu");
+    check_any_width(&b, "cpu");
 }
 
 #[test]
@@ -300,6 +352,7 @@ fn gpu_ops() {
     check_rope(&b, "gpu");
     check_attention(&b, "gpu");
     check_embed_and_argmax(&b, "gpu");
+    check_any_width(&b, "gpu");
 }
 
 #[test]
@@ -310,6 +363,7 @@ fn gpu_ops_with_weights_split_across_bindings() {
         if matches!(d, GgmlDType::Q4K | GgmlDType::Q6K) { Exactness::Approximate(0.02) } else { Exactness::Exact }
     });
     check_embed_and_argmax(&b, "gpu split");
+    check_any_width(&b, "gpu split");
 }
 
 #[test]
@@ -318,6 +372,7 @@ fn gpu_linear_kernels_each() {
     for linear in [LinearKernel::Cooperative, LinearKernel::RowPerThread] {
         for max_binding in [None, Some(1024)] {
             let b = gpu(max_binding, linear);
+            check_any_width(&b, &format!("gpu {linear:?} {max_binding:?}"));
             check_linear(&b, &format!("gpu {linear:?} {max_binding:?}"), |d| {
                 if matches!(d, GgmlDType::Q4K | GgmlDType::Q6K) {
                     Exactness::Approximate(0.02)
@@ -325,6 +380,27 @@ fn gpu_linear_kernels_each() {
                     Exactness::Exact
                 }
             });
+        }
+    }
+}
+
+#[test]
+fn gpu_odd_widths_quantized_on_load() {
+    // bf16 weights of odd widths quantized to the GPU's 8-bit and 4-bit blocks: the padded last
+    // block is quantized with the row, and its padding never reaches a sum.
+    for (quant, tolerance) in [(GpuQuant::Q8, 0.02), (GpuQuant::Q4, 0.2)] {
+        let b = pollster::block_on(GpuBackend::new(GpuOptions { quant, ..GpuOptions::default() }))
+            .expect("a Vulkan adapter");
+        for cols in ODD_WIDTHS {
+            let rows = 37;
+            let (host_w, exact) = float_weight(StorageType::BF16, rows, cols, cols as u64);
+            let w = b.matrix(host_w).unwrap();
+            let xs = random(3 * cols, 5);
+            let x = b.activation_from(&xs, 3, cols).unwrap();
+            let got = host(&b, &b.linear(&x, &w).unwrap());
+            let want = naive_linear(&xs, &exact, rows, cols);
+            let max = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert_close(&got, &want, tolerance * max, 0.0, &format!("gpu {quant:?}: linear bf16 ({rows}x{cols})"));
         }
     }
 }

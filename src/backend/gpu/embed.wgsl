@@ -1,14 +1,16 @@
-// out[t, :] = table[ids[t], :] for the tokens whose id falls in this part's row range.
+// out[t, :] = table[ids[t], :] for the tokens whose id falls in this part's row range. Any width:
+// table rows are stored padded to whole blocks of 32 (stride); out rows are `cols` wide.
 struct Params {
     row_start: u32,
     row_count: u32,
     cols: u32,
     n_tokens: u32,
+    stride: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
-@group(0) @binding(2) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -18,8 +20,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         return;
     }
     let row = id - p.row_start;
-    let cols4 = p.cols / 4u;
-    for (var c = lid; c < cols4; c += 64u) {
-        out[t * cols4 + c] = load4(row, p.cols, c / 8u, c % 8u);
+    // Four weights per load: each thread writes the ones of its group of four.
+    for (var c4 = lid * 4u; c4 < p.cols; c4 += 256u) {
+        let w = load4(row, p.stride, c4 / 32u, (c4 % 32u) / 4u);
+        for (var i = 0u; i < 4u; i++) {
+            if (c4 + i < p.cols) {
+                out[t * p.cols + c4 + i] = w[i];
+            }
+        }
     }
 }

@@ -3,7 +3,8 @@
 @group(0) @binding(3) var<storage, read> w_data: array<u32>;
 @group(0) @binding(4) var<storage, read> w_scales: array<f32>;
 
-// Weights 4k..4k+3 of block `block` (32 weights) of `row`.
+// Weights 4k..4k+3 of block `block` (32 weights) of `row`; rows hold `cols` weights (a whole
+// number of blocks: padded at upload).
 fn load4(row: u32, cols: u32, block: u32, k: u32) -> vec4<f32> {
     let b = row * (cols / 32u) + block;
     let word = w_data[b * 8u + k];

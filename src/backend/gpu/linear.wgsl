@@ -15,11 +15,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let xs = tile_offsets(t0);
     var acc = vec4<f32>(0.0);
     if (row < p.rows) {
-        let blocks = p.cols / 32u;
+        let blocks = p.cols / 32u; // whole blocks; a partial last one goes to lane 0
         for (var b = lane; b < blocks; b += LANES) {
             for (var k = 0u; k < 8u; k++) {
                 acc += tile_dot(row, b, k, xs);
             }
+        }
+        if (lane == 0u && p.cols % 32u != 0u) {
+            acc += tail_dot(row, blocks, xs);
         }
     }
     partial[lid] = acc;

@@ -605,7 +605,13 @@ impl Backend for GpuBackend {
         self.flush();
         self.queue.write_buffer(ids_act.buffer(), 0, bytemuck::cast_slice(ids));
         for part in &table.parts {
-            let p = params(&[part.row_start as u32, part.rows as u32, table.cols as u32, ids.len() as u32]);
+            let p = params(&[
+                part.row_start as u32,
+                part.rows as u32,
+                table.cols as u32,
+                ids.len() as u32,
+                table.stride as u32,
+            ]);
             let mut buffers = vec![ids_act.buffer(), out.buffer()];
             buffers.extend(part.buffers());
             self.dispatch(Kernel::Embed(table.format), &p, &buffers, (ids.len() as u32, 1))?;
@@ -630,7 +636,14 @@ impl Backend for GpuBackend {
         }
         let out = self.activation(x.rows, w.rows)?;
         for part in &w.parts {
-            let p = params(&[part.rows as u32, w.cols as u32, x.rows as u32, part.row_start as u32, w.rows as u32]);
+            let p = params(&[
+                part.rows as u32,
+                w.cols as u32,
+                x.rows as u32,
+                part.row_start as u32,
+                w.rows as u32,
+                w.stride as u32,
+            ]);
             let mut buffers = vec![x.buffer(), out.buffer()];
             buffers.extend(part.buffers());
             // Rows per workgroup: linear_rows.wgsl ROWS, linear.wgsl ROWS; 4 tokens per tile.

@@ -49,11 +49,13 @@ impl MatrixPart {
     }
 }
 
-/// A weight matrix `(rows, cols)` on the GPU.
+/// A weight matrix `(rows, cols)` on the GPU, each row stored as `stride` weights: `cols` rounded
+/// up to whole blocks, the padding zero (the kernels never use it).
 pub struct GpuMatrix {
     pub format: WeightFormat,
     pub rows: usize,
     pub cols: usize,
+    pub stride: usize,
     pub parts: Vec<MatrixPart>,
 }
 
@@ -70,12 +72,10 @@ pub fn upload(gpu: &GpuBackend, t: HostTensor, quant: super::GpuQuant, max_bindi
         [r, c] => (*r, *c),
         other => return Err(Error::Backend(format!("{}: expected a matrix, got shape {other:?}", t.name))),
     };
-    if cols % BLOCK != 0 {
-        return Err(Error::Backend(format!(
-            "{}: width {cols} is not a multiple of {BLOCK}, which the GPU kernels need",
-            t.name
-        )));
-    }
+    let stride = cols.next_multiple_of(BLOCK);
+    // A width that is not a whole number of blocks: float weights are padded with zeros to one
+    // (GGML block formats always are one).
+    let t = if stride != cols { pad_columns(t, rows, cols, stride)? } else { t };
     // GGML types with no direct GPU layout are dequantized first, then stored as 8-bit blocks.
     let (t, format) = match t.storage {
         StorageType::Ggml(GgmlDType::Q8_0) => (t, WeightFormat::Q8),
@@ -91,13 +91,13 @@ pub fn upload(gpu: &GpuBackend, t: HostTensor, quant: super::GpuQuant, max_bindi
             (t, f)
         }
     };
-    let row_bytes = format.data_bytes_per_row(cols).max((cols / BLOCK) * 4);
+    let row_bytes = format.data_bytes_per_row(stride).max((stride / BLOCK) * 4);
     let rows_per_part = ((max_binding as usize) / row_bytes).max(1);
     let mut parts = Vec::new();
     let mut r0 = 0;
     while r0 < rows {
         let r1 = (r0 + rows_per_part).min(rows);
-        let blocks = convert(&t, format, cols, r0, r1)?;
+        let blocks = convert(&t, format, stride, r0, r1)?;
         let label = |what: &str| format!("{} rows {r0}..{r1} {what}", t.name);
         let scales = if matches!(format, WeightFormat::F32 | WeightFormat::F16) {
             None
@@ -113,7 +113,34 @@ pub fn upload(gpu: &GpuBackend, t: HostTensor, quant: super::GpuQuant, max_bindi
         parts.push(MatrixPart { row_start: r0, rows: r1 - r0, data, scales, mins });
         r0 = r1;
     }
-    Ok(GpuMatrix { format, rows, cols, parts })
+    Ok(GpuMatrix { format, rows, cols, stride, parts })
+}
+
+/// A float tensor `(rows, cols)` with each row padded with zeros to `stride` values, as f32 (f16
+/// files stay f16).
+fn pad_columns(t: HostTensor, rows: usize, cols: usize, stride: usize) -> Result<HostTensor> {
+    let bytes = match t.storage {
+        StorageType::F16 => {
+            let mut out = vec![0u8; rows * stride * 2];
+            for (r, row) in t.bytes.chunks_exact(cols * 2).enumerate() {
+                out[r * stride * 2..r * stride * 2 + cols * 2].copy_from_slice(row);
+            }
+            out
+        }
+        StorageType::F32 | StorageType::BF16 => {
+            let values = float_rows(&t, cols, 0, rows)?;
+            let mut out = vec![0f32; rows * stride];
+            for (r, row) in values.chunks_exact(cols).enumerate() {
+                out[r * stride..r * stride + cols].copy_from_slice(row);
+            }
+            bytemuck::cast_slice(&out).to_vec()
+        }
+        StorageType::Ggml(dtype) => {
+            return Err(Error::Backend(format!("{}: width {cols} is not a whole number of {dtype:?} blocks", t.name)));
+        }
+    };
+    let storage = if t.storage == StorageType::F16 { StorageType::F16 } else { StorageType::F32 };
+    Ok(HostTensor { name: t.name, storage, shape: vec![rows, stride], bytes })
 }
 
 fn dequantize(t: HostTensor, dtype: GgmlDType) -> Result<HostTensor> {
