@@ -177,9 +177,12 @@ fn gpu_limits_give_clear_errors_not_panics() {
     assert!(err.to_string().contains("binding limit"), "{err}");
 }
 
+/// Named tensors: (HF name, shape, values).
+type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
 /// A micro model whose widths are no whole number of 32-weight blocks (hidden 40, head_dim 10,
 /// intermediate 72): every matrix has a partial last block on the GPU.
-fn odd_width_model(seed: u64) -> (serde_json::Value, Vec<(String, Vec<usize>, Vec<f32>)>) {
+fn odd_width_model(seed: u64) -> (serde_json::Value, Tensors) {
     let (h, heads, kv_heads, hd, ff) = (40, 4, 2, 10, 72);
     let mut config = micro_config_json();
     for (key, value) in [
