@@ -294,6 +294,21 @@ pub struct SpeedReport {
     pub prefill_s: f64,
     pub gen_tokens: usize,
     pub decode_s: f64,
+    /// What one decode step costs the backend, averaged over the decode run (the GPU counts).
+    pub per_token: Option<PerToken>,
+    /// Host time per decode step outside blocking waits for the GPU: recording and submitting.
+    pub host_encode_us_per_token: Option<f64>,
+}
+
+/// Per decode step: GPU dispatches, compute passes, queue submits, buffer copies and blocking
+/// waits, averaged.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PerToken {
+    pub dispatches: f64,
+    pub compute_passes: f64,
+    pub submits: f64,
+    pub copies: f64,
+    pub blocking_waits: f64,
 }
 
 /// A loaded model, ready to run. One run at a time (`&mut self`).
@@ -509,14 +524,30 @@ impl Session {
             let (logits, _) = engine.prefill(prompt)?;
             let mut next = engine.backend.argmax(&logits).await?;
             let prefill_s = t0.elapsed().as_secs_f64();
+            let before = engine.backend.counters();
             let t1 = Instant::now();
             for _ in 0..gen_tokens {
                 let logits = engine.step(next)?;
                 next = engine.backend.argmax(&logits).await?;
             }
             let decode_s = t1.elapsed().as_secs_f64();
+            let after = engine.backend.counters();
             engine.reset();
-            Ok(SpeedReport { prompt_tokens: prompt.len(), prefill_s, gen_tokens, decode_s })
+            let n = gen_tokens as f64;
+            let (per_token, host_encode_us_per_token) = match (before, after) {
+                (Some(b), Some(a)) => (
+                    Some(PerToken {
+                        dispatches: (a.dispatches - b.dispatches) as f64 / n,
+                        compute_passes: (a.compute_passes - b.compute_passes) as f64 / n,
+                        submits: (a.submits - b.submits) as f64 / n,
+                        copies: (a.copies - b.copies) as f64 / n,
+                        blocking_waits: (a.blocking_waits - b.blocking_waits) as f64 / n,
+                    }),
+                    Some((decode_s * 1e6 - (a.wait_us - b.wait_us)) / n),
+                ),
+                _ => (None, None),
+            };
+            Ok(SpeedReport { prompt_tokens: prompt.len(), prefill_s, gen_tokens, decode_s, per_token, host_encode_us_per_token })
         })
     }
 }

@@ -10,6 +10,19 @@ use crate::config::LlamaConfig;
 use crate::error::Result;
 use crate::format::HostTensor;
 
+/// Work a backend has done since it was made, for `bench`'s per-token figures: GPU dispatches,
+/// compute passes, queue submits, buffer copies, blocking waits for the GPU and the time spent in
+/// them (host microseconds).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Counters {
+    pub dispatches: u64,
+    pub compute_passes: u64,
+    pub submits: u64,
+    pub copies: u64,
+    pub blocking_waits: u64,
+    pub wait_us: f64,
+}
+
 pub trait Backend {
     /// A weight matrix `(out, in)`, stored however the backend likes (f32, quantized blocks).
     type Matrix;
@@ -31,6 +44,11 @@ pub trait Backend {
 
     /// Bytes held in device buffers (weights, cache, activations), where there is a device.
     fn device_bytes(&self) -> Option<u64> {
+        None
+    }
+
+    /// Work counted since the backend was made, where the backend counts (the GPU).
+    fn counters(&self) -> Option<Counters> {
         None
     }
 

@@ -60,6 +60,8 @@ pub fn run(args: BenchArgs) -> Result<u8> {
             "decode_tokens_per_s": decode_tps,
             "peak_host_bytes": peak_rss,
             "device_buffer_bytes": session.device_bytes(),
+            "per_token": speed.per_token,
+            "host_encode_us_per_token": speed.host_encode_us_per_token,
         });
         println!("{report}");
     } else {
@@ -69,6 +71,12 @@ pub fn run(args: BenchArgs) -> Result<u8> {
         println!("decode {} tokens: {decode_tps:.1} tokens/s", speed.gen_tokens);
         println!("peak host memory {}", peak_rss.map(mib).unwrap_or_else(|| "unknown".into()));
         println!("device buffers {}", session.device_bytes().map(mib).unwrap_or_else(|| "none".into()));
+        if let (Some(t), Some(host_us)) = (speed.per_token, speed.host_encode_us_per_token) {
+            println!(
+                "per decode step: {:.0} dispatches, {:.1} compute passes, {:.1} submits, {:.1} copies, {:.1} blocking waits, {host_us:.0} us host time",
+                t.dispatches, t.compute_passes, t.submits, t.copies, t.blocking_waits
+            );
+        }
     }
     Ok(0)
 }

@@ -1,6 +1,8 @@
-// Elementwise ops over n floats: SwiGLU's silu(gate) * up, and the residual add.
+// Elementwise ops over n floats: SwiGLU's silu(gate) * up, the residual add, and a copy of n
+// floats from `offset` (a row of a batch) that keeps a step free of buffer copies.
 struct Params {
     n: u32,
+    offset: u32,  // copy only
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -26,5 +28,13 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
     let i = index(gid, nwg);
     if (i < p.n) {
         out[i] = a[i] + b[i];
+    }
+}
+
+@compute @workgroup_size(256)
+fn copy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i < p.n) {
+        out[i] = a[p.offset + i];
     }
 }

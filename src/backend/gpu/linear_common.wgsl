@@ -13,7 +13,8 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+// Binding 1, the activations `x`, and `x4(i)` (x[i..i+4]) come from the Rust side: a vec4 view
+// when the width is a multiple of 4 (every real model; one load per four), scalars otherwise.
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
 // Where tokens t0..t0+3 start in x. Tokens past the end read the last token (their results are
@@ -21,10 +22,6 @@ struct Params {
 fn tile_offsets(t0: u32) -> vec4<u32> {
     let last = p.n_tokens - 1u;
     return vec4<u32>(min(t0, last), min(t0 + 1u, last), min(t0 + 2u, last), min(t0 + 3u, last)) * p.cols;
-}
-
-fn x4(i: u32) -> vec4<f32> {
-    return vec4<f32>(x[i], x[i + 1u], x[i + 2u], x[i + 3u]);
 }
 
 // x[i..i+4] for columns c..c+4, zero at and past `cols` (the padding of the last block).

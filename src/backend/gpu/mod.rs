@@ -7,6 +7,7 @@
 mod weights;
 
 use super::Backend;
+use crate::backend::Counters;
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::format::HostTensor;
@@ -67,10 +68,35 @@ pub enum LinearKernel {
     RowPerThread,
 }
 
+/// How the matrix kernels read activations: as vec4s when the width is a multiple of 4, else as
+/// scalars (linear_common.wgsl uses `x4`). On lavapipe the scalar reads halve decode speed.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Activations {
+    Vec4,
+    Scalar,
+}
+
+impl Activations {
+    fn of_width(cols: usize) -> Self {
+        if cols % 4 == 0 { Activations::Vec4 } else { Activations::Scalar }
+    }
+
+    fn wgsl(self) -> &'static str {
+        match self {
+            Activations::Vec4 => {
+                "@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;\nfn x4(i: u32) -> vec4<f32> { return x[i / 4u]; }\n"
+            }
+            Activations::Scalar => {
+                "@group(0) @binding(1) var<storage, read> x: array<f32>;\nfn x4(i: u32) -> vec4<f32> { return vec4<f32>(x[i], x[i + 1u], x[i + 2u], x[i + 3u]); }\n"
+            }
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Kernel {
-    Linear(WeightFormat),
-    LinearRows(WeightFormat),
+    Linear(WeightFormat, Activations),
+    LinearRows(WeightFormat, Activations),
     Embed(WeightFormat),
     RmsNorm,
     Rope,
@@ -79,6 +105,8 @@ enum Kernel {
     AttentionCombine,
     Swiglu,
     Add,
+    CopyRows,
+    KvAppend,
     Argmax,
 }
 
@@ -91,12 +119,22 @@ impl Kernel {
             WeightFormat::Q4 => include_str!("fmt_q4.wgsl"),
         };
         match self {
-            Kernel::Linear(f) => {
-                format!("{}\n{}\n{}", fmt(f), include_str!("linear_common.wgsl"), include_str!("linear.wgsl"))
+            Kernel::Linear(f, x) => {
+                format!(
+                    "{}\n{}\n{}\n{}",
+                    fmt(f),
+                    x.wgsl(),
+                    include_str!("linear_common.wgsl"),
+                    include_str!("linear.wgsl")
+                )
             }
-            Kernel::LinearRows(f) => {
-                format!("{}\n{}\n{}", fmt(f), include_str!("linear_common.wgsl"), include_str!("linear_rows.wgsl"))
-            }
+            Kernel::LinearRows(f, x) => format!(
+                "{}\n{}\n{}\n{}",
+                fmt(f),
+                x.wgsl(),
+                include_str!("linear_common.wgsl"),
+                include_str!("linear_rows.wgsl")
+            ),
             Kernel::Embed(f) => format!("{}\n{}", fmt(f), include_str!("embed.wgsl")),
             Kernel::RmsNorm => include_str!("rms_norm.wgsl").into(),
             Kernel::Rope => include_str!("rope.wgsl").into(),
@@ -107,7 +145,8 @@ impl Kernel {
                 format!("{}\n{}", include_str!("attention_common.wgsl"), include_str!("attention_partial.wgsl"))
             }
             Kernel::AttentionCombine => include_str!("attention_combine.wgsl").into(),
-            Kernel::Swiglu | Kernel::Add => include_str!("elementwise.wgsl").into(),
+            Kernel::Swiglu | Kernel::Add | Kernel::CopyRows => include_str!("elementwise.wgsl").into(),
+            Kernel::KvAppend => include_str!("kv_append.wgsl").into(),
             Kernel::Argmax => include_str!("argmax.wgsl").into(),
         }
     }
@@ -115,6 +154,7 @@ impl Kernel {
         match self {
             Kernel::Swiglu => "swiglu",
             Kernel::Add => "add",
+            Kernel::CopyRows => "copy",
             _ => "main",
         }
     }
@@ -179,8 +219,11 @@ pub struct GpuCache {
     max_seq: usize,
 }
 
+/// Work recorded but not submitted: one encoder, and the compute pass every dispatch goes into
+/// until something must end it (a buffer copy for a readback, or a submit).
 struct Pending {
     encoder: Option<wgpu::CommandEncoder>,
+    pass: Option<wgpu::ComputePass<'static>>,
     params: Vec<u8>,
 }
 
@@ -206,6 +249,8 @@ pub struct GpuBackend {
     readback: RefCell<Option<(wgpu::Buffer, u64)>>,
     /// Errors wgpu reports out of band (validation, out of memory, device lost).
     errors: Arc<Mutex<Vec<String>>>,
+    /// Work counted since creation (`Backend::counters`).
+    counters: std::cell::Cell<Counters>,
 }
 
 impl GpuBackend {
@@ -291,7 +336,8 @@ impl GpuBackend {
             bind_groups: RefCell::new(HashMap::new()),
             allocated: std::cell::Cell::new(0),
             pool: Rc::new(RefCell::new(Pool { free: HashMap::new() })),
-            pending: RefCell::new(Pending { encoder: None, params: Vec::new() }),
+            pending: RefCell::new(Pending { encoder: None, pass: None, params: Vec::new() }),
+            counters: std::cell::Cell::new(Counters::default()),
             param_buffer,
             token_buffer,
             readback: RefCell::new(None),
@@ -429,18 +475,34 @@ impl GpuBackend {
             })
         });
         let device = &self.device;
-        let encoder = pending.encoder.get_or_insert_with(|| {
+        let Pending { encoder, pass, .. } = &mut *pending;
+        let encoder = encoder.get_or_insert_with(|| {
             device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") })
         });
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+        let pass = pass.get_or_insert_with(|| {
+            self.count(|c| c.compute_passes += 1);
+            encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None })
+                .forget_lifetime()
+        });
         pass.set_pipeline(&pipeline.0);
         pass.set_bind_group(0, &*bind_group, &[]);
         pass.dispatch_workgroups(groups.0, groups.1, 1);
+        self.count(|c| c.dispatches += 1);
         Ok(())
     }
 
+    fn count(&self, f: impl FnOnce(&mut Counters)) {
+        let mut c = self.counters.get();
+        f(&mut c);
+        self.counters.set(c);
+    }
+
+    /// A buffer copy: it ends the open compute pass. Only readbacks use it (a step has none).
     fn copy(&self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, bytes: u64) {
         let mut pending = self.pending.borrow_mut();
+        pending.pass = None;
+        self.count(|c| c.copies += 1);
         let device = &self.device;
         let encoder = pending.encoder.get_or_insert_with(|| {
             device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") })
@@ -451,12 +513,14 @@ impl GpuBackend {
     /// Submit everything queued so far.
     fn flush(&self) {
         let mut pending = self.pending.borrow_mut();
+        pending.pass = None;
         if !pending.params.is_empty() {
             self.queue.write_buffer(&self.param_buffer, 0, &pending.params);
             pending.params.clear();
         }
         if let Some(encoder) = pending.encoder.take() {
             self.queue.submit([encoder.finish()]);
+            self.count(|c| c.submits += 1);
         }
     }
 
@@ -482,8 +546,14 @@ impl GpuBackend {
         });
         // Natively this drives the GPU to completion; on the web it does nothing and the
         // browser resolves the map when the work is done.
+        let waited = web_time::Instant::now();
         let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
         let mapped = rx.await.map_err(|_| Error::Backend("GPU readback was dropped (device lost?)".into()))?;
+        let wait_us = waited.elapsed().as_secs_f64() * 1e6;
+        self.count(|c| {
+            c.blocking_waits += 1;
+            c.wait_us += wait_us;
+        });
         self.check_errors()?;
         mapped.map_err(|e| Error::Backend(format!("GPU readback failed: {e}")))?;
         let data = staging
@@ -520,6 +590,10 @@ impl Backend for GpuBackend {
 
     fn device_bytes(&self) -> Option<u64> {
         Some(self.allocated_bytes())
+    }
+
+    fn counters(&self) -> Option<Counters> {
+        Some(self.counters.get())
     }
 
     fn matrix(&self, t: HostTensor) -> Result<Rc<GpuMatrix>> {
@@ -647,8 +721,12 @@ impl Backend for GpuBackend {
             let mut buffers = vec![x.buffer(), out.buffer()];
             buffers.extend(part.buffers());
             // Rows per workgroup: linear_rows.wgsl ROWS, linear.wgsl ROWS; 4 tokens per tile.
-            let (kernel, rows_per_group) =
-                if self.row_per_thread { (Kernel::LinearRows(w.format), 64) } else { (Kernel::Linear(w.format), 8) };
+            let x_layout = Activations::of_width(w.cols);
+            let (kernel, rows_per_group) = if self.row_per_thread {
+                (Kernel::LinearRows(w.format, x_layout), 64)
+            } else {
+                (Kernel::Linear(w.format, x_layout), 8)
+            };
             self.dispatch(
                 kernel,
                 &p,
@@ -661,15 +739,12 @@ impl Backend for GpuBackend {
 
     fn rope(&self, x: &GpuAct, rope: &GpuRope, heads: usize, pos: usize) -> Result<GpuAct> {
         let head_dim = x.cols / heads;
-        // rope.wgsl rotates in place, so the input is copied first and stays as it was (one
-        // buffer copy per call; not yet: a kernel that writes its own output).
         let out = self.activation(x.rows, x.cols)?;
-        self.copy(x.buffer(), 0, out.buffer(), 0, (x.rows * x.cols * 4) as u64);
         let p = params(&[x.rows as u32, heads as u32, head_dim as u32, pos as u32]);
         self.dispatch(
             Kernel::Rope,
             &p,
-            &[&rope.cos, out.buffer(), &rope.sin],
+            &[&rope.cos, x.buffer(), &rope.sin, out.buffer()],
             groups_1d(x.rows * heads * head_dim / 2, 256),
         )?;
         Ok(out)
@@ -697,10 +772,13 @@ impl Backend for GpuBackend {
         }
         let kv_width = cache.kv_heads * cache.head_dim;
         let (kc, vc) = cache.layers.get(layer).ok_or_else(|| Error::Backend(format!("no cache for layer {layer}")))?;
-        let at = (pos * kv_width * 4) as u64;
-        let bytes = (seq * kv_width * 4) as u64;
-        self.copy(k.buffer(), 0, kc, at, bytes);
-        self.copy(v.buffer(), 0, vc, at, bytes);
+        let n = seq * kv_width;
+        self.dispatch(
+            Kernel::KvAppend,
+            &params(&[n as u32, (pos * kv_width) as u32]),
+            &[k.buffer(), v.buffer(), kc, vc],
+            groups_1d(n, 256),
+        )?;
         let heads = q.cols / cache.head_dim;
         let out = self.activation(seq, q.cols)?;
         let scale = (1.0 / (cache.head_dim as f32).sqrt()).to_le_bytes();
@@ -747,8 +825,8 @@ impl Backend for GpuBackend {
 
     fn last_row(&self, x: &GpuAct) -> Result<GpuAct> {
         let out = self.activation(1, x.cols)?;
-        let row_bytes = (x.cols * 4) as u64;
-        self.copy(x.buffer(), (x.rows as u64 - 1) * row_bytes, out.buffer(), 0, row_bytes);
+        let p = params(&[x.cols as u32, ((x.rows - 1) * x.cols) as u32]);
+        self.dispatch(Kernel::CopyRows, &p, &[x.buffer(), out.buffer()], groups_1d(x.cols, 256))?;
         Ok(out)
     }
 

@@ -1,5 +1,5 @@
-// Rotary embeddings in place, HF layout: in each head, element i pairs with i + head_dim/2.
-// cos/sin tables are (max_seq, head_dim/2), computed on the host once.
+// Rotary embeddings, HF layout: in each head, element i pairs with i + head_dim/2. Reads x and
+// writes out (no copy first). cos/sin tables are (max_seq, head_dim/2), computed on the host once.
 struct Params {
     n_tokens: u32,
     heads: u32,
@@ -9,8 +9,9 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> cos_t: array<f32>;
-@group(0) @binding(2) var<storage, read_write> x: array<f32>;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read> sin_t: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -28,6 +29,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let a = t * p.heads * p.head_dim + head * p.head_dim + i;
     let x1 = x[a];
     let x2 = x[a + half];
-    x[a] = x1 * c - x2 * s;
-    x[a + half] = x2 * c + x1 * s;
+    out[a] = x1 * c - x2 * s;
+    out[a + half] = x2 * c + x1 * s;
 }
