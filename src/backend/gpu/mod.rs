@@ -78,7 +78,7 @@ enum Activations {
 
 impl Activations {
     fn of_width(cols: usize) -> Self {
-        if cols % 4 == 0 { Activations::Vec4 } else { Activations::Scalar }
+        if cols.is_multiple_of(4) { Activations::Vec4 } else { Activations::Scalar }
     }
 
     fn wgsl(self) -> &'static str {
