@@ -109,7 +109,12 @@ fn gpu_quantized_formats_track_cpu() {
 }
 
 /// The GPU's on-load quantization, emulated on the host: blocks of 32, 8-bit symmetric
-/// (scale amax/127) or 4-bit asymmetric (min + 15 steps). Gains (1-D) stay f32.
+/// (scale amax/127) or 4-bit asymmetric (min + 15 steps), scale and min held as f16 as the GPU
+/// holds them. Gains (1-D) stay f32.
+fn f16(v: f32) -> f32 {
+    half::f16::from_f32(v).to_f32()
+}
+
 fn fake_quantize(tensors: &[(String, Vec<usize>, Vec<f32>)], bits: u32) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     tensors
         .iter()
@@ -120,13 +125,13 @@ fn fake_quantize(tensors: &[(String, Vec<usize>, Vec<f32>)], bits: u32) -> Vec<(
             let mut out = Vec::with_capacity(values.len());
             for block in values.chunks(32) {
                 if bits == 8 {
-                    let d = block.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+                    let d = f16(block.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0);
                     let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
                     out.extend(block.iter().map(|x| d * (x * inv).round().clamp(-127.0, 127.0)));
                 } else {
-                    let lo = block.iter().fold(f32::INFINITY, |m, x| m.min(*x));
+                    let lo = f16(block.iter().fold(f32::INFINITY, |m, x| m.min(*x)));
                     let hi = block.iter().fold(f32::NEG_INFINITY, |m, x| m.max(*x));
-                    let d = (hi - lo) / 15.0;
+                    let d = f16((hi - lo) / 15.0);
                     let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
                     out.extend(block.iter().map(|x| d * ((x - lo) * inv).round().clamp(0.0, 15.0) + lo));
                 }

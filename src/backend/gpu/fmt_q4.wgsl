@@ -1,9 +1,9 @@
-// 4-bit blocks (from GGML Q4_0 / Q4_1 or quantized on load): per block of 32 weights an f32
-// scale and an f32 offset, and 32 nibbles packed eight to a u32 (element 8k+i in nibble i of
-// word k). value = scale * q + offset (Q4_0's `(q - 8) * d` is offset = -8d).
+// 4-bit blocks with offsets (from GGML Q4_1, or quantized on load): per block of 32 weights an
+// f16 scale and an f16 offset (each two to a u32), and 32 nibbles packed eight to a u32 (element
+// 8k+i in nibble i of word k). value = scale * q + offset.
 @group(0) @binding(3) var<storage, read> w_data: array<u32>;
-@group(0) @binding(4) var<storage, read> w_scales: array<f32>;
-@group(0) @binding(5) var<storage, read> w_mins: array<f32>;
+@group(0) @binding(4) var<storage, read> w_scales: array<u32>;
+@group(0) @binding(5) var<storage, read> w_mins: array<u32>;
 
 // Weights 4k..4k+3 of block `block` (32 weights) of `row`; rows hold `cols` weights (a whole
 // number of blocks: padded at upload).
@@ -11,5 +11,5 @@ fn load4(row: u32, cols: u32, block: u32, k: u32) -> vec4<f32> {
     let b = row * (cols / 32u) + block;
     let word = w_data[b * 4u + k / 2u] >> (16u * (k % 2u));
     let q = (vec4<u32>(word) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u);
-    return w_scales[b] * vec4<f32>(q) + w_mins[b];
+    return unpack2x16float(w_scales[b / 2u])[b % 2u] * vec4<f32>(q) + unpack2x16float(w_mins[b / 2u])[b % 2u];
 }

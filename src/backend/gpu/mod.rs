@@ -30,9 +30,9 @@ const MAX_GROUPS: u32 = 65535;
 pub enum GpuQuant {
     /// Keep f32 (exact; 4 bytes per weight).
     F32,
-    /// 8-bit blocks of 32 with an f32 scale (1.125 bytes per weight).
+    /// 8-bit blocks of 32 with an f16 scale (1.0625 bytes per weight).
     Q8,
-    /// 4-bit blocks of 32 with an f32 scale and offset (0.75 bytes per weight).
+    /// 4-bit blocks of 32 with an f16 scale and offset (0.625 bytes per weight).
     Q4,
 }
 
@@ -117,6 +117,7 @@ impl Kernel {
             WeightFormat::F16 => include_str!("fmt_f16.wgsl"),
             WeightFormat::Q8 => include_str!("fmt_q8.wgsl"),
             WeightFormat::Q4 => include_str!("fmt_q4.wgsl"),
+            WeightFormat::Q4Sym => include_str!("fmt_q4s.wgsl"),
         };
         match self {
             Kernel::Linear(f, x) => {
@@ -160,9 +161,11 @@ impl Kernel {
     }
 }
 
-/// Activation buffers are recycled by width: every buffer holds up to `GpuOptions::max_rows` rows.
+/// Activation buffers are recycled by (width, rows they hold): one row for decode steps and the
+/// logits, `GpuOptions::max_rows` for prefill chunks, so a 128256-wide logits row does not hold
+/// 128 rows of memory.
 struct Pool {
-    free: HashMap<usize, Vec<wgpu::Buffer>>,
+    free: HashMap<(usize, usize), Vec<wgpu::Buffer>>,
 }
 
 /// A bind group's identity: its kernel, its parameter offset and the buffers it binds.
@@ -171,13 +174,15 @@ type BindGroupKey = (Kernel, u64, Vec<wgpu::Buffer>);
 pub struct GpuBuffer {
     buffer: Option<wgpu::Buffer>,
     width: usize,
+    /// Rows the buffer holds.
+    capacity: usize,
     pool: Rc<RefCell<Pool>>,
 }
 
 impl Drop for GpuBuffer {
     fn drop(&mut self) {
         if let Some(b) = self.buffer.take() {
-            self.pool.borrow_mut().free.entry(self.width).or_default().push(b);
+            self.pool.borrow_mut().free.entry((self.width, self.capacity)).or_default().push(b);
         }
     }
 }
@@ -419,18 +424,19 @@ impl GpuBackend {
         if rows > max_rows {
             return Err(Error::Backend(format!("{rows} rows exceed the activation buffers' {max_rows}")));
         }
-        let buffer = self.pool.borrow_mut().free.get_mut(&cols).and_then(|v| v.pop());
+        let capacity = if rows == 1 { 1 } else { max_rows };
+        let buffer = self.pool.borrow_mut().free.get_mut(&(cols, capacity)).and_then(|v| v.pop());
         let buffer = match buffer {
             Some(b) => b,
             None => self.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("activation"),
-                size: (max_rows * cols * 4) as u64,
+                size: (capacity * cols * 4) as u64,
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
                 mapped_at_creation: false,
             }),
         };
         Ok(GpuAct {
-            buf: Rc::new(GpuBuffer { buffer: Some(buffer), width: cols, pool: self.pool.clone() }),
+            buf: Rc::new(GpuBuffer { buffer: Some(buffer), width: cols, capacity, pool: self.pool.clone() }),
             rows,
             cols,
         })

@@ -18,7 +18,10 @@ pub enum WeightFormat {
     /// f16 pairs packed in u32s (for F16 files kept as they are).
     F16,
     Q8,
+    /// 4-bit blocks with a scale and a per-block offset (GGML Q4_1, and 4-bit on load).
     Q4,
+    /// 4-bit blocks with a scale only, value `scale * (q - 8)` (GGML Q4_0): no offsets to store.
+    Q4Sym,
 }
 
 impl WeightFormat {
@@ -28,7 +31,7 @@ impl WeightFormat {
             WeightFormat::F32 => cols * 4,
             WeightFormat::F16 => cols * 2,
             WeightFormat::Q8 => cols,
-            WeightFormat::Q4 => cols / 2,
+            WeightFormat::Q4 | WeightFormat::Q4Sym => cols / 2,
         }
     }
 }
@@ -59,12 +62,29 @@ pub struct GpuMatrix {
     pub parts: Vec<MatrixPart>,
 }
 
-/// Host-side blocks for a row range, before upload.
+/// Host-side blocks for a row range, before upload. Scales and offsets are f16 values (GGML's
+/// own, or rounded before quantizing on load), uploaded two to a u32: the GPU holds a block
+/// format at its file size.
 #[derive(Default)]
 struct Blocks {
     data: Vec<u8>,
     scales: Vec<f32>,
     mins: Vec<f32>,
+}
+
+/// f16 values packed two to a little-endian u32 (element 2i in the low half), as
+/// `unpack2x16float` reads them; an odd count is padded.
+fn pack_f16(values: &[f32]) -> Vec<u8> {
+    let mut out: Vec<u8> = values.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect();
+    if values.len() % 2 == 1 {
+        out.extend_from_slice(&[0, 0]);
+    }
+    out
+}
+
+/// A value as the GPU will hold it (f16).
+fn as_f16(v: f32) -> f32 {
+    f16::from_f32(v).to_f32()
 }
 
 pub fn upload(gpu: &GpuBackend, t: HostTensor, quant: super::GpuQuant, max_binding: u64) -> Result<GpuMatrix> {
@@ -79,7 +99,8 @@ pub fn upload(gpu: &GpuBackend, t: HostTensor, quant: super::GpuQuant, max_bindi
     // GGML types with no direct GPU layout are dequantized first, then stored as 8-bit blocks.
     let (t, format) = match t.storage {
         StorageType::Ggml(GgmlDType::Q8_0) => (t, WeightFormat::Q8),
-        StorageType::Ggml(GgmlDType::Q4_0 | GgmlDType::Q4_1) => (t, WeightFormat::Q4),
+        StorageType::Ggml(GgmlDType::Q4_0) => (t, WeightFormat::Q4Sym),
+        StorageType::Ggml(GgmlDType::Q4_1) => (t, WeightFormat::Q4),
         StorageType::Ggml(dtype) => (dequantize(t, dtype)?, WeightFormat::Q8),
         StorageType::F16 if quant == super::GpuQuant::F32 => (t, WeightFormat::F16),
         _ => {
@@ -91,7 +112,7 @@ pub fn upload(gpu: &GpuBackend, t: HostTensor, quant: super::GpuQuant, max_bindi
             (t, f)
         }
     };
-    let row_bytes = format.data_bytes_per_row(stride).max((stride / BLOCK) * 4);
+    let row_bytes = format.data_bytes_per_row(stride).max((stride / BLOCK) * 2);
     let rows_per_part = ((max_binding as usize) / row_bytes).max(1);
     let mut parts = Vec::new();
     let mut r0 = 0;
@@ -102,10 +123,10 @@ pub fn upload(gpu: &GpuBackend, t: HostTensor, quant: super::GpuQuant, max_bindi
         let scales = if matches!(format, WeightFormat::F32 | WeightFormat::F16) {
             None
         } else {
-            Some(gpu.storage_buffer(&label("scales"), bytemuck::cast_slice(&blocks.scales))?)
+            Some(gpu.storage_buffer(&label("scales"), &pack_f16(&blocks.scales))?)
         };
         let mins = if format == WeightFormat::Q4 {
-            Some(gpu.storage_buffer(&label("mins"), bytemuck::cast_slice(&blocks.mins))?)
+            Some(gpu.storage_buffer(&label("mins"), &pack_f16(&blocks.mins))?)
         } else {
             None
         };
@@ -188,15 +209,18 @@ fn convert(t: &HostTensor, format: WeightFormat, cols: usize, r0: usize, r1: usi
                 out.data.extend_from_slice(&b[2..SIZE]);
             }
         }
-        (StorageType::Ggml(dtype @ (GgmlDType::Q4_0 | GgmlDType::Q4_1)), WeightFormat::Q4) => {
+        (StorageType::Ggml(dtype @ (GgmlDType::Q4_0 | GgmlDType::Q4_1)), WeightFormat::Q4 | WeightFormat::Q4Sym) => {
             // GGML block_q4_0: f16 d, 16 bytes (element j low nibble, j + 16 high nibble),
-            // value (q - 8) d. block_q4_1: f16 d, f16 m, same nibbles, value q d + m.
+            // value (q - 8) d (Q4Sym: no offset stored). block_q4_1: f16 d, f16 m, same
+            // nibbles, value q d + m.
             let (size, qs_at) = if dtype == GgmlDType::Q4_0 { (18, 2) } else { (20, 4) };
             let raw = &t.bytes[r0 * blocks_per_row * size..r1 * blocks_per_row * size];
             for b in raw.chunks_exact(size) {
                 let d = f16_at(b, 0);
                 out.scales.push(d);
-                out.mins.push(if dtype == GgmlDType::Q4_0 { -8.0 * d } else { f16_at(b, 2) });
+                if dtype == GgmlDType::Q4_1 {
+                    out.mins.push(f16_at(b, 2));
+                }
                 let q = |e: usize| if e < 16 { b[qs_at + e] & 15 } else { b[qs_at + e - 16] >> 4 };
                 pack_nibbles(&mut out.data, q);
             }
@@ -205,6 +229,9 @@ fn convert(t: &HostTensor, format: WeightFormat, cols: usize, r0: usize, r1: usi
             out.data = t.bytes[r0 * cols * 2..r1 * cols * 2].to_vec();
         }
         (_, WeightFormat::F16) => return Err(Error::Backend(format!("{}: only F16 files are stored as f16", t.name))),
+        (_, WeightFormat::Q4Sym) => {
+            return Err(Error::Backend(format!("{}: only Q4_0 files are stored as Q4Sym", t.name)));
+        }
         (_, WeightFormat::F32) => {
             let v = float_rows(t, cols, r0, r1)?;
             out.data = bytemuck::cast_slice(&v).to_vec();
@@ -213,7 +240,7 @@ fn convert(t: &HostTensor, format: WeightFormat, cols: usize, r0: usize, r1: usi
             let v = float_rows(t, cols, r0, r1)?;
             for block in v.chunks_exact(BLOCK) {
                 let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
-                let d = amax / 127.0;
+                let d = as_f16(amax / 127.0);
                 let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
                 out.scales.push(d);
                 out.data.extend(block.iter().map(|x| ((x * inv).round().clamp(-127.0, 127.0) as i8) as u8));
@@ -222,9 +249,9 @@ fn convert(t: &HostTensor, format: WeightFormat, cols: usize, r0: usize, r1: usi
         (_, WeightFormat::Q4) => {
             let v = float_rows(t, cols, r0, r1)?;
             for block in v.chunks_exact(BLOCK) {
-                let lo = block.iter().fold(f32::INFINITY, |m, x| m.min(*x));
+                let lo = as_f16(block.iter().fold(f32::INFINITY, |m, x| m.min(*x)));
                 let hi = block.iter().fold(f32::NEG_INFINITY, |m, x| m.max(*x));
-                let d = (hi - lo) / 15.0;
+                let d = as_f16((hi - lo) / 15.0);
                 let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
                 out.scales.push(d);
                 out.mins.push(lo);
