@@ -182,51 +182,13 @@ fn gpu_limits_give_clear_errors_not_panics() {
     assert!(err.to_string().contains("binding limit"), "{err}");
 }
 
-/// Named tensors: (HF name, shape, values).
-type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
-
 /// A micro model whose widths are no whole number of 32-weight blocks (hidden 40, head_dim 10,
 /// intermediate 72): every matrix has a partial last block on the GPU.
-fn odd_width_model(seed: u64) -> (serde_json::Value, Tensors) {
-    let (h, heads, kv_heads, hd, ff) = (40, 4, 2, 10, 72);
-    let mut config = micro_config_json();
-    for (key, value) in [
-        ("hidden_size", h),
-        ("num_attention_heads", heads),
-        ("num_key_value_heads", kv_heads),
-        ("head_dim", hd),
-        ("intermediate_size", ff),
-    ] {
-        config[key] = value.into();
-    }
-    let mut rng = SplitMix(seed);
-    let mut tensors = Vec::new();
-    let mut t = |name: String, shape: Vec<usize>, offset: f32, scale: f32| {
-        let n = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| half::bf16::from_f32(offset + scale * rng.next_f32()).to_f32()).collect();
-        tensors.push((name, shape, v));
-    };
-    t("model.embed_tokens.weight".into(), vec![MICRO_VOCAB, h], 0.0, 1.0);
-    for l in 0..MICRO_LAYERS {
-        let p = format!("model.layers.{l}");
-        t(format!("{p}.input_layernorm.weight"), vec![h], 1.0, 0.25);
-        t(format!("{p}.self_attn.q_proj.weight"), vec![heads * hd, h], 0.0, 0.5);
-        t(format!("{p}.self_attn.k_proj.weight"), vec![kv_heads * hd, h], 0.0, 0.5);
-        t(format!("{p}.self_attn.v_proj.weight"), vec![kv_heads * hd, h], 0.0, 0.5);
-        t(format!("{p}.self_attn.o_proj.weight"), vec![h, heads * hd], 0.0, 0.25);
-        t(format!("{p}.post_attention_layernorm.weight"), vec![h], 1.0, 0.25);
-        t(format!("{p}.mlp.gate_proj.weight"), vec![ff, h], 0.0, 0.5);
-        t(format!("{p}.mlp.up_proj.weight"), vec![ff, h], 0.0, 0.5);
-        t(format!("{p}.mlp.down_proj.weight"), vec![h, ff], 0.0, 0.25);
-    }
-    t("model.norm.weight".into(), vec![h], 1.0, 0.25);
-    t("lm_head.weight".into(), vec![MICRO_VOCAB, h], 0.0, 0.5);
-    (config, tensors)
-}
+const ODD_SHAPE: MicroShape = MicroShape { hidden: 40, heads: 4, kv_heads: 2, head_dim: 10, ff: 72 };
 
 #[test]
 fn gpu_runs_any_width_as_the_cpu_does() {
-    let (config, tensors) = odd_width_model(SEED);
+    let (config, tensors) = (micro_config_json_shaped(ODD_SHAPE), micro_tensors_shaped(ODD_SHAPE, SEED));
     let open = || open_micro_hf(safetensors_bf16(&tensors), &config).unwrap();
     let mut cpu = engine(open(), CpuBackend::new(None));
     let ids = prompt(6, 5);

@@ -95,11 +95,33 @@ pub const MICRO_FF: usize = 64;
 pub const MICRO_LAYERS: usize = 2;
 pub const MICRO_CONTEXT: usize = 64;
 
+/// The micro model's widths; other shapes (odd widths) reuse its generator.
+#[derive(Clone, Copy)]
+pub struct MicroShape {
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub ff: usize,
+}
+
+pub const MICRO_SHAPE: MicroShape = MicroShape {
+    hidden: MICRO_HIDDEN,
+    heads: MICRO_HEADS,
+    kv_heads: MICRO_KV_HEADS,
+    head_dim: MICRO_HEAD_DIM,
+    ff: MICRO_FF,
+};
+
 pub fn micro_config_json() -> serde_json::Value {
+    micro_config_json_shaped(MICRO_SHAPE)
+}
+
+pub fn micro_config_json_shaped(s: MicroShape) -> serde_json::Value {
     serde_json::json!({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "hidden_size": MICRO_HIDDEN, "intermediate_size": MICRO_FF, "num_hidden_layers": MICRO_LAYERS,
-        "num_attention_heads": MICRO_HEADS, "num_key_value_heads": MICRO_KV_HEADS, "head_dim": MICRO_HEAD_DIM,
+        "hidden_size": s.hidden, "intermediate_size": s.ff, "num_hidden_layers": MICRO_LAYERS,
+        "num_attention_heads": s.heads, "num_key_value_heads": s.kv_heads, "head_dim": s.head_dim,
         "vocab_size": MICRO_VOCAB, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
         "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
         "max_position_embeddings": MICRO_CONTEXT, "tie_word_embeddings": false,
@@ -109,6 +131,11 @@ pub fn micro_config_json() -> serde_json::Value {
 
 /// Seeded weights of the micro model, HF names and layout, f32 values exactly representable in bf16.
 pub fn micro_tensors(seed: u64) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    micro_tensors_shaped(MICRO_SHAPE, seed)
+}
+
+/// As `micro_tensors`, in another shape.
+pub fn micro_tensors_shaped(shape: MicroShape, seed: u64) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let mut rng = SplitMix(seed);
     let mut out = Vec::new();
     let mut t = |name: String, shape: Vec<usize>, offset: f32, scale: f32| {
@@ -116,7 +143,7 @@ pub fn micro_tensors(seed: u64) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         let v: Vec<f32> = (0..n).map(|_| half::bf16::from_f32(offset + scale * rng.next_f32()).to_f32()).collect();
         out.push((name, shape, v));
     };
-    let (h, q, kv) = (MICRO_HIDDEN, MICRO_HEADS * MICRO_HEAD_DIM, MICRO_KV_HEADS * MICRO_HEAD_DIM);
+    let (h, q, kv, ff) = (shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.ff);
     t("model.embed_tokens.weight".into(), vec![MICRO_VOCAB, h], 0.0, 1.0);
     for l in 0..MICRO_LAYERS {
         let p = format!("model.layers.{l}");
@@ -126,9 +153,9 @@ pub fn micro_tensors(seed: u64) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         t(format!("{p}.self_attn.v_proj.weight"), vec![kv, h], 0.0, 0.5);
         t(format!("{p}.self_attn.o_proj.weight"), vec![h, q], 0.0, 0.25);
         t(format!("{p}.post_attention_layernorm.weight"), vec![h], 1.0, 0.25);
-        t(format!("{p}.mlp.gate_proj.weight"), vec![MICRO_FF, h], 0.0, 0.5);
-        t(format!("{p}.mlp.up_proj.weight"), vec![MICRO_FF, h], 0.0, 0.5);
-        t(format!("{p}.mlp.down_proj.weight"), vec![h, MICRO_FF], 0.0, 0.25);
+        t(format!("{p}.mlp.gate_proj.weight"), vec![ff, h], 0.0, 0.5);
+        t(format!("{p}.mlp.up_proj.weight"), vec![ff, h], 0.0, 0.5);
+        t(format!("{p}.mlp.down_proj.weight"), vec![h, ff], 0.0, 0.25);
     }
     t("model.norm.weight".into(), vec![h], 1.0, 0.25);
     t("lm_head.weight".into(), vec![MICRO_VOCAB, h], 0.0, 0.5);
