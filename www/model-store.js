@@ -66,6 +66,30 @@ async function forget(dir, key) {
   await dir.removeEntry(`${key}.json`).catch(() => {});
 }
 
+/** Writes `stream` into `handle` from `offset` chunk by chunk (flushed every FLUSH_BYTES and at
+ * the end), reporting the offset at most every PROGRESS_MS; resolves to the end offset. On an
+ * error, what was written stays for a resume (`handle.getSize()`). */
+async function streamInto(handle, stream, offset, onOffset) {
+  const reader = stream.getReader();
+  let unflushed = 0;
+  let shown = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      handle.write(value, { at: offset });
+      offset += value.length;
+      unflushed += value.length;
+      if (unflushed >= FLUSH_BYTES) handle.flush(), (unflushed = 0);
+      if (performance.now() - shown > PROGRESS_MS) shown = performance.now(), onOffset(offset);
+    }
+  } finally {
+    handle.flush();
+  }
+  onOffset(offset);
+  return offset;
+}
+
 /** A byte source for the wasm side over an open sync access handle. */
 export function handleSource(name, handle) {
   return {
@@ -133,20 +157,7 @@ async function download(dir, key, fileHandle, url, label, { onProgress, quotaOve
         meta = { url, size: total, validator, complete: false };
         await writeMeta(dir, key, meta);
         handle.truncate(offset);
-        const reader = response.body.getReader();
-        let unflushed = 0;
-        let shown = 0;
-        for (;;) {
-          const { done, value } = await reader.read();
-          if (done) break;
-          handle.write(value, { at: offset });
-          offset += value.length;
-          unflushed += value.length;
-          if (unflushed >= FLUSH_BYTES) handle.flush(), (unflushed = 0);
-          if (performance.now() - shown > PROGRESS_MS) shown = performance.now(), onProgress(offset, total, resumedFrom);
-        }
-        handle.flush();
-        onProgress(offset, total, resumedFrom);
+        offset = await streamInto(handle, response.body, offset, (at) => onProgress(at, total, resumedFrom));
         if (total !== null && offset !== total) throw new Error(`download of ${url} stopped at ${offset} of ${total} bytes`);
         meta = { ...meta, size: offset, complete: true };
         await writeMeta(dir, key, meta);
@@ -212,16 +223,7 @@ export async function storedUpload(file, { onProgress, quotaOverride } = {}) {
   const handle = await openSync(fileHandle, file.name);
   try {
     handle.truncate(0);
-    const reader = file.stream().getReader();
-    let offset = 0;
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      handle.write(value, { at: offset });
-      offset += value.length;
-      onProgress?.(offset, file.size);
-    }
-    handle.flush();
+    await streamInto(handle, file.stream(), 0, (at) => onProgress?.(at, file.size));
   } catch (e) {
     handle.close();
     await dir.removeEntry(key).catch(() => {});

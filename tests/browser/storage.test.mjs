@@ -148,3 +148,42 @@ test("a Hub revision is pinned to its commit: a new commit downloads fresh files
     await server.stop();
   }
 });
+
+test("a picked file loads through the same OPFS reader as a download and leaves nothing stored", async () => {
+  const server = await startServer();
+  const browser = await launchProfile();
+  try {
+    const { page, logs } = await openPage(browser, server.url);
+    const out = await page
+      .evaluate(async () => {
+        const { GuardReasoner } = await import("/www/guardreasoner.js");
+        const url = "/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+        const file = new File([await (await fetch(url)).blob()], "SmolLM2-135M-Instruct.Q4_1.gguf");
+        const run = async (source) => {
+          const phases = new Set();
+          const guard = await GuardReasoner.load(source, { backend: "cpu", context: 128, onProgress: (p) => phases.add(p.phase) });
+          const res = await guard.generate(await guard.tokenize("The capital of France is"), { maxNewTokens: 6 });
+          guard.terminate();
+          return { tokens: res.tokens, phases: [...phases] };
+        };
+        const picked = await run({ file });
+        const root = await navigator.storage.getDirectory();
+        const models = await root.getDirectoryHandle("guardreasoner-models");
+        const temporary = await models.getDirectoryHandle("temporary");
+        const left = [];
+        for await (const name of temporary.keys()) left.push(name);
+        const downloaded = await run({ url });
+        return { picked, downloaded, left };
+      })
+      .catch((e) => {
+        throw new Error(`${e.message}\nbrowser log:\n${logs.join("\n")}`);
+      });
+    assert.ok(out.picked.phases.includes("copy"), `the picked file is copied into OPFS: ${out.picked.phases}`);
+    assert.deepEqual(out.left, [], "the temporary copy is deleted once the model has loaded");
+    assert.equal(out.picked.tokens.length, 6);
+    assert.deepEqual(out.picked.tokens, out.downloaded.tokens);
+  } finally {
+    await browser.close();
+    await server.stop();
+  }
+});
