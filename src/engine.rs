@@ -78,19 +78,52 @@ impl<B: Backend> Engine<B> {
 
     /// Append one token; returns the logits that predict the next.
     pub fn step(&mut self, id: u32) -> Result<B::Act> {
-        if self.cached.len() >= self.max_seq {
-            return Err(Error::Prompt(format!("the context of {} tokens is full", self.max_seq)));
-        }
+        self.check_room()?;
         if id as usize >= self.config.vocab_size {
             return Err(Error::Prompt(format!("token id {id} is outside the vocabulary")));
         }
         self.feed(&[id])
     }
 
+    /// Append a token the device chose (`Backend::choose`), which the host may not know yet:
+    /// `known` is its id if the host has read it, else the cache records it as unsettled until
+    /// `settle`. Returns the logits that predict the next token.
+    pub fn step_token(&mut self, token: &B::Token, known: Option<u32>) -> Result<B::Act> {
+        self.check_room()?;
+        let pos = self.cached.len();
+        let x = self.backend.embed_token(&self.weights.embed, token)?;
+        self.run(x, pos, &[known.unwrap_or(UNSETTLED)])
+    }
+
+    /// Record the id of the token at cache position `pos` once it is known.
+    pub fn settle(&mut self, pos: usize, id: u32) {
+        if let Some(slot) = self.cached.get_mut(pos) {
+            *slot = id;
+        }
+    }
+
+    /// Keep only the first `len` cached positions (a decode that ran ahead past its end).
+    pub fn truncate(&mut self, len: usize) {
+        self.cached.truncate(len);
+        debug_assert!(!self.cached.contains(&UNSETTLED), "every kept position is settled");
+    }
+
+    fn check_room(&self) -> Result<()> {
+        if self.cached.len() >= self.max_seq {
+            return Err(Error::Prompt(format!("the context of {} tokens is full", self.max_seq)));
+        }
+        Ok(())
+    }
+
     fn feed(&mut self, ids: &[u32]) -> Result<B::Act> {
         let pos = self.cached.len();
+        let x = self.backend.embed(&self.weights.embed, ids)?;
+        self.run(x, pos, ids)
+    }
+
+    fn run(&mut self, x: B::Act, pos: usize, ids: &[u32]) -> Result<B::Act> {
         // On failure the cache past `pos` is garbage: forget it rather than trust it later.
-        let out = forward(&self.backend, &self.weights, &self.rope, &self.config, &mut self.cache, ids, pos);
+        let out = forward(&self.backend, &self.weights, &self.rope, &self.config, &mut self.cache, x, pos);
         match out {
             Ok(logits) => {
                 self.cached.extend_from_slice(ids);
@@ -103,3 +136,7 @@ impl<B: Backend> Engine<B> {
         }
     }
 }
+
+/// A cache position whose token the host does not know yet (never a vocabulary id, so a prompt
+/// never reuses it).
+const UNSETTLED: u32 = u32::MAX;

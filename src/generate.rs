@@ -7,6 +7,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::tokenizer::TextTokenizer;
 use serde::Serialize;
+use std::collections::VecDeque;
 
 /// What each request asks of generation.
 #[derive(Debug, Clone)]
@@ -47,8 +48,73 @@ pub enum Progress {
     Token(u32),
 }
 
+/// Greedy decoding with the device ahead of the host. Each step's token is chosen on the device
+/// (`Backend::choose`) and fed to the next step from there, so the next steps are recorded and
+/// submitted before the host reads the token (`Backend::steps_ahead` of them). The host reads
+/// the tokens in order, a step or more behind; when it finds a stop it drops the steps that ran
+/// past it from the cache, and their tokens never reach any output.
+pub struct Pipeline<B: Backend> {
+    /// Chosen tokens the host has not read, oldest first.
+    unread: VecDeque<B::Token>,
+    /// The newest chosen token: the next step feeds it.
+    newest: B::Token,
+    /// Ids read so far, in order.
+    read: Vec<u32>,
+    /// Tokens chosen so far.
+    chosen: usize,
+    /// The cache position of the first chosen token.
+    start: usize,
+}
+
+impl<B: Backend> Pipeline<B> {
+    /// Start from the logits of a prompt's last token (`Engine::prefill`).
+    pub fn new(engine: &Engine<B>, logits: &B::Act) -> Result<Self> {
+        let first = engine.backend.choose(logits)?;
+        Ok(Self {
+            unread: VecDeque::from([first.clone()]),
+            newest: first,
+            read: Vec::new(),
+            chosen: 1,
+            start: engine.position(),
+        })
+    }
+
+    /// Queue steps until `steps_ahead` tokens wait behind the next unread one, without choosing
+    /// more than `limit` tokens in all or running past the context.
+    pub fn fill(&mut self, engine: &mut Engine<B>, limit: usize) -> Result<()> {
+        let ahead = engine.backend.steps_ahead();
+        while self.unread.len() <= ahead && self.chosen < limit && engine.position() < engine.context_len() {
+            let known = self.read.get(self.chosen - 1).copied();
+            let logits = engine.step_token(&self.newest, known)?;
+            self.newest = engine.backend.choose(&logits)?;
+            self.unread.push_back(self.newest.clone());
+            self.chosen += 1;
+        }
+        Ok(())
+    }
+
+    /// The next token's id, in order; `None` when no token is left to read (nothing more could
+    /// be queued).
+    pub async fn next(&mut self, engine: &mut Engine<B>) -> Result<Option<u32>> {
+        let Some(token) = self.unread.pop_front() else {
+            return Ok(None);
+        };
+        let id = engine.backend.token_id(&token).await?;
+        engine.settle(self.start + self.read.len(), id);
+        self.read.push(id);
+        Ok(Some(id))
+    }
+
+    /// Keep in the cache only the first `kept` tokens of the generation (what steps ran past
+    /// the stop appended is forgotten).
+    pub fn finish(self, engine: &mut Engine<B>, kept: usize) {
+        engine.truncate((self.start + kept).min(engine.position()));
+    }
+}
+
 /// Greedy decoding. `is_cancelled` is polled before every token, so a cancel takes effect within
-/// one token; `on_progress` sees the prompt finish and every new token.
+/// one token (plus the steps already queued on the device); `on_progress` sees the prompt finish
+/// and every new token.
 pub async fn generate<B: Backend>(
     engine: &mut Engine<B>,
     prompt: &[u32],
@@ -62,30 +128,35 @@ pub async fn generate<B: Backend>(
     let (logits, reused) = engine.prefill(prompt)?;
     on_progress(Progress::PromptDone { prompt_tokens: prompt.len(), reused_tokens: reused })?;
     let first_logits = if opts.keep_first_logits { Some(engine.backend.to_host(&logits).await?) } else { None };
-    let mut next = engine.backend.argmax(&logits).await?;
+    let mut pipe = Pipeline::new(engine, &logits)?;
+    drop(logits);
     let mut tokens = Vec::new();
-    let stop = loop {
-        if opts.stop_ids.contains(&next) {
-            break StopReason::Eos;
+    let stop = async {
+        loop {
+            pipe.fill(engine, opts.max_new_tokens)?;
+            let Some(next) = pipe.next(engine).await? else {
+                // Nothing more could be queued below the token limit: the context is full.
+                return Ok(StopReason::ContextFull);
+            };
+            if opts.stop_ids.contains(&next) {
+                return Ok(StopReason::Eos);
+            }
+            if tokens.len() >= opts.max_new_tokens {
+                return Ok(StopReason::MaxTokens);
+            }
+            if is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            tokens.push(next);
+            on_progress(Progress::Token(next))?;
+            if tokens.len() >= opts.max_new_tokens {
+                return Ok(StopReason::MaxTokens);
+            }
         }
-        if tokens.len() >= opts.max_new_tokens {
-            break StopReason::MaxTokens;
-        }
-        if is_cancelled() {
-            return Err(Error::Cancelled);
-        }
-        tokens.push(next);
-        on_progress(Progress::Token(next))?;
-        if tokens.len() >= opts.max_new_tokens {
-            break StopReason::MaxTokens;
-        }
-        if engine.position() >= engine.context_len() {
-            break StopReason::ContextFull;
-        }
-        let logits = engine.step(next)?;
-        next = engine.backend.argmax(&logits).await?;
-    };
-    Ok(Generation { tokens, stop, prompt_tokens: prompt.len(), reused_tokens: reused, first_logits })
+    }
+    .await;
+    pipe.finish(engine, tokens.len());
+    Ok(Generation { tokens, stop: stop?, prompt_tokens: prompt.len(), reused_tokens: reused, first_logits })
 }
 
 /// Greedy generation that also decodes: `on_delta` sees each new piece of text as it becomes

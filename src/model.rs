@@ -263,18 +263,18 @@ fn unpermute_gguf_rows(t: &mut HostTensor, heads: usize) -> Result<()> {
     Ok(())
 }
 
-/// One forward pass over `ids` at positions `pos..pos + ids.len()`, appending to the KV cache;
-/// returns the logits `(1, vocab)` that predict the token after the last one.
+/// One forward pass over the embedded tokens `x` `(seq, hidden)` at positions `pos..pos + seq`,
+/// appending to the KV cache; returns the logits `(1, vocab)` that predict the token after the
+/// last one.
 pub fn forward<B: Backend>(
     b: &B,
     w: &ModelWeights<B>,
     rope: &B::Rope,
     c: &LlamaConfig,
     cache: &mut B::Cache,
-    ids: &[u32],
+    mut x: B::Act,
     pos: usize,
 ) -> Result<B::Act> {
-    let mut x = b.embed(&w.embed, ids)?; // (seq, hidden)
     for (l, layer) in w.layers.iter().enumerate() {
         let h = b.rms_norm(&x, &layer.attn_norm, c.rms_norm_eps)?;
         let q = b.rope(&b.linear(&h, &layer.q)?, rope, c.num_heads, pos)?; // (seq, heads * hd)

@@ -8,7 +8,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::{GpuBackend, GpuOptions, GpuQuant, LinearKernel};
 use crate::engine::{Engine, PREFILL_CHUNK};
 use crate::error::{Error, Result};
-use crate::generate::{Detokenizer, GenerateOptions, Progress, StopReason, generate};
+use crate::generate::{Detokenizer, GenerateOptions, Pipeline, Progress, StopReason, generate};
 use crate::guard::{GuardEvent, ReasoningParser, TaskReasoning, guard_prompt};
 use crate::loader::{ModelIdentity, OpenedModel};
 use crate::tokenizer::TextTokenizer;
@@ -300,14 +300,16 @@ pub struct SpeedReport {
     pub host_encode_us_per_token: Option<f64>,
 }
 
-/// Per decode step: GPU dispatches, compute passes, queue submits, buffer copies and blocking
-/// waits, averaged.
+/// Per decode step, averaged: GPU dispatches, compute passes, queue submits, buffer copies
+/// (`readback_copies`: the token id into a staging buffer) and blocking waits (see
+/// `backend::Counters`).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct PerToken {
     pub dispatches: f64,
     pub compute_passes: f64,
     pub submits: f64,
     pub copies: f64,
+    pub readback_copies: f64,
     pub blocking_waits: f64,
 }
 
@@ -519,16 +521,19 @@ impl Session {
             }
             let (logits, _) = engine.prefill(&prompt[..prompt.len().min(8)])?;
             engine.backend.argmax(&logits).await?;
+            drop(logits);
             engine.reset();
             let t0 = Instant::now();
             let (logits, _) = engine.prefill(prompt)?;
-            let mut next = engine.backend.argmax(&logits).await?;
+            let mut pipe = Pipeline::new(engine, &logits)?;
+            drop(logits);
+            pipe.next(engine).await?;
             let prefill_s = t0.elapsed().as_secs_f64();
             let before = engine.backend.counters();
             let t1 = Instant::now();
             for _ in 0..gen_tokens {
-                let logits = engine.step(next)?;
-                next = engine.backend.argmax(&logits).await?;
+                pipe.fill(engine, gen_tokens + 1)?;
+                pipe.next(engine).await?;
             }
             let decode_s = t1.elapsed().as_secs_f64();
             let after = engine.backend.counters();
@@ -541,6 +546,7 @@ impl Session {
                         compute_passes: (a.compute_passes - b.compute_passes) as f64 / n,
                         submits: (a.submits - b.submits) as f64 / n,
                         copies: (a.copies - b.copies) as f64 / n,
+                        readback_copies: (a.readback_copies - b.readback_copies) as f64 / n,
                         blocking_waits: (a.blocking_waits - b.blocking_waits) as f64 / n,
                     }),
                     Some((decode_s * 1e6 - (a.wait_us - b.wait_us)) / n),

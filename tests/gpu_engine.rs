@@ -10,7 +10,7 @@ use guardreasoner::backend::Backend;
 use guardreasoner::backend::cpu::CpuBackend;
 use guardreasoner::backend::gpu::{GpuBackend, GpuOptions, GpuQuant};
 use guardreasoner::engine::Engine;
-use guardreasoner::generate::{GenerateOptions, generate};
+use guardreasoner::generate::{GenerateOptions, Generation, Progress, StopReason, generate};
 use guardreasoner::loader::OpenedModel;
 
 /// Same bound as the CPU tests: summation order differs, nothing else should.
@@ -214,4 +214,65 @@ fn gpu_runs_any_width_as_the_cpu_does() {
     let logits = logits_of(&mut q8, &ids);
     let max = want.first_logits.as_ref().unwrap().iter().fold(0f32, |m, v| m.max(v.abs()));
     assert_close(&logits, want.first_logits.as_ref().unwrap(), 0.05 * max, 0.0, "odd widths, q8 on load");
+}
+
+/// Generate with `opts`, returning the result and the tokens `on_progress` saw; `cancel_after`
+/// cancels once that many tokens were seen.
+fn run_seen<B: Backend>(
+    e: &mut Engine<B>,
+    ids: &[u32],
+    opts: &GenerateOptions,
+    cancel_after: Option<usize>,
+) -> (guardreasoner::error::Result<Generation>, Vec<u32>) {
+    let seen = std::cell::RefCell::new(Vec::new());
+    let cancelled = || cancel_after.is_some_and(|n| seen.borrow().len() >= n);
+    let result = pollster::block_on(generate(e, ids, opts, &cancelled, &mut |p| {
+        if let Progress::Token(t) = p {
+            seen.borrow_mut().push(t);
+        }
+        Ok(())
+    }));
+    (result, seen.into_inner())
+}
+
+#[test]
+fn gpu_decode_ahead_stops_exactly_at_eos_and_keeps_the_cache_true() {
+    let tensors = micro_tensors(SEED);
+    let open = || open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap();
+    let mut g = engine(open(), gpu(GpuQuant::F32, None));
+    assert!(g.backend.steps_ahead() >= 1, "the GPU queues steps past the token the host reads");
+    let ids = prompt(5, 11);
+    let free = GenerateOptions { max_new_tokens: 30, stop_ids: vec![], keep_first_logits: false };
+    let all = run_seen(&mut g, &ids, &free, None).0.unwrap().tokens;
+    // A stop id that first comes a few tokens in: the steps after it are already queued when
+    // the host reads it.
+    let (k, eos) = all
+        .iter()
+        .enumerate()
+        .find(|&(i, t)| i >= 4 && !all[..i].contains(t))
+        .map(|(i, &t)| (i, t))
+        .expect("a token that first appears after the fourth");
+    let opts = GenerateOptions { stop_ids: vec![eos], ..free.clone() };
+    let (got, seen) = run_seen(&mut g, &ids, &opts, None);
+    let got = got.unwrap();
+    assert_eq!(got.stop, StopReason::Eos);
+    assert_eq!(got.tokens, all[..k], "the output stops exactly at the stop id");
+    assert_eq!(seen, all[..k], "no token past the stop id was streamed");
+    // The cache holds the prompt and the tokens before the stop, each known: a prompt that
+    // continues them reuses exactly those (not the stop id the steps ahead fed) and gives the
+    // logits of a fresh run.
+    let mut next = ids.clone();
+    next.extend_from_slice(&all[..k]);
+    next.extend_from_slice(&[eos, 7]);
+    let (logits, reused) = g.prefill(&next).unwrap();
+    assert_eq!(reused, ids.len() + k, "positions reused after a stop");
+    let after_reuse = pollster::block_on(g.backend.to_host(&logits)).unwrap();
+    let mut fresh = engine(open(), gpu(GpuQuant::F32, None));
+    assert_close(&after_reuse, &logits_of(&mut fresh, &next), LOGIT_ATOL, LOGIT_RTOL, "logits after reuse");
+
+    // Cancelled after 3 tokens: nothing past them is streamed, and the next run is unharmed.
+    let (result, seen) = run_seen(&mut g, &ids, &free, Some(3));
+    assert!(matches!(result, Err(guardreasoner::error::Error::Cancelled)), "{result:?}");
+    assert_eq!(seen, all[..3]);
+    assert_eq!(run_seen(&mut g, &ids, &free, None).0.unwrap().tokens, all, "a run after a cancel");
 }

@@ -82,6 +82,7 @@ impl Backend for CpuBackend {
     type Act = Tensor;
     type Cache = CpuCache;
     type Rope = CpuRope;
+    type Token = u32;
 
     fn describe(&self) -> String {
         format!("cpu (candle, {} threads)", candle_core::utils::get_num_threads())
@@ -250,9 +251,17 @@ impl Backend for CpuBackend {
         Ok(x.narrow(0, rows - 1, 1)?)
     }
 
-    async fn argmax(&self, x: &Tensor) -> Result<u32> {
-        let values = self.to_host(x).await?;
+    fn choose(&self, logits: &Tensor) -> Result<u32> {
+        let values = logits.flatten_all()?.to_vec1::<f32>()?;
         argmax_first(&values).ok_or_else(|| Error::Backend("argmax of an empty row".into()))
+    }
+
+    fn embed_token(&self, table: &CpuEmbedding, token: &u32) -> Result<Tensor> {
+        self.embed(table, &[*token])
+    }
+
+    async fn token_id(&self, token: &u32) -> Result<u32> {
+        Ok(*token)
     }
 
     async fn to_host(&self, x: &Tensor) -> Result<Vec<f32>> {

@@ -11,14 +11,20 @@ use crate::error::Result;
 use crate::format::HostTensor;
 
 /// Work a backend has done since it was made, for `bench`'s per-token figures: GPU dispatches,
-/// compute passes, queue submits, buffer copies, blocking waits for the GPU and the time spent in
-/// them (host microseconds).
+/// compute passes, queue submits, buffer copies, waits for the GPU and the time spent in them
+/// (host microseconds).
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct Counters {
     pub dispatches: u64,
     pub compute_passes: u64,
     pub submits: u64,
+    /// Buffer copies other than token readbacks (a forward pass has none).
     pub copies: u64,
+    /// Copies of a chosen token id (4 bytes) into a mappable staging buffer, one per token.
+    pub readback_copies: u64,
+    /// Waits for the newest submission: the GPU has nothing queued behind it, so it idles
+    /// while the host reacts. Waits for older work, with later steps queued, are not counted
+    /// here (their time is in `wait_us`).
     pub blocking_waits: u64,
     pub wait_us: f64,
 }
@@ -38,6 +44,9 @@ pub trait Backend {
     type Cache;
     /// Rotary cos/sin tables `(max_seq, head_dim / 2)`.
     type Rope;
+    /// A token chosen by `choose` that the host may not know yet (the GPU: a slot argmax wrote,
+    /// read back later; the CPU: the id). Decoding feeds it to the next step without waiting.
+    type Token: Clone;
 
     /// A short description for logs and `--json` output ("cpu (candle, 2 threads)").
     fn describe(&self) -> String;
@@ -87,9 +96,27 @@ pub trait Backend {
     fn add(&self, a: &Self::Act, b: &Self::Act) -> Result<Self::Act>;
     /// The last row `(1, width)`.
     fn last_row(&self, x: &Self::Act) -> Result<Self::Act>;
-    /// Index of the largest value of a `(1, n)` row (first on ties), without copying the row out.
-    /// Async because a GPU readback on the web can only be awaited, never waited for.
-    fn argmax(&self, x: &Self::Act) -> impl std::future::Future<Output = Result<u32>>;
+    /// Queue the choice of the largest value of a `(1, n)` row (first on ties), without copying
+    /// the row out.
+    fn choose(&self, logits: &Self::Act) -> Result<Self::Token>;
+    /// The embedding `(1, hidden)` of a chosen token, read on the device.
+    fn embed_token(&self, table: &Self::Embedding, token: &Self::Token) -> Result<Self::Act>;
+    /// The id of a chosen token, once the device has it. Async because a GPU readback on the
+    /// web can only be awaited, never waited for.
+    fn token_id(&self, token: &Self::Token) -> impl std::future::Future<Output = Result<u32>>;
+    /// Decode steps worth queueing past the token the host is reading (`generate::Pipeline`):
+    /// 0 where a step runs on the host's own thread (the CPU), more where the device works
+    /// while the host waits (the GPU).
+    fn steps_ahead(&self) -> usize {
+        0
+    }
+    /// Index of the largest value of a `(1, n)` row (first on ties): `choose` and read it.
+    fn argmax(&self, x: &Self::Act) -> impl std::future::Future<Output = Result<u32>> {
+        async move {
+            let token = self.choose(x)?;
+            self.token_id(&token).await
+        }
+    }
     /// Copy a `(1, n)` row to the host.
     fn to_host(&self, x: &Self::Act) -> impl std::future::Future<Output = Result<Vec<f32>>>;
 }

@@ -1,7 +1,9 @@
-// Index of the largest of n floats (the first on ties, as torch.argmax), one workgroup, so a
-// decode step reads back 4 bytes instead of the logits.
+// Index of the largest of n floats (the first on ties, as torch.argmax), one workgroup, written
+// to slot `slot` of the token ring: the next step's embedding reads it there, and the host reads
+// 4 bytes back when it gets to it, instead of the logits.
 struct Params {
     n: u32,
+    slot: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -37,6 +39,6 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         workgroupBarrier();
     }
     if (lid == 0u) {
-        out[0] = best_i[0];
+        out[p.slot] = best_i[0];
     }
 }

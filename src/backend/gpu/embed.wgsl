@@ -1,11 +1,14 @@
-// out[t, :] = table[ids[t], :] for the tokens whose id falls in this part's row range. Any width:
-// table rows are stored padded to whole blocks of 32 (stride); out rows are `cols` wide.
+// out[t, :] = table[ids[first + t], :] for the tokens whose id falls in this part's row range.
+// `ids` is a prompt's ids (first = 0) or the ring of token slots argmax writes (first = the slot),
+// so a decode step reads the token the previous step chose without the host. Any width: table
+// rows are stored padded to whole blocks of 32 (stride); out rows are `cols` wide.
 struct Params {
     row_start: u32,
     row_count: u32,
     cols: u32,
     n_tokens: u32,
     stride: u32,
+    first: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -15,8 +18,11 @@ struct Params {
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let t = wg.x;
-    let id = ids[t];
-    if (t >= p.n_tokens || id < p.row_start || id >= p.row_start + p.row_count) {
+    if (t >= p.n_tokens) {
+        return;
+    }
+    let id = ids[p.first + t];
+    if (id < p.row_start || id >= p.row_start + p.row_count) {
         return;
     }
     let row = id - p.row_start;

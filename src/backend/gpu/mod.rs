@@ -1,8 +1,9 @@
 //! WebGPU backend through wgpu: the same ops as the CPU backend, as WGSL compute shaders.
 //! Weights live in GPU buffers in a GPU-friendly block layout (f32, 8-bit or 4-bit blocks of
 //! 32), split by rows wherever one binding cannot hold a tensor. Activations come from a pool of
-//! buffers sized once, so decoding allocates nothing after the first step; each forward pass is
-//! one command encoder, submitted when a token id (4 bytes) is read back.
+//! buffers sized once, so decoding allocates nothing after the first step. Each decode step is
+//! one compute pass in one submit; the token it chooses stays on the GPU for the next step and
+//! comes back to the host (4 bytes) a step or more later (ARCHITECTURE.md, "Decode on the GPU").
 
 mod weights;
 
@@ -224,6 +225,30 @@ pub struct GpuCache {
     max_seq: usize,
 }
 
+/// Slots in the ring of chosen tokens: more than the steps ever in flight
+/// (`GpuBackend::steps_ahead` + 1), so a slot is read before argmax writes it again.
+const TOKEN_SLOTS: usize = 8;
+
+/// A token chosen on the GPU: its slot in the token ring, and which choice it was (a slot is
+/// reused every `TOKEN_SLOTS` choices; a stale token is refused, never misread).
+#[derive(Clone, Debug)]
+pub struct GpuToken {
+    slot: usize,
+    issued: u64,
+}
+
+/// The host side of one token slot: a mappable copy of the id, mapped as soon as the step that
+/// wrote it is submitted, and read when the host gets to it.
+struct TokenSlot {
+    staging: wgpu::Buffer,
+    issued: u64,
+    map: Option<MapReceiver>,
+    /// The submit that writes it (`Counters::submits` after it) and its index for waiting.
+    submit: u64,
+    index: Option<wgpu::SubmissionIndex>,
+    value: Option<u32>,
+}
+
 /// Work recorded but not submitted: one encoder, and the compute pass every dispatch goes into
 /// until something must end it (a buffer copy for a readback, or a submit).
 struct Pending {
@@ -249,8 +274,10 @@ pub struct GpuBackend {
     pool: Rc<RefCell<Pool>>,
     pending: RefCell<Pending>,
     param_buffer: wgpu::Buffer,
-    /// One u32 written by argmax.
+    /// The token ring: `TOKEN_SLOTS` u32s written by argmax, read by the next step's embedding.
     token_buffer: wgpu::Buffer,
+    token_slots: RefCell<Vec<TokenSlot>>,
+    tokens_issued: std::cell::Cell<u64>,
     readback: RefCell<Option<(wgpu::Buffer, u64)>>,
     /// Errors wgpu reports out of band (validation, out of memory, device lost).
     errors: Arc<Mutex<Vec<String>>>,
@@ -310,11 +337,26 @@ impl GpuBackend {
             mapped_at_creation: false,
         });
         let token_buffer = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("argmax"),
-            size: 4,
+            label: Some("token ring"),
+            size: (TOKEN_SLOTS * 4) as u64,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
+        let token_slots = (0..TOKEN_SLOTS)
+            .map(|_| TokenSlot {
+                staging: device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("token readback"),
+                    size: 4,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                }),
+                issued: 0,
+                map: None,
+                submit: 0,
+                index: None,
+                value: None,
+            })
+            .collect();
         let on_cpu = info.device_type == wgpu::DeviceType::Cpu;
         let adapter = match (info.name.is_empty(), info.backend) {
             // Browsers may withhold adapter names; say at least that it is WebGPU, and whether
@@ -345,6 +387,8 @@ impl GpuBackend {
             counters: std::cell::Cell::new(Counters::default()),
             param_buffer,
             token_buffer,
+            token_slots: RefCell::new(token_slots),
+            tokens_issued: std::cell::Cell::new(0),
             readback: RefCell::new(None),
             errors,
         })
@@ -352,6 +396,17 @@ impl GpuBackend {
 
     pub fn adapter_name(&self) -> &str {
         &self.adapter
+    }
+
+    /// A token whose slot has not been reused since it was chosen.
+    fn check_token(&self, token: &GpuToken) -> Result<()> {
+        if self.token_slots.borrow()[token.slot].issued != token.issued {
+            return Err(Error::Backend(format!(
+                "token {} was overwritten: more than {TOKEN_SLOTS} tokens were chosen after it",
+                token.issued
+            )));
+        }
+        Ok(())
     }
 
     fn check_errors(&self) -> Result<()> {
@@ -504,30 +559,31 @@ impl GpuBackend {
         self.counters.set(c);
     }
 
-    /// A buffer copy: it ends the open compute pass. Only readbacks use it (a step has none).
-    fn copy(&self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, bytes: u64) {
+    /// A copy into a mappable buffer for a readback: it ends the open compute pass (a step has
+    /// no other copy).
+    fn copy_for_readback(&self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, bytes: u64) {
         let mut pending = self.pending.borrow_mut();
         pending.pass = None;
-        self.count(|c| c.copies += 1);
+        self.count(|c| c.readback_copies += 1);
         let device = &self.device;
         let encoder = pending.encoder.get_or_insert_with(|| {
             device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") })
         });
-        encoder.copy_buffer_to_buffer(src, src_offset, dst, dst_offset, bytes);
+        encoder.copy_buffer_to_buffer(src, src_offset, dst, 0, bytes);
     }
 
-    /// Submit everything queued so far.
-    fn flush(&self) {
+    /// Submit everything queued so far; the submission's index, if there was anything.
+    fn flush(&self) -> Option<wgpu::SubmissionIndex> {
         let mut pending = self.pending.borrow_mut();
         pending.pass = None;
         if !pending.params.is_empty() {
             self.queue.write_buffer(&self.param_buffer, 0, &pending.params);
             pending.params.clear();
         }
-        if let Some(encoder) = pending.encoder.take() {
-            self.queue.submit([encoder.finish()]);
-            self.count(|c| c.submits += 1);
-        }
+        let encoder = pending.encoder.take()?;
+        let index = self.queue.submit([encoder.finish()]);
+        self.count(|c| c.submits += 1);
+        Some(index)
     }
 
     /// Submit, then copy `bytes` from `src` to the host.
@@ -544,12 +600,9 @@ impl GpuBackend {
                 }),
             }
         };
-        self.copy(src, 0, &staging, 0, bytes);
+        self.copy_for_readback(src, 0, &staging, bytes);
         self.flush();
-        let (tx, rx) = futures_channel::oneshot::channel();
-        staging.map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
-            let _ = tx.send(r);
-        });
+        let rx = map_for_read(&staging, bytes);
         // Natively this drives the GPU to completion; on the web it does nothing and the
         // browser resolves the map when the work is done.
         let waited = web_time::Instant::now();
@@ -573,9 +626,24 @@ impl GpuBackend {
     }
 }
 
+type MapReceiver = futures_channel::oneshot::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>;
+
+/// Ask for `buffer[0..bytes]` to be mapped for reading once the GPU is done with it.
+fn map_for_read(buffer: &wgpu::Buffer, bytes: u64) -> MapReceiver {
+    let (tx, rx) = futures_channel::oneshot::channel();
+    buffer.map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
+        let _ = tx.send(r);
+    });
+    rx
+}
+
 fn params(values: &[u32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
+
+/// Decode steps queued past the token the host is reading: while it reads one, checks it and
+/// records the next step, the GPU has this many more to run.
+const STEPS_AHEAD: usize = 2;
 
 fn groups_1d(n: usize, per_group: usize) -> (u32, u32) {
     let total = n.div_ceil(per_group) as u32;
@@ -589,6 +657,7 @@ impl Backend for GpuBackend {
     type Act = GpuAct;
     type Cache = GpuCache;
     type Rope = GpuRope;
+    type Token = GpuToken;
 
     fn describe(&self) -> String {
         format!("gpu ({})", self.adapter)
@@ -691,6 +760,7 @@ impl Backend for GpuBackend {
                 table.cols as u32,
                 ids.len() as u32,
                 table.stride as u32,
+                0,
             ]);
             let mut buffers = vec![ids_act.buffer(), out.buffer()];
             buffers.extend(part.buffers());
@@ -836,10 +906,102 @@ impl Backend for GpuBackend {
         Ok(out)
     }
 
-    async fn argmax(&self, x: &GpuAct) -> Result<u32> {
-        self.dispatch(Kernel::Argmax, &params(&[x.cols as u32]), &[x.buffer(), &self.token_buffer], (1, 1))?;
-        let bytes = self.read(&self.token_buffer, 4).await?;
-        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    fn choose(&self, logits: &GpuAct) -> Result<GpuToken> {
+        if logits.rows != 1 {
+            return Err(Error::Backend(format!("choose: {} rows, expected one", logits.rows)));
+        }
+        let issued = self.tokens_issued.get() + 1;
+        self.tokens_issued.set(issued);
+        let slot = (issued % TOKEN_SLOTS as u64) as usize;
+        let staging = {
+            let mut slots = self.token_slots.borrow_mut();
+            let s = &mut slots[slot];
+            // A token nobody read (the steps that ran past a stop): release its mapping so the
+            // staging buffer can be written again.
+            if s.map.take().is_some() {
+                s.staging.unmap();
+            }
+            s.staging.clone()
+        };
+        self.dispatch(
+            Kernel::Argmax,
+            &params(&[logits.cols as u32, slot as u32]),
+            &[logits.buffer(), &self.token_buffer],
+            (1, 1),
+        )?;
+        self.copy_for_readback(&self.token_buffer, (slot * 4) as u64, &staging, 4);
+        let index = self.flush();
+        let rx = map_for_read(&staging, 4);
+        let submit = self.counters.get().submits;
+        let mut slots = self.token_slots.borrow_mut();
+        let s = &mut slots[slot];
+        *s = TokenSlot { staging, issued, map: Some(rx), submit, index, value: None };
+        Ok(GpuToken { slot, issued })
+    }
+
+    fn embed_token(&self, table: &Rc<GpuMatrix>, token: &GpuToken) -> Result<GpuAct> {
+        self.check_token(token)?;
+        let out = self.activation(1, table.cols)?;
+        for part in &table.parts {
+            let p = params(&[
+                part.row_start as u32,
+                part.rows as u32,
+                table.cols as u32,
+                1,
+                table.stride as u32,
+                token.slot as u32,
+            ]);
+            let mut buffers = vec![&self.token_buffer, out.buffer()];
+            buffers.extend(part.buffers());
+            self.dispatch(Kernel::Embed(table.format), &p, &buffers, (1, 1))?;
+        }
+        Ok(out)
+    }
+
+    async fn token_id(&self, token: &GpuToken) -> Result<u32> {
+        self.check_token(token)?;
+        let (rx, index, submit, staging) = {
+            let mut slots = self.token_slots.borrow_mut();
+            let s = &mut slots[token.slot];
+            if let Some(v) = s.value {
+                return Ok(v);
+            }
+            let rx = s.map.take().ok_or_else(|| Error::Backend("token readback missing".into()))?;
+            (rx, s.index.clone(), s.submit, s.staging.clone())
+        };
+        let mut rx = rx;
+        // Natively the map completes only when the device is polled; on the web polling does
+        // nothing and the browser resolves it.
+        let _ = self.device.poll(wgpu::PollType::Poll);
+        let mapped = match rx.try_recv() {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                let waited = web_time::Instant::now();
+                let _ = self.device.poll(wgpu::PollType::Wait { submission_index: index, timeout: None });
+                let r = rx.await.map_err(|_| Error::Backend("GPU readback was dropped (device lost?)".into()))?;
+                let wait_us = waited.elapsed().as_secs_f64() * 1e6;
+                let newest = submit == self.counters.get().submits;
+                self.count(|c| {
+                    c.blocking_waits += newest as u64;
+                    c.wait_us += wait_us;
+                });
+                r
+            }
+            Err(_) => return Err(Error::Backend("GPU readback was dropped (device lost?)".into())),
+        };
+        self.check_errors()?;
+        mapped.map_err(|e| Error::Backend(format!("GPU readback failed: {e}")))?;
+        let id = {
+            let view = staging.get_mapped_range(0..4).map_err(|e| Error::Backend(format!("GPU readback failed: {e}")))?;
+            u32::from_le_bytes([view[0], view[1], view[2], view[3]])
+        };
+        staging.unmap();
+        self.token_slots.borrow_mut()[token.slot].value = Some(id);
+        Ok(id)
+    }
+
+    fn steps_ahead(&self) -> usize {
+        STEPS_AHEAD
     }
 
     async fn to_host(&self, x: &GpuAct) -> Result<Vec<f32>> {
