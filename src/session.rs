@@ -296,7 +296,8 @@ pub struct SpeedReport {
     pub decode_s: f64,
     /// What one decode step costs the backend, averaged over the decode run (the GPU counts).
     pub per_token: Option<PerToken>,
-    /// Host time per decode step outside blocking waits for the GPU: recording and submitting.
+    /// Host time per decode step spent recording it: outside waits for the GPU and outside
+    /// queue submits (which on lavapipe run the work).
     pub host_encode_us_per_token: Option<f64>,
 }
 
@@ -311,6 +312,8 @@ pub struct PerToken {
     pub copies: f64,
     pub readback_copies: f64,
     pub blocking_waits: f64,
+    /// Host microseconds inside queue submits.
+    pub submit_us: f64,
 }
 
 /// A loaded model, ready to run. One run at a time (`&mut self`).
@@ -548,8 +551,9 @@ impl Session {
                         copies: (a.copies - b.copies) as f64 / n,
                         readback_copies: (a.readback_copies - b.readback_copies) as f64 / n,
                         blocking_waits: (a.blocking_waits - b.blocking_waits) as f64 / n,
+                        submit_us: (a.submit_us - b.submit_us) / n,
                     }),
-                    Some((decode_s * 1e6 - (a.wait_us - b.wait_us)) / n),
+                    Some((decode_s * 1e6 - (a.wait_us - b.wait_us) - (a.submit_us - b.submit_us)) / n),
                 ),
                 _ => (None, None),
             };

@@ -27,6 +27,8 @@ pub struct Counters {
     /// here (their time is in `wait_us`).
     pub blocking_waits: u64,
     pub wait_us: f64,
+    /// Host time inside queue submits (a driver's cost; lavapipe runs the work right there).
+    pub submit_us: f64,
 }
 
 pub trait Backend {

@@ -73,8 +73,8 @@ pub fn run(args: BenchArgs) -> Result<u8> {
         println!("device buffers {}", session.device_bytes().map(mib).unwrap_or_else(|| "none".into()));
         if let (Some(t), Some(host_us)) = (speed.per_token, speed.host_encode_us_per_token) {
             println!(
-                "per decode step: {:.0} dispatches, {:.1} compute passes, {:.1} submits, {:.1} copies, {:.1} token readbacks, {:.2} blocking waits, {host_us:.0} us host time",
-                t.dispatches, t.compute_passes, t.submits, t.copies, t.readback_copies, t.blocking_waits
+                "per decode step: {:.0} dispatches, {:.1} compute passes, {:.1} submits, {:.1} copies, {:.1} token readbacks, {:.2} blocking waits, {host_us:.0} us recording, {:.0} us in submits",
+                t.dispatches, t.compute_passes, t.submits, t.copies, t.readback_copies, t.blocking_waits, t.submit_us
             );
         }
     }

@@ -264,6 +264,8 @@ pub struct GpuBackend {
     opts: GpuOptions,
     /// The linear kernel `opts.linear` resolved for this adapter.
     row_per_thread: bool,
+    /// `Backend::steps_ahead` for this adapter.
+    steps_ahead: usize,
     max_binding: u64,
     pipelines: RefCell<HashMap<Kernel, Rc<(wgpu::ComputePipeline, wgpu::BindGroupLayout)>>>,
     /// Bind groups by (kernel, parameter offset, buffers): the same few hundred recur every
@@ -378,6 +380,7 @@ impl GpuBackend {
             adapter,
             opts,
             row_per_thread,
+            steps_ahead: if on_cpu { STEPS_AHEAD_ON_CPU } else { STEPS_AHEAD },
             max_binding,
             pipelines: RefCell::new(HashMap::new()),
             bind_groups: RefCell::new(HashMap::new()),
@@ -581,8 +584,14 @@ impl GpuBackend {
             pending.params.clear();
         }
         let encoder = pending.encoder.take()?;
-        let index = self.queue.submit([encoder.finish()]);
-        self.count(|c| c.submits += 1);
+        let commands = encoder.finish();
+        let submitted = web_time::Instant::now();
+        let index = self.queue.submit([commands]);
+        let submit_us = submitted.elapsed().as_secs_f64() * 1e6;
+        self.count(|c| {
+            c.submits += 1;
+            c.submit_us += submit_us;
+        });
         Some(index)
     }
 
@@ -642,8 +651,11 @@ fn params(values: &[u32]) -> Vec<u8> {
 }
 
 /// Decode steps queued past the token the host is reading: while it reads one, checks it and
-/// records the next step, the GPU has this many more to run.
+/// records the next step, the GPU has this many more to run. Adapters that run on the CPU get
+/// one: lavapipe runs a submit on the submitting thread, so steps ahead overlap nothing there and
+/// each one past a stop is wasted time; one still keeps the pipeline tested.
 const STEPS_AHEAD: usize = 2;
+const STEPS_AHEAD_ON_CPU: usize = 1;
 
 fn groups_1d(n: usize, per_group: usize) -> (u32, u32) {
     let total = n.div_ceil(per_group) as u32;
@@ -1001,7 +1013,7 @@ impl Backend for GpuBackend {
     }
 
     fn steps_ahead(&self) -> usize {
-        STEPS_AHEAD
+        self.steps_ahead
     }
 
     async fn to_host(&self, x: &GpuAct) -> Result<Vec<f32>> {
