@@ -70,13 +70,10 @@ pub const GGUF_ROPE_FREQS: &str = "rope_freqs.weight";
 
 pub struct LayerWeights<B: Backend> {
     pub attn_norm: B::Vector,
-    pub q: B::Matrix,
-    pub k: B::Matrix,
-    pub v: B::Matrix,
+    pub qkv: B::Qkv,
     pub o: B::Matrix,
     pub mlp_norm: B::Vector,
-    pub gate: B::Matrix,
-    pub up: B::Matrix,
+    pub gate_up: B::GateUp,
     pub down: B::Matrix,
 }
 
@@ -198,17 +195,20 @@ impl ModelFiles {
         tick(&t, &mut done);
         let embed = backend.embedding(t)?;
         let mut layers = Vec::with_capacity(self.config.num_layers);
+        let (heads, kv_heads) = (self.config.num_heads, self.config.num_kv_heads);
         for l in 0..self.config.num_layers {
-            let mut m = |role| -> Result<B::Matrix> {
+            let mut read = |role| -> Result<HostTensor> {
                 let t = self.read(role, l)?;
                 tick(&t, &mut done);
-                backend.matrix(t)
+                Ok(t)
             };
-            let (q, k, v, o) = (m(Role::Q)?, m(Role::K)?, m(Role::V)?, m(Role::O)?);
-            let (gate, up, down) = (m(Role::Gate)?, m(Role::Up)?, m(Role::Down)?);
+            let qkv = backend.qkv(read(Role::Q)?, read(Role::K)?, read(Role::V)?, heads, kv_heads)?;
+            let o = backend.matrix(read(Role::O)?)?;
+            let gate_up = backend.gate_up(read(Role::Gate)?, read(Role::Up)?)?;
+            let down = backend.matrix(read(Role::Down)?)?;
             let attn_norm = backend.vector(self.read(Role::AttnNorm, l)?)?;
             let mlp_norm = backend.vector(self.read(Role::MlpNorm, l)?)?;
-            layers.push(LayerWeights { attn_norm, q, k, v, o, mlp_norm, gate, up, down });
+            layers.push(LayerWeights { attn_norm, qkv, o, mlp_norm, gate_up, down });
         }
         let final_norm = backend.vector(self.read(Role::FinalNorm, 0)?)?;
         let lm_head = if self.config.tie_word_embeddings {
@@ -275,17 +275,12 @@ pub fn forward<B: Backend>(
     mut x: B::Act,
     pos: usize,
 ) -> Result<B::Act> {
+    let eps = c.rms_norm_eps;
     for (l, layer) in w.layers.iter().enumerate() {
-        let h = b.rms_norm(&x, &layer.attn_norm, c.rms_norm_eps)?;
-        let q = b.rope(&b.linear(&h, &layer.q)?, rope, c.num_heads, pos)?; // (seq, heads * hd)
-        let k = b.rope(&b.linear(&h, &layer.k)?, rope, c.num_kv_heads, pos)?; // (seq, kv_heads * hd)
-        let v = b.linear(&h, &layer.v)?; // (seq, kv_heads * hd)
-        let attn = b.attention(cache, l, &q, &k, &v, pos)?; // (seq, heads * hd)
-        x = b.add(&x, &b.linear(&attn, &layer.o)?)?;
-        let h = b.rms_norm(&x, &layer.mlp_norm, c.rms_norm_eps)?;
-        let mlp = b.swiglu(&b.linear(&h, &layer.gate)?, &b.linear(&h, &layer.up)?)?; // (seq, intermediate)
-        x = b.add(&x, &b.linear(&mlp, &layer.down)?)?;
+        let attn = b.self_attention(&x, &layer.attn_norm, eps, &layer.qkv, rope, cache, l, pos)?; // (seq, heads * hd)
+        x = b.linear_residual(&attn, &layer.o, &x)?;
+        let mlp = b.norm_swiglu(&x, &layer.mlp_norm, eps, &layer.gate_up)?; // (seq, intermediate)
+        x = b.linear_residual(&mlp, &layer.down, &x)?;
     }
-    let last = b.rms_norm(&b.last_row(&x)?, &w.final_norm, c.rms_norm_eps)?; // (1, hidden)
-    b.linear(&last, &w.lm_head) // (1, vocab)
+    b.logits(&x, &w.final_norm, eps, &w.lm_head) // (1, vocab)
 }

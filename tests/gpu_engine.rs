@@ -8,7 +8,7 @@ use common::reference::*;
 use common::*;
 use guardreasoner::backend::Backend;
 use guardreasoner::backend::cpu::CpuBackend;
-use guardreasoner::backend::gpu::{GpuBackend, GpuOptions, GpuQuant};
+use guardreasoner::backend::gpu::{GpuBackend, GpuOptions, GpuQuant, LinearKernel};
 use guardreasoner::engine::Engine;
 use guardreasoner::generate::{GenerateOptions, Generation, Progress, StopReason, generate};
 use guardreasoner::loader::OpenedModel;
@@ -275,4 +275,70 @@ fn gpu_decode_ahead_stops_exactly_at_eos_and_keeps_the_cache_true() {
     assert!(matches!(result, Err(guardreasoner::error::Error::Cancelled)), "{result:?}");
     assert_eq!(seen, all[..3]);
     assert_eq!(run_seen(&mut g, &ids, &free, None).0.unwrap().tokens, all, "a run after a cancel");
+}
+
+fn gpu_with(opts: GpuOptions) -> GpuBackend {
+    pollster::block_on(GpuBackend::new(opts)).expect("a Vulkan adapter (install mesa-vulkan-drivers for lavapipe)")
+}
+
+/// The fused layer kernels (RMSNorm folded into the products, Q/K/V as one product with rope and
+/// the cache append after it, gate/up with SwiGLU, the residual add in the O and down products,
+/// the final norm in the LM head) and the primitive ops one by one give the CPU's logits and
+/// tokens, with both matrix kernels, whole and split across bindings, at round and odd widths.
+#[test]
+fn gpu_fused_and_unfused_layers_match_the_cpu() {
+    for shape in [MICRO_SHAPE, ODD_SHAPE] {
+        let (config, tensors) = (micro_config_json_shaped(shape), micro_tensors_shaped(shape, SEED));
+        let open = || open_micro_hf(safetensors_bf16(&tensors), &config).unwrap();
+        let mut cpu = engine(open(), CpuBackend::new(None));
+        let ids = prompt(9, 6);
+        let opts = GenerateOptions { max_new_tokens: 20, stop_ids: vec![], keep_first_logits: true };
+        let want = pollster::block_on(generate(&mut cpu, &ids, &opts, &|| false, &mut |_| Ok(()))).unwrap();
+        for linear in [LinearKernel::Cooperative, LinearKernel::RowPerThread] {
+            for fused in [true, false] {
+                // 5 KiB per binding (the odd shape's K cache of a layer) splits the stacked Q/K/V
+                // and paired gate/up matrices too.
+                for max_binding_bytes in [None, Some(5120)] {
+                    let gpu_opts =
+                        GpuOptions { quant: GpuQuant::F32, max_binding_bytes, linear, fused, ..GpuOptions::default() };
+                    let what =
+                        format!("hidden {}: {linear:?}, fused {fused}, binding {max_binding_bytes:?}", shape.hidden);
+                    let mut g = engine(open(), gpu_with(gpu_opts));
+                    let got = pollster::block_on(generate(&mut g, &ids, &opts, &|| false, &mut |_| Ok(()))).unwrap();
+                    assert_close(
+                        got.first_logits.as_ref().unwrap(),
+                        want.first_logits.as_ref().unwrap(),
+                        LOGIT_ATOL,
+                        LOGIT_RTOL,
+                        &what,
+                    );
+                    assert_eq!(got.tokens, want.tokens, "{what}: greedy tokens");
+                }
+            }
+        }
+    }
+}
+
+/// One decode step, counted: one compute pass, one submit, no copies but the token's readback,
+/// and at most 8 dispatches per layer plus the embedding, the LM head and argmax.
+#[test]
+fn gpu_decode_step_is_one_pass_of_few_dispatches() {
+    let tensors = micro_tensors(SEED);
+    let mut g =
+        engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), gpu(GpuQuant::Q8, None));
+    let (logits, _) = g.prefill(&prompt(5, 3)).unwrap();
+    let first = g.backend.choose(&logits).unwrap();
+    drop(logits);
+    pollster::block_on(g.backend.token_id(&first)).unwrap();
+    let before = g.backend.counters().unwrap();
+    let logits = g.step_token(&first, None).unwrap();
+    let next = g.backend.choose(&logits).unwrap();
+    let after = g.backend.counters().unwrap();
+    pollster::block_on(g.backend.token_id(&next)).unwrap();
+    let dispatches = after.dispatches - before.dispatches;
+    assert!(dispatches <= 8 * MICRO_LAYERS as u64 + 4, "{dispatches} dispatches in a decode step");
+    assert_eq!(after.compute_passes - before.compute_passes, 1, "compute passes in a decode step");
+    assert_eq!(after.submits - before.submits, 1, "submits in a decode step");
+    assert_eq!(after.copies - before.copies, 0, "buffer copies in a decode step");
+    assert_eq!(after.readback_copies - before.readback_copies, 1, "token readbacks in a decode step");
 }

@@ -1,8 +1,8 @@
 //! CPU backend on candle-core: f32 math, weights as f32 tensors or GGML quantized blocks
 //! (candle's quantized matmul, the same block formats and activation quantization llama.cpp uses).
 
-use super::Backend;
 use super::cpu_blocks::BlockMatrix;
+use super::{Backend, unfused};
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::format::{HostTensor, StorageType};
@@ -83,6 +83,8 @@ impl Backend for CpuBackend {
     type Cache = CpuCache;
     type Rope = CpuRope;
     type Token = u32;
+    type Qkv = unfused::Qkv<CpuMatrix>;
+    type GateUp = unfused::GateUp<CpuMatrix>;
 
     fn describe(&self) -> String {
         format!("cpu (candle, {} threads)", candle_core::utils::get_num_threads())
@@ -249,6 +251,40 @@ impl Backend for CpuBackend {
     fn last_row(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.dim(0)?;
         Ok(x.narrow(0, rows - 1, 1)?)
+    }
+
+    fn qkv(&self, q: HostTensor, k: HostTensor, v: HostTensor, heads: usize, kv_heads: usize) -> Result<Self::Qkv> {
+        Ok(unfused::Qkv { q: self.matrix(q)?, k: self.matrix(k)?, v: self.matrix(v)?, heads, kv_heads })
+    }
+
+    fn gate_up(&self, gate: HostTensor, up: HostTensor) -> Result<Self::GateUp> {
+        Ok(unfused::GateUp { gate: self.matrix(gate)?, up: self.matrix(up)? })
+    }
+
+    fn self_attention(
+        &self,
+        x: &Tensor,
+        norm: &Tensor,
+        eps: f32,
+        qkv: &Self::Qkv,
+        rope: &CpuRope,
+        cache: &mut CpuCache,
+        layer: usize,
+        pos: usize,
+    ) -> Result<Tensor> {
+        unfused::self_attention(self, x, norm, eps, qkv, rope, cache, layer, pos)
+    }
+
+    fn linear_residual(&self, a: &Tensor, w: &CpuMatrix, x: &Tensor) -> Result<Tensor> {
+        unfused::linear_residual(self, a, w, x)
+    }
+
+    fn norm_swiglu(&self, x: &Tensor, norm: &Tensor, eps: f32, gate_up: &Self::GateUp) -> Result<Tensor> {
+        unfused::norm_swiglu(self, x, norm, eps, gate_up)
+    }
+
+    fn logits(&self, x: &Tensor, norm: &Tensor, eps: f32, head: &CpuMatrix) -> Result<Tensor> {
+        unfused::logits(self, x, norm, eps, head)
     }
 
     fn choose(&self, logits: &Tensor) -> Result<u32> {

@@ -1,6 +1,10 @@
 //! The small interface the forward pass is written against. Each backend owns how weights and
-//! activations are stored (candle tensors on the CPU, wgpu buffers on the GPU) and may fuse inside an
-//! op; the order of ops is fixed once, in `model::forward`.
+//! activations are stored (candle tensors on the CPU, wgpu buffers on the GPU). The forward pass
+//! (`model::forward`) is written in four fused layer ops (`self_attention`, `linear_residual`,
+//! `norm_swiglu`, `logits`); `unfused` spells each out once in the primitive ops, which is what
+//! the CPU runs and what the GPU's fused kernels are tested against.
+
+pub mod unfused;
 
 pub mod cpu;
 mod cpu_blocks;
@@ -46,6 +50,10 @@ pub trait Backend {
     type Cache;
     /// Rotary cos/sin tables `(max_seq, head_dim / 2)`.
     type Rope;
+    /// A layer's Q, K and V projections, kept as the backend likes (the GPU: one stacked matrix).
+    type Qkv;
+    /// A layer's gate and up projections (the GPU: one matrix, their rows interleaved).
+    type GateUp;
     /// A token chosen by `choose` that the host may not know yet (the GPU: a slot argmax wrote,
     /// read back later; the CPU: the id). Decoding feeds it to the next step without waiting.
     type Token: Clone;
@@ -68,6 +76,10 @@ pub trait Backend {
     /// The LM head of a model with tied embeddings: the embedding table, shared, not copied.
     fn tied_head(&self, e: &Self::Embedding) -> Result<Self::Matrix>;
     fn vector(&self, t: HostTensor) -> Result<Self::Vector>;
+    /// Q `(heads * hd, hidden)`, K and V `(kv_heads * hd, hidden)`.
+    fn qkv(&self, q: HostTensor, k: HostTensor, v: HostTensor, heads: usize, kv_heads: usize) -> Result<Self::Qkv>;
+    /// Gate and up, each `(intermediate, hidden)`.
+    fn gate_up(&self, gate: HostTensor, up: HostTensor) -> Result<Self::GateUp>;
     fn rope_table(&self, inv_freq: &[f32], max_seq: usize) -> Result<Self::Rope>;
     fn new_cache(&self, cfg: &LlamaConfig, max_seq: usize) -> Result<Self::Cache>;
 
@@ -96,6 +108,30 @@ pub trait Backend {
     /// `silu(gate) * up`.
     fn swiglu(&self, gate: &Self::Act, up: &Self::Act) -> Result<Self::Act>;
     fn add(&self, a: &Self::Act, b: &Self::Act) -> Result<Self::Act>;
+
+    /// The attention half of a layer before its output projection: RMSNorm of `x` with `norm`,
+    /// Q/K/V, rope on Q and K for positions `pos..pos+seq`, K and V appended to `layer`'s cache,
+    /// attention: `(seq, hidden) -> (seq, heads * head_dim)`.
+    #[allow(clippy::too_many_arguments)]
+    fn self_attention(
+        &self,
+        x: &Self::Act,
+        norm: &Self::Vector,
+        eps: f32,
+        qkv: &Self::Qkv,
+        rope: &Self::Rope,
+        cache: &mut Self::Cache,
+        layer: usize,
+        pos: usize,
+    ) -> Result<Self::Act>;
+    /// `x + a · wᵀ`: a projection and the residual add.
+    fn linear_residual(&self, a: &Self::Act, w: &Self::Matrix, x: &Self::Act) -> Result<Self::Act>;
+    /// `silu(n · gateᵀ) * (n · upᵀ)` with `n` the RMSNorm of `x`: `(seq, hidden) -> (seq,
+    /// intermediate)`.
+    fn norm_swiglu(&self, x: &Self::Act, norm: &Self::Vector, eps: f32, gate_up: &Self::GateUp) -> Result<Self::Act>;
+    /// The logits `(1, vocab)`: the RMSNorm of the last row of `x`, times the head.
+    fn logits(&self, x: &Self::Act, norm: &Self::Vector, eps: f32, head: &Self::Matrix) -> Result<Self::Act>;
+
     /// The last row `(1, width)`.
     fn last_row(&self, x: &Self::Act) -> Result<Self::Act>;
     /// Queue the choice of the largest value of a `(1, n)` row (first on ties), without copying

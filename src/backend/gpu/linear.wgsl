@@ -6,26 +6,10 @@ const LANES: u32 = 32u;
 
 var<workgroup> partial: array<vec4<f32>, 256>; // per thread: sums for the 4 tokens
 
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let r_local = lid / LANES;
-    let lane = lid % LANES;
-    let row = wg.x * ROWS + r_local;
-    let t0 = wg.y * 4u;
-    let xs = tile_offsets(t0);
-    var acc = vec4<f32>(0.0);
-    if (row < p.rows) {
-        let blocks = p.cols / 32u; // whole blocks; a partial last one goes to lane 0
-        for (var b = lane; b < blocks; b += LANES) {
-            for (var k = 0u; k < 8u; k++) {
-                acc += tile_dot(row, b, k, xs);
-            }
-        }
-        if (lane == 0u && p.cols % 32u != 0u) {
-            acc += tail_dot(row, blocks, xs);
-        }
-    }
-    partial[lid] = acc;
+// The sum of `v` over the lanes of this thread's row, in every lane. All threads call it.
+fn row_total(lid: u32, lane: u32, v: vec4<f32>) -> vec4<f32> {
+    workgroupBarrier();
+    partial[lid] = v;
     workgroupBarrier();
     for (var stride = LANES / 2u; stride > 0u; stride /= 2u) {
         if (lane < stride) {
@@ -33,7 +17,29 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         }
         workgroupBarrier();
     }
+    return partial[lid - lane];
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r_local = lid / LANES;
+    let lane = lid % LANES;
+    let row = wg.x * ROWS + r_local;
+    let t0 = wg.y * 4u;
+    let xs = tile_offsets(t0);
+    var s = Sums(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    if (row < p.rows) {
+        // Lanes take whole blocks in turn; the partial last block goes to lane 0.
+        s = row_sums(row, xs, lane, LANES, lane == 0u);
+    }
+    s.a = row_total(lid, lane, s.a);
+    if (PAIRED) {
+        s.b = row_total(lid, lane, s.b);
+    }
+    if (NORM) {
+        s.squares = row_total(lid, lane, s.squares);
+    }
     if (lane == 0u && row < p.rows) {
-        store_tile(row, t0, partial[lid]);
+        store_tile(row, t0, s);
     }
 }

@@ -11,16 +11,5 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         return;
     }
     let t0 = wg.y * 4u;
-    let xs = tile_offsets(t0);
-    var acc = vec4<f32>(0.0);
-    let blocks = p.cols / 32u; // whole blocks, then a partial last one
-    for (var b = 0u; b < blocks; b++) {
-        for (var k = 0u; k < 8u; k++) {
-            acc += tile_dot(row, b, k, xs);
-        }
-    }
-    if (p.cols % 32u != 0u) {
-        acc += tail_dot(row, blocks, xs);
-    }
-    store_tile(row, t0, acc);
+    store_tile(row, t0, row_sums(row, tile_offsets(t0), 0u, 1u, true));
 }

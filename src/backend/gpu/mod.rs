@@ -7,7 +7,7 @@
 
 mod weights;
 
-use super::Backend;
+use super::{Backend, unfused};
 use crate::backend::Counters;
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
@@ -46,6 +46,9 @@ pub struct GpuOptions {
     /// Rows (tokens) one activation buffer holds: the most a forward pass may run at once. The
     /// engine's prefill chunk must fit (the session passes it).
     pub max_rows: usize,
+    /// Run the fused layer kernels (the default); off, every layer runs the primitive ops one
+    /// by one (`backend::unfused`), to compare against or to find a fault.
+    pub fused: bool,
 }
 
 /// `GpuOptions::max_rows` unless told otherwise: the engine's prefill chunk today.
@@ -53,7 +56,13 @@ pub const DEFAULT_MAX_ROWS: usize = 128;
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        Self { quant: GpuQuant::Q8, max_binding_bytes: None, linear: LinearKernel::Auto, max_rows: DEFAULT_MAX_ROWS }
+        Self {
+            quant: GpuQuant::Q8,
+            max_binding_bytes: None,
+            linear: LinearKernel::Auto,
+            max_rows: DEFAULT_MAX_ROWS,
+            fused: true,
+        }
     }
 }
 
@@ -92,15 +101,57 @@ impl Activations {
             }
         }
     }
+
+    /// The RMSNorm gain at binding 6, viewed as `x` is.
+    fn gain_wgsl(self) -> &'static str {
+        match self {
+            Activations::Vec4 => {
+                "@group(0) @binding(6) var<storage, read> gain: array<vec4<f32>>;\nfn g4(c: u32) -> vec4<f32> { return gain[c / 4u]; }\n"
+            }
+            Activations::Scalar => {
+                "@group(0) @binding(6) var<storage, read> gain: array<f32>;\nfn g4(c: u32) -> vec4<f32> { return vec4<f32>(gain[c], gain[c + 1u], gain[c + 2u], gain[c + 3u]); }\n"
+            }
+        }
+    }
+}
+
+/// What a matrix kernel fuses around the product (linear_common.wgsl): the RMSNorm of its input,
+/// the residual add, SwiGLU over paired gate/up rows.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+struct Fusion {
+    norm: bool,
+    residual: bool,
+    paired: bool,
+}
+
+impl Fusion {
+    /// The constants and bindings linear_common.wgsl expects for this variant.
+    fn wgsl(self, x: Activations) -> String {
+        let mut src = format!(
+            "const NORM: bool = {};\nconst RESIDUAL: bool = {};\nconst PAIRED: bool = {};\n{}",
+            self.norm,
+            self.residual,
+            self.paired,
+            x.wgsl()
+        );
+        src.push_str(if self.norm { x.gain_wgsl() } else { "fn g4(c: u32) -> vec4<f32> { return vec4<f32>(1.0); }\n" });
+        src.push_str(if self.residual {
+            "@group(0) @binding(7) var<storage, read> res: array<f32>;\nfn residual(i: u32) -> f32 { return res[i]; }\n"
+        } else {
+            "fn residual(i: u32) -> f32 { return 0.0; }\n"
+        });
+        src
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Kernel {
-    Linear(WeightFormat, Activations),
-    LinearRows(WeightFormat, Activations),
+    Linear(WeightFormat, Activations, Fusion),
+    LinearRows(WeightFormat, Activations, Fusion),
     Embed(WeightFormat),
     RmsNorm,
     Rope,
+    RopeAppend,
     Attention,
     AttentionPartial,
     AttentionCombine,
@@ -121,25 +172,24 @@ impl Kernel {
             WeightFormat::Q4Sym => include_str!("fmt_q4s.wgsl"),
         };
         match self {
-            Kernel::Linear(f, x) => {
-                format!(
-                    "{}\n{}\n{}\n{}",
-                    fmt(f),
-                    x.wgsl(),
-                    include_str!("linear_common.wgsl"),
-                    include_str!("linear.wgsl")
-                )
-            }
-            Kernel::LinearRows(f, x) => format!(
+            Kernel::Linear(f, x, fusion) => format!(
                 "{}\n{}\n{}\n{}",
                 fmt(f),
-                x.wgsl(),
+                fusion.wgsl(x),
+                include_str!("linear_common.wgsl"),
+                include_str!("linear.wgsl")
+            ),
+            Kernel::LinearRows(f, x, fusion) => format!(
+                "{}\n{}\n{}\n{}",
+                fmt(f),
+                fusion.wgsl(x),
                 include_str!("linear_common.wgsl"),
                 include_str!("linear_rows.wgsl")
             ),
             Kernel::Embed(f) => format!("{}\n{}", fmt(f), include_str!("embed.wgsl")),
             Kernel::RmsNorm => include_str!("rms_norm.wgsl").into(),
             Kernel::Rope => include_str!("rope.wgsl").into(),
+            Kernel::RopeAppend => include_str!("rope_append.wgsl").into(),
             Kernel::Attention => {
                 format!("{}\n{}", include_str!("attention_common.wgsl"), include_str!("attention.wgsl"))
             }
@@ -210,6 +260,40 @@ pub struct GpuVector {
 pub struct GpuRope {
     cos: wgpu::Buffer,
     sin: wgpu::Buffer,
+}
+
+/// A layer's Q, K and V on the GPU: one matrix with the rows of Q, then K, then V, run as one
+/// product with the RMSNorm folded in and followed by one rope-and-append kernel; or, where the
+/// three are stored differently (or fusing is off), three matrices run one by one.
+pub enum GpuQkv {
+    Stacked { w: Rc<GpuMatrix>, heads: usize, kv_heads: usize },
+    Separate(unfused::Qkv<Rc<GpuMatrix>>),
+}
+
+/// A layer's gate and up on the GPU: one matrix whose rows alternate gate 0, up 0, gate 1, ...,
+/// run as one product with the RMSNorm and SwiGLU folded in; or two matrices run one by one.
+pub enum GpuGateUp {
+    Paired(Rc<GpuMatrix>),
+    Separate(unfused::GateUp<Rc<GpuMatrix>>),
+}
+
+/// One matrix product and what it fuses: `x` rows `x_first..x_first + n_tokens` times `w`,
+/// with `gain` the input's RMSNorm (and epsilon), `residual` added to the result, and `paired`
+/// SwiGLU over a `GpuGateUp::Paired` matrix.
+struct Product<'a> {
+    x: &'a GpuAct,
+    w: &'a GpuMatrix,
+    gain: Option<(&'a GpuVector, f32)>,
+    residual: Option<&'a GpuAct>,
+    paired: bool,
+    x_first: usize,
+    n_tokens: usize,
+}
+
+impl<'a> Product<'a> {
+    fn new(x: &'a GpuAct, w: &'a GpuMatrix) -> Self {
+        Self { x, w, gain: None, residual: None, paired: false, x_first: 0, n_tokens: x.rows }
+    }
 }
 
 /// Keys per workgroup in split decode attention (attention_partial.wgsl's CHUNK).
@@ -401,6 +485,117 @@ impl GpuBackend {
         &self.adapter
     }
 
+    /// A matrix product with whatever it fuses (linear_common.wgsl), one dispatch per part.
+    fn product(&self, p: Product) -> Result<GpuAct> {
+        let (x, w) = (p.x, p.w);
+        if x.cols != w.cols {
+            return Err(Error::Backend(format!("linear: input width {} vs weight ({}, {})", x.cols, w.rows, w.cols)));
+        }
+        if p.x_first + p.n_tokens > x.rows || p.n_tokens == 0 {
+            return Err(Error::Backend(format!("linear: rows {}..+{} of {}", p.x_first, p.n_tokens, x.rows)));
+        }
+        if let Some((g, _)) = p.gain
+            && g.len != x.cols
+        {
+            return Err(Error::Backend(format!("linear: RMSNorm gain of {} for width {}", g.len, x.cols)));
+        }
+        let out_cols = if p.paired { w.rows / 2 } else { w.rows };
+        if let Some(r) = p.residual
+            && (r.rows, r.cols) != (p.n_tokens, out_cols)
+        {
+            return Err(Error::Backend(format!(
+                "linear: residual ({}, {}) for output ({}, {out_cols})",
+                r.rows, r.cols, p.n_tokens
+            )));
+        }
+        let fusion = Fusion { norm: p.gain.is_some(), residual: p.residual.is_some(), paired: p.paired };
+        let x_layout = Activations::of_width(w.cols);
+        // Rows per workgroup: linear_rows.wgsl ROWS, linear.wgsl ROWS; 4 tokens per tile.
+        let (kernel, rows_per_group) = if self.row_per_thread {
+            (Kernel::LinearRows(w.format, x_layout, fusion), 64)
+        } else {
+            (Kernel::Linear(w.format, x_layout, fusion), 8)
+        };
+        let out = self.activation(p.n_tokens, out_cols)?;
+        let eps = p.gain.map_or(0.0, |(_, eps)| eps);
+        for part in &w.parts {
+            let (rows, row_offset) =
+                if p.paired { (part.rows / 2, part.row_start / 2) } else { (part.rows, part.row_start) };
+            let mut values = params(&[
+                rows as u32,
+                w.cols as u32,
+                p.n_tokens as u32,
+                row_offset as u32,
+                out_cols as u32,
+                w.stride as u32,
+                p.x_first as u32,
+            ]);
+            values.extend_from_slice(&eps.to_le_bytes());
+            let mut buffers = vec![(1, x.buffer()), (2, out.buffer())];
+            buffers.extend(part.buffers().into_iter().enumerate().map(|(i, b)| (i as u32 + 3, b)));
+            if let Some((g, _)) = p.gain {
+                buffers.push((6, &g.buffer));
+            }
+            if let Some(r) = p.residual {
+                buffers.push((7, r.buffer()));
+            }
+            self.dispatch_at(
+                kernel,
+                &values,
+                &buffers,
+                (rows.div_ceil(rows_per_group) as u32, p.n_tokens.div_ceil(4) as u32),
+            )?;
+        }
+        Ok(out)
+    }
+
+    fn check_attention(&self, cache: &GpuCache, layer: usize, seq: usize, pos: usize) -> Result<()> {
+        if pos + seq > cache.max_seq {
+            return Err(Error::Prompt(format!(
+                "sequence of {} tokens exceeds the KV cache of {}",
+                pos + seq,
+                cache.max_seq
+            )));
+        }
+        if cache.head_dim > 256 {
+            return Err(Error::Backend("head_dim over 256 is not supported by the attention kernel".into()));
+        }
+        if layer >= cache.layers.len() {
+            return Err(Error::Backend(format!("no cache for layer {layer}")));
+        }
+        Ok(())
+    }
+
+    /// Causal attention of `q` `(seq, heads * head_dim)` over `layer`'s cache, positions
+    /// `0..pos+seq` (the new keys already appended).
+    fn attend(&self, cache: &GpuCache, layer: usize, q: &GpuAct, pos: usize) -> Result<GpuAct> {
+        let seq = q.rows;
+        let (kc, vc) = &cache.layers[layer];
+        let heads = q.cols / cache.head_dim;
+        let out = self.activation(seq, q.cols)?;
+        let scale = (1.0 / (cache.head_dim as f32).sqrt()).to_le_bytes();
+        let n_keys = pos + seq;
+        if seq == 1 && n_keys > ATTENTION_CHUNK {
+            // Decode over a long context: split the keys across workgroups, then combine.
+            let chunks = n_keys.div_ceil(ATTENTION_CHUNK);
+            let mut p =
+                params(&[heads as u32, cache.kv_heads as u32, cache.head_dim as u32, n_keys as u32, chunks as u32]);
+            p.extend_from_slice(&scale);
+            self.dispatch(
+                Kernel::AttentionPartial,
+                &p,
+                &[q.buffer(), &cache.scratch, kc, vc],
+                (heads as u32, chunks as u32),
+            )?;
+            self.dispatch(Kernel::AttentionCombine, &p, &[&cache.scratch, out.buffer()], (heads as u32, 1))?;
+        } else {
+            let mut p = params(&[seq as u32, heads as u32, cache.kv_heads as u32, cache.head_dim as u32, pos as u32]);
+            p.extend_from_slice(&scale);
+            self.dispatch(Kernel::Attention, &p, &[q.buffer(), out.buffer(), kc, vc], (heads as u32, seq as u32))?;
+        }
+        Ok(out)
+    }
+
     /// A token whose slot has not been reused since it was chosen.
     fn check_token(&self, token: &GpuToken) -> Result<()> {
         if self.token_slots.borrow()[token.slot].issued != token.issued {
@@ -502,6 +697,18 @@ impl GpuBackend {
 
     /// Queue one dispatch: `params` goes to the uniform at binding 0, `buffers` to bindings 1...
     fn dispatch(&self, kernel: Kernel, params: &[u8], buffers: &[&wgpu::Buffer], groups: (u32, u32)) -> Result<()> {
+        let bindings: Vec<(u32, &wgpu::Buffer)> = buffers.iter().enumerate().map(|(i, b)| (i as u32 + 1, *b)).collect();
+        self.dispatch_at(kernel, params, &bindings, groups)
+    }
+
+    /// Queue one dispatch with buffers at the given binding numbers.
+    fn dispatch_at(
+        &self,
+        kernel: Kernel,
+        params: &[u8],
+        buffers: &[(u32, &wgpu::Buffer)],
+        groups: (u32, u32),
+    ) -> Result<()> {
         if groups.0 == 0 || groups.1 == 0 {
             return Ok(());
         }
@@ -518,7 +725,7 @@ impl GpuBackend {
         let offset = pending.params.len();
         pending.params.extend_from_slice(params);
         pending.params.resize(offset + PARAM_ALIGN, 0);
-        let key = (kernel, offset as u64, buffers.iter().map(|b| (*b).clone()).collect::<Vec<_>>());
+        let key = (kernel, offset as u64, buffers.iter().map(|(_, b)| (*b).clone()).collect::<Vec<_>>());
         let mut cache = self.bind_groups.borrow_mut();
         let bind_group = cache.entry(key).or_insert_with(|| {
             let mut entries = vec![wgpu::BindGroupEntry {
@@ -529,8 +736,8 @@ impl GpuBackend {
                     size: std::num::NonZeroU64::new(params.len().div_ceil(16) as u64 * 16),
                 }),
             }];
-            for (i, b) in buffers.iter().enumerate() {
-                entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
+            for (binding, b) in buffers {
+                entries.push(wgpu::BindGroupEntry { binding: *binding, resource: b.as_entire_binding() });
             }
             self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: None,
@@ -670,6 +877,8 @@ impl Backend for GpuBackend {
     type Cache = GpuCache;
     type Rope = GpuRope;
     type Token = GpuToken;
+    type Qkv = GpuQkv;
+    type GateUp = GpuGateUp;
 
     fn describe(&self) -> String {
         format!("gpu ({})", self.adapter)
@@ -684,7 +893,7 @@ impl Backend for GpuBackend {
     }
 
     fn matrix(&self, t: HostTensor) -> Result<Rc<GpuMatrix>> {
-        let m = weights::upload(self, t, self.opts.quant, self.max_binding)?;
+        let m = weights::upload(self, t, self.opts.quant, self.max_binding, 1)?;
         self.check_errors()?;
         Ok(Rc::new(m))
     }
@@ -695,6 +904,28 @@ impl Backend for GpuBackend {
 
     fn tied_head(&self, e: &Rc<GpuMatrix>) -> Result<Rc<GpuMatrix>> {
         Ok(e.clone())
+    }
+
+    fn qkv(&self, q: HostTensor, k: HostTensor, v: HostTensor, heads: usize, kv_heads: usize) -> Result<GpuQkv> {
+        if self.opts.fused && weights::stackable(&[&q, &k, &v]) {
+            let t = weights::stack_rows(vec![q, k, v], false)?;
+            let w = Rc::new(weights::upload(self, t, self.opts.quant, self.max_binding, 1)?);
+            self.check_errors()?;
+            return Ok(GpuQkv::Stacked { w, heads, kv_heads });
+        }
+        let (q, k, v) = (self.matrix(q)?, self.matrix(k)?, self.matrix(v)?);
+        Ok(GpuQkv::Separate(unfused::Qkv { q, k, v, heads, kv_heads }))
+    }
+
+    fn gate_up(&self, gate: HostTensor, up: HostTensor) -> Result<GpuGateUp> {
+        if self.opts.fused && weights::stackable(&[&gate, &up]) {
+            let t = weights::stack_rows(vec![gate, up], true)?;
+            // A gate row and its up row stay in one part.
+            let w = Rc::new(weights::upload(self, t, self.opts.quant, self.max_binding, 2)?);
+            self.check_errors()?;
+            return Ok(GpuGateUp::Paired(w));
+        }
+        Ok(GpuGateUp::Separate(unfused::GateUp { gate: self.matrix(gate)?, up: self.matrix(up)? }))
     }
 
     fn vector(&self, t: HostTensor) -> Result<GpuVector> {
@@ -793,36 +1024,7 @@ impl Backend for GpuBackend {
     }
 
     fn linear(&self, x: &GpuAct, w: &Rc<GpuMatrix>) -> Result<GpuAct> {
-        if x.cols != w.cols {
-            return Err(Error::Backend(format!("linear: input width {} vs weight ({}, {})", x.cols, w.rows, w.cols)));
-        }
-        let out = self.activation(x.rows, w.rows)?;
-        for part in &w.parts {
-            let p = params(&[
-                part.rows as u32,
-                w.cols as u32,
-                x.rows as u32,
-                part.row_start as u32,
-                w.rows as u32,
-                w.stride as u32,
-            ]);
-            let mut buffers = vec![x.buffer(), out.buffer()];
-            buffers.extend(part.buffers());
-            // Rows per workgroup: linear_rows.wgsl ROWS, linear.wgsl ROWS; 4 tokens per tile.
-            let x_layout = Activations::of_width(w.cols);
-            let (kernel, rows_per_group) = if self.row_per_thread {
-                (Kernel::LinearRows(w.format, x_layout), 64)
-            } else {
-                (Kernel::Linear(w.format, x_layout), 8)
-            };
-            self.dispatch(
-                kernel,
-                &p,
-                &buffers,
-                (part.rows.div_ceil(rows_per_group) as u32, x.rows.div_ceil(4) as u32),
-            )?;
-        }
-        Ok(out)
+        self.product(Product::new(x, w))
     }
 
     fn rope(&self, x: &GpuAct, rope: &GpuRope, heads: usize, pos: usize) -> Result<GpuAct> {
@@ -847,49 +1049,76 @@ impl Backend for GpuBackend {
         v: &GpuAct,
         pos: usize,
     ) -> Result<GpuAct> {
-        let seq = q.rows;
-        if pos + seq > cache.max_seq {
-            return Err(Error::Prompt(format!(
-                "sequence of {} tokens exceeds the KV cache of {}",
-                pos + seq,
-                cache.max_seq
-            )));
-        }
-        if cache.head_dim > 256 {
-            return Err(Error::Backend("head_dim over 256 is not supported by the attention kernel".into()));
-        }
-        let kv_width = cache.kv_heads * cache.head_dim;
-        let (kc, vc) = cache.layers.get(layer).ok_or_else(|| Error::Backend(format!("no cache for layer {layer}")))?;
-        let n = seq * kv_width;
+        self.check_attention(cache, layer, q.rows, pos)?;
+        let (kc, vc) = &cache.layers[layer];
+        let n = q.rows * cache.kv_heads * cache.head_dim;
         self.dispatch(
             Kernel::KvAppend,
-            &params(&[n as u32, (pos * kv_width) as u32]),
+            &params(&[n as u32, (pos * cache.kv_heads * cache.head_dim) as u32]),
             &[k.buffer(), v.buffer(), kc, vc],
             groups_1d(n, 256),
         )?;
-        let heads = q.cols / cache.head_dim;
-        let out = self.activation(seq, q.cols)?;
-        let scale = (1.0 / (cache.head_dim as f32).sqrt()).to_le_bytes();
-        let n_keys = pos + seq;
-        if seq == 1 && n_keys > ATTENTION_CHUNK {
-            // Decode over a long context: split the keys across workgroups, then combine.
-            let chunks = n_keys.div_ceil(ATTENTION_CHUNK);
-            let mut p =
-                params(&[heads as u32, cache.kv_heads as u32, cache.head_dim as u32, n_keys as u32, chunks as u32]);
-            p.extend_from_slice(&scale);
-            self.dispatch(
-                Kernel::AttentionPartial,
-                &p,
-                &[q.buffer(), &cache.scratch, kc, vc],
-                (heads as u32, chunks as u32),
-            )?;
-            self.dispatch(Kernel::AttentionCombine, &p, &[&cache.scratch, out.buffer()], (heads as u32, 1))?;
-        } else {
-            let mut p = params(&[seq as u32, heads as u32, cache.kv_heads as u32, cache.head_dim as u32, pos as u32]);
-            p.extend_from_slice(&scale);
-            self.dispatch(Kernel::Attention, &p, &[q.buffer(), out.buffer(), kc, vc], (heads as u32, seq as u32))?;
+        self.attend(cache, layer, q, pos)
+    }
+
+    fn self_attention(
+        &self,
+        x: &GpuAct,
+        norm: &GpuVector,
+        eps: f32,
+        qkv: &GpuQkv,
+        rope: &GpuRope,
+        cache: &mut GpuCache,
+        layer: usize,
+        pos: usize,
+    ) -> Result<GpuAct> {
+        let (w, heads, kv_heads) = match qkv {
+            GpuQkv::Separate(w) => return unfused::self_attention(self, x, norm, eps, w, rope, cache, layer, pos),
+            GpuQkv::Stacked { w, heads, kv_heads } => (w, *heads, *kv_heads),
+        };
+        let seq = x.rows;
+        self.check_attention(cache, layer, seq, pos)?;
+        let head_dim = cache.head_dim;
+        if kv_heads != cache.kv_heads || w.rows != (heads + 2 * kv_heads) * head_dim || !head_dim.is_multiple_of(2) {
+            return Err(Error::Backend(format!(
+                "self_attention: Q/K/V of {} rows for {heads} + 2 x {kv_heads} heads of {head_dim}",
+                w.rows
+            )));
         }
-        Ok(out)
+        let all = self.product(Product { gain: Some((norm, eps)), ..Product::new(x, w) })?; // (seq, q | k | v)
+        let q = self.activation(seq, heads * head_dim)?;
+        let (kc, vc) = &cache.layers[layer];
+        let per_token = (heads + kv_heads) * head_dim / 2 + kv_heads * head_dim;
+        self.dispatch(
+            Kernel::RopeAppend,
+            &params(&[seq as u32, heads as u32, kv_heads as u32, head_dim as u32, pos as u32]),
+            &[&rope.cos, all.buffer(), &rope.sin, q.buffer(), kc, vc],
+            groups_1d(seq * per_token, 256),
+        )?;
+        self.attend(cache, layer, &q, pos)
+    }
+
+    fn linear_residual(&self, a: &GpuAct, w: &Rc<GpuMatrix>, x: &GpuAct) -> Result<GpuAct> {
+        if !self.opts.fused {
+            return unfused::linear_residual(self, a, w, x);
+        }
+        self.product(Product { residual: Some(x), ..Product::new(a, w) })
+    }
+
+    fn norm_swiglu(&self, x: &GpuAct, norm: &GpuVector, eps: f32, gate_up: &GpuGateUp) -> Result<GpuAct> {
+        match gate_up {
+            GpuGateUp::Separate(w) => unfused::norm_swiglu(self, x, norm, eps, w),
+            GpuGateUp::Paired(w) => {
+                self.product(Product { gain: Some((norm, eps)), paired: true, ..Product::new(x, w) })
+            }
+        }
+    }
+
+    fn logits(&self, x: &GpuAct, norm: &GpuVector, eps: f32, head: &Rc<GpuMatrix>) -> Result<GpuAct> {
+        if !self.opts.fused {
+            return unfused::logits(self, x, norm, eps, head);
+        }
+        self.product(Product { gain: Some((norm, eps)), x_first: x.rows - 1, n_tokens: 1, ..Product::new(x, head) })
     }
 
     fn swiglu(&self, gate: &GpuAct, up: &GpuAct) -> Result<GpuAct> {
@@ -912,6 +1141,9 @@ impl Backend for GpuBackend {
     }
 
     fn last_row(&self, x: &GpuAct) -> Result<GpuAct> {
+        if x.rows == 1 {
+            return Ok(x.clone());
+        }
         let out = self.activation(1, x.cols)?;
         let p = params(&[x.cols as u32, ((x.rows - 1) * x.cols) as u32]);
         self.dispatch(Kernel::CopyRows, &p, &[x.buffer(), out.buffer()], groups_1d(x.cols, 256))?;
@@ -1004,7 +1236,8 @@ impl Backend for GpuBackend {
         self.check_errors()?;
         mapped.map_err(|e| Error::Backend(format!("GPU readback failed: {e}")))?;
         let id = {
-            let view = staging.get_mapped_range(0..4).map_err(|e| Error::Backend(format!("GPU readback failed: {e}")))?;
+            let view =
+                staging.get_mapped_range(0..4).map_err(|e| Error::Backend(format!("GPU readback failed: {e}")))?;
             u32::from_le_bytes([view[0], view[1], view[2], view[3]])
         };
         staging.unmap();

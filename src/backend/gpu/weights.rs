@@ -87,7 +87,48 @@ fn as_f16(v: f32) -> f32 {
     f16::from_f32(v).to_f32()
 }
 
-pub fn upload(gpu: &GpuBackend, t: HostTensor, quant: super::GpuQuant, max_binding: u64) -> Result<GpuMatrix> {
+/// Whether matrices can be stored as one (`stack_rows`): one storage type, one width.
+pub fn stackable(ts: &[&HostTensor]) -> bool {
+    let first = ts[0];
+    ts.iter().all(|t| t.storage == first.storage && t.shape.len() == 2 && t.shape[1] == first.shape[1])
+}
+
+/// Matrices of one storage type and width as one matrix: their rows one after another, or with
+/// `interleave` (matrices of equal height) row 0 of each, then row 1 of each, and so on. Rows are
+/// whole runs of bytes in every storage type (blocks never cross rows).
+pub fn stack_rows(ts: Vec<HostTensor>, interleave: bool) -> Result<HostTensor> {
+    let refs: Vec<&HostTensor> = ts.iter().collect();
+    if !stackable(&refs) || (interleave && ts.iter().any(|t| t.shape[0] != ts[0].shape[0])) {
+        return Err(Error::Backend(format!("{}: cannot be stacked with its neighbours", ts[0].name)));
+    }
+    let cols = ts[0].shape[1];
+    let rows: usize = ts.iter().map(|t| t.shape[0]).sum();
+    let name = ts.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(" + ");
+    let bytes = if interleave {
+        let row_bytes = ts[0].bytes.len() / ts[0].shape[0];
+        let mut out = Vec::with_capacity(rows * row_bytes);
+        for r in 0..ts[0].shape[0] {
+            for t in &ts {
+                out.extend_from_slice(&t.bytes[r * row_bytes..(r + 1) * row_bytes]);
+            }
+        }
+        out
+    } else {
+        ts.iter().flat_map(|t| t.bytes.iter().copied()).collect()
+    };
+    Ok(HostTensor { name, storage: ts[0].storage, shape: vec![rows, cols], bytes })
+}
+
+/// Upload a matrix in the GPU layout its storage and `quant` call for, split by rows into parts
+/// that each fit a binding; a part holds a multiple of `row_multiple` rows (2 keeps a paired
+/// gate/up row together).
+pub fn upload(
+    gpu: &GpuBackend,
+    t: HostTensor,
+    quant: super::GpuQuant,
+    max_binding: u64,
+    row_multiple: usize,
+) -> Result<GpuMatrix> {
     let (rows, cols) = match t.shape.as_slice() {
         [r, c] => (*r, *c),
         other => return Err(Error::Backend(format!("{}: expected a matrix, got shape {other:?}", t.name))),
@@ -113,7 +154,7 @@ pub fn upload(gpu: &GpuBackend, t: HostTensor, quant: super::GpuQuant, max_bindi
         }
     };
     let row_bytes = format.data_bytes_per_row(stride).max((stride / BLOCK) * 2);
-    let rows_per_part = ((max_binding as usize) / row_bytes).max(1);
+    let rows_per_part = ((max_binding as usize) / row_bytes / row_multiple).max(1) * row_multiple;
     let mut parts = Vec::new();
     let mut r0 = 0;
     while r0 < rows {
