@@ -343,6 +343,8 @@ impl Session {
                 quant: choice.quant.gpu(),
                 linear: choice.linear,
                 max_rows: PREFILL_CHUNK,
+                fused: std::env::var_os("GUARDREASONER_GPU_UNFUSED").is_none(),
+                debug: std::env::var_os("GUARDREASONER_GPU_DEBUG").is_some(),
                 ..GpuOptions::default()
             };
             let loaded = match GpuBackend::new(options).await {

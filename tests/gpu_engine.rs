@@ -342,3 +342,29 @@ fn gpu_decode_step_is_one_pass_of_few_dispatches() {
     assert_eq!(after.copies - before.copies, 0, "buffer copies in a decode step");
     assert_eq!(after.readback_copies - before.readback_copies, 1, "token readbacks in a decode step");
 }
+
+/// Debug mode runs each op on its own and keeps its output under its name: a prefill leaves the
+/// embedding, four fused ops per layer and the logits, in order, with the values the ops made.
+#[test]
+fn gpu_debug_mode_keeps_each_op_output_by_name() {
+    let tensors = micro_tensors(SEED);
+    let debug = GpuOptions { quant: GpuQuant::F32, debug: true, ..GpuOptions::default() };
+    let mut g = engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), gpu_with(debug));
+    let ids = prompt(6, 2);
+    let (logits, _) = g.prefill(&ids).unwrap();
+    let logits = pollster::block_on(g.backend.to_host(&logits)).unwrap();
+    let trace = g.backend.take_trace();
+    let names: Vec<&str> = trace.iter().map(|(n, _)| n.as_str()).collect();
+    let mut want = vec!["embed"];
+    for _ in 0..MICRO_LAYERS {
+        want.extend(["self_attention", "linear_residual", "norm_swiglu", "linear_residual"]);
+    }
+    want.push("logits");
+    assert_eq!(names, want, "ops in order");
+    assert_eq!(trace.last().unwrap().1, logits, "the last op's output is the logits");
+    let (_, _, table) = tensors.iter().find(|(n, _, _)| n == "model.embed_tokens.weight").unwrap();
+    let rows: Vec<f32> =
+        ids.iter().flat_map(|&i| table[i as usize * MICRO_HIDDEN..(i as usize + 1) * MICRO_HIDDEN].to_vec()).collect();
+    // The file holds bf16: within its rounding.
+    assert_close(&trace[0].1, &rows, 0.0, 1.0 / 128.0, "the embedding's output");
+}

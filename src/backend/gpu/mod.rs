@@ -49,6 +49,10 @@ pub struct GpuOptions {
     /// Run the fused layer kernels (the default); off, every layer runs the primitive ops one
     /// by one (`backend::unfused`), to compare against or to find a fault.
     pub fused: bool,
+    /// Debug mode: every op is submitted and waited for on its own, GPU errors name the op that
+    /// raised them, and (natively) every op's output is kept, by name and in order, for
+    /// `GpuBackend::take_trace`. Slow; for finding a fault.
+    pub debug: bool,
 }
 
 /// `GpuOptions::max_rows` unless told otherwise: the engine's prefill chunk today.
@@ -62,6 +66,7 @@ impl Default for GpuOptions {
             linear: LinearKernel::Auto,
             max_rows: DEFAULT_MAX_ROWS,
             fused: true,
+            debug: false,
         }
     }
 }
@@ -369,6 +374,8 @@ pub struct GpuBackend {
     errors: Arc<Mutex<Vec<String>>>,
     /// Work counted since creation (`Backend::counters`).
     counters: std::cell::Cell<Counters>,
+    /// Debug mode's outputs, by op name, in order.
+    trace: RefCell<Vec<(String, Vec<f32>)>>,
 }
 
 impl GpuBackend {
@@ -472,6 +479,7 @@ impl GpuBackend {
             pool: Rc::new(RefCell::new(Pool { free: HashMap::new() })),
             pending: RefCell::new(Pending { encoder: None, pass: None, params: Vec::new() }),
             counters: std::cell::Cell::new(Counters::default()),
+            trace: RefCell::new(Vec::new()),
             param_buffer,
             token_buffer,
             token_slots: RefCell::new(token_slots),
@@ -594,6 +602,30 @@ impl GpuBackend {
             self.dispatch(Kernel::Attention, &p, &[q.buffer(), out.buffer(), kc, vc], (heads as u32, seq as u32))?;
         }
         Ok(out)
+    }
+
+    /// The end of an op: in debug mode, run it alone, report GPU errors under its name and keep
+    /// its output; otherwise nothing.
+    fn op_done(&self, name: &str, out: GpuAct) -> Result<GpuAct> {
+        if !self.opts.debug {
+            return Ok(out);
+        }
+        let index = self.flush();
+        let _ = self.device.poll(wgpu::PollType::Wait { submission_index: index, timeout: None });
+        self.check_errors().map_err(|e| Error::Backend(format!("{name}: {e}")))?;
+        // Natively a readback completes inside the poll, so it can be waited for here; on the
+        // web it can only be awaited, so the trace stays empty there.
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let values = pollster::block_on(self.to_host(&out))?;
+            self.trace.borrow_mut().push((name.to_string(), values));
+        }
+        Ok(out)
+    }
+
+    /// Debug mode's record since the last call: each op's name and output, in order.
+    pub fn take_trace(&self) -> Vec<(String, Vec<f32>)> {
+        std::mem::take(&mut *self.trace.borrow_mut())
     }
 
     /// A token whose slot has not been reused since it was chosen.
@@ -1009,7 +1041,7 @@ impl Backend for GpuBackend {
             buffers.extend(part.buffers());
             self.dispatch(Kernel::Embed(table.format), &p, &buffers, (ids.len() as u32, 1))?;
         }
-        Ok(out)
+        self.op_done("embed", out)
     }
 
     fn rms_norm(&self, x: &GpuAct, w: &GpuVector, eps: f32) -> Result<GpuAct> {
@@ -1020,11 +1052,11 @@ impl Backend for GpuBackend {
         let mut p = params(&[x.cols as u32]);
         p.extend_from_slice(&eps.to_le_bytes());
         self.dispatch(Kernel::RmsNorm, &p, &[x.buffer(), out.buffer(), &w.buffer], (x.rows as u32, 1))?;
-        Ok(out)
+        self.op_done("rms_norm", out)
     }
 
     fn linear(&self, x: &GpuAct, w: &Rc<GpuMatrix>) -> Result<GpuAct> {
-        self.product(Product::new(x, w))
+        self.op_done("linear", self.product(Product::new(x, w))?)
     }
 
     fn rope(&self, x: &GpuAct, rope: &GpuRope, heads: usize, pos: usize) -> Result<GpuAct> {
@@ -1037,7 +1069,7 @@ impl Backend for GpuBackend {
             &[&rope.cos, x.buffer(), &rope.sin, out.buffer()],
             groups_1d(x.rows * heads * head_dim / 2, 256),
         )?;
-        Ok(out)
+        self.op_done("rope", out)
     }
 
     fn attention(
@@ -1058,7 +1090,7 @@ impl Backend for GpuBackend {
             &[k.buffer(), v.buffer(), kc, vc],
             groups_1d(n, 256),
         )?;
-        self.attend(cache, layer, q, pos)
+        self.op_done("attention", self.attend(cache, layer, q, pos)?)
     }
 
     fn self_attention(
@@ -1095,22 +1127,23 @@ impl Backend for GpuBackend {
             &[&rope.cos, all.buffer(), &rope.sin, q.buffer(), kc, vc],
             groups_1d(seq * per_token, 256),
         )?;
-        self.attend(cache, layer, &q, pos)
+        self.op_done("self_attention", self.attend(cache, layer, &q, pos)?)
     }
 
     fn linear_residual(&self, a: &GpuAct, w: &Rc<GpuMatrix>, x: &GpuAct) -> Result<GpuAct> {
         if !self.opts.fused {
             return unfused::linear_residual(self, a, w, x);
         }
-        self.product(Product { residual: Some(x), ..Product::new(a, w) })
+        self.op_done("linear_residual", self.product(Product { residual: Some(x), ..Product::new(a, w) })?)
     }
 
     fn norm_swiglu(&self, x: &GpuAct, norm: &GpuVector, eps: f32, gate_up: &GpuGateUp) -> Result<GpuAct> {
         match gate_up {
             GpuGateUp::Separate(w) => unfused::norm_swiglu(self, x, norm, eps, w),
-            GpuGateUp::Paired(w) => {
-                self.product(Product { gain: Some((norm, eps)), paired: true, ..Product::new(x, w) })
-            }
+            GpuGateUp::Paired(w) => self.op_done(
+                "norm_swiglu",
+                self.product(Product { gain: Some((norm, eps)), paired: true, ..Product::new(x, w) })?,
+            ),
         }
     }
 
@@ -1118,7 +1151,13 @@ impl Backend for GpuBackend {
         if !self.opts.fused {
             return unfused::logits(self, x, norm, eps, head);
         }
-        self.product(Product { gain: Some((norm, eps)), x_first: x.rows - 1, n_tokens: 1, ..Product::new(x, head) })
+        let logits = self.product(Product {
+            gain: Some((norm, eps)),
+            x_first: x.rows - 1,
+            n_tokens: 1,
+            ..Product::new(x, head)
+        })?;
+        self.op_done("logits", logits)
     }
 
     fn swiglu(&self, gate: &GpuAct, up: &GpuAct) -> Result<GpuAct> {
@@ -1130,14 +1169,14 @@ impl Backend for GpuBackend {
             &[gate.buffer(), out.buffer(), up.buffer()],
             groups_1d(n, 256),
         )?;
-        Ok(out)
+        self.op_done("swiglu", out)
     }
 
     fn add(&self, a: &GpuAct, b: &GpuAct) -> Result<GpuAct> {
         let out = self.activation(a.rows, a.cols)?;
         let n = a.rows * a.cols;
         self.dispatch(Kernel::Add, &params(&[n as u32]), &[a.buffer(), out.buffer(), b.buffer()], groups_1d(n, 256))?;
-        Ok(out)
+        self.op_done("add", out)
     }
 
     fn last_row(&self, x: &GpuAct) -> Result<GpuAct> {
@@ -1147,7 +1186,7 @@ impl Backend for GpuBackend {
         let out = self.activation(1, x.cols)?;
         let p = params(&[x.cols as u32, ((x.rows - 1) * x.cols) as u32]);
         self.dispatch(Kernel::CopyRows, &p, &[x.buffer(), out.buffer()], groups_1d(x.cols, 256))?;
-        Ok(out)
+        self.op_done("last_row", out)
     }
 
     fn choose(&self, logits: &GpuAct) -> Result<GpuToken> {
@@ -1199,7 +1238,7 @@ impl Backend for GpuBackend {
             buffers.extend(part.buffers());
             self.dispatch(Kernel::Embed(table.format), &p, &buffers, (1, 1))?;
         }
-        Ok(out)
+        self.op_done("embed_token", out)
     }
 
     async fn token_id(&self, token: &GpuToken) -> Result<u32> {
