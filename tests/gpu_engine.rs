@@ -101,10 +101,10 @@ fn gpu_quantized_formats_track_cpu() {
         let mut cpu = engine(open_micro_gguf(bytes.clone()).unwrap(), CpuBackend::new(None));
         let mut g = engine(open_micro_gguf(bytes).unwrap(), gpu(GpuQuant::F32, None));
         let (a, b) = (logits_of(&mut cpu, &ids), logits_of(&mut g, &ids));
-        // The CPU quantizes activations to 8 bits for its integer dot products, the GPU keeps
-        // them f32: agreement within a few percent of the logit range, not bit for bit.
-        let range = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-        assert_close(&b, &a, 0.03 * range, 0.0, &format!("{dtype:?}"));
+        // Both sides dequantize the same blocks (the file's f16 scales) against f32 activations:
+        // only the order of the f32 sums differs (measured: about 1e-6 of the logit range), so
+        // the bound is the float one, not a percentage.
+        assert_close(&b, &a, LOGIT_ATOL, LOGIT_RTOL, &format!("{dtype:?}"));
     }
 }
 
