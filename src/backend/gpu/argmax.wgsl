@@ -10,14 +10,14 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<u32>;
 
-var<workgroup> best_v: array<f32, 256>;
-var<workgroup> best_i: array<u32, 256>;
+var<workgroup> best_v: array<f32, GROUP>;
+var<workgroup> best_i: array<u32, GROUP>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(GROUP)
 fn main(@builtin(local_invocation_index) lid: u32) {
     var bv = -3.4e38;
     var bi = 0xffffffffu;
-    for (var i = lid; i < p.n; i += 256u) {
+    for (var i = lid; i < p.n; i += GROUP) {
         let v = x[i];
         if (v > bv) { // strictly greater: the first index wins within a thread
             bv = v;
@@ -27,7 +27,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     best_v[lid] = bv;
     best_i[lid] = bi;
     workgroupBarrier();
-    for (var stride = 128u; stride > 0u; stride /= 2u) {
+    for (var stride = GROUP / 2u; stride > 0u; stride /= 2u) {
         if (lid < stride) {
             let ov = best_v[lid + stride];
             let oi = best_i[lid + stride];

@@ -13,7 +13,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> scratch: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(BLOCK)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let head = wg.x;
     let stride = p.head_dim + 2u;
@@ -26,7 +26,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     for (var c = 0u; c < p.n_chunks; c++) {
         total += scratch[base + c * stride + p.head_dim + 1u] * exp(scratch[base + c * stride + p.head_dim] - big_m);
     }
-    for (var d = lid; d < p.head_dim; d += 64u) {
+    for (var d = lid; d < p.head_dim; d += BLOCK) {
         var acc = 0.0;
         for (var c = 0u; c < p.n_chunks; c++) {
             acc += scratch[base + c * stride + d] * exp(scratch[base + c * stride + p.head_dim] - big_m);

@@ -1,22 +1,21 @@
 // Shared by attention.wgsl and attention_partial.wgsl: one workgroup of 64 threads runs an online
 // softmax (flash-attention style) of one query head over a range of keys in blocks of 64, so any
 // context length works without a scores buffer. Cache layout: (max_seq, kv_heads * head_dim).
-const BLOCK: u32 = 64u;
-const MAX_HEAD_DIM: u32 = 256u;
-const DIMS_PER_THREAD: u32 = 4u; // MAX_HEAD_DIM / BLOCK
+// BLOCK (keys per block, threads per workgroup) and MAX_HEAD_DIM come from the Rust side.
+const DIMS_PER_THREAD: u32 = MAX_HEAD_DIM / BLOCK;
 
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(3) var<storage, read> k_cache: array<f32>;
 @group(0) @binding(4) var<storage, read> v_cache: array<f32>;
 
-var<workgroup> q_s: array<f32, 256>;
-var<workgroup> scores: array<f32, 64>;
+var<workgroup> q_s: array<f32, MAX_HEAD_DIM>;
+var<workgroup> scores: array<f32, BLOCK>;
 
 // Running max m, sum l and unnormalised output (this thread's dims lid + i * BLOCK).
 struct Partial {
     m: f32,
     l: f32,
-    acc: array<f32, 4>,
+    acc: array<f32, DIMS_PER_THREAD>,
 }
 
 // Attend the query at q[q_base..] to keys first..end (exclusive), walking `blocks` blocks of 64

@@ -1,5 +1,5 @@
 // Decode attention split over the sequence (flash-decoding): one workgroup per (query head,
-// chunk of CHUNK keys) runs attend() over its chunk and writes its running max m, sum l and
+// chunk of CHUNK keys, from the Rust side) runs attend() over its chunk and writes its running max m, sum l and
 // unnormalised output to scratch; attention_combine.wgsl merges the chunks. One token's
 // attention then spreads over heads * chunks workgroups instead of heads.
 struct Params {
@@ -11,12 +11,10 @@ struct Params {
     scale: f32,
 }
 
-const CHUNK: u32 = 256u;
-
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read_write> scratch: array<f32>; // (heads, n_chunks, head_dim + 2)
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(BLOCK)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let head = wg.x;
     let chunk = wg.y;

@@ -15,7 +15,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(EMBED_GROUP)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let t = wg.x;
     if (t >= p.n_tokens) {
@@ -27,7 +27,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     let row = id - p.row_start;
     // Four weights per load: each thread writes the ones of its group of four.
-    for (var c4 = lid * 4u; c4 < p.cols; c4 += 256u) {
+    for (var c4 = lid * 4u; c4 < p.cols; c4 += 4u * EMBED_GROUP) {
         let w = load4(row, p.stride, c4 / 32u, (c4 % 32u) / 4u);
         for (var i = 0u; i < 4u; i++) {
             if (c4 + i < p.cols) {

@@ -11,9 +11,9 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> kc: array<f32>;
 @group(0) @binding(4) var<storage, read_write> vc: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(GROUP)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * 256u;
+    let i = gid.x + gid.y * nwg.x * GROUP;
     if (i < p.n) {
         kc[p.offset + i] = k[i];
         vc[p.offset + i] = v[i];

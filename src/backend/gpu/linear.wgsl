@@ -1,10 +1,9 @@
 // The matrix product for GPUs (linear_common.wgsl has the contract). A workgroup computes ROWS
 // rows for 4 tokens: each row has LANES threads that walk its blocks of 32 weights, then the
 // lanes' partial sums are added in workgroup memory (no subgroups: works everywhere).
-const ROWS: u32 = 8u;
-const LANES: u32 = 32u;
+// ROWS and LANES come from the Rust side.
 
-var<workgroup> partial: array<vec4<f32>, 256>; // per thread: sums for the 4 tokens
+var<workgroup> partial: array<vec4<f32>, ROWS * LANES>; // per thread: sums for the 4 tokens
 
 // The sum of `v` over the lanes of this thread's row, in every lane. All threads call it.
 fn row_total(lid: u32, lane: u32, v: vec4<f32>) -> vec4<f32> {
@@ -20,7 +19,7 @@ fn row_total(lid: u32, lane: u32, v: vec4<f32>) -> vec4<f32> {
     return partial[lid - lane];
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(ROWS * LANES)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let r_local = lid / LANES;
     let lane = lid % LANES;

@@ -2,11 +2,11 @@
 // contract is in linear_common.wgsl. One thread per row for 4 tokens: no workgroup memory and no
 // barriers, which there cost far more than the loads linear.wgsl shares (measured in
 // SwiftShader: one barrier over workgroup memory made a trivial kernel 20-60 times slower).
-const ROWS: u32 = 64u;
+// ROWS_PER_THREAD_GROUP (rows, threads per workgroup) comes from the Rust side.
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(ROWS_PER_THREAD_GROUP)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let row = wg.x * ROWS + lid;
+    let row = wg.x * ROWS_PER_THREAD_GROUP + lid;
     if (row >= p.rows) {
         return;
     }

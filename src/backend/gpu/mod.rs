@@ -168,7 +168,12 @@ enum Kernel {
 }
 
 impl Kernel {
+    /// The shader: the shared constants, then the kernel's own source.
     fn source(self) -> String {
+        format!("{}\n{}", shared_wgsl(), self.own_source())
+    }
+
+    fn own_source(self) -> String {
         let fmt = |f: WeightFormat| match f {
             WeightFormat::F32 => include_str!("fmt_f32.wgsl"),
             WeightFormat::F16 => include_str!("fmt_f16.wgsl"),
@@ -301,8 +306,48 @@ impl<'a> Product<'a> {
     }
 }
 
-/// Keys per workgroup in split decode attention (attention_partial.wgsl's CHUNK).
-const ATTENTION_CHUNK: usize = 256;
+/// Sizes the Rust side and the shaders must agree on, written once here and put at the top of
+/// every shader (`shared_wgsl`).
+mod shared {
+    /// Threads per workgroup of the one-dimensional kernels (elementwise, rope, K/V append,
+    /// RMSNorm, argmax).
+    pub const GROUP: usize = 256;
+    /// Threads per workgroup of the embedding lookup (each copies 4 values at a time).
+    pub const EMBED_GROUP: usize = 64;
+    /// linear.wgsl: rows per workgroup, and threads sharing a row.
+    pub const ROWS: usize = 8;
+    pub const LANES: usize = 32;
+    /// linear_rows.wgsl: rows (threads) per workgroup.
+    pub const ROWS_PER_THREAD_GROUP: usize = 64;
+    /// Tokens per tile of the matrix kernels (vec4 sums: not a free choice).
+    pub const TILE: usize = 4;
+    /// Attention: keys per block (threads per workgroup), keys per split-decode chunk, and the
+    /// largest head the workgroup arrays hold.
+    pub const BLOCK: usize = 64;
+    pub const CHUNK: usize = 256;
+    pub const MAX_HEAD_DIM: usize = 256;
+}
+
+/// `shared` as WGSL constants.
+fn shared_wgsl() -> String {
+    use shared::*;
+    [
+        ("GROUP", GROUP),
+        ("EMBED_GROUP", EMBED_GROUP),
+        ("ROWS", ROWS),
+        ("LANES", LANES),
+        ("ROWS_PER_THREAD_GROUP", ROWS_PER_THREAD_GROUP),
+        ("BLOCK", BLOCK),
+        ("CHUNK", CHUNK),
+        ("MAX_HEAD_DIM", MAX_HEAD_DIM),
+    ]
+    .iter()
+    .map(|(name, value)| format!("const {name}: u32 = {value}u;\n"))
+    .collect()
+}
+
+/// Keys per workgroup in split decode attention.
+const ATTENTION_CHUNK: usize = shared::CHUNK;
 
 pub struct GpuCache {
     /// Per layer: K and V, each `(max_seq, kv_heads * head_dim)`.
@@ -518,11 +563,10 @@ impl GpuBackend {
         }
         let fusion = Fusion { norm: p.gain.is_some(), residual: p.residual.is_some(), paired: p.paired };
         let x_layout = Activations::of_width(w.cols);
-        // Rows per workgroup: linear_rows.wgsl ROWS, linear.wgsl ROWS; 4 tokens per tile.
         let (kernel, rows_per_group) = if self.row_per_thread {
-            (Kernel::LinearRows(w.format, x_layout, fusion), 64)
+            (Kernel::LinearRows(w.format, x_layout, fusion), shared::ROWS_PER_THREAD_GROUP)
         } else {
-            (Kernel::Linear(w.format, x_layout, fusion), 8)
+            (Kernel::Linear(w.format, x_layout, fusion), shared::ROWS)
         };
         let out = self.activation(p.n_tokens, out_cols)?;
         let eps = p.gain.map_or(0.0, |(_, eps)| eps);
@@ -551,7 +595,7 @@ impl GpuBackend {
                 kernel,
                 &values,
                 &buffers,
-                (rows.div_ceil(rows_per_group) as u32, p.n_tokens.div_ceil(4) as u32),
+                (rows.div_ceil(rows_per_group) as u32, p.n_tokens.div_ceil(shared::TILE) as u32),
             )?;
         }
         Ok(out)
@@ -565,8 +609,12 @@ impl GpuBackend {
                 cache.max_seq
             )));
         }
-        if cache.head_dim > 256 {
-            return Err(Error::Backend("head_dim over 256 is not supported by the attention kernel".into()));
+        if cache.head_dim > shared::MAX_HEAD_DIM {
+            return Err(Error::Backend(format!(
+                "head_dim {} is over {}, the most the attention kernel holds",
+                cache.head_dim,
+                shared::MAX_HEAD_DIM
+            )));
         }
         if layer >= cache.layers.len() {
             return Err(Error::Backend(format!("no cache for layer {layer}")));
@@ -667,12 +715,13 @@ impl GpuBackend {
         if let Some(p) = self.pipelines.borrow().get(&kernel) {
             return p.clone();
         }
+        let label = format!("{kernel:?}");
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(kernel.entry()),
+            label: Some(&label),
             source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
         });
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(kernel.entry()),
+            label: Some(&label),
             layout: None,
             module: &module,
             entry_point: Some(kernel.entry()),
@@ -898,6 +947,8 @@ const STEPS_AHEAD_ON_CPU: usize = 1;
 
 fn groups_1d(n: usize, per_group: usize) -> (u32, u32) {
     let total = n.div_ceil(per_group) as u32;
+    // The kernels find their index as gid.x + gid.y * groups.x * GROUP.
+    debug_assert_eq!(per_group, shared::GROUP);
     if total <= MAX_GROUPS { (total, 1) } else { (MAX_GROUPS, total.div_ceil(MAX_GROUPS)) }
 }
 
@@ -1067,7 +1118,7 @@ impl Backend for GpuBackend {
             Kernel::Rope,
             &p,
             &[&rope.cos, x.buffer(), &rope.sin, out.buffer()],
-            groups_1d(x.rows * heads * head_dim / 2, 256),
+            groups_1d(x.rows * heads * head_dim / 2, shared::GROUP),
         )?;
         self.op_done("rope", out)
     }
@@ -1088,7 +1139,7 @@ impl Backend for GpuBackend {
             Kernel::KvAppend,
             &params(&[n as u32, (pos * cache.kv_heads * cache.head_dim) as u32]),
             &[k.buffer(), v.buffer(), kc, vc],
-            groups_1d(n, 256),
+            groups_1d(n, shared::GROUP),
         )?;
         self.op_done("attention", self.attend(cache, layer, q, pos)?)
     }
@@ -1125,7 +1176,7 @@ impl Backend for GpuBackend {
             Kernel::RopeAppend,
             &params(&[seq as u32, heads as u32, kv_heads as u32, head_dim as u32, pos as u32]),
             &[&rope.cos, all.buffer(), &rope.sin, q.buffer(), kc, vc],
-            groups_1d(seq * per_token, 256),
+            groups_1d(seq * per_token, shared::GROUP),
         )?;
         self.op_done("self_attention", self.attend(cache, layer, &q, pos)?)
     }
@@ -1167,7 +1218,7 @@ impl Backend for GpuBackend {
             Kernel::Swiglu,
             &params(&[n as u32]),
             &[gate.buffer(), out.buffer(), up.buffer()],
-            groups_1d(n, 256),
+            groups_1d(n, shared::GROUP),
         )?;
         self.op_done("swiglu", out)
     }
@@ -1175,7 +1226,12 @@ impl Backend for GpuBackend {
     fn add(&self, a: &GpuAct, b: &GpuAct) -> Result<GpuAct> {
         let out = self.activation(a.rows, a.cols)?;
         let n = a.rows * a.cols;
-        self.dispatch(Kernel::Add, &params(&[n as u32]), &[a.buffer(), out.buffer(), b.buffer()], groups_1d(n, 256))?;
+        self.dispatch(
+            Kernel::Add,
+            &params(&[n as u32]),
+            &[a.buffer(), out.buffer(), b.buffer()],
+            groups_1d(n, shared::GROUP),
+        )?;
         self.op_done("add", out)
     }
 
@@ -1185,7 +1241,7 @@ impl Backend for GpuBackend {
         }
         let out = self.activation(1, x.cols)?;
         let p = params(&[x.cols as u32, ((x.rows - 1) * x.cols) as u32]);
-        self.dispatch(Kernel::CopyRows, &p, &[x.buffer(), out.buffer()], groups_1d(x.cols, 256))?;
+        self.dispatch(Kernel::CopyRows, &p, &[x.buffer(), out.buffer()], groups_1d(x.cols, shared::GROUP))?;
         self.op_done("last_row", out)
     }
 

@@ -13,10 +13,10 @@ struct Params {
 @group(0) @binding(3) var<storage, read> sin_t: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(GROUP)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let half = p.head_dim / 2u;
-    let idx = gid.x + gid.y * nwg.x * 256u;
+    let idx = gid.x + gid.y * nwg.x * GROUP;
     if (idx >= p.n_tokens * p.heads * half) {
         return;
     }

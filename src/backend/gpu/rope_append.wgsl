@@ -19,7 +19,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> kc: array<f32>;
 @group(0) @binding(6) var<storage, read_write> vc: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(GROUP)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let half = p.head_dim / 2u;
     let q_width = p.heads * p.head_dim;
@@ -28,7 +28,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let q_pairs = p.heads * half;
     let k_pairs = p.kv_heads * half;
     let per_token = q_pairs + k_pairs + kv_width;
-    let idx = gid.x + gid.y * nwg.x * 256u;
+    let idx = gid.x + gid.y * nwg.x * GROUP;
     if (idx >= p.n_tokens * per_token) {
         return;
     }
