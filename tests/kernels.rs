@@ -9,6 +9,7 @@ use candle_core::{Device, Tensor};
 use common::SplitMix;
 use guardreasoner::backend::Backend;
 use guardreasoner::backend::cpu::CpuBackend;
+use guardreasoner::backend::cpu_blocks;
 use guardreasoner::backend::gpu::{GpuBackend, GpuOptions, GpuQuant, LinearKernel};
 use guardreasoner::config::LlamaConfig;
 use guardreasoner::format::{HostTensor, StorageType};
@@ -69,8 +70,38 @@ fn naive_linear(x: &[f32], w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 enum Exactness {
     /// Exact dequantized weights, f32 activations.
     Exact,
+    /// Exact dequantized weights, activations rounded to 8 bits per block of 32 as llama.cpp
+    /// rounds them (`q8_activations`): equal to that up to f32 summation order, and within
+    /// `ACT8` of the largest output from the f32 product.
+    Q8Activations,
     /// Within this fraction of the largest output (activation quantization or re-quantization).
     Approximate(f32),
+}
+
+/// What 8-bit activations may move a product by, as a fraction of the largest output.
+const ACT8: f32 = 0.02;
+
+/// Activations as the CPU's integer kernels see them: per block of 32, `q = round_ties_even(x *
+/// 127 / amax)` times the scale `amax / 127` rounded to f16 (llama.cpp's `quantize_row_q8_0`).
+fn q8_activations(x: &[f32]) -> Vec<f32> {
+    x.chunks(32)
+        .flat_map(|b| {
+            let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            let d = half::f16::from_f32(amax / 127.0).to_f32();
+            b.iter().map(move |v| (v * id).round_ties_even() * d).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The CPU: Q8_0, Q4_0 and Q4_1 through the integer kernels; Q4_K and Q6_K through candle, which
+/// rounds activations to 8 bits its own way.
+fn cpu_exactness(d: GgmlDType) -> Exactness {
+    match d {
+        GgmlDType::Q4K | GgmlDType::Q6K => Exactness::Approximate(0.02),
+        GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q4_1 => Exactness::Q8Activations,
+        _ => Exactness::Exact,
+    }
 }
 
 fn check_linear<B: Backend>(b: &B, label: &str, exactness: impl Fn(GgmlDType) -> Exactness) {
@@ -87,6 +118,12 @@ fn check_linear<B: Backend>(b: &B, label: &str, exactness: impl Fn(GgmlDType) ->
             let what = format!("{label}: linear {dtype:?} ({rows}x{cols}) x {seq} tokens");
             match exactness(dtype) {
                 Exactness::Exact => assert_close(&got, &want, ATOL * cols as f32, RTOL, &what),
+                Exactness::Q8Activations => {
+                    let exact_q8 = naive_linear(&q8_activations(&xs), &exact, rows, cols);
+                    assert_close(&got, &exact_q8, ATOL * cols as f32, RTOL, &format!("{what}, 8-bit activations"));
+                    let max = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    assert_close(&got, &want, ACT8 * max, 0.0, &format!("{what}, against f32 activations"));
+                }
                 Exactness::Approximate(f) => {
                     let max = want.iter().fold(0f32, |m, v| m.max(v.abs()));
                     assert_close(&got, &want, f * max, 0.0, &what)
@@ -301,12 +338,15 @@ fn check_attention<B: Backend>(b: &B, label: &str) {
 
 fn check_embed_and_argmax<B: Backend>(b: &B, label: &str) {
     let (rows, cols) = (300, 64);
-    let (table, exact) = weight(GgmlDType::Q8_0, rows, cols, 20);
-    let table = b.embedding(table).unwrap();
-    let ids = [0u32, 299, 17, 150, 17];
-    let got = host(b, &b.embed(&table, &ids).unwrap());
-    let want: Vec<f32> = ids.iter().flat_map(|&i| exact[i as usize * cols..(i as usize + 1) * cols].to_vec()).collect();
-    assert_close(&got, &want, ATOL, RTOL, &format!("{label}: embed"));
+    for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4_1] {
+        let (table, exact) = weight(dtype, rows, cols, 20);
+        let table = b.embedding(table).unwrap();
+        let ids = [0u32, 299, 17, 150, 17];
+        let got = host(b, &b.embed(&table, &ids).unwrap());
+        let want: Vec<f32> =
+            ids.iter().flat_map(|&i| exact[i as usize * cols..(i as usize + 1) * cols].to_vec()).collect();
+        assert_close(&got, &want, ATOL, RTOL, &format!("{label}: embed {dtype:?}"));
+    }
     // Ties go to the first index, as torch.argmax does.
     let mut row = random(1000, 21);
     row[613] = 5.0;
@@ -328,16 +368,28 @@ fn gpu(max_binding_bytes: Option<u64>, linear: LinearKernel) -> GpuBackend {
 #[test]
 fn cpu_ops() {
     let b = CpuBackend::new(None);
-    // Q4_K and Q6_K go through candle, which rounds activations to 8 bits.
-    check_linear(&b, "cpu", |d| {
-        if matches!(d, GgmlDType::Q4K | GgmlDType::Q6K) { Exactness::Approximate(0.02) } else { Exactness::Exact }
-    });
+    check_linear(&b, "cpu", cpu_exactness);
     check_elementwise(&b, "cpu");
     check_rms_norm(&b, "cpu");
     check_rope(&b, "cpu");
     check_attention(&b, "cpu");
     check_embed_and_argmax(&b, "cpu");
     check_any_width(&b, "cpu");
+}
+
+/// Each integer kernel this CPU can run, forced one by one (the default is the fastest).
+#[test]
+fn cpu_quantized_kernels_each() {
+    let b = CpuBackend::new(None);
+    let kernels = cpu_blocks::Kernel::available();
+    assert!(kernels.contains(&cpu_blocks::Kernel::Portable));
+    for k in kernels {
+        cpu_blocks::set_kernel(Some(k)).unwrap();
+        assert_eq!(cpu_blocks::kernel(), k);
+        check_linear(&b, &format!("cpu {}", k.name()), cpu_exactness);
+        check_embed_and_argmax(&b, &format!("cpu {}", k.name()));
+    }
+    cpu_blocks::set_kernel(None).unwrap();
 }
 
 #[test]

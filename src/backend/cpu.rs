@@ -58,6 +58,10 @@ fn block_matrix(q: &QTensor) -> Result<Option<CpuMatrix>> {
 
 pub enum CpuEmbedding {
     Float(Tensor),
+    /// Q8_0/Q4_0/Q4_1: rows dequantized on lookup from the blocks a tied LM head multiplies
+    /// with (held once).
+    Blocks(Arc<BlockMatrix>),
+    /// Other GGML types (candle).
     Quantized(Arc<QTensor>),
 }
 
@@ -87,7 +91,11 @@ impl Backend for CpuBackend {
     type GateUp = unfused::GateUp<CpuMatrix>;
 
     fn describe(&self) -> String {
-        format!("cpu (candle, {} threads)", candle_core::utils::get_num_threads())
+        format!(
+            "cpu (candle, {} threads, {} quantized kernel)",
+            candle_core::utils::get_num_threads(),
+            super::cpu_blocks::kernel().name()
+        )
     }
 
     fn matrix(&self, t: HostTensor) -> Result<CpuMatrix> {
@@ -103,7 +111,10 @@ impl Backend for CpuBackend {
     fn embedding(&self, t: HostTensor) -> Result<CpuEmbedding> {
         match self.quantized(&t)? {
             Some(q) if !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) => {
-                Ok(CpuEmbedding::Quantized(Arc::new(q)))
+                Ok(match block_matrix(&q)? {
+                    Some(CpuMatrix::Blocks(m)) => CpuEmbedding::Blocks(m),
+                    _ => CpuEmbedding::Quantized(Arc::new(q)),
+                })
             }
             Some(q) => Ok(CpuEmbedding::Float(q.dequantize(&self.device)?)),
             None => Ok(CpuEmbedding::Float(self.float_tensor(&t)?)),
@@ -113,11 +124,8 @@ impl Backend for CpuBackend {
     fn tied_head(&self, e: &CpuEmbedding) -> Result<CpuMatrix> {
         Ok(match e {
             CpuEmbedding::Float(t) => CpuMatrix::Candle(QMatMul::Tensor(t.clone())),
-            // Not yet: this copies the table's blocks (the embedding is held twice).
-            CpuEmbedding::Quantized(q) => match block_matrix(q)? {
-                Some(m) => m,
-                None => CpuMatrix::Candle(QMatMul::from_arc(q.clone())?),
-            },
+            CpuEmbedding::Blocks(m) => CpuMatrix::Blocks(m.clone()),
+            CpuEmbedding::Quantized(q) => CpuMatrix::Candle(QMatMul::from_arc(q.clone())?),
         })
     }
 
@@ -161,6 +169,16 @@ impl Backend for CpuBackend {
         let ids = Tensor::new(ids, &self.device)?;
         Ok(match table {
             CpuEmbedding::Float(t) => t.index_select(&ids, 0)?,
+            CpuEmbedding::Blocks(m) => {
+                let mut values = Vec::new();
+                for id in ids.to_vec1::<u32>()? {
+                    if id as usize >= m.rows {
+                        return Err(Error::Prompt(format!("token id {id} is outside the vocabulary")));
+                    }
+                    values.extend(m.row(id as usize));
+                }
+                Tensor::from_vec(values, (ids.dim(0)?, m.cols), &self.device)?
+            }
             CpuEmbedding::Quantized(q) => q.embedding(&ids)?,
         })
     }

@@ -7,7 +7,7 @@
 pub mod unfused;
 
 pub mod cpu;
-mod cpu_blocks;
+pub mod cpu_blocks;
 pub mod gpu;
 
 use crate::config::LlamaConfig;
