@@ -5,6 +5,7 @@
 
 use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
+use crate::backend::cpu_blocks;
 use crate::backend::gpu::{GpuBackend, GpuOptions, GpuQuant, LinearKernel};
 use crate::engine::{Engine, PREFILL_CHUNK};
 use crate::error::{Error, Result};
@@ -363,6 +364,18 @@ impl Session {
                 }
                 Err(e) => return Err(e),
             }
+        }
+        // GUARDREASONER_CPU_KERNEL=avx512-vnni|avx2|portable forces the quantized kernel (for
+        // comparing them); the default is the fastest this CPU has.
+        if let Some(name) = std::env::var_os("GUARDREASONER_CPU_KERNEL") {
+            let name = name.to_string_lossy();
+            let kernel = cpu_blocks::Kernel::ALL.into_iter().find(|k| k.name() == name).ok_or_else(|| {
+                Error::Other(format!(
+                    "GUARDREASONER_CPU_KERNEL={name} is not a kernel: use one of {}",
+                    cpu_blocks::Kernel::ALL.map(|k| k.name()).join(", ")
+                ))
+            })?;
+            cpu_blocks::set_kernel(Some(kernel)).map_err(Error::Other)?;
         }
         let cpu = CpuBackend::new(choice.quant.cpu());
         let weights = files.load(&cpu, progress)?;

@@ -105,8 +105,17 @@ fn cpu_exactness(d: GgmlDType) -> Exactness {
 }
 
 fn check_linear<B: Backend>(b: &B, label: &str, exactness: impl Fn(GgmlDType) -> Exactness) {
-    for dtype in [GgmlDType::F32, GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q4K, GgmlDType::Q6K] {
-        let cols = if matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K) { 512 } else { 96 };
+    // Block types at 96 and 320 columns: 3 and 10 blocks of 32, so kernels that take blocks in
+    // pairs or fours meet both their whole groups and a short last one (a 320-wide f32 row would
+    // not fit the split tests' 1 KiB bindings).
+    let cases = [GgmlDType::F32, GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q4K, GgmlDType::Q6K]
+        .into_iter()
+        .flat_map(|d| match d {
+            GgmlDType::Q4K | GgmlDType::Q6K => vec![(d, 512)],
+            GgmlDType::F32 => vec![(d, 96)],
+            _ => vec![(d, 96), (d, 320)],
+        });
+    for (dtype, cols) in cases {
         let rows = 37;
         let (host_w, exact) = weight(dtype, rows, cols, 7);
         let w = b.matrix(host_w).unwrap();

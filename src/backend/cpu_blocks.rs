@@ -46,10 +46,14 @@ pub enum Kernel {
 }
 
 impl Kernel {
+    pub const ALL: [Kernel; 3] = [Kernel::Avx512Vnni, Kernel::Avx2, Kernel::Portable];
+
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Avx512Vnni => "avx512-vnni",
             Kernel::Avx2 => "avx2",
+            // In the browser build the portable kernel is the simd128 one.
+            Kernel::Portable if cfg!(all(target_arch = "wasm32", target_feature = "simd128")) => "simd128",
             Kernel::Portable => "portable",
         }
     }
@@ -376,26 +380,98 @@ fn row_dots<const N: usize>(kernel: Kernel, w: &RowBlocks, tokens: &[Token; N]) 
         }
     }
     let _ = kernel;
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        tokens.map(|t| wasm::row_dot(w, &t))
+    }
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
     tokens.map(|t| row_dot_portable(w, &t))
 }
 
+#[cfg_attr(all(target_arch = "wasm32", target_feature = "simd128"), allow(dead_code))]
 fn row_dot_portable(w: &RowBlocks, t: &Token) -> f32 {
     let mut acc = 0f32;
-    for b in 0..w.d.len() {
-        let qx = &t.q[b * BLOCK..(b + 1) * BLOCK];
+    let qb = w.kind.quant_bytes();
+    for (b, (q, qx)) in w.qs.chunks_exact(qb).zip(t.q.chunks_exact(BLOCK)).enumerate() {
+        // Fixed-size views: no bounds checks inside, and loops the compiler can vectorize.
+        let qx: &[i8; BLOCK] = qx.try_into().expect("whole blocks");
         let sumi: i32 = match w.kind {
-            Kind::Q8_0 => w.qs[b * 32..(b + 1) * 32].iter().zip(qx).map(|(&a, &x)| (a as i8) as i32 * x as i32).sum(),
+            Kind::Q8_0 => {
+                let q: &[u8; 32] = q.try_into().expect("whole blocks");
+                let mut sum = 0i32;
+                for j in 0..32 {
+                    sum += (q[j] as i8) as i32 * qx[j] as i32;
+                }
+                sum
+            }
             Kind::Q4_0 | Kind::Q4_1 => {
-                let q = &w.qs[b * 16..(b + 1) * 16];
-                let lo: i32 = q.iter().zip(&qx[..16]).map(|(&a, &x)| (a & 15) as i32 * x as i32).sum();
-                let hi: i32 = q.iter().zip(&qx[16..]).map(|(&a, &x)| (a >> 4) as i32 * x as i32).sum();
-                lo + hi
+                let q: &[u8; 16] = q.try_into().expect("whole blocks");
+                let mut sum = 0i32;
+                for j in 0..16 {
+                    sum += (q[j] & 15) as i32 * qx[j] as i32 + (q[j] >> 4) as i32 * qx[j + 16] as i32;
+                }
+                sum
             }
         };
         let dw = f16(w.d[b]);
         acc += dw * t.d[b] * sumi as f32 + w.correction(b, dw, t);
     }
     acc
+}
+
+/// The browser's kernel: wasm `simd128` (every current browser has it; the build enables it in
+/// .cargo/config.toml). Bytes widen to i16 and `i32x4.dot_i16x8_s` adds pairs of products.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod wasm {
+    use super::{BLOCK, Kind, RowBlocks, Token, f16};
+    use core::arch::wasm32::*;
+
+    /// Sum of the 16 products of unsigned bytes `w` and signed bytes `x`, in four i32 lanes.
+    #[inline(always)]
+    fn dot16_u8_i8(w: v128, x: v128) -> v128 {
+        let lo = i32x4_dot_i16x8(u16x8_extend_low_u8x16(w), i16x8_extend_low_i8x16(x));
+        let hi = i32x4_dot_i16x8(u16x8_extend_high_u8x16(w), i16x8_extend_high_i8x16(x));
+        i32x4_add(lo, hi)
+    }
+
+    /// The same with signed `w` (Q8_0).
+    #[inline(always)]
+    fn dot16_i8_i8(w: v128, x: v128) -> v128 {
+        let lo = i32x4_dot_i16x8(i16x8_extend_low_i8x16(w), i16x8_extend_low_i8x16(x));
+        let hi = i32x4_dot_i16x8(i16x8_extend_high_i8x16(w), i16x8_extend_high_i8x16(x));
+        i32x4_add(lo, hi)
+    }
+
+    pub fn row_dot(w: &RowBlocks, t: &Token) -> f32 {
+        let qb = w.kind.quant_bytes();
+        let mut acc = 0f32;
+        for (b, (q, qx)) in w.qs.chunks_exact(qb).zip(t.q.chunks_exact(BLOCK)).enumerate() {
+            // SAFETY: `q` holds `qb` bytes and `qx` 32 (chunks_exact); unaligned loads.
+            let sums = unsafe {
+                let x0 = v128_load(qx.as_ptr() as *const v128);
+                let x1 = v128_load(qx.as_ptr().add(16) as *const v128);
+                match w.kind {
+                    Kind::Q8_0 => i32x4_add(
+                        dot16_i8_i8(v128_load(q.as_ptr() as *const v128), x0),
+                        dot16_i8_i8(v128_load(q.as_ptr().add(16) as *const v128), x1),
+                    ),
+                    Kind::Q4_0 | Kind::Q4_1 => {
+                        let packed = v128_load(q.as_ptr() as *const v128);
+                        let lo = v128_and(packed, u8x16_splat(15));
+                        let hi = u8x16_shr(packed, 4);
+                        i32x4_add(dot16_u8_i8(lo, x0), dot16_u8_i8(hi, x1))
+                    }
+                }
+            };
+            let sumi = i32x4_extract_lane::<0>(sums)
+                + i32x4_extract_lane::<1>(sums)
+                + i32x4_extract_lane::<2>(sums)
+                + i32x4_extract_lane::<3>(sums);
+            let dw = f16(w.d[b]);
+            acc += dw * t.d[b] * sumi as f32 + w.correction(b, dw, t);
+        }
+        acc
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -452,10 +528,21 @@ mod x86 {
             let blocks = w.d.len();
             debug_assert!(tokens.iter().all(|t| t.d.len() == blocks && t.q.len() == blocks * BLOCK));
             if w.kind == Kind::Q8_0 {
+                let lane = |k: i32| _mm256_set1_epi32(k);
                 for b in 0..blocks {
                     _mm_prefetch::<_MM_HINT_T0>(w.qs.as_ptr().wrapping_add(b * 32 + PREFETCH) as *const i8);
+                    if b % 32 == 0 {
+                        _mm_prefetch::<_MM_HINT_T0>(w.d.as_ptr().wrapping_add(b + PREFETCH / 16) as *const i8);
+                    }
+                    // Scales four blocks at a time.
+                    let (group, k) = (b / 4 * 4, (b % 4) as i32);
+                    let dw4 = if group + 4 <= blocks {
+                        _mm_cvtph_ps(_mm_loadl_epi64(w.d.as_ptr().add(group) as *const __m128i))
+                    } else {
+                        _mm_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(*w.d.get_unchecked(b) as i32))))
+                    };
+                    let k = if group + 4 <= blocks { k } else { 0 };
                     let v = _mm256_loadu_si256(w.qs.as_ptr().add(b * 32) as *const __m256i);
-                    let dw = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(*w.d.get_unchecked(b) as i32)));
                     for (i, t) in tokens.iter().enumerate() {
                         let x = _mm256_loadu_si256(t.q.as_ptr().add(b * BLOCK) as *const __m256i);
                         let start = _mm256_loadu_si256(t.start.as_ptr().add(b) as *const __m256i);
@@ -467,7 +554,8 @@ mod x86 {
                             let p = _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(x, v));
                             _mm256_madd_epi16(p, _mm256_set1_epi16(1))
                         };
-                        let scale = _mm256_set1_ps(dw * *t.d.get_unchecked(b));
+                        let dx = _mm_set1_ps(*t.d.get_unchecked(b));
+                        let scale = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_mul_ps(dw4, dx)), lane(k));
                         acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[i]);
                     }
                 }
