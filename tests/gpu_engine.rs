@@ -314,16 +314,36 @@ fn gpu_fused_and_unfused_layers_match_the_cpu() {
         let ids = prompt(9, 6);
         let opts = GenerateOptions { max_new_tokens: 20, stop_ids: vec![], keep_first_logits: true };
         let want = pollster::block_on(generate(&mut cpu, &ids, &opts, &|| false, &mut |_| Ok(()))).unwrap();
-        for linear in [LinearKernel::Cooperative, LinearKernel::RowPerThread] {
+        // The cooperative kernel adds its lanes' sums with subgroup shuffles (lavapipe offers
+        // subgroups of 8) or in workgroup memory; the row-per-thread kernel adds none.
+        let kernels = [
+            (LinearKernel::Cooperative, true),
+            (LinearKernel::Cooperative, false),
+            (LinearKernel::RowPerThread, false),
+        ];
+        for (linear, subgroups) in kernels {
             for fused in [true, false] {
                 // 5 KiB per binding (the odd shape's K cache of a layer) splits the stacked Q/K/V
                 // and paired gate/up matrices too.
                 for max_binding_bytes in [None, Some(5120)] {
-                    let gpu_opts =
-                        GpuOptions { quant: GpuQuant::F32, max_binding_bytes, linear, fused, ..GpuOptions::default() };
-                    let what =
-                        format!("hidden {}: {linear:?}, fused {fused}, binding {max_binding_bytes:?}", shape.hidden);
+                    let gpu_opts = GpuOptions {
+                        quant: GpuQuant::F32,
+                        max_binding_bytes,
+                        linear,
+                        fused,
+                        subgroups,
+                        ..GpuOptions::default()
+                    };
+                    let what = format!(
+                        "hidden {}: {linear:?}, subgroups {subgroups}, fused {fused}, binding {max_binding_bytes:?}",
+                        shape.hidden
+                    );
                     let mut g = engine(open(), gpu_with(gpu_opts));
+                    assert_eq!(
+                        g.backend.subgroup_size().is_some(),
+                        subgroups,
+                        "{what}: subgroups in use (lavapipe offers them)"
+                    );
                     let got = pollster::block_on(generate(&mut g, &ids, &opts, &|| false, &mut |_| Ok(()))).unwrap();
                     assert_close(
                         got.first_logits.as_ref().unwrap(),

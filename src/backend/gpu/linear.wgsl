@@ -5,22 +5,13 @@
 
 var<workgroup> partial: array<vec4<f32>, ROWS * LANES>; // per thread: sums for the 4 tokens
 
-// The sum of `v` over the lanes of this thread's row, in every lane. All threads call it.
-fn row_total(lid: u32, lane: u32, v: vec4<f32>) -> vec4<f32> {
-    workgroupBarrier();
-    partial[lid] = v;
-    workgroupBarrier();
-    for (var stride = LANES / 2u; stride > 0u; stride /= 2u) {
-        if (lane < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    return partial[lid - lane];
-}
+// `row_total(lid, lane, v)`, the sum of `v` over the lanes of this thread's row in every lane
+// (all threads call it), comes from the Rust side: a tree in workgroup memory, or with
+// subgroups a butterfly of shuffles within each subgroup (or row, if the subgroup is larger)
+// and, where a row spans several subgroups, one exchange in workgroup memory.
 
 @compute @workgroup_size(ROWS * LANES)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32 SUBGROUP_ARGS) {
     let r_local = lid / LANES;
     let lane = lid % LANES;
     let row = wg.x * ROWS + r_local;
@@ -31,12 +22,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         // Lanes take whole blocks in turn; the partial last block goes to lane 0.
         s = row_sums(row, xs, lane, LANES, lane == 0u);
     }
-    s.a = row_total(lid, lane, s.a);
+    s.a = row_total(lid, lane, s.a SUBGROUP_PASS);
     if (PAIRED) {
-        s.b = row_total(lid, lane, s.b);
+        s.b = row_total(lid, lane, s.b SUBGROUP_PASS);
     }
     if (NORM) {
-        s.squares = row_total(lid, lane, s.squares);
+        s.squares = row_total(lid, lane, s.squares SUBGROUP_PASS);
     }
     if (lane == 0u && row < p.rows) {
         store_tile(row, t0, s);

@@ -53,6 +53,10 @@ pub struct GpuOptions {
     /// raised them, and (natively) every op's output is kept, by name and in order, for
     /// `GpuBackend::take_trace`. Slow; for finding a fault.
     pub debug: bool,
+    /// Use subgroup operations where the adapter offers them (natively; wgpu has no subgroups on
+    /// the web yet) and they pass a startup check: the cooperative matrix kernel then adds its
+    /// lanes' sums with shuffles instead of a tree of barriers.
+    pub subgroups: bool,
 }
 
 /// `GpuOptions::max_rows` unless told otherwise: the engine's prefill chunk today.
@@ -67,6 +71,7 @@ impl Default for GpuOptions {
             max_rows: DEFAULT_MAX_ROWS,
             fused: true,
             debug: false,
+            subgroups: true,
         }
     }
 }
@@ -120,6 +125,65 @@ impl Activations {
     }
 }
 
+/// How the cooperative matrix kernel adds its lanes' sums (linear.wgsl's `row_total`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Reduce {
+    /// A tree in workgroup memory: five barriers per sum.
+    Workgroup,
+    /// Shuffles within subgroups, then one exchange in workgroup memory: two barriers.
+    Subgroup,
+}
+
+impl Reduce {
+    /// `row_total` and the text that replaces linear.wgsl's `SUBGROUP_ARGS` and `SUBGROUP_PASS`.
+    fn wgsl(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Reduce::Workgroup => (
+                "fn row_total(lid: u32, lane: u32, v: vec4<f32>) -> vec4<f32> {
+    workgroupBarrier();
+    partial[lid] = v;
+    workgroupBarrier();
+    for (var stride = LANES / 2u; stride > 0u; stride /= 2u) {
+        if (lane < stride) {
+            partial[lid] += partial[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    return partial[lid - lane];
+}
+",
+                "",
+                "",
+            ),
+            Reduce::Subgroup => (
+                "fn row_total(lid: u32, lane: u32, v: vec4<f32>, sg: u32) -> vec4<f32> {
+    // Lane i of a subgroup is invocation i % sg (checked at startup), rows are LANES-aligned:
+    // a butterfly over offsets below min(sg, LANES) sums each aligned cluster of that many lanes.
+    let cluster = min(sg, LANES);
+    var s = v;
+    for (var o = 1u; o < cluster; o *= 2u) {
+        s += subgroupShuffleXor(s, o);
+    }
+    workgroupBarrier();
+    if (lid % cluster == 0u) {
+        partial[lid / cluster] = s;
+    }
+    workgroupBarrier();
+    var t = vec4<f32>(0.0);
+    let first = (lid - lane) / cluster;
+    for (var c = 0u; c < LANES / cluster; c++) {
+        t += partial[first + c];
+    }
+    return t;
+}
+",
+                ", @builtin(subgroup_size) sg: u32",
+                ", sg",
+            ),
+        }
+    }
+}
+
 /// What a matrix kernel fuses around the product (linear_common.wgsl): the RMSNorm of its input,
 /// the residual add, SwiGLU over paired gate/up rows.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
@@ -151,7 +215,7 @@ impl Fusion {
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Kernel {
-    Linear(WeightFormat, Activations, Fusion),
+    Linear(WeightFormat, Activations, Fusion, Reduce),
     LinearRows(WeightFormat, Activations, Fusion),
     Embed(WeightFormat),
     RmsNorm,
@@ -165,6 +229,7 @@ enum Kernel {
     CopyRows,
     KvAppend,
     Argmax,
+    SubgroupProbe,
 }
 
 impl Kernel {
@@ -182,13 +247,11 @@ impl Kernel {
             WeightFormat::Q4Sym => include_str!("fmt_q4s.wgsl"),
         };
         match self {
-            Kernel::Linear(f, x, fusion) => format!(
-                "{}\n{}\n{}\n{}",
-                fmt(f),
-                fusion.wgsl(x),
-                include_str!("linear_common.wgsl"),
-                include_str!("linear.wgsl")
-            ),
+            Kernel::Linear(f, x, fusion, reduce) => {
+                let (row_total, args, pass) = reduce.wgsl();
+                let main = include_str!("linear.wgsl").replace("SUBGROUP_ARGS", args).replace("SUBGROUP_PASS", pass);
+                format!("{}\n{}\n{}\n{main}\n{row_total}", fmt(f), fusion.wgsl(x), include_str!("linear_common.wgsl"))
+            }
             Kernel::LinearRows(f, x, fusion) => format!(
                 "{}\n{}\n{}\n{}",
                 fmt(f),
@@ -210,6 +273,7 @@ impl Kernel {
             Kernel::Swiglu | Kernel::Add | Kernel::CopyRows => include_str!("elementwise.wgsl").into(),
             Kernel::KvAppend => include_str!("kv_append.wgsl").into(),
             Kernel::Argmax => include_str!("argmax.wgsl").into(),
+            Kernel::SubgroupProbe => include_str!("subgroup_probe.wgsl").into(),
         }
     }
     fn entry(self) -> &'static str {
@@ -400,6 +464,8 @@ pub struct GpuBackend {
     row_per_thread: bool,
     /// `Backend::steps_ahead` for this adapter.
     steps_ahead: usize,
+    /// The subgroup size the kernels were checked with, when subgroups are in use.
+    subgroup_size: Option<u32>,
     max_binding: u64,
     pipelines: RefCell<HashMap<Kernel, Rc<(wgpu::ComputePipeline, wgpu::BindGroupLayout)>>>,
     /// Bind groups by (kernel, parameter offset, buffers): the same few hundred recur every
@@ -438,10 +504,11 @@ impl GpuBackend {
             .map_err(|e| Error::Backend(format!("no WebGPU/Vulkan adapter available ({e}); use the CPU backend")))?;
         let info = adapter.get_info();
         let limits = adapter.limits();
+        let subgroups = opts.subgroups && adapter.features().contains(wgpu::Features::SUBGROUP);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("guardreasoner"),
-                required_features: wgpu::Features::empty(),
+                required_features: if subgroups { wgpu::Features::SUBGROUP } else { wgpu::Features::empty() },
                 required_limits: limits.clone(),
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
@@ -510,13 +577,14 @@ impl GpuBackend {
             LinearKernel::Cooperative => false,
             LinearKernel::RowPerThread => true,
         };
-        Ok(Self {
+        let mut gpu = Self {
             device,
             queue,
             adapter,
             opts,
             row_per_thread,
             steps_ahead: if on_cpu { STEPS_AHEAD_ON_CPU } else { STEPS_AHEAD },
+            subgroup_size: None,
             max_binding,
             pipelines: RefCell::new(HashMap::new()),
             bind_groups: RefCell::new(HashMap::new()),
@@ -531,11 +599,55 @@ impl GpuBackend {
             tokens_issued: std::cell::Cell::new(0),
             readback: RefCell::new(None),
             errors,
-        })
+        };
+        if subgroups {
+            gpu.subgroup_size = gpu.probe_subgroups().await?;
+        }
+        Ok(gpu)
     }
 
     pub fn adapter_name(&self) -> &str {
         &self.adapter
+    }
+
+    /// Run `subgroup_probe.wgsl` once: the subgroup size if every invocation of a workgroup is
+    /// lane `i % size` of its subgroup with one power-of-two size (what the subgroup kernels
+    /// assume), else None (they are not used).
+    async fn probe_subgroups(&self) -> Result<Option<u32>> {
+        let out = self.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("subgroup probe"),
+            size: (shared::GROUP * 8) as u64,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let pipeline = self.pipeline(Kernel::SubgroupProbe);
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.1,
+            entries: &[wgpu::BindGroupEntry { binding: 0, resource: out.as_entire_binding() }],
+        });
+        {
+            let mut pending = self.pending.borrow_mut();
+            let encoder = pending.encoder.get_or_insert_with(|| {
+                self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("probe") })
+            });
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+            pass.set_pipeline(&pipeline.0);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(1, 1, 1);
+        }
+        let bytes = self.read(&out, (shared::GROUP * 8) as u64).await?;
+        let words: &[u32] = bytemuck::cast_slice(&bytes);
+        let size = words[1];
+        let consistent = size.is_power_of_two()
+            && (4..=128).contains(&size)
+            && words.chunks_exact(2).enumerate().all(|(i, w)| w[1] == size && w[0] == i as u32 % size);
+        Ok(consistent.then_some(size))
+    }
+
+    /// The subgroup size the matrix kernels use, if they use subgroups.
+    pub fn subgroup_size(&self) -> Option<u32> {
+        self.subgroup_size
     }
 
     /// A matrix product with whatever it fuses (linear_common.wgsl), one dispatch per part.
@@ -566,7 +678,8 @@ impl GpuBackend {
         let (kernel, rows_per_group) = if self.row_per_thread {
             (Kernel::LinearRows(w.format, x_layout, fusion), shared::ROWS_PER_THREAD_GROUP)
         } else {
-            (Kernel::Linear(w.format, x_layout, fusion), shared::ROWS)
+            let reduce = if self.subgroup_size.is_some() { Reduce::Subgroup } else { Reduce::Workgroup };
+            (Kernel::Linear(w.format, x_layout, fusion, reduce), shared::ROWS)
         };
         let out = self.activation(p.n_tokens, out_cols)?;
         let eps = p.gain.map_or(0.0, |(_, eps)| eps);
@@ -964,7 +1077,10 @@ impl Backend for GpuBackend {
     type GateUp = GpuGateUp;
 
     fn describe(&self) -> String {
-        format!("gpu ({})", self.adapter)
+        match self.subgroup_size {
+            Some(n) => format!("gpu ({}, subgroups of {n})", self.adapter),
+            None => format!("gpu ({})", self.adapter),
+        }
     }
 
     fn device_bytes(&self) -> Option<u64> {
