@@ -245,6 +245,8 @@ struct QuantizedActs {
     /// Per token and pair: what the integer sums start from, `offset * sum(q)` of block A in lane
     /// 0 and of block B in lane 4 (Q4_0: -8; VNNI's Q8_0, per block in lane 0: -128).
     start: Vec<[i32; 8]>,
+    /// For Q4 weights, per token and pair: the scales spread as the sums are, `[dA x4, dB x4]`.
+    scales: Vec<[f32; 8]>,
 }
 
 impl QuantizedActs {
@@ -266,7 +268,7 @@ impl QuantizedActs {
             s[b] = half::f16::from_f32(scale * sum as f32).to_f32();
             isum[b] = sum;
         }
-        let mut acts = Self { blocks, q, d, s, isum, paired: Vec::new(), start: Vec::new() };
+        let mut acts = Self { blocks, q, d, s, isum, paired: Vec::new(), start: Vec::new(), scales: Vec::new() };
         if kernel != Kernel::Portable {
             acts.arrange(seq, kind, kernel);
         }
@@ -286,6 +288,7 @@ impl QuantizedActs {
                 let pairs = blocks.div_ceil(2);
                 self.paired = vec![0i8; seq * pairs * 64];
                 self.start = vec![[0; 8]; seq * pairs];
+                self.scales = vec![[0.0; 8]; seq * pairs];
                 for t in 0..seq {
                     for p in 0..pairs {
                         let out = &mut self.paired[(t * pairs + p) * 64..(t * pairs + p + 1) * 64];
@@ -298,6 +301,7 @@ impl QuantizedActs {
                             out[half * 16..half * 16 + 16].copy_from_slice(&src[..16]);
                             out[32 + half * 16..32 + half * 16 + 16].copy_from_slice(&src[16..]);
                             start[half * 4] = offset * self.isum[t * blocks + b];
+                            self.scales[t * pairs + p][half * 4..half * 4 + 4].fill(self.d[t * blocks + b]);
                         }
                         self.start[t * pairs + p] = start;
                     }
@@ -309,10 +313,11 @@ impl QuantizedActs {
     fn token(&self, t: usize) -> Token<'_> {
         let (b0, b1) = (t * self.blocks, (t + 1) * self.blocks);
         let pairs = self.blocks.div_ceil(2);
-        let (paired, start) = if self.paired.is_empty() {
-            (&[][..], if self.start.is_empty() { &[][..] } else { &self.start[b0..b1] })
+        let (paired, start, scales) = if self.paired.is_empty() {
+            (&[][..], if self.start.is_empty() { &[][..] } else { &self.start[b0..b1] }, &[][..])
         } else {
-            (&self.paired[t * pairs * 64..(t + 1) * pairs * 64], &self.start[t * pairs..(t + 1) * pairs])
+            let (p0, p1) = (t * pairs, (t + 1) * pairs);
+            (&self.paired[p0 * 64..p1 * 64], &self.start[p0..p1], &self.scales[p0..p1])
         };
         Token {
             q: &self.q[b0 * BLOCK..b1 * BLOCK],
@@ -321,6 +326,7 @@ impl QuantizedActs {
             isum: &self.isum[b0..b1],
             paired,
             start,
+            scales,
         }
     }
 }
@@ -345,6 +351,8 @@ struct Token<'a> {
     paired: &'a [i8],
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     start: &'a [[i32; 8]],
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    scales: &'a [[f32; 8]],
 }
 
 /// One row's blocks.
@@ -587,7 +595,8 @@ mod x86 {
                     if whole { (v.as_ptr().add(b) as *const i32).read_unaligned() } else { *v.get_unchecked(b) as i32 }
                 };
                 let dw = _mm_cvtph_ps(_mm_cvtsi32_si128(pick(w.d)));
-                let mw = if w.kind == Kind::Q4_1 { _mm_cvtph_ps(_mm_cvtsi32_si128(pick(w.m))) } else { dw };
+                let dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(dw), halves);
+                let mw = if w.kind == Kind::Q4_1 { _mm_cvtph_ps(_mm_cvtsi32_si128(pick(w.m))) } else { _mm_setzero_ps() };
                 for (i, t) in tokens.iter().enumerate() {
                     let x = t.paired.as_ptr().add(p * 64);
                     let start = _mm256_loadu_si256(t.start.as_ptr().add(p) as *const __m256i);
@@ -601,8 +610,7 @@ mod x86 {
                             _mm_set_ss(*v.get_unchecked(b))
                         }
                     };
-                    let scales = _mm_mul_ps(dw, two(t.d));
-                    let scales = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(scales), halves);
+                    let scales = _mm256_mul_ps(dw, _mm256_loadu_ps(t.scales.as_ptr().add(p) as *const f32));
                     acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scales, acc[i]);
                     if w.kind == Kind::Q4_1 {
                         offsets[i] = _mm_fmadd_ps(mw, two(t.s), offsets[i]);
