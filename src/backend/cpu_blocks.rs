@@ -596,7 +596,8 @@ mod x86 {
                 };
                 let dw = _mm_cvtph_ps(_mm_cvtsi32_si128(pick(w.d)));
                 let dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(dw), halves);
-                let mw = if w.kind == Kind::Q4_1 { _mm_cvtph_ps(_mm_cvtsi32_si128(pick(w.m))) } else { _mm_setzero_ps() };
+                let mw =
+                    if w.kind == Kind::Q4_1 { _mm_cvtph_ps(_mm_cvtsi32_si128(pick(w.m))) } else { _mm_setzero_ps() };
                 for (i, t) in tokens.iter().enumerate() {
                     let x = t.paired.as_ptr().add(p * 64);
                     let start = _mm256_loadu_si256(t.start.as_ptr().add(p) as *const __m256i);
