@@ -239,6 +239,12 @@ impl Backend for CpuBackend {
         };
         k_cache.slice_set(&to_heads(k, kv_heads)?, 1, pos)?;
         v_cache.slice_set(&to_heads(v, kv_heads)?, 1, pos)?;
+        if seq == 1 {
+            let q = q.flatten_all()?.to_vec1::<f32>()?;
+            let shape = DecodeShape { heads, kv_heads, head_dim, max_seq: cache.max_seq, total };
+            let out = with_f32(k_cache, |kc| with_f32(v_cache, |vc| Ok(decode_attention(&q, kc, vc, shape))))?;
+            return Ok(Tensor::from_vec(out, (1, heads * head_dim), &self.device)?);
+        }
         let keys = k_cache.narrow(1, 0, total)?; // (kv_heads, total, hd)
         let values = v_cache.narrow(1, 0, total)?;
         // Query head h reads KV head h / group: (heads, seq, hd) -> (kv_heads, group * seq, hd).
@@ -321,6 +327,61 @@ impl Backend for CpuBackend {
     async fn to_host(&self, x: &Tensor) -> Result<Vec<f32>> {
         Ok(x.flatten_all()?.to_vec1::<f32>()?)
     }
+}
+
+/// The sizes `decode_attention` works with.
+#[derive(Clone, Copy)]
+struct DecodeShape {
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    max_seq: usize,
+    /// Cached positions to attend to (the new one included).
+    total: usize,
+}
+
+/// A contiguous f32 tensor's values, borrowed.
+fn with_f32<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
+    let (storage, layout) = t.storage_and_layout();
+    let (start, end) =
+        layout.contiguous_offsets().ok_or_else(|| Error::Backend("the KV cache is not contiguous".into()))?;
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => f(&cpu.as_slice::<f32>()?[start..end]),
+        _ => Err(Error::Backend("the KV cache is not in host memory".into())),
+    }
+}
+
+/// One query's attention straight over the cache `(kv_heads, max_seq, head_dim)`: per query
+/// head, its scores over the cached keys, a softmax, and the weighted sum of the values; f32
+/// throughout, heads in parallel. A decode step's attention without candle's copies of the
+/// cached keys and values (they grow with the context).
+fn decode_attention(q: &[f32], kc: &[f32], vc: &[f32], s: DecodeShape) -> Vec<f32> {
+    use rayon::prelude::*;
+    let DecodeShape { heads, kv_heads, head_dim: hd, max_seq, total } = s;
+    let group = heads / kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut out = vec![0f32; heads * hd];
+    out.par_chunks_mut(hd).enumerate().for_each(|(h, o)| {
+        let qh = &q[h * hd..(h + 1) * hd];
+        let base = (h / group) * max_seq * hd;
+        let keys = &kc[base..base + total * hd];
+        let values = &vc[base..base + total * hd];
+        let mut scores: Vec<f32> =
+            keys.chunks_exact(hd).map(|k| k.iter().zip(qh).map(|(a, b)| a * b).sum::<f32>() * scale).collect();
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let mut sum = 0f32;
+        for v in &mut scores {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        for (w, v) in scores.iter().zip(values.chunks_exact(hd)) {
+            let p = w / sum;
+            for (o, x) in o.iter_mut().zip(v) {
+                *o += p * x;
+            }
+        }
+    });
+    out
 }
 
 /// Index of the largest value, the first one on ties (as `torch.argmax` and llama.cpp do).
