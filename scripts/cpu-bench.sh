@@ -65,8 +65,18 @@ results="$out/results.jsonl"
 cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 for model in $models; do
     echo "ours: $model" >&2
-    "$bin" bench --model "$model" --quiet --prompt-tokens "$prompt" --gen "$gen" --threads "$threads" --json \
-        | python3 -c 'import json,sys; r=json.load(sys.stdin); r["engine"]="guardreasoner"; print(json.dumps(r))' >> "$results"
+    # As llama-bench measures: prefill of the whole prompt, and decode from an empty context
+    # (its tg test has no prompt), so two runs: the prompt, then one token and the new tokens.
+    prefill="$("$bin" bench --model "$model" --quiet --prompt-tokens "$prompt" --gen 1 --threads "$threads" --json)"
+    decode="$("$bin" bench --model "$model" --quiet --prompt-tokens 1 --gen "$gen" --threads "$threads" --json)"
+    python3 -c '
+import json, sys
+p, d = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+p["engine"] = "guardreasoner"
+p["decode_tokens_per_s"] = d["decode_tokens_per_s"]
+p["peak_host_bytes"] = max(p["peak_host_bytes"] or 0, d["peak_host_bytes"] or 0)
+print(json.dumps(p))
+' "$prefill" "$decode" >> "$results"
     echo "llama.cpp: $model" >&2
     "$llama_bench" -m "$model" -p "$prompt" -n "$gen" -t "$threads" -r 2 -o json 2>/dev/null | python3 -c '
 import json, sys
