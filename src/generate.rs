@@ -60,8 +60,6 @@ pub struct Pipeline<B: Backend> {
     newest: B::Token,
     /// Ids read so far, in order.
     read: Vec<u32>,
-    /// Tokens chosen so far.
-    chosen: usize,
     /// The cache position of the first chosen token.
     start: usize,
 }
@@ -70,27 +68,26 @@ impl<B: Backend> Pipeline<B> {
     /// Start from the logits of a prompt's last token (`Engine::prefill`).
     pub fn new(engine: &Engine<B>, logits: &B::Act) -> Result<Self> {
         let first = engine.backend.choose(logits)?;
-        Ok(Self {
-            unread: VecDeque::from([first.clone()]),
-            newest: first,
-            read: Vec::new(),
-            chosen: 1,
-            start: engine.position(),
-        })
+        Ok(Self { unread: VecDeque::from([first.clone()]), newest: first, read: Vec::new(), start: engine.position() })
     }
 
     /// Queue steps until `steps_ahead` tokens wait behind the next unread one, without choosing
     /// more than `limit` tokens in all or running past the context.
     pub fn fill(&mut self, engine: &mut Engine<B>, limit: usize) -> Result<()> {
         let ahead = engine.backend.steps_ahead();
-        while self.unread.len() <= ahead && self.chosen < limit && engine.position() < engine.context_len() {
-            let known = self.read.get(self.chosen - 1).copied();
+        while self.unread.len() <= ahead && self.chosen() < limit && engine.position() < engine.context_len() {
+            // The step feeds the newest token: known if the host has read it.
+            let known = self.read.get(self.chosen() - 1).copied();
             let logits = engine.step_token(&self.newest, known)?;
             self.newest = engine.backend.choose(&logits)?;
             self.unread.push_back(self.newest.clone());
-            self.chosen += 1;
         }
         Ok(())
+    }
+
+    /// Tokens chosen so far, read or not.
+    fn chosen(&self) -> usize {
+        self.read.len() + self.unread.len()
     }
 
     /// The next token's id, in order; `None` when no token is left to read (nothing more could

@@ -42,6 +42,18 @@ fn assert_close(got: &[f32], want: &[f32], atol: f32, rtol: f32, what: &str) {
     }
 }
 
+/// Two generations agree: first logits within the float bound, greedy tokens identical.
+fn assert_same_generation(got: &Generation, want: &Generation, what: &str) {
+    assert_close(
+        got.first_logits.as_ref().unwrap(),
+        want.first_logits.as_ref().unwrap(),
+        LOGIT_ATOL,
+        LOGIT_RTOL,
+        &format!("{what}: first logits"),
+    );
+    assert_eq!(got.tokens, want.tokens, "{what}: greedy tokens");
+}
+
 fn prompt(len: usize, seed: u64) -> Vec<u32> {
     let mut rng = SplitMix(seed);
     (0..len).map(|_| rng.below(256) as u32).collect()
@@ -81,14 +93,8 @@ fn gpu_decode_steps_match_cpu_with_forced_splitting() {
     let opts = GenerateOptions { max_new_tokens: 50, stop_ids: vec![], keep_first_logits: true };
     let a = pollster::block_on(generate(&mut cpu, &ids, &opts, &|| false, &mut |_| Ok(()))).unwrap();
     let b = pollster::block_on(generate(&mut g, &ids, &opts, &|| false, &mut |_| Ok(()))).unwrap();
-    assert_close(
-        b.first_logits.as_ref().unwrap(),
-        a.first_logits.as_ref().unwrap(),
-        LOGIT_ATOL,
-        LOGIT_RTOL,
-        "first logits",
-    );
-    assert_eq!(a.tokens, b.tokens, "greedy tokens over 50 steps (crosses 64-key attention blocks)");
+    // 50 steps cross the attention kernel's 64-key blocks.
+    assert_same_generation(&b, &a, "forced splitting");
 }
 
 /// The tensors as a GGUF of `dtype` holds them: each matrix quantized and dequantized.
@@ -219,15 +225,7 @@ fn gpu_runs_any_width_as_the_cpu_does() {
     for max_binding in [None, Some(5120)] {
         let mut g = engine(open(), gpu(GpuQuant::F32, max_binding));
         let got = pollster::block_on(generate(&mut g, &ids, &opts, &|| false, &mut |_| Ok(()))).unwrap();
-        let what = format!("odd widths, binding limit {max_binding:?}");
-        assert_close(
-            got.first_logits.as_ref().unwrap(),
-            want.first_logits.as_ref().unwrap(),
-            LOGIT_ATOL,
-            LOGIT_RTOL,
-            &what,
-        );
-        assert_eq!(got.tokens, want.tokens, "{what}: greedy tokens over 40 steps");
+        assert_same_generation(&got, &want, &format!("odd widths, binding limit {max_binding:?}"));
     }
     // Quantized on load: the padded last block is quantized with its row and never summed.
     let mut q8 = engine(open(), gpu(GpuQuant::Q8, None));
@@ -345,14 +343,7 @@ fn gpu_fused_and_unfused_layers_match_the_cpu() {
                         "{what}: subgroups in use (lavapipe offers them)"
                     );
                     let got = pollster::block_on(generate(&mut g, &ids, &opts, &|| false, &mut |_| Ok(()))).unwrap();
-                    assert_close(
-                        got.first_logits.as_ref().unwrap(),
-                        want.first_logits.as_ref().unwrap(),
-                        LOGIT_ATOL,
-                        LOGIT_RTOL,
-                        &what,
-                    );
-                    assert_eq!(got.tokens, want.tokens, "{what}: greedy tokens");
+                    assert_same_generation(&got, &want, &what);
                 }
             }
         }

@@ -714,6 +714,25 @@ impl GpuBackend {
         Ok(out)
     }
 
+    /// Rows of `table` into `out` for the `out.rows` ids at `ids[first..]` (embed.wgsl), one
+    /// dispatch per part of the table.
+    fn lookup(&self, table: &GpuMatrix, ids: &wgpu::Buffer, first: usize, out: &GpuAct) -> Result<()> {
+        for part in &table.parts {
+            let p = params(&[
+                part.row_start as u32,
+                part.rows as u32,
+                table.cols as u32,
+                out.rows as u32,
+                table.stride as u32,
+                first as u32,
+            ]);
+            let mut buffers = vec![ids, out.buffer()];
+            buffers.extend(part.buffers());
+            self.dispatch(Kernel::Embed(table.format), &p, &buffers, (out.rows as u32, 1))?;
+        }
+        Ok(())
+    }
+
     fn check_attention(&self, cache: &GpuCache, layer: usize, seq: usize, pos: usize) -> Result<()> {
         if pos + seq > cache.max_seq {
             return Err(Error::Prompt(format!(
@@ -1195,19 +1214,7 @@ impl Backend for GpuBackend {
         // Queue writes land before the next submit: submit what reads earlier ids first.
         self.flush();
         self.queue.write_buffer(ids_act.buffer(), 0, bytemuck::cast_slice(ids));
-        for part in &table.parts {
-            let p = params(&[
-                part.row_start as u32,
-                part.rows as u32,
-                table.cols as u32,
-                ids.len() as u32,
-                table.stride as u32,
-                0,
-            ]);
-            let mut buffers = vec![ids_act.buffer(), out.buffer()];
-            buffers.extend(part.buffers());
-            self.dispatch(Kernel::Embed(table.format), &p, &buffers, (ids.len() as u32, 1))?;
-        }
+        self.lookup(table, ids_act.buffer(), 0, &out)?;
         self.op_done("embed", out)
     }
 
@@ -1397,19 +1404,7 @@ impl Backend for GpuBackend {
     fn embed_token(&self, table: &Rc<GpuMatrix>, token: &GpuToken) -> Result<GpuAct> {
         self.check_token(token)?;
         let out = self.activation(1, table.cols)?;
-        for part in &table.parts {
-            let p = params(&[
-                part.row_start as u32,
-                part.rows as u32,
-                table.cols as u32,
-                1,
-                table.stride as u32,
-                token.slot as u32,
-            ]);
-            let mut buffers = vec![&self.token_buffer, out.buffer()];
-            buffers.extend(part.buffers());
-            self.dispatch(Kernel::Embed(table.format), &p, &buffers, (1, 1))?;
-        }
+        self.lookup(table, &self.token_buffer, token.slot, &out)?;
         self.op_done("embed_token", out)
     }
 
