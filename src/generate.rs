@@ -25,6 +25,8 @@ pub enum StopReason {
     Eos,
     MaxTokens,
     ContextFull,
+    /// Batched runs only (`batch::run_batch`): the caller cancelled while it was in flight.
+    Cancelled,
 }
 
 #[derive(Debug, Clone)]
@@ -67,7 +69,7 @@ pub struct Pipeline<B: Backend> {
 impl<B: Backend> Pipeline<B> {
     /// Start from the logits of a prompt's last token (`Engine::prefill`).
     pub fn new(engine: &Engine<B>, logits: &B::Act) -> Result<Self> {
-        let first = engine.backend.choose(logits)?;
+        let first = only(engine.backend.choose(logits)?)?;
         Ok(Self { unread: VecDeque::from([first.clone()]), newest: first, read: Vec::new(), start: engine.position() })
     }
 
@@ -79,7 +81,7 @@ impl<B: Backend> Pipeline<B> {
             // The step feeds the newest token: known if the host has read it.
             let known = self.read.get(self.chosen() - 1).copied();
             let logits = engine.step_token(&self.newest, known)?;
-            self.newest = engine.backend.choose(&logits)?;
+            self.newest = only(engine.backend.choose(&logits)?)?;
             self.unread.push_back(self.newest.clone());
         }
         Ok(())
@@ -109,9 +111,19 @@ impl<B: Backend> Pipeline<B> {
     }
 }
 
+/// The one token of a one-row choice.
+pub fn only<T>(tokens: Vec<T>) -> Result<T> {
+    let n = tokens.len();
+    let mut tokens = tokens.into_iter();
+    match (tokens.next(), n) {
+        (Some(t), 1) => Ok(t),
+        _ => Err(Error::Backend(format!("{n} tokens chosen where one row was expected"))),
+    }
+}
+
 /// Greedy decoding. `is_cancelled` is polled before every token, so a cancel takes effect within
 /// one token (plus the steps already queued on the device); `on_progress` sees the prompt finish
-/// and every new token.
+/// and every new token. The prompt reuses what slot 0 holds (`Engine::prefill`).
 pub async fn generate<B: Backend>(
     engine: &mut Engine<B>,
     prompt: &[u32],
@@ -119,10 +131,23 @@ pub async fn generate<B: Backend>(
     is_cancelled: &dyn Fn() -> bool,
     on_progress: &mut dyn FnMut(Progress) -> Result<()>,
 ) -> Result<Generation> {
+    generate_in(engine, prompt, false, opts, is_cancelled, on_progress).await
+}
+
+/// As `generate`, the prompt starting from the shared prefix when `shared` (`Engine::start` in
+/// slot 0: the arithmetic of one item of a batch, whatever ran before).
+pub async fn generate_in<B: Backend>(
+    engine: &mut Engine<B>,
+    prompt: &[u32],
+    shared: bool,
+    opts: &GenerateOptions,
+    is_cancelled: &dyn Fn() -> bool,
+    on_progress: &mut dyn FnMut(Progress) -> Result<()>,
+) -> Result<Generation> {
     if is_cancelled() {
         return Err(Error::Cancelled);
     }
-    let (logits, reused) = engine.prefill(prompt)?;
+    let (logits, reused) = if shared { engine.start(0, prompt)? } else { engine.prefill(prompt)? };
     on_progress(Progress::PromptDone { prompt_tokens: prompt.len(), reused_tokens: reused })?;
     let first_logits = if opts.keep_first_logits { Some(engine.backend.to_host(&logits).await?) } else { None };
     let mut pipe = Pipeline::new(engine, &logits)?;

@@ -3,6 +3,7 @@
 //! terminal; compiles to wasm32-unknown-unknown as well as natively.
 
 pub mod backend;
+pub mod batch;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -263,9 +263,9 @@ fn unpermute_gguf_rows(t: &mut HostTensor, heads: usize) -> Result<()> {
     Ok(())
 }
 
-/// One forward pass over the embedded tokens `x` `(seq, hidden)` at positions `pos..pos + seq`,
-/// appending to the KV cache; returns the logits `(1, vocab)` that predict the token after the
-/// last one.
+/// One forward pass over the embedded tokens `x` `(seq, hidden)`, each row at its place in `rows`
+/// (a prompt chunk, or one row per sequence of a batch), appending to the KV cache; returns the
+/// logits `(spans, vocab)` that predict the token after each span's last.
 pub fn forward<B: Backend>(
     b: &B,
     w: &ModelWeights<B>,
@@ -273,14 +273,14 @@ pub fn forward<B: Backend>(
     c: &LlamaConfig,
     cache: &mut B::Cache,
     mut x: B::Act,
-    pos: usize,
+    rows: &B::Rows,
 ) -> Result<B::Act> {
     let eps = c.rms_norm_eps;
     for (l, layer) in w.layers.iter().enumerate() {
-        let attn = b.self_attention(&x, &layer.attn_norm, eps, &layer.qkv, rope, cache, l, pos)?; // (seq, heads * hd)
+        let attn = b.self_attention(&x, &layer.attn_norm, eps, &layer.qkv, rope, cache, l, rows)?; // (seq, heads * hd)
         x = b.linear_residual(&attn, &layer.o, &x)?;
         let mlp = b.norm_swiglu(&x, &layer.mlp_norm, eps, &layer.gate_up)?; // (seq, intermediate)
         x = b.linear_residual(&mlp, &layer.down, &x)?;
     }
-    b.logits(&x, &w.final_norm, eps, &w.lm_head) // (1, vocab)
+    b.logits(&x, &w.final_norm, eps, &w.lm_head, rows) // (spans, vocab)
 }

@@ -7,10 +7,11 @@ use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cpu_blocks;
 use crate::backend::gpu::{GpuBackend, GpuOptions, GpuQuant, LinearKernel};
-use crate::engine::{Engine, PREFILL_CHUNK};
+use crate::batch::{BatchEvent, BatchStats, Request, run_batch};
+use crate::engine::{Engine, PREFILL_CHUNK, PREFIX_MAX};
 use crate::error::{Error, Result};
-use crate::generate::{Detokenizer, GenerateOptions, Pipeline, Progress, StopReason, generate};
-use crate::guard::{GuardEvent, ReasoningParser, TaskReasoning, guard_prompt};
+use crate::generate::{Detokenizer, GenerateOptions, Pipeline, Progress, StopReason, generate, generate_in, only};
+use crate::guard::{GuardEvent, ReasoningParser, TaskReasoning, guard_prompt, shared_prefix};
 use crate::loader::{ModelIdentity, OpenedModel};
 use crate::tokenizer::TextTokenizer;
 use candle_core::quantized::GgmlDType;
@@ -176,6 +177,7 @@ impl From<StopReason> for Stop {
             StopReason::Eos => Stop::Eos,
             StopReason::MaxTokens => Stop::MaxTokens,
             StopReason::ContextFull => Stop::ContextFull,
+            StopReason::Cancelled => Stop::Cancelled,
         }
     }
 }
@@ -206,8 +208,8 @@ pub struct Timings {
 }
 
 impl Timings {
-    fn measure(started: Instant, first_token: Option<f64>, ran_prompt_tokens: usize, new_tokens: usize) -> Self {
-        let total = started.elapsed().as_secs_f64();
+    /// `total` seconds, the first token at `first_token` seconds.
+    fn measure(total: f64, first_token: Option<f64>, ran_prompt_tokens: usize, new_tokens: usize) -> Self {
         let decode = first_token.map(|first| total - first).filter(|s| *s > 0.0 && new_tokens > 1);
         Timings {
             total_seconds: total,
@@ -302,6 +304,21 @@ pub struct SpeedReport {
     pub host_encode_us_per_token: Option<f64>,
 }
 
+/// Decode speed of `batch` sequences stepping together, from `Session::batch_speed_test`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchSpeed {
+    pub batch: usize,
+    /// Steps timed (each sequence gains one token a step).
+    pub gen_tokens: usize,
+    pub decode_s: f64,
+    /// Tokens of every sequence together per second.
+    pub aggregate_decode_tokens_per_s: f64,
+    /// One sequence's tokens per second.
+    pub per_sequence_decode_tokens_per_s: f64,
+    /// What one step (a token for each sequence) costs the backend, where it counts.
+    pub per_step: Option<PerToken>,
+}
+
 /// Per decode step, averaged: GPU dispatches, compute passes, queue submits, buffer copies
 /// (`readback_copies`: the token id into a staging buffer) and blocking waits (see
 /// `backend::Counters`).
@@ -317,6 +334,139 @@ pub struct PerToken {
     pub submit_us: f64,
 }
 
+/// Most conversations one session decodes together (the GPU's activation rows bound it).
+pub const MAX_BATCH: usize = PREFILL_CHUNK;
+
+/// Most bytes the KV cache may take where memory is known to be tight: wasm32 addresses 4 GiB,
+/// which the weights on the CPU share.
+#[cfg(target_arch = "wasm32")]
+const WASM_MEMORY: u64 = 4 << 30;
+
+/// Refuses, before anything loads, a KV cache that cannot be held: in wasm the cache and the
+/// CPU weights share 4 GiB. Names the sizes and the options that shrink them.
+fn check_cache_budget(
+    config: &crate::config::LlamaConfig,
+    weight_bytes: u64,
+    context: usize,
+    batch: usize,
+) -> Result<()> {
+    let cache = Engine::<CpuBackend>::cache_bytes(config, context, batch, PREFIX_MAX);
+    #[cfg(target_arch = "wasm32")]
+    let limit = Some(WASM_MEMORY.saturating_sub(weight_bytes.min(WASM_MEMORY) + (256 << 20)));
+    #[cfg(not(target_arch = "wasm32"))]
+    let limit: Option<u64> = {
+        let _ = weight_bytes;
+        None
+    };
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    match limit {
+        Some(limit) if cache > limit => Err(Error::Backend(format!(
+            "a KV cache for {batch} conversations of {context} tokens needs {:.2} GiB, more than the {:.2} GiB left beside the weights; lower the batch or the context (--batch, --context)",
+            gib(cache),
+            gib(limit)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// One item of `classify_many` in flight: its text, parser and timings.
+struct ItemRun {
+    started: Instant,
+    /// Seconds its prompt took before `started`.
+    prefill_s: f64,
+    first_token: Option<f64>,
+    detokenizer: Detokenizer,
+    parser: ReasoningParser,
+    text: String,
+    verdict_found: bool,
+    prompt_tokens: usize,
+    reused_tokens: usize,
+}
+
+impl ItemRun {
+    fn new(prompt_tokens: usize, reused_tokens: usize, prefill_s: f64) -> Self {
+        Self {
+            started: Instant::now(),
+            prefill_s,
+            first_token: None,
+            detokenizer: Detokenizer::new(),
+            parser: ReasoningParser::new(),
+            text: String::new(),
+            verdict_found: false,
+            prompt_tokens,
+            reused_tokens,
+        }
+    }
+
+    fn pass_on(
+        &mut self,
+        events: Vec<GuardEvent>,
+        on_event: &mut dyn FnMut(ClassifyEvent) -> Result<()>,
+    ) -> Result<()> {
+        for event in events.iter().filter(|e| !matches!(e, GuardEvent::Done)) {
+            self.verdict_found |= matches!(event, GuardEvent::Verdict { .. });
+            on_event(ClassifyEvent::Guard(event))?;
+        }
+        Ok(())
+    }
+
+    fn text(&mut self, delta: &str, on_event: &mut dyn FnMut(ClassifyEvent) -> Result<()>) -> Result<()> {
+        if delta.is_empty() {
+            return Ok(());
+        }
+        self.text.push_str(delta);
+        on_event(ClassifyEvent::Token(delta))?;
+        let events = self.parser.push(delta);
+        self.pass_on(events, on_event)
+    }
+
+    fn token(
+        &mut self,
+        tokenizer: &TextTokenizer,
+        id: u32,
+        on_event: &mut dyn FnMut(ClassifyEvent) -> Result<()>,
+    ) -> Result<()> {
+        let at = self.prefill_s + self.started.elapsed().as_secs_f64();
+        self.first_token.get_or_insert(at);
+        let delta = self.detokenizer.push(tokenizer, id)?;
+        self.text(&delta, on_event)
+    }
+
+    fn finish(
+        mut self,
+        tokenizer: &TextTokenizer,
+        stop: Stop,
+        new_tokens: usize,
+        on_event: &mut dyn FnMut(ClassifyEvent) -> Result<()>,
+    ) -> Result<Classification> {
+        let tail = self.detokenizer.finish(tokenizer)?;
+        self.text(&tail, on_event)?;
+        let events = self.parser.finish();
+        self.pass_on(events, on_event)?;
+        let result = self.parser.result();
+        let ran = self.prompt_tokens - self.reused_tokens.min(self.prompt_tokens);
+        Ok(Classification {
+            request: result.request.clone(),
+            completion: result.completion.clone(),
+            response: result.response.clone(),
+            verdict_found: self.verdict_found,
+            problem: (!self.verdict_found).then(|| no_verdict_problem(stop, new_tokens)),
+            tasks: result.tasks.clone(),
+            text: self.text,
+            prompt_tokens: self.prompt_tokens,
+            reused_tokens: self.reused_tokens,
+            new_tokens,
+            stop,
+            timings: Timings::measure(
+                self.prefill_s + self.started.elapsed().as_secs_f64(),
+                self.first_token,
+                ran,
+                new_tokens,
+            ),
+        })
+    }
+}
+
 /// A loaded model, ready to run. One run at a time (`&mut self`).
 pub struct Session {
     engine: AnyEngine,
@@ -328,16 +478,32 @@ pub struct Session {
 
 impl Session {
     /// Loads `model` onto the chosen backend with a KV cache of `context` tokens (capped by the
-    /// model's). `progress(done_bytes, total_bytes)` while tensors load. With `Device::Auto` a
-    /// GPU that cannot be set up or cannot hold the model leaves the CPU, and `fallback` says why.
+    /// model's) for one conversation at a time. `progress(done_bytes, total_bytes)` while
+    /// tensors load. With `Device::Auto` a GPU that cannot be set up or cannot hold the model
+    /// leaves the CPU, and `fallback` says why.
     pub async fn load(
         model: OpenedModel,
         choice: BackendChoice,
         context: usize,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Self> {
+        Self::load_batched(model, choice, context, 1, progress).await
+    }
+
+    /// As `load`, with a KV cache for `batch` conversations of `context` tokens each, decoded
+    /// together (`classify_many`). The cache is budgeted before any weight loads: one that
+    /// cannot fit fails with the sizes and the options to lower.
+    pub async fn load_batched(
+        model: OpenedModel,
+        choice: BackendChoice,
+        context: usize,
+        batch: usize,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Self> {
         let OpenedModel { mut files, tokenizer, identity } = model;
         let context = context.max(1);
+        let batch = batch.clamp(1, MAX_BATCH);
+        check_cache_budget(&files.config, files.weight_bytes(), context, batch)?;
         let mut fallback = None;
         if choice.device != Device::Cpu {
             let options = GpuOptions {
@@ -351,7 +517,7 @@ impl Session {
             let loaded = match GpuBackend::new(options).await {
                 Ok(gpu) => files
                     .load(&gpu, progress)
-                    .and_then(|weights| Engine::new(gpu, files.config.clone(), weights, context)),
+                    .and_then(|weights| Engine::new(gpu, files.config.clone(), weights, context, batch, PREFIX_MAX)),
                 Err(e) => Err(e),
             };
             match loaded {
@@ -379,7 +545,7 @@ impl Session {
         }
         let cpu = CpuBackend::new(choice.quant.cpu());
         let weights = files.load(&cpu, progress)?;
-        let engine = Engine::new(cpu, files.config.clone(), weights, context)?;
+        let engine = Engine::new(cpu, files.config.clone(), weights, context, batch, PREFIX_MAX)?;
         let backend = engine.backend.describe();
         Ok(Self { engine: AnyEngine::Cpu(engine), tokenizer, backend, fallback, identity })
     }
@@ -403,9 +569,14 @@ impl Session {
         &self.tokenizer
     }
 
-    /// Tokens the KV cache holds (prompt + new tokens).
+    /// Tokens the KV cache holds for one conversation (prompt + new tokens).
     pub fn context_len(&self) -> usize {
         on_engine!(&self.engine, e => e.context_len())
+    }
+
+    /// Conversations the KV cache holds at once (`load_batched`).
+    pub fn batch(&self) -> usize {
+        on_engine!(&self.engine, e => e.slots())
     }
 
     /// Bytes of device buffers (GPU), where there is a device.
@@ -460,7 +631,12 @@ impl Session {
         if !tail.is_empty() {
             on_token(None, &tail)?;
         }
-        let timings = Timings::measure(started, first_token, ids.len() - reused.min(ids.len()), tokens.len());
+        let timings = Timings::measure(
+            started.elapsed().as_secs_f64(),
+            first_token,
+            ids.len() - reused.min(ids.len()),
+            tokens.len(),
+        );
         Ok(Generated { prompt_tokens: ids.len(), reused_tokens: reused, stop, timings, first_logits, tokens })
     }
 
@@ -479,7 +655,8 @@ impl Session {
 
     /// Runs a complete GuardReasoner prompt text (instruction and conversation, as the benchmark
     /// files hold it; BOS is added here), streaming each text delta and the reasoning events it
-    /// completes, and returns the verdicts, the reasoning, the text and the counts.
+    /// completes, and returns the verdicts, the reasoning, the text and the counts. The same
+    /// path as one item of `classify_many`, so the answer is the same byte for byte.
     pub async fn classify(
         &mut self,
         text: &str,
@@ -487,42 +664,167 @@ impl Session {
         is_cancelled: &dyn Fn() -> bool,
         on_event: &mut dyn FnMut(ClassifyEvent) -> Result<()>,
     ) -> Result<Classification> {
-        let ids = self.tokenizer.encode_prompt(text)?;
-        let mut parser = ReasoningParser::new();
-        let mut generated_text = String::new();
-        let mut verdict_found = false;
-        let mut pass_on = |event: &GuardEvent, on_event: &mut dyn FnMut(ClassifyEvent) -> Result<()>| {
-            verdict_found |= matches!(event, GuardEvent::Verdict { .. });
-            on_event(ClassifyEvent::Guard(event))
+        let mut item = Some((0, text.to_string()));
+        let mut result = None;
+        self.classify_many(
+            1,
+            &mut || Ok(item.take()),
+            options,
+            is_cancelled,
+            &mut |_, event| on_event(event),
+            &mut |_, classification| {
+                result = Some(classification);
+                Ok(())
+            },
+        )
+        .await?;
+        result.ok_or(Error::Cancelled)?
+    }
+
+    /// Classifies many GuardReasoner prompt texts, up to `batch` at once (at most the batch the
+    /// session was loaded for), decoded together with continuous batching (`batch::run_batch`):
+    /// `next` gives `(item, text)` whenever a slot is free, `on_event(item, event)` streams each
+    /// item's deltas and reasoning events, `on_done(item, result)` gives each result as its item
+    /// finishes (not in order), or the error that kept it from starting (`Error::Prompt`: too
+    /// long for the context, ...; the others go on). Every item's answer is the one `classify`
+    /// gives it alone. `is_cancelled` is polled before every step: items in flight end as
+    /// `Stop::Cancelled` (passed to `on_done`) and no more are pulled.
+    pub async fn classify_many(
+        &mut self,
+        batch: usize,
+        next: &mut dyn FnMut() -> Result<Option<(usize, String)>>,
+        options: &RunOptions,
+        is_cancelled: &dyn Fn() -> bool,
+        on_event: &mut dyn FnMut(usize, ClassifyEvent) -> Result<()>,
+        on_done: &mut dyn FnMut(usize, Result<Classification>) -> Result<()>,
+    ) -> Result<BatchStats> {
+        let prefix = self.tokenizer.encode_prompt(&shared_prefix())?;
+        let tokenizer = &self.tokenizer;
+        let mut items: std::collections::HashMap<usize, ItemRun> = std::collections::HashMap::new();
+        let mut pull = || -> Result<Option<(usize, Request)>> {
+            let Some((item, text)) = next()? else { return Ok(None) };
+            let ids = tokenizer.encode_prompt(&text)?;
+            Ok(Some((item, Request { ids, max_new_tokens: options.max_new_tokens })))
         };
-        let generated = self
-            .generate(&ids, options, is_cancelled, &mut |_, delta| {
-                if delta.is_empty() {
-                    return Ok(());
+        let mut handle = |event: BatchEvent| -> Result<()> {
+            match event {
+                BatchEvent::Started { item, prompt_tokens, reused_tokens, prefill_s, .. } => {
+                    items.insert(item, ItemRun::new(prompt_tokens, reused_tokens, prefill_s));
                 }
-                generated_text.push_str(delta);
-                on_event(ClassifyEvent::Token(delta))?;
-                parser.push(delta).iter().try_for_each(|event| pass_on(event, on_event))
+                BatchEvent::Token { item, id } => {
+                    if let Some(run) = items.get_mut(&item) {
+                        run.token(tokenizer, id, &mut |e| on_event(item, e))?;
+                    }
+                }
+                BatchEvent::Finished { item, stop, new_tokens } => {
+                    if let Some(run) = items.remove(&item) {
+                        on_done(item, Ok(run.finish(tokenizer, stop.into(), new_tokens, &mut |e| on_event(item, e))?))?;
+                    }
+                }
+                BatchEvent::Failed { item, error } => on_done(item, Err(Error::Prompt(error)))?,
+            }
+            Ok(())
+        };
+        on_engine!(&mut self.engine, engine => {
+            let stop_ids = if options.ignore_eos { Vec::new() } else { engine.config.eos_token_ids.clone() };
+            engine.share_prefix(&prefix)?;
+            if batch > 1 && engine.slots() > 1 {
+                return run_batch(engine, batch, &mut pull, &stop_ids, is_cancelled, &mut handle).await;
+            }
+            // One at a time: the same arithmetic, with the device running ahead of the host
+            // (`generate::Pipeline`).
+            let mut stats = BatchStats::default();
+            let opts = GenerateOptions { max_new_tokens: options.max_new_tokens, stop_ids, keep_first_logits: false };
+            while let Some((item, request)) = pull()? {
+                stats.items += 1;
+                let began = Instant::now();
+                let mut new_tokens = 0usize;
+                let outcome = generate_in(engine, &request.ids, true, &opts, is_cancelled, &mut |p| match p {
+                    Progress::PromptDone { prompt_tokens, reused_tokens } => handle(BatchEvent::Started {
+                        item,
+                        slot: 0,
+                        prompt_tokens,
+                        reused_tokens,
+                        prefill_s: began.elapsed().as_secs_f64(),
+                        refill: false,
+                    }),
+                    Progress::Token(id) => {
+                        new_tokens += 1;
+                        handle(BatchEvent::Token { item, id })
+                    }
+                })
+                .await;
+                let stop = match outcome {
+                    Ok(generation) => generation.stop,
+                    Err(Error::Cancelled) => StopReason::Cancelled,
+                    Err(Error::Prompt(error)) => {
+                        handle(BatchEvent::Failed { item, error })?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                stats.steps += new_tokens.saturating_sub(1);
+                stats.decode_rows += new_tokens.saturating_sub(1);
+                stats.most_in_flight = 1;
+                handle(BatchEvent::Finished { item, stop, new_tokens })?;
+                if stop == StopReason::Cancelled {
+                    break;
+                }
+            }
+            Ok(stats)
+        })
+    }
+
+    /// Decode speed of `batch` sequences (at most the session's batch) stepping together: each
+    /// runs `prompt` into its own slot, then `gen_tokens` steps advance all of them a token each
+    /// (greedy, EOS ignored, each token read before the next step, as batched runs do). After a
+    /// warm-up; the cache is reset.
+    pub async fn batch_speed_test(&mut self, prompt: &[u32], gen_tokens: usize, batch: usize) -> Result<BatchSpeed> {
+        on_engine!(&mut self.engine, engine => {
+            let batch = batch.clamp(1, engine.slots());
+            if prompt.is_empty() || prompt.len() + gen_tokens + 1 > engine.context_len() {
+                return Err(Error::Prompt(format!(
+                    "a speed test of {} prompt + {gen_tokens} new tokens does not fit the context of {}; raise the context size",
+                    prompt.len(),
+                    engine.context_len()
+                )));
+            }
+            engine.share_prefix(&[])?;
+            let mut rows = Vec::with_capacity(batch);
+            for slot in 0..batch {
+                let (logits, _) = engine.start(slot, prompt)?;
+                let token = only(engine.backend.choose(&logits)?)?;
+                drop(logits);
+                let id = engine.backend.token_id(&token).await?;
+                rows.push((slot, token, Some(id)));
+            }
+            // Step 0 warms up (the batch's pipelines and buffers); the clock starts after it.
+            let (mut before, mut t0) = (None, Instant::now());
+            for i in 0..=gen_tokens {
+                if i == 1 {
+                    before = engine.backend.counters();
+                    t0 = Instant::now();
+                }
+                let logits = engine.step_many(&rows)?;
+                let chosen = engine.backend.choose(&logits)?;
+                drop(logits);
+                for (row, token) in rows.iter_mut().zip(chosen) {
+                    row.2 = Some(engine.backend.token_id(&token).await?);
+                    row.1 = token;
+                }
+            }
+            let decode_s = t0.elapsed().as_secs_f64();
+            let after = engine.backend.counters();
+            engine.reset();
+            let per_step = per_token(before, after, gen_tokens);
+            Ok(BatchSpeed {
+                batch,
+                gen_tokens,
+                decode_s,
+                aggregate_decode_tokens_per_s: (batch * gen_tokens) as f64 / decode_s,
+                per_sequence_decode_tokens_per_s: gen_tokens as f64 / decode_s,
+                per_step,
             })
-            .await?;
-        for event in parser.finish().iter().filter(|e| !matches!(e, GuardEvent::Done)) {
-            pass_on(event, on_event)?;
-        }
-        let result = parser.result();
-        let new_tokens = generated.tokens.len();
-        Ok(Classification {
-            request: result.request.clone(),
-            completion: result.completion.clone(),
-            response: result.response.clone(),
-            verdict_found,
-            problem: (!verdict_found).then(|| no_verdict_problem(generated.stop, new_tokens)),
-            tasks: result.tasks.clone(),
-            text: generated_text,
-            prompt_tokens: generated.prompt_tokens,
-            reused_tokens: generated.reused_tokens,
-            new_tokens,
-            stop: generated.stop,
-            timings: generated.timings,
         })
     }
 
@@ -557,24 +859,33 @@ impl Session {
             let after = engine.backend.counters();
             engine.reset();
             let n = gen_tokens as f64;
-            let (per_token, host_encode_us_per_token) = match (before, after) {
-                (Some(b), Some(a)) => (
-                    Some(PerToken {
-                        dispatches: (a.dispatches - b.dispatches) as f64 / n,
-                        compute_passes: (a.compute_passes - b.compute_passes) as f64 / n,
-                        submits: (a.submits - b.submits) as f64 / n,
-                        copies: (a.copies - b.copies) as f64 / n,
-                        readback_copies: (a.readback_copies - b.readback_copies) as f64 / n,
-                        blocking_waits: (a.blocking_waits - b.blocking_waits) as f64 / n,
-                        submit_us: (a.submit_us - b.submit_us) / n,
-                    }),
-                    Some((decode_s * 1e6 - (a.wait_us - b.wait_us) - (a.submit_us - b.submit_us)) / n),
-                ),
-                _ => (None, None),
+            let per_token = per_token(before, after, gen_tokens);
+            let host_encode_us_per_token = match (before, after) {
+                (Some(b), Some(a)) => Some((decode_s * 1e6 - (a.wait_us - b.wait_us) - (a.submit_us - b.submit_us)) / n),
+                _ => None,
             };
             Ok(SpeedReport { prompt_tokens: prompt.len(), prefill_s, gen_tokens, decode_s, per_token, host_encode_us_per_token })
         })
     }
+}
+
+/// The backend's counts between two readings, per step, where it counts.
+fn per_token(
+    before: Option<crate::backend::Counters>,
+    after: Option<crate::backend::Counters>,
+    steps: usize,
+) -> Option<PerToken> {
+    let (b, a) = (before?, after?);
+    let n = steps.max(1) as f64;
+    Some(PerToken {
+        dispatches: (a.dispatches - b.dispatches) as f64 / n,
+        compute_passes: (a.compute_passes - b.compute_passes) as f64 / n,
+        submits: (a.submits - b.submits) as f64 / n,
+        copies: (a.copies - b.copies) as f64 / n,
+        readback_copies: (a.readback_copies - b.readback_copies) as f64 / n,
+        blocking_waits: (a.blocking_waits - b.blocking_waits) as f64 / n,
+        submit_us: (a.submit_us - b.submit_us) / n,
+    })
 }
 
 #[cfg(test)]

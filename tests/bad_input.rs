@@ -123,7 +123,7 @@ fn micro_engine(context: usize) -> (Engine<CpuBackend>, guardreasoner::tokenizer
         open_micro_hf(safetensors_bf16(&micro_tensors(1)), &micro_config_json()).unwrap();
     let backend = CpuBackend::new(None);
     let weights = files.load(&backend, &mut |_, _| {}).unwrap();
-    (Engine::new(backend, files.config.clone(), weights, context).unwrap(), tokenizer)
+    (Engine::new(backend, files.config.clone(), weights, context, 1, 0).unwrap(), tokenizer)
 }
 
 #[test]

@@ -197,3 +197,37 @@ fn wild_guard_labels_come_from_the_items_the_shard_covers() {
         (1.into(), 2.into())
     );
 }
+
+/// `--batch` never changes a prediction: 12 items of two datasets (prompts of different lengths)
+/// at batch 1, 4 and 8 write byte-identical files, on the CPU and on the GPU (lavapipe here); at
+/// batch 4 slots are refilled mid-run.
+#[test]
+fn every_batch_size_writes_the_same_predictions() {
+    for backend in ["cpu", "gpu"] {
+        let mut files: Vec<(String, String)> = Vec::new();
+        for batch in ["1", "4", "8"] {
+            let out = scratch(&format!("batch-{backend}-{batch}"));
+            let run = predict(
+                &out,
+                &["--datasets", "SimpleSafetyTests,ToxicChat", "--limit", "12", "--backend", backend, "--batch", batch],
+            );
+            let stderr = text(&run.stderr);
+            assert!(run.status.success(), "{backend} batch {batch}: {stderr}");
+            if batch == "4" {
+                assert!(
+                    stderr.contains("SimpleSafetyTests: batch of 4:") && !stderr.contains(" 0 slots refilled"),
+                    "{stderr}"
+                );
+            }
+            let summary: serde_json::Value =
+                serde_json::from_str(text(&run.stdout).trim().lines().last().unwrap()).unwrap();
+            assert_eq!(summary["batch"], batch.parse::<u64>().unwrap());
+            let both = predictions(&out, "SimpleSafetyTests") + &predictions(&out, "ToxicChat");
+            assert_eq!(both.lines().count(), 24);
+            files.push((batch.to_string(), both));
+        }
+        for (batch, both) in &files[1..] {
+            assert!(both == &files[0].1, "{backend}: batch {batch} wrote other predictions than batch 1");
+        }
+    }
+}

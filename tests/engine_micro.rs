@@ -31,7 +31,7 @@ fn engine(opened: OpenedModel, quant: Option<GgmlDType>) -> Engine<CpuBackend> {
     let OpenedModel { mut files, .. } = opened;
     let backend = CpuBackend::new(quant);
     let weights = files.load(&backend, &mut |_, _| {}).unwrap();
-    Engine::new(backend, files.config.clone(), weights, MICRO_CONTEXT).unwrap()
+    Engine::new(backend, files.config.clone(), weights, MICRO_CONTEXT, 1, 0).unwrap()
 }
 
 fn prompt(len: usize, seed: u64) -> Vec<u32> {
@@ -152,4 +152,66 @@ fn quantized_on_load_stays_close() {
     let err = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     // Q8_0 keeps ~8 bits per weight: errors of a few percent of the logit range at most.
     assert!(err < 0.05 * max_abs, "q8_0 error {err} vs logit range {max_abs}");
+}
+
+/// Continuous batching on the micro model: one long answer among short ones. Each request's
+/// tokens must be what it gets alone, at batch 1 and 3, in any slot; the short ones' slots must be
+/// refilled while the long one is still decoding, and it must finish last.
+fn scheduler_refills_slots_and_matches_one_at_a_time<B: Backend>(make: impl Fn() -> B) {
+    use guardreasoner::batch::{BatchEvent, Request, run_batch};
+    let tensors = micro_tensors(SEED);
+    let run = |batch: usize| {
+        let OpenedModel { mut files, .. } = open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap();
+        let backend = make();
+        let weights = files.load(&backend, &mut |_, _| {}).unwrap();
+        let mut e = Engine::new(backend, files.config.clone(), weights, MICRO_CONTEXT, batch, 16).unwrap();
+        // A shared prefix of 6 tokens that every prompt starts with.
+        let shared = prompt(6, 99);
+        e.share_prefix(&shared).unwrap();
+        let mut requests = (0..7usize).map(|i| {
+            let mut ids = shared.clone();
+            ids.extend(prompt(3 + 2 * i, i as u64));
+            (i, Request { ids, max_new_tokens: if i == 0 { 30 } else { 2 + i % 3 } })
+        });
+        let mut tokens = vec![Vec::new(); 7];
+        let mut order = Vec::new();
+        let mut reused = vec![0; 7];
+        let stats =
+            pollster::block_on(run_batch(&mut e, batch, &mut || Ok(requests.next()), &[], &|| false, &mut |event| {
+                match event {
+                    BatchEvent::Token { item, id } => tokens[item].push(id),
+                    BatchEvent::Finished { item, .. } => order.push(item),
+                    BatchEvent::Started { item, reused_tokens, .. } => reused[item] = reused_tokens,
+                    BatchEvent::Failed { error, .. } => panic!("{error}"),
+                }
+                Ok(())
+            }))
+            .unwrap();
+        (tokens, order, reused, stats)
+    };
+    let (alone, _, reused, _) = run(1);
+    assert!(reused.iter().all(|&r| r == 6), "every prompt starts from the 6 shared tokens: {reused:?}");
+    let (together, order, _, stats) = run(3);
+    assert_eq!(together, alone, "batch of 3 vs one at a time");
+    assert_eq!(together[0].len(), 30);
+    assert!(stats.refills >= 3, "slots refilled while the long answer ran: {stats:?}");
+    assert_eq!(order.last(), Some(&0), "the long answer finishes last: {order:?}");
+    assert_eq!(stats.most_in_flight, 3);
+}
+
+#[test]
+fn cpu_scheduler_refills_slots_and_matches_one_at_a_time() {
+    scheduler_refills_slots_and_matches_one_at_a_time(|| CpuBackend::new(None));
+}
+
+#[test]
+fn gpu_scheduler_refills_slots_and_matches_one_at_a_time() {
+    use guardreasoner::backend::gpu::{GpuBackend, GpuOptions};
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // SAFETY: set before any thread reads the environment for Vulkan.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
+    }
+    scheduler_refills_slots_and_matches_one_at_a_time(|| {
+        pollster::block_on(GpuBackend::new(GpuOptions { max_rows: 64, ..GpuOptions::default() })).unwrap()
+    });
 }

@@ -26,7 +26,7 @@ fn gpu(quant: GpuQuant, max_binding_bytes: Option<u64>) -> GpuBackend {
 fn engine<B: Backend>(opened: OpenedModel, backend: B) -> Engine<B> {
     let OpenedModel { mut files, .. } = opened;
     let weights = files.load(&backend, &mut |_, _| {}).unwrap();
-    Engine::new(backend, files.config.clone(), weights, MICRO_CONTEXT).unwrap()
+    Engine::new(backend, files.config.clone(), weights, MICRO_CONTEXT, 1, 0).unwrap()
 }
 
 fn logits_of<B: Backend>(e: &mut Engine<B>, ids: &[u32]) -> Vec<f32> {
@@ -204,7 +204,8 @@ fn gpu_limits_give_clear_errors_not_panics() {
     let weights = files.load(&small, &mut |_, _| {}).unwrap();
     let mut config = files.config.clone();
     config.max_position_embeddings = 4096;
-    let err = Engine::new(small, config, weights, 4096).err().expect("a 4096-position cache needs 64 KiB per layer");
+    let err =
+        Engine::new(small, config, weights, 4096, 1, 0).err().expect("a 4096-position cache needs 64 KiB per layer");
     assert!(err.to_string().contains("binding limit"), "{err}");
 }
 
@@ -358,12 +359,12 @@ fn gpu_decode_step_is_one_pass_of_few_dispatches() {
     let mut g =
         engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), gpu(GpuQuant::Q8, None));
     let (logits, _) = g.prefill(&prompt(5, 3)).unwrap();
-    let first = g.backend.choose(&logits).unwrap();
+    let first = g.backend.choose(&logits).unwrap().remove(0);
     drop(logits);
     pollster::block_on(g.backend.token_id(&first)).unwrap();
     let before = g.backend.counters().unwrap();
     let logits = g.step_token(&first, None).unwrap();
-    let next = g.backend.choose(&logits).unwrap();
+    let next = g.backend.choose(&logits).unwrap().remove(0);
     let after = g.backend.counters().unwrap();
     pollster::block_on(g.backend.token_id(&next)).unwrap();
     let dispatches = after.dispatches - before.dispatches;

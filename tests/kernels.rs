@@ -7,10 +7,10 @@ mod common;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use common::SplitMix;
-use guardreasoner::backend::Backend;
 use guardreasoner::backend::cpu::CpuBackend;
 use guardreasoner::backend::cpu_blocks;
 use guardreasoner::backend::gpu::{GpuBackend, GpuOptions, GpuQuant, LinearKernel};
+use guardreasoner::backend::{Backend, Span};
 use guardreasoner::config::LlamaConfig;
 use guardreasoner::format::{HostTensor, StorageType};
 
@@ -201,8 +201,8 @@ fn check_elementwise<B: Backend>(b: &B, label: &str) {
     assert_close(&host(b, &b.add(&xa, &xc).unwrap()), &sum, ATOL, RTOL, &format!("{label}: add"));
     let swiglu: Vec<f32> = a.iter().zip(&c).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
     assert_close(&host(b, &b.swiglu(&xa, &xc).unwrap()), &swiglu, ATOL, RTOL, &format!("{label}: swiglu"));
-    let last = host(b, &b.last_row(&xa).unwrap());
-    assert_eq!(last, a[(seq - 1) * width..], "{label}: last_row");
+    let last = host(b, &b.last_rows(&xa, &b.rows(&[Span { base: 0, pos: 0, len: seq }]).unwrap()).unwrap());
+    assert_eq!(last, a[(seq - 1) * width..], "{label}: last_rows");
 }
 
 fn check_rms_norm<B: Backend>(b: &B, label: &str) {
@@ -233,8 +233,26 @@ fn check_rope<B: Backend>(b: &B, label: &str) {
     let inv_freq: Vec<f32> = (0..head_dim / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / head_dim as f32)).collect();
     let table = b.rope_table(&inv_freq, 32).unwrap();
     let x = random(seq * heads * head_dim, 5);
-    let got = host(b, &b.rope(&b.activation_from(&x, seq, heads * head_dim).unwrap(), &table, heads, pos).unwrap());
+    let x_act = b.activation_from(&x, seq, heads * head_dim).unwrap();
+    let got = host(b, &b.rope(&x_act, &table, heads, &b.rows(&[Span { base: 64, pos, len: seq }]).unwrap()).unwrap());
+    // The same rows as a decode batch: each its own sequence, at its own position.
+    let positions = [9, 3, 0, 20, 9];
+    let spans: Vec<Span> = positions.iter().enumerate().map(|(i, &p)| Span { base: i * 32, pos: p, len: 1 }).collect();
+    let batched = host(b, &b.rope(&x_act, &table, heads, &b.rows(&spans).unwrap()).unwrap());
     let mut want = x.clone();
+    let mut want_batched = x.clone();
+    for (t, &p) in positions.iter().enumerate() {
+        for h in 0..heads {
+            let base = t * heads * head_dim + h * head_dim;
+            for i in 0..head_dim / 2 {
+                let a = p as f32 * inv_freq[i];
+                let (x1, x2) = (x[base + i], x[base + i + head_dim / 2]);
+                want_batched[base + i] = x1 * a.cos() - x2 * a.sin();
+                want_batched[base + i + head_dim / 2] = x2 * a.cos() + x1 * a.sin();
+            }
+        }
+    }
+    assert_close(&batched, &want_batched, ATOL, RTOL, &format!("{label}: rope, a position per row"));
     for t in 0..seq {
         for h in 0..heads {
             let base = t * heads * head_dim + h * head_dim;
@@ -301,7 +319,9 @@ fn check_attention<B: Backend>(b: &B, label: &str) {
     // 6 query heads over 2 KV heads; 300 prompt tokens (several 64-key blocks), then 3 decode
     // steps past 256 keys, where the GPU splits decode attention over the sequence.
     let (heads, kv_heads, hd, prompt) = (6, 2, 16, 300);
-    let mut cache = b.new_cache(&attention_config(heads, kv_heads, hd), 320).unwrap();
+    // Two sequences' rows: the first at 0..320, the second at 320..640.
+    let mut cache = b.new_cache(&attention_config(heads, kv_heads, hd), 640).unwrap();
+    let at = |base: usize, pos: usize, len: usize| b.rows(&[Span { base, pos, len }]).unwrap();
     let total = prompt + 3;
     let (q, k, v) =
         (random(total * heads * hd, 10), random(total * kv_heads * hd, 11), random(total * kv_heads * hd, 12));
@@ -311,8 +331,15 @@ fn check_attention<B: Backend>(b: &B, label: &str) {
         let act = |x: &[f32], w: usize| b.activation_from(&rows(x, w, start, n), n, w).unwrap();
         let got = host(
             b,
-            &b.attention(&mut cache, 0, &act(&q, heads * hd), &act(&k, kv_heads * hd), &act(&v, kv_heads * hd), start)
-                .unwrap(),
+            &b.attention(
+                &mut cache,
+                0,
+                &act(&q, heads * hd),
+                &act(&k, kv_heads * hd),
+                &act(&v, kv_heads * hd),
+                &at(0, start, n),
+            )
+            .unwrap(),
         );
         let want = naive_attention(
             &rows(&q, heads * hd, start, n),
@@ -329,8 +356,15 @@ fn check_attention<B: Backend>(b: &B, label: &str) {
         let act = |x: &[f32], w: usize| b.activation_from(&rows(x, w, pos, 1), 1, w).unwrap();
         let got = host(
             b,
-            &b.attention(&mut cache, 0, &act(&q, heads * hd), &act(&k, kv_heads * hd), &act(&v, kv_heads * hd), pos)
-                .unwrap(),
+            &b.attention(
+                &mut cache,
+                0,
+                &act(&q, heads * hd),
+                &act(&k, kv_heads * hd),
+                &act(&v, kv_heads * hd),
+                &at(0, pos, 1),
+            )
+            .unwrap(),
         );
         let want = naive_attention(
             &rows(&q, heads * hd, pos, 1),
@@ -342,6 +376,41 @@ fn check_attention<B: Backend>(b: &B, label: &str) {
             pos,
         );
         assert_close(&got, &want, ATOL, RTOL, &format!("{label}: attention decode at {pos}"));
+    }
+    // A second sequence: its prompt (the first 40 tokens of the same data) at rows 320..360,
+    // copied there from the first sequence's rows. Then one decode step of both sequences in one
+    // call: each row must be what it is alone, bit for bit (batch invariance), and right.
+    b.copy_rows(&mut cache, 0, 320, 40).unwrap();
+    let (w_q, w_kv) = (heads * hd, kv_heads * hd);
+    let pick = |x: &[f32], w: usize, r: &[usize]| r.iter().flat_map(|&i| rows(x, w, i, 1)).collect::<Vec<f32>>();
+    // Row inputs: the first sequence's position 303 reuses the data of 302, the second's
+    // position 40 that of 40.
+    let (r1, r2) = (302, 40);
+    let two = |x: &[f32], w: usize| b.activation_from(&pick(x, w, &[r1, r2]), 2, w).unwrap();
+    let spans = [Span { base: 0, pos: total, len: 1 }, Span { base: 320, pos: 40, len: 1 }];
+    let batched = host(
+        b,
+        &b.attention(&mut cache, 0, &two(&q, w_q), &two(&k, w_kv), &two(&v, w_kv), &b.rows(&spans).unwrap()).unwrap(),
+    );
+    for (i, (span, r)) in spans.iter().zip([r1, r2]).enumerate() {
+        let one = |x: &[f32], w: usize| b.activation_from(&rows(x, w, r, 1), 1, w).unwrap();
+        let alone = host(
+            b,
+            &b.attention(&mut cache, 0, &one(&q, w_q), &one(&k, w_kv), &one(&v, w_kv), &b.rows(&[*span]).unwrap())
+                .unwrap(),
+        );
+        assert_eq!(batched[i * w_q..(i + 1) * w_q], alone[..], "{label}: decode row {i} batched vs alone");
+        let keys: Vec<usize> = (0..span.pos).chain([r]).collect();
+        let want = naive_attention(
+            &rows(&q, w_q, r, 1),
+            &pick(&k, w_kv, &keys),
+            &pick(&v, w_kv, &keys),
+            heads,
+            kv_heads,
+            hd,
+            span.pos,
+        );
+        assert_close(&alone, &want, ATOL, RTOL, &format!("{label}: batched decode row {i}"));
     }
 }
 

@@ -22,7 +22,7 @@ const SUM_SQ_RTOL: f64 = 1e-5;
 fn check_model<B: Backend>(name: &str, backend: B) {
     let OpenedModel { mut files, .. } = open_path(&tiny_folder(name)).unwrap();
     let weights = files.load(&backend, &mut |_, _| {}).unwrap();
-    let mut engine = Engine::new(backend, files.config.clone(), weights, 1024).unwrap();
+    let mut engine = Engine::new(backend, files.config.clone(), weights, 1024, 1, 0).unwrap();
     let label = engine.backend.describe();
     for (i, seq) in golden_sequences(name).iter().enumerate() {
         let what = format!("{name} on {label}, sequence {i} ({} tokens)", seq.input_ids.len());

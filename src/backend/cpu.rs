@@ -2,7 +2,7 @@
 //! (candle's quantized matmul, the same block formats and activation quantization llama.cpp uses).
 
 use super::cpu_blocks::BlockMatrix;
-use super::{Backend, unfused};
+use super::{Backend, Span, unfused};
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::format::{HostTensor, StorageType};
@@ -87,6 +87,7 @@ impl Backend for CpuBackend {
     type Cache = CpuCache;
     type Rope = CpuRope;
     type Token = u32;
+    type Rows = Vec<Span>;
     type Qkv = unfused::Qkv<CpuMatrix>;
     type GateUp = unfused::GateUp<CpuMatrix>;
 
@@ -161,6 +162,23 @@ impl Backend for CpuBackend {
         Ok(CpuCache { layers, kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim, max_seq })
     }
 
+    fn copy_rows(&self, cache: &mut CpuCache, from: usize, to: usize, len: usize) -> Result<()> {
+        if from.max(to) + len > cache.max_seq {
+            return Err(Error::Backend(format!("copy of cache rows past its {} rows", cache.max_seq)));
+        }
+        for (k, v) in &cache.layers {
+            for t in [k, v] {
+                let rows = t.narrow(1, from, len)?.contiguous()?;
+                t.slice_set(&rows, 1, to)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn rows(&self, spans: &[Span]) -> Result<Vec<Span>> {
+        Ok(spans.to_vec())
+    }
+
     fn activation_from(&self, data: &[f32], rows: usize, cols: usize) -> Result<Tensor> {
         Ok(Tensor::from_vec(data.to_vec(), (rows, cols), &self.device)?)
     }
@@ -200,13 +218,20 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn rope(&self, x: &Tensor, rope: &CpuRope, heads: usize, pos: usize) -> Result<Tensor> {
+    fn rope(&self, x: &Tensor, rope: &CpuRope, heads: usize, rows: &Vec<Span>) -> Result<Tensor> {
         let (seq, width) = x.dims2()?;
         let head_dim = width / heads;
         let half = head_dim / 2;
         let x = x.reshape((seq, heads, head_dim))?;
-        let cos = rope.cos.narrow(0, pos, seq)?.unsqueeze(1)?;
-        let sin = rope.sin.narrow(0, pos, seq)?.unsqueeze(1)?;
+        let (cos, sin) = match rows.as_slice() {
+            [one] => (rope.cos.narrow(0, one.pos, seq)?, rope.sin.narrow(0, one.pos, seq)?),
+            spans => {
+                let positions: Vec<u32> = spans.iter().flat_map(|s| (s.pos..s.pos + s.len).map(|p| p as u32)).collect();
+                let positions = Tensor::new(positions, &self.device)?;
+                (rope.cos.index_select(&positions, 0)?, rope.sin.index_select(&positions, 0)?)
+            }
+        };
+        let (cos, sin) = (cos.unsqueeze(1)?, sin.unsqueeze(1)?);
         let x1 = x.narrow(D::Minus1, 0, half)?;
         let x2 = x.narrow(D::Minus1, half, half)?;
         let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
@@ -221,47 +246,69 @@ impl Backend for CpuBackend {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        pos: usize,
+        rows: &Vec<Span>,
     ) -> Result<Tensor> {
         let (seq, q_width) = q.dims2()?;
         let (kv_heads, head_dim) = (cache.kv_heads, cache.head_dim);
         let heads = q_width / head_dim;
-        let group = heads / kv_heads;
-        let total = pos + seq;
-        if total > cache.max_seq {
-            return Err(Error::Prompt(format!("sequence of {total} tokens exceeds the KV cache of {}", cache.max_seq)));
+        if Span::rows(rows) != seq {
+            return Err(Error::Backend(format!("attention: {seq} rows for spans of {}", Span::rows(rows))));
+        }
+        if let Some(s) = rows.iter().find(|s| s.base + s.pos + s.len > cache.max_seq) {
+            return Err(Error::Prompt(format!(
+                "sequence of {} tokens exceeds the KV cache of {}",
+                s.pos + s.len,
+                cache.max_seq
+            )));
         }
         let (k_cache, v_cache) =
             cache.layers.get(layer).ok_or_else(|| Error::Backend(format!("no cache for layer {layer}")))?;
-        // (seq, kv_heads * hd) -> (kv_heads, seq, hd), written at rows pos..pos+seq.
-        let to_heads = |t: &Tensor, n: usize| -> Result<Tensor> {
-            Ok(t.reshape((seq, n, head_dim))?.transpose(0, 1)?.contiguous()?)
+        // (n, kv_heads * hd) -> (kv_heads, n, hd), written at the span's rows.
+        let to_heads = |t: &Tensor, n: usize, heads: usize| -> Result<Tensor> {
+            Ok(t.reshape((n, heads, head_dim))?.transpose(0, 1)?.contiguous()?)
         };
-        k_cache.slice_set(&to_heads(k, kv_heads)?, 1, pos)?;
-        v_cache.slice_set(&to_heads(v, kv_heads)?, 1, pos)?;
-        if seq == 1 {
-            let q = q.flatten_all()?.to_vec1::<f32>()?;
-            let shape = DecodeShape { heads, kv_heads, head_dim, max_seq: cache.max_seq, total };
-            let out = with_f32(k_cache, |kc| with_f32(v_cache, |vc| Ok(decode_attention(&q, kc, vc, shape))))?;
-            return Ok(Tensor::from_vec(out, (1, heads * head_dim), &self.device)?);
+        let mut first = 0;
+        for span in rows {
+            let at = span.base + span.pos;
+            k_cache.slice_set(&to_heads(&k.narrow(0, first, span.len)?, span.len, kv_heads)?, 1, at)?;
+            v_cache.slice_set(&to_heads(&v.narrow(0, first, span.len)?, span.len, kv_heads)?, 1, at)?;
+            first += span.len;
         }
-        let keys = k_cache.narrow(1, 0, total)?; // (kv_heads, total, hd)
-        let values = v_cache.narrow(1, 0, total)?;
-        // Query head h reads KV head h / group: (heads, seq, hd) -> (kv_heads, group * seq, hd).
-        let q = to_heads(q, heads)?.reshape((kv_heads, group * seq, head_dim))?;
-        let scale = 1.0 / (head_dim as f64).sqrt();
-        let scores = (q.matmul(&keys.t()?)? * scale)?; // (kv_heads, group * seq, total)
-        // Causal mask: query i (at pos + i) sees keys 0..=pos + i.
-        let mask: Vec<f32> = (0..seq)
-            .flat_map(|i| (0..total).map(move |j| if j <= pos + i { 0.0 } else { f32::NEG_INFINITY }))
-            .collect();
-        let mask = Tensor::from_vec(mask, (1, seq, total), &self.device)?;
-        let scores = scores.reshape((kv_heads * group, seq, total))?.broadcast_add(&mask)?;
-        let max = scores.max_keepdim(D::Minus1)?;
-        let exp = scores.broadcast_sub(&max)?.exp()?;
-        let probs = exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?;
-        let out = probs.reshape((kv_heads, group * seq, total))?.matmul(&values.contiguous()?)?; // (kv_heads, group*seq, hd)
-        Ok(out.reshape((heads, seq, head_dim))?.transpose(0, 1)?.reshape((seq, heads * head_dim))?)
+        let mut outs = Vec::with_capacity(rows.len());
+        let mut first = 0;
+        for span in rows {
+            let q = q.narrow(0, first, span.len)?;
+            first += span.len;
+            let total = span.pos + span.len;
+            if span.len == 1 {
+                // A decode row: straight over the cache, the same arithmetic in any batch.
+                let q = q.flatten_all()?.to_vec1::<f32>()?;
+                let shape = DecodeShape { heads, kv_heads, head_dim, max_seq: cache.max_seq, first: span.base, total };
+                let out = with_f32(k_cache, |kc| with_f32(v_cache, |vc| Ok(decode_attention(&q, kc, vc, shape))))?;
+                outs.push(Tensor::from_vec(out, (1, heads * head_dim), &self.device)?);
+                continue;
+            }
+            let (n, pos) = (span.len, span.pos);
+            let group = heads / kv_heads;
+            let keys = k_cache.narrow(1, span.base, total)?; // (kv_heads, total, hd)
+            let values = v_cache.narrow(1, span.base, total)?;
+            // Query head h reads KV head h / group: (heads, n, hd) -> (kv_heads, group * n, hd).
+            let q = to_heads(&q, n, heads)?.reshape((kv_heads, group * n, head_dim))?;
+            let scale = 1.0 / (head_dim as f64).sqrt();
+            let scores = (q.matmul(&keys.t()?)? * scale)?; // (kv_heads, group * n, total)
+            // Causal mask: query i (at pos + i) sees keys 0..=pos + i.
+            let mask: Vec<f32> = (0..n)
+                .flat_map(|i| (0..total).map(move |j| if j <= pos + i { 0.0 } else { f32::NEG_INFINITY }))
+                .collect();
+            let mask = Tensor::from_vec(mask, (1, n, total), &self.device)?;
+            let scores = scores.reshape((kv_heads * group, n, total))?.broadcast_add(&mask)?;
+            let max = scores.max_keepdim(D::Minus1)?;
+            let exp = scores.broadcast_sub(&max)?.exp()?;
+            let probs = exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?;
+            let out = probs.reshape((kv_heads, group * n, total))?.matmul(&values.contiguous()?)?; // (kv_heads, group*n, hd)
+            outs.push(out.reshape((heads, n, head_dim))?.transpose(0, 1)?.reshape((n, heads * head_dim))?);
+        }
+        Ok(if outs.len() == 1 { outs.pop().expect("one") } else { Tensor::cat(&outs, 0)? })
     }
 
     fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
@@ -272,9 +319,22 @@ impl Backend for CpuBackend {
         Ok((a + b)?)
     }
 
-    fn last_row(&self, x: &Tensor) -> Result<Tensor> {
-        let rows = x.dim(0)?;
-        Ok(x.narrow(0, rows - 1, 1)?)
+    fn last_rows(&self, x: &Tensor, rows: &Vec<Span>) -> Result<Tensor> {
+        if let [one] = rows.as_slice() {
+            return Ok(x.narrow(0, one.len - 1, 1)?);
+        }
+        if Span::all_single(rows) {
+            return Ok(x.clone());
+        }
+        let mut end = 0u32;
+        let last: Vec<u32> = rows
+            .iter()
+            .map(|s| {
+                end += s.len as u32;
+                end - 1
+            })
+            .collect();
+        Ok(x.index_select(&Tensor::new(last, &self.device)?, 0)?)
     }
 
     fn qkv(&self, q: HostTensor, k: HostTensor, v: HostTensor, heads: usize, kv_heads: usize) -> Result<Self::Qkv> {
@@ -294,9 +354,9 @@ impl Backend for CpuBackend {
         rope: &CpuRope,
         cache: &mut CpuCache,
         layer: usize,
-        pos: usize,
+        rows: &Vec<Span>,
     ) -> Result<Tensor> {
-        unfused::self_attention(self, x, norm, eps, qkv, rope, cache, layer, pos)
+        unfused::self_attention(self, x, norm, eps, qkv, rope, cache, layer, rows)
     }
 
     fn linear_residual(&self, a: &Tensor, w: &CpuMatrix, x: &Tensor) -> Result<Tensor> {
@@ -307,17 +367,20 @@ impl Backend for CpuBackend {
         unfused::norm_swiglu(self, x, norm, eps, gate_up)
     }
 
-    fn logits(&self, x: &Tensor, norm: &Tensor, eps: f32, head: &CpuMatrix) -> Result<Tensor> {
-        unfused::logits(self, x, norm, eps, head)
+    fn logits(&self, x: &Tensor, norm: &Tensor, eps: f32, head: &CpuMatrix, rows: &Vec<Span>) -> Result<Tensor> {
+        unfused::logits(self, x, norm, eps, head, rows)
     }
 
-    fn choose(&self, logits: &Tensor) -> Result<u32> {
-        let values = logits.flatten_all()?.to_vec1::<f32>()?;
-        argmax_first(&values).ok_or_else(|| Error::Backend("argmax of an empty row".into()))
+    fn choose(&self, logits: &Tensor) -> Result<Vec<u32>> {
+        logits
+            .to_vec2::<f32>()?
+            .iter()
+            .map(|row| argmax_first(row).ok_or_else(|| Error::Backend("argmax of an empty row".into())))
+            .collect()
     }
 
-    fn embed_token(&self, table: &CpuEmbedding, token: &u32) -> Result<Tensor> {
-        self.embed(table, &[*token])
+    fn embed_tokens(&self, table: &CpuEmbedding, tokens: &[u32]) -> Result<Tensor> {
+        self.embed(table, tokens)
     }
 
     async fn token_id(&self, token: &u32) -> Result<u32> {
@@ -336,6 +399,8 @@ struct DecodeShape {
     kv_heads: usize,
     head_dim: usize,
     max_seq: usize,
+    /// The cache row of the sequence's position 0.
+    first: usize,
     /// Cached positions to attend to (the new one included).
     total: usize,
 }
@@ -357,13 +422,13 @@ fn with_f32<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
 /// cached keys and values (they grow with the context).
 fn decode_attention(q: &[f32], kc: &[f32], vc: &[f32], s: DecodeShape) -> Vec<f32> {
     use rayon::prelude::*;
-    let DecodeShape { heads, kv_heads, head_dim: hd, max_seq, total } = s;
+    let DecodeShape { heads, kv_heads, head_dim: hd, max_seq, first, total } = s;
     let group = heads / kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let mut out = vec![0f32; heads * hd];
     out.par_chunks_mut(hd).enumerate().for_each(|(h, o)| {
         let qh = &q[h * hd..(h + 1) * hd];
-        let base = (h / group) * max_seq * hd;
+        let base = ((h / group) * max_seq + first) * hd;
         let keys = &kc[base..base + total * hd];
         let values = &vc[base..base + total * hd];
         let mut scores: Vec<f32> =

@@ -35,6 +35,30 @@ pub struct Counters {
     pub submit_us: f64,
 }
 
+/// Where rows of activations sit in the KV cache: a run of consecutive positions of one
+/// sequence. A forward pass's rows are its spans' rows, in order: one span for a prompt chunk,
+/// one single-row span per sequence for a batched decode step (ARCHITECTURE.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// The cache row of the sequence's position 0 (each sequence owns its own rows).
+    pub base: usize,
+    /// The sequence position of the span's first token (rope, causal mask).
+    pub pos: usize,
+    pub len: usize,
+}
+
+impl Span {
+    /// Rows of `spans` together.
+    pub fn rows(spans: &[Span]) -> usize {
+        spans.iter().map(|s| s.len).sum()
+    }
+
+    /// True when every span is one row (a decode step): each row its own sequence.
+    pub fn all_single(spans: &[Span]) -> bool {
+        spans.iter().all(|s| s.len == 1)
+    }
+}
+
 pub trait Backend {
     /// A weight matrix `(out, in)`, stored however the backend likes (f32, quantized blocks).
     type Matrix;
@@ -57,6 +81,9 @@ pub trait Backend {
     /// A token chosen by `choose` that the host may not know yet (the GPU: a slot argmax wrote,
     /// read back later; the CPU: the id). Decoding feeds it to the next step without waiting.
     type Token: Clone;
+    /// Where a forward pass's rows sit (`Span`s), as the backend's kernels read it (the GPU: a
+    /// table on the device).
+    type Rows: AsRef<[Span]>;
 
     /// A short description for logs and `--json` output ("cpu (candle, 2 threads)").
     fn describe(&self) -> String;
@@ -81,7 +108,14 @@ pub trait Backend {
     /// Gate and up, each `(intermediate, hidden)`.
     fn gate_up(&self, gate: HostTensor, up: HostTensor) -> Result<Self::GateUp>;
     fn rope_table(&self, inv_freq: &[f32], max_seq: usize) -> Result<Self::Rope>;
+    /// A cache of `max_seq` rows (positions of every sequence together: `Span::base` picks a
+    /// sequence's rows).
     fn new_cache(&self, cfg: &LlamaConfig, max_seq: usize) -> Result<Self::Cache>;
+    /// Copy cache rows `from..from+len` of every layer, K and V, to `to..to+len` (a shared
+    /// prefix into a sequence's rows).
+    fn copy_rows(&self, cache: &mut Self::Cache, from: usize, to: usize, len: usize) -> Result<()>;
+    /// The rows of a forward pass over `spans`.
+    fn rows(&self, spans: &[Span]) -> Result<Self::Rows>;
 
     /// Activations from host values (tests, debugging).
     fn activation_from(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Act>;
@@ -91,11 +125,12 @@ pub trait Backend {
     fn rms_norm(&self, x: &Self::Act, w: &Self::Vector, eps: f32) -> Result<Self::Act>;
     /// `x · wᵀ`: `(seq, in) -> (seq, out)`.
     fn linear(&self, x: &Self::Act, w: &Self::Matrix) -> Result<Self::Act>;
-    /// Rotate each head of `x` `(seq, heads * head_dim)` for positions `pos..pos+seq`, HF layout
-    /// (the two halves of a head are the pair).
-    fn rope(&self, x: &Self::Act, rope: &Self::Rope, heads: usize, pos: usize) -> Result<Self::Act>;
-    /// Append `k`, `v` `(seq, kv_heads * head_dim)` to `layer`'s cache at `pos`, then causal
-    /// grouped-query attention of `q` `(seq, heads * head_dim)` over positions `0..pos+seq`.
+    /// Rotate each head of `x` `(seq, heads * head_dim)` for its row's position, HF layout (the
+    /// two halves of a head are the pair).
+    fn rope(&self, x: &Self::Act, rope: &Self::Rope, heads: usize, rows: &Self::Rows) -> Result<Self::Act>;
+    /// Append `k`, `v` `(seq, kv_heads * head_dim)` to `layer`'s cache at their rows, then causal
+    /// grouped-query attention of each row of `q` `(seq, heads * head_dim)` over its sequence's
+    /// positions up to its own.
     fn attention(
         &self,
         cache: &mut Self::Cache,
@@ -103,15 +138,15 @@ pub trait Backend {
         q: &Self::Act,
         k: &Self::Act,
         v: &Self::Act,
-        pos: usize,
+        rows: &Self::Rows,
     ) -> Result<Self::Act>;
     /// `silu(gate) * up`.
     fn swiglu(&self, gate: &Self::Act, up: &Self::Act) -> Result<Self::Act>;
     fn add(&self, a: &Self::Act, b: &Self::Act) -> Result<Self::Act>;
 
     /// The attention half of a layer before its output projection: RMSNorm of `x` with `norm`,
-    /// Q/K/V, rope on Q and K for positions `pos..pos+seq`, K and V appended to `layer`'s cache,
-    /// attention: `(seq, hidden) -> (seq, heads * head_dim)`.
+    /// Q/K/V, rope on Q and K, K and V appended to `layer`'s cache, attention, each row at its
+    /// place in `rows`: `(seq, hidden) -> (seq, heads * head_dim)`.
     #[allow(clippy::too_many_arguments)]
     fn self_attention(
         &self,
@@ -122,23 +157,31 @@ pub trait Backend {
         rope: &Self::Rope,
         cache: &mut Self::Cache,
         layer: usize,
-        pos: usize,
+        rows: &Self::Rows,
     ) -> Result<Self::Act>;
     /// `x + a · wᵀ`: a projection and the residual add.
     fn linear_residual(&self, a: &Self::Act, w: &Self::Matrix, x: &Self::Act) -> Result<Self::Act>;
     /// `silu(n · gateᵀ) * (n · upᵀ)` with `n` the RMSNorm of `x`: `(seq, hidden) -> (seq,
     /// intermediate)`.
     fn norm_swiglu(&self, x: &Self::Act, norm: &Self::Vector, eps: f32, gate_up: &Self::GateUp) -> Result<Self::Act>;
-    /// The logits `(1, vocab)`: the RMSNorm of the last row of `x`, times the head.
-    fn logits(&self, x: &Self::Act, norm: &Self::Vector, eps: f32, head: &Self::Matrix) -> Result<Self::Act>;
+    /// The logits `(spans, vocab)`: the RMSNorm of the last row of each span of `rows`, times
+    /// the head.
+    fn logits(
+        &self,
+        x: &Self::Act,
+        norm: &Self::Vector,
+        eps: f32,
+        head: &Self::Matrix,
+        rows: &Self::Rows,
+    ) -> Result<Self::Act>;
 
-    /// The last row `(1, width)`.
-    fn last_row(&self, x: &Self::Act) -> Result<Self::Act>;
-    /// Queue the choice of the largest value of a `(1, n)` row (first on ties), without copying
-    /// the row out.
-    fn choose(&self, logits: &Self::Act) -> Result<Self::Token>;
-    /// The embedding `(1, hidden)` of a chosen token, read on the device.
-    fn embed_token(&self, table: &Self::Embedding, token: &Self::Token) -> Result<Self::Act>;
+    /// The last row of each span `(spans, width)`.
+    fn last_rows(&self, x: &Self::Act, rows: &Self::Rows) -> Result<Self::Act>;
+    /// Queue the choice of the largest value of each row of `(rows, n)` logits (first on ties),
+    /// without copying the rows out: one token per row.
+    fn choose(&self, logits: &Self::Act) -> Result<Vec<Self::Token>>;
+    /// The embeddings `(tokens, hidden)` of chosen tokens, read on the device.
+    fn embed_tokens(&self, table: &Self::Embedding, tokens: &[Self::Token]) -> Result<Self::Act>;
     /// The id of a chosen token, once the device has it. Async because a GPU readback on the
     /// web can only be awaited, never waited for.
     fn token_id(&self, token: &Self::Token) -> impl std::future::Future<Output = Result<u32>>;
@@ -151,7 +194,8 @@ pub trait Backend {
     /// Index of the largest value of a `(1, n)` row (first on ties): `choose` and read it.
     fn argmax(&self, x: &Self::Act) -> impl std::future::Future<Output = Result<u32>> {
         async move {
-            let token = self.choose(x)?;
+            let token = self.choose(x)?.into_iter().next();
+            let token = token.ok_or_else(|| crate::error::Error::Backend("argmax of no rows".into()))?;
             self.token_id(&token).await
         }
     }

@@ -31,13 +31,13 @@ pub fn self_attention<B: Backend>(
     rope: &B::Rope,
     cache: &mut B::Cache,
     layer: usize,
-    pos: usize,
+    rows: &B::Rows,
 ) -> Result<B::Act> {
     let h = b.rms_norm(x, norm, eps)?;
-    let q = b.rope(&b.linear(&h, &w.q)?, rope, w.heads, pos)?; // (seq, heads * hd)
-    let k = b.rope(&b.linear(&h, &w.k)?, rope, w.kv_heads, pos)?; // (seq, kv_heads * hd)
+    let q = b.rope(&b.linear(&h, &w.q)?, rope, w.heads, rows)?; // (seq, heads * hd)
+    let k = b.rope(&b.linear(&h, &w.k)?, rope, w.kv_heads, rows)?; // (seq, kv_heads * hd)
     let v = b.linear(&h, &w.v)?; // (seq, kv_heads * hd)
-    b.attention(cache, layer, &q, &k, &v, pos)
+    b.attention(cache, layer, &q, &k, &v, rows)
 }
 
 /// `Backend::linear_residual`.
@@ -52,6 +52,13 @@ pub fn norm_swiglu<B: Backend>(b: &B, x: &B::Act, norm: &B::Vector, eps: f32, w:
 }
 
 /// `Backend::logits`.
-pub fn logits<B: Backend>(b: &B, x: &B::Act, norm: &B::Vector, eps: f32, head: &B::Matrix) -> Result<B::Act> {
-    b.linear(&b.rms_norm(&b.last_row(x)?, norm, eps)?, head)
+pub fn logits<B: Backend>(
+    b: &B,
+    x: &B::Act,
+    norm: &B::Vector,
+    eps: f32,
+    head: &B::Matrix,
+    rows: &B::Rows,
+) -> Result<B::Act> {
+    b.linear(&b.rms_norm(&b.last_rows(x, rows)?, norm, eps)?, head)
 }

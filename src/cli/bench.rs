@@ -19,6 +19,10 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Also decode this many sequences together (each from the same prompt, in its own KV
+    /// cache slot of --context tokens) and report the aggregate and per-sequence tokens/s.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=128))]
+    pub batch: u16,
 }
 
 pub fn run(args: BenchArgs) -> Result<u8> {
@@ -26,7 +30,8 @@ pub fn run(args: BenchArgs) -> Result<u8> {
         bail!("--prompt-tokens and --gen must be at least 1");
     }
     let load_start = Instant::now();
-    let mut session = args.model.load()?;
+    let source = args.model.source.open()?;
+    let mut session = args.model.load_batched(source, args.batch as usize)?;
     let load_s = load_start.elapsed().as_secs_f64();
     // A fixed, ordinary-text prompt: token ids of real words, repeated to length.
     let tokenizer = session.tokenizer();
@@ -44,6 +49,7 @@ pub fn run(args: BenchArgs) -> Result<u8> {
         );
     }
     let speed = pollster::block_on(session.speed_test(&prompt, args.gen_tokens))?;
+    let batched = pollster::block_on(session.batch_speed_test(&prompt, args.gen_tokens, args.batch as usize))?;
     let prefill_tps = speed.prompt_tokens as f64 / speed.prefill_s;
     let decode_tps = speed.gen_tokens as f64 / speed.decode_s;
     let peak_rss = peak_rss_bytes();
@@ -62,6 +68,10 @@ pub fn run(args: BenchArgs) -> Result<u8> {
             "device_buffer_bytes": session.device_bytes(),
             "per_token": speed.per_token,
             "host_encode_us_per_token": speed.host_encode_us_per_token,
+            "batch": batched.batch,
+            "aggregate_decode_tokens_per_s": batched.aggregate_decode_tokens_per_s,
+            "per_sequence_decode_tokens_per_s": batched.per_sequence_decode_tokens_per_s,
+            "per_batch_step": batched.per_step,
         });
         println!("{report}");
     } else {
@@ -69,6 +79,13 @@ pub fn run(args: BenchArgs) -> Result<u8> {
         println!("load {load_s:.2} s");
         println!("prefill {} tokens: {prefill_tps:.1} tokens/s", speed.prompt_tokens);
         println!("decode {} tokens: {decode_tps:.1} tokens/s", speed.gen_tokens);
+        println!(
+            "batch of {}, {} steps: {:.1} tokens/s together, {:.1} tokens/s per sequence",
+            batched.batch,
+            batched.gen_tokens,
+            batched.aggregate_decode_tokens_per_s,
+            batched.per_sequence_decode_tokens_per_s
+        );
         println!("peak host memory {}", peak_rss.map(mib).unwrap_or_else(|| "unknown".into()));
         println!("device buffers {}", session.device_bytes().map(mib).unwrap_or_else(|| "none".into()));
         if let (Some(t), Some(host_us)) = (speed.per_token, speed.host_encode_us_per_token) {

@@ -93,6 +93,11 @@ impl ModelArgs {
 
     /// Loads an opened model onto the chosen backend, with a progress bar on stderr.
     pub fn load_opened(&self, model: OpenedModel) -> Result<Session> {
+        self.load_batched(model, 1)
+    }
+
+    /// As `load_opened`, with a KV cache for `batch` conversations decoded together.
+    pub fn load_batched(&self, model: OpenedModel, batch: usize) -> Result<Session> {
         if let Some(n) = self.threads {
             // SAFETY: single-threaded here, before any thread pool exists.
             unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
@@ -111,18 +116,35 @@ impl ModelArgs {
                 .expect("static template")
                 .progress_chars("=> "),
         );
-        let session =
-            pollster::block_on(Session::load(model, self.choice(), self.context as usize, &mut |done, _| {
-                bar.set_position(done)
-            }))?;
+        let session = pollster::block_on(Session::load_batched(
+            model,
+            self.choice(),
+            self.context as usize,
+            batch,
+            &mut |done, _| bar.set_position(done),
+        ))?;
         bar.finish_and_clear();
         if !self.quiet {
-            eprintln!("backend: {}", session.backend());
+            match session.batch() {
+                1 => eprintln!("backend: {}", session.backend()),
+                n => eprintln!("backend: {} (batch of {n})", session.backend()),
+            }
             if let Some(note) = session.fallback() {
                 eprintln!("note: {note}");
             }
         }
         Ok(session)
+    }
+}
+
+/// `--batch`: conversations decoded together. Unset, the backend's default: 8 on the GPU
+/// (a matrix is read once for all of them, and a GPU has the cores to spare), 4 on the CPU (the
+/// block kernels share each weight block among four rows; more rows add KV memory and little
+/// speed).
+pub fn default_batch(device: Device) -> usize {
+    match device {
+        Device::Cpu => 4,
+        Device::Gpu | Device::Auto => 8,
     }
 }
 

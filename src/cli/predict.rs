@@ -4,7 +4,7 @@
 //! the same through the wasm module; both select items, build prompts, write lines and find the
 //! resume point with the same code (`guardreasoner::guard::run`).
 
-use super::{EXIT_INTERRUPTED, ModelArgs, is_interrupted};
+use super::{EXIT_INTERRUPTED, ModelArgs, default_batch, is_interrupted};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use guardreasoner::guard::{
@@ -12,7 +12,8 @@ use guardreasoner::guard::{
     PREDICTIONS_FILE, PlannedItem, RunManifest, RunSummary, SUMMARY_FILE, Shard, evaluate, parse_benchmark_json,
     parse_predictions_jsonl, plan_items, prediction_line, resume_point,
 };
-use guardreasoner::session::{RunOptions, Session, Stop};
+use guardreasoner::session::{Classification, RunOptions, Session, Stop};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -41,6 +42,11 @@ pub struct PredictArgs {
     /// A rerun with the same folder resumes after the last finished item.
     #[arg(long)]
     pub out: PathBuf,
+    /// Items decoded together (continuous batching: a finished item's place takes the next at
+    /// once). Default 8 on the GPU, 4 on the CPU. Any batch writes the same predictions, byte
+    /// for byte; each item needs its own KV cache of --context tokens.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=128))]
+    pub batch: Option<u16>,
 }
 
 /// One dataset of the run, read and planned before the model loads (bad input fails fast).
@@ -68,7 +74,8 @@ pub fn run(args: PredictArgs) -> Result<u8> {
     };
     check_manifest(&args.out, &manifest)?;
     let load_started = Instant::now();
-    let mut session = args.model.load_opened(model)?;
+    let batch = args.batch.map_or_else(|| default_batch(args.model.backend), usize::from);
+    let mut session = args.model.load_batched(model, batch)?;
     let load_s = load_started.elapsed().as_secs_f64();
     let mut summary = RunSummary::new();
     if predict(&args, &runs, &mut session, &mut summary)? == Outcome::Interrupted {
@@ -76,7 +83,12 @@ pub fn run(args: PredictArgs) -> Result<u8> {
     }
     let report = score(&runs)?;
     print!("{}", report.to_tables());
-    let engine = serde_json::json!({"engine": "native", "backend": session.backend(), "fallback": session.fallback()});
+    let engine = serde_json::json!({
+        "engine": "native",
+        "backend": session.backend(),
+        "fallback": session.fallback(),
+        "batch": session.batch(),
+    });
     let engine = engine.as_object().cloned().unwrap_or_default();
     let summary = summary.to_json(
         &manifest,
@@ -173,6 +185,7 @@ fn predict(
 ) -> Result<Outcome> {
     super::interrupted(); // Ctrl-C from here on stops after the current token; finished items stay
     let options = RunOptions::new(args.max_new_tokens);
+    let batch = session.batch();
     for run in runs {
         let name = run.spec.name;
         let existing = match std::fs::read(&run.path) {
@@ -212,40 +225,76 @@ fn predict(
                 .progress_chars("=> "),
         );
         bar.set_prefix(name);
-        let (mut tokens, mut seconds) = (0usize, 0f64);
-        for item in &run.planned[point.done..] {
-            let result = pollster::block_on(session.classify(&item.prompt, &options, &is_interrupted, &mut |_| Ok(())))
-                .with_context(|| format!("{name} item {} of the benchmark file", item.index + 1))?;
-            if result.stop == Stop::Cancelled {
-                bar.abandon();
-                eprintln!(
-                    "interrupted: the finished items are in {}; run the same command again to resume",
-                    args.out.display()
+        let todo = &run.planned[point.done..];
+        let dataset_started = Instant::now();
+        let (mut tokens, mut written, mut interrupted) = (0usize, 0usize, false);
+        // Items finish out of order; each line is written once every item before it is.
+        let mut finished: BTreeMap<usize, guardreasoner::Result<Classification>> = BTreeMap::new();
+        let mut queue = todo.iter().enumerate();
+        let mut write_ready = |finished: &mut BTreeMap<usize, guardreasoner::Result<Classification>>| -> Result<()> {
+            while let Some(result) = finished.remove(&written) {
+                let item = &todo[written];
+                let result = result.with_context(|| format!("item {} of the benchmark file", item.index + 1))?;
+                file.write_all(prediction_line(&item.prompt, item.label.as_deref(), &result.text).as_bytes())
+                    .and_then(|_| file.sync_data())
+                    .with_context(|| format!("writing {}", run.path.display()))?;
+                let t = &result.timings;
+                summary.add_item(
+                    result.new_tokens,
+                    result.prompt_tokens,
+                    result.reused_tokens,
+                    t.total_seconds,
+                    t.time_to_first_token_seconds.unwrap_or(t.total_seconds),
                 );
-                return Ok(Outcome::Interrupted);
+                tokens += result.new_tokens;
+                written += 1;
+                let wall = dataset_started.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!("{:.1} tokens/s", tokens as f64 / wall));
+                bar.inc(1);
             }
-            file.write_all(prediction_line(&item.prompt, item.label.as_deref(), &result.text).as_bytes())
-                .and_then(|_| file.sync_data())
-                .with_context(|| format!("writing {}", run.path.display()))?;
-            let t = &result.timings;
-            summary.add_item(
-                result.new_tokens,
-                result.prompt_tokens,
-                result.reused_tokens,
-                t.total_seconds,
-                t.time_to_first_token_seconds.unwrap_or(t.total_seconds),
+            Ok(())
+        };
+        let stats = pollster::block_on(session.classify_many(
+            batch,
+            &mut || Ok(queue.next().map(|(i, item)| (i, item.prompt.clone()))),
+            &options,
+            &is_interrupted,
+            &mut |_, _| Ok(()),
+            &mut |i, result| {
+                if result.as_ref().is_ok_and(|r| r.stop == Stop::Cancelled) {
+                    interrupted = true;
+                    return Ok(());
+                }
+                finished.insert(i, result);
+                // A failed item ends the run once every item before it is written.
+                write_ready(&mut finished).map_err(|e| guardreasoner::Error::Other(format!("{e:#}")))
+            },
+        ))
+        .with_context(|| name.to_string())?;
+        if interrupted || is_interrupted() {
+            bar.abandon();
+            eprintln!(
+                "interrupted: the finished items are in {}; run the same command again to resume",
+                args.out.display()
             );
-            tokens += result.new_tokens;
-            seconds += t.total_seconds;
-            bar.set_message(format!("{:.1} tokens/s", tokens as f64 / seconds.max(1e-9)));
-            bar.inc(1);
+            return Ok(Outcome::Interrupted);
         }
+        let seconds = dataset_started.elapsed().as_secs_f64();
+        summary.set_generation_s(seconds);
         bar.finish();
         if bar.is_hidden() {
             eprintln!(
                 "{name}: {} items ({} new), {tokens} tokens in {seconds:.1} s",
                 run.planned.len(),
                 run.planned.len() - point.done
+            );
+        }
+        if stats.refills > 0 || batch > 1 {
+            eprintln!(
+                "{name}: batch of {batch}: {} decode steps, {:.1} sequences a step, {} slots refilled mid-run",
+                stats.steps,
+                stats.decode_rows as f64 / stats.steps.max(1) as f64,
+                stats.refills
             );
         }
     }

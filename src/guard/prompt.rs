@@ -22,6 +22,12 @@ pub fn guard_prompt(prompt: &str, response: Option<&str>) -> String {
     format!("{INSTRUCTION}\nHuman user:\n{prompt}\n\nAI assistant:\n{response}\n\n")
 }
 
+/// The text every `guard_prompt` starts with, whatever the conversation: its tokens are the
+/// shared prefix batched runs compute once (`Engine::share_prefix`).
+pub fn shared_prefix() -> String {
+    format!("{INSTRUCTION}\nHuman user:\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -32,6 +38,7 @@ mod tests {
         assert!(text.starts_with(INSTRUCTION));
         assert!(text.ends_with("Answers.\n\nHuman user:\nHow do I bake bread?\n\nAI assistant:\nNone\n\n"));
         assert_eq!(text, guard_prompt("How do I bake bread?", Some("None")));
+        assert!(text.starts_with(&shared_prefix()));
     }
 
     #[test]

@@ -119,6 +119,14 @@ impl RunSummary {
         self.first_token_s += first_token_s;
     }
 
+    /// The current dataset's generation time as the clock on the wall saw it, in place of the
+    /// sum of its items' times (batched items overlap).
+    pub fn set_generation_s(&mut self, seconds: f64) {
+        if let Some(dataset) = self.datasets.last_mut() {
+            dataset.generation_s = seconds;
+        }
+    }
+
     /// `summary.json`: the run's settings, the engine, counts, speeds and `scores` (the scorer's
     /// `EvalReport`).
     #[allow(clippy::too_many_arguments)]
@@ -135,6 +143,9 @@ impl RunSummary {
         let new_items: usize = self.datasets.iter().map(|d| d.new_items).sum();
         let tokens: usize = self.datasets.iter().map(|d| d.tokens_generated).sum();
         let generation_s: f64 = self.datasets.iter().map(|d| d.generation_s).sum();
+        // Items that overlapped (a batch) share their time: decode alone is not separable.
+        let batched = engine.get("batch").and_then(|b| b.as_u64()).is_some_and(|b| b > 1);
+        let decode = tokens.saturating_sub(new_items) as f64 / (generation_s - self.first_token_s).max(1e-9);
         let mut summary = engine;
         let fields = serde_json::json!({
             "model": manifest.model,
@@ -159,7 +170,8 @@ impl RunSummary {
             // Generated tokens over the whole generation time, prefill included.
             "tokens_per_s": tokens as f64 / generation_s.max(1e-9),
             // Tokens after each item's first, over the time after it: decode alone.
-            "decode_tokens_per_s": tokens.saturating_sub(new_items) as f64 / (generation_s - self.first_token_s).max(1e-9),
+            // (Not for batched runs, whose items' first tokens overlap.)
+            "decode_tokens_per_s": (!batched).then_some(decode),
             "scores": scores,
         });
         if let serde_json::Value::Object(fields) = fields {

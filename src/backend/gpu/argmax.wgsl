@@ -1,6 +1,6 @@
-// Index of the largest of n floats (the first on ties, as torch.argmax), one workgroup, written
-// to slot `slot` of the token ring: the next step's embedding reads it there, and the host reads
-// 4 bytes back when it gets to it, instead of the logits.
+// Index of the largest of each row of n floats (the first on ties, as torch.argmax), one workgroup
+// per row, written to slot `slot + row` of the token ring: the next step's embedding reads it
+// there, and the host reads 4 bytes a row back when it gets to it, instead of the logits.
 struct Params {
     n: u32,
     slot: u32,
@@ -14,11 +14,12 @@ var<workgroup> best_v: array<f32, GROUP>;
 var<workgroup> best_i: array<u32, GROUP>;
 
 @compute @workgroup_size(GROUP)
-fn main(@builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wg.x;
     var bv = -3.4e38;
     var bi = 0xffffffffu;
     for (var i = lid; i < p.n; i += GROUP) {
-        let v = x[i];
+        let v = x[row * p.n + i];
         if (v > bv) { // strictly greater: the first index wins within a thread
             bv = v;
             bi = i;
@@ -39,6 +40,6 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         workgroupBarrier();
     }
     if (lid == 0u) {
-        out[p.slot] = best_i[0];
+        out[p.slot + row] = best_i[0];
     }
 }

@@ -1,26 +1,35 @@
 // Decode attention split over the sequence (flash-decoding): one workgroup per (query head,
-// chunk of CHUNK keys, from the Rust side) runs attend() over its chunk and writes its running max m, sum l and
-// unnormalised output to scratch; attention_combine.wgsl merges the chunks. One token's
-// attention then spreads over heads * chunks workgroups instead of heads.
+// token and chunk of CHUNK keys, from the Rust side) runs attend() over its chunk and writes its
+// running max m, sum l and unnormalised output to scratch; attention_combine.wgsl merges the
+// chunks. Every decode token takes this path, alone or in a batch, so a token's arithmetic never
+// depends on the others (batch invariance). Token t sits at cache row rows[2t], position
+// rows[2t + 1]; its sequence's keys start at row rows[2t] - rows[2t + 1].
 struct Params {
     heads: u32,
     kv_heads: u32,
     head_dim: u32,
-    n_keys: u32,     // keys 0..n_keys (the query is at position n_keys - 1)
-    n_chunks: u32,
+    n_chunks: u32,   // chunks of the longest token's keys: the scratch stride
     scale: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read_write> scratch: array<f32>; // (heads, n_chunks, head_dim + 2)
+@group(0) @binding(2) var<storage, read_write> scratch: array<f32>; // (tokens, heads, n_chunks, head_dim + 2)
+@group(0) @binding(5) var<storage, read> rows: array<u32>;
 
 @compute @workgroup_size(BLOCK)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let head = wg.x;
-    let chunk = wg.y;
-    let first = chunk * CHUNK;
-    let r = attend(lid, head * p.head_dim, head / (p.heads / p.kv_heads), p.kv_heads * p.head_dim, p.head_dim, p.scale, first, min(first + CHUNK, p.n_keys), CHUNK / BLOCK);
-    let base = (head * p.n_chunks + chunk) * (p.head_dim + 2u);
+    let t = wg.y / p.n_chunks;
+    let chunk = wg.y % p.n_chunks;
+    let end = rows[2u * t] + 1u;
+    let n_keys = rows[2u * t + 1u] + 1u;
+    if (chunk * CHUNK >= n_keys) {
+        return; // past this token's keys (uniform across the workgroup)
+    }
+    let first = end - n_keys + chunk * CHUNK;
+    let q_base = t * p.heads * p.head_dim + head * p.head_dim;
+    let r = attend(lid, q_base, head / (p.heads / p.kv_heads), p.kv_heads * p.head_dim, p.head_dim, p.scale, first, min(first + CHUNK, end), CHUNK / BLOCK);
+    let base = ((t * p.heads + head) * p.n_chunks + chunk) * (p.head_dim + 2u);
     for (var i = 0u; i < DIMS_PER_THREAD; i++) {
         let d = lid + i * BLOCK;
         if (d < p.head_dim) {

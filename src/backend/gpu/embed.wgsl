@@ -1,6 +1,7 @@
-// out[t, :] = table[ids[first + t], :] for the tokens whose id falls in this part's row range.
-// `ids` is a prompt's ids (first = 0) or the ring of token slots argmax writes (first = the slot),
-// so a decode step reads the token the previous step chose without the host. Any width: table
+// out[t, :] = table[ids[first + idx[t]], :] for the tokens whose id falls in this part's row
+// range. `ids` is a prompt's ids (first = 0, idx the identity) or the ring of token slots argmax
+// writes (first = a choice's first slot with idx the identity, or idx the slots of chosen tokens
+// from several choices), so a decode step reads the tokens earlier steps chose without the host. Any width: table
 // rows are stored padded to whole blocks of 32 (stride); out rows are `cols` wide.
 struct Params {
     row_start: u32,
@@ -14,6 +15,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(6) var<storage, read> idx: array<u32>;
 
 @compute @workgroup_size(EMBED_GROUP)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -21,7 +23,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     if (t >= p.n_tokens) {
         return;
     }
-    let id = ids[p.first + t];
+    let id = ids[p.first + idx[t]];
     if (id < p.row_start || id >= p.row_start + p.row_count) {
         return;
     }

@@ -7,7 +7,7 @@
 
 mod weights;
 
-use super::{Backend, unfused};
+use super::{Backend, Span, unfused};
 use crate::backend::Counters;
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
@@ -228,6 +228,7 @@ enum Kernel {
     Add,
     CopyRows,
     KvAppend,
+    CacheCopy,
     Argmax,
     SubgroupProbe,
 }
@@ -272,6 +273,7 @@ impl Kernel {
             Kernel::AttentionCombine => include_str!("attention_combine.wgsl").into(),
             Kernel::Swiglu | Kernel::Add | Kernel::CopyRows => include_str!("elementwise.wgsl").into(),
             Kernel::KvAppend => include_str!("kv_append.wgsl").into(),
+            Kernel::CacheCopy => include_str!("cache_copy.wgsl").into(),
             Kernel::Argmax => include_str!("argmax.wgsl").into(),
             Kernel::SubgroupProbe => include_str!("subgroup_probe.wgsl").into(),
         }
@@ -416,35 +418,52 @@ const ATTENTION_CHUNK: usize = shared::CHUNK;
 pub struct GpuCache {
     /// Per layer: K and V, each `(max_seq, kv_heads * head_dim)`.
     layers: Vec<(wgpu::Buffer, wgpu::Buffer)>,
-    /// Split decode attention partials `(heads, chunks, head_dim + 2)`.
-    scratch: wgpu::Buffer,
+    /// Split decode attention partials `(tokens, heads, chunks, head_dim + 2)`, grown on demand.
+    scratch: RefCell<Option<(wgpu::Buffer, u64)>>,
     kv_heads: usize,
     head_dim: usize,
     max_seq: usize,
 }
 
-/// Slots in the ring of chosen tokens: more than the steps ever in flight
-/// (`GpuBackend::steps_ahead` + 1), so a slot is read before argmax writes it again.
-const TOKEN_SLOTS: usize = 8;
+/// Choices (argmax dispatches of a step, one token per row) the token ring remembers: more than
+/// the steps ever in flight (`GpuBackend::steps_ahead` + 1), so a choice is read before argmax
+/// writes its slots again. Each choice owns `max_rows` slots of the ring.
+const CHOICES: usize = 8;
 
-/// A token chosen on the GPU: its slot in the token ring, and which choice it was (a slot is
-/// reused every `TOKEN_SLOTS` choices; a stale token is refused, never misread).
+/// A token chosen on the GPU: its slot in the token ring, and which choice it was (a choice's
+/// slots are reused every `CHOICES` choices; a stale token is refused, never misread).
 #[derive(Clone, Debug)]
 pub struct GpuToken {
+    /// The ring slot: `choice * max_rows + row`.
     slot: usize,
+    row: usize,
     issued: u64,
 }
 
-/// The host side of one token slot: a mappable copy of the id, mapped as soon as the step that
-/// wrote it is submitted, and read when the host gets to it.
-struct TokenSlot {
+/// The host side of one choice: a mappable copy of its ids, mapped as soon as the step that
+/// wrote them is submitted, and read when the host gets to the first of them.
+struct Choice {
     staging: wgpu::Buffer,
     issued: u64,
+    rows: usize,
     map: Option<MapReceiver>,
     /// The submit that writes it (`Counters::submits` after it) and its index for waiting.
     submit: u64,
     index: Option<wgpu::SubmissionIndex>,
-    value: Option<u32>,
+    values: Option<Vec<u32>>,
+}
+
+/// Where a forward pass's rows sit (`Backend::Rows`): the spans, and per row its cache row and
+/// position as u32 pairs on the device (the table rope, K/V append and attention read).
+pub struct GpuRows {
+    spans: Vec<Span>,
+    table: GpuAct,
+}
+
+impl AsRef<[Span]> for GpuRows {
+    fn as_ref(&self) -> &[Span] {
+        &self.spans
+    }
 }
 
 /// Work recorded but not submitted: one encoder, and the compute pass every dispatch goes into
@@ -476,9 +495,12 @@ pub struct GpuBackend {
     pool: Rc<RefCell<Pool>>,
     pending: RefCell<Pending>,
     param_buffer: wgpu::Buffer,
-    /// The token ring: `TOKEN_SLOTS` u32s written by argmax, read by the next step's embedding.
+    /// The token ring: `CHOICES * max_rows` u32s written by argmax, read by the next step's
+    /// embedding.
     token_buffer: wgpu::Buffer,
-    token_slots: RefCell<Vec<TokenSlot>>,
+    choices: RefCell<Vec<Choice>>,
+    /// `0, 1, 2, ...` (`max_rows` of them): the embedding's index table for consecutive ids.
+    identity: wgpu::Buffer,
     tokens_issued: std::cell::Cell<u64>,
     readback: RefCell<Option<(wgpu::Buffer, u64)>>,
     /// Errors wgpu reports out of band (validation, out of memory, device lost).
@@ -541,27 +563,37 @@ impl GpuBackend {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        let max_rows = opts.max_rows.max(1);
         let token_buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("token ring"),
-            size: (TOKEN_SLOTS * 4) as u64,
+            size: (CHOICES * max_rows * 4) as u64,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
-        let token_slots = (0..TOKEN_SLOTS)
-            .map(|_| TokenSlot {
+        let choices = (0..CHOICES)
+            .map(|_| Choice {
                 staging: device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("token readback"),
-                    size: 4,
+                    size: (max_rows * 4) as u64,
                     usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
                 }),
                 issued: 0,
+                rows: 0,
                 map: None,
                 submit: 0,
                 index: None,
-                value: None,
+                values: None,
             })
             .collect();
+        let identity = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("identity index"),
+            size: (max_rows * 4) as u64,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let counting: Vec<u32> = (0..max_rows as u32).collect();
+        queue.write_buffer(&identity, 0, bytemuck::cast_slice(&counting));
         let on_cpu = info.device_type == wgpu::DeviceType::Cpu;
         let adapter = match (info.name.is_empty(), info.backend) {
             // Browsers may withhold adapter names; say at least that it is WebGPU, and whether
@@ -595,7 +627,8 @@ impl GpuBackend {
             trace: RefCell::new(Vec::new()),
             param_buffer,
             token_buffer,
-            token_slots: RefCell::new(token_slots),
+            choices: RefCell::new(choices),
+            identity,
             tokens_issued: std::cell::Cell::new(0),
             readback: RefCell::new(None),
             errors,
@@ -714,9 +747,16 @@ impl GpuBackend {
         Ok(out)
     }
 
-    /// Rows of `table` into `out` for the `out.rows` ids at `ids[first..]` (embed.wgsl), one
-    /// dispatch per part of the table.
-    fn lookup(&self, table: &GpuMatrix, ids: &wgpu::Buffer, first: usize, out: &GpuAct) -> Result<()> {
+    /// Rows of `table` into `out` for the `out.rows` ids at `ids[first + index[t]]` (embed.wgsl;
+    /// `index` the identity unless given), one dispatch per part of the table.
+    fn lookup(
+        &self,
+        table: &GpuMatrix,
+        ids: &wgpu::Buffer,
+        first: usize,
+        index: Option<&wgpu::Buffer>,
+        out: &GpuAct,
+    ) -> Result<()> {
         for part in &table.parts {
             let p = params(&[
                 part.row_start as u32,
@@ -726,18 +766,21 @@ impl GpuBackend {
                 table.stride as u32,
                 first as u32,
             ]);
-            let mut buffers = vec![ids, out.buffer()];
-            buffers.extend(part.buffers());
-            self.dispatch(Kernel::Embed(table.format), &p, &buffers, (out.rows as u32, 1))?;
+            let mut buffers = vec![(1, ids), (2, out.buffer()), (6, index.unwrap_or(&self.identity))];
+            buffers.extend(part.buffers().into_iter().enumerate().map(|(i, b)| (i as u32 + 3, b)));
+            self.dispatch_at(Kernel::Embed(table.format), &p, &buffers, (out.rows as u32, 1))?;
         }
         Ok(())
     }
 
-    fn check_attention(&self, cache: &GpuCache, layer: usize, seq: usize, pos: usize) -> Result<()> {
-        if pos + seq > cache.max_seq {
+    fn check_attention(&self, cache: &GpuCache, layer: usize, seq: usize, rows: &GpuRows) -> Result<()> {
+        if Span::rows(&rows.spans) != seq {
+            return Err(Error::Backend(format!("attention: {seq} rows for spans of {}", Span::rows(&rows.spans))));
+        }
+        if let Some(s) = rows.spans.iter().find(|s| s.base + s.pos + s.len > cache.max_seq) {
             return Err(Error::Prompt(format!(
                 "sequence of {} tokens exceeds the KV cache of {}",
-                pos + seq,
+                s.pos + s.len,
                 cache.max_seq
             )));
         }
@@ -754,32 +797,63 @@ impl GpuBackend {
         Ok(())
     }
 
-    /// Causal attention of `q` `(seq, heads * head_dim)` over `layer`'s cache, positions
-    /// `0..pos+seq` (the new keys already appended).
-    fn attend(&self, cache: &GpuCache, layer: usize, q: &GpuAct, pos: usize) -> Result<GpuAct> {
+    /// Causal attention of each row of `q` `(seq, heads * head_dim)` over its sequence's keys in
+    /// `layer`'s cache (the new keys already appended). Decode rows (every span one row) always
+    /// take the split kernels, alone or batched, so a row's sums never depend on the others.
+    fn attend(&self, cache: &GpuCache, layer: usize, q: &GpuAct, rows: &GpuRows) -> Result<GpuAct> {
         let seq = q.rows;
         let (kc, vc) = &cache.layers[layer];
         let heads = q.cols / cache.head_dim;
         let out = self.activation(seq, q.cols)?;
         let scale = (1.0 / (cache.head_dim as f32).sqrt()).to_le_bytes();
-        let n_keys = pos + seq;
-        if seq == 1 && n_keys > ATTENTION_CHUNK {
-            // Decode over a long context: split the keys across workgroups, then combine.
-            let chunks = n_keys.div_ceil(ATTENTION_CHUNK);
-            let mut p =
-                params(&[heads as u32, cache.kv_heads as u32, cache.head_dim as u32, n_keys as u32, chunks as u32]);
+        if Span::all_single(&rows.spans) {
+            let longest = rows.spans.iter().map(|s| s.pos + 1).max().unwrap_or(1);
+            let chunks = longest.div_ceil(ATTENTION_CHUNK);
+            let bytes = (seq * heads * chunks * (cache.head_dim + 2) * 4) as u64;
+            let scratch = {
+                let mut slot = cache.scratch.borrow_mut();
+                match &*slot {
+                    Some((b, size)) if *size >= bytes => b.clone(),
+                    _ => {
+                        let b = self.create_buffer(&wgpu::BufferDescriptor {
+                            label: Some("attention partials"),
+                            size: bytes.max(256),
+                            usage: wgpu::BufferUsages::STORAGE,
+                            mapped_at_creation: false,
+                        });
+                        *slot = Some((b.clone(), bytes.max(256)));
+                        b
+                    }
+                }
+            };
+            if (seq * chunks) as u32 > MAX_GROUPS {
+                return Err(Error::Backend(format!(
+                    "{seq} decode rows of {chunks} key chunks are too many workgroups"
+                )));
+            }
+            let mut p = params(&[heads as u32, cache.kv_heads as u32, cache.head_dim as u32, chunks as u32]);
             p.extend_from_slice(&scale);
-            self.dispatch(
+            self.dispatch_at(
                 Kernel::AttentionPartial,
                 &p,
-                &[q.buffer(), &cache.scratch, kc, vc],
-                (heads as u32, chunks as u32),
+                &[(1, q.buffer()), (2, &scratch), (3, kc), (4, vc), (5, rows.table.buffer())],
+                (heads as u32, (seq * chunks) as u32),
             )?;
-            self.dispatch(Kernel::AttentionCombine, &p, &[&cache.scratch, out.buffer()], (heads as u32, 1))?;
+            self.dispatch_at(
+                Kernel::AttentionCombine,
+                &p,
+                &[(1, &scratch), (2, out.buffer()), (5, rows.table.buffer())],
+                (heads as u32, seq as u32),
+            )?;
         } else {
-            let mut p = params(&[seq as u32, heads as u32, cache.kv_heads as u32, cache.head_dim as u32, pos as u32]);
+            let mut p = params(&[seq as u32, heads as u32, cache.kv_heads as u32, cache.head_dim as u32]);
             p.extend_from_slice(&scale);
-            self.dispatch(Kernel::Attention, &p, &[q.buffer(), out.buffer(), kc, vc], (heads as u32, seq as u32))?;
+            self.dispatch_at(
+                Kernel::Attention,
+                &p,
+                &[(1, q.buffer()), (2, out.buffer()), (3, kc), (4, vc), (5, rows.table.buffer())],
+                (heads as u32, seq as u32),
+            )?;
         }
         Ok(out)
     }
@@ -810,9 +884,9 @@ impl GpuBackend {
 
     /// A token whose slot has not been reused since it was chosen.
     fn check_token(&self, token: &GpuToken) -> Result<()> {
-        if self.token_slots.borrow()[token.slot].issued != token.issued {
+        if self.choices.borrow()[(token.issued % CHOICES as u64) as usize].issued != token.issued {
             return Err(Error::Backend(format!(
-                "token {} was overwritten: more than {TOKEN_SLOTS} tokens were chosen after it",
+                "token of choice {} was overwritten: more than {CHOICES} choices were made after it",
                 token.issued
             )));
         }
@@ -1092,6 +1166,7 @@ impl Backend for GpuBackend {
     type Cache = GpuCache;
     type Rope = GpuRope;
     type Token = GpuToken;
+    type Rows = GpuRows;
     type Qkv = GpuQkv;
     type GateUp = GpuGateUp;
 
@@ -1171,7 +1246,7 @@ impl Backend for GpuBackend {
         let bytes = max_seq * cfg.num_kv_heads * cfg.head_dim * 4;
         if bytes as u64 > self.max_binding {
             return Err(Error::Backend(format!(
-                "a KV cache of {max_seq} positions needs {bytes} bytes per layer, over the GPU binding limit {}: use a smaller context",
+                "a KV cache of {max_seq} positions (every sequence of the batch and the shared prefix) needs {bytes} bytes per layer, over the GPU binding limit {}: use a smaller context or batch (--context, --batch)",
                 self.max_binding
             )));
         }
@@ -1188,14 +1263,43 @@ impl Backend for GpuBackend {
                 (b(), b())
             })
             .collect();
-        let scratch = self.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("attention partials"),
-            size: (cfg.num_heads * max_seq.div_ceil(ATTENTION_CHUNK) * (cfg.head_dim + 2) * 4) as u64,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        });
         self.check_errors()?;
-        Ok(GpuCache { layers, scratch, kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim, max_seq })
+        Ok(GpuCache {
+            layers,
+            scratch: RefCell::new(None),
+            kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+            max_seq,
+        })
+    }
+
+    fn copy_rows(&self, cache: &mut GpuCache, from: usize, to: usize, len: usize) -> Result<()> {
+        if from.max(to) + len > cache.max_seq {
+            return Err(Error::Backend(format!("copy of cache rows past its {} rows", cache.max_seq)));
+        }
+        let width = cache.kv_heads * cache.head_dim;
+        let n = len * width;
+        for (k, v) in &cache.layers {
+            self.dispatch(
+                Kernel::CacheCopy,
+                &params(&[n as u32, (from * width) as u32, (to * width) as u32]),
+                &[k, v],
+                groups_1d(n, shared::GROUP),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn rows(&self, spans: &[Span]) -> Result<GpuRows> {
+        let table: Vec<u32> = spans
+            .iter()
+            .flat_map(|s| (s.pos..s.pos + s.len).flat_map(move |p| [(s.base + p) as u32, p as u32]))
+            .collect();
+        let out = self.activation(table.len() / 2, 2)?;
+        // Queue writes land before the next submit: submit what reads an earlier table first.
+        self.flush();
+        self.queue.write_buffer(out.buffer(), 0, bytemuck::cast_slice(&table));
+        Ok(GpuRows { spans: spans.to_vec(), table: out })
     }
 
     fn activation_from(&self, data: &[f32], rows: usize, cols: usize) -> Result<GpuAct> {
@@ -1214,7 +1318,7 @@ impl Backend for GpuBackend {
         // Queue writes land before the next submit: submit what reads earlier ids first.
         self.flush();
         self.queue.write_buffer(ids_act.buffer(), 0, bytemuck::cast_slice(ids));
-        self.lookup(table, ids_act.buffer(), 0, &out)?;
+        self.lookup(table, ids_act.buffer(), 0, None, &out)?;
         self.op_done("embed", out)
     }
 
@@ -1233,14 +1337,14 @@ impl Backend for GpuBackend {
         self.op_done("linear", self.product(Product::new(x, w))?)
     }
 
-    fn rope(&self, x: &GpuAct, rope: &GpuRope, heads: usize, pos: usize) -> Result<GpuAct> {
+    fn rope(&self, x: &GpuAct, rope: &GpuRope, heads: usize, rows: &GpuRows) -> Result<GpuAct> {
         let head_dim = x.cols / heads;
         let out = self.activation(x.rows, x.cols)?;
-        let p = params(&[x.rows as u32, heads as u32, head_dim as u32, pos as u32]);
+        let p = params(&[x.rows as u32, heads as u32, head_dim as u32]);
         self.dispatch(
             Kernel::Rope,
             &p,
-            &[&rope.cos, x.buffer(), &rope.sin, out.buffer()],
+            &[&rope.cos, x.buffer(), &rope.sin, out.buffer(), rows.table.buffer()],
             groups_1d(x.rows * heads * head_dim / 2, shared::GROUP),
         )?;
         self.op_done("rope", out)
@@ -1253,18 +1357,19 @@ impl Backend for GpuBackend {
         q: &GpuAct,
         k: &GpuAct,
         v: &GpuAct,
-        pos: usize,
+        rows: &GpuRows,
     ) -> Result<GpuAct> {
-        self.check_attention(cache, layer, q.rows, pos)?;
+        self.check_attention(cache, layer, q.rows, rows)?;
         let (kc, vc) = &cache.layers[layer];
-        let n = q.rows * cache.kv_heads * cache.head_dim;
+        let width = cache.kv_heads * cache.head_dim;
+        let n = q.rows * width;
         self.dispatch(
             Kernel::KvAppend,
-            &params(&[n as u32, (pos * cache.kv_heads * cache.head_dim) as u32]),
-            &[k.buffer(), v.buffer(), kc, vc],
+            &params(&[n as u32, width as u32]),
+            &[k.buffer(), v.buffer(), kc, vc, rows.table.buffer()],
             groups_1d(n, shared::GROUP),
         )?;
-        self.op_done("attention", self.attend(cache, layer, q, pos)?)
+        self.op_done("attention", self.attend(cache, layer, q, rows)?)
     }
 
     fn self_attention(
@@ -1276,14 +1381,14 @@ impl Backend for GpuBackend {
         rope: &GpuRope,
         cache: &mut GpuCache,
         layer: usize,
-        pos: usize,
+        rows: &GpuRows,
     ) -> Result<GpuAct> {
         let (w, heads, kv_heads) = match qkv {
-            GpuQkv::Separate(w) => return unfused::self_attention(self, x, norm, eps, w, rope, cache, layer, pos),
+            GpuQkv::Separate(w) => return unfused::self_attention(self, x, norm, eps, w, rope, cache, layer, rows),
             GpuQkv::Stacked { w, heads, kv_heads } => (w, *heads, *kv_heads),
         };
         let seq = x.rows;
-        self.check_attention(cache, layer, seq, pos)?;
+        self.check_attention(cache, layer, seq, rows)?;
         let head_dim = cache.head_dim;
         if kv_heads != cache.kv_heads || w.rows != (heads + 2 * kv_heads) * head_dim || !head_dim.is_multiple_of(2) {
             return Err(Error::Backend(format!(
@@ -1297,11 +1402,11 @@ impl Backend for GpuBackend {
         let per_token = (heads + kv_heads) * head_dim / 2 + kv_heads * head_dim;
         self.dispatch(
             Kernel::RopeAppend,
-            &params(&[seq as u32, heads as u32, kv_heads as u32, head_dim as u32, pos as u32]),
-            &[&rope.cos, all.buffer(), &rope.sin, q.buffer(), kc, vc],
+            &params(&[seq as u32, heads as u32, kv_heads as u32, head_dim as u32]),
+            &[&rope.cos, all.buffer(), &rope.sin, q.buffer(), kc, vc, rows.table.buffer()],
             groups_1d(seq * per_token, shared::GROUP),
         )?;
-        self.op_done("self_attention", self.attend(cache, layer, &q, pos)?)
+        self.op_done("self_attention", self.attend(cache, layer, &q, rows)?)
     }
 
     fn linear_residual(&self, a: &GpuAct, w: &Rc<GpuMatrix>, x: &GpuAct) -> Result<GpuAct> {
@@ -1321,16 +1426,17 @@ impl Backend for GpuBackend {
         }
     }
 
-    fn logits(&self, x: &GpuAct, norm: &GpuVector, eps: f32, head: &Rc<GpuMatrix>) -> Result<GpuAct> {
+    fn logits(&self, x: &GpuAct, norm: &GpuVector, eps: f32, head: &Rc<GpuMatrix>, rows: &GpuRows) -> Result<GpuAct> {
         if !self.opts.fused {
-            return unfused::logits(self, x, norm, eps, head);
+            return unfused::logits(self, x, norm, eps, head, rows);
         }
-        let logits = self.product(Product {
-            gain: Some((norm, eps)),
-            x_first: x.rows - 1,
-            n_tokens: 1,
-            ..Product::new(x, head)
-        })?;
+        // The last row of a prompt chunk, or every row of a decode step.
+        let (x_first, n_tokens) = match rows.spans.as_slice() {
+            [one] => (one.len - 1, 1),
+            spans if Span::all_single(spans) => (0, spans.len()),
+            _ => return Err(Error::Backend("logits: spans of several rows in one pass".into())),
+        };
+        let logits = self.product(Product { gain: Some((norm, eps)), x_first, n_tokens, ..Product::new(x, head) })?;
         self.op_done("logits", logits)
     }
 
@@ -1358,9 +1464,12 @@ impl Backend for GpuBackend {
         self.op_done("add", out)
     }
 
-    fn last_row(&self, x: &GpuAct) -> Result<GpuAct> {
-        if x.rows == 1 {
+    fn last_rows(&self, x: &GpuAct, rows: &GpuRows) -> Result<GpuAct> {
+        if x.rows == 1 || (rows.spans.len() > 1 && Span::all_single(&rows.spans)) {
             return Ok(x.clone());
+        }
+        if rows.spans.len() != 1 {
+            return Err(Error::Backend("last_rows: spans of several rows in one pass".into()));
         }
         let out = self.activation(1, x.cols)?;
         let p = params(&[x.cols as u32, ((x.rows - 1) * x.cols) as u32]);
@@ -1368,56 +1477,68 @@ impl Backend for GpuBackend {
         self.op_done("last_row", out)
     }
 
-    fn choose(&self, logits: &GpuAct) -> Result<GpuToken> {
-        if logits.rows != 1 {
-            return Err(Error::Backend(format!("choose: {} rows, expected one", logits.rows)));
-        }
+    fn choose(&self, logits: &GpuAct) -> Result<Vec<GpuToken>> {
+        let rows = logits.rows;
         let issued = self.tokens_issued.get() + 1;
         self.tokens_issued.set(issued);
-        let slot = (issued % TOKEN_SLOTS as u64) as usize;
+        let choice = (issued % CHOICES as u64) as usize;
+        let first = choice * self.opts.max_rows.max(1);
         let staging = {
-            let mut slots = self.token_slots.borrow_mut();
-            let s = &mut slots[slot];
-            // A token nobody read (the steps that ran past a stop): release its mapping so the
+            let mut choices = self.choices.borrow_mut();
+            let c = &mut choices[choice];
+            // Tokens nobody read (the steps that ran past a stop): release the mapping so the
             // staging buffer can be written again.
-            if s.map.take().is_some() {
-                s.staging.unmap();
+            if c.map.take().is_some() {
+                c.staging.unmap();
             }
-            s.staging.clone()
+            c.staging.clone()
         };
         self.dispatch(
             Kernel::Argmax,
-            &params(&[logits.cols as u32, slot as u32]),
+            &params(&[logits.cols as u32, first as u32]),
             &[logits.buffer(), &self.token_buffer],
-            (1, 1),
+            (rows as u32, 1),
         )?;
-        self.copy_for_readback(&self.token_buffer, (slot * 4) as u64, &staging, 4);
+        let bytes = (rows * 4) as u64;
+        self.copy_for_readback(&self.token_buffer, (first * 4) as u64, &staging, bytes);
         let index = self.flush();
-        let rx = map_for_read(&staging, 4);
+        let rx = map_for_read(&staging, bytes);
         let submit = self.counters.get().submits;
-        let mut slots = self.token_slots.borrow_mut();
-        let s = &mut slots[slot];
-        *s = TokenSlot { staging, issued, map: Some(rx), submit, index, value: None };
-        Ok(GpuToken { slot, issued })
+        self.choices.borrow_mut()[choice] =
+            Choice { staging, issued, rows, map: Some(rx), submit, index, values: None };
+        Ok((0..rows).map(|row| GpuToken { slot: first + row, row, issued }).collect())
     }
 
-    fn embed_token(&self, table: &Rc<GpuMatrix>, token: &GpuToken) -> Result<GpuAct> {
-        self.check_token(token)?;
-        let out = self.activation(1, table.cols)?;
-        self.lookup(table, &self.token_buffer, token.slot, &out)?;
-        self.op_done("embed_token", out)
+    fn embed_tokens(&self, table: &Rc<GpuMatrix>, tokens: &[GpuToken]) -> Result<GpuAct> {
+        for t in tokens {
+            self.check_token(t)?;
+        }
+        let out = self.activation(tokens.len(), table.cols)?;
+        let first = tokens.first().map_or(0, |t| t.slot);
+        if tokens.iter().enumerate().all(|(i, t)| t.slot == first + i) {
+            // One choice's rows in order (a decode step's own tokens): read them in place.
+            self.lookup(table, &self.token_buffer, first, None, &out)?;
+        } else {
+            let slots: Vec<u32> = tokens.iter().map(|t| t.slot as u32).collect();
+            let index = self.activation(slots.len(), 1)?;
+            self.flush();
+            self.queue.write_buffer(index.buffer(), 0, bytemuck::cast_slice(&slots));
+            self.lookup(table, &self.token_buffer, 0, Some(index.buffer()), &out)?;
+        }
+        self.op_done("embed_tokens", out)
     }
 
     async fn token_id(&self, token: &GpuToken) -> Result<u32> {
         self.check_token(token)?;
-        let (rx, index, submit, staging) = {
-            let mut slots = self.token_slots.borrow_mut();
-            let s = &mut slots[token.slot];
-            if let Some(v) = s.value {
-                return Ok(v);
+        let choice = (token.issued % CHOICES as u64) as usize;
+        let (rx, index, submit, staging, rows) = {
+            let mut choices = self.choices.borrow_mut();
+            let c = &mut choices[choice];
+            if let Some(v) = &c.values {
+                return v.get(token.row).copied().ok_or_else(|| Error::Backend("token row out of range".into()));
             }
-            let rx = s.map.take().ok_or_else(|| Error::Backend("token readback missing".into()))?;
-            (rx, s.index.clone(), s.submit, s.staging.clone())
+            let rx = c.map.take().ok_or_else(|| Error::Backend("token readback missing".into()))?;
+            (rx, c.index.clone(), c.submit, c.staging.clone(), c.rows)
         };
         let mut rx = rx;
         // Natively the map completes only when the device is polled; on the web polling does
@@ -1441,13 +1562,15 @@ impl Backend for GpuBackend {
         };
         self.check_errors()?;
         mapped.map_err(|e| Error::Backend(format!("GPU readback failed: {e}")))?;
-        let id = {
-            let view =
-                staging.get_mapped_range(0..4).map_err(|e| Error::Backend(format!("GPU readback failed: {e}")))?;
-            u32::from_le_bytes([view[0], view[1], view[2], view[3]])
+        let values: Vec<u32> = {
+            let view = staging
+                .get_mapped_range(0..(rows * 4) as u64)
+                .map_err(|e| Error::Backend(format!("GPU readback failed: {e}")))?;
+            bytemuck::cast_slice(&view).to_vec()
         };
         staging.unmap();
-        self.token_slots.borrow_mut()[token.slot].value = Some(id);
+        let id = values.get(token.row).copied().ok_or_else(|| Error::Backend("token row out of range".into()))?;
+        self.choices.borrow_mut()[choice].values = Some(values);
         Ok(id)
     }
 

@@ -1,10 +1,10 @@
 // Rotary embeddings, HF layout: in each head, element i pairs with i + head_dim/2. Reads x and
-// writes out (no copy first). cos/sin tables are (max_seq, head_dim/2), computed on the host once.
+// writes out (no copy first). cos/sin tables are (max_seq, head_dim/2), computed on the host once;
+// each token's position is in the table `rows` (cache row, position).
 struct Params {
     n_tokens: u32,
     heads: u32,
     head_dim: u32,
-    pos: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -12,6 +12,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read> sin_t: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read> rows: array<u32>;
 
 @compute @workgroup_size(GROUP)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -23,7 +24,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let i = idx % half;
     let head = (idx / half) % p.heads;
     let t = idx / (half * p.heads);
-    let angle_at = (p.pos + t) * half + i;
+    let angle_at = rows[2u * t + 1u] * half + i;
     let c = cos_t[angle_at];
     let s = sin_t[angle_at];
     let a = t * p.heads * p.head_dim + head * p.head_dim + i;

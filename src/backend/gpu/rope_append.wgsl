@@ -1,5 +1,6 @@
 // After the fused Q/K/V product: rotate Q into `q_out` and K into the layer's cache, and copy V
-// into the cache, for tokens at positions pos..pos+n_tokens, in one dispatch. `qkv` rows are
+// into the cache, each token at its row of the table `rows` (its cache row, its position), in one
+// dispatch. `qkv` rows are
 // [q (heads * head_dim) | k (kv_heads * head_dim) | v (kv_heads * head_dim)]. Rope in the HF
 // layout: in each head, element i pairs with i + head_dim/2; cos/sin tables are
 // (max_seq, head_dim/2).
@@ -8,7 +9,6 @@ struct Params {
     heads: u32,
     kv_heads: u32,
     head_dim: u32,
-    pos: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -18,6 +18,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> q_out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> kc: array<f32>;
 @group(0) @binding(6) var<storage, read_write> vc: array<f32>;
+@group(0) @binding(7) var<storage, read> rows: array<u32>; // per token: cache row, position
 
 @compute @workgroup_size(GROUP)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -35,7 +36,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let t = idx / per_token;
     let j = idx % per_token;
     let row = t * (q_width + 2u * kv_width);
-    let cache_row = (p.pos + t) * kv_width;
+    let cache_row = rows[2u * t] * kv_width;
+    let pos = rows[2u * t + 1u];
     if (j >= q_pairs + k_pairs) {
         let e = j - q_pairs - k_pairs;
         vc[cache_row + e] = qkv[row + q_width + kv_width + e];
@@ -45,7 +47,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let pair = select(j, j - q_pairs, k_side);
     let head = pair / half;
     let i = pair % half;
-    let angle_at = (p.pos + t) * half + i;
+    let angle_at = pos * half + i;
     let c = cos_t[angle_at];
     let s = sin_t[angle_at];
     let a = row + select(0u, q_width, k_side) + head * p.head_dim + i;

@@ -1,0 +1,178 @@
+//! Continuous batching: up to `batch` sequences decode together, one row each per forward pass,
+//! each in its own slot of the KV cache. When a sequence ends (a stop id, its token limit, a full
+//! context) its slot takes the next request before the following step, so a long answer never
+//! holds short ones back. A request's prompt runs into its slot as its own chunks between decode
+//! steps, starting from the shared prefix (`Engine::start`), so its arithmetic is the same in any
+//! slot, at any batch size, whatever ran before (ARCHITECTURE.md §5).
+
+use crate::backend::Backend;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::generate::{StopReason, only};
+use serde::Serialize;
+
+/// One sequence to generate.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Prompt token ids (BOS included).
+    pub ids: Vec<u32>,
+    pub max_new_tokens: usize,
+}
+
+/// What the caller learns as it happens; `item` is the index the request came with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchEvent {
+    /// The prompt has run in `slot`, in `prefill_s` seconds; `refill` when the slot was freed by
+    /// an earlier request while others were still decoding (continuous batching at work).
+    Started { item: usize, slot: usize, prompt_tokens: usize, reused_tokens: usize, prefill_s: f64, refill: bool },
+    /// A new token (stop ids are never reported).
+    Token { item: usize, id: u32 },
+    /// The sequence ended; its slot is free.
+    Finished { item: usize, stop: StopReason, new_tokens: usize },
+    /// The request could not start (its prompt: too long, empty, out of the vocabulary); the
+    /// others go on.
+    Failed { item: usize, error: String },
+}
+
+/// What the scheduler did, for reports and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct BatchStats {
+    pub items: usize,
+    /// Decode steps (forward passes of one row per sequence in flight).
+    pub steps: usize,
+    /// Rows those steps ran, all together.
+    pub decode_rows: usize,
+    /// Requests started in a slot another request had freed while others were in flight.
+    pub refills: usize,
+    /// Most sequences in flight at once.
+    pub most_in_flight: usize,
+}
+
+struct Sequence<T> {
+    item: usize,
+    slot: usize,
+    /// The newest token: the next step feeds it.
+    token: T,
+    id: u32,
+    new_tokens: usize,
+    max_new_tokens: usize,
+}
+
+/// Runs every request `next` gives (`(item, request)`, pulled whenever a slot is free), at most
+/// `batch` at once (and no more than the engine's slots), greedy, stopping each at any of
+/// `stop_ids`, its limit or a full context. `is_cancelled` is polled before every step; a cancel
+/// ends every sequence in flight with `StopReason::Cancelled` and pulls no more requests.
+pub async fn run_batch<B: Backend>(
+    engine: &mut Engine<B>,
+    batch: usize,
+    next: &mut dyn FnMut() -> Result<Option<(usize, Request)>>,
+    stop_ids: &[u32],
+    is_cancelled: &dyn Fn() -> bool,
+    on_event: &mut dyn FnMut(BatchEvent) -> Result<()>,
+) -> Result<BatchStats> {
+    let batch = batch.clamp(1, engine.slots());
+    let mut slots: Vec<Option<Sequence<B::Token>>> = (0..batch).map(|_| None).collect();
+    let mut stats = BatchStats::default();
+    let mut used = vec![false; batch];
+    let mut exhausted = false;
+    loop {
+        if is_cancelled() {
+            for seq in slots.iter_mut().filter_map(Option::take) {
+                on_event(BatchEvent::Finished {
+                    item: seq.item,
+                    stop: StopReason::Cancelled,
+                    new_tokens: seq.new_tokens,
+                })?;
+            }
+            return Ok(stats);
+        }
+        // Refill free slots, lowest first.
+        for slot in 0..batch {
+            while slots[slot].is_none() && !exhausted {
+                let Some((item, request)) = next()? else {
+                    exhausted = true;
+                    break;
+                };
+                let refill = used[slot] && slots.iter().any(Option::is_some);
+                used[slot] = true;
+                stats.items += 1;
+                stats.refills += refill as usize;
+                let began = web_time::Instant::now();
+                let (logits, reused) = match engine.start(slot, &request.ids) {
+                    Ok(started) => started,
+                    Err(Error::Prompt(error)) => {
+                        on_event(BatchEvent::Failed { item, error })?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                on_event(BatchEvent::Started {
+                    item,
+                    slot,
+                    prompt_tokens: request.ids.len(),
+                    reused_tokens: reused,
+                    prefill_s: began.elapsed().as_secs_f64(),
+                    refill,
+                })?;
+                let token = only(engine.backend.choose(&logits)?)?;
+                drop(logits);
+                let id = engine.backend.token_id(&token).await?;
+                let seq = Sequence { item, slot, token, id, new_tokens: 0, max_new_tokens: request.max_new_tokens };
+                slots[slot] = accept(engine, seq, id, stop_ids, on_event)?;
+            }
+        }
+        let in_flight: Vec<usize> = (0..batch).filter(|&s| slots[s].is_some()).collect();
+        if in_flight.is_empty() {
+            return Ok(stats);
+        }
+        stats.most_in_flight = stats.most_in_flight.max(in_flight.len());
+        let steps: Vec<(usize, B::Token, Option<u32>)> =
+            in_flight.iter().filter_map(|&s| slots[s].as_ref().map(|q| (s, q.token.clone(), Some(q.id)))).collect();
+        let logits = engine.step_many(&steps)?;
+        let tokens = engine.backend.choose(&logits)?;
+        drop(logits);
+        stats.steps += 1;
+        stats.decode_rows += in_flight.len();
+        for (&slot, token) in in_flight.iter().zip(tokens) {
+            let id = engine.backend.token_id(&token).await?;
+            if let Some(mut seq) = slots[slot].take() {
+                seq.token = token;
+                slots[slot] = accept(engine, seq, id, stop_ids, on_event)?;
+            }
+        }
+    }
+}
+
+/// Take the token a sequence just chose: report it, or end the sequence. Returns the sequence
+/// if it goes on.
+fn accept<B: Backend>(
+    engine: &Engine<B>,
+    mut seq: Sequence<B::Token>,
+    id: u32,
+    stop_ids: &[u32],
+    on_event: &mut dyn FnMut(BatchEvent) -> Result<()>,
+) -> Result<Option<Sequence<B::Token>>> {
+    let stop = if stop_ids.contains(&id) {
+        Some(StopReason::Eos)
+    } else if seq.new_tokens >= seq.max_new_tokens {
+        Some(StopReason::MaxTokens)
+    } else {
+        seq.new_tokens += 1;
+        seq.id = id;
+        on_event(BatchEvent::Token { item: seq.item, id })?;
+        if seq.new_tokens >= seq.max_new_tokens {
+            Some(StopReason::MaxTokens)
+        } else if engine.position_in(seq.slot) >= engine.context_len() {
+            Some(StopReason::ContextFull)
+        } else {
+            None
+        }
+    };
+    match stop {
+        Some(stop) => {
+            on_event(BatchEvent::Finished { item: seq.item, stop, new_tokens: seq.new_tokens })?;
+            Ok(None)
+        }
+        None => Ok(Some(seq)),
+    }
+}
