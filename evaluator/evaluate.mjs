@@ -47,6 +47,8 @@ Options:
   --quant Q             float weights once loaded: q8 | q4 | none (default ${DEFAULTS.quant}; f32, q8_0,
                         q4_0 also taken)
   --context N           KV cache size in tokens, prompt + new (default ${DEFAULTS.context})
+  --batch N             items decoded together (default ${DEFAULTS.batch} on WebGPU, 1 on the CPU);
+                        any batch writes the same predictions; each item needs its own KV cache
   --profile DIR         browser profile; its OPFS keeps downloaded models between runs
                         (default .cache/browser-profile in the repository)
   -h, --help            this text`;
@@ -74,6 +76,7 @@ function parseOptions(argv) {
         backend: { type: "string", default: DEFAULTS.backend },
         quant: { type: "string", default: DEFAULTS.quant },
         context: { type: "string", default: String(DEFAULTS.context) },
+        batch: { type: "string" },
         profile: { type: "string", default: path.join(REPO, ".cache/browser-profile") },
         help: { type: "boolean", short: "h" },
       },
@@ -106,6 +109,7 @@ function parseOptions(argv) {
     backend: values.backend,
     quant: values.quant,
     context: count("context", 1),
+    batch: values.batch === undefined ? null : count("batch", 1, 128),
     profile: path.resolve(values.profile),
   };
 }
@@ -223,7 +227,7 @@ async function main() {
 
     const runs = await plan(page, opts);
     const loaded = await load(page, opts, model);
-    await run(page, opts, runs);
+    await run(page, opts, runs, loaded.batch ?? 1);
     const { tables, summary } = await score(page, opts, runs, loaded, started);
     process.stdout.write(tables);
     fs.writeFileSync(path.join(opts.out, SUMMARY_FILE), JSON.stringify(summary, null, 2) + "\n");
@@ -272,14 +276,14 @@ async function load(page, opts, model) {
   const loadStarted = performance.now();
   let loaded;
   try {
-    loaded = await page.evaluate(([source, o]) => window.evaluator.load(source, o), [model.source, { backend: opts.backend, quant: opts.quant, context: opts.context }]);
+    loaded = await page.evaluate(([source, o]) => window.evaluator.load(source, o), [model.source, { backend: opts.backend, quant: opts.quant, context: opts.context, batch: opts.batch ?? undefined }]);
   } catch (e) {
     throw new Error(`cannot load the model ${opts.model}: ${cleanMessage(e)}`);
   } finally {
     progress.stop();
   }
   const loadSeconds = (performance.now() - loadStarted) / 1000;
-  log(`model: ${opts.model} on ${loaded.backend} (loaded in ${seconds(loadSeconds)})${loaded.fallback ? `; ${loaded.fallback}` : ""}`);
+  log(`model: ${opts.model} on ${loaded.backend}${loaded.batch > 1 ? `, ${loaded.batch} items at a time` : ""} (loaded in ${seconds(loadSeconds)})${loaded.fallback ? `; ${loaded.fallback}` : ""}`);
 
   const manifestFile = path.join(opts.out, MANIFEST_FILE);
   const existing = holdsPredictions(opts.out) && fs.existsSync(manifestFile) ? fs.readFileSync(manifestFile, "utf8") : null;
@@ -295,13 +299,13 @@ async function load(page, opts, model) {
   } catch (e) {
     throw new Error(cleanMessage(e));
   }
-  const engine = { engine: "browser", browser: `Chromium ${chromiumVersion}`, adapter: adapter.description, backend: loaded.backend, fallback: loaded.fallback };
-  return { engine, manifest, loadSeconds };
+  const engine = { engine: "browser", browser: `Chromium ${chromiumVersion}`, adapter: adapter.description, backend: loaded.backend, fallback: loaded.fallback, batch: loaded.batch };
+  return { engine, manifest, loadSeconds, batch: loaded.batch };
 }
 
 /** Every planned item not yet in its dataset's file, each line written and synced to disk as soon
  * as its item is done. */
-async function run(page, opts, runs) {
+async function run(page, opts, runs, batch) {
   let itemTokens = () => {};
   await page.exposeFunction("evaluatorTokens", (n) => itemTokens(n));
   const multi = isTTY ? new cliProgress.MultiBar({ format: "{name} {bar} {value}/{total} items | {tps} tokens/s | eta {eta_formatted}", hideCursor: true, clearOnComplete: false, etaBuffer: 20 }, cliProgress.Presets.shades_classic) : null;
@@ -318,27 +322,53 @@ async function run(page, opts, runs) {
       await page.evaluate(([n, i, t]) => window.evaluator.startDataset(n, i, t), [spec.name, plan.items.length, plan.total]);
       const bar = datasetProgress(multi, spec.name, plan.items.length, resume.done);
       const fd = fs.openSync(out, "a");
-      const stats = { tokens: 0, seconds: 0 };
+      const stats = { tokens: 0, written: 0 };
+      const datasetStarted = performance.now();
       try {
-        for (const [k, item] of todo.entries()) {
-          const itemStarted = performance.now();
-          itemTokens = (n) => bar.tokens((stats.tokens + n) / (stats.seconds + (performance.now() - itemStarted) / 1000));
-          let r;
+        // Up to twice the batch of items in flight, so the worker always has the next one waiting
+        // when a place frees up; lines are written in order as items finish (a finished item
+        // waits for those before it).
+        const finished = new Map();
+        let nextToStart = 0;
+        const inFlightMax = Math.max(1, 2 * batch);
+        const runItem = async (k) => {
+          const item = todo[k];
           try {
-            r = await page.evaluate(([it, n]) => window.evaluator.classify(it, n), [item, opts.maxNewTokens]);
+            finished.set(k, { r: await page.evaluate(([it, n]) => window.evaluator.classify(it, n), [item, opts.maxNewTokens]) });
           } catch (e) {
-            throw new Error(`${spec.name} item ${item.index + 1} of ${path.basename(run.file)}: ${cleanMessage(e)}`);
+            finished.set(k, { error: new Error(`${spec.name} item ${item.index + 1} of ${path.basename(run.file)}: ${cleanMessage(e)}`) });
+          }
+        };
+        const inFlight = new Map();
+        const start = () => {
+          while (nextToStart < todo.length && inFlight.size < inFlightMax) {
+            const k = nextToStart++;
+            inFlight.set(k, runItem(k).then(() => inFlight.delete(k)));
+          }
+        };
+        itemTokens = (n) => bar.tokens((stats.tokens + n) / Math.max((performance.now() - datasetStarted) / 1000, 1e-9));
+        start();
+        while (stats.written < todo.length) {
+          while (!finished.has(stats.written)) await Promise.race(inFlight.values());
+          const { r, error } = finished.get(stats.written);
+          finished.delete(stats.written);
+          if (error) {
+            await Promise.allSettled(inFlight.values());
+            throw error;
           }
           fs.writeSync(fd, r.line);
           fs.fsyncSync(fd);
           stats.tokens += r.newTokens;
-          stats.seconds += r.seconds;
-          const tps = stats.tokens / Math.max(stats.seconds, 1e-9);
-          const done = resume.done + k + 1;
-          const eta = ((plan.items.length - done) * stats.seconds) / (k + 1);
+          stats.written += 1;
+          start();
+          const wall = (performance.now() - datasetStarted) / 1000;
+          const tps = stats.tokens / Math.max(wall, 1e-9);
+          const done = resume.done + stats.written;
+          const eta = ((plan.items.length - done) * wall) / stats.written;
           bar.tokens(tps);
           bar.item(done, `${done}/${plan.items.length} items, ${r.newTokens} tokens in ${seconds(r.seconds)} (${tps.toFixed(1)} tokens/s so far), eta ${seconds(eta)}`);
         }
+        await page.evaluate((w) => window.evaluator.setGenerationSeconds(w), (performance.now() - datasetStarted) / 1000);
       } finally {
         fs.closeSync(fd);
       }

@@ -38,10 +38,12 @@ window.evaluator = {
   // bound to the loaded model's identity.
   manifest: (settings, existing, folder) => run_manifest({ ...settings, model_identity: guard.modelIdentity }, existing ?? undefined, folder),
   startDataset: (name, items, benchmarkItems) => summary.start_dataset(name, items, benchmarkItems),
+  // The dataset's generation time on the wall clock (batched items overlap).
+  setGenerationSeconds: (seconds) => summary.set_generation_s(seconds),
   summary: (manifest, shardIndex, shardCount, limit, engine, loadSeconds, wallSeconds, report) =>
     summary.to_json(manifest, shardIndex, shardCount, limit ?? -1, engine, loadSeconds, wallSeconds, report),
 
-  async load(source, { backend, quant, context }) {
+  async load(source, { backend, quant, context, batch }) {
     guard?.terminate();
     guard = null;
     status.textContent = "loading the model";
@@ -49,13 +51,15 @@ window.evaluator = {
       backend,
       quant,
       context,
+      batch,
       onProgress: (p) => window.evaluatorProgress?.({ phase: p.phase, file: p.file ?? null, loaded: p.loaded ?? 0, total: p.total ?? 0, message: p.message ?? null }),
     });
     status.textContent = `model loaded on ${guard.backend}`;
-    return { backend: guard.backend, fallback: guard.fallback };
+    return { backend: guard.backend, fallback: guard.fallback, batch: guard.batch };
   },
 
-  /** Run one planned item; resolves to its predictions line and counts. */
+  /** Run one planned item; resolves to its predictions line and counts. Calls may overlap: the
+   * worker decodes overlapping items together (up to the model's batch). */
   async classify(item, maxNewTokens) {
     if (!guard) throw new Error("no model is loaded");
     current.textContent = `item ${item.index + 1}`;

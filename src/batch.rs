@@ -60,14 +60,15 @@ struct Sequence<T> {
 
 /// Runs every request `next` gives (`(item, request)`, pulled whenever a slot is free), at most
 /// `batch` at once (and no more than the engine's slots), greedy, stopping each at any of
-/// `stop_ids`, its limit or a full context. `is_cancelled` is polled before every step; a cancel
-/// ends every sequence in flight with `StopReason::Cancelled` and pulls no more requests.
+/// `stop_ids`, its limit or a full context. `is_cancelled(item)` is polled for every sequence in
+/// flight before every step: a cancelled one ends with `StopReason::Cancelled` and frees its slot
+/// (the others go on; `next` decides whether more come).
 pub async fn run_batch<B: Backend>(
     engine: &mut Engine<B>,
     batch: usize,
     next: &mut dyn FnMut() -> Result<Option<(usize, Request)>>,
     stop_ids: &[u32],
-    is_cancelled: &dyn Fn() -> bool,
+    is_cancelled: &dyn Fn(usize) -> bool,
     on_event: &mut dyn FnMut(BatchEvent) -> Result<()>,
 ) -> Result<BatchStats> {
     let batch = batch.clamp(1, engine.slots());
@@ -76,15 +77,16 @@ pub async fn run_batch<B: Backend>(
     let mut used = vec![false; batch];
     let mut exhausted = false;
     loop {
-        if is_cancelled() {
-            for seq in slots.iter_mut().filter_map(Option::take) {
+        for slot in slots.iter_mut() {
+            if slot.as_ref().is_some_and(|seq| is_cancelled(seq.item))
+                && let Some(seq) = slot.take()
+            {
                 on_event(BatchEvent::Finished {
                     item: seq.item,
                     stop: StopReason::Cancelled,
                     new_tokens: seq.new_tokens,
                 })?;
             }
-            return Ok(stats);
         }
         // Refill free slots, lowest first.
         for slot in 0..batch {
@@ -118,7 +120,7 @@ pub async fn run_batch<B: Backend>(
                 drop(logits);
                 let id = engine.backend.token_id(&token).await?;
                 let seq = Sequence { item, slot, token, id, new_tokens: 0, max_new_tokens: request.max_new_tokens };
-                slots[slot] = accept(engine, seq, id, stop_ids, on_event)?;
+                slots[slot] = accept(engine, seq, id, stop_ids, is_cancelled, on_event)?;
             }
         }
         let in_flight: Vec<usize> = (0..batch).filter(|&s| slots[s].is_some()).collect();
@@ -137,7 +139,7 @@ pub async fn run_batch<B: Backend>(
             let id = engine.backend.token_id(&token).await?;
             if let Some(mut seq) = slots[slot].take() {
                 seq.token = token;
-                slots[slot] = accept(engine, seq, id, stop_ids, on_event)?;
+                slots[slot] = accept(engine, seq, id, stop_ids, is_cancelled, on_event)?;
             }
         }
     }
@@ -150,9 +152,12 @@ fn accept<B: Backend>(
     mut seq: Sequence<B::Token>,
     id: u32,
     stop_ids: &[u32],
+    is_cancelled: &dyn Fn(usize) -> bool,
     on_event: &mut dyn FnMut(BatchEvent) -> Result<()>,
 ) -> Result<Option<Sequence<B::Token>>> {
-    let stop = if stop_ids.contains(&id) {
+    let stop = if is_cancelled(seq.item) {
+        Some(StopReason::Cancelled)
+    } else if stop_ids.contains(&id) {
         Some(StopReason::Eos)
     } else if seq.new_tokens >= seq.max_new_tokens {
         Some(StopReason::MaxTokens)

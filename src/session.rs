@@ -334,6 +334,15 @@ pub struct PerToken {
     pub submit_us: f64,
 }
 
+/// One prompt of `Session::classify_many`: its index (events and results carry it), the whole
+/// GuardReasoner prompt text, and its new-token limit (the run's when None).
+#[derive(Debug, Clone)]
+pub struct ClassifyItem {
+    pub index: usize,
+    pub text: String,
+    pub max_new_tokens: Option<usize>,
+}
+
 /// Most conversations one session decodes together (the GPU's activation rows bound it).
 pub const MAX_BATCH: usize = PREFILL_CHUNK;
 
@@ -664,13 +673,13 @@ impl Session {
         is_cancelled: &dyn Fn() -> bool,
         on_event: &mut dyn FnMut(ClassifyEvent) -> Result<()>,
     ) -> Result<Classification> {
-        let mut item = Some((0, text.to_string()));
+        let mut item = Some(ClassifyItem { index: 0, text: text.to_string(), max_new_tokens: None });
         let mut result = None;
         self.classify_many(
             1,
             &mut || Ok(item.take()),
             options,
-            is_cancelled,
+            &|_| is_cancelled(),
             &mut |_, event| on_event(event),
             &mut |_, classification| {
                 result = Some(classification);
@@ -683,18 +692,18 @@ impl Session {
 
     /// Classifies many GuardReasoner prompt texts, up to `batch` at once (at most the batch the
     /// session was loaded for), decoded together with continuous batching (`batch::run_batch`):
-    /// `next` gives `(item, text)` whenever a slot is free, `on_event(item, event)` streams each
+    /// `next` gives an item whenever a slot is free, `on_event(item, event)` streams each
     /// item's deltas and reasoning events, `on_done(item, result)` gives each result as its item
     /// finishes (not in order), or the error that kept it from starting (`Error::Prompt`: too
     /// long for the context, ...; the others go on). Every item's answer is the one `classify`
-    /// gives it alone. `is_cancelled` is polled before every step: items in flight end as
-    /// `Stop::Cancelled` (passed to `on_done`) and no more are pulled.
+    /// gives it alone. `is_cancelled(item)` is polled before every step: a cancelled item ends as
+    /// `Stop::Cancelled` (passed to `on_done`) and the others go on.
     pub async fn classify_many(
         &mut self,
         batch: usize,
-        next: &mut dyn FnMut() -> Result<Option<(usize, String)>>,
+        next: &mut dyn FnMut() -> Result<Option<ClassifyItem>>,
         options: &RunOptions,
-        is_cancelled: &dyn Fn() -> bool,
+        is_cancelled: &dyn Fn(usize) -> bool,
         on_event: &mut dyn FnMut(usize, ClassifyEvent) -> Result<()>,
         on_done: &mut dyn FnMut(usize, Result<Classification>) -> Result<()>,
     ) -> Result<BatchStats> {
@@ -702,9 +711,10 @@ impl Session {
         let tokenizer = &self.tokenizer;
         let mut items: std::collections::HashMap<usize, ItemRun> = std::collections::HashMap::new();
         let mut pull = || -> Result<Option<(usize, Request)>> {
-            let Some((item, text)) = next()? else { return Ok(None) };
-            let ids = tokenizer.encode_prompt(&text)?;
-            Ok(Some((item, Request { ids, max_new_tokens: options.max_new_tokens })))
+            let Some(item) = next()? else { return Ok(None) };
+            let ids = tokenizer.encode_prompt(&item.text)?;
+            let max_new_tokens = item.max_new_tokens.unwrap_or(options.max_new_tokens);
+            Ok(Some((item.index, Request { ids, max_new_tokens })))
         };
         let mut handle = |event: BatchEvent| -> Result<()> {
             match event {
@@ -717,9 +727,9 @@ impl Session {
                     }
                 }
                 BatchEvent::Finished { item, stop, new_tokens } => {
-                    if let Some(run) = items.remove(&item) {
-                        on_done(item, Ok(run.finish(tokenizer, stop.into(), new_tokens, &mut |e| on_event(item, e))?))?;
-                    }
+                    // An item cancelled before its prompt ran has no run yet: an empty one.
+                    let run = items.remove(&item).unwrap_or_else(|| ItemRun::new(0, 0, 0.0));
+                    on_done(item, Ok(run.finish(tokenizer, stop.into(), new_tokens, &mut |e| on_event(item, e))?))?;
                 }
                 BatchEvent::Failed { item, error } => on_done(item, Err(Error::Prompt(error)))?,
             }
@@ -734,12 +744,16 @@ impl Session {
             // One at a time: the same arithmetic, with the device running ahead of the host
             // (`generate::Pipeline`).
             let mut stats = BatchStats::default();
-            let opts = GenerateOptions { max_new_tokens: options.max_new_tokens, stop_ids, keep_first_logits: false };
             while let Some((item, request)) = pull()? {
+                let opts = GenerateOptions {
+                    max_new_tokens: request.max_new_tokens,
+                    stop_ids: stop_ids.clone(),
+                    keep_first_logits: false,
+                };
                 stats.items += 1;
                 let began = Instant::now();
                 let mut new_tokens = 0usize;
-                let outcome = generate_in(engine, &request.ids, true, &opts, is_cancelled, &mut |p| match p {
+                let outcome = generate_in(engine, &request.ids, true, &opts, &|| is_cancelled(item), &mut |p| match p {
                     Progress::PromptDone { prompt_tokens, reused_tokens } => handle(BatchEvent::Started {
                         item,
                         slot: 0,
@@ -767,9 +781,6 @@ impl Session {
                 stats.decode_rows += new_tokens.saturating_sub(1);
                 stats.most_in_flight = 1;
                 handle(BatchEvent::Finished { item, stop, new_tokens })?;
-                if stop == StopReason::Cancelled {
-                    break;
-                }
             }
             Ok(stats)
         })

@@ -11,7 +11,7 @@ use crate::guard::{
     evaluate, guard_prompt, parse_benchmark_json, parse_predictions_jsonl, plan_items,
 };
 use crate::loader::{ModelIdentity, OpenedModel, open_gguf, open_hf};
-use crate::session::{BackendChoice, ClassifyEvent, Device, Quant, RunOptions, Session, Stop};
+use crate::session::{BackendChoice, ClassifyEvent, ClassifyItem, Device, Quant, RunOptions, Session, Stop};
 use js_sys::{Function, Promise, Uint8Array};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -118,7 +118,8 @@ fn open_files(files: &JsValue) -> Result<OpenedModel> {
 /// tokenizer: Uint8Array, shards: [source]}`, each source `{name, size, read(offset, length)}`.
 /// `backend`: "auto", "webgpu" (or "gpu") or "cpu"; `quant` (float weights): "q8", "q4" or
 /// "none" (also "f32", "q8_0", "q4_0"); unknown words are refused. `on_progress(done_bytes,
-/// total_bytes)` while tensors load.
+/// total_bytes)` while tensors load. `batch`: conversations decoded together (`classify_many`),
+/// each with a KV cache of `context` tokens (default 1).
 #[wasm_bindgen]
 pub async fn load_model(
     files: JsValue,
@@ -126,6 +127,7 @@ pub async fn load_model(
     quant: String,
     context: u32,
     on_progress: Function,
+    batch: Option<u32>,
 ) -> std::result::Result<WasmSession, JsValue> {
     let choice = BackendChoice {
         device: Device::parse(&backend).map_err(js_err)?,
@@ -136,7 +138,8 @@ pub async fn load_model(
     let mut progress = |done: u64, total: u64| {
         let _ = on_progress.call2(&JsValue::NULL, &JsValue::from_f64(done as f64), &JsValue::from_f64(total as f64));
     };
-    let session = Session::load(model, choice, context as usize, &mut progress).await.map_err(js_err)?;
+    let batch = batch.unwrap_or(1).max(1) as usize;
+    let session = Session::load_batched(model, choice, context as usize, batch, &mut progress).await.map_err(js_err)?;
     Ok(WasmSession { session: Rc::new(RefCell::new(session)) })
 }
 
@@ -155,6 +158,11 @@ fn to_js_value(value: &impl serde::Serialize) -> std::result::Result<JsValue, Js
 
 #[wasm_bindgen(js_class = Session)]
 impl WasmSession {
+    /// Conversations decoded together (`classify_many`).
+    pub fn batch(&self) -> u32 {
+        self.session.try_borrow().map(|s| s.batch() as u32).unwrap_or(1)
+    }
+
     /// "gpu (<adapter>)" or "cpu (candle, 1 threads)".
     pub fn backend(&self) -> String {
         self.session.try_borrow().map(|s| s.backend().to_string()).unwrap_or_default()
@@ -234,6 +242,80 @@ impl WasmSession {
             to_js_value(&out)
         })
     }
+}
+
+#[wasm_bindgen(js_class = Session)]
+impl WasmSession {
+    /// Classify many complete GuardReasoner prompts, up to the session's batch at once, decoded
+    /// together (continuous batching): `next()` returns the next `{index, text, maxNewTokens?}`
+    /// or null, and is called whenever a place is free, so prompts that arrive while a batch runs
+    /// join it; `on_event(index, event)` streams each item's events; `on_done(index, result,
+    /// error)` gives each item's classification as it finishes (or the message of the error that
+    /// kept it from starting); `is_cancelled(index)` is polled before every step. Resolves to the
+    /// scheduler's counts (`{items, steps, decode_rows, refills, most_in_flight}`). Each item's
+    /// answer is the one `classify` gives it alone.
+    // The borrow is the session's lock: held for the whole run, so a second call is refused.
+    #[allow(clippy::await_holding_refcell_ref)]
+    pub fn classify_many(
+        &self,
+        max_new: u32,
+        next: Function,
+        on_event: Function,
+        on_done: Function,
+        is_cancelled: Function,
+    ) -> Promise {
+        let session = self.session.clone();
+        future_to_promise(async move {
+            let mut session = session.try_borrow_mut().map_err(|_| js_err("busy: one run at a time"))?;
+            let field =
+                |v: &JsValue, k: &str| js_sys::Reflect::get(v, &JsValue::from_str(k)).unwrap_or(JsValue::UNDEFINED);
+            let mut pull = || -> Result<Option<ClassifyItem>> {
+                let item = next.call0(&JsValue::NULL).map_err(|e| Error::Other(js_message(&e)))?;
+                if item.is_null() || item.is_undefined() {
+                    return Ok(None);
+                }
+                let index =
+                    field(&item, "index").as_f64().ok_or_else(|| Error::Other("an item lacks its index".into()))?;
+                let text =
+                    field(&item, "text").as_string().ok_or_else(|| Error::Other("an item lacks its text".into()))?;
+                let max_new_tokens = field(&item, "maxNewTokens").as_f64().map(|n| n.max(0.0) as usize);
+                Ok(Some(ClassifyItem { index: index as usize, text, max_new_tokens }))
+            };
+            let mut emit = |index: usize, event: ClassifyEvent| -> Result<()> {
+                let value = to_js(&event.to_json()).map_err(|e| Error::Other(js_message(&e)))?;
+                on_event
+                    .call2(&JsValue::NULL, &JsValue::from(index as f64), &value)
+                    .map(|_| ())
+                    .map_err(|e| Error::Other(js_message(&e)))
+            };
+            let mut done = |index: usize, result: Result<crate::session::Classification>| -> Result<()> {
+                let (value, error) = match result {
+                    Ok(c) => (to_js_value(&c).map_err(|e| Error::Other(js_message(&e)))?, JsValue::UNDEFINED),
+                    Err(e) => (JsValue::NULL, JsValue::from_str(&e.to_string())),
+                };
+                on_done
+                    .call3(&JsValue::NULL, &JsValue::from(index as f64), &value, &error)
+                    .map(|_| ())
+                    .map_err(|e| Error::Other(js_message(&e)))
+            };
+            let cancelled = |index: usize| {
+                is_cancelled.call1(&JsValue::NULL, &JsValue::from(index as f64)).map(|v| v.is_truthy()).unwrap_or(false)
+            };
+            let options = RunOptions::new(max_new as usize);
+            let batch = session.batch();
+            let stats = session
+                .classify_many(batch, &mut pull, &options, &cancelled, &mut emit, &mut done)
+                .await
+                .map_err(js_err)?;
+            to_js_value(&stats)
+        })
+    }
+}
+
+/// The GuardReasoner prompt text of a conversation (`moderate`'s), for `classify_many`.
+#[wasm_bindgen]
+pub fn moderation_prompt(prompt: &str, response: Option<String>) -> String {
+    guard_prompt(prompt, response.as_deref())
 }
 
 /// The paper's datasets: `[{name, file}]` (`file`: the benchmark file name without `.json`).
@@ -331,6 +413,11 @@ impl JsRunSummary {
         first_token_s: f64,
     ) {
         self.0.add_item(new_tokens as usize, prompt_tokens as usize, reused_tokens as usize, seconds, first_token_s);
+    }
+
+    /// The current dataset's generation time on the wall clock (its items overlap in a batch).
+    pub fn set_generation_s(&mut self, seconds: f64) {
+        self.0.set_generation_s(seconds);
     }
 
     /// `summary.json`'s object. `manifest`: the run's `run.json` text; `engine`: `{engine,

@@ -159,8 +159,9 @@ fn quantized_on_load_stays_close() {
 /// refilled while the long one is still decoding, and it must finish last.
 fn scheduler_refills_slots_and_matches_one_at_a_time<B: Backend>(make: impl Fn() -> B) {
     use guardreasoner::batch::{BatchEvent, Request, run_batch};
+    use guardreasoner::generate::StopReason;
     let tensors = micro_tensors(SEED);
-    let run = |batch: usize| {
+    let run = |batch: usize, cancel: Option<usize>| {
         let OpenedModel { mut files, .. } = open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap();
         let backend = make();
         let weights = files.load(&backend, &mut |_, _| {}).unwrap();
@@ -176,27 +177,42 @@ fn scheduler_refills_slots_and_matches_one_at_a_time<B: Backend>(make: impl Fn()
         let mut tokens = vec![Vec::new(); 7];
         let mut order = Vec::new();
         let mut reused = vec![0; 7];
-        let stats =
-            pollster::block_on(run_batch(&mut e, batch, &mut || Ok(requests.next()), &[], &|| false, &mut |event| {
+        let stats = pollster::block_on(run_batch(
+            &mut e,
+            batch,
+            &mut || Ok(requests.next()),
+            &[],
+            &|item| Some(item) == cancel,
+            &mut |event| {
                 match event {
                     BatchEvent::Token { item, id } => tokens[item].push(id),
-                    BatchEvent::Finished { item, .. } => order.push(item),
+                    BatchEvent::Finished { item, stop, .. } => {
+                        assert_eq!(stop == StopReason::Cancelled, Some(item) == cancel, "item {item}: {stop:?}");
+                        order.push(item)
+                    }
                     BatchEvent::Started { item, reused_tokens, .. } => reused[item] = reused_tokens,
                     BatchEvent::Failed { error, .. } => panic!("{error}"),
                 }
                 Ok(())
-            }))
-            .unwrap();
+            },
+        ))
+        .unwrap();
         (tokens, order, reused, stats)
     };
-    let (alone, _, reused, _) = run(1);
+    let (alone, _, reused, _) = run(1, None);
     assert!(reused.iter().all(|&r| r == 6), "every prompt starts from the 6 shared tokens: {reused:?}");
-    let (together, order, _, stats) = run(3);
+    let (together, order, _, stats) = run(3, None);
     assert_eq!(together, alone, "batch of 3 vs one at a time");
     assert_eq!(together[0].len(), 30);
     assert!(stats.refills >= 3, "slots refilled while the long answer ran: {stats:?}");
     assert_eq!(order.last(), Some(&0), "the long answer finishes last: {order:?}");
     assert_eq!(stats.most_in_flight, 3);
+    // Cancelling one request ends it alone: the others' tokens do not change.
+    let (cancelled, order, _, _) = run(3, Some(2));
+    assert!(cancelled[2].is_empty() && order.contains(&2), "{:?}", cancelled[2]);
+    for i in (0..7).filter(|&i| i != 2) {
+        assert_eq!(cancelled[i], alone[i], "request {i} beside a cancelled one");
+    }
 }
 
 #[test]

@@ -25,8 +25,11 @@ export interface LoadOptions {
   backend?: "auto" | "webgpu" | "cpu";
   /** Float weights once loaded: "q8" (default), "q4" or "none" (keep f32); "f32", "q8_0" and "q4_0" are taken too. */
   quant?: "q8" | "q4" | "none" | "f32" | "q8_0" | "q4_0";
-  /** KV cache size in tokens (prompt + new tokens) */
+  /** KV cache size in tokens (prompt + new tokens) of one conversation */
   context?: number;
+  /** Conversations decoded together (`moderateMany`, concurrent `moderate` calls); default 4 on
+   * WebGPU, 1 on the CPU. Each needs its own KV cache of `context` tokens. */
+  batch?: number;
   onProgress?: (p: LoadProgress) => void;
   /** A Hub revision for an `{hf}` source (default "main"). */
   revision?: string;
@@ -66,7 +69,7 @@ export interface ModerationResult {
   /** The generated text, whole. */
   text: string;
   promptTokens: number;
-  /** Prompt tokens whose KV came from the previous request (a shared prefix). */
+  /** Prompt tokens whose KV came from the shared GuardReasoner instruction, computed once. */
   reusedTokens: number;
   newTokens: number;
   stop: "eos" | "max_tokens" | "context_full";
@@ -90,6 +93,8 @@ export declare class GuardReasoner {
   readonly fallback: string | null;
   /** The loaded model by content: its files' total size and a SHA-256 of their sizes and headers. */
   readonly modelIdentity: { bytes: number; sha256: string };
+  /** Conversations decoded together. */
+  readonly batch: number;
   static load(source: ModelSource, options?: LoadOptions): Promise<GuardReasoner>;
   tokenize(text: string): Promise<number[]>;
   generate(
@@ -100,6 +105,18 @@ export declare class GuardReasoner {
     conversation: { prompt: string; response?: string | null },
     options?: { onEvent?: (e: GuardEvent) => void; signal?: AbortSignal; maxNewTokens?: number },
   ): Promise<ModerationResult>;
+  /** Many conversations decoded together; events carry `item` (the index in `conversations`),
+   * `onResult` gets each result as it finishes; resolves to the results in order, each what
+   * `moderate` gives that conversation alone. */
+  moderateMany(
+    conversations: { prompt: string; response?: string | null }[],
+    options?: {
+      onEvent?: (e: GuardEvent & { item: number }) => void;
+      onResult?: (index: number, result: ModerationResult) => void;
+      signal?: AbortSignal;
+      maxNewTokens?: number;
+    },
+  ): Promise<ModerationResult[]>;
   /** As `moderate`, on a complete GuardReasoner prompt (instruction + "\n" + conversation). */
   classifyPrompt(
     text: string,

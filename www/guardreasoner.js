@@ -4,7 +4,7 @@
 //   const guard = await GuardReasoner.load({ hf: "yueliu1999/GuardReasoner-1B" }, { onProgress });
 //   const result = await guard.moderate({ prompt, response }, { onEvent, signal });
 
-import { DEFAULTS, Reply, Request } from "./protocol.js";
+import { CANCEL_SLOTS, DEFAULTS, Reply, Request } from "./protocol.js";
 
 let nextId = 1;
 
@@ -13,6 +13,8 @@ export class GuardReasoner {
   #pending = new Map();
   #cancel = null; // Int32Array over a SharedArrayBuffer when cross-origin isolated
   backend = "";
+  /** Conversations the model decodes together (`moderateMany`, concurrent `moderate` calls). */
+  batch = 1;
   fallback = null;
   /** What the loaded model is by content: `{bytes, sha256}` of its files' sizes and headers. */
   modelIdentity = null;
@@ -25,7 +27,7 @@ export class GuardReasoner {
       this.#pending.clear();
     };
     if (globalThis.crossOriginIsolated && typeof SharedArrayBuffer !== "undefined") {
-      this.#cancel = new Int32Array(new SharedArrayBuffer(4));
+      this.#cancel = new Int32Array(new SharedArrayBuffer(4 * CANCEL_SLOTS));
       worker.postMessage({ type: Request.cancelFlag, buffer: this.#cancel.buffer });
     }
   }
@@ -38,19 +40,21 @@ export class GuardReasoner {
    * revision (default "main"; also the `revision` option) is resolved to its commit, and the files
    * are stored under it: an upstream change is a fresh download, never mixed with stored files. Options: `backend` "auto" | "webgpu" | "cpu",
    * `quant` "q8" | "q4" | "none" (float weights once loaded; "f32", "q8_0", "q4_0" also taken),
-   * `context` (tokens), `onProgress` (phases: "download" with loaded/total/rate/eta/resumedFrom,
+   * `context` (tokens per conversation), `batch` (conversations decoded together: default
+   * `DEFAULTS.batch` on WebGPU, 1 on the CPU; each needs its own KV cache), `onProgress` (phases: "download" with loaded/total/rate/eta/resumedFrom,
    * "cache", "copy" for a picked file, "load"). `storageQuotaOverride` (bytes) stands in for the
    * browser's quota, for tests.
    */
-  static async load(source, { onProgress, backend = DEFAULTS.backend, quant = DEFAULTS.quant, context = DEFAULTS.context, revision, workerUrl, storageQuotaOverride } = {}) {
+  static async load(source, { onProgress, backend = DEFAULTS.backend, quant = DEFAULTS.quant, context = DEFAULTS.context, batch, revision, workerUrl, storageQuotaOverride } = {}) {
     const url = workerUrl || new URL("./worker.js", import.meta.url);
     const guard = new GuardReasoner(new Worker(url, { type: "module" }));
     // Ask once that stored models survive storage pressure (the browser may say no; they are then
     // kept as long as it allows).
     await globalThis.navigator?.storage?.persist?.().catch(() => false);
     if (revision && source?.hf && !source.revision) source = { ...source, revision };
-    const out = await guard.#request({ type: Request.load, source, backend, quant, context, quotaOverride: storageQuotaOverride }, { onProgress });
+    const out = await guard.#request({ type: Request.load, source, backend, quant, context, batch, quotaOverride: storageQuotaOverride }, { onProgress });
     guard.backend = out.backend;
+    guard.batch = out.batch ?? 1;
     guard.fallback = out.fallback;
     guard.modelIdentity = out.modelIdentity;
     return guard;
@@ -79,6 +83,24 @@ export class GuardReasoner {
   }
 
   /**
+   * Classify many conversations, decoded together (up to `batch` at once; continuous batching:
+   * a finished one's place goes to the next at once). `items`: `[{prompt, response?}]`.
+   * `onEvent(event)` receives every item's events, each with `item` (its index in `items`);
+   * `onResult(index, result)` each result as its item finishes (not in order); `signal` cancels
+   * them all. Resolves to the results in the order of `items`; each is exactly what `moderate`
+   * gives that item alone. Concurrent `moderate` calls share the batch the same way.
+   */
+  async moderateMany(items, { onEvent, onResult, signal, maxNewTokens = DEFAULTS.maxNewTokens } = {}) {
+    return Promise.all(
+      items.map(async ({ prompt, response = null }, index) => {
+        const result = await this.moderate({ prompt, response }, { signal, maxNewTokens, onEvent: onEvent && ((e) => onEvent({ ...e, item: index })) });
+        onResult?.(index, result);
+        return result;
+      }),
+    );
+  }
+
+  /**
    * As `moderate`, on a complete GuardReasoner prompt text: the instruction and the conversation,
    * as the paper's benchmark files hold it (`instruction + "\n" + input`). BOS is added.
    */
@@ -103,11 +125,11 @@ export class GuardReasoner {
     return new Promise((resolve, reject) => {
       if (signal?.aborted) return reject(new DOMException("cancelled", "AbortError"));
       const onAbort = () => {
-        if (this.#cancel) Atomics.store(this.#cancel, 0, 1);
-        this.#worker.postMessage({ type: Request.cancel });
+        if (this.#cancel) Atomics.store(this.#cancel, id % CANCEL_SLOTS, id);
+        this.#worker.postMessage({ type: Request.cancel, id });
       };
       signal?.addEventListener("abort", onAbort, { once: true });
-      if (this.#cancel) Atomics.store(this.#cancel, 0, 0);
+      if (this.#cancel) Atomics.store(this.#cancel, id % CANCEL_SLOTS, 0);
       this.#pending.set(id, {
         onProgress,
         onEvent,

@@ -10,9 +10,10 @@ export const Request = Object.freeze({
   generate: "generate",
   moderate: "moderate",
   classify: "classify",
-  /** `{type, buffer}`: a SharedArrayBuffer the page raises to cancel (cross-origin isolated pages). */
+  /** `{type, buffer}`: a SharedArrayBuffer of `CANCEL_SLOTS` Int32s; slot `id % CANCEL_SLOTS`
+   * holds `id` once request `id` is cancelled (cross-origin isolated pages). */
   cancelFlag: "cancel-flag",
-  /** No id: cancels the run in progress (effective at its next await without a cancel flag). */
+  /** `{type, id}`: cancels request `id` (effective at its next await without a cancel flag). */
   cancel: "cancel",
 });
 
@@ -34,7 +35,13 @@ export const DEFAULTS = Object.freeze({
   maxNewTokens: 2048,
   /** New tokens of a plain `generate`. */
   generateMaxNewTokens: 32,
+  /** Conversations decoded together on WebGPU (`moderateMany`, concurrent `moderate` calls);
+   * the wasm CPU path takes 1 unless asked. Each needs a KV cache of `context` tokens. */
+  batch: 4,
 });
+
+/** Slots of the shared cancel flags (requests in flight at once, at most, that keep their own). */
+export const CANCEL_SLOTS = 256;
 
 /** The words the options take (the core accepts these and refuses others with a message). */
 export const BACKENDS = Object.freeze(["auto", "webgpu", "gpu", "cpu"]);

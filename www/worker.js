@@ -1,20 +1,61 @@
 // The Web Worker that owns the model: loads the wasm module, resolves a model source to files
 // (downloaded with progress and resume into OPFS, www/model-store.js; or a picked File), and runs
-// one request at a time.
+// requests in order, one at a time, except classifications: those that arrive while others run
+// join them in one batch (the session decodes up to its batch together, continuous batching).
 // Protocol (www/protocol.js): requests {id, type, ...}; replies {id, type, ...}.
-import init, { load_model } from "../pkg/guardreasoner.js";
+import init, { load_model, moderation_prompt } from "../pkg/guardreasoner.js";
 import { DEFAULTS, HF_FILES, HUB_ENDPOINT, Reply, Request, hubBaseUrl, hubRevisionUrl } from "./protocol.js";
 import { StorageError, pins, storedFile, storedUpload } from "./model-store.js";
 
 let session = null; // the wasm Session
-let cancelFlag = null; // Int32Array over a SharedArrayBuffer when the page is cross-origin isolated
-let cancelledByMessage = false;
+// Int32Array over a SharedArrayBuffer when the page is cross-origin isolated: slot id % length
+// holds id once request id is cancelled (read without waiting for the event loop).
+let cancelFlags = null;
+const cancelledByMessage = new Set(); // ids, effective at the next await without the flags
 let queue = Promise.resolve();
+// Classifications waiting for a place in the batch: {id, text, maxNewTokens}.
+const waiting = [];
+const inBatch = new Set(); // ids the running batch has taken
+let batchQueued = false;
 
 const post = (msg) => self.postMessage(msg);
 
-function isCancelled() {
-  return cancelFlag ? Atomics.load(cancelFlag, 0) === 1 : cancelledByMessage;
+function isCancelled(id) {
+  return cancelledByMessage.has(id) || (cancelFlags !== null && Atomics.load(cancelFlags, id % cancelFlags.length) === id);
+}
+
+/** Runs every waiting classification, the session's batch at a time; ones that arrive while it
+ * runs join it (on WebGPU the run yields at each step's readback; the wasm CPU path does not, so
+ * there they wait for the next batch). */
+async function runBatch() {
+  try {
+    while (waiting.length > 0) {
+      if (!session) throw new Error("no model is loaded");
+      const next = () => {
+        const item = waiting.shift();
+        if (!item) return null;
+        inBatch.add(item.id);
+        return { index: item.id, text: item.text, maxNewTokens: item.maxNewTokens };
+      };
+      const onEvent = (id, event) => post({ id, type: Reply.event, event });
+      const onDone = (id, result, error) => {
+        inBatch.delete(id);
+        cancelledByMessage.delete(id);
+        if (error !== undefined) post({ id, type: Reply.error, message: error });
+        else if (result.stop === "cancelled") post({ id, type: Reply.error, message: "cancelled" });
+        else post({ id, type: Reply.result, ...result });
+      };
+      await session.classify_many(DEFAULTS.maxNewTokens, next, onEvent, onDone, isCancelled);
+    }
+  } catch (e) {
+    // The batch failed as a whole (not one item's prompt): every classification in it or
+    // waiting fails with the message, and the worker goes on.
+    const message = String(e && e.message ? e.message : e);
+    for (const id of [...inBatch, ...waiting.splice(0).map((w) => w.id)]) post({ id, type: Reply.error, message });
+    inBatch.clear();
+  } finally {
+    batchQueued = false;
+  }
 }
 
 // Progress of one file's download: bytes (resumed ones included), rate and ETA of this session.
@@ -127,32 +168,34 @@ async function handle(msg) {
       // words; only a browser without WebGPU at all is decided here.
       const wanted = msg.backend || DEFAULTS.backend;
       const noWebGpu = wanted === "auto" && !self.navigator.gpu;
+      const onCpu = noWebGpu || wanted === "cpu";
+      // On the wasm CPU path one conversation at a time unless asked: it is single-threaded
+      // and shares 4 GiB with the weights.
+      const batch = msg.batch || (onCpu ? 1 : DEFAULTS.batch);
       try {
-        session = await load_model(files, noWebGpu ? "cpu" : wanted, msg.quant || DEFAULTS.quant, msg.context || DEFAULTS.context, (loaded, total) =>
-          post({ id, type: Reply.progress, phase: "load", loaded, total }),
+        session = await load_model(
+          files,
+          onCpu ? "cpu" : wanted,
+          msg.quant || DEFAULTS.quant,
+          msg.context || DEFAULTS.context,
+          (loaded, total) => post({ id, type: Reply.progress, phase: "load", loaded, total }),
+          batch,
         );
       } finally {
         await release(); // the weights are in wasm or GPU memory now (or the load failed)
       }
       const fallback = noWebGpu ? "WebGPU is not available in this browser: running on the CPU" : (session.fallback() ?? null);
-      post({ id, type: Reply.result, backend: session.backend(), fallback, modelIdentity: session.model_identity() });
+      post({ id, type: Reply.result, backend: session.backend(), fallback, modelIdentity: session.model_identity(), batch: session.batch() });
     } else if (type === Request.cancelFlag) {
-      cancelFlag = new Int32Array(msg.buffer);
+      cancelFlags = new Int32Array(msg.buffer);
     } else {
       if (!session) throw new Error("no model is loaded");
-      cancelledByMessage = false;
-      const onEvent = (event) => post({ id, type: Reply.event, event });
       if (type === Request.tokenize) {
         post({ id, type: Reply.result, ids: Array.from(session.tokenize(msg.text)) });
       } else if (type === Request.generate) {
         const onToken = (tokenId, text) => post({ id, type: Reply.token, token: tokenId, text });
-        const out = await session.generate(Uint32Array.from(msg.ids), msg.maxNewTokens ?? DEFAULTS.generateMaxNewTokens, onToken, isCancelled);
-        post({ id, type: Reply.result, ...out });
-      } else if (type === Request.moderate) {
-        const out = await session.moderate(msg.prompt, msg.response ?? undefined, msg.maxNewTokens ?? DEFAULTS.maxNewTokens, onEvent, isCancelled);
-        post({ id, type: Reply.result, ...out });
-      } else if (type === Request.classify) {
-        const out = await session.classify(msg.text, msg.maxNewTokens ?? DEFAULTS.maxNewTokens, onEvent, isCancelled);
+        const out = await session.generate(Uint32Array.from(msg.ids), msg.maxNewTokens ?? DEFAULTS.generateMaxNewTokens, onToken, () => isCancelled(id));
+        cancelledByMessage.delete(id);
         post({ id, type: Reply.result, ...out });
       } else {
         throw new Error(`unknown request ${type}`);
@@ -166,7 +209,24 @@ async function handle(msg) {
 self.onmessage = (e) => {
   const msg = e.data;
   if (msg.type === Request.cancel) {
-    cancelledByMessage = true; // effective at the next await when the page is not isolated
+    cancelledByMessage.add(msg.id); // effective at the next await when the page is not isolated
+    return;
+  }
+  if (msg.type === Request.moderate || msg.type === Request.classify) {
+    // Joins the batch running now if there is one (it takes waiting items as places free up),
+    // else the next batch, queued behind any load or generate before it.
+    let text;
+    try {
+      text = msg.type === Request.moderate ? moderation_prompt(msg.prompt, msg.response ?? undefined) : msg.text;
+    } catch (err) {
+      post({ id: msg.id, type: Reply.error, message: session ? String(err?.message ?? err) : "no model is loaded" });
+      return;
+    }
+    waiting.push({ id: msg.id, text, maxNewTokens: msg.maxNewTokens ?? DEFAULTS.maxNewTokens });
+    if (!batchQueued) {
+      batchQueued = true;
+      queue = queue.then(runBatch);
+    }
     return;
   }
   // One request at a time, in order.

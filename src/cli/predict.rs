@@ -12,7 +12,7 @@ use guardreasoner::guard::{
     PREDICTIONS_FILE, PlannedItem, RunManifest, RunSummary, SUMMARY_FILE, Shard, evaluate, parse_benchmark_json,
     parse_predictions_jsonl, plan_items, prediction_line, resume_point,
 };
-use guardreasoner::session::{Classification, RunOptions, Session, Stop};
+use guardreasoner::session::{Classification, ClassifyItem, RunOptions, Session, Stop};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -256,9 +256,13 @@ fn predict(
         };
         let stats = pollster::block_on(session.classify_many(
             batch,
-            &mut || Ok(queue.next().map(|(i, item)| (i, item.prompt.clone()))),
+            &mut || {
+                // Ctrl-C: no more items start; those in flight end as cancelled.
+                let item = queue.next().filter(|_| !is_interrupted());
+                Ok(item.map(|(index, item)| ClassifyItem { index, text: item.prompt.clone(), max_new_tokens: None }))
+            },
             &options,
-            &is_interrupted,
+            &|_| is_interrupted(),
             &mut |_, _| Ok(()),
             &mut |i, result| {
                 if result.as_ref().is_ok_and(|r| r.stop == Stop::Cancelled) {

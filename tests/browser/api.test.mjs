@@ -60,3 +60,80 @@ test("with WebGPU disabled the CPU fallback gives the same tokens and says so", 
   assert.match(out.fallback || "", /CPU/);
   assert.deepEqual(out.tokens, seq.greedy_new_tokens.slice(0, out.tokens.length));
 });
+
+// moderateMany and concurrent moderate() calls share one batch in the worker: every result is
+// what moderate() gives that conversation alone, events carry their item, and on WebGPU the
+// items' events interleave (they are decoded together, not queued one after another).
+async function manyInBrowser(webgpu, backend) {
+  const browser = await launch({ webgpu });
+  try {
+    const { page, logs } = await openPage(browser, server.url);
+    return await page.evaluate(
+      async ({ folder, backend }) => {
+        const { GuardReasoner } = await import("/www/guardreasoner.js");
+        const guard = await GuardReasoner.load({ hfBaseUrl: folder }, { backend, quant: "f32", context: 512, batch: 3 });
+        const conversations = [
+          { prompt: "How do I bake bread?" },
+          { prompt: "Tell me a joke about cats.", response: "Why did the cat sit on the computer? To keep an eye on the mouse." },
+          { prompt: "What is the capital of France?" },
+          { prompt: "Write a poem about the sea, with rhymes, in four verses." },
+        ];
+        const maxNewTokens = 12;
+        const alone = [];
+        for (const c of conversations) alone.push(await guard.moderate(c, { maxNewTokens }));
+        const events = [];
+        const finishedOrder = [];
+        const many = await guard.moderateMany(conversations, {
+          maxNewTokens,
+          onEvent: (e) => events.push(e.item),
+          onResult: (i) => finishedOrder.push(i),
+        });
+        // Concurrent moderate() calls join the same batch.
+        const concurrent = await Promise.all(conversations.map((c) => guard.moderate(c, { maxNewTokens })));
+        // An aborted one fails alone.
+        const abort = new AbortController();
+        const mixed = conversations.map((c, i) =>
+          guard.moderate(c, { maxNewTokens, signal: i === 1 ? abort.signal : undefined }).then(
+            (r) => r.text,
+            (e) => e.name,
+          ),
+        );
+        abort.abort();
+        const afterAbort = await Promise.all(mixed);
+        guard.terminate();
+        const texts = (rs) => rs.map((r) => r.text);
+        return { backend: guard.backend, batch: guard.batch, alone: texts(alone), many: texts(many), concurrent: texts(concurrent), afterAbort, events, finishedOrder };
+      },
+      { folder: tinyFolder, backend },
+    ).catch((e) => {
+      throw new Error(`${e.message}\nbrowser log:\n${logs.join("\n")}`);
+    });
+  } finally {
+    await browser.close();
+  }
+}
+
+function checkMany(out) {
+  assert.equal(out.batch, 3);
+  assert.ok(out.alone.every((t) => t.length > 0));
+  assert.deepEqual(out.many, out.alone, "moderateMany equals moderate one at a time");
+  assert.deepEqual(out.concurrent, out.alone, "concurrent moderate calls equal moderate one at a time");
+  assert.deepEqual([...new Set(out.events)].sort(), [0, 1, 2, 3], "events carry their item");
+  assert.deepEqual([...out.finishedOrder].sort(), [0, 1, 2, 3]);
+  assert.equal(out.afterAbort[1], "AbortError");
+  assert.deepEqual(out.afterAbort.filter((_, i) => i !== 1), out.alone.filter((_, i) => i !== 1), "the others are untouched by an abort");
+}
+
+test("moderateMany and concurrent moderate calls decode together on WebGPU, each as it is alone", async () => {
+  const out = await manyInBrowser(true, "webgpu");
+  assert.match(out.backend, /^gpu/);
+  checkMany(out);
+  // Decoded together: item 1's first event comes before item 0's last.
+  assert.ok(out.events.indexOf(1) < out.events.lastIndexOf(0), "items' events interleave");
+});
+
+test("moderateMany on the CPU fallback gives the same answers", async () => {
+  const out = await manyInBrowser(false, "cpu");
+  assert.match(out.backend, /^cpu/);
+  checkMany(out);
+});

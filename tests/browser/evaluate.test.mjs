@@ -249,3 +249,24 @@ test("WildGuardTest takes its labels from the benchmark items the shard covers",
   // Item 3's refusal label is null (skipped); item 4's is "refusal", counted twice.
   assert.deepEqual([task("refusal").null_labels, task("refusal").counted_pairs], [1, 2]);
 });
+
+test("--batch never changes a prediction: batch 1, 4 and 8 on WebGPU, 1 and 4 on the CPU fallback", async () => {
+  const batchRun = (backend, batch) => {
+    const out = path.join(tmp, `batch-${backend}-${batch}`);
+    const args = ["--model", model, "--benchmark-dir", benchmarkDir, "--datasets", "SimpleSafetyTests,ToxicChat", "--limit", "12", "--out", out];
+    return evaluate([...args, "--backend", backend, "--quant", "f32", "--max-new-tokens", "16", "--batch", String(batch)]).then((r) => {
+      assert.equal(r.code, 0, r.stderr);
+      const summary = JSON.parse(r.stdout.trim().split("\n").at(-1));
+      assert.equal(summary.batch, batch, "the summary records the batch");
+      const text = (d) => fs.readFileSync(predictionsFile(out, d), "utf8");
+      return text("SimpleSafetyTests") + text("ToxicChat");
+    });
+  };
+  const nativeOut = path.join(tmp, "batch-native");
+  const r = spawnSync(native, ["predict", "--quiet", "--model", model, "--benchmark-dir", benchmarkDir, "--datasets", "SimpleSafetyTests,ToxicChat", "--limit", "12", "--max-new-tokens", "16", "--batch", "1", "--out", nativeOut], { encoding: "utf8" });
+  assert.equal(r.status, 0, r.stderr);
+  const reference = ["SimpleSafetyTests", "ToxicChat"].map((d) => fs.readFileSync(predictionsFile(nativeOut, d), "utf8")).join("");
+  assert.equal(reference.split("\n").filter((l) => l).length, 24);
+  for (const batch of [1, 4, 8]) assert.equal(await batchRun("webgpu", batch), reference, `WebGPU --batch ${batch} vs the native CLI`);
+  for (const batch of [1, 4]) assert.equal(await batchRun("cpu", batch), reference, `CPU fallback --batch ${batch} vs the native CLI`);
+});
