@@ -10,6 +10,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::generate::{StopReason, only};
 use serde::Serialize;
+use std::collections::VecDeque;
 
 /// One sequence to generate.
 #[derive(Debug, Clone)]
@@ -51,9 +52,16 @@ pub struct BatchStats {
 struct Sequence<T> {
     item: usize,
     slot: usize,
-    /// The newest token: the next step feeds it.
-    token: T,
-    id: u32,
+    prompt_tokens: usize,
+    /// Chosen tokens the host has not read, oldest first.
+    unread: VecDeque<T>,
+    /// The newest chosen token: the next step feeds it.
+    newest: T,
+    /// Its id, once read.
+    newest_id: Option<u32>,
+    /// Tokens chosen, read or not.
+    chosen: usize,
+    /// Tokens read and reported.
     new_tokens: usize,
     max_new_tokens: usize,
 }
@@ -63,6 +71,12 @@ struct Sequence<T> {
 /// `stop_ids`, its limit or a full context. `is_cancelled(item)` is polled for every sequence in
 /// flight before every step: a cancelled one ends with `StopReason::Cancelled` and frees its slot
 /// (the others go on; `next` decides whether more come).
+///
+/// The device runs ahead of the host as in single runs (`generate::Pipeline`): up to
+/// `Backend::steps_ahead` steps are queued past the tokens being read, each feeding the tokens the
+/// step before chose, on the device. When a read token ends a sequence, the rows it had queued
+/// past its end are ignored (its slot's rows past the end are never read: the next request
+/// starts the slot afresh).
 pub async fn run_batch<B: Backend>(
     engine: &mut Engine<B>,
     batch: usize,
@@ -72,6 +86,7 @@ pub async fn run_batch<B: Backend>(
     on_event: &mut dyn FnMut(BatchEvent) -> Result<()>,
 ) -> Result<BatchStats> {
     let batch = batch.clamp(1, engine.slots());
+    let ahead = engine.backend.steps_ahead();
     let mut slots: Vec<Option<Sequence<B::Token>>> = (0..batch).map(|_| None).collect();
     let mut stats = BatchStats::default();
     let mut used = vec![false; batch];
@@ -117,30 +132,65 @@ pub async fn run_batch<B: Backend>(
                     refill,
                 })?;
                 let token = only(engine.backend.choose(&logits)?)?;
-                drop(logits);
-                let id = engine.backend.token_id(&token).await?;
-                let seq = Sequence { item, slot, token, id, new_tokens: 0, max_new_tokens: request.max_new_tokens };
-                slots[slot] = accept(engine, seq, id, stop_ids, is_cancelled, on_event)?;
+                slots[slot] = Some(Sequence {
+                    item,
+                    slot,
+                    prompt_tokens: request.ids.len(),
+                    unread: VecDeque::from([token.clone()]),
+                    newest: token,
+                    newest_id: None,
+                    chosen: 1,
+                    new_tokens: 0,
+                    max_new_tokens: request.max_new_tokens,
+                });
             }
         }
-        let in_flight: Vec<usize> = (0..batch).filter(|&s| slots[s].is_some()).collect();
-        if in_flight.is_empty() {
+        if slots.iter().all(Option::is_none) {
             return Ok(stats);
         }
-        stats.most_in_flight = stats.most_in_flight.max(in_flight.len());
-        let steps: Vec<(usize, B::Token, Option<u32>)> =
-            in_flight.iter().filter_map(|&s| slots[s].as_ref().map(|q| (s, q.token.clone(), Some(q.id)))).collect();
-        let logits = engine.step_many(&steps)?;
-        let tokens = engine.backend.choose(&logits)?;
-        drop(logits);
-        stats.steps += 1;
-        stats.decode_rows += in_flight.len();
-        for (&slot, token) in in_flight.iter().zip(tokens) {
-            let id = engine.backend.token_id(&token).await?;
-            if let Some(mut seq) = slots[slot].take() {
-                seq.token = token;
-                slots[slot] = accept(engine, seq, id, stop_ids, is_cancelled, on_event)?;
+        // Queue steps while no sequence has more than `ahead` tokens unread; a sequence that has
+        // chosen all it may (its limit, a full context) only waits for its reads.
+        loop {
+            let can_step = |q: &Sequence<B::Token>| {
+                q.chosen < q.max_new_tokens && engine.position_in(q.slot) < engine.context_len()
+            };
+            let live: Vec<&Sequence<B::Token>> = slots.iter().flatten().collect();
+            if live.iter().any(|q| q.unread.len() > ahead) {
+                break;
             }
+            let rows: Vec<usize> = live.iter().filter(|q| can_step(q)).map(|q| q.slot).collect();
+            if rows.is_empty() {
+                break;
+            }
+            let steps: Vec<(usize, B::Token, Option<u32>)> =
+                rows.iter().filter_map(|&s| slots[s].as_ref().map(|q| (s, q.newest.clone(), q.newest_id))).collect();
+            let logits = engine.step_many(&steps)?;
+            let tokens = engine.backend.choose(&logits)?;
+            drop(logits);
+            stats.steps += 1;
+            stats.decode_rows += rows.len();
+            stats.most_in_flight = stats.most_in_flight.max(rows.len());
+            for (&slot, token) in rows.iter().zip(tokens) {
+                if let Some(q) = slots[slot].as_mut() {
+                    q.unread.push_back(token.clone());
+                    q.newest = token;
+                    q.newest_id = None;
+                    q.chosen += 1;
+                }
+            }
+        }
+        // Read the oldest unread token of every sequence, in slot order.
+        for place in slots.iter_mut() {
+            let Some(mut seq) = place.take() else { continue };
+            let Some(token) = seq.unread.pop_front() else {
+                *place = Some(seq);
+                continue;
+            };
+            let id = engine.backend.token_id(&token).await?;
+            if seq.unread.is_empty() {
+                seq.newest_id = Some(id);
+            }
+            *place = accept(engine, seq, id, stop_ids, is_cancelled, on_event)?;
         }
     }
 }
@@ -163,11 +213,11 @@ fn accept<B: Backend>(
         Some(StopReason::MaxTokens)
     } else {
         seq.new_tokens += 1;
-        seq.id = id;
         on_event(BatchEvent::Token { item: seq.item, id })?;
         if seq.new_tokens >= seq.max_new_tokens {
             Some(StopReason::MaxTokens)
-        } else if engine.position_in(seq.slot) >= engine.context_len() {
+        } else if seq.prompt_tokens + seq.new_tokens > engine.context_len() {
+            // This token would be fed at position prompt + new - 1: past the context.
             Some(StopReason::ContextFull)
         } else {
             None

@@ -10,7 +10,7 @@ use crate::backend::gpu::{GpuBackend, GpuOptions, GpuQuant, LinearKernel};
 use crate::batch::{BatchEvent, BatchStats, Request, run_batch};
 use crate::engine::{Engine, PREFILL_CHUNK, PREFIX_MAX};
 use crate::error::{Error, Result};
-use crate::generate::{Detokenizer, GenerateOptions, Pipeline, Progress, StopReason, generate, generate_in, only};
+use crate::generate::{Detokenizer, GenerateOptions, Pipeline, Progress, StopReason, generate, generate_in};
 use crate::guard::{GuardEvent, ReasoningParser, TaskReasoning, guard_prompt, shared_prefix};
 use crate::loader::{ModelIdentity, OpenedModel};
 use crate::tokenizer::TextTokenizer;
@@ -801,33 +801,43 @@ impl Session {
                 )));
             }
             engine.share_prefix(&[])?;
-            let mut rows = Vec::with_capacity(batch);
-            for slot in 0..batch {
-                let (logits, _) = engine.start(slot, prompt)?;
-                let token = only(engine.backend.choose(&logits)?)?;
-                drop(logits);
-                let id = engine.backend.token_id(&token).await?;
-                rows.push((slot, token, Some(id)));
-            }
-            // Step 0 warms up (the batch's pipelines and buffers); the clock starts after it.
-            let (mut before, mut t0) = (None, Instant::now());
-            for i in 0..=gen_tokens {
-                if i == 1 {
-                    before = engine.backend.counters();
-                    t0 = Instant::now();
+            // The scheduler predict runs, EOS ignored. A warm-up run of two tokens each (the
+            // batch's pipelines and buffers); a run of the prompts alone (one token each), whose
+            // device work is taken off the timed run's to count the decode steps alone; then the
+            // timed run, clocked from the moment every sequence has its first token (prompts
+            // done) to its end.
+            let requests = |n: usize| (0..batch).map(move |i| (i, Request { ids: prompt.to_vec(), max_new_tokens: n }));
+            let mut warm = requests(2);
+            run_batch(engine, batch, &mut || Ok(warm.next()), &[], &|_| false, &mut |_| Ok(())).await?;
+            let c0 = engine.backend.counters();
+            let mut prompts = requests(1);
+            run_batch(engine, batch, &mut || Ok(prompts.next()), &[], &|_| false, &mut |_| Ok(())).await?;
+            let c1 = engine.backend.counters();
+            let mut timed = requests(gen_tokens + 1);
+            let (mut first, mut started, mut t0) = (vec![false; batch], 0, Instant::now());
+            let stats = run_batch(engine, batch, &mut || Ok(timed.next()), &[], &|_| false, &mut |event| {
+                if let BatchEvent::Token { item, .. } = event
+                    && !first[item]
+                {
+                    first[item] = true;
+                    started += 1;
+                    if started == batch {
+                        t0 = Instant::now();
+                    }
                 }
-                let logits = engine.step_many(&rows)?;
-                let chosen = engine.backend.choose(&logits)?;
-                drop(logits);
-                for (row, token) in rows.iter_mut().zip(chosen) {
-                    row.2 = Some(engine.backend.token_id(&token).await?);
-                    row.1 = token;
-                }
-            }
+                Ok(())
+            })
+            .await?;
             let decode_s = t0.elapsed().as_secs_f64();
-            let after = engine.backend.counters();
+            let c2 = engine.backend.counters();
             engine.reset();
-            let per_step = per_token(before, after, gen_tokens);
+            // Decode steps' work: the timed run less a run of its prompts alone.
+            let work = match (c0, c1, c2) {
+                (Some(c0), Some(c1), Some(c2)) => Some(c2.since(&c1).since(&c1.since(&c0))),
+                _ => None,
+            };
+            let per_step = work.map(|w| per_step(&w, stats.steps));
+
             Ok(BatchSpeed {
                 batch,
                 gen_tokens,
@@ -870,7 +880,7 @@ impl Session {
             let after = engine.backend.counters();
             engine.reset();
             let n = gen_tokens as f64;
-            let per_token = per_token(before, after, gen_tokens);
+            let per_token = before.zip(after).map(|(b, a)| per_step(&a.since(&b), gen_tokens));
             let host_encode_us_per_token = match (before, after) {
                 (Some(b), Some(a)) => Some((decode_s * 1e6 - (a.wait_us - b.wait_us) - (a.submit_us - b.submit_us)) / n),
                 _ => None,
@@ -880,23 +890,18 @@ impl Session {
     }
 }
 
-/// The backend's counts between two readings, per step, where it counts.
-fn per_token(
-    before: Option<crate::backend::Counters>,
-    after: Option<crate::backend::Counters>,
-    steps: usize,
-) -> Option<PerToken> {
-    let (b, a) = (before?, after?);
+/// Work counted over `steps` steps, per step.
+fn per_step(w: &crate::backend::Counters, steps: usize) -> PerToken {
     let n = steps.max(1) as f64;
-    Some(PerToken {
-        dispatches: (a.dispatches - b.dispatches) as f64 / n,
-        compute_passes: (a.compute_passes - b.compute_passes) as f64 / n,
-        submits: (a.submits - b.submits) as f64 / n,
-        copies: (a.copies - b.copies) as f64 / n,
-        readback_copies: (a.readback_copies - b.readback_copies) as f64 / n,
-        blocking_waits: (a.blocking_waits - b.blocking_waits) as f64 / n,
-        submit_us: (a.submit_us - b.submit_us) / n,
-    })
+    PerToken {
+        dispatches: w.dispatches as f64 / n,
+        compute_passes: w.compute_passes as f64 / n,
+        submits: w.submits as f64 / n,
+        copies: w.copies as f64 / n,
+        readback_copies: w.readback_copies as f64 / n,
+        blocking_waits: w.blocking_waits as f64 / n,
+        submit_us: w.submit_us / n,
+    }
 }
 
 #[cfg(test)]

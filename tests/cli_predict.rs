@@ -229,5 +229,19 @@ fn every_batch_size_writes_the_same_predictions() {
         for (batch, both) in &files[1..] {
             assert!(both == &files[0].1, "{backend}: batch {batch} wrote other predictions than batch 1");
         }
+        // A context that fills up mid-answer (prompts of about 120 tokens, 160 in all): the
+        // answers are cut where they are cut alone.
+        let cut: Vec<String> = ["1", "4"]
+            .iter()
+            .map(|batch| {
+                let out = scratch(&format!("context-{backend}-{batch}"));
+                let args = ["--datasets", "SimpleSafetyTests", "--limit", "8", "--max-new-tokens", "64"];
+                let run =
+                    predict(&out, &[&args[..], &["--context", "160", "--backend", backend, "--batch", batch]].concat());
+                assert!(run.status.success(), "{}", text(&run.stderr));
+                predictions(&out, "SimpleSafetyTests")
+            })
+            .collect();
+        assert!(cut[0] == cut[1], "{backend}: a full context cuts batch 4's answers elsewhere than batch 1's");
     }
 }

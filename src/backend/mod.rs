@@ -59,6 +59,22 @@ impl Span {
     }
 }
 
+impl Counters {
+    /// The work counted between `earlier` and this reading (never below zero).
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        Counters {
+            dispatches: self.dispatches.saturating_sub(earlier.dispatches),
+            compute_passes: self.compute_passes.saturating_sub(earlier.compute_passes),
+            submits: self.submits.saturating_sub(earlier.submits),
+            copies: self.copies.saturating_sub(earlier.copies),
+            readback_copies: self.readback_copies.saturating_sub(earlier.readback_copies),
+            blocking_waits: self.blocking_waits.saturating_sub(earlier.blocking_waits),
+            wait_us: (self.wait_us - earlier.wait_us).max(0.0),
+            submit_us: (self.submit_us - earlier.submit_us).max(0.0),
+        }
+    }
+}
+
 pub trait Backend {
     /// A weight matrix `(out, in)`, stored however the backend likes (f32, quantized blocks).
     type Matrix;

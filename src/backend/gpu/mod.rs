@@ -425,13 +425,14 @@ pub struct GpuCache {
     max_seq: usize,
 }
 
-/// Choices (argmax dispatches of a step, one token per row) the token ring remembers: more than
-/// the steps ever in flight (`GpuBackend::steps_ahead` + 1), so a choice is read before argmax
-/// writes its slots again. Each choice owns `max_rows` slots of the ring.
-const CHOICES: usize = 8;
+/// Choices (argmax dispatches, one token per row) the token ring remembers besides one per
+/// possible batch row: more than a batched run ever leaves unread (a prompt's first token for
+/// each slot refilled, plus `GpuBackend::steps_ahead` + 1 steps), so a choice is read before
+/// argmax writes its slots again. Each choice owns `max_rows` slots of the ring.
+const SPARE_CHOICES: usize = 16;
 
 /// A token chosen on the GPU: its slot in the token ring, and which choice it was (a choice's
-/// slots are reused every `CHOICES` choices; a stale token is refused, never misread).
+/// slots are reused after every other choice's; a stale token is refused, never misread).
 #[derive(Clone, Debug)]
 pub struct GpuToken {
     /// The ring slot: `choice * max_rows + row`.
@@ -495,7 +496,7 @@ pub struct GpuBackend {
     pool: Rc<RefCell<Pool>>,
     pending: RefCell<Pending>,
     param_buffer: wgpu::Buffer,
-    /// The token ring: `CHOICES * max_rows` u32s written by argmax, read by the next step's
+    /// The token ring: `(max_rows + SPARE_CHOICES) * max_rows` u32s written by argmax, read by the next step's
     /// embedding.
     token_buffer: wgpu::Buffer,
     choices: RefCell<Vec<Choice>>,
@@ -566,11 +567,11 @@ impl GpuBackend {
         let max_rows = opts.max_rows.max(1);
         let token_buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("token ring"),
-            size: (CHOICES * max_rows * 4) as u64,
+            size: ((max_rows + SPARE_CHOICES) * max_rows * 4) as u64,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
-        let choices = (0..CHOICES)
+        let choices = (0..max_rows + SPARE_CHOICES)
             .map(|_| Choice {
                 staging: device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("token readback"),
@@ -884,10 +885,12 @@ impl GpuBackend {
 
     /// A token whose slot has not been reused since it was chosen.
     fn check_token(&self, token: &GpuToken) -> Result<()> {
-        if self.choices.borrow()[(token.issued % CHOICES as u64) as usize].issued != token.issued {
+        let choices = self.choices.borrow();
+        if choices[(token.issued % choices.len() as u64) as usize].issued != token.issued {
             return Err(Error::Backend(format!(
-                "token of choice {} was overwritten: more than {CHOICES} choices were made after it",
-                token.issued
+                "token of choice {} was overwritten: more than {} choices were made after it",
+                token.issued,
+                choices.len()
             )));
         }
         Ok(())
@@ -1481,7 +1484,7 @@ impl Backend for GpuBackend {
         let rows = logits.rows;
         let issued = self.tokens_issued.get() + 1;
         self.tokens_issued.set(issued);
-        let choice = (issued % CHOICES as u64) as usize;
+        let choice = (issued % self.choices.borrow().len() as u64) as usize;
         let first = choice * self.opts.max_rows.max(1);
         let staging = {
             let mut choices = self.choices.borrow_mut();
@@ -1530,7 +1533,7 @@ impl Backend for GpuBackend {
 
     async fn token_id(&self, token: &GpuToken) -> Result<u32> {
         self.check_token(token)?;
-        let choice = (token.issued % CHOICES as u64) as usize;
+        let choice = (token.issued % self.choices.borrow().len() as u64) as usize;
         let (rx, index, submit, staging, rows) = {
             let mut choices = self.choices.borrow_mut();
             let c = &mut choices[choice];
