@@ -64,6 +64,7 @@ async function loadModel() {
   showError("");
   $("load").disabled = true;
   $("check").disabled = true;
+  $("check-all").disabled = true;
   const bar = $("load-progress");
   bar.hidden = false;
   bar.value = 0;
@@ -96,6 +97,7 @@ async function loadModel() {
     $("backend").textContent = guard.backend + (guard.fallback ? ` — ${guard.fallback}` : "");
     $("load-status").textContent = "Model ready.";
     $("check").disabled = false;
+    $("check-all").disabled = false;
   } catch (e) {
     guard = null;
     $("backend").textContent = "—";
@@ -158,6 +160,7 @@ async function check() {
   $("stats").textContent = "Thinking…";
   controller = new AbortController();
   $("check").disabled = true;
+  $("check-all").disabled = true;
   $("cancel").disabled = false;
   const response = $("response").value.trim() ? $("response").value : null;
   try {
@@ -193,6 +196,69 @@ async function check() {
     }
   } finally {
     $("check").disabled = !guard;
+    $("check-all").disabled = !guard;
+    $("cancel").disabled = true;
+    controller = null;
+  }
+}
+
+function statsLine(result) {
+  const t = result.timings;
+  const problem = result.verdictFound ? "" : `${result.problem[0].toUpperCase()}${result.problem.slice(1)} · `;
+  return `${problem}${result.newTokens} tokens · ${t.tokensPerSecond ? t.tokensPerSecond.toFixed(1) : "—"} tokens/s · total ${t.totalSeconds.toFixed(1)} s`;
+}
+
+/** Every example at once (`moderateMany`: decoded together, up to the model's batch), each one's
+ * output streaming into its own card. */
+async function checkAll() {
+  if (!guard) return;
+  showError("");
+  $("all-panel").hidden = false;
+  const cards = EXAMPLES.map((ex) => {
+    const card = document.createElement("div");
+    card.className = "example-result";
+    const h = document.createElement("h3");
+    h.textContent = ex.name;
+    const verdicts = document.createElement("div");
+    verdicts.className = "verdicts";
+    const stats = document.createElement("p");
+    stats.className = "status";
+    stats.textContent = "Thinking…";
+    const raw = document.createElement("pre");
+    raw.className = "raw";
+    card.append(h, verdicts, stats, raw);
+    return { card, verdicts, stats, raw };
+  });
+  $("all-results").replaceChildren(...cards.map((c) => c.card));
+  controller = new AbortController();
+  $("check").disabled = true;
+  $("check-all").disabled = true;
+  $("cancel").disabled = false;
+  const started = performance.now();
+  try {
+    const results = await guard.moderateMany(
+      EXAMPLES.map((ex) => ({ prompt: ex.prompt, response: ex.response.trim() ? ex.response : null })),
+      {
+        signal: controller.signal,
+        maxNewTokens,
+        onEvent: (e) => {
+          if (e.type === "token") cards[e.item].raw.textContent += e.text;
+        },
+        onResult: (i, result) => {
+          cards[i].verdicts.replaceChildren(badge("Request", result.request), badge("Completion", result.completion), badge("Response", result.response));
+          cards[i].stats.textContent = statsLine(result);
+        },
+      },
+    );
+    const tokens = results.reduce((n, r) => n + r.newTokens, 0);
+    const seconds = (performance.now() - started) / 1000;
+    $("stats").textContent = `All examples: ${tokens} tokens in ${seconds.toFixed(1)} s (${(tokens / seconds).toFixed(1)} tokens/s together, up to ${guard.batch} at once)`;
+  } catch (e) {
+    if (e.name === "AbortError") $("stats").textContent = "Cancelled.";
+    else showError(e.message);
+  } finally {
+    $("check").disabled = !guard;
+    $("check-all").disabled = !guard;
     $("cancel").disabled = true;
     controller = null;
   }
@@ -207,11 +273,13 @@ $("example").addEventListener("change", () => {
 $("example").dispatchEvent(new Event("change"));
 $("load").addEventListener("click", loadModel);
 $("check").addEventListener("click", check);
+$("check-all").addEventListener("click", checkAll);
 $("cancel").addEventListener("click", () => controller?.abort());
 $("clear-cache").addEventListener("click", async () => {
   guard?.terminate(); // a loaded model's files may still be open
   guard = null;
   $("check").disabled = true;
+  $("check-all").disabled = true;
   $("backend").textContent = "—";
   $("load-status").textContent = "No model loaded.";
   await clearStored();

@@ -108,3 +108,21 @@ test("the storage panel shows the stored model and clearing it frees the space",
   await page.waitForFunction(() => document.getElementById("load-status").textContent === "Model ready.", null, { timeout: 120000 });
   await context.close();
 });
+
+test("check all examples: every example's output streams into its own card, then its verdicts", async () => {
+  const { page, logs } = await readyPage(24);
+  const examples = await page.locator("#example option").count();
+  await page.click("#check-all");
+  await page.waitForFunction((n) => document.querySelectorAll("#all-results .example-result .badge").length === 3 * n, examples, { timeout: 120000 }).catch((e) => {
+    throw new Error(`${e.message}\n${logs.join("\n")}`);
+  });
+  await page.waitForFunction(() => /^All examples: \d+ tokens/.test(document.getElementById("stats").textContent), null, { timeout: 10000 });
+  const cards = await page.$$eval("#all-results .example-result", (els) => els.map((el) => ({ raw: el.querySelector("pre").textContent, stats: el.querySelector(".status").textContent })));
+  assert.equal(cards.length, examples);
+  for (const c of cards) {
+    assert.ok(c.raw.length > 0, "each card streamed its own text");
+    assert.match(c.stats, /tokens · .* tokens\/s/);
+  }
+  assert.equal(await page.isEnabled("#check-all"), true, "usable again");
+  await page.close();
+});
