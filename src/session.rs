@@ -352,7 +352,9 @@ pub const MAX_BATCH: usize = PREFILL_CHUNK;
 const WASM_MEMORY: u64 = 4 << 30;
 
 /// Refuses, before anything loads, a KV cache that cannot be held: in wasm the cache and the
-/// CPU weights share 4 GiB. Names the sizes and the options that shrink them.
+/// CPU weights share 4 GiB; natively it must fit the memory the system has available beside the
+/// weights. Names the sizes and the options that shrink them. (The GPU's limits are checked
+/// when its cache is allocated.)
 fn check_cache_budget(
     config: &crate::config::LlamaConfig,
     weight_bytes: u64,
@@ -362,15 +364,17 @@ fn check_cache_budget(
     let cache = Engine::<CpuBackend>::cache_bytes(config, context, batch, PREFIX_MAX);
     #[cfg(target_arch = "wasm32")]
     let limit = Some(WASM_MEMORY.saturating_sub(weight_bytes.min(WASM_MEMORY) + (256 << 20)));
+    // Natively: the memory the system says is available (Linux), less the weights.
     #[cfg(not(target_arch = "wasm32"))]
-    let limit: Option<u64> = {
-        let _ = weight_bytes;
-        None
-    };
+    let limit: Option<u64> = std::fs::read_to_string("/proc/meminfo").ok().and_then(|info| {
+        let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some((kib * 1024).saturating_sub(weight_bytes))
+    });
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     match limit {
         Some(limit) if cache > limit => Err(Error::Backend(format!(
-            "a KV cache for {batch} conversations of {context} tokens needs {:.2} GiB, more than the {:.2} GiB left beside the weights; lower the batch or the context (--batch, --context)",
+            "a KV cache for {batch} conversations of {context} tokens needs {:.2} GiB, more than the {:.2} GiB of memory left beside the weights; lower the batch or the context (--batch, --context)",
             gib(cache),
             gib(limit)
         ))),

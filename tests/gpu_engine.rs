@@ -207,6 +207,12 @@ fn gpu_limits_give_clear_errors_not_panics() {
     let err =
         Engine::new(small, config, weights, 4096, 1, 0).err().expect("a 4096-position cache needs 64 KiB per layer");
     assert!(err.to_string().contains("binding limit"), "{err}");
+    // So is a batch whose sequences together exceed it, naming both knobs.
+    let small = gpu(GpuQuant::F32, Some(16 << 10));
+    let OpenedModel { mut files, .. } = open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap();
+    let weights = files.load(&small, &mut |_, _| {}).unwrap();
+    let err = Engine::new(small, files.config.clone(), weights, 64, 8, 16).err().expect("8 x 64 positions over 16 KiB");
+    assert!(err.to_string().contains("--batch") && err.to_string().contains("--context"), "{err}");
 }
 
 /// A micro model whose widths are no whole number of 32-weight blocks (hidden 40, head_dim 10,

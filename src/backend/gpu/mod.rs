@@ -1266,7 +1266,12 @@ impl Backend for GpuBackend {
                 (b(), b())
             })
             .collect();
-        self.check_errors()?;
+        self.check_errors().map_err(|e| {
+            Error::Backend(format!(
+                "a KV cache of {max_seq} positions (every sequence of the batch and the shared prefix, {} MiB) could not be allocated: {e}; lower the batch or the context (--batch, --context)",
+                (bytes * 2 * cfg.num_layers) >> 20
+            ))
+        })?;
         Ok(GpuCache {
             layers,
             scratch: RefCell::new(None),
