@@ -373,7 +373,7 @@ fn check_cache_budget(
     });
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     match limit {
-        Some(limit) if cache > limit => Err(Error::Backend(format!(
+        Some(limit) if cache > limit => Err(Error::Other(format!(
             "a KV cache for {batch} conversations of {context} tokens needs {:.2} GiB, more than the {:.2} GiB of memory left beside the weights; lower the batch or the context (--batch, --context)",
             gib(cache),
             gib(limit)
@@ -504,8 +504,9 @@ impl Session {
     }
 
     /// As `load`, with a KV cache for `batch` conversations of `context` tokens each, decoded
-    /// together (`classify_many`). The cache is budgeted before any weight loads: one that
-    /// cannot fit fails with the sizes and the options to lower.
+    /// together (`classify_many`). On the CPU the cache is budgeted before any weight loads, on
+    /// the GPU when it is allocated: one that cannot fit fails with the sizes and the options to
+    /// lower.
     pub async fn load_batched(
         model: OpenedModel,
         choice: BackendChoice,
@@ -516,7 +517,6 @@ impl Session {
         let OpenedModel { mut files, tokenizer, identity } = model;
         let context = context.max(1);
         let batch = batch.clamp(1, MAX_BATCH);
-        check_cache_budget(&files.config, files.weight_bytes(), context, batch)?;
         let mut fallback = None;
         if choice.device != Device::Cpu {
             let options = GpuOptions {
@@ -556,6 +556,8 @@ impl Session {
             })?;
             cpu_blocks::set_kernel(Some(kernel)).map_err(Error::Other)?;
         }
+        // The CPU's KV cache is host memory: budget it before any weight loads.
+        check_cache_budget(&files.config, files.weight_bytes(), context, batch)?;
         let cpu = CpuBackend::new(choice.quant.cpu());
         let weights = files.load(&cpu, progress)?;
         let engine = Engine::new(cpu, files.config.clone(), weights, context, batch, PREFIX_MAX)?;
