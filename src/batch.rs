@@ -90,8 +90,10 @@ pub async fn run_batch<B: Backend>(
     let mut slots: Vec<Option<Sequence<B::Token>>> = (0..batch).map(|_| None).collect();
     let mut stats = BatchStats::default();
     let mut used = vec![false; batch];
-    let mut exhausted = false;
     loop {
+        // `next` is asked again every step a slot is free: requests may arrive while the batch
+        // runs (the browser's worker takes them from its event loop while a step is awaited).
+        let mut exhausted = false;
         for slot in slots.iter_mut() {
             if slot.as_ref().is_some_and(|seq| is_cancelled(seq.item))
                 && let Some(seq) = slot.take()

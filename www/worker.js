@@ -28,6 +28,8 @@ function isCancelled(id) {
  * runs join it (on WebGPU the run yields at each step's readback; the wasm CPU path does not, so
  * there they wait for the next batch). */
 async function runBatch() {
+  // Let requests posted together (moderateMany) all arrive before the batch starts.
+  await new Promise((resolve) => setTimeout(resolve, 0));
   try {
     while (waiting.length > 0) {
       if (!session) throw new Error("no model is loaded");
