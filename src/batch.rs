@@ -59,11 +59,16 @@ struct Sequence<T> {
     newest: T,
     /// Its id, once read.
     newest_id: Option<u32>,
-    /// Tokens chosen, read or not.
-    chosen: usize,
     /// Tokens read and reported.
     new_tokens: usize,
     max_new_tokens: usize,
+}
+
+impl<T> Sequence<T> {
+    /// Tokens chosen, read or not (every read token of a live sequence was reported).
+    fn chosen(&self) -> usize {
+        self.new_tokens + self.unread.len()
+    }
 }
 
 /// Runs every request `next` gives (`(item, request)`, pulled whenever a slot is free), at most
@@ -141,7 +146,6 @@ pub async fn run_batch<B: Backend>(
                     unread: VecDeque::from([token.clone()]),
                     newest: token,
                     newest_id: None,
-                    chosen: 1,
                     new_tokens: 0,
                     max_new_tokens: request.max_new_tokens,
                 });
@@ -154,7 +158,7 @@ pub async fn run_batch<B: Backend>(
         // chosen all it may (its limit, a full context) only waits for its reads.
         loop {
             let can_step = |q: &Sequence<B::Token>| {
-                q.chosen < q.max_new_tokens && engine.position_in(q.slot) < engine.context_len()
+                q.chosen() < q.max_new_tokens && engine.position_in(q.slot) < engine.context_len()
             };
             let live: Vec<&Sequence<B::Token>> = slots.iter().flatten().collect();
             if live.iter().any(|q| q.unread.len() > ahead) {
@@ -177,7 +181,6 @@ pub async fn run_batch<B: Backend>(
                     q.unread.push_back(token.clone());
                     q.newest = token;
                     q.newest_id = None;
-                    q.chosen += 1;
                 }
             }
         }

@@ -267,16 +267,14 @@ impl Backend for CpuBackend {
         let to_heads = |t: &Tensor, n: usize, heads: usize| -> Result<Tensor> {
             Ok(t.reshape((n, heads, head_dim))?.transpose(0, 1)?.contiguous()?)
         };
+        // Each span appends its K/V, then attends over its own sequence's rows (which no other
+        // span writes).
+        let mut outs = Vec::with_capacity(rows.len());
         let mut first = 0;
         for span in rows {
             let at = span.base + span.pos;
             k_cache.slice_set(&to_heads(&k.narrow(0, first, span.len)?, span.len, kv_heads)?, 1, at)?;
             v_cache.slice_set(&to_heads(&v.narrow(0, first, span.len)?, span.len, kv_heads)?, 1, at)?;
-            first += span.len;
-        }
-        let mut outs = Vec::with_capacity(rows.len());
-        let mut first = 0;
-        for span in rows {
             let q = q.narrow(0, first, span.len)?;
             first += span.len;
             let total = span.pos + span.len;
