@@ -119,7 +119,7 @@ fn check_linear<B: Backend>(b: &B, label: &str, exactness: impl Fn(GgmlDType) ->
         let rows = 37;
         let (host_w, exact) = weight(dtype, rows, cols, 7);
         let w = b.matrix(host_w).unwrap();
-        for seq in [1, 5, 7] {
+        for seq in [1, 5, 7, 13] {
             let xs = random(seq * cols, seq as u64);
             let x = b.activation_from(&xs, seq, cols).unwrap();
             let got = host(b, &b.linear(&x, &w).unwrap());
@@ -139,6 +139,33 @@ fn check_linear<B: Backend>(b: &B, label: &str, exactness: impl Fn(GgmlDType) ->
                 }
             }
         }
+    }
+}
+
+/// A matrix product's rows are each token's own: a token's outputs are the same, bit for bit,
+/// computed alone or among others, wherever the tiles of several tokens cut (batch invariance,
+/// and prefill equal to decode). 203 rows: many groups of eight rows and a short last one, split
+/// into several parallel panels.
+fn check_linear_tokens_alone<B: Backend>(b: &B, label: &str) {
+    let (rows, cols, seq) = (203, 320, 13);
+    for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4_1] {
+        let (host_w, exact) = weight(dtype, rows, cols, 8);
+        let w = b.matrix(host_w).unwrap();
+        let xs = random(seq * cols, 30);
+        let all = host(b, &b.linear(&b.activation_from(&xs, seq, cols).unwrap(), &w).unwrap());
+        for t in 0..seq {
+            let x = b.activation_from(&xs[t * cols..(t + 1) * cols], 1, cols).unwrap();
+            let alone = host(b, &b.linear(&x, &w).unwrap());
+            assert_eq!(all[t * rows..(t + 1) * rows], alone[..], "{label}: {dtype:?} token {t} of {seq} vs alone");
+        }
+        let want = naive_linear(&q8_activations(&xs), &exact, rows, cols);
+        assert_close(
+            &all,
+            &want,
+            ATOL * cols as f32,
+            RTOL,
+            &format!("{label}: {dtype:?} {rows}x{cols} x {seq} tokens"),
+        );
     }
 }
 
@@ -465,6 +492,7 @@ fn cpu_quantized_kernels_each() {
         cpu_blocks::set_kernel(Some(k)).unwrap();
         assert_eq!(cpu_blocks::kernel(), k);
         check_linear(&b, &format!("cpu {}", k.name()), cpu_exactness);
+        check_linear_tokens_alone(&b, &format!("cpu {}", k.name()));
         check_embed_and_argmax(&b, &format!("cpu {}", k.name()));
     }
     cpu_blocks::set_kernel(None).unwrap();

@@ -9,9 +9,11 @@
 //! - Q4_0: `dw * dx * (sum(nib * qx) - 8 * sum(qx))` (value `dw * (nib - 8)`)
 //! - Q4_1: `dw * dx * sum(nib * qx) + mw * sx` (value `dw * nib + mw`; llama.cpp's Q8_1)
 //!
-//! Kernels (`Kernel`): AVX-512 VNNI (`vpdpbusd` on 256-bit vectors), AVX2 (`vpmaddubsw`), and a
-//! portable one (other CPUs, wasm), picked at run time; `set_kernel` forces one (tests, bench).
-//! Each unpacks a block of weights once and uses it for up to four tokens (prefill).
+//! Weights are held with rows interleaved eight by eight (`BlockMatrix`), so the vector lanes are
+//! rows: one load of weights serves eight rows, and a tile of up to four tokens shares it
+//! (prefill and batched decode run as matrix-matrix products). Kernels (`Kernel`): AVX-512 VNNI
+//! (`vpdpbusd` on 256-bit vectors), AVX2 (`vpmaddubsw`), and a portable one (other CPUs; in the
+//! browser wasm `simd128`), picked at run time; `set_kernel` forces one (tests, bench).
 
 use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
@@ -110,16 +112,29 @@ pub fn set_kernel(k: Option<Kernel>) -> Result<(), String> {
     Ok(())
 }
 
+/// Rows interleaved in a group: the SIMD kernels' vector lanes are a group's rows.
+const GROUP: usize = 8;
+
+/// A quantized matrix with its rows interleaved in groups of `GROUP` (the last group padded with
+/// zero rows), so one vector load holds the same four elements of eight rows and a token's four
+/// activations, broadcast, multiply all eight at once (llama.cpp's repacked "Q4_0x8" idea).
+///
+/// Per group and block of 32 columns: the eight rows' scales (f16 bits), then their quants in
+/// chunks of 32 bytes, chunk `c` holding bytes `4c..4c+4` of each row's GGML block in row order.
+/// For Q8_0 a chunk is elements `4c..4c+4` of the eight rows; for Q4 (GGML puts element `j` in
+/// the low nibble of byte `j` and element `j + 16` in its high nibble) a chunk's low nibbles are
+/// elements `4c..4c+4` and its high nibbles elements `16+4c..16+4c+4`.
 pub struct BlockMatrix {
     pub rows: usize,
     pub cols: usize,
     kind: Kind,
-    /// Per block, row-major: the scale as f16 bits.
+    /// Blocks per row.
+    blocks: usize,
+    /// Per group, block and row: the scale as f16 bits.
     d: Vec<u16>,
-    /// Per block (Q4_1 only): the offset as f16 bits.
+    /// The same for Q4_1's offsets (empty otherwise).
     m: Vec<u16>,
-    /// Per block: Q8_0 32 signed bytes; Q4 16 bytes, element j in the low nibble of byte j and
-    /// element j + 16 in its high nibble (GGML's order).
+    /// Per group and block: `quant_bytes / 4` chunks of 32 bytes.
     qs: Vec<u8>,
 }
 
@@ -135,93 +150,145 @@ impl BlockMatrix {
         if !cols.is_multiple_of(BLOCK) || bytes.len() != rows * cols / BLOCK * size {
             return None;
         }
-        let n = bytes.len() / size;
-        let mut d = Vec::with_capacity(n);
-        let mut m = Vec::with_capacity(if kind == Kind::Q4_1 { n } else { 0 });
-        let mut qs = Vec::with_capacity(n * kind.quant_bytes());
-        for b in bytes.chunks_exact(size) {
-            d.push(u16::from_le_bytes([b[0], b[1]]));
+        let blocks = cols / BLOCK;
+        let groups = rows.div_ceil(GROUP);
+        let qb = kind.quant_bytes();
+        let slots = groups * blocks * GROUP;
+        let mut d = vec![0u16; slots];
+        let mut m = vec![0u16; if kind == Kind::Q4_1 { slots } else { 0 }];
+        let mut qs = vec![0u8; slots * qb];
+        for (i, b) in bytes.chunks_exact(size).enumerate() {
+            let (row, block) = (i / blocks, i % blocks);
+            let (group, lane) = (row / GROUP, row % GROUP);
+            let slot = (group * blocks + block) * GROUP;
+            d[slot + lane] = u16::from_le_bytes([b[0], b[1]]);
             let at = if kind == Kind::Q4_1 {
-                m.push(u16::from_le_bytes([b[2], b[3]]));
+                m[slot + lane] = u16::from_le_bytes([b[2], b[3]]);
                 4
             } else {
                 2
             };
-            qs.extend_from_slice(&b[at..]);
+            for (c, four) in b[at..].chunks_exact(4).enumerate() {
+                let to = slot * qb + c * 32 + lane * 4;
+                qs[to..to + 4].copy_from_slice(four);
+            }
         }
-        Some(Self { rows, cols, kind, d, m, qs })
+        Some(Self { rows, cols, kind, blocks, d, m, qs })
     }
 
-    /// Bytes held (the file's block size, rearranged).
+    /// Bytes held (the file's block size, rearranged, plus the last group's padding rows).
     pub fn bytes(&self) -> usize {
         self.qs.len() + 2 * (self.d.len() + self.m.len())
     }
 
     /// Row `r` as f32 (an embedding lookup from the same blocks the LM head multiplies with).
     pub fn row(&self, r: usize) -> Vec<f32> {
-        let blocks = self.cols / BLOCK;
+        let (group, lane) = (r / GROUP, r % GROUP);
+        let qb = self.kind.quant_bytes();
         let mut out = Vec::with_capacity(self.cols);
-        for b in r * blocks..(r + 1) * blocks {
-            let d = f16(self.d[b]);
-            let q = &self.qs[b * self.kind.quant_bytes()..(b + 1) * self.kind.quant_bytes()];
+        let mut q = [0u8; 32];
+        for block in 0..self.blocks {
+            let slot = (group * self.blocks + block) * GROUP;
+            for c in 0..qb / 4 {
+                let from = slot * qb + c * 32 + lane * 4;
+                q[c * 4..c * 4 + 4].copy_from_slice(&self.qs[from..from + 4]);
+            }
+            let d = f16(self.d[slot + lane]);
             match self.kind {
                 Kind::Q8_0 => out.extend(q.iter().map(|&v| d * (v as i8) as f32)),
                 Kind::Q4_0 | Kind::Q4_1 => {
-                    let (scale, offset) = if self.kind == Kind::Q4_0 { (d, -8.0 * d) } else { (d, f16(self.m[b])) };
                     let nib = |e: usize| if e < 16 { q[e] & 15 } else { q[e - 16] >> 4 };
                     // As GGML dequantizes: (nib - 8) * d for Q4_0, nib * d + m for Q4_1.
-                    out.extend((0..BLOCK).map(|e| match self.kind {
-                        Kind::Q4_0 => (nib(e) as i32 - 8) as f32 * d,
-                        _ => nib(e) as f32 * scale + offset,
-                    }));
+                    if self.kind == Kind::Q4_0 {
+                        out.extend((0..BLOCK).map(|e| (nib(e) as i32 - 8) as f32 * d));
+                    } else {
+                        let m = f16(self.m[slot + lane]);
+                        out.extend((0..BLOCK).map(|e| nib(e) as f32 * d + m));
+                    }
                 }
             }
         }
         out
     }
 
+    /// Group `g`'s blocks.
+    fn group(&self, g: usize) -> Group<'_> {
+        let (s0, s1) = (g * self.blocks * GROUP, (g + 1) * self.blocks * GROUP);
+        let qb = self.kind.quant_bytes();
+        Group {
+            d: &self.d[s0..s1],
+            m: if self.m.is_empty() { &[] } else { &self.m[s0..s1] },
+            qs: &self.qs[s0 * qb..s1 * qb],
+        }
+    }
+
     /// `x` is `(seq, cols)` row-major; returns `(seq, rows)`.
+    ///
+    /// Tasks take panels of consecutive groups (sized to stay in a core's L2 cache); a panel runs
+    /// the tokens in tiles of up to `TILE`, each tile over every group of the panel, so a tile's
+    /// activations stay in L1 while the panel's weights are read from L2 once per tile. A token's
+    /// arithmetic is the same in every tile size: its results do not depend on what it is batched
+    /// with.
     pub fn forward(&self, x: &[f32], seq: usize) -> Vec<f32> {
-        let blocks = self.cols / BLOCK;
         let kernel = kernel();
-        let qx = QuantizedActs::new(x, seq, self.cols, self.kind, kernel);
-        let toks: Vec<Token> = (0..seq).map(|t| qx.token(t)).collect();
-        // Rows in parallel; each task writes its rows for every token into a (rows, seq) buffer.
-        let mut by_row = vec![0f32; self.rows * seq];
-        let rows_per_task = (self.rows / (4 * rayon::current_num_threads().max(1))).clamp(1, 64);
-        by_row.par_chunks_mut(rows_per_task * seq).enumerate().for_each(|(task, out)| {
-            for (i, row_out) in out.chunks_mut(seq).enumerate() {
-                let r = task * rows_per_task + i;
-                let w = RowBlocks {
-                    kind: self.kind,
-                    d: &self.d[r * blocks..(r + 1) * blocks],
-                    m: if self.kind == Kind::Q4_1 { &self.m[r * blocks..(r + 1) * blocks] } else { &[] },
-                    qs: &self.qs[r * blocks * self.kind.quant_bytes()..(r + 1) * blocks * self.kind.quant_bytes()],
-                };
-                // Four tokens at a time share each block's unpacked weights (prefill); the rest
-                // one at a time.
-                let mut t = 0;
-                while t + 4 <= seq {
-                    let tokens: [Token; 4] = [toks[t], toks[t + 1], toks[t + 2], toks[t + 3]];
-                    row_out[t..t + 4].copy_from_slice(&row_dots(kernel, &w, &tokens));
-                    t += 4;
+        let acts = QuantizedActs::new(x, seq, self.cols, self.kind, kernel);
+        let groups = self.rows.div_ceil(GROUP);
+        let group_bytes = self.blocks * GROUP * (self.kind.quant_bytes() + if self.m.is_empty() { 2 } else { 4 });
+        let threads = rayon::current_num_threads().max(1);
+        let per_task = (PANEL_BYTES / group_bytes).clamp(1, groups.div_ceil(4 * threads).max(1));
+        let mut out = vec![0f32; seq * self.rows];
+        let shared = Out(out.as_mut_ptr());
+        let rows = self.rows;
+        (0..groups.div_ceil(per_task)).into_par_iter().for_each(|task| {
+            let (g0, g1) = (task * per_task, ((task + 1) * per_task).min(groups));
+            let mut t = 0;
+            while t < seq {
+                let n = (seq - t).min(TILE);
+                for g in g0..g1 {
+                    let sums = tile(kernel, self.kind, &self.group(g), &acts, t, n);
+                    let lanes = (rows - g * GROUP).min(GROUP);
+                    for (i, s) in sums[..n].iter().enumerate() {
+                        let at = (t + i) * rows + g * GROUP;
+                        // SAFETY: each task writes only its own groups' columns `g*8..g*8+lanes`
+                        // of each token's row, inside `out` (`(t + i) < seq`, `lanes` clipped
+                        // to `rows`); `out` outlives the parallel loop.
+                        unsafe { std::ptr::copy_nonoverlapping(s.as_ptr(), shared.at(at), lanes) };
+                    }
                 }
-                for t in t..seq {
-                    row_out[t] = row_dots(kernel, &w, &[toks[t]])[0];
-                }
+                t += n;
             }
         });
-        if seq == 1 {
-            return by_row;
-        }
-        let mut out = vec![0f32; seq * self.rows];
-        for r in 0..self.rows {
-            for t in 0..seq {
-                out[t * self.rows + r] = by_row[r * seq + t];
-            }
-        }
         out
     }
+}
+
+/// Tokens per tile.
+const TILE: usize = 4;
+
+/// A panel's weights at most (a core's L2 holds it alongside a tile's activations).
+const PANEL_BYTES: usize = 256 * 1024;
+
+/// The output, written by the parallel tasks at disjoint places.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: the tasks write disjoint elements (see `BlockMatrix::forward`).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// # Safety
+    /// `i` must be inside the output (a method, so closures capture the whole `Out`).
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        // SAFETY: passed on to the caller.
+        unsafe { self.0.add(i) }
+    }
+}
+
+/// One group of rows: scales, offsets and quants of each of its blocks.
+struct Group<'a> {
+    d: &'a [u16],
+    m: &'a [u16],
+    qs: &'a [u8],
 }
 
 fn f16(bits: u16) -> f32 {
@@ -234,26 +301,25 @@ fn f16(bits: u16) -> f32 {
 struct QuantizedActs {
     blocks: usize,
     q: Vec<i8>,
-    /// Per token and block: scale, f16 sum (`sx`), and the integer sum of q.
+    /// Per token and block: the scale, and the f16 sum (`sx`, Q4_1's offset term).
     d: Vec<f32>,
     s: Vec<f32>,
-    isum: Vec<i32>,
-    /// For Q4 weights: per token, blocks in pairs (an odd last one with a zero block) laid out
-    /// as the nibbles are, `[A 0..16, B 0..16, A 16..32, B 16..32]`, so one 32-byte load of a
-    /// pair's packed weights serves two blocks (`x86`).
-    paired: Vec<i8>,
-    /// Per token and pair: what the integer sums start from, `offset * sum(q)` of block A in lane
-    /// 0 and of block B in lane 4 (Q4_0: -8; VNNI's Q8_0, per block in lane 0: -128).
-    start: Vec<[i32; 8]>,
-    /// For Q4 weights, per token and pair: the scales spread as the sums are, `[dA x4, dB x4]`.
-    scales: Vec<[f32; 8]>,
+    /// Per token and block: what the block's integer sum starts from: Q4_0's `-8 * sum(q)` (its
+    /// kernels take the nibbles unsigned), and with VNNI Q8_0's `-128 * sum(q)` (it takes the
+    /// weights plus 128, unsigned); else 0.
+    start: Vec<i32>,
 }
 
 impl QuantizedActs {
     fn new(x: &[f32], seq: usize, cols: usize, kind: Kind, kernel: Kernel) -> Self {
         let blocks = cols / BLOCK;
         let n = seq * blocks;
-        let (mut q, mut d, mut s, mut isum) = (vec![0i8; seq * cols], vec![0f32; n], vec![0f32; n], vec![0i32; n]);
+        let (mut q, mut d, mut s, mut start) = (vec![0i8; seq * cols], vec![0f32; n], vec![0f32; n], vec![0i32; n]);
+        let offset = match (kind, kernel) {
+            (Kind::Q4_0, _) => -8,
+            (Kind::Q8_0, Kernel::Avx512Vnni) => -128,
+            _ => 0,
+        };
         for (b, xb) in x.chunks_exact(BLOCK).enumerate() {
             let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
             let scale = amax / 127.0;
@@ -266,68 +332,14 @@ impl QuantizedActs {
             }
             d[b] = half::f16::from_f32(scale).to_f32();
             s[b] = half::f16::from_f32(scale * sum as f32).to_f32();
-            isum[b] = sum;
+            start[b] = offset * sum;
         }
-        let mut acts = Self { blocks, q, d, s, isum, paired: Vec::new(), start: Vec::new(), scales: Vec::new() };
-        if kernel != Kernel::Portable {
-            acts.arrange(seq, kind, kernel);
-        }
-        acts
-    }
-
-    /// The SIMD kernels' layouts (`paired`, `start`).
-    fn arrange(&mut self, seq: usize, kind: Kind, kernel: Kernel) {
-        let blocks = self.blocks;
-        match kind {
-            Kind::Q8_0 => {
-                let offset = if kernel == Kernel::Avx512Vnni { -128 } else { 0 };
-                self.start = self.isum.iter().map(|&i| [offset * i, 0, 0, 0, 0, 0, 0, 0]).collect();
-            }
-            Kind::Q4_0 | Kind::Q4_1 => {
-                let offset = if kind == Kind::Q4_0 { -8 } else { 0 };
-                let pairs = blocks.div_ceil(2);
-                self.paired = vec![0i8; seq * pairs * 64];
-                self.start = vec![[0; 8]; seq * pairs];
-                self.scales = vec![[0.0; 8]; seq * pairs];
-                for t in 0..seq {
-                    for p in 0..pairs {
-                        let out = &mut self.paired[(t * pairs + p) * 64..(t * pairs + p + 1) * 64];
-                        let mut start = [0i32; 8];
-                        for (half, b) in [2 * p, 2 * p + 1].into_iter().enumerate() {
-                            if b >= blocks {
-                                continue;
-                            }
-                            let src = &self.q[(t * blocks + b) * BLOCK..(t * blocks + b + 1) * BLOCK];
-                            out[half * 16..half * 16 + 16].copy_from_slice(&src[..16]);
-                            out[32 + half * 16..32 + half * 16 + 16].copy_from_slice(&src[16..]);
-                            start[half * 4] = offset * self.isum[t * blocks + b];
-                            self.scales[t * pairs + p][half * 4..half * 4 + 4].fill(self.d[t * blocks + b]);
-                        }
-                        self.start[t * pairs + p] = start;
-                    }
-                }
-            }
-        }
+        Self { blocks, q, d, s, start }
     }
 
     fn token(&self, t: usize) -> Token<'_> {
         let (b0, b1) = (t * self.blocks, (t + 1) * self.blocks);
-        let pairs = self.blocks.div_ceil(2);
-        let (paired, start, scales) = if self.paired.is_empty() {
-            (&[][..], if self.start.is_empty() { &[][..] } else { &self.start[b0..b1] }, &[][..])
-        } else {
-            let (p0, p1) = (t * pairs, (t + 1) * pairs);
-            (&self.paired[p0 * 64..p1 * 64], &self.start[p0..p1], &self.scales[p0..p1])
-        };
-        Token {
-            q: &self.q[b0 * BLOCK..b1 * BLOCK],
-            d: &self.d[b0..b1],
-            s: &self.s[b0..b1],
-            isum: &self.isum[b0..b1],
-            paired,
-            start,
-            scales,
-        }
+        Token { q: &self.q[b0 * BLOCK..b1 * BLOCK], d: &self.d[b0..b1], s: &self.s[b0..b1], start: &self.start[b0..b1] }
     }
 }
 
@@ -346,171 +358,240 @@ struct Token<'a> {
     q: &'a [i8],
     d: &'a [f32],
     s: &'a [f32],
-    isum: &'a [i32],
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    paired: &'a [i8],
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    start: &'a [[i32; 8]],
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    scales: &'a [[f32; 8]],
+    start: &'a [i32],
 }
 
-/// One row's blocks.
-struct RowBlocks<'a> {
-    kind: Kind,
-    d: &'a [u16],
-    m: &'a [u16],
-    qs: &'a [u8],
-}
-
-impl RowBlocks<'_> {
-    /// What a block adds besides `dw * dx * sum(w * qx)` with `w` as the kernels take it (Q4 as
-    /// unsigned nibbles): Q4_0's `-8 * sum(qx)`, Q4_1's offset term.
-    #[inline(always)]
-    fn correction(&self, b: usize, dw: f32, t: &Token) -> f32 {
-        match self.kind {
-            Kind::Q8_0 => 0.0,
-            Kind::Q4_0 => dw * t.d[b] * (-8 * t.isum[b]) as f32,
-            Kind::Q4_1 => f16(self.m[b]) * t.s[b],
-        }
-    }
-}
-
-/// The row's dot products with `N` tokens (1 or 4).
-fn row_dots<const N: usize>(kernel: Kernel, w: &RowBlocks, tokens: &[Token; N]) -> [f32; N] {
-    #[cfg(target_arch = "x86_64")]
-    {
-        match kernel {
-            // SAFETY: `Kernel::available` checked the instructions when the kernel was chosen.
-            Kernel::Avx512Vnni => return unsafe { x86::row_dots::<true, N>(w, tokens) },
-            Kernel::Avx2 => return unsafe { x86::row_dots::<false, N>(w, tokens) },
-            Kernel::Portable => {}
-        }
-    }
-    let _ = kernel;
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    {
-        tokens.map(|t| wasm::row_dot(w, &t))
-    }
-    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-    tokens.map(|t| row_dot_portable(w, &t))
-}
-
-#[cfg_attr(all(target_arch = "wasm32", target_feature = "simd128"), allow(dead_code))]
-fn row_dot_portable(w: &RowBlocks, t: &Token) -> f32 {
-    let mut acc = 0f32;
-    let qb = w.kind.quant_bytes();
-    for (b, (q, qx)) in w.qs.chunks_exact(qb).zip(t.q.chunks_exact(BLOCK)).enumerate() {
-        // Fixed-size views: no bounds checks inside, and loops the compiler can vectorize.
-        let qx: &[i8; BLOCK] = qx.try_into().expect("whole blocks");
-        let sumi: i32 = match w.kind {
-            Kind::Q8_0 => {
-                let q: &[u8; 32] = q.try_into().expect("whole blocks");
-                let mut sum = 0i32;
-                for j in 0..32 {
-                    sum += (q[j] as i8) as i32 * qx[j] as i32;
+/// Tokens `t..t + n` (n <= TILE) times group `g`: per token, the group's eight sums.
+fn tile(kernel: Kernel, kind: Kind, g: &Group, acts: &QuantizedActs, t: usize, n: usize) -> [[f32; GROUP]; TILE] {
+    let mut out = [[0f32; GROUP]; TILE];
+    // Each kernel is compiled for 1..=TILE tokens (`N`), so its per-token accumulators stay in
+    // registers.
+    macro_rules! by_n {
+        ($n:ident, $toks:ident => $call:expr) => {
+            match n {
+                1 => {
+                    const $n: usize = 1;
+                    let $toks = &[acts.token(t)];
+                    out[..1].copy_from_slice(&$call);
                 }
-                sum
-            }
-            Kind::Q4_0 | Kind::Q4_1 => {
-                let q: &[u8; 16] = q.try_into().expect("whole blocks");
-                let mut sum = 0i32;
-                for j in 0..16 {
-                    sum += (q[j] & 15) as i32 * qx[j] as i32 + (q[j] >> 4) as i32 * qx[j + 16] as i32;
+                2 => {
+                    const $n: usize = 2;
+                    let $toks = &[acts.token(t), acts.token(t + 1)];
+                    out[..2].copy_from_slice(&$call);
                 }
-                sum
+                3 => {
+                    const $n: usize = 3;
+                    let $toks = &[acts.token(t), acts.token(t + 1), acts.token(t + 2)];
+                    out[..3].copy_from_slice(&$call);
+                }
+                _ => {
+                    const $n: usize = 4;
+                    let $toks = &[acts.token(t), acts.token(t + 1), acts.token(t + 2), acts.token(t + 3)];
+                    out = $call;
+                }
             }
         };
-        let dw = f16(w.d[b]);
-        acc += dw * t.d[b] * sumi as f32 + w.correction(b, dw, t);
+    }
+    match kernel {
+        // SAFETY (both): `Kernel::available` checked the instructions when the kernel was chosen,
+        // and the activations' `start` was made for it.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Vnni => by_n!(N, toks => unsafe { x86::tile::<N, true>(kind, g, toks) }),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => by_n!(N, toks => unsafe { x86::tile::<N, false>(kind, g, toks) }),
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        _ => by_n!(N, toks => wasm::tile::<N>(kind, g, toks)),
+        #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+        _ => by_n!(N, toks => portable_tile::<N>(kind, g, toks)),
+    }
+    out
+}
+
+/// The scalar kernel (CPUs without the x86 kernels' instructions; a reference for them).
+#[cfg_attr(all(target_arch = "wasm32", target_feature = "simd128"), allow(dead_code))]
+fn portable_tile<const N: usize>(kind: Kind, g: &Group, toks: &[Token; N]) -> [[f32; GROUP]; N] {
+    let qb = kind.quant_bytes();
+    let mut acc = [[0f32; GROUP]; N];
+    for (b, qs) in g.qs.chunks_exact(qb * GROUP).enumerate() {
+        for (t, tok) in toks.iter().enumerate() {
+            let x: &[i8; BLOCK] = tok.q[b * BLOCK..(b + 1) * BLOCK].try_into().expect("whole blocks");
+            let mut sums = [tok.start[b]; GROUP];
+            for (c, chunk) in qs.chunks_exact(32).enumerate() {
+                for (r, sum) in sums.iter_mut().enumerate() {
+                    for i in 0..4 {
+                        let w = chunk[r * 4 + i];
+                        *sum += match kind {
+                            Kind::Q8_0 => (w as i8) as i32 * x[4 * c + i] as i32,
+                            Kind::Q4_0 | Kind::Q4_1 => {
+                                (w & 15) as i32 * x[4 * c + i] as i32 + (w >> 4) as i32 * x[16 + 4 * c + i] as i32
+                            }
+                        };
+                    }
+                }
+            }
+            for (r, a) in acc[t].iter_mut().enumerate() {
+                *a += sums[r] as f32 * (f16(g.d[b * GROUP + r]) * tok.d[b]);
+                if kind == Kind::Q4_1 {
+                    *a += f16(g.m[b * GROUP + r]) * tok.s[b];
+                }
+            }
+        }
     }
     acc
 }
 
 /// The browser's kernel: wasm `simd128` (every current browser has it; the build enables it in
-/// .cargo/config.toml). Bytes widen to i16 and `i32x4.dot_i16x8_s` adds pairs of products.
+/// .cargo/config.toml). A chunk's 32 bytes are two vectors of four rows; bytes widen to i16 and
+/// `i32x4.dot_i16x8_s` against a token's four activations (repeated) gives each row's sum in two
+/// lanes, folded once per block.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod wasm {
-    use super::{BLOCK, Kind, RowBlocks, Token, f16};
+    use super::{BLOCK, GROUP, Group, Kind, Token, f16};
     use core::arch::wasm32::*;
 
-    /// Sum of the 16 products of unsigned bytes `w` and signed bytes `x`, in four i32 lanes.
+    /// Four activations `x[at..at + 4]` as i16, twice.
     #[inline(always)]
-    fn dot16_u8_i8(w: v128, x: v128) -> v128 {
-        let lo = i32x4_dot_i16x8(u16x8_extend_low_u8x16(w), i16x8_extend_low_i8x16(x));
-        let hi = i32x4_dot_i16x8(u16x8_extend_high_u8x16(w), i16x8_extend_high_i8x16(x));
-        i32x4_add(lo, hi)
+    fn quad(x: &[i8], at: usize) -> v128 {
+        // SAFETY: callers pass `at + 4 <= x.len()`; an unaligned 4-byte load.
+        let four = unsafe { v128_load32_splat(x.as_ptr().add(at) as *const u32) };
+        i16x8_extend_low_i8x16(four)
     }
 
-    /// The same with signed `w` (Q8_0).
-    #[inline(always)]
-    fn dot16_i8_i8(w: v128, x: v128) -> v128 {
-        let lo = i32x4_dot_i16x8(i16x8_extend_low_i8x16(w), i16x8_extend_low_i8x16(x));
-        let hi = i32x4_dot_i16x8(i16x8_extend_high_i8x16(w), i16x8_extend_high_i8x16(x));
-        i32x4_add(lo, hi)
-    }
-
-    pub fn row_dot(w: &RowBlocks, t: &Token) -> f32 {
-        let qb = w.kind.quant_bytes();
-        let mut acc = 0f32;
-        for (b, (q, qx)) in w.qs.chunks_exact(qb).zip(t.q.chunks_exact(BLOCK)).enumerate() {
-            // SAFETY: `q` holds `qb` bytes and `qx` 32 (chunks_exact); unaligned loads.
-            let sums = unsafe {
-                let x0 = v128_load(qx.as_ptr() as *const v128);
-                let x1 = v128_load(qx.as_ptr().add(16) as *const v128);
-                match w.kind {
-                    Kind::Q8_0 => i32x4_add(
-                        dot16_i8_i8(v128_load(q.as_ptr() as *const v128), x0),
-                        dot16_i8_i8(v128_load(q.as_ptr().add(16) as *const v128), x1),
-                    ),
+    pub fn tile<const N: usize>(kind: Kind, g: &Group, toks: &[Token; N]) -> [[f32; GROUP]; N] {
+        let qb = kind.quant_bytes();
+        let mut acc = [[f32x4_splat(0.0); 2]; N];
+        for (b, qs) in g.qs.chunks_exact(qb * GROUP).enumerate() {
+            // Per token, rows (0,1), (2,3), (4,5), (6,7): each row's sum in two lanes.
+            let mut pairs = [[i32x4_splat(0); 4]; N];
+            for (c, chunk) in qs.chunks_exact(32).enumerate() {
+                // SAFETY: `chunk` holds 32 bytes; unaligned loads.
+                let (a, z) = unsafe {
+                    (v128_load(chunk.as_ptr() as *const v128), v128_load(chunk.as_ptr().add(16) as *const v128))
+                };
+                match kind {
+                    Kind::Q8_0 => {
+                        let w = [
+                            i16x8_extend_low_i8x16(a),
+                            i16x8_extend_high_i8x16(a),
+                            i16x8_extend_low_i8x16(z),
+                            i16x8_extend_high_i8x16(z),
+                        ];
+                        for (t, tok) in toks.iter().enumerate() {
+                            let x = quad(&tok.q[b * BLOCK..], 4 * c);
+                            for (p, w) in pairs[t].iter_mut().zip(w) {
+                                *p = i32x4_add(*p, i32x4_dot_i16x8(w, x));
+                            }
+                        }
+                    }
                     Kind::Q4_0 | Kind::Q4_1 => {
-                        let packed = v128_load(q.as_ptr() as *const v128);
-                        let lo = v128_and(packed, u8x16_splat(15));
-                        let hi = u8x16_shr(packed, 4);
-                        i32x4_add(dot16_u8_i8(lo, x0), dot16_u8_i8(hi, x1))
+                        let (lo_a, lo_z) = (v128_and(a, u8x16_splat(15)), v128_and(z, u8x16_splat(15)));
+                        let (hi_a, hi_z) = (u8x16_shr(a, 4), u8x16_shr(z, 4));
+                        let lo = [
+                            u16x8_extend_low_u8x16(lo_a),
+                            u16x8_extend_high_u8x16(lo_a),
+                            u16x8_extend_low_u8x16(lo_z),
+                            u16x8_extend_high_u8x16(lo_z),
+                        ];
+                        let hi = [
+                            u16x8_extend_low_u8x16(hi_a),
+                            u16x8_extend_high_u8x16(hi_a),
+                            u16x8_extend_low_u8x16(hi_z),
+                            u16x8_extend_high_u8x16(hi_z),
+                        ];
+                        for (t, tok) in toks.iter().enumerate() {
+                            let x = &tok.q[b * BLOCK..];
+                            let (xl, xh) = (quad(x, 4 * c), quad(x, 16 + 4 * c));
+                            for (p, (l, h)) in pairs[t].iter_mut().zip(lo.into_iter().zip(hi)) {
+                                *p = i32x4_add(*p, i32x4_add(i32x4_dot_i16x8(l, xl), i32x4_dot_i16x8(h, xh)));
+                            }
+                        }
                     }
                 }
+            }
+            // SAFETY: 8 scales (and offsets) per block: two 4-lane halves.
+            let dw = |v: &[u16], h: usize| {
+                f32x4(
+                    f16(v[b * GROUP + 4 * h]),
+                    f16(v[b * GROUP + 4 * h + 1]),
+                    f16(v[b * GROUP + 4 * h + 2]),
+                    f16(v[b * GROUP + 4 * h + 3]),
+                )
             };
-            let sumi = i32x4_extract_lane::<0>(sums)
-                + i32x4_extract_lane::<1>(sums)
-                + i32x4_extract_lane::<2>(sums)
-                + i32x4_extract_lane::<3>(sums);
-            let dw = f16(w.d[b]);
-            acc += dw * t.d[b] * sumi as f32 + w.correction(b, dw, t);
+            let scales = [dw(g.d, 0), dw(g.d, 1)];
+            let offsets = if kind == Kind::Q4_1 { [dw(g.m, 0), dw(g.m, 1)] } else { [f32x4_splat(0.0); 2] };
+            for (t, tok) in toks.iter().enumerate() {
+                let start = i32x4_splat(tok.start[b]);
+                let dx = f32x4_splat(tok.d[b]);
+                let p = &pairs[t];
+                for h in 0..2 {
+                    let (u, v) = (p[2 * h], p[2 * h + 1]);
+                    let sums = i32x4_add(i32x4_shuffle::<0, 2, 4, 6>(u, v), i32x4_shuffle::<1, 3, 5, 7>(u, v));
+                    let sums = f32x4_convert_i32x4(i32x4_add(sums, start));
+                    acc[t][h] = f32x4_add(acc[t][h], f32x4_mul(sums, f32x4_mul(scales[h], dx)));
+                    if kind == Kind::Q4_1 {
+                        acc[t][h] = f32x4_add(acc[t][h], f32x4_mul(offsets[h], f32x4_splat(tok.s[b])));
+                    }
+                }
+            }
         }
-        acc
+        acc.map(|[a, z]| {
+            let mut out = [0f32; GROUP];
+            // SAFETY: 8 floats, unaligned stores.
+            unsafe {
+                v128_store(out.as_mut_ptr() as *mut v128, a);
+                v128_store(out.as_mut_ptr().add(4) as *mut v128, z);
+            }
+            out
+        })
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    //! Q4 runs blocks in pairs: one 32-byte load holds a pair's nibbles, `& 15` gives elements
-    //! 0..16 of both blocks and `>> 4 & 15` elements 16..32, against activations laid out the
-    //! same way (`QuantizedActs::paired`); the integer sums of block A land in lanes 0..4 and of
-    //! block B in lanes 4..8, start from the offset term (`start`), and take the pair's two
-    //! scales in one multiply. Q8_0 runs block by block.
-    use super::{BLOCK, Kind, RowBlocks, Token};
+    //! Lanes are a group's eight rows. Per block and chunk of 32 weight bytes (four elements of
+    //! each row; Q4 two sets of four, in the low and high nibbles), each token's four matching
+    //! activations are broadcast to every lane (an embedded broadcast of `vpdpbusd`) and
+    //! multiplied in; a block's integer sums then take the eight rows' scales times the token's.
+    use super::{BLOCK, GROUP, Group, Kind, Token};
     use std::arch::x86_64::*;
 
-    /// How far ahead of the pair being read to prefetch its row's nibbles, in bytes.
-    const PREFETCH: usize = 4096;
+    /// How far ahead of the block being read to prefetch the group's quants, in bytes.
+    const PREFETCH: usize = 2048;
 
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    unsafe fn row_dots_vnni<const N: usize>(w: &RowBlocks, tokens: &[Token; N]) -> [f32; N] {
-        unsafe { body::<true, N>(w, tokens) }
+    unsafe fn tile_vnni<const N: usize>(kind: Kind, g: &Group, toks: &[Token; N]) -> [[f32; GROUP]; N] {
+        // SAFETY: passed on from the caller.
+        unsafe {
+            match kind {
+                Kind::Q8_0 => body::<N, true, 0>(g, toks),
+                Kind::Q4_0 => body::<N, true, 1>(g, toks),
+                Kind::Q4_1 => body::<N, true, 2>(g, toks),
+            }
+        }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn row_dots_avx2<const N: usize>(w: &RowBlocks, tokens: &[Token; N]) -> [f32; N] {
-        unsafe { body::<false, N>(w, tokens) }
+    unsafe fn tile_avx2<const N: usize>(kind: Kind, g: &Group, toks: &[Token; N]) -> [[f32; GROUP]; N] {
+        // SAFETY: passed on from the caller.
+        unsafe {
+            match kind {
+                Kind::Q8_0 => body::<N, false, 0>(g, toks),
+                Kind::Q4_0 => body::<N, false, 1>(g, toks),
+                Kind::Q4_1 => body::<N, false, 2>(g, toks),
+            }
+        }
     }
 
     /// # Safety
     /// The CPU must have the instructions of the chosen kernel (`Kernel::available`), and the
-    /// tokens' activations must be arranged for it (`QuantizedActs::arrange`).
-    pub unsafe fn row_dots<const VNNI: bool, const N: usize>(w: &RowBlocks, tokens: &[Token; N]) -> [f32; N] {
+    /// tokens' `start` must be made for it (`QuantizedActs::new`).
+    pub unsafe fn tile<const N: usize, const VNNI: bool>(
+        kind: Kind,
+        g: &Group,
+        toks: &[Token; N],
+    ) -> [[f32; GROUP]; N] {
         // SAFETY: passed on to the caller.
-        unsafe { if VNNI { row_dots_vnni(w, tokens) } else { row_dots_avx2(w, tokens) } }
+        unsafe { if VNNI { tile_vnni(kind, g, toks) } else { tile_avx2(kind, g, toks) } }
     }
 
     /// `start + sum(w * x)` in eight i32 lanes (each lane four adjacent products): unsigned `w`
@@ -527,112 +608,80 @@ mod x86 {
         }
     }
 
+    /// `KIND`: 0 Q8_0, 1 Q4_0, 2 Q4_1.
     #[inline(always)]
-    unsafe fn body<const VNNI: bool, const N: usize>(w: &RowBlocks, tokens: &[Token; N]) -> [f32; N] {
-        // SAFETY: every slice holds the row's blocks (`d.len()` of them) and the tokens hold the
-        // matching arranged activations; the target features come from the callers above.
+    unsafe fn body<const N: usize, const VNNI: bool, const KIND: u8>(
+        g: &Group,
+        toks: &[Token; N],
+    ) -> [[f32; GROUP]; N] {
+        // SAFETY: `g` holds `blocks` blocks of eight rows (scales, offsets, quants) and each token
+        // `blocks * 32` activations with a scale, sum and start per block; the target features
+        // come from the callers above.
         unsafe {
+            let qb = if KIND == 0 { 32 } else { 16 };
+            let blocks = g.d.len() / GROUP;
+            debug_assert!(toks.iter().all(|t| t.d.len() == blocks && t.q.len() == blocks * BLOCK));
             let mut acc = [_mm256_setzero_ps(); N];
-            let blocks = w.d.len();
-            debug_assert!(tokens.iter().all(|t| t.d.len() == blocks && t.q.len() == blocks * BLOCK));
-            if w.kind == Kind::Q8_0 {
-                let lane = |k: i32| _mm256_set1_epi32(k);
-                for b in 0..blocks {
-                    _mm_prefetch::<_MM_HINT_T0>(w.qs.as_ptr().wrapping_add(b * 32 + PREFETCH) as *const i8);
-                    if b % 32 == 0 {
-                        _mm_prefetch::<_MM_HINT_T0>(w.d.as_ptr().wrapping_add(b + PREFETCH / 16) as *const i8);
-                    }
-                    // Scales four blocks at a time.
-                    let (group, k) = (b / 4 * 4, (b % 4) as i32);
-                    let dw4 = if group + 4 <= blocks {
-                        _mm_cvtph_ps(_mm_loadl_epi64(w.d.as_ptr().add(group) as *const __m128i))
-                    } else {
-                        _mm_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(*w.d.get_unchecked(b) as i32))))
-                    };
-                    let k = if group + 4 <= blocks { k } else { 0 };
-                    let v = _mm256_loadu_si256(w.qs.as_ptr().add(b * 32) as *const __m256i);
-                    for (i, t) in tokens.iter().enumerate() {
-                        let x = _mm256_loadu_si256(t.q.as_ptr().add(b * BLOCK) as *const __m256i);
-                        let start = _mm256_loadu_si256(t.start.as_ptr().add(b) as *const __m256i);
-                        let sums = if VNNI {
-                            // Unsigned w + 128 by x, less 128 * sum(x) from `start`.
-                            _mm256_dpbusd_epi32(start, _mm256_xor_si256(v, _mm256_set1_epi8(-128)), x)
+            let word = |t: &Token, at: usize| _mm256_set1_epi32((t.q.as_ptr().add(at) as *const i32).read_unaligned());
+            for b in 0..blocks {
+                let w = g.qs.as_ptr().add(b * GROUP * qb);
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH + 64) as *const i8);
+                if KIND == 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH + 128) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH + 192) as *const i8);
+                }
+                let mut sums: [__m256i; N] =
+                    std::array::from_fn(|i| _mm256_set1_epi32(*toks[i].start.get_unchecked(b)));
+                if KIND == 0 {
+                    for c in 0..8 {
+                        let v = _mm256_loadu_si256(w.add(c * 32) as *const __m256i);
+                        if VNNI {
+                            // w + 128, unsigned (`start` took 128 * sum(x) off).
+                            let u = _mm256_xor_si256(v, _mm256_set1_epi8(-128));
+                            for (s, t) in sums.iter_mut().zip(toks) {
+                                *s = _mm256_dpbusd_epi32(*s, u, word(t, b * BLOCK + 4 * c));
+                            }
                         } else {
                             // |w| by x with w's sign.
-                            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(x, v));
-                            _mm256_madd_epi16(p, _mm256_set1_epi16(1))
-                        };
-                        let dx = _mm_set1_ps(*t.d.get_unchecked(b));
-                        let scale = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_mul_ps(dw4, dx)), lane(k));
-                        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[i]);
-                    }
-                }
-                return std::array::from_fn(|i| hsum(acc[i]));
-            }
-            let mut offsets = [_mm_setzero_ps(); N];
-            let halves = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-            let pairs = blocks.div_ceil(2);
-            for p in 0..pairs {
-                let b = 2 * p;
-                let whole = b + 1 < blocks;
-                // The pair's packed nibbles (an odd last block alone, its partner zero), and
-                // its two scales (and Q4_1 offsets) from f16.
-                // The weights stream through once: ask for them well ahead (the next row's
-                // follow this one's in memory; a prefetch past the end is harmless).
-                _mm_prefetch::<_MM_HINT_T0>(w.qs.as_ptr().wrapping_add(b * 16 + PREFETCH) as *const i8);
-                if p % 16 == 0 {
-                    // The scales: 2 bytes a block, one line per 32 blocks.
-                    _mm_prefetch::<_MM_HINT_T0>(w.d.as_ptr().wrapping_add(b + PREFETCH / 16) as *const i8);
-                }
-                let packed = if whole {
-                    _mm256_loadu_si256(w.qs.as_ptr().add(b * 16) as *const __m256i)
-                } else {
-                    _mm256_castsi128_si256(_mm_loadu_si128(w.qs.as_ptr().add(b * 16) as *const __m128i))
-                };
-                let lo = _mm256_and_si256(packed, _mm256_set1_epi8(15));
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), _mm256_set1_epi8(15));
-                let pick = |v: &[u16]| -> i32 {
-                    if whole { (v.as_ptr().add(b) as *const i32).read_unaligned() } else { *v.get_unchecked(b) as i32 }
-                };
-                let dw = _mm_cvtph_ps(_mm_cvtsi32_si128(pick(w.d)));
-                let dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(dw), halves);
-                let mw =
-                    if w.kind == Kind::Q4_1 { _mm_cvtph_ps(_mm_cvtsi32_si128(pick(w.m))) } else { _mm_setzero_ps() };
-                for (i, t) in tokens.iter().enumerate() {
-                    let x = t.paired.as_ptr().add(p * 64);
-                    let start = _mm256_loadu_si256(t.start.as_ptr().add(p) as *const __m256i);
-                    let sums = dot_u8::<VNNI>(start, lo, _mm256_loadu_si256(x as *const __m256i));
-                    let sums = dot_u8::<VNNI>(sums, hi, _mm256_loadu_si256(x.add(32) as *const __m256i));
-                    // (dxA, dxB) and, for Q4_1, (sxA, sxB); a lone last block reads only its own.
-                    let two = |v: &[f32]| {
-                        if whole {
-                            _mm_castpd_ps(_mm_load_sd(v.as_ptr().add(b) as *const f64))
-                        } else {
-                            _mm_set_ss(*v.get_unchecked(b))
+                            let a = _mm256_sign_epi8(v, v);
+                            for (s, t) in sums.iter_mut().zip(toks) {
+                                let x = _mm256_sign_epi8(word(t, b * BLOCK + 4 * c), v);
+                                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(a, x), _mm256_set1_epi16(1));
+                                *s = _mm256_add_epi32(*s, p);
+                            }
                         }
-                    };
-                    let scales = _mm256_mul_ps(dw, _mm256_loadu_ps(t.scales.as_ptr().add(p) as *const f32));
-                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scales, acc[i]);
-                    if w.kind == Kind::Q4_1 {
-                        offsets[i] = _mm_fmadd_ps(mw, two(t.s), offsets[i]);
+                    }
+                } else {
+                    for c in 0..4 {
+                        let v = _mm256_loadu_si256(w.add(c * 32) as *const __m256i);
+                        let lo = _mm256_and_si256(v, _mm256_set1_epi8(15));
+                        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), _mm256_set1_epi8(15));
+                        for (s, t) in sums.iter_mut().zip(toks) {
+                            *s = dot_u8::<VNNI>(*s, lo, word(t, b * BLOCK + 4 * c));
+                            *s = dot_u8::<VNNI>(*s, hi, word(t, b * BLOCK + 16 + 4 * c));
+                        }
+                    }
+                }
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(g.d.as_ptr().add(b * GROUP) as *const __m128i));
+                let mw = if KIND == 2 {
+                    _mm256_cvtph_ps(_mm_loadu_si128(g.m.as_ptr().add(b * GROUP) as *const __m128i))
+                } else {
+                    _mm256_setzero_ps()
+                };
+                for (i, t) in toks.iter().enumerate() {
+                    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*t.d.get_unchecked(b)));
+                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[i]), scale, acc[i]);
+                    if KIND == 2 {
+                        acc[i] = _mm256_fmadd_ps(mw, _mm256_set1_ps(*t.s.get_unchecked(b)), acc[i]);
                     }
                 }
             }
-            std::array::from_fn(|i| {
-                let o = offsets[i];
-                hsum(acc[i]) + _mm_cvtss_f32(o) + _mm_cvtss_f32(_mm_shuffle_ps::<1>(o, o))
+            acc.map(|a| {
+                let mut out = [0f32; GROUP];
+                _mm256_storeu_ps(out.as_mut_ptr(), a);
+                out
             })
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        // SAFETY: AVX is implied by the callers' features.
-        unsafe {
-            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-            _mm_cvtss_f32(s)
         }
     }
 }
