@@ -94,7 +94,7 @@ impl Backend for CpuBackend {
     fn describe(&self) -> String {
         format!(
             "cpu (candle, {} threads, {} quantized kernel)",
-            candle_core::utils::get_num_threads(),
+            rayon::current_num_threads(),
             super::cpu_blocks::kernel().name()
         )
     }
@@ -416,7 +416,7 @@ fn with_f32<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
 
 /// One query's attention straight over the cache `(kv_heads, max_seq, head_dim)`: per query
 /// head, its scores over the cached keys, a softmax, and the weighted sum of the values; f32
-/// throughout, heads in parallel. A decode step's attention without candle's copies of the
+/// throughout, heads in parallel past a size. A decode step's attention without candle's copies of the
 /// cached keys and values (they grow with the context).
 fn decode_attention(q: &[f32], kc: &[f32], vc: &[f32], s: DecodeShape) -> Vec<f32> {
     use rayon::prelude::*;
@@ -424,7 +424,7 @@ fn decode_attention(q: &[f32], kc: &[f32], vc: &[f32], s: DecodeShape) -> Vec<f3
     let group = heads / kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let mut out = vec![0f32; heads * hd];
-    out.par_chunks_mut(hd).enumerate().for_each(|(h, o)| {
+    let head = |(h, o): (usize, &mut [f32])| {
         let qh = &q[h * hd..(h + 1) * hd];
         let base = ((h / group) * max_seq + first) * hd;
         let keys = &kc[base..base + total * hd];
@@ -443,7 +443,13 @@ fn decode_attention(q: &[f32], kc: &[f32], vc: &[f32], s: DecodeShape) -> Vec<f3
                 *o += p * x;
             }
         }
-    });
+    };
+    // Heads in parallel when there is enough work to share (as the block products decide).
+    if heads * total * hd * 2 >= super::cpu_blocks::PARALLEL_MIN_MACS {
+        out.par_chunks_mut(hd).enumerate().for_each(head);
+    } else {
+        out.chunks_mut(hd).enumerate().for_each(head);
+    }
     out
 }
 

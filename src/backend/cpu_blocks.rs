@@ -239,7 +239,7 @@ impl BlockMatrix {
         let mut out = vec![0f32; seq * self.rows];
         let shared = Out(out.as_mut_ptr());
         let rows = self.rows;
-        (0..groups.div_ceil(per_task)).into_par_iter().for_each(|task| {
+        let run = |task: usize| {
             let (g0, g1) = (task * per_task, ((task + 1) * per_task).min(groups));
             let mut t = 0;
             while t < seq {
@@ -257,10 +257,21 @@ impl BlockMatrix {
                 }
                 t += n;
             }
-        });
+        };
+        let tasks = 0..groups.div_ceil(per_task);
+        if threads > 1 && seq * self.rows * self.cols >= PARALLEL_MIN_MACS {
+            tasks.into_par_iter().for_each(run);
+        } else {
+            tasks.for_each(run);
+        }
         out
     }
 }
+
+/// Products smaller than this (multiply-adds) run on the calling thread: handing them to the pool
+/// costs more than it saves (a decode step's small matrices). Wasm workers wake slowly, so the
+/// browser's threaded build shares only larger ones.
+pub const PARALLEL_MIN_MACS: usize = if cfg!(target_arch = "wasm32") { 1 << 22 } else { 1 << 20 };
 
 /// Tokens per tile.
 const TILE: usize = 4;
