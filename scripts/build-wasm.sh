@@ -1,22 +1,60 @@
 #!/usr/bin/env bash
-# Build the wasm package into pkg/: cargo (wasm32, SIMD via .cargo/config.toml) + wasm-bindgen
-# (--target web) + wasm-opt from npm binaryen (Debian's wasm-opt 108 emits broken modules).
-# Installs what is missing: the wasm32 target, wasm-bindgen-cli 0.2.130, npm packages.
-# Usage: scripts/build-wasm.sh [--dev]   (--dev skips wasm-opt)
+# Build the wasm packages: pkg/ (single-threaded) and pkg-threads/ (threads: rayon on Web Workers
+# sharing the memory, for cross-origin isolated pages; www/worker.js picks one at load). Each is
+# cargo (wasm32, SIMD) + wasm-bindgen (--target web) + wasm-opt from npm binaryen (Debian's
+# wasm-opt 108 emits broken modules). The threaded build needs atomics in std, so a pinned
+# nightly rebuilds std (-Z build-std) into its own target dir.
+# Installs what is missing: the wasm32 target, the pinned nightly with rust-src,
+# wasm-bindgen-cli 0.2.130, npm packages.
+# Usage: scripts/build-wasm.sh [--dev] [--single]   (--dev skips wasm-opt; --single skips
+# the threaded build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+NIGHTLY=nightly-2026-05-20
+dev=0
+single=0
+for arg in "$@"; do
+  case "$arg" in
+    --dev) dev=1 ;;
+    --single) single=1 ;;
+    *) echo "unknown option $arg (use --dev, --single)" >&2; exit 2 ;;
+  esac
+done
 rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 if ! wasm-bindgen --version 2>/dev/null | grep -q "0.2.130"; then
   echo "installing wasm-bindgen-cli 0.2.130 (a few minutes)..."
   cargo install wasm-bindgen-cli --version 0.2.130
 fi
 scripts/npm-deps.sh
+optimize() { # pkg dir, extra wasm-opt features
+  if [ "$dev" = 0 ]; then
+    node_modules/.bin/wasm-opt -O3 --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue $2 \
+      "$1/guardreasoner_bg.wasm" -o "$1/guardreasoner_bg.opt.wasm"
+    mv "$1/guardreasoner_bg.opt.wasm" "$1/guardreasoner_bg.wasm"
+  fi
+  echo "$1/guardreasoner_bg.wasm: $(du -h "$1/guardreasoner_bg.wasm" | cut -f1)"
+}
+
 cargo build --release --target wasm32-unknown-unknown --lib --no-default-features
 rm -rf pkg
 wasm-bindgen --target web --out-dir pkg target/wasm32-unknown-unknown/release/guardreasoner.wasm
-if [ "${1:-}" != "--dev" ]; then
-  node_modules/.bin/wasm-opt -O3 --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
-    pkg/guardreasoner_bg.wasm -o pkg/guardreasoner_bg.opt.wasm
-  mv pkg/guardreasoner_bg.opt.wasm pkg/guardreasoner_bg.wasm
+optimize pkg ""
+
+[ "$single" = 1 ] && exit 0
+if ! rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1 || ! rustup component list --toolchain "$NIGHTLY" --installed | grep -q rust-src; then
+  echo "installing $NIGHTLY with rust-src (the threaded build rebuilds std with atomics)..."
+  rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src --target wasm32-unknown-unknown
 fi
-echo "pkg/guardreasoner_bg.wasm: $(du -h pkg/guardreasoner_bg.wasm | cut -f1)"
+# RUSTFLAGS replaces .cargo/config.toml's flags, so simd128 is named again. The memory is shared
+# and imported (the pool's workers instantiate the module over it) and may grow to 4 GiB, as
+# the single-threaded module's; the thread-local storage symbols are exported for wasm-bindgen.
+link=""
+for arg in --shared-memory --import-memory --max-memory=4294967296 --export=__wasm_init_tls --export=__tls_size --export=__tls_align --export=__tls_base; do
+  link="$link -C link-arg=$arg"
+done
+RUSTFLAGS="-C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals$link" \
+  cargo "+$NIGHTLY" build --release --target wasm32-unknown-unknown --lib --no-default-features --features threads \
+  -Z build-std=panic_abort,std --target-dir target/wasm-threads
+rm -rf pkg-threads
+wasm-bindgen --target web --out-dir pkg-threads target/wasm-threads/wasm32-unknown-unknown/release/guardreasoner.wasm
+optimize pkg-threads --enable-threads

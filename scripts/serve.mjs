@@ -61,9 +61,13 @@ function byteRange(header, size) {
  * `faults` (tests only), for paths under `faults.under`: `{dropAfterBytes, drops}` cuts the
  * connection after that many body bytes, `drops` times in all; `ignoreRanges` answers every
  * request whole, as a server without range support does; `unavailable` (a Set of paths) answers
- * them 503, as a server that is down.
+ * them 503, as a server that is down. `isolated: false` leaves out the cross-origin isolation
+ * headers.
  */
-export function startServer({ root = REPO, port = 0, mounts = {}, faults = {} } = {}) {
+export function startServer({ root = REPO, port = 0, mounts = {}, faults = {}, isolated = true } = {}) {
+  // Cross-origin isolation (COOP + COEP) gives pages SharedArrayBuffer: wasm threads and the
+  // shared cancel flags. `isolated: false` serves as a site without those headers (tests).
+  const base = isolated ? HEADERS : { "Cache-Control": HEADERS["Cache-Control"] };
   const requests = [];
   let dropsLeft = faults.drops ?? 0;
   root = path.resolve(root);
@@ -71,7 +75,7 @@ export function startServer({ root = REPO, port = 0, mounts = {}, faults = {} } 
     try {
       handle(req, res);
     } catch (e) {
-      if (!res.headersSent) res.writeHead(500, HEADERS);
+      if (!res.headersSent) res.writeHead(500, base);
       res.end(`server error: ${e.message}`);
     }
   });
@@ -80,43 +84,43 @@ export function startServer({ root = REPO, port = 0, mounts = {}, faults = {} } 
     // not read these files.
     const host = (req.headers.host || "").replace(/:\d+$/, "");
     if (!["127.0.0.1", "localhost", "[::1]"].includes(host)) {
-      res.writeHead(403, HEADERS).end("forbidden host");
+      res.writeHead(403, base).end("forbidden host");
       return;
     }
     let pathname;
     try {
       pathname = decodeURIComponent(new URL(req.url, "http://localhost").pathname);
     } catch {
-      res.writeHead(400, HEADERS).end("bad request");
+      res.writeHead(400, base).end("bad request");
       return;
     }
     requests.push({ method: req.method, path: pathname, range: req.headers.range ?? null });
     if (pathname.includes("\0")) {
-      res.writeHead(400, HEADERS).end("bad request");
+      res.writeHead(400, base).end("bad request");
       return;
     }
     if (faults.unavailable?.has(pathname)) {
-      res.writeHead(503, HEADERS).end("unavailable");
+      res.writeHead(503, base).end("unavailable");
       return;
     }
     if (pathname === "/") {
-      res.writeHead(302, { ...HEADERS, Location: "/www/" }).end();
+      res.writeHead(302, { ...base, Location: "/www/" }).end();
       return;
     }
     const file = resolve(pathname, root, mounts);
     if (!file) {
-      res.writeHead(403, HEADERS).end("forbidden");
+      res.writeHead(403, base).end("forbidden");
       return;
     }
     const target = fs.existsSync(file) && fs.statSync(file).isDirectory() ? path.join(file, "index.html") : file;
     fs.stat(target, (err, stat) => {
       if (err || !stat.isFile()) {
-        res.writeHead(404, { ...HEADERS, "Content-Type": "text/plain" }).end(`not found: ${pathname}`);
+        res.writeHead(404, { ...base, "Content-Type": "text/plain" }).end(`not found: ${pathname}`);
         return;
       }
       const faulty = faults.under !== undefined && pathname.startsWith(faults.under);
       const etag = `"${stat.size.toString(16)}-${Math.floor(stat.mtimeMs).toString(16)}"`;
-      const headers = { ...HEADERS, "Content-Type": TYPES[path.extname(target)] || "application/octet-stream", "Accept-Ranges": faulty && faults.ignoreRanges ? "none" : "bytes", ETag: etag, "Last-Modified": stat.mtime.toUTCString() };
+      const headers = { ...base, "Content-Type": TYPES[path.extname(target)] || "application/octet-stream", "Accept-Ranges": faulty && faults.ignoreRanges ? "none" : "bytes", ETag: etag, "Last-Modified": stat.mtime.toUTCString() };
       // A range is served only while the client's copy is of this version (If-Range).
       const ifRange = req.headers["if-range"];
       const range = (faulty && faults.ignoreRanges) || (ifRange && ifRange !== etag) ? null : byteRange(req.headers.range, stat.size);

@@ -18,6 +18,11 @@ use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
+/// The threaded build's `initThreadPool(n)`: starts rayon's pool of `n` Web Workers sharing this
+/// module's memory; the worker calls it once, before loading a model (ARCHITECTURE.md §6).
+#[cfg(feature = "threads")]
+pub use wasm_bindgen_rayon::init_thread_pool;
+
 fn js_err(e: impl std::fmt::Display) -> JsValue {
     JsError::new(&e.to_string()).into()
 }
@@ -205,6 +210,25 @@ impl WasmSession {
             let out = session.generate(&ids, &options, &cancel_poll(&is_cancelled), &mut on).await.map_err(js_err)?;
             reject_cancelled(out.stop)?;
             to_js_value(&out)
+        })
+    }
+
+    /// The speed test `guardreasoner bench` runs: a prefill of `ids`, then `gen_tokens` greedy
+    /// steps with EOS ignored, after a short warm-up; the cache is reset. Resolves to
+    /// `{promptTokens, prefillS, genTokens, decodeS, backend}` (the backend names the CPU kernel).
+    #[allow(clippy::await_holding_refcell_ref)]
+    pub fn speed_test(&self, ids: Vec<u32>, gen_tokens: u32) -> Promise {
+        let session = self.session.clone();
+        future_to_promise(async move {
+            let mut session = session.try_borrow_mut().map_err(|_| js_err("busy: one run at a time"))?;
+            let r = session.speed_test(&ids, gen_tokens as usize).await.map_err(js_err)?;
+            to_js(&serde_json::json!({
+                "promptTokens": r.prompt_tokens,
+                "prefillS": r.prefill_s,
+                "genTokens": r.gen_tokens,
+                "decodeS": r.decode_s,
+                "backend": session.backend(),
+            }))
         })
     }
 

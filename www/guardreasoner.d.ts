@@ -30,6 +30,9 @@ export interface LoadOptions {
   /** Conversations decoded together (`moderateMany`, concurrent `moderate` calls); default 4 on
    * WebGPU, 1 on the CPU. Each needs its own KV cache of `context` tokens. */
   batch?: number;
+  /** Threads of the CPU path (default one per core, at most 8). More than one needs a cross-origin
+   * isolated page (COOP `same-origin` + COEP `require-corp`) and the pkg-threads/ build; else 1. */
+  threads?: number;
   onProgress?: (p: LoadProgress) => void;
   /** A Hub revision for an `{hf}` source (default "main"). */
   revision?: string;
@@ -95,12 +98,20 @@ export declare class GuardReasoner {
   readonly modelIdentity: { bytes: number; sha256: string };
   /** Conversations decoded together. */
   readonly batch: number;
+  /** Threads the CPU path runs on (1 on WebGPU, or where the page cannot have threads). */
+  readonly threads: number;
   static load(source: ModelSource, options?: LoadOptions): Promise<GuardReasoner>;
   tokenize(text: string): Promise<number[]>;
   generate(
     ids: ArrayLike<number>,
     options?: { maxNewTokens?: number; onToken?: (t: { token: number; text: string }) => void; signal?: AbortSignal },
   ): Promise<{ tokens: number[]; stop: "eos" | "max_tokens" | "context_full"; promptTokens: number; reusedTokens: number; timings: Timings }>;
+  /** The speed test of `guardreasoner bench`: a prefill of `ids`, then `newTokens` greedy steps
+   * (EOS ignored, default 64), after a short warm-up. */
+  speedTest(
+    ids: ArrayLike<number>,
+    options?: { newTokens?: number },
+  ): Promise<{ promptTokens: number; prefillS: number; genTokens: number; decodeS: number; backend: string }>;
   moderate(
     conversation: { prompt: string; response?: string | null },
     options?: { onEvent?: (e: GuardEvent) => void; signal?: AbortSignal; maxNewTokens?: number },

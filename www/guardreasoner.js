@@ -15,6 +15,8 @@ export class GuardReasoner {
   backend = "";
   /** Conversations the model decodes together (`moderateMany`, concurrent `moderate` calls). */
   batch = 1;
+  /** Threads the CPU path runs on (1 on WebGPU, or where the page cannot have threads). */
+  threads = 1;
   fallback = null;
   /** What the loaded model is by content: `{bytes, sha256}` of its files' sizes and headers. */
   modelIdentity = null;
@@ -45,16 +47,17 @@ export class GuardReasoner {
    * "cache", "copy" for a picked file, "load"). `storageQuotaOverride` (bytes) stands in for the
    * browser's quota, for tests.
    */
-  static async load(source, { onProgress, backend = DEFAULTS.backend, quant = DEFAULTS.quant, context = DEFAULTS.context, batch, revision, workerUrl, storageQuotaOverride } = {}) {
+  static async load(source, { onProgress, backend = DEFAULTS.backend, quant = DEFAULTS.quant, context = DEFAULTS.context, batch, threads, revision, workerUrl, storageQuotaOverride } = {}) {
     const url = workerUrl || new URL("./worker.js", import.meta.url);
     const guard = new GuardReasoner(new Worker(url, { type: "module" }));
     // Ask once that stored models survive storage pressure (the browser may say no; they are then
     // kept as long as it allows).
     await globalThis.navigator?.storage?.persist?.().catch(() => false);
     if (revision && source?.hf && !source.revision) source = { ...source, revision };
-    const out = await guard.#request({ type: Request.load, source, backend, quant, context, batch, quotaOverride: storageQuotaOverride }, { onProgress });
+    const out = await guard.#request({ type: Request.load, source, backend, quant, context, batch, threads, quotaOverride: storageQuotaOverride }, { onProgress });
     guard.backend = out.backend;
     guard.batch = out.batch ?? 1;
+    guard.threads = out.threads ?? 1;
     guard.fallback = out.fallback;
     guard.modelIdentity = out.modelIdentity;
     return guard;
@@ -68,6 +71,16 @@ export class GuardReasoner {
   /** Greedy generation from token ids. `onToken({token, text})` streams; `signal` cancels. */
   async generate(ids, { maxNewTokens = DEFAULTS.generateMaxNewTokens, onToken, signal } = {}) {
     const { id, type, ...result } = await this.#request({ type: Request.generate, ids: Array.from(ids), maxNewTokens }, { onToken, signal });
+    return result;
+  }
+
+  /**
+   * The speed test `guardreasoner bench` runs: a prefill of `ids`, then `newTokens` greedy steps
+   * (EOS ignored), after a short warm-up. Resolves to `{promptTokens, prefillS, genTokens,
+   * decodeS, backend}`; tokens/s are `promptTokens / prefillS` and `genTokens / decodeS`.
+   */
+  async speedTest(ids, { newTokens = 64 } = {}) {
+    const { id, type, ...result } = await this.#request({ type: Request.speedTest, ids: Array.from(ids), newTokens });
     return result;
   }
 

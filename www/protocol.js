@@ -8,6 +8,8 @@ export const Request = Object.freeze({
   load: "load",
   tokenize: "tokenize",
   generate: "generate",
+  /** `{type, ids, newTokens}`: the CLI's `bench` speed test (prefill, then greedy steps). */
+  speedTest: "speed-test",
   moderate: "moderate",
   classify: "classify",
   /** `{type, buffer}`: a SharedArrayBuffer of `CANCEL_SLOTS` Int32s; slot `id % CANCEL_SLOTS`
@@ -38,6 +40,8 @@ export const DEFAULTS = Object.freeze({
   /** Conversations decoded together on WebGPU (`moderateMany`, concurrent `moderate` calls);
    * the wasm CPU path takes 1 unless asked. Each needs a KV cache of `context` tokens. */
   batch: 4,
+  /** Most threads of the wasm CPU path (a load's `threads` option; by default one per core). */
+  maxThreads: 8,
 });
 
 /** Slots of the shared cancel flags (requests in flight at once, at most, that keep their own). */

@@ -3,11 +3,15 @@
 // requests in order, one at a time, except classifications: those that arrive while others run
 // join them in one batch (the session decodes up to its batch together, continuous batching).
 // Protocol (www/protocol.js): requests {id, type, ...}; replies {id, type, ...}.
-import init, { load_model, moderation_prompt } from "../pkg/guardreasoner.js";
 import { DEFAULTS, HF_FILES, HUB_ENDPOINT, Reply, Request, hubBaseUrl, hubRevisionUrl } from "./protocol.js";
 import { StorageError, pins, storedFile, storedUpload } from "./model-store.js";
 
 let session = null; // the wasm Session
+// The wasm module, chosen and started at the first load: pkg-threads/ (rayon on Web Workers
+// sharing the module's memory) where the page is cross-origin isolated, the CPU path is asked
+// for and more than one thread; else pkg/. `threads`: rayon's pool size (1 for pkg/).
+let wasm = null;
+let threads = 1;
 // Int32Array over a SharedArrayBuffer when the page is cross-origin isolated: slot id % length
 // holds id once request id is cancelled (read without waiting for the event loop).
 let cancelFlags = null;
@@ -19,6 +23,31 @@ const inBatch = new Set(); // ids the running batch has taken
 let batchQueued = false;
 
 const post = (msg) => self.postMessage(msg);
+
+/** Starts the wasm module for a load on `onCpu` with `wanted` threads (0: one per core). */
+async function start(onCpu, wanted) {
+  if (wasm) return;
+  const cores = self.navigator.hardwareConcurrency || 1;
+  const n = Math.max(1, Math.min(wanted || cores, cores, DEFAULTS.maxThreads));
+  // Threads need SharedArrayBuffer, which only a cross-origin isolated page has (COOP
+  // same-origin + COEP require-corp). WebGPU runs single-threaded: its work is on the GPU.
+  const threaded = onCpu && n > 1 && self.crossOriginIsolated === true && typeof SharedArrayBuffer === "function";
+  if (threaded) {
+    try {
+      const module = await import("../pkg-threads/guardreasoner.js");
+      await module.default();
+      await module.initThreadPool(n);
+      [wasm, threads] = [module, n];
+      return;
+    } catch (e) {
+      // A site that serves pkg/ only (or a browser that refuses the workers): one thread.
+      console.warn(`the threaded wasm build did not start (${e?.message ?? e}): running on one thread`);
+    }
+  }
+  const module = await import("../pkg/guardreasoner.js");
+  await module.default();
+  [wasm, threads] = [module, 1];
+}
 
 function isCancelled(id) {
   return cancelledByMessage.has(id) || (cancelFlags !== null && Atomics.load(cancelFlags, id % cancelFlags.length) === id);
@@ -164,18 +193,18 @@ async function handle(msg) {
   const { id, type } = msg;
   try {
     if (type === Request.load) {
-      await init();
-      const { files, release } = await resolveFiles(msg.source, id, msg.quotaOverride);
       // The core picks the device ("auto": WebGPU, else the CPU, saying why) and refuses unknown
       // words; only a browser without WebGPU at all is decided here.
       const wanted = msg.backend || DEFAULTS.backend;
       const noWebGpu = wanted === "auto" && !self.navigator.gpu;
       const onCpu = noWebGpu || wanted === "cpu";
-      // On the wasm CPU path one conversation at a time unless asked: it is single-threaded
-      // and shares 4 GiB with the weights.
+      await start(onCpu, msg.threads);
+      const { files, release } = await resolveFiles(msg.source, id, msg.quotaOverride);
+      // On the wasm CPU path one conversation at a time unless asked: its KV caches share
+      // 4 GiB with the weights.
       const batch = msg.batch || (onCpu ? 1 : DEFAULTS.batch);
       try {
-        session = await load_model(
+        session = await wasm.load_model(
           files,
           onCpu ? "cpu" : wanted,
           msg.quant || DEFAULTS.quant,
@@ -187,7 +216,7 @@ async function handle(msg) {
         await release(); // the weights are in wasm or GPU memory now (or the load failed)
       }
       const fallback = noWebGpu ? "WebGPU is not available in this browser: running on the CPU" : (session.fallback() ?? null);
-      post({ id, type: Reply.result, backend: session.backend(), fallback, modelIdentity: session.model_identity(), batch: session.batch() });
+      post({ id, type: Reply.result, backend: session.backend(), fallback, modelIdentity: session.model_identity(), batch: session.batch(), threads });
     } else if (type === Request.cancelFlag) {
       cancelFlags = new Int32Array(msg.buffer);
     } else {
@@ -199,6 +228,8 @@ async function handle(msg) {
         const out = await session.generate(Uint32Array.from(msg.ids), msg.maxNewTokens ?? DEFAULTS.generateMaxNewTokens, onToken, () => isCancelled(id));
         cancelledByMessage.delete(id);
         post({ id, type: Reply.result, ...out });
+      } else if (type === Request.speedTest) {
+        post({ id, type: Reply.result, ...(await session.speed_test(Uint32Array.from(msg.ids), msg.newTokens)) });
       } else {
         throw new Error(`unknown request ${type}`);
       }
@@ -219,7 +250,7 @@ self.onmessage = (e) => {
     // else the next batch, queued behind any load or generate before it.
     let text;
     try {
-      text = msg.type === Request.moderate ? moderation_prompt(msg.prompt, msg.response ?? undefined) : msg.text;
+      text = msg.type === Request.moderate ? wasm.moderation_prompt(msg.prompt, msg.response ?? undefined) : msg.text;
     } catch (err) {
       post({ id: msg.id, type: Reply.error, message: session ? String(err?.message ?? err) : "no model is loaded" });
       return;

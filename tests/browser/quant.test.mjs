@@ -3,7 +3,9 @@
 // native CLI's with the same quantization (`guardreasoner generate --quant q8`), on the CPU
 // fallback against the native CPU backend and on WebGPU against the native GPU backend (the same
 // WGSL), for the tiny Llama-3.2-like model (bf16, quantized on load) and SmolLM2 (GGUF Q4_1 with
-// an 8-bit embedding). q4 is checked the same way on the tiny model.
+// an 8-bit embedding). q4 is checked the same way on the tiny model. The CPU fallback is checked
+// on one thread (pkg/) and on two (pkg-threads/: rayon on Web Workers sharing the memory), and a
+// page that is not cross-origin isolated gets the single-threaded build whatever it asks.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
@@ -18,12 +20,14 @@ const MODELS = {
 };
 const ids = JSON.parse(fs.readFileSync(path.join(repo, "tests/fixtures/smollm2_reference.json"), "utf8")).prompts[0].ids;
 let server;
+let plainServer; // without the cross-origin isolation headers
 
 before(async () => {
-  assert.ok(fs.existsSync(path.join(repo, "pkg/guardreasoner_bg.wasm")), "run scripts/build-wasm.sh first");
+  for (const pkg of ["pkg", "pkg-threads"]) assert.ok(fs.existsSync(path.join(repo, pkg, "guardreasoner_bg.wasm")), "run scripts/build-wasm.sh first");
   server = await startServer();
+  plainServer = await startServer({ isolated: false });
 });
-after(() => server?.stop());
+after(() => Promise.all([server?.stop(), plainServer?.stop()]));
 
 function native(model, quant, backend) {
   const args = ["generate", "--quiet", "--model", path.join(repo, MODELS[model].file), "--tokens", ids.join(","), "--max-new-tokens", String(NEW_TOKENS), "--quant", quant, "--backend", backend];
@@ -35,20 +39,20 @@ function native(model, quant, backend) {
   return JSON.parse(out.toString()).tokens;
 }
 
-async function inBrowser(model, quant, backend) {
+async function inBrowser(model, quant, backend, { threads = 1, isolated = true } = {}) {
   const browser = await launch({ webgpu: backend === "webgpu" });
   try {
-    const { page, logs } = await openPage(browser, server.url);
+    const { page, logs } = await openPage(browser, (isolated ? server : plainServer).url);
     return await page
       .evaluate(
-        async ({ source, quant, backend, ids, n }) => {
+        async ({ source, quant, backend, threads, ids, n }) => {
           const { GuardReasoner } = await import("/www/guardreasoner.js");
-          const guard = await GuardReasoner.load(source, { backend, quant, context: 256 });
+          const guard = await GuardReasoner.load(source, { backend, quant, threads, context: 256 });
           const res = await guard.generate(ids, { maxNewTokens: n });
           guard.terminate();
-          return { backend: guard.backend, tokens: res.tokens };
+          return { backend: guard.backend, threads: guard.threads, tokens: res.tokens, isolated: self.crossOriginIsolated };
         },
-        { source: MODELS[model].source, quant, backend, ids, n: NEW_TOKENS },
+        { source: MODELS[model].source, quant, backend, threads, ids, n: NEW_TOKENS },
       )
       .catch((e) => {
         throw new Error(`${e.message}\nbrowser log:\n${logs.join("\n")}`);
@@ -58,16 +62,20 @@ async function inBrowser(model, quant, backend) {
   }
 }
 
-for (const [model, quant, backend, nativeBackend] of [
-  ["tiny", "q8", "cpu", "cpu"],
-  ["tiny", "q8", "webgpu", "gpu"],
-  ["tiny", "q4", "cpu", "cpu"],
-  ["smollm2", "q8", "cpu", "cpu"],
+for (const [model, quant, backend, nativeBackend, threads] of [
+  ["tiny", "q8", "cpu", "cpu", 1],
+  ["tiny", "q8", "cpu", "cpu", 2],
+  ["tiny", "q8", "webgpu", "gpu", 1],
+  ["tiny", "q4", "cpu", "cpu", 1],
+  ["smollm2", "q8", "cpu", "cpu", 1],
+  ["smollm2", "q8", "cpu", "cpu", 2],
 ]) {
-  test(`${model} with ${quant} in the browser (${backend}) equals the native CLI's --quant ${quant} (${nativeBackend})`, async () => {
+  const on = backend === "cpu" ? `${backend}, ${threads} thread${threads > 1 ? "s" : ""}` : backend;
+  test(`${model} with ${quant} in the browser (${on}) equals the native CLI's --quant ${quant} (${nativeBackend})`, async () => {
     const expected = native(model, quant, nativeBackend);
-    const out = await inBrowser(model, quant, backend);
-    assert.match(out.backend, backend === "cpu" ? /^cpu/ : /^gpu/);
+    const out = await inBrowser(model, quant, backend, { threads });
+    assert.match(out.backend, backend === "cpu" ? new RegExp(`^cpu \\(candle, ${threads} threads`) : /^gpu/);
+    assert.equal(out.threads, threads, "the threads the worker reports");
     assert.ok(expected.length >= 8, `native made only ${expected.length} tokens`);
     if (model === "smollm2") {
       // A real model over 24 steps: the rest of the forward pass (candle's f32 matrix products
@@ -81,3 +89,12 @@ for (const [model, quant, backend, nativeBackend] of [
     }
   });
 }
+
+test("a page that is not cross-origin isolated runs the single-threaded build, asked for threads or not", async () => {
+  const expected = native("tiny", "q8", "cpu");
+  const out = await inBrowser("tiny", "q8", "cpu", { threads: 2, isolated: false });
+  assert.equal(out.isolated, false);
+  assert.equal(out.threads, 1);
+  assert.match(out.backend, /^cpu \(candle, 1 threads/);
+  assert.deepEqual(out.tokens, expected);
+});
