@@ -1,14 +1,14 @@
 #!/usr/bin/env node
 // The browser's CPU path next to wllama (llama.cpp compiled to wasm, npm @wllama/wllama), in one
 // run, in the same headless Chromium with WebGPU off: the same GGUF files, the same prompt text
-// and the same number of new tokens, both at 1 and 2 threads (ours: pkg/ on one, pkg-threads/
-// on more). Ours runs the speed test of
+// and the same number of new tokens, both at 1 and 2 threads (ours: pkg/ on one,
+// pkg-threads-relaxed/ on more, or pkg-threads/ with --plain-simd). Ours runs the speed test of
 // `guardreasoner bench` through the JS API (`guard.speedTest`); wllama's figures are llama.cpp's
 // own timings of one completion (prompt cache off, EOS ignored, greedy). Prints a markdown
 // table; the JSON lines go to .cache/browser-bench/results.jsonl.
 //
 //   node scripts/browser-cpu-bench.mjs [--prompt 512] [--gen 64] [--threads "1 2"]
-//        [--models "a.gguf b.gguf"]
+//        [--models "a.gguf b.gguf"] [--plain-simd]
 //
 // wllama is installed once under .cache/wllama (npm). Defaults: SmolLM2-135M-Instruct Q4_1 (the
 // test assets, scripts/fetch-test-assets.sh) and the synthetic GuardReasoner-1B Q4_0 that
@@ -35,11 +35,14 @@ const { values: opts } = parseArgs({
     gen: { type: "string", default: "64" },
     threads: { type: "string", default: "1 2" },
     models: { type: "string" },
+    // Ours without relaxed-SIMD (pkg-threads/ instead of pkg-threads-relaxed/).
+    "plain-simd": { type: "boolean", default: false },
     help: { type: "boolean", short: "h" },
   },
 });
 if (opts.help) {
-  console.log(fs.readFileSync(fileURLToPath(import.meta.url), "utf8").split("\n").slice(1, 14).map((l) => l.replace(/^\/\/ ?/, "")).join("\n"));
+  const lines = fs.readFileSync(fileURLToPath(import.meta.url), "utf8").split("\n").slice(1);
+  console.log(lines.slice(0, lines.findIndex((l) => !l.startsWith("//"))).map((l) => l.replace(/^\/\/ ?/, "")).join("\n"));
   process.exit(0);
 }
 const promptTokens = Number(opts.prompt);
@@ -100,9 +103,9 @@ try {
     for (const t of threads) {
       const p = await page();
       const ours = await p.evaluate(
-        async ({ url, sentence, promptTokens, gen, threads }) => {
+        async ({ url, sentence, promptTokens, gen, threads, relaxedSimd }) => {
           const { GuardReasoner } = await import("/www/guardreasoner.js");
-          const guard = await GuardReasoner.load({ url }, { backend: "cpu", threads, context: promptTokens + gen + 16 });
+          const guard = await GuardReasoner.load({ url }, { backend: "cpu", threads, relaxedSimd, context: promptTokens + gen + 16 });
           try {
             let text = sentence;
             let ids = await guard.tokenize(text);
@@ -116,7 +119,7 @@ try {
             guard.terminate();
           }
         },
-        { url, sentence: SENTENCE, promptTokens, gen, threads: t },
+        { url, sentence: SENTENCE, promptTokens, gen, threads: t, relaxedSimd: !opts["plain-simd"] },
       );
       await p.close();
       text = ours.text;

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Build the wasm packages: pkg/ (single-threaded) and pkg-threads/ (threads: rayon on Web Workers
-# sharing the memory, for cross-origin isolated pages; www/worker.js picks one at load). Each is
+# Build the wasm packages: pkg/ (single-threaded), pkg-threads/ (threads: rayon on Web Workers
+# sharing the memory, for cross-origin isolated pages) and pkg-threads-relaxed/ (the same with
+# relaxed-SIMD dot products); www/worker.js picks one at load. Each is
 # cargo (wasm32, SIMD) + wasm-bindgen (--target web) + wasm-opt from npm binaryen (Debian's
 # wasm-opt 108 emits broken modules). The threaded build needs atomics in std, so a pinned
 # nightly rebuilds std (-Z build-std) into its own target dir.
 # Installs what is missing: the wasm32 target, the pinned nightly with rust-src,
 # wasm-bindgen-cli 0.2.130, npm packages.
 # Usage: scripts/build-wasm.sh [--dev] [--single]   (--dev skips wasm-opt; --single skips
-# the threaded build)
+# the threaded builds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NIGHTLY=nightly-2026-05-20
@@ -52,9 +53,14 @@ link=""
 for arg in --shared-memory --import-memory --max-memory=4294967296 --export=__wasm_init_tls --export=__tls_size --export=__tls_align --export=__tls_base; do
   link="$link -C link-arg=$arg"
 done
-RUSTFLAGS="-C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals$link" \
-  cargo "+$NIGHTLY" build --release --target wasm32-unknown-unknown --lib --no-default-features --features threads \
-  -Z build-std=panic_abort,std --target-dir target/wasm-threads
-rm -rf pkg-threads
-wasm-bindgen --target web --out-dir pkg-threads target/wasm-threads/wasm32-unknown-unknown/release/guardreasoner.wasm
-optimize pkg-threads --enable-threads
+threaded() { # pkg dir, target dir, extra target features, extra wasm-opt features
+  RUSTFLAGS="-C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals$3$link" \
+    cargo "+$NIGHTLY" build --release --target wasm32-unknown-unknown --lib --no-default-features --features threads \
+    -Z build-std=panic_abort,std --target-dir "target/$2"
+  rm -rf "$1"
+  wasm-bindgen --target web --out-dir "$1" "target/$2/wasm32-unknown-unknown/release/guardreasoner.wasm"
+  optimize "$1" "--enable-threads $4"
+}
+threaded pkg-threads wasm-threads "" ""
+# The same with relaxed-SIMD integer dot products, for browsers that have them (the worker checks).
+threaded pkg-threads-relaxed wasm-threads-relaxed ",+relaxed-simd" "--enable-relaxed-simd"

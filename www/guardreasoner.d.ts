@@ -33,6 +33,9 @@ export interface LoadOptions {
   /** Threads of the CPU path (default one per core, at most 8). More than one needs a cross-origin
    * isolated page (COOP `same-origin` + COEP `require-corp`) and the pkg-threads/ build; else 1. */
   threads?: number;
+  /** The threaded build uses relaxed-SIMD dot products where the browser has them; false keeps
+   * plain SIMD (for comparisons; the results are the same, bit for bit). */
+  relaxedSimd?: boolean;
   onProgress?: (p: LoadProgress) => void;
   /** A Hub revision for an `{hf}` source (default "main"). */
   revision?: string;

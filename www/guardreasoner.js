@@ -47,14 +47,14 @@ export class GuardReasoner {
    * "cache", "copy" for a picked file, "load"). `storageQuotaOverride` (bytes) stands in for the
    * browser's quota, for tests.
    */
-  static async load(source, { onProgress, backend = DEFAULTS.backend, quant = DEFAULTS.quant, context = DEFAULTS.context, batch, threads, revision, workerUrl, storageQuotaOverride } = {}) {
+  static async load(source, { onProgress, backend = DEFAULTS.backend, quant = DEFAULTS.quant, context = DEFAULTS.context, batch, threads, relaxedSimd, revision, workerUrl, storageQuotaOverride } = {}) {
     const url = workerUrl || new URL("./worker.js", import.meta.url);
     const guard = new GuardReasoner(new Worker(url, { type: "module" }));
     // Ask once that stored models survive storage pressure (the browser may say no; they are then
     // kept as long as it allows).
     await globalThis.navigator?.storage?.persist?.().catch(() => false);
     if (revision && source?.hf && !source.revision) source = { ...source, revision };
-    const out = await guard.#request({ type: Request.load, source, backend, quant, context, batch, threads, quotaOverride: storageQuotaOverride }, { onProgress });
+    const out = await guard.#request({ type: Request.load, source, backend, quant, context, batch, threads, relaxedSimd, quotaOverride: storageQuotaOverride }, { onProgress });
     guard.backend = out.backend;
     guard.batch = out.batch ?? 1;
     guard.threads = out.threads ?? 1;

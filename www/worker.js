@@ -24,8 +24,20 @@ let batchQueued = false;
 
 const post = (msg) => self.postMessage(msg);
 
-/** Starts the wasm module for a load on `onCpu` with `wanted` threads (0: one per core). */
-async function start(onCpu, wanted) {
+/** Whether this browser runs relaxed-SIMD (`i32x4.relaxed_dot_i8x16_i7x16_add_s`): a module of
+ * one function that uses it, validated. */
+function hasRelaxedSimd() {
+  const zero = [0xfd, 0x0c, ...new Array(16).fill(0)]; // v128.const 0
+  const body = [0x00, ...zero, ...zero, ...zero, 0xfd, 0x93, 0x02, 0x0b];
+  const header = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+  const types = [0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7b]; // () -> v128
+  const code = [0x0a, body.length + 2, 0x01, body.length, ...body];
+  return WebAssembly.validate(new Uint8Array([...header, ...types, 0x03, 0x02, 0x01, 0x00, ...code]));
+}
+
+/** Starts the wasm module for a load on `onCpu` with `wanted` threads (0: one per core);
+ * `relaxed` false keeps the threaded build without relaxed-SIMD (comparisons). */
+async function start(onCpu, wanted, relaxed) {
   if (wasm) return;
   const cores = self.navigator.hardwareConcurrency || 1;
   const n = Math.max(1, Math.min(wanted || cores, cores, DEFAULTS.maxThreads));
@@ -33,15 +45,18 @@ async function start(onCpu, wanted) {
   // same-origin + COEP require-corp). WebGPU runs single-threaded: its work is on the GPU.
   const threaded = onCpu && n > 1 && self.crossOriginIsolated === true && typeof SharedArrayBuffer === "function";
   if (threaded) {
-    try {
-      const module = await import("../pkg-threads/guardreasoner.js");
-      await module.default();
-      await module.initThreadPool(n);
-      [wasm, threads] = [module, n];
-      return;
-    } catch (e) {
-      // A site that serves pkg/ only (or a browser that refuses the workers): one thread.
-      console.warn(`the threaded wasm build did not start (${e?.message ?? e}): running on one thread`);
+    const builds = relaxed !== false && hasRelaxedSimd() ? ["pkg-threads-relaxed", "pkg-threads"] : ["pkg-threads"];
+    for (const build of builds) {
+      try {
+        const module = await import(`../${build}/guardreasoner.js`);
+        await module.default();
+        await module.initThreadPool(n);
+        [wasm, threads] = [module, n];
+        return;
+      } catch (e) {
+        // A site that serves pkg/ only (or a browser that refuses the workers): the next build.
+        console.warn(`the ${build} wasm build did not start (${e?.message ?? e})`);
+      }
     }
   }
   const module = await import("../pkg/guardreasoner.js");
@@ -198,7 +213,7 @@ async function handle(msg) {
       const wanted = msg.backend || DEFAULTS.backend;
       const noWebGpu = wanted === "auto" && !self.navigator.gpu;
       const onCpu = noWebGpu || wanted === "cpu";
-      await start(onCpu, msg.threads);
+      await start(onCpu, msg.threads, msg.relaxedSimd);
       const { files, release } = await resolveFiles(msg.source, id, msg.quotaOverride);
       // On the wasm CPU path one conversation at a time unless asked: its KV caches share
       // 4 GiB with the weights.

@@ -54,7 +54,9 @@ impl Kernel {
         match self {
             Kernel::Avx512Vnni => "avx512-vnni",
             Kernel::Avx2 => "avx2",
-            // In the browser build the portable kernel is the simd128 one.
+            // In the browser builds the portable kernel is the simd128 one (with relaxed-SIMD dot
+            // products in the build for browsers that have them).
+            Kernel::Portable if cfg!(all(target_arch = "wasm32", target_feature = "relaxed-simd")) => "simd128+relaxed",
             Kernel::Portable if cfg!(all(target_arch = "wasm32", target_feature = "simd128")) => "simd128",
             Kernel::Portable => "portable",
         }
@@ -454,72 +456,112 @@ fn portable_tile<const N: usize>(kind: Kind, g: &Group, toks: &[Token; N]) -> [[
 /// The browser's kernel: wasm `simd128` (every current browser has it; the build enables it in
 /// .cargo/config.toml). A chunk's 32 bytes are two vectors of four rows; bytes widen to i16 and
 /// `i32x4.dot_i16x8_s` against a token's four activations (repeated) gives each row's sum in two
-/// lanes, folded once per block.
+/// lanes, folded once per block. The relaxed-SIMD build (`+relaxed-simd`, for browsers that have
+/// it) takes Q4 blocks with `i32x4.relaxed_dot_i8x16_i7x16_add_s`: the activations as i8, the
+/// nibbles (0..15, so exact as i7), each lane four products of one row, as `vpdpbusd` does. Both
+/// give the same integer sums, so the same results, bit for bit.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod wasm {
     use super::{BLOCK, GROUP, Group, Kind, Token, f16};
     use core::arch::wasm32::*;
 
-    /// Four activations `x[at..at + 4]` as i16, twice.
+    /// Four activations `x[at..at + 4]`, repeated four times.
     #[inline(always)]
-    fn quad(x: &[i8], at: usize) -> v128 {
-        // SAFETY: callers pass `at + 4 <= x.len()`; an unaligned 4-byte load.
-        let four = unsafe { v128_load32_splat(x.as_ptr().add(at) as *const u32) };
-        i16x8_extend_low_i8x16(four)
+    fn four(x: &[i8], at: usize) -> v128 {
+        assert!(at + 4 <= x.len());
+        // SAFETY: checked above; an unaligned 4-byte load.
+        unsafe { v128_load32_splat(x.as_ptr().add(at) as *const u32) }
+    }
+
+    /// Rows `(0,1), (2,3)` (or `(4,5), (6,7)`), each row's sum in two lanes, to the rows' sums.
+    #[inline(always)]
+    fn fold(u: v128, v: v128) -> v128 {
+        i32x4_add(i32x4_shuffle::<0, 2, 4, 6>(u, v), i32x4_shuffle::<1, 3, 5, 7>(u, v))
+    }
+
+    /// Per token, the integer sums of rows 0..4 and 4..8 over one block.
+    #[inline(always)]
+    fn block_sums<const N: usize>(kind: Kind, qs: &[u8], toks: &[Token; N], b: usize) -> [[v128; 2]; N] {
+        let mut sums = [[i32x4_splat(0); 2]; N];
+        #[cfg(target_feature = "relaxed-simd")]
+        if kind != Kind::Q8_0 {
+            for (c, chunk) in qs.chunks_exact(32).enumerate() {
+                // SAFETY: `chunk` holds 32 bytes; unaligned loads.
+                let (a, z) = unsafe {
+                    (v128_load(chunk.as_ptr() as *const v128), v128_load(chunk.as_ptr().add(16) as *const v128))
+                };
+                let lo = [v128_and(a, u8x16_splat(15)), v128_and(z, u8x16_splat(15))];
+                let hi = [u8x16_shr(a, 4), u8x16_shr(z, 4)];
+                for (s, tok) in sums.iter_mut().zip(toks) {
+                    let x = &tok.q[b * BLOCK..];
+                    let (xl, xh) = (four(x, 4 * c), four(x, 16 + 4 * c));
+                    for h in 0..2 {
+                        s[h] = i32x4_relaxed_dot_i8x16_i7x16_add(xl, lo[h], s[h]);
+                        s[h] = i32x4_relaxed_dot_i8x16_i7x16_add(xh, hi[h], s[h]);
+                    }
+                }
+            }
+            return sums;
+        }
+        // Per token, rows (0,1), (2,3), (4,5), (6,7): each row's sum in two lanes.
+        let mut pairs = [[i32x4_splat(0); 4]; N];
+        let wide = |v: v128| i16x8_extend_low_i8x16(v);
+        for (c, chunk) in qs.chunks_exact(32).enumerate() {
+            // SAFETY: `chunk` holds 32 bytes; unaligned loads.
+            let (a, z) =
+                unsafe { (v128_load(chunk.as_ptr() as *const v128), v128_load(chunk.as_ptr().add(16) as *const v128)) };
+            match kind {
+                Kind::Q8_0 => {
+                    let w = [
+                        i16x8_extend_low_i8x16(a),
+                        i16x8_extend_high_i8x16(a),
+                        i16x8_extend_low_i8x16(z),
+                        i16x8_extend_high_i8x16(z),
+                    ];
+                    for (p, tok) in pairs.iter_mut().zip(toks) {
+                        let x = wide(four(&tok.q[b * BLOCK..], 4 * c));
+                        for (p, w) in p.iter_mut().zip(w) {
+                            *p = i32x4_add(*p, i32x4_dot_i16x8(w, x));
+                        }
+                    }
+                }
+                Kind::Q4_0 | Kind::Q4_1 => {
+                    let (lo_a, lo_z) = (v128_and(a, u8x16_splat(15)), v128_and(z, u8x16_splat(15)));
+                    let (hi_a, hi_z) = (u8x16_shr(a, 4), u8x16_shr(z, 4));
+                    let lo = [
+                        u16x8_extend_low_u8x16(lo_a),
+                        u16x8_extend_high_u8x16(lo_a),
+                        u16x8_extend_low_u8x16(lo_z),
+                        u16x8_extend_high_u8x16(lo_z),
+                    ];
+                    let hi = [
+                        u16x8_extend_low_u8x16(hi_a),
+                        u16x8_extend_high_u8x16(hi_a),
+                        u16x8_extend_low_u8x16(hi_z),
+                        u16x8_extend_high_u8x16(hi_z),
+                    ];
+                    for (p, tok) in pairs.iter_mut().zip(toks) {
+                        let x = &tok.q[b * BLOCK..];
+                        let (xl, xh) = (wide(four(x, 4 * c)), wide(four(x, 16 + 4 * c)));
+                        for (p, (l, h)) in p.iter_mut().zip(lo.into_iter().zip(hi)) {
+                            *p = i32x4_add(*p, i32x4_add(i32x4_dot_i16x8(l, xl), i32x4_dot_i16x8(h, xh)));
+                        }
+                    }
+                }
+            }
+        }
+        for (s, p) in sums.iter_mut().zip(&pairs) {
+            *s = [fold(p[0], p[1]), fold(p[2], p[3])];
+        }
+        sums
     }
 
     pub fn tile<const N: usize>(kind: Kind, g: &Group, toks: &[Token; N]) -> [[f32; GROUP]; N] {
         let qb = kind.quant_bytes();
         let mut acc = [[f32x4_splat(0.0); 2]; N];
         for (b, qs) in g.qs.chunks_exact(qb * GROUP).enumerate() {
-            // Per token, rows (0,1), (2,3), (4,5), (6,7): each row's sum in two lanes.
-            let mut pairs = [[i32x4_splat(0); 4]; N];
-            for (c, chunk) in qs.chunks_exact(32).enumerate() {
-                // SAFETY: `chunk` holds 32 bytes; unaligned loads.
-                let (a, z) = unsafe {
-                    (v128_load(chunk.as_ptr() as *const v128), v128_load(chunk.as_ptr().add(16) as *const v128))
-                };
-                match kind {
-                    Kind::Q8_0 => {
-                        let w = [
-                            i16x8_extend_low_i8x16(a),
-                            i16x8_extend_high_i8x16(a),
-                            i16x8_extend_low_i8x16(z),
-                            i16x8_extend_high_i8x16(z),
-                        ];
-                        for (t, tok) in toks.iter().enumerate() {
-                            let x = quad(&tok.q[b * BLOCK..], 4 * c);
-                            for (p, w) in pairs[t].iter_mut().zip(w) {
-                                *p = i32x4_add(*p, i32x4_dot_i16x8(w, x));
-                            }
-                        }
-                    }
-                    Kind::Q4_0 | Kind::Q4_1 => {
-                        let (lo_a, lo_z) = (v128_and(a, u8x16_splat(15)), v128_and(z, u8x16_splat(15)));
-                        let (hi_a, hi_z) = (u8x16_shr(a, 4), u8x16_shr(z, 4));
-                        let lo = [
-                            u16x8_extend_low_u8x16(lo_a),
-                            u16x8_extend_high_u8x16(lo_a),
-                            u16x8_extend_low_u8x16(lo_z),
-                            u16x8_extend_high_u8x16(lo_z),
-                        ];
-                        let hi = [
-                            u16x8_extend_low_u8x16(hi_a),
-                            u16x8_extend_high_u8x16(hi_a),
-                            u16x8_extend_low_u8x16(hi_z),
-                            u16x8_extend_high_u8x16(hi_z),
-                        ];
-                        for (t, tok) in toks.iter().enumerate() {
-                            let x = &tok.q[b * BLOCK..];
-                            let (xl, xh) = (quad(x, 4 * c), quad(x, 16 + 4 * c));
-                            for (p, (l, h)) in pairs[t].iter_mut().zip(lo.into_iter().zip(hi)) {
-                                *p = i32x4_add(*p, i32x4_add(i32x4_dot_i16x8(l, xl), i32x4_dot_i16x8(h, xh)));
-                            }
-                        }
-                    }
-                }
-            }
-            // SAFETY: 8 scales (and offsets) per block: two 4-lane halves.
+            let sums = block_sums(kind, qs, toks, b);
+            // 8 scales (and offsets) per block: two 4-lane halves.
             let dw = |v: &[u16], h: usize| {
                 f32x4(
                     f16(v[b * GROUP + 4 * h]),
@@ -533,12 +575,9 @@ mod wasm {
             for (t, tok) in toks.iter().enumerate() {
                 let start = i32x4_splat(tok.start[b]);
                 let dx = f32x4_splat(tok.d[b]);
-                let p = &pairs[t];
                 for h in 0..2 {
-                    let (u, v) = (p[2 * h], p[2 * h + 1]);
-                    let sums = i32x4_add(i32x4_shuffle::<0, 2, 4, 6>(u, v), i32x4_shuffle::<1, 3, 5, 7>(u, v));
-                    let sums = f32x4_convert_i32x4(i32x4_add(sums, start));
-                    acc[t][h] = f32x4_add(acc[t][h], f32x4_mul(sums, f32x4_mul(scales[h], dx)));
+                    let rows = f32x4_convert_i32x4(i32x4_add(sums[t][h], start));
+                    acc[t][h] = f32x4_add(acc[t][h], f32x4_mul(rows, f32x4_mul(scales[h], dx)));
                     if kind == Kind::Q4_1 {
                         acc[t][h] = f32x4_add(acc[t][h], f32x4_mul(offsets[h], f32x4_splat(tok.s[b])));
                     }

@@ -39,20 +39,20 @@ function native(model, quant, backend) {
   return JSON.parse(out.toString()).tokens;
 }
 
-async function inBrowser(model, quant, backend, { threads = 1, isolated = true } = {}) {
+async function inBrowser(model, quant, backend, { threads = 1, relaxedSimd, isolated = true } = {}) {
   const browser = await launch({ webgpu: backend === "webgpu" });
   try {
     const { page, logs } = await openPage(browser, (isolated ? server : plainServer).url);
     return await page
       .evaluate(
-        async ({ source, quant, backend, threads, ids, n }) => {
+        async ({ source, quant, backend, threads, relaxedSimd, ids, n }) => {
           const { GuardReasoner } = await import("/www/guardreasoner.js");
-          const guard = await GuardReasoner.load(source, { backend, quant, threads, context: 256 });
+          const guard = await GuardReasoner.load(source, { backend, quant, threads, relaxedSimd, context: 256 });
           const res = await guard.generate(ids, { maxNewTokens: n });
           guard.terminate();
           return { backend: guard.backend, threads: guard.threads, tokens: res.tokens, isolated: self.crossOriginIsolated };
         },
-        { source: MODELS[model].source, quant, backend, threads, ids, n: NEW_TOKENS },
+        { source: MODELS[model].source, quant, backend, threads, relaxedSimd, ids, n: NEW_TOKENS },
       )
       .catch((e) => {
         throw new Error(`${e.message}\nbrowser log:\n${logs.join("\n")}`);
@@ -62,19 +62,24 @@ async function inBrowser(model, quant, backend, { threads = 1, isolated = true }
   }
 }
 
-for (const [model, quant, backend, nativeBackend, threads] of [
+// Threaded runs take the relaxed-SIMD build where Chromium has it (Q4 blocks through
+// `relaxed_dot_i8x16_i7x16_add`), unless `relaxedSimd: false`; both give the same integer sums.
+for (const [model, quant, backend, nativeBackend, threads, relaxedSimd] of [
   ["tiny", "q8", "cpu", "cpu", 1],
   ["tiny", "q8", "cpu", "cpu", 2],
   ["tiny", "q8", "webgpu", "gpu", 1],
   ["tiny", "q4", "cpu", "cpu", 1],
+  ["tiny", "q4", "cpu", "cpu", 2],
+  ["tiny", "q4", "cpu", "cpu", 2, false],
   ["smollm2", "q8", "cpu", "cpu", 1],
   ["smollm2", "q8", "cpu", "cpu", 2],
 ]) {
-  const on = backend === "cpu" ? `${backend}, ${threads} thread${threads > 1 ? "s" : ""}` : backend;
+  const simd = threads > 1 && relaxedSimd !== false ? "simd128\\+relaxed" : "simd128";
+  const on = backend === "cpu" ? `${backend}, ${threads} thread${threads > 1 ? "s" : ""}, ${simd.replace("\\", "")}` : backend;
   test(`${model} with ${quant} in the browser (${on}) equals the native CLI's --quant ${quant} (${nativeBackend})`, async () => {
     const expected = native(model, quant, nativeBackend);
-    const out = await inBrowser(model, quant, backend, { threads });
-    assert.match(out.backend, backend === "cpu" ? new RegExp(`^cpu \\(candle, ${threads} threads`) : /^gpu/);
+    const out = await inBrowser(model, quant, backend, { threads, relaxedSimd });
+    assert.match(out.backend, backend === "cpu" ? new RegExp(`^cpu \\(candle, ${threads} threads, ${simd} quantized kernel`) : /^gpu/);
     assert.equal(out.threads, threads, "the threads the worker reports");
     assert.ok(expected.length >= 8, `native made only ${expected.length} tokens`);
     if (model === "smollm2") {
