@@ -473,6 +473,13 @@ mod wasm {
         unsafe { v128_load32_splat(x.as_ptr().add(at) as *const u32) }
     }
 
+    /// A chunk's unsigned bytes (rows 0..4 in `a`, 4..8 in `z`) as i16, rows in pairs:
+    /// `(0,1), (2,3), (4,5), (6,7)`.
+    #[inline(always)]
+    fn widen_u8(a: v128, z: v128) -> [v128; 4] {
+        [u16x8_extend_low_u8x16(a), u16x8_extend_high_u8x16(a), u16x8_extend_low_u8x16(z), u16x8_extend_high_u8x16(z)]
+    }
+
     /// Rows `(0,1), (2,3)` (or `(4,5), (6,7)`), each row's sum in two lanes, to the rows' sums.
     #[inline(always)]
     fn fold(u: v128, v: v128) -> v128 {
@@ -528,18 +535,7 @@ mod wasm {
                 Kind::Q4_0 | Kind::Q4_1 => {
                     let (lo_a, lo_z) = (v128_and(a, u8x16_splat(15)), v128_and(z, u8x16_splat(15)));
                     let (hi_a, hi_z) = (u8x16_shr(a, 4), u8x16_shr(z, 4));
-                    let lo = [
-                        u16x8_extend_low_u8x16(lo_a),
-                        u16x8_extend_high_u8x16(lo_a),
-                        u16x8_extend_low_u8x16(lo_z),
-                        u16x8_extend_high_u8x16(lo_z),
-                    ];
-                    let hi = [
-                        u16x8_extend_low_u8x16(hi_a),
-                        u16x8_extend_high_u8x16(hi_a),
-                        u16x8_extend_low_u8x16(hi_z),
-                        u16x8_extend_high_u8x16(hi_z),
-                    ];
+                    let (lo, hi) = (widen_u8(lo_a, lo_z), widen_u8(hi_a, hi_z));
                     for (p, tok) in pairs.iter_mut().zip(toks) {
                         let x = &tok.q[b * BLOCK..];
                         let (xl, xh) = (wide(four(x, 4 * c)), wide(four(x, 16 + 4 * c)));
