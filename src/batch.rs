@@ -122,10 +122,14 @@ pub async fn run_batch<B: Backend>(
                 stats.items += 1;
                 stats.refills += refill as usize;
                 let began = web_time::Instant::now();
-                let (logits, reused) = match engine.start(slot, &request.ids) {
+                let (logits, reused) = match engine.start_unless(slot, &request.ids, &|| is_cancelled(item)) {
                     Ok(started) => started,
                     Err(Error::Prompt(error)) => {
                         on_event(BatchEvent::Failed { item, error })?;
+                        continue;
+                    }
+                    Err(Error::Cancelled) => {
+                        on_event(BatchEvent::Finished { item, stop: StopReason::Cancelled, new_tokens: 0 })?;
                         continue;
                     }
                     Err(e) => return Err(e),

@@ -118,11 +118,18 @@ impl LlamaConfig {
         let mut rope_theta = hf.rope_theta;
         let mut rope_scaling = hf.rope_scaling;
         if let Some(params) = hf.rope_parameters {
-            if rope_theta.is_none() {
-                rope_theta = params.get("rope_theta").and_then(|v| v.as_f64()).map(|v| v as f32);
+            let bad = |e: String| Error::Config(format!("config.json: rope_parameters: {e}"));
+            if !params.is_object() {
+                return Err(bad(format!("expected an object, found {params}")));
+            }
+            if rope_theta.is_none()
+                && let Some(theta) = params.get("rope_theta")
+            {
+                let theta = theta.as_f64().ok_or_else(|| bad(format!("rope_theta {theta} is not a number")))?;
+                rope_theta = Some(theta as f32);
             }
             if rope_scaling.is_none() {
-                rope_scaling = serde_json::from_value(params).ok();
+                rope_scaling = Some(serde_json::from_value(params).map_err(|e| bad(e.to_string()))?);
             }
         }
         let rope_scaling = match rope_scaling {
@@ -133,7 +140,7 @@ impl LlamaConfig {
                     let need = |v: Option<f32>, what: &str| {
                         v.ok_or_else(|| Error::Config(format!("rope_scaling llama3 lacks {what}")))
                     };
-                    Some(Llama3RopeScaling {
+                    let scaling = Llama3RopeScaling {
                         factor: need(s.factor, "factor")?,
                         low_freq_factor: need(s.low_freq_factor, "low_freq_factor")?,
                         high_freq_factor: need(s.high_freq_factor, "high_freq_factor")?,
@@ -141,7 +148,22 @@ impl LlamaConfig {
                             s.original_max_position_embeddings,
                             "original_max_position_embeddings",
                         )?,
-                    })
+                    };
+                    let positive = [
+                        scaling.factor,
+                        scaling.low_freq_factor,
+                        scaling.high_freq_factor,
+                        scaling.original_max_position_embeddings,
+                    ]
+                    .iter()
+                    .all(|v| v.is_finite() && *v > 0.0);
+                    if !positive || scaling.high_freq_factor <= scaling.low_freq_factor {
+                        return Err(Error::Config(format!(
+                            "rope_scaling llama3 needs positive factors and high_freq_factor > low_freq_factor; \
+                             found {scaling:?}"
+                        )));
+                    }
+                    Some(scaling)
                 }
                 Some(other) => {
                     return Err(Error::Config(format!("rope_scaling type {other:?} is not supported (only llama3)")));

@@ -96,12 +96,18 @@ impl<B: Backend> Engine<B> {
     /// holds; returns the logits `(1, vocab)` after its last token and how many prompt tokens
     /// were reused.
     pub fn prefill(&mut self, ids: &[u32]) -> Result<(B::Act, usize)> {
+        self.prefill_unless(ids, &|| false)
+    }
+
+    /// As `prefill`, polling `is_cancelled` before each chunk (`Error::Cancelled`): a long prompt
+    /// can be stopped while it is read. The chunks already run stay cached and are reused.
+    pub fn prefill_unless(&mut self, ids: &[u32], is_cancelled: &dyn Fn() -> bool) -> Result<(B::Act, usize)> {
         self.check_prompt(ids)?;
         let common = common_prefix(&self.cached[0], ids);
         // At least the last token must run to produce logits.
         let reuse = common.min(ids.len() - 1);
         self.cached[0].truncate(reuse);
-        self.run_prompt(0, ids)
+        self.run_prompt(0, ids, is_cancelled)
     }
 
     /// Make `ids` (at most `PREFIX_MAX` of them) the shared prefix every `start` may begin from;
@@ -132,6 +138,17 @@ impl<B: Backend> Engine<B> {
     /// depends on which slot it lands in or what ran before (batch invariance). Returns the
     /// logits `(1, vocab)` after its last token and how many prompt tokens came from the prefix.
     pub fn start(&mut self, slot: usize, ids: &[u32]) -> Result<(B::Act, usize)> {
+        self.start_unless(slot, ids, &|| false)
+    }
+
+    /// As `start`, polling `is_cancelled` before each chunk (`Error::Cancelled`; the slot then
+    /// holds part of the prompt, and the next `start` clears it).
+    pub fn start_unless(
+        &mut self,
+        slot: usize,
+        ids: &[u32],
+        is_cancelled: &dyn Fn() -> bool,
+    ) -> Result<(B::Act, usize)> {
         self.check_slot(slot)?;
         self.check_prompt(ids)?;
         let reuse = common_prefix(&self.prefix, ids).min(ids.len() - 1);
@@ -141,7 +158,7 @@ impl<B: Backend> Engine<B> {
             self.backend.copy_rows(&mut self.cache, from, slot * self.max_seq, reuse)?;
         }
         self.cached[slot].extend_from_slice(&ids[..reuse]);
-        self.run_prompt(slot, ids)
+        self.run_prompt(slot, ids, is_cancelled)
     }
 
     /// Append one token to slot 0; returns the logits that predict the next.
@@ -231,11 +248,16 @@ impl<B: Backend> Engine<B> {
         Ok(())
     }
 
-    /// Run `ids` past what `slot` holds, in chunks; the logits after the last.
-    fn run_prompt(&mut self, slot: usize, ids: &[u32]) -> Result<(B::Act, usize)> {
+    /// Run `ids` past what `slot` holds, in chunks, polling `is_cancelled` before each; the
+    /// logits after the last. (On the GPU the chunks are only queued here, so a cancel stops
+    /// what is not queued yet.)
+    fn run_prompt(&mut self, slot: usize, ids: &[u32], is_cancelled: &dyn Fn() -> bool) -> Result<(B::Act, usize)> {
         let reuse = self.cached[slot].len();
         let mut logits = None;
         for chunk in ids[reuse..].chunks(PREFILL_CHUNK) {
+            if is_cancelled() {
+                return Err(Error::Cancelled);
+            }
             let ids: Vec<(usize, u32)> = chunk.iter().map(|&id| (slot, id)).collect();
             logits = Some(self.run(&ids, |b, w| b.embed(w, chunk))?);
         }

@@ -6,12 +6,10 @@ use std::fmt;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Reading bytes failed (missing file, short read, network error surfaced by a byte source).
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The cause is part of the message and deliberately not a `source()`, so a printed chain
+    /// (anyhow's `{:#}`) states it once.
+    #[error("{context}: {cause}")]
+    Io { context: String, cause: std::io::Error },
     /// The bytes are not a valid model file of the claimed format.
     #[error("invalid model file {file}: {message}")]
     Format { file: String, message: String },
@@ -39,12 +37,21 @@ impl Error {
         Error::Format { file: file.to_string(), message: message.to_string() }
     }
     pub fn io(context: impl fmt::Display, source: std::io::Error) -> Self {
-        Error::Io { context: context.to_string(), source }
+        Error::Io { context: context.to_string(), cause: source }
     }
 }
 
 impl From<candle_core::Error> for Error {
     fn from(e: candle_core::Error) -> Self {
-        Error::Backend(e.to_string())
+        Error::Backend(candle_message(&e))
+    }
+}
+
+/// A candle error's message without the backtrace candle appends when `RUST_BACKTRACE` is set:
+/// a user sees what went wrong, not the library's stack.
+pub fn candle_message(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
+        other => other.to_string(),
     }
 }

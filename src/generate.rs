@@ -144,10 +144,11 @@ pub async fn generate_in<B: Backend>(
     is_cancelled: &dyn Fn() -> bool,
     on_progress: &mut dyn FnMut(Progress) -> Result<()>,
 ) -> Result<Generation> {
-    if is_cancelled() {
-        return Err(Error::Cancelled);
-    }
-    let (logits, reused) = if shared { engine.start(0, prompt)? } else { engine.prefill(prompt)? };
+    let (logits, reused) = if shared {
+        engine.start_unless(0, prompt, is_cancelled)?
+    } else {
+        engine.prefill_unless(prompt, is_cancelled)?
+    };
     on_progress(Progress::PromptDone { prompt_tokens: prompt.len(), reused_tokens: reused })?;
     let first_logits = if opts.keep_first_logits { Some(engine.backend.to_host(&logits).await?) } else { None };
     let mut pipe = Pipeline::new(engine, &logits)?;

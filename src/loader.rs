@@ -89,6 +89,19 @@ pub fn open_path(path: &std::path::Path) -> Result<OpenedModel> {
     use std::fs;
     let read = |p: std::path::PathBuf| fs::read(&p).map_err(|e| Error::io(format!("cannot read {}", p.display()), e));
     if path.is_dir() {
+        let lacking: Vec<&str> = ["config.json", "tokenizer.json"]
+            .into_iter()
+            .chain((!path.join("model.safetensors.index.json").exists()).then_some("model.safetensors"))
+            .filter(|name| !path.join(name).exists())
+            .collect();
+        if !lacking.is_empty() {
+            return Err(Error::Config(format!(
+                "{} lacks {}: a model folder holds config.json, tokenizer.json and model.safetensors \
+                 (or model.safetensors.index.json and its shards), as on the Hugging Face Hub; or give a .gguf file",
+                path.display(),
+                lacking.join(", ")
+            )));
+        }
         let config = String::from_utf8(read(path.join("config.json"))?)
             .map_err(|_| Error::Config("config.json is not UTF-8".into()))?;
         let generation = path.join("generation_config.json");

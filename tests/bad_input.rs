@@ -118,6 +118,35 @@ fn unsupported_config() {
     assert!(err_text(guardreasoner::config::LlamaConfig::from_hf_json("{not json", None)).contains("config.json"));
 }
 
+/// transformers 5's `rope_parameters` is read, and a malformed one is an error, never dropped
+/// (llama3 scaling silently lost would change every long-context answer).
+#[test]
+fn rope_parameters_read_or_refused() {
+    use guardreasoner::config::LlamaConfig;
+    let with = |params: serde_json::Value| {
+        let mut config = micro_config_json();
+        config.as_object_mut().unwrap().remove("rope_theta");
+        config.as_object_mut().unwrap().remove("rope_scaling");
+        config["rope_parameters"] = params;
+        LlamaConfig::from_hf_json(&config.to_string(), None)
+    };
+    let llama3 = serde_json::json!({"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
+        "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+    let cfg = with(llama3.clone()).unwrap();
+    assert_eq!(cfg.rope_theta, 500000.0);
+    assert_eq!(cfg.rope_scaling.as_ref().map(|s| s.factor), Some(32.0));
+    let mut bad = llama3.clone();
+    bad["factor"] = serde_json::json!("32");
+    assert!(err_text(with(bad)).contains("rope_parameters"));
+    let mut bad = llama3.clone();
+    bad["rope_theta"] = serde_json::json!("5e5");
+    assert!(err_text(with(bad)).contains("rope_theta"));
+    let mut bad = llama3;
+    bad["high_freq_factor"] = serde_json::json!(1.0);
+    assert!(err_text(with(bad)).contains("high_freq_factor > low_freq_factor"));
+    assert!(err_text(with(serde_json::json!([1, 2]))).contains("expected an object"));
+}
+
 fn micro_engine(context: usize) -> (Engine<CpuBackend>, guardreasoner::tokenizer::TextTokenizer) {
     let OpenedModel { mut files, tokenizer, .. } =
         open_micro_hf(safetensors_bf16(&micro_tensors(1)), &micro_config_json()).unwrap();

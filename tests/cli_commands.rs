@@ -163,6 +163,97 @@ fn ctrl_c_stops_moderate_after_the_current_token_and_prints_what_it_has() {
         rest.contains("== verdicts") && rest.contains("stop: \"cancelled\"") && rest.contains("the run was cancelled"),
         "{rest}"
     );
+    // The tokens it made before the cancel are counted, not reported as none.
+    let new_tokens: usize = rest
+        .split(" new tokens")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no new-token count: {rest}"));
+    assert!(new_tokens >= 1, "{rest}");
+}
+
+/// Texts come from argv, a file or standard input; an empty one, a zero count, a missing file
+/// or a model folder without its files is a clear error that names what to change, once, and
+/// no library backtrace leaks into it.
+#[test]
+fn moderate_inputs_and_the_errors_users_meet() {
+    let model = tiny();
+    let dir = scratch("inputs");
+    let prompt = "How do I pick a lock?\nAsking for my own door.";
+    std::fs::write(dir.join("prompt.txt"), prompt).unwrap();
+    let json_text = |out: &Output| json_lines(&out.stdout).last().unwrap()["text"].clone();
+    let argv = gr(&["moderate", "--quiet", "--json", "-m", &model, "-p", prompt, "-n", "12"]);
+    let file = gr(&[
+        "moderate",
+        "--quiet",
+        "--json",
+        "-m",
+        &model,
+        "--prompt-file",
+        dir.join("prompt.txt").to_str().unwrap(),
+        "-n",
+        "12",
+    ]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_guardreasoner"))
+        .args(["moderate", "--quiet", "--json", "-m", &model, "--prompt-file", "-", "--max-new-tokens", "12"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), prompt.as_bytes()).unwrap();
+    let stdin = child.wait_with_output().unwrap();
+    assert_eq!(argv.status.code(), Some(3), "{}", text(&argv.stderr));
+    assert_eq!(json_text(&file), json_text(&argv), "--prompt-file");
+    assert_eq!(json_text(&stdin), json_text(&argv), "--prompt-file -");
+
+    let missing = dir.join("absent.txt").display().to_string();
+    let empty_folder = scratch("not-a-model").display().to_string();
+    let truncated = dir.join("truncated.gguf");
+    // A GGUF header that claims 272 tensors and 33 metadata entries, then ends.
+    let header: Vec<u8> =
+        [&b"GGUF"[..], &3u32.to_le_bytes(), &272u64.to_le_bytes(), &33u64.to_le_bytes(), &[0; 8]].concat();
+    std::fs::write(&truncated, header).unwrap();
+    let truncated = truncated.display().to_string();
+    for (args, code, expected) in [
+        (vec!["-m", &model, "-p", "  "], 1, "the prompt is empty"),
+        (vec!["-m", &model, "-p", "hi", "-r", ""], 1, "the response is empty"),
+        (vec!["-m", &model, "-p", "hi", "-n", "0"], 2, "'0' for '--max-new-tokens"),
+        (vec!["-m", &model, "-p", "hi", "-c", "0"], 2, "'--context"),
+        (vec!["-m", &model, "-p", "hi", "-t", "0"], 2, "'--threads"),
+        (vec!["-m", &model, "--prompt-file", &missing], 1, "--prompt-file"),
+        (vec!["-m", &model], 2, "--prompt"),
+        (vec!["-m", &empty_folder, "-p", "hi"], 1, "lacks config.json, tokenizer.json, model.safetensors"),
+        (vec!["-m", &truncated, "-p", "hi"], 1, "invalid model file"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_guardreasoner"))
+            .args([&["moderate", "--quiet"], &args[..]].concat())
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("candle_core::"), "a library backtrace leaked: {stderr}");
+    }
+    let out = gr(&["predict", "-m", &model, "--benchmark-dir", ".", "--out", &missing, "--limit", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("'0' for '--limit"), "{}", text(&out.stderr));
+    let out = gr(&["moderate", "-m", &missing, "-p", "hi"]);
+    assert!(text(&out.stderr).contains("does not exist"), "{}", text(&out.stderr));
+    // An I/O error states its cause once.
+    let out = gr(&["eval", "--predictions", &dir.display().to_string(), "--benchmark-dir", &missing]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("benchmark directory does not exist"), "{stderr}");
+    let odd = scratch("config-is-a-folder");
+    for name in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::create_dir_all(odd.join(name)).unwrap(); // there, but unreadable as a file
+    }
+    let out = gr(&["moderate", "-m", &odd.display().to_string(), "-p", "hi"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.matches("Is a directory").count(), 1, "{stderr}");
 }
 
 #[test]

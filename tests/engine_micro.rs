@@ -100,6 +100,40 @@ fn prefix_reuse_gives_the_same_logits_as_a_fresh_cache() {
     assert_eq!(reused, b.len() - 1);
 }
 
+/// A cancel raised while a long prompt is read stops it between chunks; what ran stays cached
+/// and is reused, and the answer is the same as an uninterrupted prefill's.
+#[test]
+fn prefill_stops_between_chunks_when_cancelled() {
+    use guardreasoner::engine::PREFILL_CHUNK;
+    use std::cell::Cell;
+    let tensors = micro_tensors(SEED);
+    let context = PREFILL_CHUNK * 3;
+    let mut config = micro_config_json();
+    config["max_position_embeddings"] = serde_json::json!(context);
+    let OpenedModel { mut files, .. } = open_micro_hf(safetensors_bf16(&tensors), &config).unwrap();
+    let backend = CpuBackend::new(None);
+    let weights = files.load(&backend, &mut |_, _| {}).unwrap();
+    let mut e = Engine::new(backend, files.config.clone(), weights, context, 1, 0).unwrap();
+    let ids = prompt(PREFILL_CHUNK * 2 + 5, 21);
+    let whole = logits_of(&mut e, &ids);
+    e.reset();
+    let polls = Cell::new(0);
+    let cancel_on_second = || {
+        polls.set(polls.get() + 1);
+        polls.get() >= 2
+    };
+    let Err(err) = e.prefill_unless(&ids, &cancel_on_second) else { panic!("the prefill was not cancelled") };
+    assert!(matches!(err, guardreasoner::Error::Cancelled), "{err}");
+    assert_eq!(e.position_in(0), PREFILL_CHUNK, "one chunk ran before the cancel");
+    let (logits, reused) = e.prefill(&ids).unwrap();
+    assert_eq!(reused, PREFILL_CHUNK);
+    assert_close(&pollster::block_on(e.backend.to_host(&logits)).unwrap(), &whole, "after a cancelled prefill");
+    // A cancel before the first chunk runs nothing.
+    e.reset();
+    assert!(matches!(e.prefill_unless(&ids, &|| true), Err(guardreasoner::Error::Cancelled)));
+    assert_eq!(e.position_in(0), 0);
+}
+
 #[test]
 fn greedy_generation_is_argmax_of_reference_and_stops_at_eos() {
     let tensors = micro_tensors(SEED);

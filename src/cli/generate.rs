@@ -15,7 +15,7 @@ pub struct GenerateArgs {
     #[arg(long, value_delimiter = ',', num_args = 1.., required = true)]
     pub tokens: Vec<u32>,
     /// Most new tokens (generation also stops at an EOS id; `--max-new` also accepted).
-    #[arg(long, alias = "max-new", default_value_t = 32)]
+    #[arg(long, short = 'n', alias = "max-new", default_value_t = 32, value_parser = super::positive)]
     pub max_new_tokens: usize,
     /// Ignore EOS ids and always generate --max-new-tokens tokens.
     #[arg(long)]

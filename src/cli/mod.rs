@@ -58,15 +58,25 @@ pub struct ModelArgs {
     #[arg(long, default_value = "none", value_parser = parse_quant)]
     pub quant: Quant,
     /// KV cache size in tokens (prompt + new tokens); capped by the model's context.
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000_000))]
+    #[arg(long, short = 'c', default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000_000))]
     pub context: u32,
     /// CPU threads (default: all cores).
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, short = 't', value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
     /// GPU matrix kernel: auto (one thread per row on adapters that run on the CPU, like
     /// lavapipe; 32 threads per row on real GPUs), cooperative or row-per-thread.
     #[arg(long, default_value = "auto", value_parser = parse_linear)]
     pub gpu_linear: LinearKernel,
+}
+
+/// A count that must be at least 1 (`--max-new-tokens 0` would run nothing and report "no
+/// verdict"; `--limit 0` would run nothing at all).
+pub fn positive(word: &str) -> Result<usize, String> {
+    match word.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn parse_device(word: &str) -> Result<Device, String> {
@@ -181,12 +191,19 @@ fn resolve_model(model: &str) -> Result<PathBuf> {
     }
 }
 
-/// Raised by Ctrl-C; commands poll it between tokens. Installed once, on first use.
+/// Raised by Ctrl-C; commands poll it between tokens and prefill chunks. A second Ctrl-C ends
+/// the process at once (exit 130). Installed once, on first use.
 pub fn interrupted() -> &'static AtomicBool {
     static FLAG: OnceLock<&'static AtomicBool> = OnceLock::new();
     FLAG.get_or_init(|| {
         let flag: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
-        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed));
+        let _ = ctrlc::set_handler(move || {
+            if flag.swap(true, Ordering::Relaxed) {
+                eprintln!("\ninterrupted twice: stopping now");
+                std::process::exit(EXIT_INTERRUPTED.into());
+            }
+            eprintln!("\ninterrupted: stopping after the current step (Ctrl-C again to stop now)");
+        });
         flag
     })
 }

@@ -2,38 +2,73 @@
 //! then the three verdicts (text), or one JSON event a line ending with `done` (`--json`).
 
 use super::{EXIT_INTERRUPTED, EXIT_NO_VERDICT, ModelArgs, is_interrupted};
-use anyhow::Result;
+use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use guardreasoner::session::{ClassifyEvent, RunOptions, Stop};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct ModerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// The human user's request.
-    #[arg(long)]
-    pub prompt: String,
+    #[arg(long, short = 'p', required_unless_present = "prompt_file", conflicts_with = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Read the request from a file (`-`: standard input); for long or multi-line text.
+    #[arg(long, value_name = "FILE")]
+    pub prompt_file: Option<PathBuf>,
     /// The AI assistant's response (omit to classify the request alone; the model sees `None`).
-    #[arg(long)]
+    #[arg(long, short = 'r', conflicts_with = "response_file")]
     pub response: Option<String>,
+    /// Read the response from a file (`-`: standard input).
+    #[arg(long, value_name = "FILE")]
+    pub response_file: Option<PathBuf>,
     /// Print one JSON event per line (token, task_started, step_started, step_text,
     /// step_finished, conclusion, verdict, done) instead of text.
     #[arg(long)]
     pub json: bool,
     /// Most new tokens to generate (`--max-new` also accepted).
-    #[arg(long, alias = "max-new", default_value_t = 2048)]
+    #[arg(long, short = 'n', alias = "max-new", default_value_t = 2048, value_parser = super::positive)]
     pub max_new_tokens: usize,
 }
 
+/// The text of `--NAME` or `--NAME-file` (`-` reads standard input, once), refused when empty:
+/// an empty request would be classified as if it were one.
+fn text_arg(name: &str, inline: Option<String>, file: Option<&Path>) -> Result<Option<String>> {
+    let text = match (inline, file) {
+        (Some(text), _) => text,
+        (None, Some(path)) if path == Path::new("-") => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .with_context(|| format!("--{name}-file -: reading standard input"))?;
+            text
+        }
+        (None, Some(path)) => {
+            std::fs::read_to_string(path).map_err(|e| anyhow!("--{name}-file {}: {e}", path.display()))?
+        }
+        (None, None) => return Ok(None),
+    };
+    if text.trim().is_empty() {
+        bail!("the {name} is empty (give the text with --{name} or --{name}-file)");
+    }
+    Ok(Some(text))
+}
+
 pub fn run(args: ModerateArgs) -> Result<u8> {
+    if args.prompt_file.as_deref() == Some(Path::new("-")) && args.response_file.as_deref() == Some(Path::new("-")) {
+        bail!("--prompt-file and --response-file cannot both read standard input (-)");
+    }
+    let prompt = text_arg("prompt", args.prompt.clone(), args.prompt_file.as_deref())?.unwrap_or_default();
+    let response = text_arg("response", args.response.clone(), args.response_file.as_deref())?;
     let mut session = args.model.load()?;
     super::interrupted(); // Ctrl-C from here on stops the run after the current token
     let mut out = std::io::stdout().lock();
     let json = args.json;
     let result = pollster::block_on(session.moderate(
-        &args.prompt,
-        args.response.as_deref(),
+        &prompt,
+        response.as_deref(),
         &RunOptions::new(args.max_new_tokens),
         &is_interrupted,
         &mut |event| {

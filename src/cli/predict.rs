@@ -29,14 +29,14 @@ pub struct PredictArgs {
     #[arg(long, value_delimiter = ',')]
     pub datasets: Vec<String>,
     /// Only the first N items of each dataset.
-    #[arg(long)]
+    #[arg(long, value_parser = super::positive)]
     pub limit: Option<usize>,
     /// This machine's share of a split run, I/N (0-based): contiguous slices, so the shards'
     /// files concatenate in order to the unsplit run's.
     #[arg(long, default_value = "0/1", value_parser = Shard::parse)]
     pub shard: Shard,
     /// Most new tokens per item (`--max-new` also accepted).
-    #[arg(long, alias = "max-new", default_value_t = 2048)]
+    #[arg(long, short = 'n', alias = "max-new", default_value_t = 2048, value_parser = super::positive)]
     pub max_new_tokens: usize,
     /// Output folder: <OUT>/<Dataset>/generated_predictions.jsonl, run.json, summary.json.
     /// A rerun with the same folder resumes after the last finished item.

@@ -33,7 +33,7 @@ impl GgufFile {
         let file_len = source.len();
         let content = {
             let mut reader = SourceReader { source: &mut *source, pos: 0, buf: Vec::new(), buf_start: 0 };
-            Content::read(&mut reader).map_err(|e| Error::format(&file, e))?
+            Content::read(&mut reader).map_err(|e| Error::format(&file, crate::error::candle_message(&e)))?
         };
         let mut index = TensorIndex::default();
         for (name, info) in &content.tensor_infos {

@@ -26,12 +26,9 @@ pub enum ScoreError {
     Record { file: String, line: usize, message: String },
     #[error("{file}: {message}")]
     File { file: String, message: String },
-    #[error("cannot read {file}: {source}")]
-    Io {
-        file: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The cause is in the message and not a `source()`, so a printed chain states it once.
+    #[error("cannot read {file}: {cause}")]
+    Io { file: String, cause: std::io::Error },
     #[error("{dataset} needs its benchmark file {file}.json for ground truth (give a benchmark directory)")]
     MissingBenchmark { dataset: String, file: String },
     #[error("{predictions_file}: {predictions} predictions but {benchmark_items} benchmark items")]

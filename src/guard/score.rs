@@ -8,6 +8,8 @@ use std::sync::OnceLock;
 use regex::Regex;
 use serde::Serialize;
 
+#[cfg(not(target_arch = "wasm32"))]
+use super::datasets::dataset_spec;
 use super::datasets::{DATASETS, GroundTruthSource, TASK_DATASETS, benchmark_label_field, tasks_of};
 use super::predictions::{BenchmarkItem, PredictionRecord, ScoreError};
 #[cfg(not(target_arch = "wasm32"))]
@@ -404,10 +406,39 @@ pub fn evaluate_dir(
     benchmark_dir: Option<&std::path::Path>,
 ) -> Result<EvalReport, ScoreError> {
     let read = |path: &std::path::Path| {
-        std::fs::read_to_string(path).map_err(|source| ScoreError::Io { file: path.display().to_string(), source })
+        std::fs::read_to_string(path).map_err(|cause| ScoreError::Io { file: path.display().to_string(), cause })
     };
+    let refuse =
+        |path: &std::path::Path, message: String| ScoreError::File { file: path.display().to_string(), message };
+    let layout = format!("expected <DIR>/<Dataset>/{PREDICTIONS_FILE}, as `predict` and the evaluator write");
     if !pred_dir.is_dir() {
-        return Err(ScoreError::File { file: pred_dir.display().to_string(), message: "not a directory".to_string() });
+        return Err(refuse(pred_dir, format!("not a directory ({layout})")));
+    }
+    if let Some(dir) = benchmark_dir
+        && !dir.is_dir()
+    {
+        return Err(refuse(dir, "the benchmark directory does not exist".to_string()));
+    }
+    if pred_dir.join(PREDICTIONS_FILE).is_file() {
+        return Err(refuse(pred_dir, format!("is one dataset's folder; give its parent ({layout})")));
+    }
+    // A folder holding predictions under a name no table has is a misspelling or a wrong
+    // tree: scoring the rest would print `-` for it without a word.
+    let entries =
+        std::fs::read_dir(pred_dir).map_err(|cause| ScoreError::Io { file: pred_dir.display().to_string(), cause })?;
+    let mut unknown: Vec<String> = entries
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.path().join(PREDICTIONS_FILE).is_file())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| dataset_spec(name).is_none())
+        .collect();
+    unknown.sort();
+    if !unknown.is_empty() {
+        let known: Vec<&str> = DATASETS.iter().map(|spec| spec.name).collect();
+        return Err(refuse(
+            pred_dir,
+            format!("unknown dataset folder(s) {} (the datasets are {})", unknown.join(", "), known.join(", ")),
+        ));
     }
     let mut predictions = Vec::new();
     for spec in DATASETS {
@@ -418,6 +449,9 @@ pub fn evaluate_dir(
         let source = path.display().to_string();
         let records = parse_predictions_jsonl(&source, &read(&path)?)?;
         predictions.push(DatasetPredictions { dataset: spec.name.to_string(), source, records });
+    }
+    if predictions.is_empty() {
+        return Err(refuse(pred_dir, format!("holds no predictions ({layout})")));
     }
     let wild_guard = DATASETS.iter().find(|spec| spec.ground_truth == GroundTruthSource::BenchmarkFields);
     let mut wild_guard_benchmark = None;
@@ -679,5 +713,30 @@ mod tests {
     fn missing_predictions_dir_is_reported() {
         let error = evaluate_dir(Path::new("/nonexistent/guard/predictions"), None).expect_err("no dir");
         assert!(error.to_string().contains("not a directory"));
+    }
+
+    /// Trees that would score nothing, or not what was meant, are refused with the reason
+    /// instead of printing tables of `-`.
+    #[test]
+    fn trees_that_score_nothing_are_refused() {
+        let line = serde_json::json!({"prompt": "p", "label": "harmful", "predict": "Request: harmful"}).to_string();
+        let empty = ScratchDir::new("empty-tree");
+        let error = evaluate_dir(empty.path(), None).expect_err("empty").to_string();
+        assert!(error.contains("holds no predictions"), "{error}");
+
+        let misspelt = ScratchDir::new("misspelt-tree");
+        misspelt.write_predictions("ToxicChat", std::slice::from_ref(&line));
+        misspelt.write_predictions("ToxicChatt", std::slice::from_ref(&line));
+        let error = evaluate_dir(misspelt.path(), None).expect_err("misspelt").to_string();
+        assert!(error.contains("unknown dataset folder(s) ToxicChatt"), "{error}");
+
+        let one = ScratchDir::new("one-dataset");
+        one.write_predictions("ToxicChat", std::slice::from_ref(&line));
+        let error = evaluate_dir(&one.path().join("ToxicChat"), None).expect_err("one dataset").to_string();
+        assert!(error.contains("give its parent"), "{error}");
+
+        let error = evaluate_dir(one.path(), Some(Path::new("/nonexistent/benchmark"))).expect_err("no benchmark dir");
+        assert!(error.to_string().contains("benchmark directory does not exist"), "{error}");
+        evaluate_dir(one.path(), None).expect("a good tree still scores");
     }
 }
