@@ -61,7 +61,9 @@ function byteRange(header, size) {
  * `faults` (tests only), for paths under `faults.under`: `{dropAfterBytes, drops}` cuts the
  * connection after that many body bytes, `drops` times in all; `ignoreRanges` answers every
  * request whole, as a server without range support does; `unavailable` (a Set of paths) answers
- * them 503, as a server that is down. `isolated: false` leaves out the cross-origin isolation
+ * them 503, as a server that is down; `{stallAfterBytes, stalls}` sends that many body bytes and
+ * then nothing more while holding the connection open, `stalls` times (a download to cancel).
+ * `isolated: false` leaves out the cross-origin isolation
  * headers.
  */
 export function startServer({ root = REPO, port = 0, mounts = {}, faults = {}, isolated = true } = {}) {
@@ -70,6 +72,7 @@ export function startServer({ root = REPO, port = 0, mounts = {}, faults = {}, i
   const base = isolated ? HEADERS : { "Cache-Control": HEADERS["Cache-Control"] };
   const requests = [];
   let dropsLeft = faults.drops ?? 0;
+  let stallsLeft = faults.stalls ?? 0;
   root = path.resolve(root);
   const server = http.createServer((req, res) => {
     try {
@@ -132,6 +135,14 @@ export function startServer({ root = REPO, port = 0, mounts = {}, faults = {}, i
       if (range) res.writeHead(206, { ...headers, "Content-Range": `bytes ${start}-${end}/${stat.size}`, "Content-Length": end - start + 1 });
       else res.writeHead(200, { ...headers, "Content-Length": stat.size });
       if (req.method === "HEAD" || stat.size === 0) return res.end();
+      const stall = faulty && stallsLeft > 0 && faults.stallAfterBytes < end - start + 1;
+      if (stall) {
+        stallsLeft -= 1;
+        const head = fs.createReadStream(target, { start, end: start + faults.stallAfterBytes - 1 });
+        head.on("error", () => res.destroy());
+        head.pipe(res, { end: false }); // and then nothing: the connection stays open
+        return;
+      }
       const drop = faulty && dropsLeft > 0 && faults.dropAfterBytes < end - start + 1;
       if (drop) dropsLeft -= 1;
       const stream = fs.createReadStream(target, { start, end: drop ? start + faults.dropAfterBytes - 1 : end });

@@ -11,7 +11,7 @@ use crate::batch::{BatchEvent, BatchStats, Request, run_batch};
 use crate::engine::{Engine, PREFILL_CHUNK, PREFIX_MAX};
 use crate::error::{Error, Result};
 use crate::generate::{Detokenizer, GenerateOptions, Pipeline, Progress, StopReason, generate, generate_in};
-use crate::guard::{GuardEvent, ReasoningParser, TaskReasoning, guard_prompt, shared_prefix};
+use crate::guard::{GuardEvent, ReasoningParser, TaskReasoning, checked_guard_prompt, shared_prefix};
 use crate::loader::{ModelIdentity, OpenedModel};
 use crate::tokenizer::TextTokenizer;
 use candle_core::quantized::GgmlDType;
@@ -665,7 +665,8 @@ impl Session {
         is_cancelled: &dyn Fn() -> bool,
         on_event: &mut dyn FnMut(ClassifyEvent) -> Result<()>,
     ) -> Result<Classification> {
-        self.classify(&guard_prompt(prompt, response), options, is_cancelled, on_event).await
+        let text = checked_guard_prompt(prompt, response).map_err(Error::Prompt)?;
+        self.classify(&text, options, is_cancelled, on_event).await
     }
 
     /// Runs a complete GuardReasoner prompt text (instruction and conversation, as the benchmark

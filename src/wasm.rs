@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::format::ByteSource;
 use crate::guard::{
     DATASETS, DatasetPredictions, GroundTruthSource, PlannedItem, RunManifest, RunSummary, Shard, dataset_spec,
-    evaluate, guard_prompt, parse_benchmark_json, parse_predictions_jsonl, plan_items,
+    checked_guard_prompt, evaluate, parse_benchmark_json, parse_predictions_jsonl, plan_items,
 };
 use crate::loader::{ModelIdentity, OpenedModel, open_gguf, open_hf};
 use crate::session::{BackendChoice, ClassifyEvent, ClassifyItem, Device, Quant, RunOptions, Session, Stop};
@@ -244,7 +244,10 @@ impl WasmSession {
         on_event: Function,
         is_cancelled: Function,
     ) -> Promise {
-        self.classify(guard_prompt(&prompt, response.as_deref()), max_new, on_event, is_cancelled)
+        match checked_guard_prompt(&prompt, response.as_deref()) {
+            Ok(text) => self.classify(text, max_new, on_event, is_cancelled),
+            Err(e) => Promise::reject(&JsError::new(&e).into()),
+        }
     }
 
     /// As `moderate`, on a complete GuardReasoner prompt text (instruction and conversation, as
@@ -338,8 +341,8 @@ impl WasmSession {
 
 /// The GuardReasoner prompt text of a conversation (`moderate`'s), for `classify_many`.
 #[wasm_bindgen]
-pub fn moderation_prompt(prompt: &str, response: Option<String>) -> String {
-    guard_prompt(prompt, response.as_deref())
+pub fn moderation_prompt(prompt: &str, response: Option<String>) -> std::result::Result<String, JsValue> {
+    checked_guard_prompt(prompt, response.as_deref()).map_err(|e| JsError::new(&e).into())
 }
 
 /// The paper's datasets: `[{name, file}]` (`file`: the benchmark file name without `.json`).

@@ -37,6 +37,8 @@ export interface LoadOptions {
    * plain SIMD (for comparisons; the results are the same, bit for bit). */
   relaxedSimd?: boolean;
   onProgress?: (p: LoadProgress) => void;
+  /** Stops the load (an AbortError at once; downloaded bytes stay stored for a resume). */
+  signal?: AbortSignal;
   /** A Hub revision for an `{hf}` source (default "main"). */
   revision?: string;
   workerUrl?: string | URL;
@@ -136,5 +138,6 @@ export declare class GuardReasoner {
     text: string,
     options?: { onEvent?: (e: GuardEvent) => void; signal?: AbortSignal; maxNewTokens?: number },
   ): Promise<ModerationResult>;
+  /** Ends the worker; pending and later calls reject with an AbortError. */
   terminate(): void;
 }

@@ -12,6 +12,7 @@ export class GuardReasoner {
   #worker;
   #pending = new Map();
   #cancel = null; // Int32Array over a SharedArrayBuffer when cross-origin isolated
+  #ended = null; // why the worker is gone (terminate, a cancelled load, a crash): later calls fail with it
   backend = "";
   /** Conversations the model decodes together (`moderateMany`, concurrent `moderate` calls). */
   batch = 1;
@@ -24,10 +25,7 @@ export class GuardReasoner {
   constructor(worker) {
     this.#worker = worker;
     worker.onmessage = (e) => this.#receive(e.data);
-    worker.onerror = (e) => {
-      for (const p of this.#pending.values()) p.reject(new Error(`worker failed: ${e.message || "unknown error"}`));
-      this.#pending.clear();
-    };
+    worker.onerror = (e) => this.#end(new Error(`worker failed: ${e.message || "unknown error"}`));
     if (globalThis.crossOriginIsolated && typeof SharedArrayBuffer !== "undefined") {
       this.#cancel = new Int32Array(new SharedArrayBuffer(4 * CANCEL_SLOTS));
       worker.postMessage({ type: Request.cancelFlag, buffer: this.#cancel.buffer });
@@ -44,17 +42,30 @@ export class GuardReasoner {
    * `quant` "q8" | "q4" | "none" (float weights once loaded; "f32", "q8_0", "q4_0" also taken),
    * `context` (tokens per conversation), `batch` (conversations decoded together: default
    * `DEFAULTS.batch` on WebGPU, 1 on the CPU; each needs its own KV cache), `onProgress` (phases: "download" with loaded/total/rate/eta/resumedFrom,
-   * "cache", "copy" for a picked file, "load"). `storageQuotaOverride` (bytes) stands in for the
-   * browser's quota, for tests.
+   * "cache", "copy" for a picked file, "load"). `signal` (an AbortSignal) stops the load: the
+   * promise rejects with an AbortError at once and the worker is ended; the bytes downloaded so
+   * far stay stored and the next load resumes from them. `storageQuotaOverride` (bytes) stands in
+   * for the browser's quota, for tests.
    */
-  static async load(source, { onProgress, backend = DEFAULTS.backend, quant = DEFAULTS.quant, context = DEFAULTS.context, batch, threads, relaxedSimd, revision, workerUrl, storageQuotaOverride } = {}) {
+  static async load(source, { onProgress, signal, backend = DEFAULTS.backend, quant = DEFAULTS.quant, context = DEFAULTS.context, batch, threads, relaxedSimd, revision, workerUrl, storageQuotaOverride } = {}) {
+    if (signal?.aborted) throw new DOMException("the load was cancelled", "AbortError");
     const url = workerUrl || new URL("./worker.js", import.meta.url);
     const guard = new GuardReasoner(new Worker(url, { type: "module" }));
+    const onAbort = () => guard.#end(new DOMException("the load was cancelled", "AbortError"));
+    signal?.addEventListener("abort", onAbort, { once: true });
     // Ask once that stored models survive storage pressure (the browser may say no; they are then
     // kept as long as it allows).
     await globalThis.navigator?.storage?.persist?.().catch(() => false);
     if (revision && source?.hf && !source.revision) source = { ...source, revision };
-    const out = await guard.#request({ type: Request.load, source, backend, quant, context, batch, threads, relaxedSimd, quotaOverride: storageQuotaOverride }, { onProgress });
+    let out;
+    try {
+      out = await guard.#request({ type: Request.load, source, backend, quant, context, batch, threads, relaxedSimd, quotaOverride: storageQuotaOverride }, { onProgress });
+    } catch (e) {
+      guard.#end(e); // a failed load leaves no worker behind
+      throw e;
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+    }
     guard.backend = out.backend;
     guard.batch = out.batch ?? 1;
     guard.threads = out.threads ?? 1;
@@ -128,14 +139,26 @@ export class GuardReasoner {
     return result;
   }
 
-  /** Stop the worker and free the model. */
+  /** Stop the worker and free the model. Calls still pending reject with an AbortError; later
+   * calls reject at once. */
   terminate() {
+    this.#end(new DOMException("the model was unloaded (terminate)", "AbortError"));
+  }
+
+  /** Ends the worker once: every pending call rejects with `error`, and so does every later one. */
+  #end(error) {
+    if (this.#ended) return;
+    this.#ended = error;
     this.#worker.terminate();
+    const pending = [...this.#pending.values()];
+    this.#pending.clear();
+    for (const p of pending) p.reject(error);
   }
 
   #request(msg, { onProgress, onEvent, onToken, signal } = {}) {
     const id = nextId++;
     return new Promise((resolve, reject) => {
+      if (this.#ended) return reject(this.#ended);
       if (signal?.aborted) return reject(new DOMException("cancelled", "AbortError"));
       const onAbort = () => {
         if (this.#cancel) Atomics.store(this.#cancel, id % CANCEL_SLOTS, id);

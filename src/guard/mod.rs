@@ -19,7 +19,7 @@ pub use predictions::{
     BenchmarkItem, PREDICTIONS_FILE, PredictionRecord, ScoreError, parse_benchmark_json, parse_predictions_jsonl,
     prediction_line,
 };
-pub use prompt::{INSTRUCTION, NO_RESPONSE, guard_prompt, shared_prefix};
+pub use prompt::{INSTRUCTION, NO_RESPONSE, checked_guard_prompt, guard_prompt, shared_prefix};
 pub use record::{DatasetTotals, EngineInfo, MANIFEST_FILE, RunManifest, RunSummary, SUMMARY_FILE};
 pub use run::{PlannedItem, ResumePoint, Shard, plan_items, resume_point};
 #[cfg(not(target_arch = "wasm32"))]

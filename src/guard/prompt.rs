@@ -22,6 +22,19 @@ pub fn guard_prompt(prompt: &str, response: Option<&str>) -> String {
     format!("{INSTRUCTION}\nHuman user:\n{prompt}\n\nAI assistant:\n{response}\n\n")
 }
 
+/// `guard_prompt`, refusing an empty (or blank) request or response: the model would classify
+/// the template around nothing. No response at all is `None`.
+pub fn checked_guard_prompt(prompt: &str, response: Option<&str>) -> Result<String, String> {
+    if prompt.trim().is_empty() {
+        return Err("the prompt is empty: give the user's request".to_string());
+    }
+    if response.is_some_and(|r| r.trim().is_empty()) {
+        return Err("the response is empty: give the assistant's response, or none to classify the request alone"
+            .to_string());
+    }
+    Ok(guard_prompt(prompt, response))
+}
+
 /// The text every `guard_prompt` starts with, whatever the conversation: its tokens are the
 /// shared prefix batched runs compute once (`Engine::share_prefix`).
 pub fn shared_prefix() -> String {

@@ -59,6 +59,71 @@ test("with WebGPU disabled the CPU fallback gives the same tokens and says so", 
   assert.match(out.backend, /^cpu/, `backend: ${out.backend}`);
   assert.match(out.fallback || "", /CPU/);
   assert.deepEqual(out.tokens, seq.greedy_new_tokens.slice(0, out.tokens.length));
+  assert.ok(out.tokens.length >= 32, `only ${out.tokens.length} tokens`);
+  assert.deepEqual(out.streamed, out.tokens, "streamed tokens equal the result");
+});
+
+// Cancellation belongs to one request: aborting A and at once submitting B stops A (B's submit
+// does not clear A's cancel); aborting a queued D leaves the running C alone; terminate()
+// settles every pending call, and later calls fail at once; an empty prompt is refused.
+test("an abort cancels its own request only, terminate settles pending calls, an empty prompt is refused", async () => {
+  const browser = await launch({ webgpu: false });
+  try {
+    const { page, logs } = await openPage(browser, server.url);
+    const out = await page.evaluate(
+      async ({ folder }) => {
+        const { GuardReasoner } = await import("/www/guardreasoner.js");
+        const guard = await GuardReasoner.load({ hfBaseUrl: folder }, { backend: "cpu", quant: "f32", context: 512, batch: 1 });
+        const settle = (p) => p.then((r) => ({ text: r.text, newTokens: r.newTokens }), (e) => ({ name: e.name, message: e.message }));
+        const a = { prompt: "Tell me about the history of bread, in detail." };
+        const b = { prompt: "What is the capital of France?" };
+        const aloneB = await guard.moderate(b, { maxNewTokens: 10 });
+        // A long run aborted at its 5th token, B submitted in the same tick.
+        const abortA = new AbortController();
+        let tokensOfA = 0;
+        let runB;
+        const onEventA = (e) => {
+          tokensOfA += e.type === "token";
+          if (tokensOfA === 5 && !runB) {
+            abortA.abort();
+            runB = settle(guard.moderate(b, { maxNewTokens: 10 }));
+          }
+        };
+        const afterA = await settle(guard.moderate(a, { maxNewTokens: 400, signal: abortA.signal, onEvent: onEventA }));
+        const afterB = await runB;
+        // C runs, D waits behind it and is aborted.
+        const abortD = new AbortController();
+        const runC = settle(guard.moderate(a, { maxNewTokens: 30 }));
+        const runD = settle(guard.moderate(b, { maxNewTokens: 10, signal: abortD.signal }));
+        abortD.abort();
+        const [afterC, afterD] = await Promise.all([runC, runD]);
+        const aloneC = await settle(guard.moderate(a, { maxNewTokens: 30 }));
+        const empty = await settle(guard.moderate({ prompt: "  " }));
+        const blankResponse = await settle(guard.moderate({ prompt: "hi", response: "" }));
+        // terminate() with a call in flight (at its first token).
+        let terminated = false;
+        const pending = settle(guard.moderate(a, { maxNewTokens: 400, onEvent: () => terminated || ((terminated = true), guard.terminate()) }));
+        const unsettled = () => new Promise((r) => setTimeout(() => r("unsettled 5 s later"), 5000));
+        const afterTerminate = await Promise.race([pending, unsettled()]);
+        const later = await Promise.race([settle(guard.moderate(b)), unsettled()]);
+        return { aloneB: aloneB.text, afterA, tokensOfA, afterB, afterC, afterD, aloneC, empty, blankResponse, afterTerminate, later };
+      },
+      { folder: tinyFolder },
+    ).catch((e) => {
+      throw new Error(`${e.message}\nbrowser log:\n${logs.join("\n")}`);
+    });
+    assert.equal(out.afterA.name, "AbortError", JSON.stringify(out.afterA));
+    assert.equal(out.afterB.text, out.aloneB, "B is as alone");
+    assert.equal(out.afterD.name, "AbortError", JSON.stringify(out.afterD));
+    assert.equal(out.afterC.text, out.aloneC.text, "C runs to its end, untouched by D's abort");
+    assert.equal(out.afterC.newTokens, 30);
+    assert.match(out.empty.message ?? "", /the prompt is empty/);
+    assert.match(out.blankResponse.message ?? "", /the response is empty/);
+    assert.equal(out.afterTerminate.name, "AbortError", JSON.stringify(out.afterTerminate));
+    assert.equal(out.later.name, "AbortError", JSON.stringify(out.later));
+  } finally {
+    await browser.close();
+  }
 });
 
 // moderateMany and concurrent moderate() calls share one batch in the worker: every result is

@@ -41,18 +41,34 @@ test("reasoning streams live, verdicts appear, hostile text stays text, no reque
   await page.click("#check");
   const states = new Set();
   for (let i = 0; i < 2000; i++) {
-    const [raw, cards, stats] = await page.evaluate(() => [document.getElementById("raw").textContent.length, document.getElementById("tasks").textContent.length, document.getElementById("stats").textContent]);
+    const [raw, cards, stats, badges] = await page.evaluate(() => [document.getElementById("raw").textContent.length, document.getElementById("tasks").textContent.length, document.getElementById("stats").textContent, document.querySelectorAll(".badge").length]);
     if (/tokens ·/.test(stats)) break;
     if (raw > 0) states.add(`${raw}/${cards}`);
+    if (badges > 0) states.add("badges");
     await page.waitForTimeout(20);
   }
   assert.ok(states.size >= 2, `saw ${states.size} intermediate states; log: ${logs.join("\n")}`);
+  const duringRun = requests.slice(before);
   assert.match(await page.textContent("#stats"), /tokens · .* tokens\/s · first token/);
-  assert.equal(await page.locator(".badge").count(), 3, "three verdict badges");
+  assert.ok(!states.has("badges"), "no badge before the answer ends");
+  // The badges and the streamed text are the API's answer to the same conversation.
+  const shown = await page.$$eval(".badge", (badges) => badges.map((b) => b.textContent));
+  const api = await page.evaluate(
+    async ({ tiny, prompt, response }) => {
+      const { GuardReasoner } = await import("/www/guardreasoner.js");
+      const guard = await GuardReasoner.load({ hfBaseUrl: tiny }, { backend: "cpu", quant: "f32" });
+      const r = await guard.moderate({ prompt, response }, { maxNewTokens: 300 });
+      guard.terminate();
+      return { text: r.text, verdicts: [`Request: ${r.request ?? "none"}`, `Completion: ${r.completion ?? "none"}`, `Response: ${r.response ?? "none"}`] };
+    },
+    { tiny, prompt: evil, response: `<b>bold?</b><script>window.__xss = 3</script>` },
+  );
+  assert.deepEqual(shown, api.verdicts, "the badges show the answer's verdicts");
+  assert.equal(await page.textContent("#raw"), api.text, "the streamed text is the answer's text");
   assert.ok((await page.locator(".task").count()) >= 1, "reasoning cards");
   assert.equal(await page.evaluate(() => window.__xss), undefined, "no injected script ran");
   assert.equal(await page.locator("main img, main b").count(), 0, "no injected elements");
-  assert.deepEqual(requests.slice(before), [], "no network request during the run");
+  assert.deepEqual(duringRun, [], "no network request during the run");
   // The threaded build's pool workers start from same-origin blob: URLs (in memory, no network).
   for (const url of requests) assert.ok(url.startsWith(server.url) || url.startsWith(`blob:${server.url}/`), `request left the page's origin: ${url}`);
   const shots = path.join(repo, ".cache/screenshots");
@@ -68,12 +84,16 @@ test("cancel stops a run and the next run works", async () => {
   await page.click("#cancel");
   await page.waitForFunction(() => document.getElementById("stats").textContent === "Cancelled.", null, { timeout: 10000 });
   assert.equal(await page.isDisabled("#check"), false);
+  // The output stops growing (the worker stopped, not just the page's listener).
   const cancelledAt = (await page.textContent("#raw")).length;
-  await page.goto(`${server.url}/www/?model=${encodeURIComponent(tiny)}&backend=cpu&quant=f32&max=20`);
-  await page.waitForFunction(() => document.getElementById("load-status").textContent === "Model ready.", null, { timeout: 120000 });
+  await page.waitForTimeout(1500);
+  assert.equal((await page.textContent("#raw")).length, cancelledAt, "output grew after the cancel");
+  // The same page, the same worker: the next run goes to its end.
+  await page.fill("#prompt", "What is a good way to keep basil fresh?");
   await page.click("#check");
-  await page.waitForFunction(() => /tokens ·/.test(document.getElementById("stats").textContent), null, { timeout: 60000 });
-  assert.ok(cancelledAt > 0);
+  await page.waitForFunction(() => /tokens ·/.test(document.getElementById("stats").textContent), null, { timeout: 120000 });
+  assert.match(await page.textContent("#stats"), /^(.* · )?\d+ tokens · /, await page.textContent("#stats"));
+  assert.ok((await page.textContent("#raw")).length > 0);
   await page.close();
 });
 

@@ -115,6 +115,50 @@ test("a storage quota too small for the model gives a clear message and the page
   }
 });
 
+test("a load cancelled mid-download rejects at once, and the next load resumes from the stored bytes", async () => {
+  const server = await startServer({ mounts: { "/stall/": tiny("llama32") }, faults: { under: "/stall/model.safetensors", stallAfterBytes: 2 * MiB, stalls: 1 } });
+  const browser = await launchProfile();
+  try {
+    const { page, logs } = await openPage(browser, server.url);
+    const cancelled = await page.evaluate(async () => {
+      const { GuardReasoner } = await import("/www/guardreasoner.js");
+      const abort = new AbortController();
+      let abortedAt = 0;
+      const onProgress = (p) => {
+        // The weights are arriving (and will stall after 2 MiB, so the load cannot finish first).
+        if (p.phase === "download" && /model\.safetensors/.test(p.file) && p.loaded > 0 && !abortedAt) {
+          abortedAt = performance.now();
+          abort.abort();
+        }
+      };
+      try {
+        const load = GuardReasoner.load({ hfBaseUrl: "/stall/" }, { backend: "cpu", quant: "none", context: 256, signal: abort.signal, onProgress });
+        const late = new Promise((resolve) => setTimeout(() => resolve("still loading 20 s later"), 20000));
+        return { error: await Promise.race([load.then(() => "the load finished"), late]) };
+      } catch (e) {
+        return { name: e.name, message: e.message, ms: performance.now() - abortedAt, aborted: abortedAt > 0 };
+      }
+    }).catch((e) => {
+      throw new Error(`${e.message}\nbrowser log:\n${logs.join("\n")}`);
+    });
+    await page.close();
+    assert.equal(cancelled.error, undefined, "the abort did not stop the load");
+    assert.ok(cancelled.aborted, `never saw the weights arrive: ${JSON.stringify(cancelled)}`);
+    assert.equal(cancelled.name, "AbortError", JSON.stringify(cancelled));
+    assert.ok(cancelled.ms < 2000, `rejected ${cancelled.ms} ms after the abort`);
+    const before = server.requests.length;
+    const out = await loadAndGenerate(browser, server, { hfBaseUrl: "/stall/" });
+    assert.equal(out.error, undefined, out.error);
+    assert.deepEqual(out.tokens, expected("llama32"));
+    const resumed = server.requests.slice(before).filter((r) => r.path === "/stall/model.safetensors" && r.range);
+    assert.equal(resumed.length, 1, `the second load resumes: ${JSON.stringify(server.requests.slice(before))}`);
+    assert.ok(Number(/^bytes=(\d+)-$/.exec(resumed[0].range)?.[1]) > 0, resumed[0].range);
+  } finally {
+    await browser.close();
+    await server.stop();
+  }
+});
+
 test("a Hub revision is pinned to its commit: a new commit downloads fresh files, offline uses the pin", async () => {
   const api = fs.mkdtempSync(path.join(os.tmpdir(), "gr-hub-"));
   const [shaA, shaB] = ["a".repeat(40), "b".repeat(40)];
