@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Static server on 127.0.0.1 with the cross-origin isolation headers wasm threads and
-// SharedArrayBuffer need. Serves the repository root (the demo is /www/, the wasm package /pkg/)
+// SharedArrayBuffer need, and a strict Content-Security-Policy (contentSecurityPolicy below). Serves the repository root (the demo is /www/, the wasm package /pkg/)
 // and, for the evaluator, local model files mounted under a URL prefix.
 // Usage: node scripts/serve.mjs [--port N] [--root DIR]   (port 0 picks a free one)
 import http from "node:http";
@@ -28,6 +28,45 @@ const HEADERS = {
   "Cross-Origin-Resource-Policy": "same-origin",
   "Cache-Control": "no-cache",
 };
+
+/** Where a page may connect besides itself: the Hugging Face Hub (its API and the hosts its
+ * downloads redirect to). */
+const HUB_ORIGINS = ["https://huggingface.co", "https://*.huggingface.co", "https://*.hf.co"];
+
+/** The origin of the model URL the user chose (`?model=` of the page, or of the page that asked,
+ * through its Referer, for the page's workers), when it is an http(s) URL elsewhere. */
+function chosenModelOrigins(req) {
+  const origins = new Set();
+  for (const url of [req.url, req.headers.referer]) {
+    try {
+      const model = new URL(url ?? "", "http://localhost").searchParams.get("model");
+      const chosen = model && new URL(model);
+      if (chosen && /^https?:$/.test(chosen.protocol)) origins.add(chosen.origin);
+    } catch {
+      // not a URL: a Hub id or nothing, allowed already
+    }
+  }
+  return [...origins];
+}
+
+/** No inline script or style, no plugins, no framing; scripts and workers from this origin only
+ * (wasm compiled with 'wasm-unsafe-eval'; the thread pool's workers start from same-origin
+ * blob: URLs); requests only to this origin, the Hub and the model host the user chose. */
+export function contentSecurityPolicy(req) {
+  const connect = ["'self'", ...HUB_ORIGINS, ...chosenModelOrigins(req)].join(" ");
+  return [
+    "default-src 'self'",
+    "script-src 'self' 'wasm-unsafe-eval'",
+    "worker-src 'self' blob:",
+    `connect-src ${connect}`,
+    "img-src 'self' data:",
+    "style-src 'self'",
+    "object-src 'none'",
+    "base-uri 'none'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+  ].join("; ");
+}
 
 /** The file a URL path names: under a mount or the root; null when it would leave them. */
 function resolve(pathname, root, mounts) {
@@ -83,6 +122,7 @@ export function startServer({ root = REPO, port = 0, mounts = {}, faults = {}, i
     }
   });
   const handle = (req, res) => {
+    res.setHeader("Content-Security-Policy", contentSecurityPolicy(req));
     // Only this machine's names: a page elsewhere that rebinds its DNS name to 127.0.0.1 must
     // not read these files.
     const host = (req.headers.host || "").replace(/:\d+$/, "");

@@ -61,6 +61,14 @@ async function loadModel() {
   const file = $("model-file").files[0];
   const source = file ? { file } : sourceFromText($("model-source").value);
   if (!source) return showError("Enter a model (Hugging Face repo id or URL) or pick a .gguf file.");
+  // The page may connect only to itself, the Hub and the model host named in its address (its
+  // Content-Security-Policy): a URL elsewhere reloads the page with it as `?model=`.
+  if (source.url && new URL(source.url).origin !== location.origin && query.get("model") !== $("model-source").value.trim()) {
+    const next = new URLSearchParams(location.search);
+    next.set("model", $("model-source").value.trim());
+    location.search = next.toString();
+    return;
+  }
   showError("");
   $("load").disabled = true;
   $("check").disabled = true;

@@ -147,3 +147,42 @@ test("check all examples: every example's output streams into its own card, then
   assert.equal(await page.isEnabled("#check-all"), true, "usable again");
   await page.close();
 });
+
+// The Content-Security-Policy of scripts/serve.mjs: no inline script runs (injected through
+// `?model=` or added at runtime), and requests go only to this origin, the Hub and the model host
+// the user chose in the address: another host on this machine sees no request unless it is the
+// one named by `?model=` (then the worker's request reaches it; its answer is refused by the
+// browser's cross-origin rules, which is the load error shown).
+test("the Content-Security-Policy refuses injected scripts and hosts the user did not choose", async () => {
+  const other = await startServer();
+  try {
+    const hostile = `"><img src=x onerror="window.__xss = 1"><script>window.__xss = 2</script>`;
+    const { page } = await openPage(browser, server.url, `/www/?model=${encodeURIComponent(hostile)}&backend=cpu`);
+    await page.waitForFunction(() => !document.getElementById("error").hidden, null, { timeout: 60000 });
+    assert.equal(await page.inputValue("#model-source"), hostile, "the address's text is a value, not markup");
+    assert.equal(await page.evaluate(() => window.__xss), undefined);
+    const inline = await page.evaluate(
+      () =>
+        new Promise((resolve) => {
+          document.addEventListener("securitypolicyviolation", (e) => resolve({ directive: e.effectiveDirective, ran: window.__inline === 1 }), { once: true });
+          const script = document.createElement("script");
+          script.textContent = "window.__inline = 1";
+          document.body.append(script);
+          setTimeout(() => resolve({ directive: null, ran: window.__inline === 1 }), 3000);
+        }),
+    );
+    assert.deepEqual(inline, { directive: "script-src-elem", ran: false }, "an inline script is refused");
+    const elsewhere = await page.evaluate((url) => fetch(url).then(() => "fetched", (e) => e.name), `${other.url}/www/protocol.js`);
+    assert.equal(elsewhere, "TypeError");
+    assert.deepEqual(other.requests, [], "no request reached a host the user did not choose");
+    await page.close();
+
+    const chosen = `${other.url}/.cache/tiny-rebuilt/llama32/`;
+    const second = await openPage(browser, server.url, `/www/?model=${encodeURIComponent(chosen)}&backend=cpu&quant=f32`);
+    await second.page.waitForFunction(() => !document.getElementById("error").hidden || document.getElementById("load-status").textContent === "Model ready.", null, { timeout: 60000 });
+    assert.ok(other.requests.some((r) => r.path === "/.cache/tiny-rebuilt/llama32/config.json"), `the chosen host was asked: ${JSON.stringify(other.requests)}`);
+    await second.page.close();
+  } finally {
+    await other.stop();
+  }
+});
