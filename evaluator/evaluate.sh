@@ -12,9 +12,5 @@ if [ -z "${CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 "$ROOT/scripts/npm-deps.sh" >&2
-WASM="$ROOT/pkg/guardreasoner_bg.wasm"
-if [ ! -f "$WASM" ] || [ -n "$(cd "$ROOT" && find src Cargo.toml Cargo.lock -newer "$WASM" -print -quit)" ]; then
-  echo "building the wasm package (scripts/build-wasm.sh)..." >&2
-  "$ROOT/scripts/build-wasm.sh" >&2
-fi
+"$ROOT/scripts/build-wasm.sh" --if-stale >&2
 exec node "$ROOT/evaluator/evaluate.mjs" "$@"

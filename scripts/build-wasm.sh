@@ -7,20 +7,39 @@
 # nightly rebuilds std (-Z build-std) into its own target dir.
 # Installs what is missing: the wasm32 target, the pinned nightly with rust-src,
 # wasm-bindgen-cli 0.2.130, npm packages.
-# Usage: scripts/build-wasm.sh [--dev] [--single]   (--dev skips wasm-opt; --single skips
-# the threaded builds)
+# Usage: scripts/build-wasm.sh [--dev] [--single] [--if-stale]   (--dev skips wasm-opt;
+# --single skips the threaded builds; --if-stale does nothing when every package is newer than
+# the Rust sources and this script, as scripts/demo.sh and evaluator/evaluate.sh ask)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NIGHTLY=nightly-2026-05-20
 dev=0
 single=0
+if_stale=0
 for arg in "$@"; do
   case "$arg" in
     --dev) dev=1 ;;
     --single) single=1 ;;
-    *) echo "unknown option $arg (use --dev, --single)" >&2; exit 2 ;;
+    --if-stale) if_stale=1 ;;
+    *) echo "unknown option $arg (use --dev, --single, --if-stale)" >&2; exit 2 ;;
   esac
 done
+if [ "$if_stale" = 1 ]; then
+  packages=(pkg); [ "$single" = 1 ] || packages+=(pkg-threads pkg-threads-relaxed)
+  fresh=1
+  for p in "${packages[@]}"; do
+    wasm="$p/guardreasoner_bg.wasm"
+    if [ ! -f "$wasm" ] || [ -n "$(find src Cargo.toml Cargo.lock scripts/build-wasm.sh -newer "$wasm" -print -quit)" ]; then
+      fresh=0
+    fi
+  done
+  if [ "$fresh" = 1 ]; then
+    echo "wasm packages are up to date (${packages[*]})"
+    scripts/npm-deps.sh
+    exit 0
+  fi
+  echo "building the wasm packages (sources are newer, or a package is missing)..."
+fi
 rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 if ! wasm-bindgen --version 2>/dev/null | grep -q "0.2.130"; then
   echo "installing wasm-bindgen-cli 0.2.130 (a few minutes)..."

@@ -2,8 +2,9 @@
 # The whole test suite on a fresh machine: installs what is missing (the wasm32 target,
 # wasm-bindgen-cli, Mesa's Vulkan driver lavapipe for the GPU tests, Debian's Chromium and the npm
 # packages for the browser tests), fetches test assets, runs every Rust test (release build),
-# checks formatting and clippy on both targets, builds the wasm package and runs the
-# headless-browser tests.
+# checks formatting and clippy on both targets, fuzzes the parsers for a few seconds each
+# (cargo-fuzz on the pinned nightly), builds the wasm package and runs the headless-browser
+# tests.
 # Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +30,8 @@ cargo clippy --release --all-targets -- -D warnings
 cargo clippy --release --target wasm32-unknown-unknown --lib --no-default-features -- -D warnings
 echo "== cargo test (release)"
 cargo test --release --all-targets
+echo "== fuzzing the parsers of untrusted input (15 s per target; scripts/fuzz.sh 600 for longer)"
+scripts/fuzz.sh 15
 echo "== wasm package"
 scripts/build-wasm.sh
 echo "== browser tests (headless Chromium, WebGPU on SwiftShader without a GPU)"
