@@ -7,8 +7,8 @@
 use crate::error::{Error, Result};
 use crate::format::ByteSource;
 use crate::guard::{
-    DATASETS, DatasetPredictions, GroundTruthSource, PlannedItem, RunManifest, RunSummary, Shard, dataset_spec,
-    checked_guard_prompt, evaluate, parse_benchmark_json, parse_predictions_jsonl, plan_items,
+    DATASETS, DatasetPredictions, GroundTruthSource, PlannedItem, RunManifest, RunSummary, Shard, checked_guard_prompt,
+    dataset_spec, evaluate, parse_benchmark_json, parse_predictions_jsonl, plan_items,
 };
 use crate::loader::{ModelIdentity, OpenedModel, open_gguf, open_hf};
 use crate::session::{BackendChoice, ClassifyEvent, ClassifyItem, Device, Quant, RunOptions, Session, Stop};

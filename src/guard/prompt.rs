@@ -29,8 +29,9 @@ pub fn checked_guard_prompt(prompt: &str, response: Option<&str>) -> Result<Stri
         return Err("the prompt is empty: give the user's request".to_string());
     }
     if response.is_some_and(|r| r.trim().is_empty()) {
-        return Err("the response is empty: give the assistant's response, or none to classify the request alone"
-            .to_string());
+        return Err(
+            "the response is empty: give the assistant's response, or none to classify the request alone".to_string()
+        );
     }
     Ok(guard_prompt(prompt, response))
 }
