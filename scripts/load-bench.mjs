@@ -4,7 +4,9 @@
 // and reports each load's outcome and seconds and the peak resident memory of Chromium's
 // processes. A benchmark and a reliability check for large models, not a timed test.
 // Usage: node scripts/load-bench.mjs --model FILE.gguf|HF-FOLDER [--times N] [--backend cpu|webgpu]
-//        [--quant q8|q4|none] [--keep] [--json]
+//        [--quant q8|q4|none] [--context N[,N...]] [--keep] [--json]
+// (--context: the KV cache of each load in turn, default 64; e.g. 131072,64 asks for a cache that
+// cannot fit, then a normal load in the same page)
 import fs from "node:fs";
 import path from "node:path";
 import { parseArgs } from "node:util";
@@ -22,6 +24,7 @@ const { values: opts } = parseArgs({
     times: { type: "string", default: "10" },
     backend: { type: "string", default: "cpu" },
     quant: { type: "string", default: "q8" },
+    context: { type: "string", default: "64" },
     // Keep the model in OPFS between loads (a cached reload) instead of a fresh copy each time.
     keep: { type: "boolean", default: false },
     json: { type: "boolean", default: false },
@@ -29,7 +32,7 @@ const { values: opts } = parseArgs({
   },
 });
 if (opts.help || !opts.model) {
-  console.log("Usage: node scripts/load-bench.mjs --model FILE.gguf|HF-FOLDER [--times N] [--backend cpu|webgpu] [--quant q8|q4|none] [--keep] [--json]");
+  console.log("Usage: node scripts/load-bench.mjs --model FILE.gguf|HF-FOLDER [--times N] [--backend cpu|webgpu] [--quant q8|q4|none] [--context N[,N...]] [--keep] [--json]");
   process.exit(opts.help ? 0 : 2);
 }
 
@@ -48,6 +51,11 @@ function chromiumRss(profile) {
   return total;
 }
 
+const contexts = opts.context.split(",").map(Number);
+if (!contexts.every((c) => Number.isInteger(c) && c > 0)) {
+  console.error(`--context ${opts.context}: expected positive whole numbers, comma-separated`);
+  process.exit(2);
+}
 const model = path.resolve(opts.model);
 const isFolder = fs.statSync(model).isDirectory();
 const prefix = isFolder ? "/bench-model/" : `/bench-model/${path.basename(model)}`;
@@ -64,10 +72,10 @@ try {
   for (let i = 0; i < Number(opts.times); i++) {
     const started = performance.now();
     const out = await page.evaluate(
-      async ({ source, backend, quant }) => {
+      async ({ source, backend, quant, context }) => {
         const { GuardReasoner } = await import("/www/guardreasoner.js");
         try {
-          const guard = await GuardReasoner.load(source, { backend, quant, context: 64 });
+          const guard = await GuardReasoner.load(source, { backend, quant, context });
           const ids = await guard.tokenize("Hello");
           const res = await guard.generate(ids, { maxNewTokens: 1 });
           guard.terminate();
@@ -76,10 +84,10 @@ try {
           return { ok: false, error: e.message };
         }
       },
-      { source, backend: opts.backend, quant: opts.quant },
+      { source, backend: opts.backend, quant: opts.quant, context: contexts[i % contexts.length] },
     );
     const seconds = (performance.now() - started) / 1000;
-    loads.push({ ...out, seconds });
+    loads.push({ ...out, seconds, context: contexts[i % contexts.length] });
     if (!opts.json) console.error(`load ${i + 1}: ${out.ok ? `ok on ${out.backend}` : `FAILED: ${out.error}`} in ${seconds.toFixed(1)} s`);
   }
 } finally {
@@ -100,6 +108,7 @@ const report = {
   mean_s: ok.length ? ok.reduce((s, l) => s + l.seconds, 0) / ok.length : null,
   peak_browser_rss_bytes: peak,
   errors: loads.filter((l) => !l.ok).map((l) => l.error),
+  outcomes: loads.map((l) => ({ context: l.context, ok: l.ok, error: l.error ?? null })),
 };
 console.log(JSON.stringify(report));
 process.exit(ok.length === loads.length ? 0 : 1);

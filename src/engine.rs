@@ -60,11 +60,15 @@ impl<B: Backend> Engine<B> {
     }
 
     /// KV cache bytes for `slots` sequences of `max_seq` positions and a shared prefix of
-    /// `prefix` (f32 K and V of every layer), for budgeting before anything is allocated.
+    /// `prefix` (f32 K and V of every layer), for budgeting before anything is allocated. In
+    /// u64, saturating: on wasm32 a usize product would wrap (131072 positions of the 1B model
+    /// are 8.6 GB) and pass a budget it fails.
     pub fn cache_bytes(config: &LlamaConfig, max_seq: usize, slots: usize, prefix: usize) -> u64 {
-        let max_seq = max_seq.min(config.max_position_embeddings).max(1);
-        let positions = slots.max(1) * max_seq + max_seq.min(prefix);
-        (positions * config.num_layers * 2 * config.num_kv_heads * config.head_dim * 4) as u64
+        let max_seq = max_seq.min(config.max_position_embeddings).max(1) as u64;
+        let positions = (slots.max(1) as u64).saturating_mul(max_seq).saturating_add(max_seq.min(prefix as u64));
+        [config.num_layers, 2, config.num_kv_heads, config.head_dim, 4]
+            .iter()
+            .fold(positions, |bytes, &n| bytes.saturating_mul(n as u64))
     }
 
     /// The context of one sequence.

@@ -47,6 +47,22 @@ impl From<candle_core::Error> for Error {
     }
 }
 
+/// `len` default values, or an error naming `what` and its size when the memory cannot be had
+/// (`try_reserve`): a wasm heap at its 4 GiB, or a machine out of memory, is an error the user
+/// can act on, not an abort of the worker or the process.
+pub fn try_zeroed<T: Clone + Default>(len: usize, what: impl FnOnce() -> String) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    if v.try_reserve_exact(len).is_err() {
+        let mib = (len as u128 * std::mem::size_of::<T>() as u128) >> 20;
+        return Err(Error::Other(format!(
+            "out of memory: {} needs {mib} MiB more than can be had; use a smaller model or quantization, or a smaller context or batch",
+            what()
+        )));
+    }
+    v.resize(len, T::default());
+    Ok(v)
+}
+
 /// A candle error's message without the backtrace candle appends when `RUST_BACKTRACE` is set:
 /// a user sees what went wrong, not the library's stack.
 pub fn candle_message(e: &candle_core::Error) -> String {

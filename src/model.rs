@@ -248,7 +248,7 @@ fn unpermute_gguf_rows(t: &mut HostTensor, heads: usize) -> Result<()> {
     let row_bytes = t.bytes.len() / rows;
     let head_dim = rows / heads;
     let half = head_dim / 2;
-    let mut out = vec![0u8; t.bytes.len()];
+    let mut out = crate::error::try_zeroed(t.bytes.len(), || format!("tensor {}", t.name))?;
     for h in 0..heads {
         for j in 0..2 {
             for i in 0..half {

@@ -374,7 +374,8 @@ fn check_cache_budget(
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     match limit {
         Some(limit) if cache > limit => Err(Error::Other(format!(
-            "a KV cache for {batch} conversations of {context} tokens needs {:.2} GiB, more than the {:.2} GiB of memory left beside the weights; lower the batch or the context (--batch, --context)",
+            "a KV cache of {context} tokens for {batch} conversation{} needs {:.2} GiB, more than the {:.2} GiB of memory left beside the weights; lower the context or the batch (--context, --batch; the context and batch load options in JS)",
+            if batch == 1 { "" } else { "s" },
             gib(cache),
             gib(limit)
         ))),

@@ -188,3 +188,24 @@ fn missing_model_path() {
     let msg = err_text(guardreasoner::loader::open_path(std::path::Path::new("/nonexistent/model.gguf")));
     assert!(msg.contains("does not exist"), "{msg}");
 }
+
+/// A file that claims more than memory can hold (a 1 EiB tensor behind a source that says it has
+/// the bytes) is an out-of-memory error from `try_reserve`, not an abort of the process.
+#[test]
+fn an_allocation_that_cannot_be_had_is_an_error() {
+    use guardreasoner::format::ByteSource;
+    struct Huge;
+    impl ByteSource for Huge {
+        fn len(&self) -> u64 {
+            1 << 61
+        }
+        fn read_at(&mut self, _: u64, _: &mut [u8]) -> guardreasoner::Result<()> {
+            Ok(())
+        }
+        fn name(&self) -> &str {
+            "huge.gguf"
+        }
+    }
+    let msg = err_text(Huge.read_vec(0, 1 << 60));
+    assert!(msg.contains("out of memory") && msg.contains("huge.gguf"), "{msg}");
+}

@@ -7,7 +7,7 @@ use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::format::{HostTensor, StorageType};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{D, DType, Device, Module, Tensor};
+use candle_core::{D, Device, Module, Tensor};
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -155,7 +155,14 @@ impl Backend for CpuBackend {
     fn new_cache(&self, cfg: &LlamaConfig, max_seq: usize) -> Result<CpuCache> {
         let layers = (0..cfg.num_layers)
             .map(|_| {
-                let z = || Tensor::zeros((cfg.num_kv_heads, max_seq, cfg.head_dim), DType::F32, &self.device);
+                let z = || {
+                    let len = cfg.num_kv_heads.checked_mul(max_seq).and_then(|n| n.checked_mul(cfg.head_dim));
+                    let len =
+                        len.ok_or_else(|| Error::Other(format!("a KV cache of {max_seq} positions is too large")))?;
+                    let zeros =
+                        crate::error::try_zeroed::<f32>(len, || format!("the KV cache of {max_seq} positions"))?;
+                    Ok::<_, Error>(Tensor::from_vec(zeros, (cfg.num_kv_heads, max_seq, cfg.head_dim), &self.device)?)
+                };
                 Ok((z()?, z()?))
             })
             .collect::<Result<Vec<_>>>()?;

@@ -35,7 +35,7 @@ pub trait ByteSource {
         })?;
         let size = usize::try_from(end - offset)
             .map_err(|_| Error::format(self.name(), "tensor too large for this platform"))?;
-        let mut buf = vec![0u8; size];
+        let mut buf = crate::error::try_zeroed(size, || format!("reading {size} bytes of {}", self.name()))?;
         self.read_at(offset, &mut buf)?;
         Ok(buf)
     }

@@ -23,8 +23,8 @@ before(() => {
 });
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-function loadBench(model, backend, times) {
-  const out = execFileSync(process.execPath, [path.join(repo, "scripts/load-bench.mjs"), "--model", model, "--backend", backend, "--times", String(times), "--json"], {
+function loadBench(model, backend, times, extra = []) {
+  const out = execFileSync(process.execPath, [path.join(repo, "scripts/load-bench.mjs"), "--model", model, "--backend", backend, "--times", String(times), "--json", ...extra], {
     env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || "/tmp" },
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -51,3 +51,19 @@ for (const [name, backend, times] of [
     assert.equal(report.succeeded, times);
   });
 }
+
+// A context the wasm heap cannot hold (the model's whole 131072 positions: 8 GiB of KV cache
+// beside 0.7 GB of weights in 4 GiB) is refused before the weights load, with the option to
+// change, and the same page then loads the model with a context that fits.
+test("a KV cache the wasm heap cannot hold is a clear error and the page stays usable", () => {
+  let report;
+  try {
+    report = loadBench(MODELS.q4, "cpu", 2, ["--context", "131072,64"]);
+  } catch (e) {
+    report = JSON.parse(String(e.stdout).trim().split("\n").at(-1));
+  }
+  const [refused, fine] = report.outcomes;
+  assert.equal(refused.ok, false, "131072 positions must not load");
+  assert.match(refused.error, /KV cache of 131072 tokens for 1 conversation needs 8\.\d\d GiB, more than the [\d.]+ GiB of memory left beside the weights; lower the context or the batch/);
+  assert.deepEqual(fine, { context: 64, ok: true, error: null });
+});
