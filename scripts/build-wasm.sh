@@ -8,8 +8,9 @@
 # Installs what is missing: the wasm32 target, the pinned nightly with rust-src,
 # wasm-bindgen-cli 0.2.130, npm packages.
 # Usage: scripts/build-wasm.sh [--dev] [--single] [--if-stale]   (--dev skips wasm-opt;
-# --single skips the threaded builds; --if-stale does nothing when every package is newer than
-# the Rust sources and this script, as scripts/demo.sh and evaluator/evaluate.sh ask)
+# --single skips the threaded builds; --if-stale does nothing when every package is a finished
+# release build newer than the Rust sources and this script, as scripts/demo.sh and
+# evaluator/evaluate.sh ask)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NIGHTLY=nightly-2026-05-20
@@ -28,8 +29,8 @@ if [ "$if_stale" = 1 ]; then
   packages=(pkg); [ "$single" = 1 ] || packages+=(pkg-threads pkg-threads-relaxed)
   fresh=1
   for p in "${packages[@]}"; do
-    wasm="$p/guardreasoner_bg.wasm"
-    if [ ! -f "$wasm" ] || [ -n "$(find src Cargo.toml Cargo.lock scripts/build-wasm.sh -newer "$wasm" -print -quit)" ]; then
+    stamp="$p/.build-stamp"
+    if [ "$(cat "$stamp" 2>/dev/null)" != release ] || [ -n "$(find src Cargo.toml Cargo.lock .cargo scripts/build-wasm.sh -newer "$stamp" -print -quit 2>/dev/null)" ]; then
       fresh=0
     fi
   done
@@ -53,6 +54,8 @@ optimize() { # pkg dir, extra wasm-opt features
     mv "$1/guardreasoner_bg.opt.wasm" "$1/guardreasoner_bg.wasm"
   fi
   echo "$1/guardreasoner_bg.wasm: $(du -h "$1/guardreasoner_bg.wasm" | cut -f1)"
+  # Written last: a package without it (an interrupted build) or with "dev" is rebuilt by --if-stale.
+  if [ "$dev" = 0 ]; then echo release >"$1/.build-stamp"; else echo dev >"$1/.build-stamp"; fi
 }
 
 cargo build --release --target wasm32-unknown-unknown --lib --no-default-features

@@ -41,7 +41,10 @@ function chosenModelOrigins(req) {
     try {
       const model = new URL(url ?? "", "http://localhost").searchParams.get("model");
       const chosen = model && new URL(model);
-      if (chosen && /^https?:$/.test(chosen.protocol)) origins.add(chosen.origin);
+      // Only a plain host name or address: `*` or other source-expression syntax in a crafted
+      // address must not widen the policy.
+      const plainHost = chosen && (/^[a-z0-9.-]+$/i.test(chosen.hostname) || /^\[[0-9a-f:.]+\]$/i.test(chosen.hostname));
+      if (chosen && /^https?:$/.test(chosen.protocol) && plainHost) origins.add(chosen.origin);
     } catch {
       // not a URL: a Hub id or nothing, allowed already
     }

@@ -47,20 +47,30 @@ impl From<candle_core::Error> for Error {
     }
 }
 
-/// `len` default values, or an error naming `what` and its size when the memory cannot be had
-/// (`try_reserve`): a wasm heap at its 4 GiB, or a machine out of memory, is an error the user
-/// can act on, not an abort of the worker or the process.
-pub fn try_zeroed<T: Clone + Default>(len: usize, what: impl FnOnce() -> String) -> Result<Vec<T>> {
-    let mut v = Vec::new();
-    if v.try_reserve_exact(len).is_err() {
-        let mib = (len as u128 * std::mem::size_of::<T>() as u128) >> 20;
-        return Err(Error::Other(format!(
-            "out of memory: {} needs {mib} MiB more than can be had; use a smaller model or quantization, or a smaller context or batch",
-            what()
-        )));
+/// `len` zeroed values, or an error naming `what` and its size when the memory cannot be had: a
+/// wasm heap at its 4 GiB, or a machine out of memory, is an error the user can act on, not an
+/// abort of the worker or the process. Zeroed by the allocator (calloc), so pages nobody writes
+/// are never touched: a large KV cache costs memory only as it fills.
+pub fn try_zeroed<T: bytemuck::Zeroable>(len: usize, what: impl FnOnce() -> String) -> Result<Vec<T>> {
+    let size = std::mem::size_of::<T>();
+    let refused = |what: String| {
+        let mib = (len as u128 * size as u128) >> 20;
+        Error::Other(format!(
+            "out of memory: {what} needs {mib} MiB more than can be had; use a smaller model or quantization, or a smaller context or batch"
+        ))
+    };
+    if len == 0 || size == 0 {
+        return Ok(std::iter::repeat_with(T::zeroed).take(len).collect());
     }
-    v.resize(len, T::default());
-    Ok(v)
+    let Ok(layout) = std::alloc::Layout::array::<T>(len) else { return Err(refused(what())) };
+    // SAFETY: the layout's size is non-zero (len > 0 and T is not zero-sized).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<T>();
+    if ptr.is_null() {
+        return Err(refused(what()));
+    }
+    // SAFETY: `ptr` comes from the global allocator with the layout of `len` values of T, which
+    // is what a Vec of capacity `len` frees; every byte is zero, a valid T (`Zeroable`).
+    Ok(unsafe { Vec::from_raw_parts(ptr, len, len) })
 }
 
 /// A candle error's message without the backtrace candle appends when `RUST_BACKTRACE` is set:

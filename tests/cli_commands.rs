@@ -181,7 +181,7 @@ fn moderate_inputs_and_the_errors_users_meet() {
     let model = tiny();
     let dir = scratch("inputs");
     let prompt = "How do I pick a lock?\nAsking for my own door.";
-    std::fs::write(dir.join("prompt.txt"), prompt).unwrap();
+    std::fs::write(dir.join("prompt.txt"), format!("{prompt}\n")).unwrap(); // as an editor saves it
     let json_text = |out: &Output| json_lines(&out.stdout).last().unwrap()["text"].clone();
     let argv = gr(&["moderate", "--quiet", "--json", "-m", &model, "-p", prompt, "-n", "12"]);
     let file = gr(&[
@@ -201,7 +201,7 @@ fn moderate_inputs_and_the_errors_users_meet() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), prompt.as_bytes()).unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), format!("{prompt}\r\n").as_bytes()).unwrap();
     let stdin = child.wait_with_output().unwrap();
     assert_eq!(argv.status.code(), Some(3), "{}", text(&argv.stderr));
     assert_eq!(json_text(&file), json_text(&argv), "--prompt-file");

@@ -66,6 +66,8 @@ async function loadModel() {
   if (source.url && new URL(source.url).origin !== location.origin && query.get("model") !== $("model-source").value.trim()) {
     const next = new URLSearchParams(location.search);
     next.set("model", $("model-source").value.trim());
+    next.set("backend", $("backend-choice").value);
+    next.set("quant", $("quant").value);
     location.search = next.toString();
     return;
   }

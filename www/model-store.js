@@ -54,11 +54,18 @@ async function writeMeta(dir, key, meta) {
   }
 }
 
-function openSync(fileHandle, name) {
-  return fileHandle.createSyncAccessHandle().catch((e) => {
-    if (e.name === "NoModificationAllowedError") throw new StorageError(`${name} is in use by another tab or worker; close it and try again`);
-    throw e;
-  });
+/** A sync access handle, waiting up to about 2 s for one a just-ended worker still holds (a
+ * cancelled load releases its handles when the browser ends that worker, a moment later). */
+async function openSync(fileHandle, name) {
+  for (let wait = 50; ; wait *= 2) {
+    try {
+      return await fileHandle.createSyncAccessHandle();
+    } catch (e) {
+      if (e.name !== "NoModificationAllowedError") throw e;
+      if (wait > 1000) throw new StorageError(`${name} is in use by another tab or worker; close it and try again`);
+      await new Promise((resolve) => setTimeout(resolve, wait));
+    }
+  }
 }
 
 async function forget(dir, key) {

@@ -50,6 +50,12 @@ fn text_arg(name: &str, inline: Option<String>, file: Option<&Path>) -> Result<O
         }
         (None, None) => return Ok(None),
     };
+    // A file or a pipe ends its last line with a newline that `-p "$(cat FILE)"` would drop: the
+    // same text gives the same prompt either way.
+    let text = match (file.is_some(), text.strip_suffix('\n')) {
+        (true, Some(body)) => body.strip_suffix('\r').unwrap_or(body).to_string(),
+        _ => text,
+    };
     if text.trim().is_empty() {
         bail!("the {name} is empty (give the text with --{name} or --{name}-file)");
     }

@@ -174,6 +174,12 @@ test("the Content-Security-Policy refuses injected scripts and hosts the user di
     assert.deepEqual(inline, { directive: "script-src-elem", ran: false }, "an inline script is refused");
     const elsewhere = await page.evaluate((url) => fetch(url).then(() => "fetched", (e) => e.name), `${other.url}/www/protocol.js`);
     assert.equal(elsewhere, "TypeError");
+    // The worker, which does the downloads, is held to the same policy.
+    const viaWorker = await page.evaluate(async (url) => {
+      const { GuardReasoner } = await import("/www/guardreasoner.js");
+      return GuardReasoner.load({ url }, { backend: "cpu" }).then(() => "loaded", (e) => e.message);
+    }, `${other.url}/.cache/bad-models/not-a-model.gguf`);
+    assert.notEqual(viaWorker, "loaded");
     assert.deepEqual(other.requests, [], "no request reached a host the user did not choose");
     await page.close();
 
@@ -185,4 +191,17 @@ test("the Content-Security-Policy refuses injected scripts and hosts the user di
   } finally {
     await other.stop();
   }
+});
+
+test("a crafted ?model= cannot widen the policy: only a plain host's origin is added", async () => {
+  const { contentSecurityPolicy } = await import("../../scripts/serve.mjs");
+  const connect = (model) => contentSecurityPolicy({ url: `/www/?model=${encodeURIComponent(model)}`, headers: {} }).split("; ").find((d) => d.startsWith("connect-src"));
+  const base = connect("yueliu1999/GuardReasoner-1B");
+  for (const crafted of ["http://*", "https://*.com", "https://evil.example;script-src *", "javascript:alert(1)", "data:text/html,x"]) {
+    assert.equal(connect(crafted), base, crafted);
+  }
+  assert.equal(connect("http://127.0.0.1:9000/m.gguf"), `${base} http://127.0.0.1:9000`);
+  // A worker's request carries the page's address as its Referer.
+  const viaReferer = contentSecurityPolicy({ url: "/www/worker.js", headers: { referer: "http://127.0.0.1:8080/www/?model=https%3A%2F%2Fmodels.example%2Fm.gguf" } });
+  assert.match(viaReferer, /connect-src [^;]* https:\/\/models\.example(;|$)/);
 });
