@@ -209,3 +209,15 @@ fn an_allocation_that_cannot_be_had_is_an_error() {
     let msg = err_text(Huge.read_vec(0, 1 << 60));
     assert!(msg.contains("out of memory") && msg.contains("huge.gguf"), "{msg}");
 }
+
+/// Inputs the fuzzers found (scripts/fuzz.sh), kept as they were found: each must be a clean
+/// error. `gguf-shape-overflow.gguf`: a tensor whose dimensions multiply past u64 (a panic in
+/// the element count before).
+#[test]
+fn fuzzer_findings_are_clean_errors() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz");
+    let bytes = std::fs::read(dir.join("gguf-shape-overflow.gguf")).unwrap();
+    let source = guardreasoner::format::MemorySource::new("gguf-shape-overflow.gguf", bytes);
+    let msg = err_text(guardreasoner::loader::open_gguf(Box::new(source)));
+    assert!(msg.contains("more elements than can exist"), "{msg}");
+}

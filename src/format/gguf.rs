@@ -44,7 +44,9 @@ impl GgufFile {
                 other => StorageType::Ggml(other),
             };
             let shape = info.shape.dims().to_vec();
-            let elements: u64 = shape.iter().map(|&d| d as u64).product();
+            let elements = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64)).ok_or_else(|| {
+                Error::format(&file, format!("tensor {name}: shape {shape:?} has more elements than can exist"))
+            })?;
             let byte_len = storage.byte_len(elements).ok_or_else(|| {
                 Error::format(
                     &file,

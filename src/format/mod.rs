@@ -160,7 +160,8 @@ pub struct TensorEntry {
 
 impl TensorEntry {
     pub fn elements(&self) -> u64 {
-        self.shape.iter().map(|&d| d as u64).product()
+        // Saturating: a corrupt header's shape must fail the size checks, not overflow.
+        self.shape.iter().fold(1u64, |n, &d| n.saturating_mul(d as u64))
     }
 }
 
