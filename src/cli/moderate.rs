@@ -33,8 +33,7 @@ pub struct ModerateArgs {
     pub max_new_tokens: usize,
 }
 
-/// The text of `--NAME` or `--NAME-file` (`-` reads standard input, once), refused when empty:
-/// an empty request would be classified as if it were one.
+/// The text of `--NAME` or `--NAME-file` (`-` reads standard input, once).
 fn text_arg(name: &str, inline: Option<String>, file: Option<&Path>) -> Result<Option<String>> {
     let text = match (inline, file) {
         (Some(text), _) => text,
@@ -56,9 +55,6 @@ fn text_arg(name: &str, inline: Option<String>, file: Option<&Path>) -> Result<O
         (true, Some(body)) => body.strip_suffix('\r').unwrap_or(body).to_string(),
         _ => text,
     };
-    if text.trim().is_empty() {
-        bail!("the {name} is empty (give the text with --{name} or --{name}-file)");
-    }
     Ok(Some(text))
 }
 
@@ -68,6 +64,8 @@ pub fn run(args: ModerateArgs) -> Result<u8> {
     }
     let prompt = text_arg("prompt", args.prompt.clone(), args.prompt_file.as_deref())?.unwrap_or_default();
     let response = text_arg("response", args.response.clone(), args.response_file.as_deref())?;
+    // The core's rule for an empty text, checked before the model loads.
+    guardreasoner::guard::checked_guard_prompt(&prompt, response.as_deref()).map_err(|e| anyhow!(e))?;
     let mut session = args.model.load()?;
     super::interrupted(); // Ctrl-C from here on stops the run after the current token
     let mut out = std::io::stdout().lock();
