@@ -26,11 +26,19 @@ pub enum Error {
     /// A failure inside a compute backend (shape mismatch, allocation).
     #[error("backend: {0}")]
     Backend(String),
+    /// The GPU device is gone (a driver reset, the browser reclaiming it, `device.destroy()`):
+    /// nothing on it can run again. The JS API and the evaluator recognise the message's start
+    /// (`GPU_LOST_PREFIX`).
+    #[error("the GPU device was lost ({0}); load the model again, or use the CPU backend")]
+    GpuLost(String),
     #[error("{0}")]
     Other(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How every `Error::GpuLost` message starts.
+pub const GPU_LOST_PREFIX: &str = "the GPU device was lost";
 
 impl Error {
     pub fn format(file: impl fmt::Display, message: impl fmt::Display) -> Self {

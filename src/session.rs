@@ -595,6 +595,16 @@ impl Session {
         on_engine!(&self.engine, e => e.slots())
     }
 
+    /// A function that destroys the GPU device as a driver reset would
+    /// (`GpuBackend::device_destroyer`), for tests of what follows a lost GPU; every later run
+    /// fails with `Error::GpuLost`. None on the CPU.
+    pub fn gpu_device_destroyer(&self) -> Option<Box<dyn Fn()>> {
+        match &self.engine {
+            AnyEngine::Gpu(e) => Some(Box::new(e.backend.device_destroyer())),
+            AnyEngine::Cpu(_) => None,
+        }
+    }
+
     /// Bytes of device buffers (GPU), where there is a device.
     pub fn device_bytes(&self) -> Option<u64> {
         on_engine!(&self.engine, e => e.backend.device_bytes())

@@ -92,6 +92,8 @@ fn js_message(e: &JsValue) -> String {
 #[wasm_bindgen(js_name = Session)]
 pub struct WasmSession {
     session: Rc<RefCell<Session>>,
+    /// Destroys the GPU device (a test hook: `lose_gpu_device`); None on the CPU.
+    destroy_gpu: Option<Box<dyn Fn()>>,
 }
 
 fn open_files(files: &JsValue) -> Result<OpenedModel> {
@@ -145,7 +147,8 @@ pub async fn load_model(
     };
     let batch = batch.unwrap_or(1).max(1) as usize;
     let session = Session::load_batched(model, choice, context as usize, batch, &mut progress).await.map_err(js_err)?;
-    Ok(WasmSession { session: Rc::new(RefCell::new(session)) })
+    let destroy_gpu = session.gpu_device_destroyer();
+    Ok(WasmSession { session: Rc::new(RefCell::new(session)), destroy_gpu })
 }
 
 fn cancel_poll(is_cancelled: &Function) -> impl Fn() -> bool + '_ {
@@ -163,6 +166,12 @@ fn to_js_value(value: &impl serde::Serialize) -> std::result::Result<JsValue, Js
 
 #[wasm_bindgen(js_class = Session)]
 impl WasmSession {
+    /// Destroys the GPU device now, even mid-run, as a driver reset would: a test hook for what
+    /// follows a lost GPU (runs fail with "the GPU device was lost ..."). False on the CPU.
+    pub fn lose_gpu_device(&self) -> bool {
+        self.destroy_gpu.as_ref().map(|destroy| destroy()).is_some()
+    }
+
     /// Conversations decoded together (`classify_many`).
     pub fn batch(&self) -> u32 {
         self.session.try_borrow().map(|s| s.batch() as u32).unwrap_or(1)
@@ -490,6 +499,13 @@ pub fn resume_point(file: &str, existing: &[u8], planned: JsValue) -> std::resul
 #[wasm_bindgen]
 pub fn prediction_line(prompt: &str, label: Option<String>, predict: &str) -> String {
     crate::guard::prediction_line(prompt, label.as_deref(), predict)
+}
+
+/// The line of an item the evaluator gave up on: `predict` empty and `failed` saying why (never
+/// scored; a rerun resumes after it).
+#[wasm_bindgen]
+pub fn failed_prediction_line(prompt: &str, label: Option<String>, reason: &str) -> String {
+    crate::guard::failed_line(prompt, label.as_deref(), reason)
 }
 
 /// Scores predictions with the paper's rules. `predictions`: `[{dataset, source, text}]` (the

@@ -406,3 +406,31 @@ fn gpu_debug_mode_keeps_each_op_output_by_name() {
     // The file holds bf16: within its rounding.
     assert_close(&trace[0].1, &rows, 0.0, 1.0 / 128.0, "the embedding's output");
 }
+
+/// A device lost mid-run (a driver reset; here `device.destroy()`) ends the run with the
+/// device-lost error, not a panic or a hang, and so does every later run.
+#[test]
+fn gpu_device_lost_mid_run_is_an_error() {
+    let tensors = micro_tensors(SEED);
+    let mut g =
+        engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), gpu(GpuQuant::F32, None));
+    let destroy = g.backend.device_destroyer();
+    let ids = prompt(5, 3);
+    let opts = GenerateOptions { max_new_tokens: 20, stop_ids: vec![], keep_first_logits: false };
+    let seen = std::cell::Cell::new(0);
+    let result = pollster::block_on(generate(&mut g, &ids, &opts, &|| false, &mut |p| {
+        if let Progress::Token(_) = p {
+            seen.set(seen.get() + 1);
+            if seen.get() == 3 {
+                destroy();
+            }
+        }
+        Ok(())
+    }));
+    let err = result.err().expect("the run fails once the device is gone");
+    assert!(matches!(err, guardreasoner::error::Error::GpuLost(_)), "{err}");
+    assert!(err.to_string().starts_with(guardreasoner::error::GPU_LOST_PREFIX), "{err}");
+    assert!(seen.get() < 20, "the run stopped at the loss ({} tokens)", seen.get());
+    let again = run_seen(&mut g, &ids, &opts, None).0.err().expect("a later run fails too");
+    assert!(matches!(again, guardreasoner::error::Error::GpuLost(_)), "{again}");
+}

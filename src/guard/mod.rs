@@ -16,8 +16,8 @@ pub mod task;
 pub use datasets::{DATASETS, DatasetSpec, GroundTruthSource, TASK_DATASETS, benchmark_label_field, dataset_spec};
 pub use parser::{GuardEvent, GuardResult, ReasoningParser, TaskReasoning};
 pub use predictions::{
-    BenchmarkItem, PREDICTIONS_FILE, PredictionRecord, ScoreError, parse_benchmark_json, parse_predictions_jsonl,
-    prediction_line,
+    BenchmarkItem, FAILED_FIELD, PREDICTIONS_FILE, PredictionRecord, ScoreError, failed_line, parse_benchmark_json,
+    parse_predictions_jsonl, prediction_line,
 };
 pub use prompt::{INSTRUCTION, NO_RESPONSE, checked_guard_prompt, guard_prompt, shared_prefix};
 pub use record::{DatasetTotals, EngineInfo, MANIFEST_FILE, RunManifest, RunSummary, SUMMARY_FILE};

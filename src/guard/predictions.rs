@@ -17,6 +17,10 @@ pub struct PredictionRecord {
     /// None when the label is JSON null.
     pub label: Option<String>,
     pub predict: String,
+    /// Why the item has no prediction (the evaluator gave up on it: timeouts, crashes, errors),
+    /// or None for a prediction. A failed item keeps its place in the file (so lines stay in
+    /// benchmark order and a rerun resumes after it) and is never scored.
+    pub failed: Option<String>,
 }
 
 /// Why scoring could not proceed. File-level problems name the file and the 1-based line or item.
@@ -79,22 +83,43 @@ pub fn parse_predictions_jsonl(file: &str, text: &str) -> Result<Vec<PredictionR
             None => None,
             Some(_) => string_field("prompt", false)?,
         };
-        records.push(PredictionRecord { line, prompt, label, predict });
+        let failed = match object.get(FAILED_FIELD) {
+            None => None,
+            Some(_) => string_field(FAILED_FIELD, true)?,
+        };
+        records.push(PredictionRecord { line, prompt, label, predict, failed });
     }
     Ok(records)
 }
 
+/// The field that marks a line as a failed item (`failed_line`); the paper's files never have it.
+pub const FAILED_FIELD: &str = "failed";
+
+#[derive(Serialize)]
+struct Line<'a> {
+    prompt: &'a str,
+    label: Option<&'a str>,
+    predict: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failed: Option<&'a str>,
+}
+
+fn line_text(line: &Line) -> String {
+    let mut text = serde_json::to_string(line).expect("strings always serialize");
+    text.push('\n');
+    text
+}
+
 /// One line of a predictions file, newline included, keys in the paper's order.
 pub fn prediction_line(prompt: &str, label: Option<&str>, predict: &str) -> String {
-    #[derive(Serialize)]
-    struct Line<'a> {
-        prompt: &'a str,
-        label: Option<&'a str>,
-        predict: &'a str,
-    }
-    let mut line = serde_json::to_string(&Line { prompt, label, predict }).expect("strings always serialize");
-    line.push('\n');
-    line
+    line_text(&Line { prompt, label, predict, failed: None })
+}
+
+/// The line of an item the evaluator gave up on: the paper's keys with an empty `predict`, and
+/// `failed` saying why. Our scorer leaves it out and counts it; the paper's Python scorer would
+/// count the empty prediction as unreadable.
+pub fn failed_line(prompt: &str, label: Option<&str>, reason: &str) -> String {
+    line_text(&Line { prompt, label, predict: "", failed: Some(reason) })
 }
 
 /// One item of a benchmark file: its JSON object, fields read on demand (files differ: WildGuardTest
@@ -143,6 +168,21 @@ pub fn parse_benchmark_json(file: &str, text: &str) -> Result<Vec<BenchmarkItem>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_lines_keep_their_place_and_say_why() {
+        let text = prediction_line("p1", Some("harmful"), "x") + &failed_line("p2", None, "timed out after 5 s");
+        assert_eq!(
+            text.lines().nth(1),
+            Some(r#"{"prompt":"p2","label":null,"predict":"","failed":"timed out after 5 s"}"#)
+        );
+        let records = parse_predictions_jsonl("p.jsonl", &text).unwrap();
+        assert_eq!(records[0].failed, None);
+        assert_eq!(records[1].failed.as_deref(), Some("timed out after 5 s"));
+        assert_eq!(records[1].prompt.as_deref(), Some("p2"));
+        let bad = parse_predictions_jsonl("p.jsonl", r#"{"label":null,"predict":"","failed":3}"#).unwrap_err();
+        assert!(bad.to_string().contains("field `failed` must be a string"), "{bad}");
+    }
 
     #[test]
     fn benchmark_file_errors_are_reported() {

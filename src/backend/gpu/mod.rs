@@ -506,6 +506,8 @@ pub struct GpuBackend {
     readback: RefCell<Option<(wgpu::Buffer, u64)>>,
     /// Errors wgpu reports out of band (validation, out of memory, device lost).
     errors: Arc<Mutex<Vec<String>>>,
+    /// Why the device was lost, once it is: every later operation fails with `Error::GpuLost`.
+    lost: Arc<Mutex<Option<String>>>,
     /// Work counted since creation (`Backend::counters`).
     counters: std::cell::Cell<Counters>,
     /// Debug mode's outputs, by op name, in order.
@@ -548,11 +550,13 @@ impl GpuBackend {
                 }
             }));
         }
+        let lost = Arc::new(Mutex::new(None));
         {
-            let errors = errors.clone();
+            let lost = lost.clone();
             device.set_device_lost_callback(move |reason, message| {
-                if let Ok(mut v) = errors.lock() {
-                    v.push(format!("GPU device lost ({reason:?}): {message}"));
+                if let Ok(mut l) = lost.lock() {
+                    let reason = format!("{reason:?}").to_lowercase();
+                    *l = Some(if message.is_empty() { reason } else { format!("{reason}: {message}") });
                 }
             });
         }
@@ -633,6 +637,7 @@ impl GpuBackend {
             tokens_issued: std::cell::Cell::new(0),
             readback: RefCell::new(None),
             errors,
+            lost,
         };
         if subgroups {
             gpu.subgroup_size = gpu.probe_subgroups().await?;
@@ -896,7 +901,33 @@ impl GpuBackend {
         Ok(())
     }
 
+    /// The device-lost error once the device is lost, else `otherwise` (a failed readback of a
+    /// lost device is reported as the loss, whichever the browser told first).
+    fn lost_or(&self, otherwise: Error) -> Error {
+        match self.lost.lock().ok().and_then(|l| l.clone()) {
+            Some(why) => Error::GpuLost(why),
+            None => otherwise,
+        }
+    }
+
+    /// A function that destroys the device, as a driver reset would: for tests of what follows
+    /// a lost GPU (the JS API's and the evaluator's recovery), callable while a run holds the
+    /// backend. Every later operation fails with `GpuLost`.
+    pub fn device_destroyer(&self) -> impl Fn() + 'static {
+        let (device, lost) = (self.device.clone(), self.lost.clone());
+        move || {
+            device.destroy();
+            // Natively the lost callback runs at a later poll; make the loss known now.
+            if let Ok(mut l) = lost.lock() {
+                l.get_or_insert_with(|| "destroyed".into());
+            }
+        }
+    }
+
     fn check_errors(&self) -> Result<()> {
+        if let Some(why) = self.lost.lock().ok().and_then(|l| l.clone()) {
+            return Err(Error::GpuLost(why));
+        }
         let mut errors = self.errors.lock().map_err(|_| Error::Backend("GPU error log poisoned".into()))?;
         if errors.is_empty() {
             return Ok(());
@@ -1113,14 +1144,15 @@ impl GpuBackend {
         // browser resolves the map when the work is done.
         let waited = web_time::Instant::now();
         let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
-        let mapped = rx.await.map_err(|_| Error::Backend("GPU readback was dropped (device lost?)".into()))?;
+        let mapped =
+            rx.await.map_err(|_| self.lost_or(Error::Backend("GPU readback was dropped (device lost?)".into())))?;
         let wait_us = waited.elapsed().as_secs_f64() * 1e6;
         self.count(|c| {
             c.blocking_waits += 1;
             c.wait_us += wait_us;
         });
         self.check_errors()?;
-        mapped.map_err(|e| Error::Backend(format!("GPU readback failed: {e}")))?;
+        mapped.map_err(|e| self.lost_or(Error::Backend(format!("GPU readback failed: {e}"))))?;
         let data = staging
             .get_mapped_range(0..bytes)
             .map_err(|e| Error::Backend(format!("GPU readback failed: {e}")))?
@@ -1557,7 +1589,9 @@ impl Backend for GpuBackend {
             Ok(None) => {
                 let waited = web_time::Instant::now();
                 let _ = self.device.poll(wgpu::PollType::Wait { submission_index: index, timeout: None });
-                let r = rx.await.map_err(|_| Error::Backend("GPU readback was dropped (device lost?)".into()))?;
+                let r = rx
+                    .await
+                    .map_err(|_| self.lost_or(Error::Backend("GPU readback was dropped (device lost?)".into())))?;
                 let wait_us = waited.elapsed().as_secs_f64() * 1e6;
                 let newest = submit == self.counters.get().submits;
                 self.count(|c| {
@@ -1566,10 +1600,10 @@ impl Backend for GpuBackend {
                 });
                 r
             }
-            Err(_) => return Err(Error::Backend("GPU readback was dropped (device lost?)".into())),
+            Err(_) => return Err(self.lost_or(Error::Backend("GPU readback was dropped (device lost?)".into()))),
         };
         self.check_errors()?;
-        mapped.map_err(|e| Error::Backend(format!("GPU readback failed: {e}")))?;
+        mapped.map_err(|e| self.lost_or(Error::Backend(format!("GPU readback failed: {e}"))))?;
         let values: Vec<u32> = {
             let view = staging
                 .get_mapped_range(0..(rows * 4) as u64)
