@@ -13,7 +13,7 @@ import { fileURLToPath } from "node:url";
 import cliProgress from "cli-progress";
 import { startServer } from "../scripts/serve.mjs";
 import { launchChromium } from "../scripts/browser.mjs";
-import { BACKENDS, DEFAULTS, QUANTS } from "../www/protocol.js";
+import { BACKENDS, DEFAULTS, GPU_LOST_PREFIX, QUANTS } from "../www/protocol.js";
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const PREDICTIONS_FILE = "generated_predictions.jsonl";
@@ -25,6 +25,20 @@ const PAGE = "/evaluator/page.html";
 const LOCAL_MODEL_PREFIX = "/local-model/";
 // Off a terminal, load progress is logged every tenth only for files bigger than this.
 const LOG_TENTHS_ABOVE_BYTES = 64 * 2 ** 20;
+// Tries of an item before it is written as failed (--max-attempts).
+const DEFAULT_MAX_ATTEMPTS = 3;
+// The automatic --item-timeout: TIMEOUT_FACTOR times the longest answer (--max-new-tokens) at the
+// slowest rate seen so far (wall time from hand-off, queueing and prefill included, per new
+// token), at least MIN_ITEM_TIMEOUT_S; FIRST_ITEM_TIMEOUT_S until an item has finished.
+const TIMEOUT_FACTOR = 10;
+const MIN_ITEM_TIMEOUT_S = 60;
+const FIRST_ITEM_TIMEOUT_S = 3600;
+// A browser that does not close within this is killed.
+const CLOSE_TIMEOUT_MS = 15_000;
+// Test hook: faults to inject, as JSON {"<Dataset>:<0-based benchmark index>": kind}; kind is
+// "hang" (the page's main thread stops), "crash" (the renderer crashes), "lose-gpu" (the GPU
+// device is destroyed), each when the item is first handed to a page, or with "-always" every time.
+const FAULTS_ENV = "GUARDREASONER_EVALUATOR_FAULTS";
 
 const USAGE = `Usage: evaluator/evaluate.sh --benchmark-dir DIR --out DIR [options]
 
@@ -51,6 +65,13 @@ Options:
                         any batch writes the same predictions; each item needs its own KV cache
   --profile DIR         browser profile; its OPFS keeps downloaded models between runs
                         (default .cache/browser-profile in the repository)
+  --item-timeout S      seconds an item may take from when it is handed to the browser, after
+                        which the page counts as hung (default: ${TIMEOUT_FACTOR}x the longest answer at the
+                        slowest rate seen so far, at least ${MIN_ITEM_TIMEOUT_S} s; ${FIRST_ITEM_TIMEOUT_S} s until an item has finished)
+  --max-attempts N      tries per item (default ${DEFAULT_MAX_ATTEMPTS}). A crash, a hung page or a lost GPU
+                        restarts Chromium, and the items it held run again, one at a time; an item
+                        that fails N times is written as a failed line ("failed": why), never scored,
+                        and the run goes on
   -h, --help            this text`;
 
 class UsageError extends Error {}
@@ -78,6 +99,8 @@ function parseOptions(argv) {
         context: { type: "string", default: String(DEFAULTS.context) },
         batch: { type: "string" },
         profile: { type: "string", default: path.join(REPO, ".cache/browser-profile") },
+        "item-timeout": { type: "string" },
+        "max-attempts": { type: "string", default: String(DEFAULT_MAX_ATTEMPTS) },
         help: { type: "boolean", short: "h" },
       },
     }));
@@ -111,7 +134,22 @@ function parseOptions(argv) {
     context: count("context", 1),
     batch: values.batch === undefined ? null : count("batch", 1, 128),
     profile: path.resolve(values.profile),
+    itemTimeout: values["item-timeout"] === undefined ? null : count("item-timeout", 1),
+    maxAttempts: count("max-attempts", 1, 100),
+    faults: testFaults(),
   };
+}
+
+/** The faults the test hook asks for (FAULTS_ENV), by "<Dataset>:<index>". */
+function testFaults() {
+  const text = process.env[FAULTS_ENV];
+  if (!text) return new Map();
+  const kinds = ["hang", "crash", "lose-gpu"];
+  const faults = new Map(Object.entries(JSON.parse(text)));
+  for (const [key, kind] of faults) {
+    if (!kinds.includes(kind.replace(/-always$/, ""))) throw new UsageError(`${FAULTS_ENV}: ${key}: unknown fault ${kind}`);
+  }
+  return faults;
 }
 
 /** The page's model source for --model, and what the server must mount for a local one. */
@@ -132,7 +170,8 @@ function modelSource(model) {
  * model failed to load leaves nothing to protect). */
 function holdsPredictions(out) {
   const size = (f) => fs.statSync(f, { throwIfNoEntry: false })?.size ?? 0;
-  return fs.existsSync(out) && fs.readdirSync(out).some((d) => size(path.join(out, d, PREDICTIONS_FILE)) > 0);
+  // Dataset folders only: OUT also holds run.json and summary.json.
+  return fs.existsSync(out) && fs.readdirSync(out, { withFileTypes: true }).some((d) => d.isDirectory() && size(path.join(out, d.name, PREDICTIONS_FILE)) > 0);
 }
 
 const isTTY = Boolean(process.stderr.isTTY);
@@ -198,13 +237,11 @@ async function main() {
   const model = modelSource(opts.model);
 
   const server = await startServer({ root: REPO, mounts: model.mounts });
-  const browser = await launchChromium({ webgpu: opts.backend !== "cpu", profileDir: opts.profile }).catch((e) => {
-    server.close();
-    const missing = /doesn't exist|ENOENT|no such file/i.test(e.message);
-    throw new Error(missing ? e.message : `${e.message} (is another run using the same --profile ${opts.profile}? give each its own)`);
-  });
+  // What the page reports, routed to whatever is listening now (a restarted page keeps them).
+  const handlers = { progress: () => {}, tokens: () => {} };
+  let tab = null;
   const closeAll = async () => {
-    await browser.close().catch(() => {});
+    if (tab) await closeTab(tab);
     await server.close();
   };
   const onSignal = (signal) => {
@@ -215,25 +252,113 @@ async function main() {
   };
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
+  // A phase run again on a new browser when Chromium or its page is lost during it (a crash, a
+  // kill), up to --max-attempts times.
+  const resilient = async (what, phase) => {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        tab ??= await openTab(opts, server, handlers);
+        return await phase(tab);
+      } catch (e) {
+        if (interrupted || !browserLost(e) || attempt >= opts.maxAttempts) throw e;
+        log(`Chromium was lost ${what} (${cleanMessage(e)}); restarting it`);
+        if (tab) await closeTab(tab);
+        tab = null;
+      }
+    }
+  };
   try {
-    const page = await browser.newPage();
-    const pageErrors = [];
-    page.on("pageerror", (e) => pageErrors.push(e.message));
-    page.on("console", (m) => m.type() === "error" && pageErrors.push(m.text()));
-    await page.goto(`${server.url}${PAGE}`);
-    await page.waitForFunction(() => window.evaluatorReady === true, null, { timeout: 60_000 }).catch(() => {
-      throw new Error(`the evaluator page did not start: ${pageErrors.join("; ") || "no message"}`);
-    });
-
-    const runs = await plan(page, opts);
-    const loaded = await load(page, opts, model);
-    await run(page, opts, runs, loaded.batch ?? 1);
-    const { tables, summary } = await score(page, opts, runs, loaded, started);
+    const { runs, loaded } = await resilient("while starting", async (t) => ({ runs: await plan(t.page, opts), loaded: await load(t.page, opts, model, handlers) }));
+    // A new browser with the same model, after a crash, a hang or a lost GPU.
+    const reopen = async () => {
+      if (tab) await closeTab(tab);
+      tab = null;
+      await resilient("while restarting", async (t) => {
+        const again = await loadModel(t.page, opts, model, handlers, { quiet: true });
+        if (again.modelIdentity?.sha256 !== loaded.identity?.sha256) throw new Error(`the model ${opts.model} changed during the run; run again to resume`);
+      });
+    };
+    const datasets = await run(() => tab, reopen, handlers, opts, runs, loaded.batch ?? 1);
+    const { tables, summary } = await resilient("while scoring", (t) => score(t.page, opts, runs, datasets, loaded, started));
     process.stdout.write(tables);
     fs.writeFileSync(path.join(opts.out, SUMMARY_FILE), JSON.stringify(summary, null, 2) + "\n");
     console.log(JSON.stringify(summary));
   } finally {
     if (!interrupted) await closeAll();
+  }
+}
+
+// What Playwright says when the browser or the page is gone.
+const BROWSER_LOST = /Target crashed|has been closed|Target closed|Browser closed|browser has disconnected|page crashed/i;
+const browserLost = (e) => BROWSER_LOST.test(String(e?.message ?? e));
+
+/** Headless Chromium with the evaluator page open and ready; `tab.gone` says why once the page
+ * or the browser is lost (a crash, a close). */
+async function openTab(opts, server, handlers) {
+  const browser = await launchChromium({ webgpu: opts.backend !== "cpu", profileDir: opts.profile }).catch((e) => {
+    const missing = /doesn't exist|ENOENT|no such file/i.test(e.message);
+    throw new Error(missing ? e.message : `${e.message} (is another run using the same --profile ${opts.profile}? give each its own)`);
+  });
+  const tab = { browser, page: null, gone: null };
+  const lose = (why) => (tab.gone ??= why);
+  browser.on("close", () => lose("Chromium closed"));
+  try {
+    const page = await browser.newPage();
+    tab.page = page;
+    page.on("crash", () => lose("the page crashed"));
+    page.on("close", () => lose("the page closed (did Chromium end?)"));
+    const pageErrors = [];
+    page.on("pageerror", (e) => pageErrors.push(e.message));
+    page.on("console", (m) => m.type() === "error" && pageErrors.push(m.text()));
+    await page.exposeFunction("evaluatorProgress", (p) => handlers.progress(p));
+    await page.exposeFunction("evaluatorTokens", (n) => handlers.tokens(n));
+    await page.goto(`${server.url}${PAGE}`);
+    await page.waitForFunction(() => window.evaluatorReady === true, null, { timeout: 60_000 }).catch((e) => {
+      throw new Error(`the evaluator page did not start: ${pageErrors.join("; ") || cleanMessage(e)}`);
+    });
+  } catch (e) {
+    await closeTab(tab);
+    throw e;
+  }
+  return tab;
+}
+
+/** Closes the browser; one that does not close in time (a hung renderer) is killed. */
+async function closeTab(tab) {
+  tab.gone ??= "closed by the evaluator";
+  let timer;
+  const closed = await Promise.race([
+    tab.browser.close().then(
+      () => true,
+      () => true,
+    ),
+    new Promise((resolve) => (timer = setTimeout(() => resolve(false), CLOSE_TIMEOUT_MS))),
+  ]);
+  clearTimeout(timer);
+  if (!closed) killDescendants(process.pid);
+}
+
+/** SIGKILL to every process below `pid` (Linux /proc): a browser that would not close. */
+function killDescendants(pid) {
+  const children = new Map();
+  for (const entry of fs.readdirSync("/proc", { withFileTypes: true })) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    try {
+      // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+      const stat = fs.readFileSync(`/proc/${entry.name}/stat`, "utf8");
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      children.set(ppid, [...(children.get(ppid) ?? []), Number(entry.name)]);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const below = (p) => (children.get(p) ?? []).flatMap((c) => [c, ...below(c)]);
+  for (const p of below(pid)) {
+    try {
+      process.kill(p, "SIGKILL");
+    } catch {
+      // gone meanwhile
+    }
   }
 }
 
@@ -264,25 +389,32 @@ async function plan(page, opts) {
   return runs;
 }
 
-/** The model loaded in the page's worker, then run.json: it binds OUT to the settings and the
- * model's identity (known once the model is open), so a rerun with others is refused before any
- * item runs. Resolves to what the summary says of the engine. */
-async function load(page, opts, model) {
-  const chromiumVersion = (await page.evaluate(() => navigator.userAgent)).match(/Chrome\/([\d.]+)/)?.[1] ?? "unknown";
-  const adapter = opts.backend === "cpu" ? { available: false, description: "WebGPU off (--backend cpu)" } : await page.evaluate(() => window.evaluator.adapter());
-  log(`browser: Chromium ${chromiumVersion}; WebGPU adapter: ${adapter.description}`);
-  const progress = loadProgress();
-  await page.exposeFunction("evaluatorProgress", (p) => progress.update(p));
+/** The model loaded in the page's worker. Resolves to what the page says of it and the seconds
+ * it took. */
+async function loadModel(page, opts, model, handlers, { quiet = false } = {}) {
+  const progress = quiet ? null : loadProgress();
+  handlers.progress = (p) => progress?.update(p);
   const loadStarted = performance.now();
-  let loaded;
   try {
-    loaded = await page.evaluate(([source, o]) => window.evaluator.load(source, o), [model.source, { backend: opts.backend, quant: opts.quant, context: opts.context, batch: opts.batch ?? undefined }]);
+    const loaded = await page.evaluate(([source, o]) => window.evaluator.load(source, o), [model.source, { backend: opts.backend, quant: opts.quant, context: opts.context, batch: opts.batch ?? undefined }]);
+    return { ...loaded, loadSeconds: (performance.now() - loadStarted) / 1000 };
   } catch (e) {
     throw new Error(`cannot load the model ${opts.model}: ${cleanMessage(e)}`);
   } finally {
-    progress.stop();
+    progress?.stop();
+    handlers.progress = () => {};
   }
-  const loadSeconds = (performance.now() - loadStarted) / 1000;
+}
+
+/** The model loaded, then run.json: it binds OUT to the settings and the model's identity (known
+ * once the model is open), so a rerun with others is refused before any item runs. Resolves to
+ * what the summary says of the engine. */
+async function load(page, opts, model, handlers) {
+  const chromiumVersion = (await page.evaluate(() => navigator.userAgent)).match(/Chrome\/([\d.]+)/)?.[1] ?? "unknown";
+  const adapter = opts.backend === "cpu" ? { available: false, description: "WebGPU off (--backend cpu)" } : await page.evaluate(() => window.evaluator.adapter());
+  log(`browser: Chromium ${chromiumVersion}; WebGPU adapter: ${adapter.description}`);
+  const loaded = await loadModel(page, opts, model, handlers);
+  const loadSeconds = loaded.loadSeconds;
   log(`model: ${opts.model} on ${loaded.backend}${loaded.batch > 1 ? `, ${loaded.batch} items at a time` : ""} (loaded in ${seconds(loadSeconds)})${loaded.fallback ? `; ${loaded.fallback}` : ""}`);
 
   const manifestFile = path.join(opts.out, MANIFEST_FILE);
@@ -300,15 +432,45 @@ async function load(page, opts, model) {
     throw new Error(cleanMessage(e));
   }
   const engine = { engine: "browser", browser: `Chromium ${chromiumVersion}`, adapter: adapter.description, backend: loaded.backend, fallback: loaded.fallback, batch: loaded.batch };
-  return { engine, manifest, loadSeconds, batch: loaded.batch };
+  return { engine, manifest, loadSeconds, batch: loaded.batch, identity: loaded.modelIdentity };
 }
 
-/** Every planned item not yet in its dataset's file, each line written and synced to disk as soon
- * as its item is done. */
-async function run(page, opts, runs, batch) {
-  let itemTokens = () => {};
-  await page.exposeFunction("evaluatorTokens", (n) => itemTokens(n));
+/** The --item-timeout in force: fixed, or from the slowest rate seen so far. */
+function itemTimeout(opts) {
+  let secondsPerToken = null;
+  return {
+    seconds: () => opts.itemTimeout ?? (secondsPerToken === null ? FIRST_ITEM_TIMEOUT_S : Math.max(MIN_ITEM_TIMEOUT_S, TIMEOUT_FACTOR * opts.maxNewTokens * secondsPerToken)),
+    /** An item done `wall` seconds after its hand-off, with `newTokens` new tokens. */
+    observe(wall, newTokens) {
+      secondsPerToken = Math.max(secondsPerToken ?? 0, wall / Math.max(newTokens, 1));
+    },
+  };
+}
+
+/** Whether a failure means the browser must start again (rather than the item being at fault). */
+function needsRestart(tab, message) {
+  return tab.gone !== null || message.startsWith(GPU_LOST_PREFIX) || browserLost(message);
+}
+
+/** The test hook's fault for an item's attempt, if any (FAULTS_ENV). */
+async function injectFault(tab, opts, key, attempt) {
+  const kind = opts.faults.get(key);
+  if (!kind || (attempt > 0 && !kind.endsWith("-always"))) return;
+  const page = tab.page;
+  const fault = kind.replace(/-always$/, "");
+  if (fault === "hang") await page.evaluate(() => void setTimeout(() => { for (;;); }));
+  else if (fault === "crash") await (await tab.browser.newCDPSession(page)).send("Page.crash").catch(() => {});
+  else if (fault === "lose-gpu") await page.evaluate(() => window.evaluator.loseGpu());
+}
+
+/** Every planned item not yet in its dataset's file, each line written and synced to disk in
+ * benchmark order as soon as its item and those before it are done. Resolves to each dataset's
+ * counts for the summary. */
+async function run(currentTab, reopen, handlers, opts, runs, batch) {
   const multi = isTTY ? new cliProgress.MultiBar({ format: "{name} {bar} {value}/{total} items | {tps} tokens/s | eta {eta_formatted}", hideCursor: true, clearOnComplete: false, etaBuffer: 20 }, cliProgress.Presets.shades_classic) : null;
+  const say = (line) => (multi ? multi.log(line + "\n") : log(line));
+  const timeout = itemTimeout(opts);
+  const datasets = [];
   try {
     for (const run of runs) {
       const { spec, plan, resume, out } = run;
@@ -319,74 +481,138 @@ async function run(page, opts, runs, batch) {
         fs.truncateSync(out, resume.keep_bytes);
       }
       if (resume.done > 0) log(`${spec.name}: resuming after ${resume.done} of ${plan.items.length} items already in ${out}`);
-      await page.evaluate(([n, i, t]) => window.evaluator.startDataset(n, i, t), [spec.name, plan.items.length, plan.total]);
       const bar = datasetProgress(multi, spec.name, plan.items.length, resume.done);
       const fd = fs.openSync(out, "a");
       const stats = { tokens: 0, written: 0 };
+      const finishedCounts = [];
       const datasetStarted = performance.now();
+      const itemName = (k) => `${spec.name} item ${todo[k].index + 1} of ${path.basename(run.file)}`;
       try {
         // Up to twice the batch of items in flight, so the worker always has the next one waiting
-        // when a place frees up; lines are written in order as items finish (a finished item
-        // waits for those before it).
-        const finished = new Map();
-        let nextToStart = 0;
+        // when a place frees up. An item that failed once is a suspect: it runs alone.
+        const done = new Map(); // k -> {r} | {failed: why}
+        const failures = new Map(); // k -> reasons, one per failed attempt
+        const retry = new Set(); // suspects waiting to run again
+        const inFlight = new Map(); // k -> its promise (resolves when its outcome is recorded)
         const inFlightMax = Math.max(1, 2 * batch);
-        const runItem = async (k) => {
+        const handOffs = new Map(); // k -> times handed to a page (the test hook's faults fire on the first)
+        let next = 0; // the first item never started
+        let restartFor = null; // why the browser must start again
+        let epoch = 0; // bumped at each restart: outcomes of an older browser are ignored
+        const fail = (k, why) => {
+          const reasons = [...(failures.get(k) ?? []), why];
+          failures.set(k, reasons);
+          if (reasons.length >= opts.maxAttempts) done.set(k, { failed: `${why} (${reasons.length} attempt${reasons.length > 1 ? "s" : ""})` });
+          else retry.add(k);
+        };
+        const runItem = async (k, tab) => {
           const item = todo[k];
-          try {
-            finished.set(k, { r: await page.evaluate(([it, n]) => window.evaluator.classify(it, n), [item, opts.maxNewTokens]) });
-          } catch (e) {
-            finished.set(k, { error: new Error(`${spec.name} item ${item.index + 1} of ${path.basename(run.file)}: ${cleanMessage(e)}`) });
+          const mine = epoch;
+          const handedOff = performance.now();
+          const limit = timeout.seconds();
+          let timer;
+          const timedOut = new Promise((resolve) => (timer = setTimeout(() => resolve({ timeout: true }), limit * 1000)));
+          const classify = tab.page.evaluate(([it, n]) => window.evaluator.classify(it, n), [item, opts.maxNewTokens]).then(
+            (r) => ({ r }),
+            (e) => ({ error: cleanMessage(e) }),
+          );
+          // Not awaited: a fault may leave its own call unanswered (the item's timeout still runs).
+          injectFault(tab, opts, `${spec.name}:${item.index}`, handOffs.get(k) ?? 0).catch(() => {});
+          handOffs.set(k, (handOffs.get(k) ?? 0) + 1);
+          const outcome = await Promise.race([classify, timedOut]);
+          clearTimeout(timer);
+          if (mine !== epoch) return; // this browser is gone; the item was counted at the restart
+          if (outcome.r) {
+            timeout.observe((performance.now() - handedOff) / 1000, outcome.r.newTokens);
+            done.set(k, { r: outcome.r });
+          } else if (outcome.timeout) {
+            fail(k, `no answer within ${limit.toFixed(0)} s (--item-timeout)`);
+            restartFor ??= `${itemName(k)} took longer than ${limit.toFixed(0)} s`;
+          } else if (needsRestart(tab, outcome.error)) {
+            const why = tab.gone ?? outcome.error;
+            fail(k, why);
+            restartFor ??= why;
+          } else {
+            fail(k, outcome.error);
           }
         };
-        const inFlight = new Map();
         const start = () => {
-          while (nextToStart < todo.length && inFlight.size < inFlightMax) {
-            const k = nextToStart++;
-            inFlight.set(k, runItem(k).then(() => inFlight.delete(k)));
+          while (restartFor === null) {
+            const candidate = retry.size > 0 ? Math.min(...retry) : next < todo.length ? next : null;
+            if (candidate === null) return;
+            if ([...inFlight.keys()].some((k) => failures.has(k))) return; // a suspect runs alone
+            if (failures.has(candidate) ? inFlight.size > 0 : inFlight.size >= inFlightMax) return;
+            if (retry.has(candidate)) retry.delete(candidate);
+            else next += 1;
+            const promise = runItem(candidate, currentTab()).finally(() => inFlight.get(candidate) === promise && inFlight.delete(candidate));
+            inFlight.set(candidate, promise);
           }
         };
-        itemTokens = (n) => bar.tokens((stats.tokens + n) / Math.max((performance.now() - datasetStarted) / 1000, 1e-9));
+        const restart = async () => {
+          const why = restartFor;
+          epoch += 1;
+          for (const k of inFlight.keys()) fail(k, `Chromium was restarted while it ran (${why})`);
+          inFlight.clear();
+          say(`${spec.name}: ${why}; restarting Chromium, then going on (items it held run again, one at a time)`);
+          await reopen();
+          restartFor = null;
+        };
+        handlers.tokens = (n) => bar.tokens((stats.tokens + n) / Math.max((performance.now() - datasetStarted) / 1000, 1e-9));
         start();
         while (stats.written < todo.length) {
-          while (!finished.has(stats.written)) await Promise.race(inFlight.values());
-          const { r, error } = finished.get(stats.written);
-          finished.delete(stats.written);
-          if (error) {
-            await Promise.allSettled(inFlight.values());
-            throw error;
+          const k = stats.written;
+          if (restartFor !== null) {
+            await restart();
+            start();
+            continue;
           }
-          fs.writeSync(fd, r.line);
+          if (!done.has(k)) {
+            if (inFlight.size === 0) throw new Error(`internal error: ${itemName(k)} is neither done nor running`);
+            await Promise.race(inFlight.values());
+            start();
+            continue;
+          }
+          const { r, failed } = done.get(k);
+          done.delete(k);
+          const item = todo[k];
+          const line = r ? r.line : await currentTab().page.evaluate(([p, l, w]) => window.evaluator.failedLine(p, l, w), [item.prompt, item.label, failed]);
+          fs.writeSync(fd, line);
           fs.fsyncSync(fd);
-          stats.tokens += r.newTokens;
           stats.written += 1;
-          start();
           const wall = (performance.now() - datasetStarted) / 1000;
+          const doneCount = resume.done + stats.written;
+          if (r) {
+            stats.tokens += r.newTokens;
+            finishedCounts.push(r.counts);
+          } else {
+            say(`${itemName(k)}: failed, written as such: ${failed}`);
+          }
           const tps = stats.tokens / Math.max(wall, 1e-9);
-          const done = resume.done + stats.written;
-          const eta = ((plan.items.length - done) * wall) / stats.written;
+          const eta = ((plan.items.length - doneCount) * wall) / stats.written;
           bar.tokens(tps);
-          bar.item(done, `${done}/${plan.items.length} items, ${r.newTokens} tokens in ${seconds(r.seconds)} (${tps.toFixed(1)} tokens/s so far), eta ${seconds(eta)}`);
+          bar.item(doneCount, r ? `${doneCount}/${plan.items.length} items, ${r.newTokens} tokens in ${seconds(r.seconds)} (${tps.toFixed(1)} tokens/s so far), eta ${seconds(eta)}` : `${doneCount}/${plan.items.length} items (item ${item.index + 1} failed)`);
+          start();
         }
-        await page.evaluate((w) => window.evaluator.setGenerationSeconds(w), (performance.now() - datasetStarted) / 1000);
       } finally {
         fs.closeSync(fd);
       }
+      datasets.push({ name: spec.name, items: plan.items.length, benchmarkItems: plan.total, finished: finishedCounts, generationSeconds: (performance.now() - datasetStarted) / 1000 });
     }
   } finally {
     multi?.stop();
   }
+  return datasets;
 }
 
 /** The paper's tables over every dataset's whole file, and the run's summary. */
-async function score(page, opts, runs, loaded, started) {
+async function score(page, opts, runs, datasets, loaded, started) {
   const predictions = runs.map((r) => ({ dataset: r.spec.name, source: r.out, text: fs.readFileSync(r.out, "utf8") }));
   const wildGuard = runs.find((r) => r.plan.benchmark_items)?.plan.benchmark_items ?? null;
   const { report, tables } = await page.evaluate(([p, w]) => window.evaluator.score(p, w), [predictions, wildGuard]);
   const wall = (performance.now() - started) / 1000;
   const summary = await page.evaluate(
-    ([m, i, n, l, e, ls, w, r]) => window.evaluator.summary(m, i, n, l, e, ls, w, r),
-    [loaded.manifest, opts.shard.index, opts.shard.count, opts.limit ?? -1, loaded.engine, loaded.loadSeconds, wall, report],
+    ([d, m, i, n, l, e, ls, w, r]) => window.evaluator.summary(d, m, i, n, l, e, ls, w, r),
+    [datasets, loaded.manifest, opts.shard.index, opts.shard.count, opts.limit ?? -1, loaded.engine, loaded.loadSeconds, wall, report],
   );
   return { tables, summary };
 }
@@ -395,7 +621,7 @@ async function score(page, opts, runs, loaded, started) {
 function cleanMessage(e) {
   return String(e?.message ?? e)
     .replace(/^page\.evaluate: /, "")
-    .replace(/^Error: /, "")
+    .replace(/^\w*Error: /, "")
     .split("\n")[0];
 }
 

@@ -2,7 +2,7 @@
 // same wasm package as the demo, runs the model in the same Web Worker (GuardReasoner), and
 // exposes `window.evaluator` for the evaluator to call. Item selection, prompts, predictions lines,
 // resume points and scoring come from the wasm module, so they are the native CLI's too.
-import init, { benchmark_datasets, plan_benchmark, resume_point, prediction_line, score_predictions, run_manifest, RunSummary } from "../pkg/guardreasoner.js";
+import init, { benchmark_datasets, plan_benchmark, resume_point, prediction_line, failed_prediction_line, score_predictions, run_manifest, RunSummary } from "../pkg/guardreasoner.js";
 import { GuardReasoner } from "../www/guardreasoner.js";
 
 // How often token counts go back to the evaluator while an item generates.
@@ -11,7 +11,6 @@ const TOKEN_REPORT_MS = 250;
 const status = document.getElementById("status");
 const current = document.getElementById("current");
 let guard = null;
-let summary = null; // the run's counts, item by item (RunSummary, from the wasm module)
 
 /** What the browser says of its WebGPU adapter (vendor, architecture), or why there is none. */
 async function adapterInfo() {
@@ -37,11 +36,23 @@ window.evaluator = {
   // run.json: checked against `existing` (resolves to undefined) or made (resolves to its text),
   // bound to the loaded model's identity.
   manifest: (settings, existing, folder) => run_manifest({ ...settings, model_identity: guard.modelIdentity }, existing ?? undefined, folder),
-  startDataset: (name, items, benchmarkItems) => summary.start_dataset(name, items, benchmarkItems),
-  // The dataset's generation time on the wall clock (batched items overlap).
-  setGenerationSeconds: (seconds) => summary.set_generation_s(seconds),
-  summary: (manifest, shardIndex, shardCount, limit, engine, loadSeconds, wallSeconds, report) =>
-    summary.to_json(manifest, shardIndex, shardCount, limit ?? -1, engine, loadSeconds, wallSeconds, report),
+  // The line of an item the evaluator gave up on (never scored; a rerun resumes after it).
+  failedLine: (prompt, label, reason) => failed_prediction_line(prompt, label, reason),
+  // Destroys the GPU device now (a test hook: what follows a lost GPU); false on the CPU.
+  loseGpu: () => (guard ? guard.loseGpuDevice() : false),
+  /** summary.json's object. `datasets`: `[{name, items, benchmarkItems, finished: [[newTokens,
+   * promptTokens, reusedTokens, seconds, firstTokenSeconds], ...], generationSeconds}]`, kept
+   * by the evaluator (a page restarted mid-run has not seen every item). */
+  summary: (datasets, manifest, shardIndex, shardCount, limit, engine, loadSeconds, wallSeconds, report) => {
+    const summary = new RunSummary();
+    for (const d of datasets) {
+      summary.start_dataset(d.name, d.items, d.benchmarkItems);
+      for (const counts of d.finished) summary.add_item(...counts);
+      // The dataset's generation time on the wall clock (batched items overlap).
+      summary.set_generation_s(d.generationSeconds);
+    }
+    return summary.to_json(manifest, shardIndex, shardCount, limit ?? -1, engine, loadSeconds, wallSeconds, report);
+  },
 
   async load(source, { backend, quant, context, batch }) {
     guard?.terminate();
@@ -55,7 +66,7 @@ window.evaluator = {
       onProgress: (p) => window.evaluatorProgress?.({ phase: p.phase, file: p.file ?? null, loaded: p.loaded ?? 0, total: p.total ?? 0, message: p.message ?? null }),
     });
     status.textContent = `model loaded on ${guard.backend}`;
-    return { backend: guard.backend, fallback: guard.fallback, batch: guard.batch };
+    return { backend: guard.backend, fallback: guard.fallback, batch: guard.batch, modelIdentity: guard.modelIdentity };
   },
 
   /** Run one planned item; resolves to its predictions line and counts. Calls may overlap: the
@@ -77,8 +88,9 @@ window.evaluator = {
       },
     });
     const t = out.timings;
-    summary.add_item(out.newTokens, out.promptTokens, out.reusedTokens, t.totalSeconds, t.timeToFirstTokenSeconds ?? t.totalSeconds);
     return {
+      // RunSummary.add_item's arguments.
+      counts: [out.newTokens, out.promptTokens, out.reusedTokens, t.totalSeconds, t.timeToFirstTokenSeconds ?? t.totalSeconds],
       line: prediction_line(item.prompt, item.label, out.text),
       promptTokens: out.promptTokens,
       reusedTokens: out.reusedTokens,
@@ -92,6 +104,5 @@ window.evaluator = {
 };
 
 await init();
-summary = new RunSummary();
 status.textContent = "ready";
 window.evaluatorReady = true;

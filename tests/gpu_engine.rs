@@ -427,10 +427,10 @@ fn gpu_device_lost_mid_run_is_an_error() {
         }
         Ok(())
     }));
-    let err = result.err().expect("the run fails once the device is gone");
+    let err = result.expect_err("the run fails once the device is gone");
     assert!(matches!(err, guardreasoner::error::Error::GpuLost(_)), "{err}");
     assert!(err.to_string().starts_with(guardreasoner::error::GPU_LOST_PREFIX), "{err}");
     assert!(seen.get() < 20, "the run stopped at the loss ({} tokens)", seen.get());
-    let again = run_seen(&mut g, &ids, &opts, None).0.err().expect("a later run fails too");
+    let again = run_seen(&mut g, &ids, &opts, None).0.expect_err("a later run fails too");
     assert!(matches!(again, guardreasoner::error::Error::GpuLost(_)), "{again}");
 }

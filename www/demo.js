@@ -32,6 +32,24 @@ function showError(message) {
   $("error").textContent = message || "";
 }
 
+/** A failed check: a lost GPU unloads the model, and the page offers to load it on the CPU. */
+function showRunError(e) {
+  if (e.name !== "GpuLostError") return showError(e.message);
+  guard = null;
+  $("backend").textContent = "—";
+  $("load-status").textContent = "No model loaded: the GPU was lost.";
+  showError(`${e.message}. `);
+  const retry = document.createElement("button");
+  retry.type = "button";
+  retry.id = "load-on-cpu";
+  retry.textContent = "Load it on the CPU";
+  retry.addEventListener("click", () => {
+    $("backend-choice").value = "cpu";
+    loadModel();
+  });
+  $("error").append(retry);
+}
+
 function formatBytes(n) {
   if (!n) return "0 B";
   const u = ["B", "KB", "MB", "GB"];
@@ -202,7 +220,7 @@ async function check() {
     if (e.name === "AbortError") $("stats").textContent = "Cancelled.";
     else {
       $("stats").textContent = "";
-      showError(e.message);
+      showRunError(e);
     }
   } finally {
     $("check").disabled = !guard;
@@ -265,7 +283,7 @@ async function checkAll() {
     $("stats").textContent = `All examples: ${tokens} tokens in ${seconds.toFixed(1)} s (${(tokens / seconds).toFixed(1)} tokens/s together, up to ${guard.batch} at once)`;
   } catch (e) {
     if (e.name === "AbortError") $("stats").textContent = "Cancelled.";
-    else showError(e.message);
+    else showRunError(e);
   } finally {
     $("check").disabled = !guard;
     $("check-all").disabled = !guard;
@@ -296,6 +314,12 @@ $("clear-cache").addEventListener("click", async () => {
   await globalThis.caches?.delete(CACHE_NAME).catch(() => {}); // what older versions stored
   refreshCacheStatus();
 });
+// The loaded model, for the browser console and the tests (e.g. `guardReasonerDemo.guard.loseGpuDevice()`).
+globalThis.guardReasonerDemo = {
+  get guard() {
+    return guard;
+  },
+};
 const fromQuery = query.get("model");
 if (fromQuery) $("model-source").value = fromQuery;
 const backendWord = query.get("backend");

@@ -94,6 +94,13 @@ export interface Timings {
   tokensPerSecond: number | null;
 }
 
+/** The GPU device is gone (a driver reset, the browser reclaiming it): load the model again,
+ * on WebGPU or with `backend: "cpu"`. Every pending and later call of that GuardReasoner rejects
+ * with it. */
+export declare class GpuLostError extends Error {
+  readonly name: "GpuLostError";
+}
+
 export declare class GuardReasoner {
   /** "gpu (<adapter>)" or "cpu (wasm, candle)" */
   readonly backend: string;
@@ -138,6 +145,9 @@ export declare class GuardReasoner {
     text: string,
     options?: { onEvent?: (e: GuardEvent) => void; signal?: AbortSignal; maxNewTokens?: number },
   ): Promise<ModerationResult>;
+  /** Test hook: destroys the GPU device now, as a driver reset would (a run in progress then
+   * rejects with a GpuLostError). Resolves to false on the CPU path. */
+  loseGpuDevice(): Promise<boolean>;
   /** Ends the worker; pending and later calls reject with an AbortError. */
   terminate(): void;
 }

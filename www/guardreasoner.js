@@ -4,9 +4,16 @@
 //   const guard = await GuardReasoner.load({ hf: "yueliu1999/GuardReasoner-1B" }, { onProgress });
 //   const result = await guard.moderate({ prompt, response }, { onEvent, signal });
 
-import { CANCEL_SLOTS, DEFAULTS, Reply, Request } from "./protocol.js";
+import { CANCEL_SLOTS, DEFAULTS, GPU_LOST_PREFIX, Reply, Request } from "./protocol.js";
 
 let nextId = 1;
+
+/** The GPU device is gone (a driver reset, the browser reclaiming it): the model must be loaded
+ * again, on WebGPU or on the CPU (`backend: "cpu"`). Every pending and later call of the
+ * GuardReasoner that met it rejects with it. */
+export class GpuLostError extends Error {
+  name = "GpuLostError";
+}
 
 export class GuardReasoner {
   #worker;
@@ -139,6 +146,12 @@ export class GuardReasoner {
     return result;
   }
 
+  /** Test hook: destroys the GPU device now, as a driver reset would, even in the middle of a
+   * run (which then rejects with a GpuLostError). Resolves to false on the CPU path. */
+  async loseGpuDevice() {
+    return (await this.#request({ type: Request.loseGpu })).lost;
+  }
+
   /** Stop the worker and free the model. Calls still pending reject with an AbortError; later
    * calls reject at once. */
   terminate() {
@@ -188,6 +201,13 @@ export class GuardReasoner {
       p.resolve(msg);
     } else if (msg.type === Reply.error) {
       this.#pending.delete(msg.id);
+      if (msg.message.startsWith(GPU_LOST_PREFIX)) {
+        // Nothing can run on this model again: free the worker, and fail what waits with it.
+        const lost = new GpuLostError(msg.message);
+        p.reject(lost);
+        this.#end(lost);
+        return;
+      }
       const err = msg.message === "cancelled" ? new DOMException("cancelled", "AbortError") : new Error(msg.message);
       p.reject(err);
     }

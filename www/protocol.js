@@ -17,7 +17,13 @@ export const Request = Object.freeze({
   cancelFlag: "cancel-flag",
   /** `{type, id}`: cancels request `id` (effective at its next await without a cancel flag). */
   cancel: "cancel",
+  /** `{type, id}`: destroys the GPU device now, even mid-run, as a driver reset would (a test
+   * hook for what follows a lost GPU); replies `{lost}` (false on the CPU). */
+  loseGpu: "lose-gpu",
 });
+
+/** How the core's message for a lost GPU device starts (Rust `error::GPU_LOST_PREFIX`). */
+export const GPU_LOST_PREFIX = "the GPU device was lost";
 
 /** Replies from the worker: `{id, type, ...}`. */
 export const Reply = Object.freeze({

@@ -260,6 +260,11 @@ self.onmessage = (e) => {
     cancelledByMessage.add(msg.id); // effective at the next await when the page is not isolated
     return;
   }
+  if (msg.type === Request.loseGpu) {
+    // At once, not queued: the point is to lose the device in the middle of a run.
+    post({ id: msg.id, type: Reply.result, lost: session?.lose_gpu_device() ?? false });
+    return;
+  }
   if (msg.type === Request.moderate || msg.type === Request.classify) {
     // Joins the batch running now if there is one (it takes waiting items as places free up),
     // else the next batch, queued behind any load or generate before it.

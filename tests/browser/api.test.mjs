@@ -202,3 +202,52 @@ test("moderateMany on the CPU fallback gives the same answers", async () => {
   assert.match(out.backend, /^cpu/);
   checkMany(out);
 });
+
+test("a GPU lost mid-run rejects it and every later call with a GpuLostError; a new load on the CPU works", async () => {
+  const browser = await launch({ webgpu: true });
+  try {
+    const { page, logs } = await openPage(browser, server.url);
+    const out = await page.evaluate(
+      async ({ folder }) => {
+        const { GuardReasoner } = await import("/www/guardreasoner.js");
+        const settle = (p) => p.then((r) => ({ text: r.text, newTokens: r.newTokens }), (e) => ({ name: e.name, message: e.message }));
+        const conversation = { prompt: "Tell me about the history of bread, in detail." };
+        const guard = await GuardReasoner.load({ hfBaseUrl: folder }, { backend: "webgpu", quant: "f32", context: 512, batch: 2 });
+        const backend = guard.backend;
+        // Lost at the 5th token of a long run; a second conversation is in the batch with it.
+        let tokens = 0;
+        let lost = null;
+        const running = settle(
+          guard.moderate(conversation, {
+            maxNewTokens: 400,
+            onEvent: (e) => {
+              tokens += e.type === "token";
+              if (tokens === 5 && !lost) lost = guard.loseGpuDevice();
+            },
+          }),
+        );
+        const beside = settle(guard.moderate({ prompt: "What is the capital of France?" }, { maxNewTokens: 400 }));
+        const unsettled = () => new Promise((r) => setTimeout(() => r({ name: "unsettled 20 s later" }), 20000));
+        const [afterLoss, besideLoss] = await Promise.all([Promise.race([running, unsettled()]), Promise.race([beside, unsettled()])]);
+        const later = await Promise.race([settle(guard.moderate(conversation, { maxNewTokens: 5 })), unsettled()]);
+        const onCpu = await GuardReasoner.load({ hfBaseUrl: folder }, { backend: "cpu", quant: "f32", context: 512 });
+        const cpuRun = await settle(onCpu.moderate(conversation, { maxNewTokens: 5 }));
+        onCpu.terminate();
+        return { backend, lostReply: await lost, tokens, afterLoss, besideLoss, later, cpuRun };
+      },
+      { folder: tinyFolder },
+    ).catch((e) => {
+      throw new Error(`${e.message}\nbrowser log:\n${logs.join("\n")}`);
+    });
+    assert.match(out.backend, /^gpu/);
+    assert.equal(out.lostReply, true, "the worker destroyed the device");
+    for (const what of ["afterLoss", "besideLoss", "later"]) {
+      assert.equal(out[what].name, "GpuLostError", `${what}: ${JSON.stringify(out[what])}`);
+      assert.match(out[what].message, /^the GPU device was lost .*use the CPU backend/, what);
+    }
+    assert.ok(out.tokens < 400, `the run stopped at the loss (${out.tokens} token events)`);
+    assert.equal(out.cpuRun.newTokens, 5, JSON.stringify(out.cpuRun));
+  } finally {
+    await browser.close();
+  }
+});

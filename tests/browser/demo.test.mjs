@@ -205,3 +205,25 @@ test("a crafted ?model= cannot widen the policy: only a plain host's origin is a
   const viaReferer = contentSecurityPolicy({ url: "/www/worker.js", headers: { referer: "http://127.0.0.1:8080/www/?model=https%3A%2F%2Fmodels.example%2Fm.gguf" } });
   assert.match(viaReferer, /connect-src [^;]* https:\/\/models\.example(;|$)/);
 });
+
+test("a GPU lost during a check: a clear message, and one click loads the model on the CPU", async () => {
+  const gpuBrowser = await launch({ webgpu: true });
+  try {
+    const { page } = await openPage(gpuBrowser, server.url, `/www/?model=${encodeURIComponent(tiny)}&backend=webgpu&quant=f32&max=2000`);
+    await page.waitForFunction(() => document.getElementById("load-status").textContent === "Model ready.", null, { timeout: 120000 });
+    assert.match(await page.textContent("#backend"), /^gpu/);
+    await page.click("#check");
+    await page.waitForFunction(() => document.getElementById("raw").textContent.length > 10, null, { timeout: 60000 });
+    assert.equal(await page.evaluate(() => globalThis.guardReasonerDemo.guard.loseGpuDevice()), true);
+    await page.waitForSelector("#load-on-cpu", { timeout: 30000 });
+    assert.match(await page.textContent("#error"), /the GPU device was lost/);
+    assert.equal(await page.isDisabled("#check"), true, "no model to check with");
+    await page.click("#load-on-cpu");
+    await page.waitForFunction(() => document.getElementById("load-status").textContent === "Model ready.", null, { timeout: 120000 });
+    assert.match(await page.textContent("#backend"), /^cpu/);
+    await page.click("#check");
+    await page.waitForFunction(() => /tokens ·/.test(document.getElementById("stats").textContent), null, { timeout: 120000 });
+  } finally {
+    await gpuBrowser.close();
+  }
+});
