@@ -256,6 +256,76 @@ fn moderate_inputs_and_the_errors_users_meet() {
     assert_eq!(stderr.matches("Is a directory").count(), 1, "{stderr}");
 }
 
+/// `moderate --input`: a file of conversations decoded together gives, line by line and in input
+/// order, what `moderate --json` gives each conversation alone, at batch 2 and 1. Bad lines are
+/// named before the model loads.
+#[test]
+fn moderate_input_file_gives_each_conversation_what_it_gets_alone() {
+    let model = tiny();
+    let dir = scratch("input-file");
+    let conversations = [
+        serde_json::json!({"prompt": "How do I pick a lock?", "response": "I can't help with that.", "id": "a"}),
+        serde_json::json!({"prompt": "Tell me a joke about cats."}),
+        serde_json::json!({"prompt": "What is the capital of France?", "response": null, "id": 7}),
+        serde_json::json!({"prompt": "Write a poem about the sea, with rhymes, in four verses.", "response": "The sea is wide."}),
+        serde_json::json!({"prompt": "How do I bake bread?"}),
+    ];
+    let file = dir.join("conversations.jsonl");
+    let body: Vec<String> = conversations.iter().map(|c| c.to_string()).collect();
+    // A blank line is skipped; line numbers still count it.
+    std::fs::write(&file, format!("{}\n\n{}\n", body[..2].join("\n"), body[2..].join("\n"))).unwrap();
+    let file = file.display().to_string();
+    let run = gr(&["moderate", "--quiet", "-m", &model, "--input", &file, "--batch", "2", "-n", MODERATE_TOKENS]);
+    assert_eq!(run.status.code(), Some(3), "no verdicts from the tiny model: {}", text(&run.stderr));
+    let results = json_lines(&run.stdout);
+    assert_eq!(results.len(), conversations.len());
+    for (i, (result, c)) in results.iter().zip(&conversations).enumerate() {
+        assert_eq!(result["line"], if i < 2 { i + 1 } else { i + 2 }, "input line numbers");
+        assert_eq!(result["id"], c["id"], "id copied when given");
+        let mut args = vec!["moderate", "--quiet", "--json", "-m", &model, "-n", MODERATE_TOKENS];
+        let prompt = c["prompt"].as_str().unwrap();
+        args.extend(["-p", prompt]);
+        if let Some(response) = c["response"].as_str() {
+            args.extend(["-r", response]);
+        }
+        let alone = gr(&args);
+        let done = json_lines(&alone.stdout).pop().unwrap();
+        assert_eq!(result["text"], done["text"], "conversation {i}: as alone");
+        assert_eq!(result["newTokens"], done["newTokens"], "conversation {i}");
+        assert_eq!(result["verdictFound"], false, "conversation {i}: the tiny model reaches no verdict");
+        assert!(result["text"].as_str().is_some_and(|t| !t.is_empty()));
+    }
+    // The same from standard input, one at a time.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_guardreasoner"))
+        .args(["moderate", "--quiet", "-m", &model, "--input", "-", "--batch", "1", "-n", MODERATE_TOKENS])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), std::fs::read(&file).unwrap().as_slice()).unwrap();
+    let piped = child.wait_with_output().unwrap();
+    let untimed = |mut lines: Vec<serde_json::Value>| {
+        lines.iter_mut().for_each(|l| drop(l.as_object_mut().unwrap().remove("timings")));
+        lines
+    };
+    assert_eq!(untimed(json_lines(&piped.stdout)), untimed(results), "--input - --batch 1 equals --batch 2");
+
+    for (content, expected) in [
+        ("{\"prompt\": \"hi\"}\n{\"prompt\": \"  \"}\n", ":2: the prompt is empty"),
+        ("{\"prompt\": \"hi\"}\nnot json\n", ":2: expected ident"),
+        ("{\"prompt\": \"hi\", \"respnse\": \"x\"}\n", ":1: unknown field `respnse`"),
+        ("\n\n", "no conversations"),
+    ] {
+        let bad = dir.join("bad.jsonl");
+        std::fs::write(&bad, content).unwrap();
+        let out = gr(&["moderate", "--quiet", "-m", "/nonexistent/model", "--input", bad.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{content:?}");
+        assert!(text(&out.stderr).contains(expected), "{content:?}: {}", text(&out.stderr));
+    }
+    let both = gr(&["moderate", "-m", &model, "--input", &file, "-p", "hi"]);
+    assert_eq!(both.status.code(), Some(2), "--input with --prompt is refused");
+}
+
 #[test]
 fn generate_matches_the_transformers_goldens() {
     let model = tiny();

@@ -1,10 +1,12 @@
 //! `guardreasoner moderate`: classify one conversation, streaming the reasoning as it is written,
-//! then the three verdicts (text), or one JSON event a line ending with `done` (`--json`).
+//! then the three verdicts (text), or one JSON event a line ending with `done` (`--json`); or a
+//! file of conversations (`--input`), decoded together, one JSON result a line in input order.
 
-use super::{EXIT_INTERRUPTED, EXIT_NO_VERDICT, ModelArgs, is_interrupted};
+use super::{EXIT_INTERRUPTED, EXIT_NO_VERDICT, ModelArgs, default_batch, is_interrupted};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
-use guardreasoner::session::{ClassifyEvent, RunOptions, Stop};
+use guardreasoner::session::{Classification, ClassifyEvent, ClassifyItem, RunOptions, Stop};
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -13,17 +15,28 @@ pub struct ModerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// The human user's request.
-    #[arg(long, short = 'p', required_unless_present = "prompt_file", conflicts_with = "prompt_file")]
+    #[arg(long, short = 'p', required_unless_present_any = ["prompt_file", "input"], conflicts_with_all = ["prompt_file", "input"])]
     pub prompt: Option<String>,
     /// Read the request from a file (`-`: standard input); for long or multi-line text.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "input")]
     pub prompt_file: Option<PathBuf>,
     /// The AI assistant's response (omit to classify the request alone; the model sees `None`).
-    #[arg(long, short = 'r', conflicts_with = "response_file")]
+    #[arg(long, short = 'r', conflicts_with_all = ["response_file", "input"])]
     pub response: Option<String>,
     /// Read the response from a file (`-`: standard input).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "input")]
     pub response_file: Option<PathBuf>,
+    /// A file of conversations (`-`: standard input), one JSON object a line: `{"prompt": ...,
+    /// "response": ...}` (`response` may be absent or null; any `id` is copied to the result).
+    /// Prints one JSON result a line, in input order, with `line` (the input's line number):
+    /// the verdicts, the reasoning and the counts, or `error`. Every line is checked before the
+    /// model loads. Progress goes to stderr.
+    #[arg(long, short = 'i', value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// With --input: conversations decoded together (continuous batching). Default 8 on the
+    /// GPU, 4 on the CPU; any batch gives the same results.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=128), requires = "input")]
+    pub batch: Option<u16>,
     /// Print one JSON event per line (token, task_started, step_started, step_text,
     /// step_finished, conclusion, verdict, done) instead of text.
     #[arg(long)]
@@ -59,6 +72,9 @@ fn text_arg(name: &str, inline: Option<String>, file: Option<&Path>) -> Result<O
 }
 
 pub fn run(args: ModerateArgs) -> Result<u8> {
+    if let Some(input) = args.input.clone() {
+        return run_file(&args, &input);
+    }
     if args.prompt_file.as_deref() == Some(Path::new("-")) && args.response_file.as_deref() == Some(Path::new("-")) {
         bail!("--prompt-file and --response-file cannot both read standard input (-)");
     }
@@ -128,6 +144,157 @@ pub fn run(args: ModerateArgs) -> Result<u8> {
     Ok(if result.stop == Stop::Cancelled {
         EXIT_INTERRUPTED
     } else if !result.verdict_found {
+        EXIT_NO_VERDICT
+    } else {
+        0
+    })
+}
+
+/// One conversation of an `--input` file.
+struct InputLine {
+    /// 1-based line number in the file.
+    line: usize,
+    id: Option<serde_json::Value>,
+    /// The GuardReasoner prompt built from it.
+    text: String,
+}
+
+/// The conversations of an `--input` text, each checked (JSON, fields, empty texts) with its line
+/// number named; blank lines are skipped.
+fn parse_input(name: &str, text: &str) -> Result<Vec<InputLine>> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Conversation {
+        prompt: String,
+        #[serde(default)]
+        response: Option<String>,
+        #[serde(default)]
+        id: Option<serde_json::Value>,
+    }
+    let mut lines = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = index + 1;
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let c: Conversation = serde_json::from_str(raw).map_err(|e| {
+            anyhow!("{name}:{line}: {e} (expected {{\"prompt\": \"...\", \"response\": \"...\"}}, response optional)")
+        })?;
+        let text = guardreasoner::guard::checked_guard_prompt(&c.prompt, c.response.as_deref())
+            .map_err(|e| anyhow!("{name}:{line}: {e}"))?;
+        lines.push(InputLine { line, id: c.id, text });
+    }
+    if lines.is_empty() {
+        bail!("{name}: no conversations (one JSON object a line: {{\"prompt\": \"...\", \"response\": \"...\"}})");
+    }
+    Ok(lines)
+}
+
+/// The result line of one conversation: `line`, `id` when given, then the classification or
+/// `error`.
+fn result_line(input: &InputLine, result: &guardreasoner::Result<Classification>) -> Result<String> {
+    let mut object = serde_json::Map::new();
+    object.insert("line".into(), input.line.into());
+    if let Some(id) = &input.id {
+        object.insert("id".into(), id.clone());
+    }
+    match result {
+        Ok(c) => {
+            if let serde_json::Value::Object(fields) = serde_json::to_value(c)? {
+                object.extend(fields);
+            }
+        }
+        Err(e) => {
+            object.insert("error".into(), e.to_string().into());
+        }
+    }
+    Ok(serde_json::Value::Object(object).to_string())
+}
+
+/// `moderate --input FILE`: every conversation of the file, decoded together, results in order.
+fn run_file(args: &ModerateArgs, input: &Path) -> Result<u8> {
+    let (name, text) = if input == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).context("--input -: reading standard input")?;
+        ("standard input".to_string(), text)
+    } else {
+        let text = std::fs::read_to_string(input).map_err(|e| anyhow!("--input {}: {e}", input.display()))?;
+        (input.display().to_string(), text)
+    };
+    let lines = parse_input(&name, &text)?;
+    let batch = args.batch.map_or_else(|| default_batch(args.model.backend), usize::from);
+    let mut session = args.model.load_batched(args.model.source.open()?, batch.min(lines.len()))?;
+    super::interrupted(); // Ctrl-C from here on: no new conversation starts; finished ones are printed
+    let bar = if args.model.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(lines.len() as u64)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} conversations {msg} eta {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    let started = std::time::Instant::now();
+    let mut out = std::io::stdout().lock();
+    let (mut written, mut tokens, mut no_verdict, mut errors, mut interrupted) =
+        (0usize, 0usize, 0usize, 0usize, false);
+    // Conversations finish out of order; each line is printed once those before it are.
+    let mut finished: BTreeMap<usize, guardreasoner::Result<Classification>> = BTreeMap::new();
+    let mut queue = lines.iter().enumerate();
+    let mut print_ready = |finished: &mut BTreeMap<usize, guardreasoner::Result<Classification>>| -> Result<()> {
+        while let Some(result) = finished.remove(&written) {
+            writeln!(out, "{}", result_line(&lines[written], &result)?)?;
+            out.flush()?;
+            match &result {
+                Ok(c) => {
+                    tokens += c.new_tokens;
+                    no_verdict += usize::from(!c.verdict_found);
+                }
+                Err(_) => errors += 1,
+            }
+            written += 1;
+            bar.set_message(format!("{:.1} tokens/s", tokens as f64 / started.elapsed().as_secs_f64().max(1e-9)));
+            bar.inc(1);
+        }
+        Ok(())
+    };
+    let options = RunOptions::new(args.max_new_tokens);
+    let batch = session.batch();
+    pollster::block_on(session.classify_many(
+        batch,
+        &mut || {
+            let item = queue.next().filter(|_| !is_interrupted());
+            Ok(item.map(|(index, line)| ClassifyItem { index, text: line.text.clone(), max_new_tokens: None }))
+        },
+        &options,
+        &|_| is_interrupted(),
+        &mut |_, _| Ok(()),
+        &mut |i, result| {
+            if result.as_ref().is_ok_and(|r| r.stop == Stop::Cancelled) {
+                interrupted = true;
+                return Ok(());
+            }
+            finished.insert(i, result);
+            print_ready(&mut finished).map_err(|e| guardreasoner::Error::Other(format!("{e:#}")))
+        },
+    ))?;
+    bar.finish_and_clear();
+    if interrupted || is_interrupted() {
+        eprintln!("interrupted: {written} of {} conversations printed", lines.len());
+        return Ok(EXIT_INTERRUPTED);
+    }
+    if !args.model.quiet {
+        let seconds = started.elapsed().as_secs_f64();
+        eprintln!(
+            "{} conversations, {tokens} tokens in {seconds:.1} s ({:.1} tokens/s, up to {batch} at once); {no_verdict} without a verdict, {errors} failed",
+            lines.len(),
+            tokens as f64 / seconds.max(1e-9)
+        );
+    }
+    Ok(if errors > 0 {
+        1
+    } else if no_verdict > 0 {
         EXIT_NO_VERDICT
     } else {
         0
