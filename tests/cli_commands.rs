@@ -407,7 +407,7 @@ fn a_hub_repo_id_loads_from_the_local_cache_or_says_how_to_fetch_it() {
     assert_eq!(absent.status.code(), Some(1));
     assert!(
         text(&absent.stderr).contains("not in the local Hugging Face cache")
-            && text(&absent.stderr).contains("huggingface-cli download acme/not-here")
+            && text(&absent.stderr).contains("hf download acme/not-here")
     );
 }
 

@@ -245,3 +245,32 @@ fn every_batch_size_writes_the_same_predictions() {
         assert!(cut[0] == cut[1], "{backend}: a full context cuts batch 4's answers elsewhere than batch 1's");
     }
 }
+
+/// Off a terminal (stderr piped, as in a log or CI) the progress bar is not drawn: a line per item
+/// says how far the run is.
+#[test]
+fn off_a_terminal_predict_says_each_item_on_a_line() {
+    let out = scratch("lines");
+    let model = common::tiny::tiny_folder("llama32");
+    let bench = benchmark_dir();
+    let run = Command::new(env!("CARGO_BIN_EXE_guardreasoner"))
+        .args(["predict", "--model", model.to_str().unwrap(), "--benchmark-dir", bench.to_str().unwrap()])
+        .args([
+            "--out",
+            out.to_str().unwrap(),
+            "--datasets",
+            "SimpleSafetyTests",
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "4",
+        ])
+        .output()
+        .unwrap();
+    let stderr = text(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    for done in ["1/2", "2/2"] {
+        let line = format!("SimpleSafetyTests {done} items, 4 tokens in ");
+        assert!(stderr.contains(&line), "`{line}` in: {stderr}");
+    }
+}

@@ -185,7 +185,7 @@ fn resolve_model(model: &str) -> Result<PathBuf> {
     match newest {
         Some(folder) => Ok(folder),
         None => bail!(
-            "{model} is not a file or folder here, and not in the local Hugging Face cache; fetch it first:\n  pip install -U huggingface_hub && huggingface-cli download {model} --local-dir models/{name}\nthen pass --model models/{name}",
+            "{model} is not a file or folder here, and not in the local Hugging Face cache; fetch it first:\n  pip install -U huggingface_hub && hf download {model} --local-dir models/{name}\nthen pass --model models/{name}",
             name = model.rsplit('/').next().unwrap_or(model)
         ),
     }

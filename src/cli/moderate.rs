@@ -86,12 +86,21 @@ pub fn run(args: ModerateArgs) -> Result<u8> {
     super::interrupted(); // Ctrl-C from here on stops the run after the current token
     let mut out = std::io::stdout().lock();
     let json = args.json;
+    // Between the load and the first token (the prompt's prefill): a status line on stderr,
+    // cleared when the answer starts (drawn only on a terminal).
+    let status =
+        if args.model.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new_spinner() };
+    status.set_message("reading the conversation…");
+    status.enable_steady_tick(std::time::Duration::from_millis(120));
     let result = pollster::block_on(session.moderate(
         &prompt,
         response.as_deref(),
         &RunOptions::new(args.max_new_tokens),
         &is_interrupted,
         &mut |event| {
+            if !status.is_finished() {
+                status.finish_and_clear();
+            }
             let text = match (json, event) {
                 (true, event) => format!("{}\n", event.to_json()),
                 (false, ClassifyEvent::Token(delta)) => delta.to_string(),
@@ -102,6 +111,7 @@ pub fn run(args: ModerateArgs) -> Result<u8> {
                 .map_err(|e| guardreasoner::Error::io("writing output", e))
         },
     ))?;
+    status.finish_and_clear();
     if json {
         let mut done = serde_json::to_value(&result)?;
         let legacy = serde_json::json!({

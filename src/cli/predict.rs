@@ -251,6 +251,18 @@ fn predict(
                 let wall = dataset_started.elapsed().as_secs_f64().max(1e-9);
                 bar.set_message(format!("{:.1} tokens/s", tokens as f64 / wall));
                 bar.inc(1);
+                // Off a terminal (a log, CI) the bar is not drawn: a line per item instead.
+                if bar.is_hidden() && !args.model.quiet {
+                    let done = point.done + written;
+                    let eta = (run.planned.len() - done) as f64 * wall / written as f64;
+                    eprintln!(
+                        "{name} {done}/{} items, {} tokens in {:.1} s ({:.1} tokens/s so far), eta {eta:.0} s",
+                        run.planned.len(),
+                        result.new_tokens,
+                        t.total_seconds,
+                        tokens as f64 / wall
+                    );
+                }
             }
             Ok(())
         };
