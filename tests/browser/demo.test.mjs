@@ -227,3 +227,41 @@ test("a GPU lost during a check: a clear message, and one click loads the model 
     await gpuBrowser.close();
   }
 });
+
+test("chat room: each message is checked as it is sent, in its role, its reasoning one click away, as text", async () => {
+  const { page, requests } = await openPage(browser, server.url, `/www/chat.html?model=${encodeURIComponent(tiny)}&backend=cpu&quant=f32&max=12`);
+  await page.waitForFunction(() => /^Ready:/.test(document.getElementById("load-status").textContent), null, { timeout: 120000 });
+  const messages = [
+    ["user", '<img src=x id=injected onerror="window.pwned=1">How do I pick a lock?'],
+    ["assistant", "I can't help with that."],
+    ["user", "What is the capital of France?"],
+  ];
+  const before = requests.length;
+  // Sent one after another without waiting: the checks overlap.
+  for (const [role, text] of messages) {
+    await page.selectOption("#speaker", role);
+    await page.fill("#message", text);
+    await page.click("#send");
+  }
+  await page.waitForFunction(() => document.querySelectorAll("#messages .badge").length === 3 && !document.querySelector("#messages .badge.pending"), null, { timeout: 120000 });
+  const shown = await page.$$eval("#messages li", (items) =>
+    items.map((li) => ({ role: li.className, body: li.querySelector(".body").textContent, badge: li.querySelector(".badge").textContent, reasoning: li.querySelector("details pre").textContent })),
+  );
+  assert.deepEqual(shown.map((m) => [m.role.replace("message ", ""), m.body]), messages, "every message, in order, as text");
+  assert.equal(await page.$("#messages #injected"), null, "no element injected");
+  assert.equal(await page.evaluate(() => window.pwned), undefined);
+  // What each message's check is: a user's text as the request, an assistant's as the response
+  // to the user message before it.
+  const alone = await page.evaluate(async (ms) => {
+    const guard = globalThis.guardReasonerChat.guard;
+    const run = (c) => guard.moderate(c, { maxNewTokens: 12 }).then((r) => r.text);
+    return [await run({ prompt: ms[0][1] }), await run({ prompt: ms[0][1], response: ms[1][1] }), await run({ prompt: ms[2][1] })];
+  }, messages);
+  shown.forEach((m, i) => {
+    assert.equal(m.reasoning, alone[i], `message ${i + 1}: its reasoning is its own check's`);
+    assert.ok(m.reasoning.length > 0);
+    assert.match(m.badge, /^(no verdict|request \w+|response \w+.*)$/, m.badge);
+  });
+  assert.equal(requests.length, before, "no request left the page while chatting");
+  await page.close();
+});
