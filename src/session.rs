@@ -119,11 +119,14 @@ pub struct BackendChoice {
     pub device: Device,
     pub quant: Quant,
     pub linear: LinearKernel,
+    /// Stands in for the GPU adapter's buffer binding limit when lower (tests of what a small
+    /// GPU refuses); None: the adapter's own.
+    pub gpu_max_binding_bytes: Option<u64>,
 }
 
 impl Default for BackendChoice {
     fn default() -> Self {
-        Self { device: Device::Cpu, quant: Quant::None, linear: LinearKernel::Auto }
+        Self { device: Device::Cpu, quant: Quant::None, linear: LinearKernel::Auto, gpu_max_binding_bytes: None }
     }
 }
 
@@ -524,6 +527,7 @@ impl Session {
                 quant: choice.quant.gpu(),
                 linear: choice.linear,
                 max_rows: PREFILL_CHUNK,
+                max_binding_bytes: choice.gpu_max_binding_bytes,
                 fused: std::env::var_os("GUARDREASONER_GPU_UNFUSED").is_none(),
                 debug: std::env::var_os("GUARDREASONER_GPU_DEBUG").is_some(),
                 ..GpuOptions::default()

@@ -126,7 +126,8 @@ fn open_files(files: &JsValue) -> Result<OpenedModel> {
 /// `backend`: "auto", "webgpu" (or "gpu") or "cpu"; `quant` (float weights): "q8", "q4" or
 /// "none" (also "f32", "q8_0", "q4_0"); unknown words are refused. `on_progress(done_bytes,
 /// total_bytes)` while tensors load. `batch`: conversations decoded together (`classify_many`),
-/// each with a KV cache of `context` tokens (default 1).
+/// each with a KV cache of `context` tokens (default 1). `gpu_buffer_limit` (bytes) stands in for
+/// the adapter's buffer binding limit when lower: for tests of what a small GPU refuses.
 #[wasm_bindgen]
 pub async fn load_model(
     files: JsValue,
@@ -135,10 +136,12 @@ pub async fn load_model(
     context: u32,
     on_progress: Function,
     batch: Option<u32>,
+    gpu_buffer_limit: Option<f64>,
 ) -> std::result::Result<WasmSession, JsValue> {
     let choice = BackendChoice {
         device: Device::parse(&backend).map_err(js_err)?,
         quant: Quant::parse(&quant).map_err(js_err)?,
+        gpu_max_binding_bytes: gpu_buffer_limit.filter(|b| b.is_finite() && *b >= 1.0).map(|b| b as u64),
         ..BackendChoice::default()
     };
     let model = open_files(&files).map_err(js_err)?;

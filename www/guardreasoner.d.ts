@@ -44,6 +44,9 @@ export interface LoadOptions {
   workerUrl?: string | URL;
   /** Bytes to use as the browser's storage quota (tests of the "not enough storage" path). */
   storageQuotaOverride?: number;
+  /** Stands in for the GPU's buffer binding limit (bytes) when lower: for tests of what a small
+   * GPU refuses. */
+  gpuBufferLimit?: number;
 }
 
 export type TaskName = "prompt_harmfulness" | "refusal" | "response_harmfulness";

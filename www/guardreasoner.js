@@ -52,9 +52,10 @@ export class GuardReasoner {
    * "cache", "copy" for a picked file, "load"). `signal` (an AbortSignal) stops the load: the
    * promise rejects with an AbortError at once and the worker is ended; the bytes downloaded so
    * far stay stored and the next load resumes from them. `storageQuotaOverride` (bytes) stands in
-   * for the browser's quota, for tests.
+   * for the browser's quota, and `gpuBufferLimit` (bytes) for the GPU's buffer binding limit when
+   * lower, for tests.
    */
-  static async load(source, { onProgress, signal, backend = DEFAULTS.backend, quant = DEFAULTS.quant, context = DEFAULTS.context, batch, threads, relaxedSimd, revision, workerUrl, storageQuotaOverride } = {}) {
+  static async load(source, { onProgress, signal, backend = DEFAULTS.backend, quant = DEFAULTS.quant, context = DEFAULTS.context, batch, threads, relaxedSimd, revision, workerUrl, storageQuotaOverride, gpuBufferLimit } = {}) {
     if (signal?.aborted) throw new DOMException("the load was cancelled", "AbortError");
     const url = workerUrl || new URL("./worker.js", import.meta.url);
     const guard = new GuardReasoner(new Worker(url, { type: "module" }));
@@ -66,7 +67,7 @@ export class GuardReasoner {
     if (revision && source?.hf && !source.revision) source = { ...source, revision };
     let out;
     try {
-      out = await guard.#request({ type: Request.load, source, backend, quant, context, batch, threads, relaxedSimd, quotaOverride: storageQuotaOverride }, { onProgress });
+      out = await guard.#request({ type: Request.load, source, backend, quant, context, batch, threads, relaxedSimd, quotaOverride: storageQuotaOverride, gpuBufferLimit }, { onProgress });
     } catch (e) {
       guard.#end(e); // a failed load leaves no worker behind
       throw e;

@@ -226,6 +226,7 @@ async function handle(msg) {
           msg.context || DEFAULTS.context,
           (loaded, total) => post({ id, type: Reply.progress, phase: "load", loaded, total }),
           batch,
+          msg.gpuBufferLimit ?? undefined,
         );
       } finally {
         await release(); // the weights are in wasm or GPU memory now (or the load failed)

@@ -93,7 +93,7 @@ fn parse_linear(word: &str) -> Result<LinearKernel, String> {
 
 impl ModelArgs {
     pub fn choice(&self) -> BackendChoice {
-        BackendChoice { device: self.backend, quant: self.quant, linear: self.gpu_linear }
+        BackendChoice { device: self.backend, quant: self.quant, linear: self.gpu_linear, gpu_max_binding_bytes: None }
     }
 
     /// Opens the model and loads it onto the chosen backend, with a progress bar on stderr.

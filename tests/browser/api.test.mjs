@@ -251,3 +251,38 @@ test("a GPU lost mid-run rejects it and every later call with a GpuLostError; a 
     await browser.close();
   }
 });
+
+test("a KV cache over the GPU's buffer limit (forced small) is refused naming the knobs; auto falls back to the CPU; the page goes on", async () => {
+  const browser = await launch({ webgpu: true });
+  try {
+    const { page, logs } = await openPage(browser, server.url);
+    const out = await page.evaluate(
+      async ({ folder }) => {
+        const { GuardReasoner } = await import("/www/guardreasoner.js");
+        // 64 KiB bindings hold the weights (split by rows) but not 4 x 1024 positions of cache.
+        const small = { quant: "f32", context: 1024, batch: 4, gpuBufferLimit: 64 * 1024 };
+        const refused = await GuardReasoner.load({ hfBaseUrl: folder }, { ...small, backend: "webgpu" }).then(
+          (g) => (g.terminate(), { loaded: g.backend }),
+          (e) => ({ message: e.message }),
+        );
+        const auto = await GuardReasoner.load({ hfBaseUrl: folder }, { ...small, backend: "auto" });
+        const fallback = { backend: auto.backend, fallback: auto.fallback, text: (await auto.moderate({ prompt: "hi" }, { maxNewTokens: 5 })).text };
+        auto.terminate();
+        const fits = await GuardReasoner.load({ hfBaseUrl: folder }, { ...small, backend: "webgpu", context: 160, batch: 1 });
+        const gpu = { backend: fits.backend, text: (await fits.moderate({ prompt: "hi" }, { maxNewTokens: 5 })).text };
+        fits.terminate();
+        return { refused, fallback, gpu };
+      },
+      { folder: tinyFolder },
+    ).catch((e) => {
+      throw new Error(`${e.message}\nbrowser log:\n${logs.join("\n")}`);
+    });
+    assert.match(out.refused.message ?? JSON.stringify(out.refused), /over the GPU binding limit 65536: use a smaller context or batch \(--context, --batch\)/, JSON.stringify(out.refused));
+    assert.match(out.fallback.backend, /^cpu/);
+    assert.match(out.fallback.fallback ?? "", /the GPU failed .*--context/, out.fallback.fallback);
+    assert.match(out.gpu.backend, /^gpu/, "a cache that fits loads on the GPU");
+    assert.equal(out.gpu.text, out.fallback.text, "and answers as the CPU does");
+  } finally {
+    await browser.close();
+  }
+});
