@@ -53,7 +53,7 @@ pub enum CpuMatrix {
 
 fn block_matrix(q: &QTensor) -> Result<Option<CpuMatrix>> {
     let (rows, cols) = q.shape().dims2()?;
-    Ok(BlockMatrix::from_ggml(q.dtype(), &q.data()?, rows, cols).map(|m| CpuMatrix::Blocks(Arc::new(m))))
+    Ok(BlockMatrix::from_ggml(q.dtype(), &q.data()?, rows, cols)?.map(|m| CpuMatrix::Blocks(Arc::new(m))))
 }
 
 pub enum CpuEmbedding {

@@ -141,24 +141,26 @@ pub struct BlockMatrix {
 }
 
 impl BlockMatrix {
-    /// From GGML blocks; None for other types or inconsistent sizes.
-    pub fn from_ggml(dtype: GgmlDType, bytes: &[u8], rows: usize, cols: usize) -> Option<Self> {
+    /// From GGML blocks; None for other types or inconsistent sizes. The re-laid-out copy is
+    /// allocated with `try_zeroed`: a matrix that cannot be had is an error, not an abort.
+    pub fn from_ggml(dtype: GgmlDType, bytes: &[u8], rows: usize, cols: usize) -> crate::error::Result<Option<Self>> {
         let (kind, size) = match dtype {
             GgmlDType::Q8_0 => (Kind::Q8_0, 34),
             GgmlDType::Q4_0 => (Kind::Q4_0, 18),
             GgmlDType::Q4_1 => (Kind::Q4_1, 20),
-            _ => return None,
+            _ => return Ok(None),
         };
-        if !cols.is_multiple_of(BLOCK) || bytes.len() != rows * cols / BLOCK * size {
-            return None;
+        if !cols.is_multiple_of(BLOCK) || Some(bytes.len()) != rows.checked_mul(cols / BLOCK * size) {
+            return Ok(None);
         }
         let blocks = cols / BLOCK;
         let groups = rows.div_ceil(GROUP);
         let qb = kind.quant_bytes();
         let slots = groups * blocks * GROUP;
-        let mut d = vec![0u16; slots];
-        let mut m = vec![0u16; if kind == Kind::Q4_1 { slots } else { 0 }];
-        let mut qs = vec![0u8; slots * qb];
+        let what = || format!("the {rows}x{cols} {dtype:?} matrix's blocks");
+        let mut d: Vec<u16> = crate::error::try_zeroed(slots, what)?;
+        let mut m: Vec<u16> = crate::error::try_zeroed(if kind == Kind::Q4_1 { slots } else { 0 }, what)?;
+        let mut qs: Vec<u8> = crate::error::try_zeroed(slots * qb, what)?;
         for (i, b) in bytes.chunks_exact(size).enumerate() {
             let (row, block) = (i / blocks, i % blocks);
             let (group, lane) = (row / GROUP, row % GROUP);
@@ -175,7 +177,7 @@ impl BlockMatrix {
                 qs[to..to + 4].copy_from_slice(four);
             }
         }
-        Some(Self { rows, cols, kind, blocks, d, m, qs })
+        Ok(Some(Self { rows, cols, kind, blocks, d, m, qs }))
     }
 
     /// Bytes held (the file's block size, rearranged, plus the last group's padding rows).
