@@ -13,8 +13,12 @@ pub mod tokenize;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use guardreasoner::backend::gpu::LinearKernel;
+use guardreasoner::batch::BatchStats;
 use guardreasoner::loader::{OpenedModel, open_path};
-use guardreasoner::session::{BackendChoice, Device, Quant, Session, parse_linear_kernel};
+use guardreasoner::session::{
+    BackendChoice, Classification, ClassifyItem, Device, Quant, RunOptions, Session, Stop, parse_linear_kernel,
+};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -145,6 +149,46 @@ impl ModelArgs {
         }
         Ok(session)
     }
+}
+
+/// Runs `texts` (complete GuardReasoner prompts) through the session's batch (continuous
+/// batching) and hands each result to `on_result(index, result)` in order: one that finishes early
+/// waits for those before it. An error from `on_result` ends the run. After Ctrl-C no new text
+/// starts and those in flight end; the second value says whether that happened.
+pub fn classify_in_order(
+    session: &mut Session,
+    texts: &[&str],
+    options: &RunOptions,
+    on_result: &mut dyn FnMut(usize, guardreasoner::Result<Classification>) -> Result<()>,
+) -> guardreasoner::Result<(BatchStats, bool)> {
+    let mut finished = BTreeMap::new();
+    let mut next_out = 0;
+    let mut interrupted = false;
+    let mut queue = texts.iter().enumerate();
+    let batch = session.batch();
+    let stats = pollster::block_on(session.classify_many(
+        batch,
+        &mut || {
+            let item = queue.next().filter(|_| !is_interrupted());
+            Ok(item.map(|(index, text)| ClassifyItem { index, text: text.to_string(), max_new_tokens: None }))
+        },
+        options,
+        &|_| is_interrupted(),
+        &mut |_, _| Ok(()),
+        &mut |i, result| {
+            if result.as_ref().is_ok_and(|r| r.stop == Stop::Cancelled) {
+                interrupted = true;
+                return Ok(());
+            }
+            finished.insert(i, result);
+            while let Some(result) = finished.remove(&next_out) {
+                on_result(next_out, result).map_err(|e| guardreasoner::Error::Other(format!("{e:#}")))?;
+                next_out += 1;
+            }
+            Ok(())
+        },
+    ))?;
+    Ok((stats, interrupted || is_interrupted()))
 }
 
 /// `--batch`: conversations decoded together. Unset, the backend's default: 8 on the GPU

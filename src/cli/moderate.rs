@@ -5,8 +5,7 @@
 use super::{EXIT_INTERRUPTED, EXIT_NO_VERDICT, ModelArgs, default_batch, is_interrupted};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
-use guardreasoner::session::{Classification, ClassifyEvent, ClassifyItem, RunOptions, Stop};
-use std::collections::BTreeMap;
+use guardreasoner::session::{Classification, ClassifyEvent, RunOptions, Stop};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -247,14 +246,12 @@ fn run_file(args: &ModerateArgs, input: &Path) -> Result<u8> {
     );
     let started = std::time::Instant::now();
     let mut out = std::io::stdout().lock();
-    let (mut written, mut tokens, mut no_verdict, mut errors, mut interrupted) =
-        (0usize, 0usize, 0usize, 0usize, false);
-    // Conversations finish out of order; each line is printed once those before it are.
-    let mut finished: BTreeMap<usize, guardreasoner::Result<Classification>> = BTreeMap::new();
-    let mut queue = lines.iter().enumerate();
-    let mut print_ready = |finished: &mut BTreeMap<usize, guardreasoner::Result<Classification>>| -> Result<()> {
-        while let Some(result) = finished.remove(&written) {
-            writeln!(out, "{}", result_line(&lines[written], &result)?)?;
+    let (mut written, mut tokens, mut no_verdict, mut errors) = (0usize, 0usize, 0usize, 0usize);
+    let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+    let batch = session.batch();
+    let (_, interrupted) =
+        super::classify_in_order(&mut session, &texts, &RunOptions::new(args.max_new_tokens), &mut |i, result| {
+            writeln!(out, "{}", result_line(&lines[i], &result)?)?;
             out.flush()?;
             match &result {
                 Ok(c) => {
@@ -266,31 +263,10 @@ fn run_file(args: &ModerateArgs, input: &Path) -> Result<u8> {
             written += 1;
             bar.set_message(format!("{:.1} tokens/s", tokens as f64 / started.elapsed().as_secs_f64().max(1e-9)));
             bar.inc(1);
-        }
-        Ok(())
-    };
-    let options = RunOptions::new(args.max_new_tokens);
-    let batch = session.batch();
-    pollster::block_on(session.classify_many(
-        batch,
-        &mut || {
-            let item = queue.next().filter(|_| !is_interrupted());
-            Ok(item.map(|(index, line)| ClassifyItem { index, text: line.text.clone(), max_new_tokens: None }))
-        },
-        &options,
-        &|_| is_interrupted(),
-        &mut |_, _| Ok(()),
-        &mut |i, result| {
-            if result.as_ref().is_ok_and(|r| r.stop == Stop::Cancelled) {
-                interrupted = true;
-                return Ok(());
-            }
-            finished.insert(i, result);
-            print_ready(&mut finished).map_err(|e| guardreasoner::Error::Other(format!("{e:#}")))
-        },
-    ))?;
+            Ok(())
+        })?;
     bar.finish_and_clear();
-    if interrupted || is_interrupted() {
+    if interrupted {
         eprintln!("interrupted: {written} of {} conversations printed", lines.len());
         return Ok(EXIT_INTERRUPTED);
     }

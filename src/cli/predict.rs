@@ -4,7 +4,7 @@
 //! the same through the wasm module; both select items, build prompts, write lines and find the
 //! resume point with the same code (`guardreasoner::guard::run`).
 
-use super::{EXIT_INTERRUPTED, ModelArgs, default_batch, is_interrupted};
+use super::{EXIT_INTERRUPTED, ModelArgs, default_batch};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use guardreasoner::guard::{
@@ -12,8 +12,7 @@ use guardreasoner::guard::{
     PREDICTIONS_FILE, PlannedItem, RunManifest, RunSummary, SUMMARY_FILE, Shard, evaluate, parse_benchmark_json,
     parse_predictions_jsonl, plan_items, prediction_line, resume_point,
 };
-use guardreasoner::session::{Classification, ClassifyItem, RunOptions, Session, Stop};
-use std::collections::BTreeMap;
+use guardreasoner::session::{RunOptions, Session};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -227,67 +226,45 @@ fn predict(
         bar.set_prefix(name);
         let todo = &run.planned[point.done..];
         let dataset_started = Instant::now();
-        let (mut tokens, mut written, mut interrupted) = (0usize, 0usize, false);
-        // Items finish out of order; each line is written once every item before it is.
-        let mut finished: BTreeMap<usize, guardreasoner::Result<Classification>> = BTreeMap::new();
-        let mut queue = todo.iter().enumerate();
-        let mut write_ready = |finished: &mut BTreeMap<usize, guardreasoner::Result<Classification>>| -> Result<()> {
-            while let Some(result) = finished.remove(&written) {
-                let item = &todo[written];
-                let result = result.with_context(|| format!("item {} of the benchmark file", item.index + 1))?;
-                file.write_all(prediction_line(&item.prompt, item.label.as_deref(), &result.text).as_bytes())
-                    .and_then(|_| file.sync_data())
-                    .with_context(|| format!("writing {}", run.path.display()))?;
-                let t = &result.timings;
-                summary.add_item(
+        let (mut tokens, mut written) = (0usize, 0usize);
+        // Items finish out of order; each line is written once every item before it is, and a
+        // failed item ends the run there.
+        let texts: Vec<&str> = todo.iter().map(|item| item.prompt.as_str()).collect();
+        let (stats, interrupted) = super::classify_in_order(session, &texts, &options, &mut |k, result| {
+            let item = &todo[k];
+            let result = result.with_context(|| format!("item {} of the benchmark file", item.index + 1))?;
+            file.write_all(prediction_line(&item.prompt, item.label.as_deref(), &result.text).as_bytes())
+                .and_then(|_| file.sync_data())
+                .with_context(|| format!("writing {}", run.path.display()))?;
+            let t = &result.timings;
+            summary.add_item(
+                result.new_tokens,
+                result.prompt_tokens,
+                result.reused_tokens,
+                t.total_seconds,
+                t.time_to_first_token_seconds.unwrap_or(t.total_seconds),
+            );
+            tokens += result.new_tokens;
+            written += 1;
+            let wall = dataset_started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("{:.1} tokens/s", tokens as f64 / wall));
+            bar.inc(1);
+            // Off a terminal (a log, CI) the bar is not drawn: a line per item instead.
+            if bar.is_hidden() && !args.model.quiet {
+                let done = point.done + written;
+                let eta = (run.planned.len() - done) as f64 * wall / written as f64;
+                eprintln!(
+                    "{name} {done}/{} items, {} tokens in {:.1} s ({:.1} tokens/s so far), eta {eta:.0} s",
+                    run.planned.len(),
                     result.new_tokens,
-                    result.prompt_tokens,
-                    result.reused_tokens,
                     t.total_seconds,
-                    t.time_to_first_token_seconds.unwrap_or(t.total_seconds),
+                    tokens as f64 / wall
                 );
-                tokens += result.new_tokens;
-                written += 1;
-                let wall = dataset_started.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!("{:.1} tokens/s", tokens as f64 / wall));
-                bar.inc(1);
-                // Off a terminal (a log, CI) the bar is not drawn: a line per item instead.
-                if bar.is_hidden() && !args.model.quiet {
-                    let done = point.done + written;
-                    let eta = (run.planned.len() - done) as f64 * wall / written as f64;
-                    eprintln!(
-                        "{name} {done}/{} items, {} tokens in {:.1} s ({:.1} tokens/s so far), eta {eta:.0} s",
-                        run.planned.len(),
-                        result.new_tokens,
-                        t.total_seconds,
-                        tokens as f64 / wall
-                    );
-                }
             }
             Ok(())
-        };
-        let stats = pollster::block_on(session.classify_many(
-            batch,
-            &mut || {
-                // Ctrl-C: no more items start; those in flight end as cancelled.
-                let item = queue.next().filter(|_| !is_interrupted());
-                Ok(item.map(|(index, item)| ClassifyItem { index, text: item.prompt.clone(), max_new_tokens: None }))
-            },
-            &options,
-            &|_| is_interrupted(),
-            &mut |_, _| Ok(()),
-            &mut |i, result| {
-                if result.as_ref().is_ok_and(|r| r.stop == Stop::Cancelled) {
-                    interrupted = true;
-                    return Ok(());
-                }
-                finished.insert(i, result);
-                // A failed item ends the run once every item before it is written.
-                write_ready(&mut finished).map_err(|e| guardreasoner::Error::Other(format!("{e:#}")))
-            },
-        ))
+        })
         .with_context(|| name.to_string())?;
-        if interrupted || is_interrupted() {
+        if interrupted {
             bar.abandon();
             eprintln!(
                 "interrupted: the finished items are in {}; run the same command again to resume",
