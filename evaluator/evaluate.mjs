@@ -232,7 +232,7 @@ async function main() {
   }
   if (!opts) return console.log(USAGE);
   const started = performance.now();
-  if (!fs.existsSync(path.join(REPO, "pkg/guardreasoner_bg.wasm"))) throw new Error("pkg/ is not built: run scripts/build-wasm.sh (evaluator/evaluate.sh does it for you)");
+  if (!fs.existsSync(path.join(REPO, "www/pkg/guardreasoner_bg.wasm"))) throw new Error("www/pkg/ is not built: run scripts/build-wasm.sh (evaluator/evaluate.sh does it for you)");
   if (!fs.statSync(opts.benchmarkDir, { throwIfNoEntry: false })?.isDirectory()) throw new Error(`--benchmark-dir ${opts.benchmarkDir}: not a folder`);
   const model = modelSource(opts.model);
 

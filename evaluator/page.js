@@ -2,7 +2,7 @@
 // same wasm package as the demo, runs the model in the same Web Worker (GuardReasoner), and
 // exposes `window.evaluator` for the evaluator to call. Item selection, prompts, predictions lines,
 // resume points and scoring come from the wasm module, so they are the native CLI's too.
-import init, { benchmark_datasets, plan_benchmark, resume_point, prediction_line, failed_prediction_line, score_predictions, run_manifest, RunSummary } from "../pkg/guardreasoner.js";
+import init, { benchmark_datasets, plan_benchmark, resume_point, prediction_line, failed_prediction_line, score_predictions, run_manifest, RunSummary } from "../www/pkg/guardreasoner.js";
 import { GuardReasoner } from "../www/guardreasoner.js";
 
 // How often token counts go back to the evaluator while an item generates.

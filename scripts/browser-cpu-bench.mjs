@@ -65,7 +65,7 @@ for (const m of models) {
     process.exit(2);
   }
 }
-if (!fs.existsSync(path.join(REPO, "pkg/guardreasoner_bg.wasm"))) {
+if (!fs.existsSync(path.join(REPO, "www/pkg/guardreasoner_bg.wasm"))) {
   console.error("build the wasm module first: scripts/build-wasm.sh");
   process.exit(2);
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build the wasm packages: pkg/ (single-threaded), pkg-threads/ (threads: rayon on Web Workers
-# sharing the memory, for cross-origin isolated pages) and pkg-threads-relaxed/ (the same with
-# relaxed-SIMD dot products); www/worker.js picks one at load. Each is
+# Build the wasm packages into www/, beside the worker that loads them: www/pkg/
+# (single-threaded), www/pkg-threads/ (threads: rayon on Web Workers sharing the memory, for
+# cross-origin isolated pages) and www/pkg-threads-relaxed/ (the same with relaxed-SIMD dot
+# products); www/worker.js picks one at load. Each is
 # cargo (wasm32, SIMD) + wasm-bindgen (--target web) + wasm-opt from npm binaryen (Debian's
 # wasm-opt 108 emits broken modules). The threaded build needs atomics in std, so a pinned
 # nightly rebuilds std (-Z build-std) into its own target dir.
@@ -26,7 +27,7 @@ for arg in "$@"; do
   esac
 done
 if [ "$if_stale" = 1 ]; then
-  packages=(pkg); [ "$single" = 1 ] || packages+=(pkg-threads pkg-threads-relaxed)
+  packages=(www/pkg); [ "$single" = 1 ] || packages+=(www/pkg-threads www/pkg-threads-relaxed)
   fresh=1
   for p in "${packages[@]}"; do
     stamp="$p/.build-stamp"
@@ -59,9 +60,9 @@ optimize() { # pkg dir, extra wasm-opt features
 }
 
 cargo build --release --target wasm32-unknown-unknown --lib --no-default-features
-rm -rf pkg
-wasm-bindgen --target web --out-dir pkg target/wasm32-unknown-unknown/release/guardreasoner.wasm
-optimize pkg ""
+rm -rf www/pkg
+wasm-bindgen --target web --out-dir www/pkg target/wasm32-unknown-unknown/release/guardreasoner.wasm
+optimize www/pkg ""
 
 [ "$single" = 1 ] && exit 0
 if ! rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1 || ! rustup component list --toolchain "$NIGHTLY" --installed | grep -q rust-src; then
@@ -83,6 +84,6 @@ threaded() { # pkg dir, target dir, extra target features, extra wasm-opt featur
   wasm-bindgen --target web --out-dir "$1" "target/$2/wasm32-unknown-unknown/release/guardreasoner.wasm"
   optimize "$1" "--enable-threads $4"
 }
-threaded pkg-threads wasm-threads "" ""
+threaded www/pkg-threads wasm-threads "" ""
 # The same with relaxed-SIMD integer dot products, for browsers that have them (the worker checks).
-threaded pkg-threads-relaxed wasm-threads-relaxed ",+relaxed-simd" "--enable-relaxed-simd"
+threaded www/pkg-threads-relaxed wasm-threads-relaxed ",+relaxed-simd" "--enable-relaxed-simd"

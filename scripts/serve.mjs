@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Static server on 127.0.0.1 with the cross-origin isolation headers wasm threads and
-// SharedArrayBuffer need, and a strict Content-Security-Policy (contentSecurityPolicy below). Serves the repository root (the demo is /www/, the wasm package /pkg/)
+// SharedArrayBuffer need, and a strict Content-Security-Policy (contentSecurityPolicy below). Serves the repository root (the demo is /www/, the wasm packages /www/pkg*/)
 // and, for the evaluator, local model files mounted under a URL prefix.
 // Usage: node scripts/serve.mjs [--port N] [--root DIR]   (port 0 picks a free one)
 import http from "node:http";
@@ -106,9 +106,9 @@ function byteRange(header, size) {
  * them 503, as a server that is down; `{stallAfterBytes, stalls}` sends that many body bytes and
  * then nothing more while holding the connection open, `stalls` times (a download to cancel).
  * `isolated: false` leaves out the cross-origin isolation
- * headers.
+ * headers; `csp: false` the Content-Security-Policy (a page with an inline import map, for tests).
  */
-export function startServer({ root = REPO, port = 0, mounts = {}, faults = {}, isolated = true } = {}) {
+export function startServer({ root = REPO, port = 0, mounts = {}, faults = {}, isolated = true, csp = true } = {}) {
   // Cross-origin isolation (COOP + COEP) gives pages SharedArrayBuffer: wasm threads and the
   // shared cancel flags. `isolated: false` serves as a site without those headers (tests).
   const base = isolated ? HEADERS : { "Cache-Control": HEADERS["Cache-Control"] };
@@ -125,7 +125,7 @@ export function startServer({ root = REPO, port = 0, mounts = {}, faults = {}, i
     }
   });
   const handle = (req, res) => {
-    res.setHeader("Content-Security-Policy", contentSecurityPolicy(req));
+    if (csp) res.setHeader("Content-Security-Policy", contentSecurityPolicy(req));
     // Only this machine's names: a page elsewhere that rebinds its DNS name to 127.0.0.1 must
     // not read these files.
     const host = (req.headers.host || "").replace(/:\d+$/, "");

@@ -3,6 +3,9 @@
 /** `cache: false` keeps nothing in browser storage (for files served from this machine). A Hub
  * `revision` (default "main") is resolved to its commit and pinned; `hfEndpoint` replaces the Hub. */
 export type ModelSource =
+  /** A Hub repo id ("owner/name") or a URL (absolute, or "/", "./", "../" against the page): a
+   * .gguf file or an HF-style folder. */
+  | string
   | { hf: string; revision?: string; hfEndpoint?: string }
   | { url: string; cache?: boolean }
   | { hfBaseUrl: string; cache?: boolean }
@@ -23,8 +26,12 @@ export interface LoadProgress {
 
 export interface LoadOptions {
   backend?: "auto" | "webgpu" | "cpu";
+  /** transformers.js's word for `backend`: "webgpu", "wasm" (the CPU path), "cpu" or "auto". */
+  device?: "auto" | "webgpu" | "wasm" | "cpu";
   /** Float weights once loaded: "q8" (default), "q4" or "none" (keep f32); "f32", "q8_0" and "q4_0" are taken too. */
   quant?: "q8" | "q4" | "none" | "f32" | "q8_0" | "q4_0";
+  /** transformers.js's word for `quant`: "q8" (or "int8"), "q4" or "fp32". */
+  dtype?: "q8" | "int8" | "q4" | "fp32";
   /** KV cache size in tokens (prompt + new tokens) of one conversation */
   context?: number;
   /** Conversations decoded together (`moderateMany`, concurrent `moderate` calls); default 4 on
@@ -154,3 +161,7 @@ export declare class GuardReasoner {
   /** Ends the worker; pending and later calls reject with an AbortError. */
   terminate(): void;
 }
+
+/** The source `load` takes, as an object: a string is a Hub repo id ({hf}) or a URL ({url},
+ * made absolute against the page). Throws a TypeError for anything else. */
+export declare function modelSource(source: ModelSource): Exclude<ModelSource, string>;

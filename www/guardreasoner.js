@@ -1,12 +1,53 @@
 // GuardReasoner in the browser: an ES module over the wasm package, running the model in a
-// Web Worker so the page stays responsive. No bundler needed:
-//   import { GuardReasoner } from "./guardreasoner.js";
-//   const guard = await GuardReasoner.load({ hf: "yueliu1999/GuardReasoner-1B" }, { onProgress });
+// Web Worker so the page stays responsive. The npm package guardreasoner-web is this folder
+// (www/package.json); a bundler or a plain page with an import map loads it as it is:
+//   import { GuardReasoner } from "guardreasoner-web"; // or "./guardreasoner.js"
+//   const guard = await GuardReasoner.load("yueliu1999/GuardReasoner-1B", { onProgress });
 //   const result = await guard.moderate({ prompt, response }, { onEvent, signal });
 
 import { CANCEL_SLOTS, DEFAULTS, GPU_LOST_PREFIX, Reply, Request } from "./protocol.js";
 
 let nextId = 1;
+
+/** transformers.js's `device` words, as `backend` takes them. */
+const DEVICES = Object.freeze({ webgpu: "webgpu", wasm: "cpu", cpu: "cpu", auto: "auto" });
+/** transformers.js's `dtype` words, as `quant` takes them. */
+const DTYPES = Object.freeze({ q8: "q8", int8: "q8", q4: "q4", fp32: "f32" });
+
+/** One of two names for an option (`backend`/`device`, `quant`/`dtype`): the one given, or
+ * undefined; both given and different is an error. */
+function either(name, value, alias, aliasValue) {
+  if (value !== undefined && aliasValue !== undefined && value !== aliasValue) {
+    throw new TypeError(`${name} "${value}" and ${alias} "${aliasValue}" disagree: give one of them`);
+  }
+  return value ?? aliasValue;
+}
+
+/** `url` and `hfBaseUrl` made absolute against the page: the worker (wherever a bundler put it)
+ * would resolve a relative one against its own script. */
+function pageRelative(source) {
+  const base = globalThis.location?.href;
+  if (!base) return source;
+  const out = { ...source };
+  for (const key of ["url", "hfBaseUrl"]) if (typeof out[key] === "string") out[key] = new URL(out[key], base).href;
+  return out;
+}
+
+/**
+ * A model source from what `load` was given: objects as they are; a string is a Hub repo id
+ * ("owner/name", e.g. "yueliu1999/GuardReasoner-1B") or a URL (absolute, or starting with "/",
+ * "./" or "../": a .gguf file or an HF-style folder ending in "/").
+ */
+export function modelSource(source) {
+  if (typeof source !== "string") {
+    if (source && typeof source === "object") return pageRelative(source);
+    throw new TypeError(`a model source is a string ("owner/name" or a URL) or an object ({hf}, {url}, {hfBaseUrl}, {file}), not ${source === null ? "null" : typeof source}`);
+  }
+  const text = source.trim();
+  if (/^[A-Za-z0-9][\w.-]*\/[\w.-]*[A-Za-z0-9]$/.test(text) && !text.includes("..")) return { hf: text };
+  if (/^(https?:\/\/|\/|\.\.?\/)/.test(text)) return pageRelative({ url: text });
+  throw new TypeError(`"${source}" is neither a Hub repo id ("owner/name") nor a URL (https://..., /..., ./...)`);
+}
 
 /** The GPU device is gone (a driver reset, the browser reclaiming it): the model must be loaded
  * again, on WebGPU or on the CPU (`backend: "cpu"`). Every pending and later call of the
@@ -40,7 +81,8 @@ export class GuardReasoner {
   }
 
   /**
-   * Load a model. `source`: `{url}` (a .gguf URL, or an HF-style folder URL), `{hf: "owner/name",
+   * Load a model. `source`: a Hub repo id `"owner/name"` or a URL as a plain string (see
+   * `modelSource`), `{url}` (a .gguf URL, or an HF-style folder URL), `{hf: "owner/name",
    * revision?, hfEndpoint?}`, `{hfBaseUrl}` or `{file}` (a .gguf File). Downloads stream into the
    * origin's private file system (OPFS), resume after a break, and are kept for the next visit;
    * `cache: false` in a URL source keeps nothing (for files already on this machine). A Hub
@@ -53,12 +95,18 @@ export class GuardReasoner {
    * promise rejects with an AbortError at once and the worker is ended; the bytes downloaded so
    * far stay stored and the next load resumes from them. `storageQuotaOverride` (bytes) stands in
    * for the browser's quota, and `gpuBufferLimit` (bytes) for the GPU's buffer binding limit when
-   * lower, for tests.
+   * lower, for tests. The words transformers.js users know are taken too: `device` ("webgpu",
+   * "wasm" or "cpu", "auto") for `backend`, and `dtype` ("q8", "q4", "fp32") for `quant`.
    */
-  static async load(source, { onProgress, signal, backend = DEFAULTS.backend, quant = DEFAULTS.quant, context = DEFAULTS.context, batch, threads, relaxedSimd, revision, workerUrl, storageQuotaOverride, gpuBufferLimit } = {}) {
+  static async load(source, { onProgress, signal, backend, device, quant, dtype, context = DEFAULTS.context, batch, threads, relaxedSimd, revision, workerUrl, storageQuotaOverride, gpuBufferLimit } = {}) {
+    source = modelSource(source);
+    backend = either("backend", backend, "device", device === undefined ? undefined : DEVICES[device] ?? device) ?? DEFAULTS.backend;
+    quant = either("quant", quant, "dtype", dtype === undefined ? undefined : DTYPES[dtype] ?? dtype) ?? DEFAULTS.quant;
     if (signal?.aborted) throw new DOMException("the load was cancelled", "AbortError");
-    const url = workerUrl || new URL("./worker.js", import.meta.url);
-    const guard = new GuardReasoner(new Worker(url, { type: "module" }));
+    // `new Worker(new URL(literal, import.meta.url))` written out whole: the pattern bundlers
+    // recognize, to bundle the worker and emit it beside the page's code.
+    const worker = workerUrl ? new Worker(workerUrl, { type: "module" }) : new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+    const guard = new GuardReasoner(worker);
     const onAbort = () => guard.#end(new DOMException("the load was cancelled", "AbortError"));
     signal?.addEventListener("abort", onAbort, { once: true });
     // Ask once that stored models survive storage pressure (the browser may say no; they are then

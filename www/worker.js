@@ -12,6 +12,24 @@ let session = null; // the wasm Session
 // for and more than one thread; else pkg/. `threads`: rayon's pool size (1 for pkg/).
 let wasm = null;
 let threads = 1;
+// The builds sit beside this file (www/ in the repository, the npm package's root). The
+// single-threaded one is imported by a literal path, so bundlers (Vite, webpack 5) bundle it and
+// emit its .wasm (wasm-bindgen finds it with `new URL(..., import.meta.url)`). The threaded ones
+// are imported by a URL made at run time, which bundlers leave alone: their thread pool's
+// workers import the build's own file again by its URL, which only works unbundled. In a
+// bundled app they are found where the worker's bundle is served only if copied there; when
+// they are missing the import fails and the load goes on with pkg/ (one thread).
+const BUILDS = {
+  "pkg-threads-relaxed": () => importBeside("pkg-threads-relaxed/guardreasoner.js"),
+  "pkg-threads": () => importBeside("pkg-threads/guardreasoner.js"),
+  pkg: () => import("./pkg/guardreasoner.js"),
+};
+
+function importBeside(file) {
+  const url = new URL(file, import.meta.url).href;
+  return import(/* @vite-ignore */ /* webpackIgnore: true */ url);
+}
+
 // Int32Array over a SharedArrayBuffer when the page is cross-origin isolated: slot id % length
 // holds id once request id is cancelled (read without waiting for the event loop).
 let cancelFlags = null;
@@ -48,7 +66,7 @@ async function start(onCpu, wanted, relaxed) {
     const builds = relaxed !== false && hasRelaxedSimd() ? ["pkg-threads-relaxed", "pkg-threads"] : ["pkg-threads"];
     for (const build of builds) {
       try {
-        const module = await import(`../${build}/guardreasoner.js`);
+        const module = await BUILDS[build]();
         await module.default();
         await module.initThreadPool(n);
         [wasm, threads] = [module, n];
@@ -59,7 +77,7 @@ async function start(onCpu, wanted, relaxed) {
       }
     }
   }
-  const module = await import("../pkg/guardreasoner.js");
+  const module = await BUILDS.pkg();
   await module.default();
   [wasm, threads] = [module, 1];
 }

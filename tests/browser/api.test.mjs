@@ -14,7 +14,7 @@ let server;
 
 before(async () => {
   assert.ok(fs.existsSync(path.join(repo, ".cache/tiny-rebuilt/llama32/model.safetensors")), "run cargo test first (it rebuilds the tiny model)");
-  assert.ok(fs.existsSync(path.join(repo, "pkg/guardreasoner_bg.wasm")), "run scripts/build-wasm.sh first");
+  assert.ok(fs.existsSync(path.join(repo, "www/pkg/guardreasoner_bg.wasm")), "run scripts/build-wasm.sh first");
   server = await startServer();
 });
 after(() => server?.stop());

@@ -55,7 +55,7 @@ let cpuBaseline; // an uninterrupted CPU run, shared by the tests below
 let nativeReference; // the native CLI's predictions for the same items
 
 before(async () => {
-  for (const [what, file] of [["the tiny model (run cargo test first)", path.join(model, "model.safetensors")], ["pkg/ (run scripts/build-wasm.sh)", path.join(repo, "pkg/guardreasoner_bg.wasm")], ["the native CLI (cargo build --release)", native], ["the benchmark files", benchmarkDir]]) {
+  for (const [what, file] of [["the tiny model (run cargo test first)", path.join(model, "model.safetensors")], ["www/pkg/ (run scripts/build-wasm.sh)", path.join(repo, "www/pkg/guardreasoner_bg.wasm")], ["the native CLI (cargo build --release)", native], ["the benchmark files", benchmarkDir]]) {
     assert.ok(fs.existsSync(file), `missing ${what}: ${file}`);
   }
   nativeReference = nativePredictions(path.join(tmp, "native"), NEW_TOKENS);

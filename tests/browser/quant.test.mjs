@@ -23,7 +23,7 @@ let server;
 let plainServer; // without the cross-origin isolation headers
 
 before(async () => {
-  for (const pkg of ["pkg", "pkg-threads"]) assert.ok(fs.existsSync(path.join(repo, pkg, "guardreasoner_bg.wasm")), "run scripts/build-wasm.sh first");
+  for (const pkg of ["pkg", "pkg-threads"]) assert.ok(fs.existsSync(path.join(repo, "www", pkg, "guardreasoner_bg.wasm")), "run scripts/build-wasm.sh first");
   server = await startServer();
   plainServer = await startServer({ isolated: false });
 });

@@ -16,7 +16,7 @@ const MiB = 2 ** 20;
 
 before(() => {
   for (const name of ["llama32", "classic"]) assert.ok(fs.existsSync(path.join(tiny(name), "model.safetensors")), "run cargo test first (it rebuilds the tiny models)");
-  assert.ok(fs.existsSync(path.join(repo, "pkg/guardreasoner_bg.wasm")), "run scripts/build-wasm.sh first");
+  assert.ok(fs.existsSync(path.join(repo, "www/pkg/guardreasoner_bg.wasm")), "run scripts/build-wasm.sh first");
 });
 
 /** One browser profile (one OPFS) for a test: playwright's `browser.newPage()` would give each
