@@ -396,6 +396,7 @@ fn a_hub_repo_id_loads_from_the_local_cache_or_says_how_to_fetch_it() {
         Command::new(env!("CARGO_BIN_EXE_guardreasoner"))
             .args(["tokenize", "-m", repo, "--text", "hello"])
             .env("HF_HUB_CACHE", &hub)
+            .env("HF_HUB_OFFLINE", "1")
             .output()
             .unwrap()
     };
@@ -407,8 +408,214 @@ fn a_hub_repo_id_loads_from_the_local_cache_or_says_how_to_fetch_it() {
     assert_eq!(absent.status.code(), Some(1));
     assert!(
         text(&absent.stderr).contains("not in the local Hugging Face cache")
-            && text(&absent.stderr).contains("hf download acme/not-here")
+            && text(&absent.stderr).contains("HF_HUB_OFFLINE")
+            && text(&absent.stderr).contains("hf download acme/not-here"),
+        "{}",
+        text(&absent.stderr)
     );
+}
+
+/// A stand-in for the Hugging Face Hub on 127.0.0.1: serves the tiny model's files as
+/// `/<owner>/<name>/resolve/<revision>/<file>` for any repo and revision, with the headers the
+/// Hub sends (`X-Repo-Commit`, `ETag`, `Content-Range`), honours `Range`, answers 404 for other
+/// files, and cuts the connection half-way through `model.safetensors` while `drops` lasts.
+/// Every request is recorded as `(path, range, authorization)`.
+mod fake_hub {
+    use sha2::Digest;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+
+    pub const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    #[derive(Clone, Debug)]
+    pub struct Request {
+        pub path: String,
+        pub range: Option<String>,
+        pub authorization: Option<String>,
+    }
+
+    pub struct Hub {
+        pub url: String,
+        pub requests: Arc<Mutex<Vec<Request>>>,
+        pub drops: Arc<Mutex<usize>>,
+    }
+
+    pub fn start(folder: &Path) -> Hub {
+        let files: Vec<(String, Vec<u8>)> =
+            ["config.json", "generation_config.json", "tokenizer.json", "model.safetensors"]
+                .iter()
+                .map(|name| (name.to_string(), std::fs::read(folder.join(name)).unwrap()))
+                .collect();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let drops = Arc::new(Mutex::new(0));
+        let (log, left) = (requests.clone(), drops.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = serve(stream, &files, &log, &left);
+            }
+        });
+        Hub { url, requests, drops }
+    }
+
+    fn serve(
+        mut stream: TcpStream,
+        files: &[(String, Vec<u8>)],
+        log: &Mutex<Vec<Request>>,
+        drops: &Mutex<usize>,
+    ) -> std::io::Result<()> {
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+        let (mut range, mut authorization) = (None, None);
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
+                break;
+            }
+            let (name, value) = header.split_once(':').unwrap_or((&header, ""));
+            match name.trim().to_ascii_lowercase().as_str() {
+                "range" => range = Some(value.trim().to_string()),
+                "authorization" => authorization = Some(value.trim().to_string()),
+                _ => {}
+            }
+        }
+        log.lock().unwrap().push(Request { path: path.clone(), range: range.clone(), authorization });
+        let parts: Vec<&str> = path.trim_start_matches('/').splitn(5, '/').collect();
+        let file = match parts.as_slice() {
+            [_, _, "resolve", _, name] => files.iter().find(|(n, _)| n == name),
+            _ => None,
+        };
+        let Some((name, bytes)) = file else {
+            return stream.write_all(b"HTTP/1.1 404 Not Found\r\nX-Error-Code: EntryNotFound\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        };
+        let etag = format!("{:x}", sha2::Sha256::digest(bytes));
+        let size = bytes.len();
+        let (start, end) = match range.as_deref().and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.split_once('-'))
+        {
+            Some((a, b)) => (a.parse().unwrap_or(0), b.parse().map_or(size - 1, |b: usize| b.min(size - 1))),
+            None => (0, size - 1),
+        };
+        let body = &bytes[start..=end];
+        let status = if range.is_some() { "206 Partial Content" } else { "200 OK" };
+        let head = format!(
+            "HTTP/1.1 {status}\r\nX-Repo-Commit: {COMMIT}\r\nETag: \"{etag}\"\r\nContent-Range: bytes {start}-{end}/{size}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes())?;
+        let cut = name == "model.safetensors" && body.len() > 1 && {
+            let mut left = drops.lock().unwrap();
+            let cut = *left > 0;
+            *left = left.saturating_sub(1);
+            cut
+        };
+        if cut {
+            // Half of what is asked for, then the connection ends.
+            stream.write_all(&body[..body.len() / 2])?;
+            stream.flush()?;
+            return stream.shutdown(std::net::Shutdown::Both);
+        }
+        stream.write_all(body)
+    }
+}
+
+/// `--model owner/name` not in the cache downloads it from `HF_ENDPOINT` into `HF_HOME` in the
+/// Hub cache's layout, sending `HF_TOKEN`, resuming a file whose connection dropped (within the
+/// run and across runs), and then loads it offline; an unreachable Hub, `HF_HUB_OFFLINE`, a
+/// missing repo and a gated one each get a clear error.
+#[test]
+fn a_hub_repo_id_downloads_into_the_cache_resumes_dropped_files_and_then_loads_offline() {
+    let home = scratch("hf-download");
+    let hub = fake_hub::start(Path::new(&tiny()));
+    let run = |repo: &str, endpoint: &str, extra: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_guardreasoner"));
+        cmd.args(["moderate", "--quiet", "-m", repo, "-p", "How do I pick a lock?", "-n", "12", "--json"])
+            .env("HF_HOME", &home)
+            .env("HF_ENDPOINT", endpoint)
+            .env("HF_TOKEN", "hf_test_token")
+            .env_remove("HF_HUB_CACHE")
+            .env_remove("HF_HUB_OFFLINE");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    // The streamed events and the final text (the last line's timings differ from run to run).
+    let answer = |out: &Output| {
+        let mut lines = json_lines(&out.stdout);
+        let done = lines.pop().unwrap_or_default();
+        (lines, done["text"].clone(), done["newTokens"].clone())
+    };
+    let local = gr(&["moderate", "--quiet", "-m", &tiny(), "-p", "How do I pick a lock?", "-n", "12", "--json"]);
+    assert_eq!(local.status.code(), Some(3), "{}", text(&local.stderr)); // 12 tokens: no verdict
+    let local = answer(&local);
+    assert_eq!(local.2, 12);
+
+    // One dropped connection: the download resumes within the run.
+    *hub.drops.lock().unwrap() = 1;
+    let first = run("acme/tiny-guard", &hub.url, &[]);
+    assert_eq!(first.status.code(), Some(3), "{}", text(&first.stderr));
+    assert_eq!(answer(&first), local, "the downloaded model answers as the local folder does");
+    let requests = hub.requests.lock().unwrap().clone();
+    assert!(requests.iter().all(|r| r.authorization.as_deref() == Some("Bearer hf_test_token")), "{requests:?}");
+    let weights: Vec<_> = requests.iter().filter(|r| r.path.ends_with("/model.safetensors")).collect();
+    let resumed = |r: &&fake_hub::Request| r.range.as_deref().is_some_and(|r| r != "bytes=0-0" && r != "bytes=0-");
+    assert!(weights.iter().any(resumed), "a Range request resumed the dropped file: {weights:?}");
+    let repo_dir = home.join("hub/models--acme--tiny-guard");
+    assert_eq!(std::fs::read_to_string(repo_dir.join("refs/main")).unwrap().trim(), fake_hub::COMMIT);
+    let snapshot = repo_dir.join("snapshots").join(fake_hub::COMMIT);
+    for file in ["config.json", "generation_config.json", "tokenizer.json", "model.safetensors"] {
+        assert_eq!(
+            std::fs::read(snapshot.join(file)).unwrap(),
+            std::fs::read(Path::new(&tiny()).join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(repo_dir.join("blobs"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.ends_with(".part"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // In the cache: no request at all, even with the Hub gone.
+    let seen = hub.requests.lock().unwrap().len();
+    let offline = run("acme/tiny-guard", "http://127.0.0.1:9", &[]);
+    assert_eq!(offline.status.code(), Some(3), "{}", text(&offline.stderr));
+    assert_eq!(answer(&offline), local);
+    assert_eq!(hub.requests.lock().unwrap().len(), seen);
+
+    // Every try dropped: the run fails saying so, and keeps what it got; the next run resumes it.
+    *hub.drops.lock().unwrap() = 1000;
+    let broken = run("acme/other-guard", &hub.url, &[]);
+    assert_eq!(broken.status.code(), Some(1));
+    assert!(text(&broken.stderr).contains("acme/other-guard/model.safetensors"), "{}", text(&broken.stderr));
+    *hub.drops.lock().unwrap() = 0;
+    let seen = hub.requests.lock().unwrap().len();
+    let again = run("acme/other-guard", &hub.url, &[]);
+    assert_eq!(again.status.code(), Some(3), "{}", text(&again.stderr));
+    assert_eq!(answer(&again), local);
+    let later = hub.requests.lock().unwrap()[seen..].to_vec();
+    let first_body =
+        later.iter().find(|r| r.path.ends_with("/model.safetensors") && r.range.as_deref() != Some("bytes=0-0"));
+    assert!(first_body.is_some_and(|r| resumed(&r)), "the next run resumed the partial file: {later:?}");
+
+    // Not in the cache and no way to get it.
+    let unreachable = run("acme/not-cached", "http://127.0.0.1:9", &[]);
+    assert_eq!(unreachable.status.code(), Some(1));
+    let says = text(&unreachable.stderr);
+    assert!(
+        says.contains("cannot download acme/not-cached/config.json") && says.contains("check the network"),
+        "{says}"
+    );
+    let offline_flag = run("acme/not-cached", &hub.url, &[("HF_HUB_OFFLINE", "1")]);
+    assert!(text(&offline_flag.stderr).contains("HF_HUB_OFFLINE is set"), "{}", text(&offline_flag.stderr));
+    let missing = run("acme/no-such-repo", &format!("{}/nothing-here", hub.url), &[]);
+    assert!(text(&missing.stderr).contains("has no config.json"), "{}", text(&missing.stderr));
 }
 
 #[test]

@@ -30,7 +30,7 @@ pub fn run(args: BenchArgs) -> Result<u8> {
         bail!("--prompt-tokens and --gen must be at least 1");
     }
     let load_start = Instant::now();
-    let source = args.model.source.open()?;
+    let source = args.model.open()?;
     let mut session = args.model.load_batched(source, args.batch as usize)?;
     let load_s = load_start.elapsed().as_secs_f64();
     // A fixed, ordinary-text prompt: token ids of real words, repeated to length.

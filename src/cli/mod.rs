@@ -5,12 +5,13 @@
 pub mod bench;
 pub mod eval;
 pub mod generate;
+pub mod hub;
 pub mod moderate;
 pub mod predict;
 pub mod synth;
 pub mod tokenize;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 use guardreasoner::backend::gpu::LinearKernel;
 use guardreasoner::batch::BatchStats;
@@ -32,14 +33,27 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 #[derive(Args, Clone)]
 pub struct ModelSource {
     /// Model: an HF-style folder (config.json, tokenizer.json, *.safetensors), a .gguf file, or
-    /// a Hugging Face repo id (owner/name) already in the local Hugging Face cache.
+    /// a Hugging Face repo id (owner/name, e.g. yueliu1999/GuardReasoner-1B): taken from the
+    /// local Hugging Face cache when it is there (no network), else downloaded into it
+    /// (HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE honoured; a broken
+    /// download resumes where it stopped).
     #[arg(long, short = 'm')]
     pub model: String,
+    /// With a repo id: the branch, tag or commit to use.
+    #[arg(long, default_value = "main")]
+    pub revision: String,
 }
 
 impl ModelSource {
+    /// Opens the model, downloading it first when it is a repo id not in the cache (with a
+    /// progress bar per file on stderr).
     pub fn open(&self) -> Result<OpenedModel> {
-        let path = resolve_model(&self.model)?;
+        self.open_with(true)
+    }
+
+    /// As `open`; `progress` false downloads without progress bars (`--quiet`).
+    pub fn open_with(&self, progress: bool) -> Result<OpenedModel> {
+        let path = resolve_model(&self.model, &self.revision, progress)?;
         open_path(&path).with_context(|| format!("opening model {}", path.display()))
     }
 }
@@ -102,7 +116,12 @@ impl ModelArgs {
 
     /// Opens the model and loads it onto the chosen backend, with a progress bar on stderr.
     pub fn load(&self) -> Result<Session> {
-        self.load_opened(self.source.open()?)
+        self.load_opened(self.open()?)
+    }
+
+    /// Opens the model (downloading a repo id not in the cache; progress bars unless `--quiet`).
+    pub fn open(&self) -> Result<OpenedModel> {
+        self.source.open_with(!self.quiet)
     }
 
     /// Loads an opened model onto the chosen backend, with a progress bar on stderr.
@@ -202,37 +221,14 @@ pub fn default_batch(device: Device) -> usize {
     }
 }
 
-/// `owner/name` when no such path exists: the newest snapshot of that repo in the local Hugging
-/// Face cache (`HF_HUB_CACHE`, or `HF_HOME/hub`, or `~/.cache/huggingface/hub`). Downloading is
-/// not built in yet: the error says how to fetch it.
-fn resolve_model(model: &str) -> Result<PathBuf> {
+/// The model's path: `model` itself when it exists or is not a repo id (`owner/name`), else the
+/// repo's snapshot folder in the Hugging Face cache (downloaded when missing, `hub::snapshot`).
+fn resolve_model(model: &str, revision: &str, progress: bool) -> Result<PathBuf> {
     let path = Path::new(model);
-    let is_repo_id = model.split('/').count() == 2
-        && model
-            .split('/')
-            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
-    if path.exists() || !is_repo_id {
+    if path.exists() || !hub::is_repo_id(model) {
         return Ok(path.to_path_buf());
     }
-    let hub = std::env::var_os("HF_HUB_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HF_HOME").map(|home| PathBuf::from(home).join("hub")))
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/huggingface/hub")));
-    let snapshots = hub.map(|hub| hub.join(format!("models--{}", model.replace('/', "--"))).join("snapshots"));
-    let newest = snapshots.as_ref().and_then(|dir| std::fs::read_dir(dir).ok()).and_then(|entries| {
-        entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().join("config.json").exists())
-            .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
-            .map(|e| e.path())
-    });
-    match newest {
-        Some(folder) => Ok(folder),
-        None => bail!(
-            "{model} is not a file or folder here, and not in the local Hugging Face cache; fetch it first:\n  pip install -U huggingface_hub && hf download {model} --local-dir models/{name}\nthen pass --model models/{name}",
-            name = model.rsplit('/').next().unwrap_or(model)
-        ),
-    }
+    hub::snapshot(model, revision, progress)
 }
 
 /// Raised by Ctrl-C; commands poll it between tokens and prefill chunks. A second Ctrl-C ends

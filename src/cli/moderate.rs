@@ -232,7 +232,7 @@ fn run_file(args: &ModerateArgs, input: &Path) -> Result<u8> {
     };
     let lines = parse_input(&name, &text)?;
     let batch = args.batch.map_or_else(|| default_batch(args.model.backend), usize::from);
-    let mut session = args.model.load_batched(args.model.source.open()?, batch.min(lines.len()))?;
+    let mut session = args.model.load_batched(args.model.open()?, batch.min(lines.len()))?;
     super::interrupted(); // Ctrl-C from here on: no new conversation starts; finished ones are printed
     let bar = if args.model.quiet {
         indicatif::ProgressBar::hidden()

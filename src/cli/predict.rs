@@ -61,7 +61,7 @@ struct DatasetRun {
 pub fn run(args: PredictArgs) -> Result<u8> {
     let started = Instant::now();
     let runs = plan(&args)?;
-    let model = args.model.source.open()?;
+    let model = args.model.open()?;
     let manifest = RunManifest {
         engine: "native".into(),
         model: args.model.source.model.clone(),
