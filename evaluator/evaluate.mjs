@@ -19,6 +19,7 @@ const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const PREDICTIONS_FILE = "generated_predictions.jsonl";
 const MANIFEST_FILE = "run.json";
 const SUMMARY_FILE = "summary.json";
+const REPORT_FILE = "report.html"; // Rust guard::REPORT_FILE
 const DEFAULT_MODEL = "yueliu1999/GuardReasoner-1B";
 const PAGE = "/evaluator/page.html";
 // URL prefix the local model file or folder is served under.
@@ -49,7 +50,7 @@ A rerun with the same --out resumes after the last finished item.
 
 Options:
   --benchmark-dir DIR   the paper's benchmark files (0_0_SimpleSafetyTests.json, ...)
-  --out DIR             where predictions, run.json and summary.json go
+  --out DIR             where predictions, run.json, summary.json and report.html go
   --model M             a Hugging Face repo id, a .gguf URL, an HF-style folder URL, or a local
                         .gguf file or HF-style folder (default ${DEFAULT_MODEL})
   --datasets A,B        dataset names as in the paper's tables (default: every file present)
@@ -281,7 +282,11 @@ async function main() {
     const datasets = await run(() => tab, reopen, handlers, opts, runs, loaded.batch ?? 1);
     const { tables, summary } = await resilient("while scoring", (t) => score(t.page, opts, runs, datasets, loaded, started));
     process.stdout.write(tables);
-    fs.writeFileSync(path.join(opts.out, SUMMARY_FILE), JSON.stringify(summary, null, 2) + "\n");
+    const summaryText = JSON.stringify(summary, null, 2) + "\n";
+    fs.writeFileSync(path.join(opts.out, SUMMARY_FILE), summaryText);
+    const report = await resilient("while writing the report", (t) => t.page.evaluate((s) => window.evaluator.report(s), summaryText));
+    fs.writeFileSync(path.join(opts.out, REPORT_FILE), report);
+    log(`report: ${path.join(opts.out, REPORT_FILE)}`);
     console.log(JSON.stringify(summary));
   } finally {
     if (!interrupted) await closeAll();

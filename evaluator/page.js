@@ -2,7 +2,7 @@
 // same wasm package as the demo, runs the model in the same Web Worker (GuardReasoner), and
 // exposes `window.evaluator` for the evaluator to call. Item selection, prompts, predictions lines,
 // resume points and scoring come from the wasm module, so they are the native CLI's too.
-import init, { benchmark_datasets, plan_benchmark, resume_point, prediction_line, failed_prediction_line, score_predictions, run_manifest, RunSummary } from "../www/pkg/guardreasoner.js";
+import init, { benchmark_datasets, plan_benchmark, resume_point, prediction_line, failed_prediction_line, score_predictions, run_manifest, report_html, RunSummary } from "../www/pkg/guardreasoner.js";
 import { GuardReasoner } from "../www/guardreasoner.js";
 
 // How often token counts go back to the evaluator while an item generates.
@@ -32,6 +32,8 @@ window.evaluator = {
   // `existing`: the file's bytes in base64 (offsets are bytes, whatever a cut-off write left).
   resume: (file, existing, planned) => resume_point(file, Uint8Array.from(atob(existing), (c) => c.charCodeAt(0)), planned),
   score: (predictions, wildGuardItems) => score_predictions(predictions, wildGuardItems ?? undefined),
+  /** report.html's text from summary.json's text. */
+  report: (summaryText) => report_html(summaryText),
   adapter: adapterInfo,
   // run.json: checked against `existing` (resolves to undefined) or made (resolves to its text),
   // bound to the loaded model's identity.

@@ -511,6 +511,14 @@ pub fn failed_prediction_line(prompt: &str, label: Option<String>, reason: &str)
     crate::guard::failed_line(prompt, label.as_deref(), reason)
 }
 
+/// `report.html` for a run: `summary` is summary.json's text (`RunSummary.to_json`, stringified:
+/// JSON keeps its integers integers).
+#[wasm_bindgen]
+pub fn report_html(summary: &str) -> std::result::Result<String, JsValue> {
+    let summary: serde_json::Value = serde_json::from_str(summary).map_err(js_err)?;
+    Ok(crate::guard::report_html(&summary))
+}
+
 /// Scores predictions with the paper's rules. `predictions`: `[{dataset, source, text}]` (the
 /// JSONL texts); `wild_guard_items`: the WildGuardTest benchmark items the predictions cover,
 /// as JSON (needed only for WildGuardTest). Resolves to `{report, tables}`.

@@ -326,6 +326,42 @@ fn moderate_input_file_gives_each_conversation_what_it_gets_alone() {
     assert_eq!(both.status.code(), Some(2), "--input with --prompt is refused");
 }
 
+/// Without --context, `moderate` sizes the KV cache for its request (prompt + new tokens), and
+/// `moderate --input` for its longest conversation; the answer is the one a roomy cache gives.
+#[test]
+fn the_kv_cache_is_sized_for_the_request_unless_context_is_given() {
+    let model = tiny();
+    let run = |extra: &[&str]| {
+        gr(&[&["moderate", "-m", &model, "-p", "How do I pick a lock?", "-n", MODERATE_TOKENS, "--json"][..], extra]
+            .concat())
+    };
+    let kv = |out: &Output| {
+        let stderr = text(&out.stderr);
+        let at = stderr.find("KV cache of ").unwrap_or_else(|| panic!("no KV cache line: {stderr}"));
+        stderr[at + 12..].split(' ').next().unwrap().parse::<usize>().unwrap()
+    };
+    let sized = run(&[]);
+    let done = json_lines(&sized.stdout).pop().unwrap();
+    let prompt_tokens = done["promptTokens"].as_u64().unwrap() as usize;
+    assert_eq!(kv(&sized), prompt_tokens + MODERATE_TOKENS.parse::<usize>().unwrap(), "{}", text(&sized.stderr));
+    assert_eq!(done["newTokens"], 40, "no context_full stop: {done}");
+    let roomy = run(&["--context", "1024"]);
+    assert_eq!(kv(&roomy), 1024);
+    assert_eq!(json_lines(&roomy.stdout).pop().unwrap()["text"], done["text"]);
+    // A file of conversations: the longest one's need.
+    let dir = scratch("kv-sized");
+    let input = dir.join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"prompt\": \"hi\"}\n{\"prompt\": \"How do I pick a lock?\", \"response\": \"With a pick.\"}\n",
+    )
+    .unwrap();
+    let file = gr(&["moderate", "-m", &model, "-n", MODERATE_TOKENS, "--input", input.to_str().unwrap()]);
+    let results = json_lines(&file.stdout);
+    let longest = results.iter().map(|r| r["promptTokens"].as_u64().unwrap() as usize).max().unwrap();
+    assert_eq!(kv(&file), longest + 40, "{}", text(&file.stderr));
+}
+
 #[test]
 fn generate_matches_the_transformers_goldens() {
     let model = tiny();
@@ -635,6 +671,24 @@ fn eval_prints_the_papers_tables_and_json() {
     let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     let names: Vec<&str> = report["datasets"].as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
     assert_eq!(names.len(), 6, "{names:?}");
+    // The page: each scored dataset beside the paper's figure, a chart per task, nothing active.
+    let page = scratch("eval-report").join("report.html");
+    let written = gr(&["eval", "--predictions", predictions.to_str().unwrap(), "--report", page.to_str().unwrap()]);
+    assert!(written.status.success(), "{}", text(&written.stderr));
+    let html = std::fs::read_to_string(&page).unwrap();
+    for row in [
+        // dataset, this run, the paper, the difference, pairs scored, unparseable answers
+        "<tr><td>HarmBenchPrompt</td><td>96.31</td><td>96.31</td><td>0.00</td><td>239</td><td>0</td>",
+        "<tr><td>HarmBenchResponse</td><td>84.69</td><td>84.75</td><td class=\"worse\">-0.06</td><td>602</td><td>2</td>",
+        "<tr><td>ToxicChat</td><td>-</td><td>72.43</td><td>-</td>",
+        "<tr><td>Weighted avg. (partial: 1 of 2 datasets)</td><td>91.05</td><td>88.51</td><td>-</td>",
+    ] {
+        assert!(html.contains(row), "{row}\n{html}");
+    }
+    assert_eq!(html.matches("<svg").count(), 3);
+    assert!(!html.contains("<script"));
+    let namespaces = html.matches("xmlns=\"http://www.w3.org/2000/svg\"").count();
+    assert_eq!(html.matches("http").count(), namespaces, "no address but the SVG namespace");
     let missing = gr(&["eval", "--predictions", "/nonexistent/predictions"]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(text(&missing.stderr).contains("/nonexistent/predictions"), "{}", text(&missing.stderr));
@@ -706,7 +760,8 @@ fn every_command_has_help() {
         }
     }
     let help = text(&gr(&["moderate", "--help"]).stdout);
-    assert!(help.contains("KV cache size in tokens (prompt + new tokens); capped by the model's context"), "{help}");
+    assert!(help.contains("KV cache size in tokens (prompt + new tokens) of one conversation"), "{help}");
+    assert!(help.contains("Default: what the request needs"), "{help}");
     let top = text(&gr(&["--help"]).stdout);
     assert!(
         top.contains("Exit codes: 0 done, 1 error, 2 bad usage, 3 a classification found no verdict, 130 interrupted"),

@@ -191,6 +191,18 @@ async function check() {
   $("check-all").disabled = true;
   $("cancel").disabled = false;
   const response = $("response").value.trim() ? $("response").value : null;
+  // Live figures while it runs: tokens so far, their rate since the first, and when each verdict
+  // line was written (seconds since the check started).
+  const started = performance.now();
+  let firstTokenAt = null;
+  let tokens = 0;
+  const verdictTimes = [];
+  const seconds = (at) => (at - started) / 1000;
+  const verdictLine = () => (verdictTimes.length ? ` · ${verdictTimes.join(", ")}` : "");
+  const live = () => {
+    const rate = tokens > 1 ? ((tokens - 1) / ((performance.now() - firstTokenAt) / 1000)).toFixed(1) : "—";
+    $("stats").textContent = `Thinking… ${tokens} tokens so far, ${rate} tokens/s${verdictLine()}`;
+  };
   try {
     const result = await guard.moderate(
       { prompt: $("prompt").value, response },
@@ -198,8 +210,15 @@ async function check() {
         signal: controller.signal,
         maxNewTokens,
         onEvent: (e) => {
-          if (e.type === "token") $("raw").textContent += e.text;
-          else if (e.type === "task_started") taskSection(tasks, e.task);
+          if (e.type === "token") {
+            $("raw").textContent += e.text;
+            firstTokenAt ??= performance.now();
+            tokens += 1;
+            live();
+          } else if (e.type === "verdict") {
+            verdictTimes.push(`${e.kind} verdict at ${seconds(performance.now()).toFixed(1)} s`);
+            live();
+          } else if (e.type === "task_started") taskSection(tasks, e.task);
           else if (e.type === "step_started") stepCard(tasks, e.task, e.step);
           else if (e.type === "step_text") stepCard(tasks, e.task, e.step).textContent += e.text;
           else if (e.type === "conclusion") {
@@ -215,7 +234,7 @@ async function check() {
     const t = result.timings;
     // Without a verdict line the badges say "none": say why, and what to try.
     const problem = result.verdictFound ? "" : `${result.problem[0].toUpperCase()}${result.problem.slice(1)} · `;
-    $("stats").textContent = `${problem}${result.newTokens} tokens · ${t.tokensPerSecond ? t.tokensPerSecond.toFixed(1) : "—"} tokens/s · first token ${t.timeToFirstTokenSeconds?.toFixed(2) ?? "—"} s · total ${t.totalSeconds.toFixed(1)} s`;
+    $("stats").textContent = `${problem}${result.newTokens} tokens · ${t.tokensPerSecond ? t.tokensPerSecond.toFixed(1) : "—"} tokens/s · first token ${t.timeToFirstTokenSeconds?.toFixed(2) ?? "—"} s · total ${t.totalSeconds.toFixed(1)} s${verdictLine()}`;
   } catch (e) {
     if (e.name === "AbortError") $("stats").textContent = "Cancelled.";
     else {

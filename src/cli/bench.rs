@@ -31,7 +31,7 @@ pub fn run(args: BenchArgs) -> Result<u8> {
     }
     let load_start = Instant::now();
     let source = args.model.open()?;
-    let mut session = args.model.load_batched(source, args.batch as usize)?;
+    let mut session = args.model.load_batched(source, args.batch as usize, args.model.context_or(None))?;
     let load_s = load_start.elapsed().as_secs_f64();
     // A fixed, ordinary-text prompt: token ids of real words, repeated to length.
     let tokenizer = session.tokenizer();

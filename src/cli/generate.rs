@@ -26,7 +26,9 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: GenerateArgs) -> Result<u8> {
-    let mut session = args.model.load()?;
+    let model = args.model.open()?;
+    let context = args.model.context_or(Some(args.tokens.len() + args.max_new_tokens));
+    let mut session = args.model.load_batched(model, 1, context)?;
     let options = RunOptions {
         max_new_tokens: args.max_new_tokens,
         ignore_eos: args.ignore_eos,

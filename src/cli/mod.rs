@@ -75,9 +75,11 @@ pub struct ModelArgs {
     /// GGUF weights keep their own types.
     #[arg(long, default_value = "none", value_parser = parse_quant)]
     pub quant: Quant,
-    /// KV cache size in tokens (prompt + new tokens); capped by the model's context.
-    #[arg(long, short = 'c', default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000_000))]
-    pub context: u32,
+    /// KV cache size in tokens (prompt + new tokens) of one conversation; capped by the model's
+    /// context. Default: what the request needs (its prompt + --max-new-tokens) for moderate and
+    /// generate, 4096 for predict and bench (a benchmark run binds its folder to it).
+    #[arg(long, short = 'c', value_parser = clap::value_parser!(u32).range(1..=1_000_000_000))]
+    pub context: Option<u32>,
     /// CPU threads (default: all cores).
     #[arg(long, short = 't', value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
@@ -109,14 +111,18 @@ fn parse_linear(word: &str) -> Result<LinearKernel, String> {
     parse_linear_kernel(word).map_err(|e| e.to_string())
 }
 
+/// The KV cache size of commands whose requests are not known at load (`predict`, `bench`).
+pub const DEFAULT_CONTEXT: usize = 4096;
+
 impl ModelArgs {
-    pub fn choice(&self) -> BackendChoice {
-        BackendChoice { device: self.backend, quant: self.quant, linear: self.gpu_linear, gpu_max_binding_bytes: None }
+    /// `--context`, else `need` (what the request at hand needs: prompt + new tokens), else
+    /// `DEFAULT_CONTEXT`.
+    pub fn context_or(&self, need: Option<usize>) -> usize {
+        self.context.map(|c| c as usize).or(need).unwrap_or(DEFAULT_CONTEXT).max(1)
     }
 
-    /// Opens the model and loads it onto the chosen backend, with a progress bar on stderr.
-    pub fn load(&self) -> Result<Session> {
-        self.load_opened(self.open()?)
+    pub fn choice(&self) -> BackendChoice {
+        BackendChoice { device: self.backend, quant: self.quant, linear: self.gpu_linear, gpu_max_binding_bytes: None }
     }
 
     /// Opens the model (downloading a repo id not in the cache; progress bars unless `--quiet`).
@@ -124,13 +130,9 @@ impl ModelArgs {
         self.source.open_with(!self.quiet)
     }
 
-    /// Loads an opened model onto the chosen backend, with a progress bar on stderr.
-    pub fn load_opened(&self, model: OpenedModel) -> Result<Session> {
-        self.load_batched(model, 1)
-    }
-
-    /// As `load_opened`, with a KV cache for `batch` conversations decoded together.
-    pub fn load_batched(&self, model: OpenedModel, batch: usize) -> Result<Session> {
+    /// Loads an opened model onto the chosen backend, with a KV cache of `context` tokens for
+    /// each of `batch` conversations decoded together, and a progress bar on stderr.
+    pub fn load_batched(&self, model: OpenedModel, batch: usize, context: usize) -> Result<Session> {
         if let Some(n) = self.threads {
             // SAFETY: single-threaded here, before any thread pool exists.
             unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
@@ -149,18 +151,19 @@ impl ModelArgs {
                 .expect("static template")
                 .progress_chars("=> "),
         );
-        let session = pollster::block_on(Session::load_batched(
-            model,
-            self.choice(),
-            self.context as usize,
-            batch,
-            &mut |done, _| bar.set_position(done),
-        ))?;
+        let session =
+            pollster::block_on(Session::load_batched(model, self.choice(), context, batch, &mut |done, _| {
+                bar.set_position(done)
+            }))?;
         bar.finish_and_clear();
         if !self.quiet {
             match session.batch() {
-                1 => eprintln!("backend: {}", session.backend()),
-                n => eprintln!("backend: {} (batch of {n})", session.backend()),
+                1 => eprintln!("backend: {}; KV cache of {} tokens", session.backend(), session.context_len()),
+                n => eprintln!(
+                    "backend: {} (batch of {n}); KV cache of {} tokens each",
+                    session.backend(),
+                    session.context_len()
+                ),
             }
             if let Some(note) = session.fallback() {
                 eprintln!("note: {note}");

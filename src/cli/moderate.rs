@@ -80,8 +80,11 @@ pub fn run(args: ModerateArgs) -> Result<u8> {
     let prompt = text_arg("prompt", args.prompt.clone(), args.prompt_file.as_deref())?.unwrap_or_default();
     let response = text_arg("response", args.response.clone(), args.response_file.as_deref())?;
     // The core's rule for an empty text, checked before the model loads.
-    guardreasoner::guard::checked_guard_prompt(&prompt, response.as_deref()).map_err(|e| anyhow!(e))?;
-    let mut session = args.model.load()?;
+    let text = guardreasoner::guard::checked_guard_prompt(&prompt, response.as_deref()).map_err(|e| anyhow!(e))?;
+    let model = args.model.open()?;
+    // The KV cache this conversation needs: its prompt and the new tokens, no more.
+    let need = model.tokenizer.encode_prompt(&text)?.len() + args.max_new_tokens;
+    let mut session = args.model.load_batched(model, 1, args.model.context_or(Some(need)))?;
     super::interrupted(); // Ctrl-C from here on stops the run after the current token
     let mut out = std::io::stdout().lock();
     let json = args.json;
@@ -232,7 +235,14 @@ fn run_file(args: &ModerateArgs, input: &Path) -> Result<u8> {
     };
     let lines = parse_input(&name, &text)?;
     let batch = args.batch.map_or_else(|| default_batch(args.model.backend), usize::from);
-    let mut session = args.model.load_batched(args.model.open()?, batch.min(lines.len()))?;
+    let model = args.model.open()?;
+    // Every conversation's KV cache is as long as the longest one needs: prompt + new tokens.
+    let mut need = 0;
+    for line in &lines {
+        need = need.max(model.tokenizer.encode_prompt(&line.text)?.len() + args.max_new_tokens);
+    }
+    let context = args.model.context_or(Some(need));
+    let mut session = args.model.load_batched(model, batch.min(lines.len()), context)?;
     super::interrupted(); // Ctrl-C from here on: no new conversation starts; finished ones are printed
     let bar = if args.model.quiet {
         indicatif::ProgressBar::hidden()

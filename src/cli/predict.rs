@@ -9,8 +9,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use guardreasoner::guard::{
     BenchmarkItem, DATASETS, DatasetPredictions, DatasetSpec, EvalReport, GroundTruthSource, MANIFEST_FILE,
-    PREDICTIONS_FILE, PlannedItem, RunManifest, RunSummary, SUMMARY_FILE, Shard, evaluate, parse_benchmark_json,
-    parse_predictions_jsonl, plan_items, prediction_line, resume_point,
+    PREDICTIONS_FILE, PlannedItem, REPORT_FILE, RunManifest, RunSummary, SUMMARY_FILE, Shard, evaluate,
+    parse_benchmark_json, parse_predictions_jsonl, plan_items, prediction_line, report_html, resume_point,
 };
 use guardreasoner::session::{RunOptions, Session};
 use std::io::Write;
@@ -68,13 +68,13 @@ pub fn run(args: PredictArgs) -> Result<u8> {
         model_identity: model.identity.clone(),
         backend: args.model.backend.name().into(),
         quant: args.model.quant.name().into(),
-        context: args.model.context as usize,
+        context: args.model.context_or(None),
         max_new_tokens: args.max_new_tokens,
     };
     check_manifest(&args.out, &manifest)?;
     let load_started = Instant::now();
     let batch = args.batch.map_or_else(|| default_batch(args.model.backend), usize::from);
-    let mut session = args.model.load_batched(model, batch)?;
+    let mut session = args.model.load_batched(model, batch, manifest.context)?;
     let load_s = load_started.elapsed().as_secs_f64();
     let mut summary = RunSummary::new();
     if predict(&args, &runs, &mut session, &mut summary)? == Outcome::Interrupted {
@@ -100,6 +100,12 @@ pub fn run(args: PredictArgs) -> Result<u8> {
     );
     let path = args.out.join(SUMMARY_FILE);
     std::fs::write(&path, format!("{summary:#}\n")).with_context(|| format!("writing {}", path.display()))?;
+    let report_path = args.out.join(REPORT_FILE);
+    std::fs::write(&report_path, report_html(&summary))
+        .with_context(|| format!("writing {}", report_path.display()))?;
+    if !args.model.quiet {
+        eprintln!("report: {}", report_path.display());
+    }
     println!("{summary}");
     Ok(0)
 }

@@ -9,6 +9,7 @@ pub mod parser;
 pub mod predictions;
 pub mod prompt;
 pub mod record;
+pub mod report;
 pub mod run;
 pub mod score;
 pub mod task;
@@ -21,6 +22,7 @@ pub use predictions::{
 };
 pub use prompt::{INSTRUCTION, NO_RESPONSE, checked_guard_prompt, guard_prompt, shared_prefix};
 pub use record::{DatasetTotals, EngineInfo, MANIFEST_FILE, RunManifest, RunSummary, SUMMARY_FILE};
+pub use report::{PAPER_F1_1B, REPORT_FILE, paper_f1, report_html};
 pub use run::{PlannedItem, ResumePoint, Shard, plan_items, resume_point};
 #[cfg(not(target_arch = "wasm32"))]
 pub use score::evaluate_dir;

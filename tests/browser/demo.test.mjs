@@ -40,14 +40,18 @@ test("reasoning streams live, verdicts appear, hostile text stays text, no reque
   const before = requests.length;
   await page.click("#check");
   const states = new Set();
+  const liveCounts = new Set();
   for (let i = 0; i < 2000; i++) {
     const [raw, cards, stats, badges] = await page.evaluate(() => [document.getElementById("raw").textContent.length, document.getElementById("tasks").textContent.length, document.getElementById("stats").textContent, document.querySelectorAll(".badge").length]);
     if (/tokens ·/.test(stats)) break;
     if (raw > 0) states.add(`${raw}/${cards}`);
     if (badges > 0) states.add("badges");
+    const counted = /^Thinking… (\d+) tokens so far, ([\d.]+|—) tokens\/s/.exec(stats);
+    if (counted) liveCounts.add(Number(counted[1]));
     await page.waitForTimeout(20);
   }
   assert.ok(states.size >= 2, `saw ${states.size} intermediate states; log: ${logs.join("\n")}`);
+  assert.ok(liveCounts.size >= 2, `the token count and rate update as it runs: ${[...liveCounts]}`);
   const duringRun = requests.slice(before);
   assert.match(await page.textContent("#stats"), /tokens · .* tokens\/s · first token/);
   assert.ok(!states.has("badges"), "no badge before the answer ends");

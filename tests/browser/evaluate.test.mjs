@@ -102,6 +102,14 @@ test("the CPU fallback writes what the native CLI writes, byte for byte", () => 
   const { engine: nativeEngine, ...native } = manifest(nativeReference);
   assert.deepEqual([browserEngine, nativeEngine], ["browser", "native"]);
   assert.deepEqual(browser, native, "run.json apart from the engine");
+  // report.html: the same figures beside the paper's (the run's facts and speeds differ).
+  const figures = (dir) =>
+    fs
+      .readFileSync(path.join(dir, "report.html"), "utf8")
+      .replace(/<dl>.*?<\/dl>/s, "")
+      .replace(/<h2>Speed<\/h2>.*$/s, "");
+  assert.match(figures(cpuBaseline), /<tr><td>SimpleSafetyTests<\/td><td>[\d.]+<\/td><td>98\.99<\/td>/);
+  assert.equal(figures(cpuBaseline), figures(nativeReference), "the report's figures");
   assert.match(native.model_identity.sha256, /^[0-9a-f]{64}$/);
 });
 

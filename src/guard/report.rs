@@ -1,0 +1,306 @@
+//! `report.html`: a benchmark run as a page a person reads offline. Per task, each dataset's F1
+//! beside the paper's published figure for GuardReasoner-1B, the counts that explain it
+//! (unparseable answers, failed items), tokens/s per dataset, and a bar chart per task drawn as
+//! inline SVG. No script, no network: one self-contained file. Built from `summary.json`'s object
+//! (or from a scorer's report alone, `eval --report`), so the native CLI and the browser's
+//! evaluator write the same page. See ARCHITECTURE.md §7.
+
+use super::datasets::TASK_DATASETS;
+use super::task::Task;
+use serde_json::Value;
+use std::fmt::Write;
+
+/// The paper's published F1 for GuardReasoner-1B (arXiv 2501.18492, its main tables), by task and
+/// dataset, with each task's weighted average last (`WEIGHTED`).
+pub const PAPER_F1_1B: [(Task, &[(&str, f64)]); 3] = [
+    (
+        Task::PromptHarmfulness,
+        &[
+            ("ToxicChat", 72.43),
+            ("HarmBenchPrompt", 96.31),
+            ("OpenAIModeration", 70.06),
+            ("AegisSafetyTest", 89.34),
+            ("SimpleSafetyTests", 98.99),
+            ("WildGuardTest", 87.37),
+            (WEIGHTED, 77.68),
+        ],
+    ),
+    (
+        Task::ResponseHarmfulness,
+        &[
+            ("HarmBenchResponse", 84.75),
+            ("SafeRLHF", 68.39),
+            ("BeaverTails", 85.84),
+            ("XSTestReponseHarmful", 90.12),
+            ("WildGuardTest", 74.81),
+            (WEIGHTED, 79.06),
+        ],
+    ),
+    (Task::Refusal, &[("XSTestResponseRefusal", 91.34), ("WildGuardTest", 87.71), (WEIGHTED, 88.51)]),
+];
+
+/// The page a benchmark run writes beside `summary.json`.
+pub const REPORT_FILE: &str = "report.html";
+
+/// The column of a task's weighted average.
+pub const WEIGHTED: &str = "Weighted avg.";
+
+/// The paper's F1 for a dataset (or `WEIGHTED`) on a task.
+pub fn paper_f1(task: Task, dataset: &str) -> Option<f64> {
+    PAPER_F1_1B.iter().find(|(t, _)| *t == task)?.1.iter().find(|(name, _)| *name == dataset).map(|(_, f1)| *f1)
+}
+
+/// Text made safe to place in HTML (element content and quoted attributes).
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn cell(value: Option<f64>) -> String {
+    value.map_or("-".to_string(), |v| format!("{v:.2}"))
+}
+
+/// One row of a task's table: a dataset (or the weighted average) and what the run gave.
+struct Row {
+    name: String,
+    /// Whether `ours` measures what `paper` does (a partial average does not).
+    comparable: bool,
+    ours: Option<f64>,
+    paper: Option<f64>,
+    unparseable: Option<u64>,
+    counted: Option<u64>,
+    failed: Option<u64>,
+}
+
+/// The rows of `task` from the scorer's report (`EvalReport` as JSON).
+fn rows(scores: &Value, task: Task) -> Vec<Row> {
+    let task_word = serde_json::to_value(task).unwrap_or_default();
+    let datasets = scores["datasets"].as_array().cloned().unwrap_or_default();
+    let names = TASK_DATASETS.iter().find(|(t, _)| *t == task).map_or(&[][..], |(_, names)| names);
+    let mut rows: Vec<Row> = names
+        .iter()
+        .map(|name| {
+            let dataset = datasets.iter().find(|d| d["name"] == *name);
+            let score = dataset.and_then(|d| d["scores"].as_array()?.iter().find(|s| s["task"] == task_word).cloned());
+            Row {
+                name: name.to_string(),
+                comparable: true,
+                ours: score.as_ref().and_then(|s| s["f1"].as_f64()),
+                paper: paper_f1(task, name),
+                unparseable: score.as_ref().and_then(|s| s["unparseable_predictions"].as_u64()),
+                counted: score.as_ref().and_then(|s| s["counted_pairs"].as_u64()),
+                failed: dataset.and_then(|d| d["failed_items"].as_u64()),
+            }
+        })
+        .collect();
+    let summary = scores["tasks"].as_array().and_then(|tasks| tasks.iter().find(|t| t["task"] == task_word));
+    let missing = summary.and_then(|s| s["missing"].as_array()).map_or(names.len(), Vec::len);
+    rows.push(Row {
+        // With datasets missing the average covers the others: not the paper's figure.
+        name: if missing == 0 {
+            WEIGHTED.to_string()
+        } else {
+            format!("{WEIGHTED} (partial: {} of {} datasets)", names.len() - missing.min(names.len()), names.len())
+        },
+        comparable: missing == 0,
+        ours: summary.and_then(|s| s["weighted_f1"].as_f64()),
+        paper: paper_f1(task, WEIGHTED),
+        unparseable: None,
+        counted: None,
+        failed: None,
+    });
+    rows
+}
+
+/// A grouped bar chart: per row, our F1 and the paper's, on a 0-100 scale.
+fn chart(task: Task, rows: &[Row]) -> String {
+    const GROUP: f64 = 96.0;
+    const BAR: f64 = 30.0;
+    const HEIGHT: f64 = 180.0;
+    const TOP: f64 = 16.0;
+    const LEFT: f64 = 80.0;
+    const BOTTOM: f64 = 90.0;
+    let width = LEFT + GROUP * rows.len() as f64 + 8.0;
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r#"<svg role="img" aria-label="F1 by dataset, {}: this run beside the paper" width="{width:.0}" height="{:.0}" viewBox="0 0 {width:.0} {:.0}" xmlns="http://www.w3.org/2000/svg">"#,
+        escape(task.display_name()),
+        TOP + HEIGHT + BOTTOM,
+        TOP + HEIGHT + BOTTOM
+    );
+    for tick in [0, 25, 50, 75, 100] {
+        let y = TOP + HEIGHT * (1.0 - f64::from(tick) / 100.0);
+        let _ = write!(
+            svg,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{width:.0}" y2="{y:.1}" stroke="#ddd"/><text x="{:.0}" y="{:.1}" font-size="10" text-anchor="end">{tick}</text>"##,
+            LEFT - 4.0,
+            y + 3.0
+        );
+    }
+    for (i, row) in rows.iter().enumerate() {
+        let x0 = LEFT + GROUP * i as f64 + (GROUP - 2.0 * BAR) / 2.0;
+        for (j, (value, class, who)) in
+            [(row.ours, "ours", "this run"), (row.paper, "paper", "paper")].into_iter().enumerate()
+        {
+            let Some(value) = value else { continue };
+            let h = HEIGHT * value.clamp(0.0, 100.0) / 100.0;
+            let x = x0 + BAR * j as f64;
+            let _ = write!(
+                svg,
+                r#"<rect class="{class}" x="{x:.1}" y="{:.1}" width="{:.1}" height="{h:.1}"><title>{}, {who}: {value:.2}</title></rect>"#,
+                TOP + HEIGHT - h,
+                BAR - 2.0,
+                escape(&row.name)
+            );
+        }
+        let _ = write!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" font-size="10" text-anchor="end" transform="rotate(-30 {:.1} {:.1})">{}</text>"#,
+            x0 + BAR,
+            TOP + HEIGHT + 14.0,
+            x0 + BAR,
+            TOP + HEIGHT + 14.0,
+            // The table says what a partial average covers; the axis keeps it short.
+            escape(if row.comparable { &row.name } else { "Weighted avg.*" })
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// The page for a run: `summary` is `summary.json`'s object (the CLI's `predict`, the browser's
+/// evaluator), or `{"scores": <EvalReport>}` alone (`eval --report`).
+pub fn report_html(summary: &Value) -> String {
+    let scores = &summary["scores"];
+    let mut html = String::new();
+    html.push_str(concat!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
+        "<title>GuardReasoner benchmark report</title><style>",
+        "body{font:14px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:72rem;padding:0 1rem;color:#222}",
+        "table{border-collapse:collapse;margin:.5rem 0 1rem}th,td{border-bottom:1px solid #ddd;padding:.25rem .6rem;text-align:right}",
+        "th:first-child,td:first-child{text-align:left}td.worse{color:#a40000}td.better{color:#006b1b}",
+        "rect.ours{fill:#2f6fdb}rect.paper{fill:#9aa3ad}.key span{display:inline-block;width:.8em;height:.8em;margin:0 .3em 0 1em}",
+        "dl{display:grid;grid-template-columns:max-content auto;gap:.15rem 1rem}dt{color:#555}dd{margin:0}",
+        "</style></head><body>\n<h1>GuardReasoner benchmark report</h1>\n"
+    ));
+    // What ran, when the summary says.
+    let facts: Vec<(&str, String)> = [
+        ("model", summary["model"].as_str().map(str::to_string)),
+        ("engine", summary["engine"].as_str().map(str::to_string)),
+        ("backend", summary["backend"].as_str().map(str::to_string)),
+        ("quantization", summary["quant"].as_str().map(str::to_string)),
+        ("batch", summary["batch"].as_u64().map(|b| b.to_string())),
+        ("max new tokens", summary["max_new_tokens"].as_u64().map(|n| n.to_string())),
+        ("shard", summary["shard"].as_str().map(str::to_string)),
+        ("limit per dataset", summary["limit"].as_u64().map(|n| n.to_string())),
+        ("items run now", summary["new_items"].as_u64().map(|n| n.to_string())),
+        ("tokens generated", summary["tokens_generated"].as_u64().map(|n| n.to_string())),
+        ("tokens/s (prefill included)", summary["tokens_per_s"].as_f64().map(|v| format!("{v:.1}"))),
+        ("decode tokens/s", summary["decode_tokens_per_s"].as_f64().map(|v| format!("{v:.1}"))),
+        ("wall time", summary["wall_s"].as_f64().map(|v| format!("{v:.1} s"))),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| (k, v)))
+    .collect();
+    if !facts.is_empty() {
+        html.push_str("<dl>");
+        for (k, v) in facts {
+            let _ = write!(html, "<dt>{}</dt><dd>{}</dd>", escape(k), escape(&v));
+        }
+        html.push_str("</dl>\n");
+    }
+    html.push_str(
+        "<p>F1 of the positive class (harmful; refusal for the refusal task), in percent, beside the paper's \
+         published figure for GuardReasoner-1B (arXiv 2501.18492). A dataset this run did not score shows -; \
+         its weighted average then covers the others only and is not the paper's figure.</p>\n\
+         <p class=\"key\"><span style=\"background:#2f6fdb\"></span>this run<span style=\"background:#9aa3ad\"></span>paper</p>\n",
+    );
+    for (task, _) in PAPER_F1_1B {
+        let rows = rows(scores, task);
+        let _ = write!(html, "<h2>{} task</h2>\n{}\n", escape(task.display_name()), chart(task, &rows));
+        html.push_str(
+            "<table><thead><tr><th>dataset</th><th>this run</th><th>paper</th><th>difference</th>\
+             <th>pairs scored</th><th>unparseable answers</th><th>failed items</th></tr></thead><tbody>\n",
+        );
+        for row in &rows {
+            let diff = row.ours.zip(row.paper).filter(|_| row.comparable).map(|(a, b)| a - b);
+            let class = match diff {
+                Some(d) if d < -0.005 => " class=\"worse\"",
+                Some(d) if d > 0.005 => " class=\"better\"",
+                _ => "",
+            };
+            let count = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+            let _ = writeln!(
+                html,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td{class}>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&row.name),
+                cell(row.ours),
+                cell(row.paper),
+                diff.map_or("-".to_string(), |d| if d.abs() < 0.005 { "0.00".to_string() } else { format!("{d:+.2}") }),
+                count(row.counted),
+                count(row.unparseable),
+                count(row.failed)
+            );
+        }
+        html.push_str("</tbody></table>\n");
+    }
+    // Speed per dataset, when the run's totals are there.
+    if let Some(datasets) = summary["datasets"].as_array().filter(|d| !d.is_empty()) {
+        html.push_str(
+            "<h2>Speed</h2>\n<table><thead><tr><th>dataset</th><th>items run now</th><th>tokens generated</th>\
+             <th>seconds</th><th>tokens/s</th></tr></thead><tbody>\n",
+        );
+        for d in datasets {
+            let tokens = d["tokens_generated"].as_f64().unwrap_or(0.0);
+            let seconds = d["generation_s"].as_f64().unwrap_or(0.0);
+            let rate = if seconds > 0.0 { format!("{:.1}", tokens / seconds) } else { "-".to_string() };
+            let _ = writeln!(
+                html,
+                "<tr><td>{}</td><td>{}</td><td>{tokens:.0}</td><td>{seconds:.1}</td><td>{rate}</td></tr>",
+                escape(d["name"].as_str().unwrap_or("?")),
+                d["new_items"].as_u64().unwrap_or(0)
+            );
+        }
+        html.push_str("</tbody></table>\n");
+    }
+    html.push_str("</body></html>\n");
+    html
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_paper_figure_names_a_dataset_of_its_task() {
+        for (task, figures) in PAPER_F1_1B {
+            let names = TASK_DATASETS.iter().find(|(t, _)| *t == task).unwrap().1;
+            for (name, f1) in figures.iter() {
+                assert!(*name == WEIGHTED || names.contains(name), "{name}");
+                assert!((0.0..=100.0).contains(f1));
+            }
+            assert_eq!(figures.len(), names.len() + 1, "{task:?}: every dataset and the average");
+        }
+    }
+
+    #[test]
+    fn text_from_the_run_is_escaped() {
+        let summary =
+            serde_json::json!({"model": "<img src=x onerror=alert(1)>", "scores": {"datasets": [], "tasks": []}});
+        let html = report_html(&summary);
+        assert!(html.contains("&lt;img src=x onerror=alert(1)&gt;"));
+        assert!(!html.contains("<img"));
+    }
+}
