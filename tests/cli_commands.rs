@@ -454,8 +454,10 @@ fn a_hub_repo_id_loads_from_the_local_cache_or_says_how_to_fetch_it() {
 /// A stand-in for the Hugging Face Hub on 127.0.0.1: serves the tiny model's files as
 /// `/<owner>/<name>/resolve/<revision>/<file>` for any repo and revision, with the headers the
 /// Hub sends (`X-Repo-Commit`, `ETag`, `Content-Range`), honours `Range`, answers 404 for other
-/// files, and cuts the connection half-way through `model.safetensors` while `drops` lasts.
-/// Every request is recorded as `(path, range, authorization)`.
+/// files, and cuts the connection half-way through `model.safetensors` while `drops` lasts; with
+/// `ignore_ranges` it answers a resume with the whole file, as a broken mirror would. `extra`
+/// files are served too (a crafted shard index). Every request is recorded as `(path, range,
+/// authorization)`.
 mod fake_hub {
     use sha2::Digest;
     use std::io::{BufRead, BufReader, Write};
@@ -476,25 +478,28 @@ mod fake_hub {
         pub url: String,
         pub requests: Arc<Mutex<Vec<Request>>>,
         pub drops: Arc<Mutex<usize>>,
+        pub ignore_ranges: Arc<Mutex<bool>>,
     }
 
-    pub fn start(folder: &Path) -> Hub {
-        let files: Vec<(String, Vec<u8>)> =
+    pub fn start(folder: &Path, extra: &[(&str, &[u8])]) -> Hub {
+        let mut files: Vec<(String, Vec<u8>)> =
             ["config.json", "generation_config.json", "tokenizer.json", "model.safetensors"]
                 .iter()
                 .map(|name| (name.to_string(), std::fs::read(folder.join(name)).unwrap()))
                 .collect();
+        files.extend(extra.iter().map(|(name, bytes)| (name.to_string(), bytes.to_vec())));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let requests = Arc::new(Mutex::new(Vec::new()));
         let drops = Arc::new(Mutex::new(0));
-        let (log, left) = (requests.clone(), drops.clone());
+        let ignore_ranges = Arc::new(Mutex::new(false));
+        let (log, left, ignore) = (requests.clone(), drops.clone(), ignore_ranges.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let _ = serve(stream, &files, &log, &left);
+                let _ = serve(stream, &files, &log, &left, &ignore);
             }
         });
-        Hub { url, requests, drops }
+        Hub { url, requests, drops, ignore_ranges }
     }
 
     fn serve(
@@ -502,6 +507,7 @@ mod fake_hub {
         files: &[(String, Vec<u8>)],
         log: &Mutex<Vec<Request>>,
         drops: &Mutex<usize>,
+        ignore_ranges: &Mutex<bool>,
     ) -> std::io::Result<()> {
         let mut reader = BufReader::new(stream.try_clone()?);
         let mut line = String::new();
@@ -531,6 +537,10 @@ mod fake_hub {
         };
         let etag = format!("{:x}", sha2::Sha256::digest(bytes));
         let size = bytes.len();
+        // The metadata probe (`bytes=0-0`) is answered right even by the broken mirror.
+        if *ignore_ranges.lock().unwrap() && range.as_deref() != Some("bytes=0-0") {
+            range = None;
+        }
         let (start, end) = match range.as_deref().and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.split_once('-'))
         {
             Some((a, b)) => (a.parse().unwrap_or(0), b.parse().map_or(size - 1, |b: usize| b.min(size - 1))),
@@ -566,7 +576,7 @@ mod fake_hub {
 #[test]
 fn a_hub_repo_id_downloads_into_the_cache_resumes_dropped_files_and_then_loads_offline() {
     let home = scratch("hf-download");
-    let hub = fake_hub::start(Path::new(&tiny()));
+    let hub = fake_hub::start(Path::new(&tiny()), &[]);
     let run = |repo: &str, endpoint: &str, extra: &[(&str, &str)]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_guardreasoner"));
         cmd.args(["moderate", "--quiet", "-m", repo, "-p", "How do I pick a lock?", "-n", "12", "--json"])
@@ -639,6 +649,27 @@ fn a_hub_repo_id_downloads_into_the_cache_resumes_dropped_files_and_then_loads_o
     let first_body =
         later.iter().find(|r| r.path.ends_with("/model.safetensors") && r.range.as_deref() != Some("bytes=0-0"));
     assert!(first_body.is_some_and(|r| resumed(&r)), "the next run resumed the partial file: {later:?}");
+
+    // A mirror that answers a resume with the whole file: the file comes out too long, which the
+    // size check catches; the bad file is removed and the next run gets it right.
+    *hub.drops.lock().unwrap() = 1;
+    *hub.ignore_ranges.lock().unwrap() = true;
+    let mangled = run("acme/mirror-guard", &hub.url, &[]);
+    assert_eq!(mangled.status.code(), Some(1));
+    assert!(text(&mangled.stderr).contains("is corrupt"), "{}", text(&mangled.stderr));
+    *hub.ignore_ranges.lock().unwrap() = false;
+    let fixed = run("acme/mirror-guard", &hub.url, &[]);
+    assert_eq!(fixed.status.code(), Some(3), "{}", text(&fixed.stderr));
+    assert_eq!(answer(&fixed), local);
+
+    // A shard index naming a file outside the model folder is refused before any shard is fetched.
+    let index = br#"{"metadata": {}, "weight_map": {"model.embed_tokens.weight": "../../../escaped.safetensors"}}"#;
+    let crafted = fake_hub::start(Path::new(&tiny()), &[("model.safetensors.index.json", index)]);
+    let refused = run("acme/crafted", &crafted.url, &[]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(text(&refused.stderr).contains("leaves the model folder"), "{}", text(&refused.stderr));
+    assert!(!crafted.requests.lock().unwrap().iter().any(|r| r.path.contains("escaped")));
+    assert!(!home.join("hub/escaped.safetensors").exists() && !home.join("escaped.safetensors").exists());
 
     // Not in the cache and no way to get it.
     let unreachable = run("acme/not-cached", "http://127.0.0.1:9", &[]);

@@ -3,9 +3,10 @@
 /** `cache: false` keeps nothing in browser storage (for files served from this machine). A Hub
  * `revision` (default "main") is resolved to its commit and pinned; `hfEndpoint` replaces the Hub. */
 export type ModelSource =
-  /** A Hub repo id ("owner/name") or a URL (absolute, or "/", "./", "../" against the page): a
-   * .gguf file or an HF-style folder. */
+  /** A URL (absolute; "/", "./", "../" against the page; or ending in ".gguf"): a .gguf file or
+   * an HF-style folder; else a Hub repo id ("owner/name"). */
   | string
+  | URL
   | { hf: string; revision?: string; hfEndpoint?: string }
   | { url: string; cache?: boolean }
   | { hfBaseUrl: string; cache?: boolean }
@@ -164,4 +165,4 @@ export declare class GuardReasoner {
 
 /** The source `load` takes, as an object: a string is a Hub repo id ({hf}) or a URL ({url},
  * made absolute against the page). Throws a TypeError for anything else. */
-export declare function modelSource(source: ModelSource): Exclude<ModelSource, string>;
+export declare function modelSource(source: ModelSource): Exclude<ModelSource, string | URL>;

@@ -13,39 +13,45 @@ let nextId = 1;
 const DEVICES = Object.freeze({ webgpu: "webgpu", wasm: "cpu", cpu: "cpu", auto: "auto" });
 /** transformers.js's `dtype` words, as `quant` takes them. */
 const DTYPES = Object.freeze({ q8: "q8", int8: "q8", q4: "q4", fp32: "f32" });
+/** Words that mean the same setting (the core takes each), for comparing the two names. */
+const SAME = Object.freeze({ gpu: "webgpu", none: "f32", q8_0: "q8", q4_0: "q4" });
 
 /** One of two names for an option (`backend`/`device`, `quant`/`dtype`): the one given, or
- * undefined; both given and different is an error. */
+ * undefined; both given and meaning different settings is an error. */
 function either(name, value, alias, aliasValue) {
-  if (value !== undefined && aliasValue !== undefined && value !== aliasValue) {
+  const meaning = (word) => SAME[word] ?? word;
+  if (value !== undefined && aliasValue !== undefined && meaning(value) !== meaning(aliasValue)) {
     throw new TypeError(`${name} "${value}" and ${alias} "${aliasValue}" disagree: give one of them`);
   }
   return value ?? aliasValue;
 }
 
-/** `url` and `hfBaseUrl` made absolute against the page: the worker (wherever a bundler put it)
- * would resolve a relative one against its own script. */
+/** `url`, `hfBaseUrl` and `hfEndpoint` made absolute against the page (its `<base href>` when it
+ * has one): the worker, wherever a bundler put it, would resolve a relative one against its own
+ * script. */
 function pageRelative(source) {
-  const base = globalThis.location?.href;
+  const base = globalThis.document?.baseURI ?? globalThis.location?.href;
   if (!base) return source;
   const out = { ...source };
-  for (const key of ["url", "hfBaseUrl"]) if (typeof out[key] === "string") out[key] = new URL(out[key], base).href;
+  for (const key of ["url", "hfBaseUrl", "hfEndpoint"]) if (typeof out[key] === "string") out[key] = new URL(out[key], base).href;
   return out;
 }
 
 /**
- * A model source from what `load` was given: objects as they are; a string is a Hub repo id
- * ("owner/name", e.g. "yueliu1999/GuardReasoner-1B") or a URL (absolute, or starting with "/",
- * "./" or "../": a .gguf file or an HF-style folder ending in "/").
+ * A model source from what `load` was given: objects as they are, a `URL` as `{url}`; a string
+ * is a URL when it is absolute, starts with "/", "./" or "../", or ends in ".gguf" (a .gguf file
+ * or an HF-style folder ending in "/"), else a Hub repo id ("owner/name", e.g.
+ * "yueliu1999/GuardReasoner-1B").
  */
 export function modelSource(source) {
+  if (typeof URL === "function" && source instanceof URL) return pageRelative({ url: source.href });
   if (typeof source !== "string") {
     if (source && typeof source === "object") return pageRelative(source);
     throw new TypeError(`a model source is a string ("owner/name" or a URL) or an object ({hf}, {url}, {hfBaseUrl}, {file}), not ${source === null ? "null" : typeof source}`);
   }
   const text = source.trim();
+  if (/^(https?:\/\/|\/|\.\.?\/)/.test(text) || /\.gguf$/i.test(text)) return pageRelative({ url: text });
   if (/^[A-Za-z0-9][\w.-]*\/[\w.-]*[A-Za-z0-9]$/.test(text) && !text.includes("..")) return { hf: text };
-  if (/^(https?:\/\/|\/|\.\.?\/)/.test(text)) return pageRelative({ url: text });
   throw new TypeError(`"${source}" is neither a Hub repo id ("owner/name") nor a URL (https://..., /..., ./...)`);
 }
 

@@ -26,7 +26,9 @@ const BUILDS = {
 };
 
 function importBeside(file) {
-  const url = new URL(file, import.meta.url).href;
+  // The worker's own address: a bundler may rewrite `import.meta.url` (webpack makes it the
+  // source file's path at build time), never `self.location`.
+  const url = new URL(file, self.location.href).href;
   return import(/* @vite-ignore */ /* webpackIgnore: true */ url);
 }
 
@@ -190,7 +192,9 @@ async function resolveFiles(source, id, quotaOverride) {
     }
     let base = source.hfBaseUrl || source.url;
     if (source.hf) {
-      const endpoint = source.hfEndpoint || HUB_ENDPOINT;
+      // Without a trailing slash: the paths below start with one ("https://host/" is what a
+      // page-relative endpoint becomes).
+      const endpoint = (source.hfEndpoint || HUB_ENDPOINT).replace(/\/+$/, "");
       base = hubBaseUrl(source.hf, await pinnedCommit(source.hf, source.revision || "main", endpoint), endpoint);
     }
     if (!base) throw new Error("no model source given (a .gguf URL, a Hugging Face repo id or a file)");

@@ -236,13 +236,17 @@ fn run_file(args: &ModerateArgs, input: &Path) -> Result<u8> {
     let lines = parse_input(&name, &text)?;
     let batch = args.batch.map_or_else(|| default_batch(args.model.backend), usize::from);
     let model = args.model.open()?;
-    // Every conversation's KV cache is as long as the longest one needs: prompt + new tokens.
+    // Every conversation's KV cache is as long as the longest one needs (prompt + new tokens),
+    // but with several decoded together not past DEFAULT_CONTEXT unless asked (--context): one
+    // very long line must not multiply every slot's memory; it gets its own error line instead.
     let mut need = 0;
     for line in &lines {
         need = need.max(model.tokenizer.encode_prompt(&line.text)?.len() + args.max_new_tokens);
     }
+    let batch = batch.min(lines.len());
+    let need = if batch > 1 { need.min(super::DEFAULT_CONTEXT) } else { need };
     let context = args.model.context_or(Some(need));
-    let mut session = args.model.load_batched(model, batch.min(lines.len()), context)?;
+    let mut session = args.model.load_batched(model, batch, context)?;
     super::interrupted(); // Ctrl-C from here on: no new conversation starts; finished ones are printed
     let bar = if args.model.quiet {
         indicatif::ProgressBar::hidden()

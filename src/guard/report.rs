@@ -82,8 +82,10 @@ struct Row {
     failed: Option<u64>,
 }
 
-/// The rows of `task` from the scorer's report (`EvalReport` as JSON).
-fn rows(scores: &Value, task: Task) -> Vec<Row> {
+/// The rows of `task` from the scorer's report (`EvalReport` as JSON). `whole`: the run covered
+/// every item of its datasets (no `--limit`, no shard of several), so its F1 measures what the
+/// paper's does; a dataset with failed items does not either.
+fn rows(scores: &Value, task: Task, whole: bool) -> Vec<Row> {
     let task_word = serde_json::to_value(task).unwrap_or_default();
     let datasets = scores["datasets"].as_array().cloned().unwrap_or_default();
     let names = TASK_DATASETS.iter().find(|(t, _)| *t == task).map_or(&[][..], |(_, names)| names);
@@ -92,19 +94,21 @@ fn rows(scores: &Value, task: Task) -> Vec<Row> {
         .map(|name| {
             let dataset = datasets.iter().find(|d| d["name"] == *name);
             let score = dataset.and_then(|d| d["scores"].as_array()?.iter().find(|s| s["task"] == task_word).cloned());
+            let failed = dataset.and_then(|d| d["failed_items"].as_u64());
             Row {
                 name: name.to_string(),
-                comparable: true,
+                comparable: whole && failed.unwrap_or(0) == 0,
                 ours: score.as_ref().and_then(|s| s["f1"].as_f64()),
                 paper: paper_f1(task, name),
                 unparseable: score.as_ref().and_then(|s| s["unparseable_predictions"].as_u64()),
                 counted: score.as_ref().and_then(|s| s["counted_pairs"].as_u64()),
-                failed: dataset.and_then(|d| d["failed_items"].as_u64()),
+                failed,
             }
         })
         .collect();
     let summary = scores["tasks"].as_array().and_then(|tasks| tasks.iter().find(|t| t["task"] == task_word));
     let missing = summary.and_then(|s| s["missing"].as_array()).map_or(names.len(), Vec::len);
+    let all_comparable = rows.iter().all(|r| r.comparable);
     rows.push(Row {
         // With datasets missing the average covers the others: not the paper's figure.
         name: if missing == 0 {
@@ -112,7 +116,7 @@ fn rows(scores: &Value, task: Task) -> Vec<Row> {
         } else {
             format!("{WEIGHTED} (partial: {} of {} datasets)", names.len() - missing.min(names.len()), names.len())
         },
-        comparable: missing == 0,
+        comparable: missing == 0 && all_comparable,
         ours: summary.and_then(|s| s["weighted_f1"].as_f64()),
         paper: paper_f1(task, WEIGHTED),
         unparseable: None,
@@ -227,8 +231,24 @@ pub fn report_html(summary: &Value) -> String {
          its weighted average then covers the others only and is not the paper's figure.</p>\n\
          <p class=\"key\"><span style=\"background:#2f6fdb\"></span>this run<span style=\"background:#9aa3ad\"></span>paper</p>\n",
     );
+    let limit = summary["limit"].as_u64();
+    let shard = summary["shard"].as_str().filter(|s| *s != "0/1");
+    if limit.is_some() || shard.is_some() {
+        let part = match (limit, shard) {
+            (Some(n), Some(s)) => format!("the first {n} items of each dataset, shard {s}"),
+            (Some(n), None) => format!("the first {n} items of each dataset (--limit)"),
+            (None, Some(s)) => format!("shard {s} of each dataset"),
+            (None, None) => unreachable!(),
+        };
+        let _ = writeln!(
+            html,
+            "<p><strong>This run covers part of the benchmarks ({}):</strong> its F1s are not the paper's measure, so no difference is shown.</p>",
+            escape(&part)
+        );
+    }
+    let whole = limit.is_none() && shard.is_none();
     for (task, _) in PAPER_F1_1B {
-        let rows = rows(scores, task);
+        let rows = rows(scores, task, whole);
         let _ = write!(html, "<h2>{} task</h2>\n{}\n", escape(task.display_name()), chart(task, &rows));
         html.push_str(
             "<table><thead><tr><th>dataset</th><th>this run</th><th>paper</th><th>difference</th>\
@@ -292,6 +312,27 @@ mod tests {
                 assert!((0.0..=100.0).contains(f1));
             }
             assert_eq!(figures.len(), names.len() + 1, "{task:?}: every dataset and the average");
+        }
+    }
+
+    #[test]
+    fn a_part_of_the_benchmarks_is_not_compared_with_the_paper() {
+        let scores = serde_json::json!({
+            "datasets": [{"name": "SimpleSafetyTests", "items": 10, "failed_items": 0,
+                "scores": [{"task": "prompt_harmfulness", "f1": 90.0, "counted_pairs": 10, "unparseable_predictions": 0}]}],
+            "tasks": [{"task": "prompt_harmfulness", "weighted_f1": 90.0, "missing": []}]
+        });
+        let whole = report_html(&serde_json::json!({"scores": scores, "shard": "0/1"}));
+        assert!(
+            whole.contains("<td>SimpleSafetyTests</td><td>90.00</td><td>98.99</td><td class=\"worse\">-8.99</td>"),
+            "{whole}"
+        );
+        for summary in
+            [serde_json::json!({"scores": scores, "limit": 10}), serde_json::json!({"scores": scores, "shard": "1/2"})]
+        {
+            let part = report_html(&summary);
+            assert!(part.contains("<td>SimpleSafetyTests</td><td>90.00</td><td>98.99</td><td>-</td>"), "{part}");
+            assert!(part.contains("covers part of the benchmarks"));
         }
     }
 

@@ -89,7 +89,7 @@ async function runPage(url, { webgpu }) {
 
 test("the packed tarball holds the API, its types, the worker and the three wasm builds, and nothing of the demo", () => {
   const list = execFileSync("tar", ["-tzf", tarball], { encoding: "utf8" }).trim().split("\n").map((f) => f.replace(/^package\//, ""));
-  for (const f of ["guardreasoner.js", "guardreasoner.d.ts", "worker.js", "protocol.js", "model-store.js", "package.json", "README.md", "pkg/guardreasoner_bg.wasm", "pkg/guardreasoner.js", "pkg-threads/guardreasoner_bg.wasm", "pkg-threads-relaxed/guardreasoner_bg.wasm"]) {
+  for (const f of ["guardreasoner.js", "guardreasoner.d.ts", "worker.js", "protocol.js", "model-store.js", "package.json", "README.md", "LICENSE", "pkg/guardreasoner_bg.wasm", "pkg/guardreasoner.js", "pkg-threads/guardreasoner_bg.wasm", "pkg-threads-relaxed/guardreasoner_bg.wasm"]) {
     assert.ok(list.includes(f), `${f} is in the package`);
   }
   assert.ok(list.some((f) => /^pkg-threads\/snippets\/.*workerHelpers.*\.js$/.test(f)), "the thread pool's worker helper is in the package");
@@ -169,9 +169,13 @@ test("load takes a Hub repo id or a URL as a plain string, and transformers.js's
   assert.deepEqual(modelSource("https://example.org/m/model.gguf"), { url: "https://example.org/m/model.gguf" });
   assert.deepEqual(modelSource("/models/tiny/"), { url: "/models/tiny/" }); // no page here to resolve against
   assert.deepEqual(modelSource({ hf: "a/b", revision: "v1" }), { hf: "a/b", revision: "v1" });
+  assert.deepEqual(modelSource("models/tiny.gguf"), { url: "models/tiny.gguf" }, "a .gguf path is a file, not a repo id");
+  assert.deepEqual(modelSource(new URL("https://example.org/m.gguf")), { url: "https://example.org/m.gguf" });
   for (const bad of ["GuardReasoner-1B", "a/b/c", "a/../b", "", null, 42]) assert.throws(() => modelSource(bad), TypeError, JSON.stringify(bad));
   // Both names of one option, disagreeing, are refused before any worker starts.
   await assert.rejects(GuardReasoner.load("a/b", { backend: "cpu", device: "webgpu" }), /backend "cpu" and device "webgpu" disagree/);
   await assert.rejects(GuardReasoner.load("a/b", { quant: "q8", dtype: "fp32" }), /quant "q8" and dtype "f32" disagree/);
   await assert.rejects(GuardReasoner.load("no-slash"), /neither a Hub repo id/);
+  // Synonyms agree: they reach the worker (absent here, so the load fails later, not on them).
+  await assert.rejects(GuardReasoner.load("a/b", { quant: "none", dtype: "fp32" }), (e) => !/disagree/.test(e.message));
 });
