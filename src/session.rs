@@ -122,11 +122,20 @@ pub struct BackendChoice {
     /// Stands in for the GPU adapter's buffer binding limit when lower (tests of what a small
     /// GPU refuses); None: the adapter's own.
     pub gpu_max_binding_bytes: Option<u64>,
+    /// Test hook: the load asks the GPU for one buffer over its size limit, which it refuses
+    /// as it would one it has no memory for (also `GUARDREASONER_GPU_REFUSE_BUFFER=1`).
+    pub gpu_refuse_buffer: bool,
 }
 
 impl Default for BackendChoice {
     fn default() -> Self {
-        Self { device: Device::Cpu, quant: Quant::None, linear: LinearKernel::Auto, gpu_max_binding_bytes: None }
+        Self {
+            device: Device::Cpu,
+            quant: Quant::None,
+            linear: LinearKernel::Auto,
+            gpu_max_binding_bytes: None,
+            gpu_refuse_buffer: false,
+        }
     }
 }
 
@@ -533,9 +542,23 @@ impl Session {
                 ..GpuOptions::default()
             };
             let loaded = match GpuBackend::new(options).await {
-                Ok(gpu) => files
-                    .load(&gpu, progress)
-                    .and_then(|weights| Engine::new(gpu, files.config.clone(), weights, context, batch, PREFIX_MAX)),
+                Ok(gpu) => {
+                    // A browser reports a buffer it could not allocate after the load has gone
+                    // on; the device's verdict on the load's buffers comes first, as what
+                    // failed after a refused buffer follows from it.
+                    let scopes = gpu.load_scopes();
+                    if choice.gpu_refuse_buffer || std::env::var_os("GUARDREASONER_GPU_REFUSE_BUFFER").is_some() {
+                        gpu.request_refused_buffer();
+                    }
+                    let loaded = files.load(&gpu, progress).and_then(|weights| {
+                        Engine::new(gpu, files.config.clone(), weights, context, batch, PREFIX_MAX)
+                    });
+                    let what = format!(
+                        "the model ({} MiB of weights, a KV cache of {context} tokens x {batch})",
+                        files.weight_bytes() >> 20
+                    );
+                    scopes.finish(&what).await.and(loaded)
+                }
                 Err(e) => Err(e),
             };
             match loaded {

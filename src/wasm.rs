@@ -128,6 +128,10 @@ fn open_files(files: &JsValue) -> Result<OpenedModel> {
 /// total_bytes)` while tensors load. `batch`: conversations decoded together (`classify_many`),
 /// each with a KV cache of `context` tokens (default 1). `gpu_buffer_limit` (bytes) stands in for
 /// the adapter's buffer binding limit when lower: for tests of what a small GPU refuses.
+/// `gpu_refuse_buffer`: a test hook, the load asks the GPU for a buffer it must refuse
+/// (`BackendChoice::gpu_refuse_buffer`).
+// The worker's one call site passes them by position.
+#[allow(clippy::too_many_arguments)]
 #[wasm_bindgen]
 pub async fn load_model(
     files: JsValue,
@@ -137,11 +141,13 @@ pub async fn load_model(
     on_progress: Function,
     batch: Option<u32>,
     gpu_buffer_limit: Option<f64>,
+    gpu_refuse_buffer: Option<bool>,
 ) -> std::result::Result<WasmSession, JsValue> {
     let choice = BackendChoice {
         device: Device::parse(&backend).map_err(js_err)?,
         quant: Quant::parse(&quant).map_err(js_err)?,
         gpu_max_binding_bytes: gpu_buffer_limit.filter(|b| b.is_finite() && *b >= 1.0).map(|b| b as u64),
+        gpu_refuse_buffer: gpu_refuse_buffer.unwrap_or(false),
         ..BackendChoice::default()
     };
     let model = open_files(&files).map_err(js_err)?;

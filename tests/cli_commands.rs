@@ -362,6 +362,35 @@ fn the_kv_cache_is_sized_for_the_request_unless_context_is_given() {
     assert_eq!(kv(&file), longest + 40, "{}", text(&file.stderr));
 }
 
+/// A buffer the GPU refuses while the model loads (forced by the test hook, as out of memory
+/// would be) fails the load at once with the knobs to turn, not the first request later;
+/// `--backend auto` then runs on the CPU, saying why, and answers as the CPU does.
+#[test]
+fn a_buffer_the_gpu_refuses_fails_the_load_or_falls_back_to_the_cpu() {
+    let model = tiny();
+    let run = |backend: &str, refuse: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_guardreasoner"));
+        cmd.args(["moderate", "-m", &model, "-p", "hi", "-n", "8", "--json", "--quant", "none", "--backend", backend]);
+        if refuse {
+            cmd.env("GUARDREASONER_GPU_REFUSE_BUFFER", "1");
+        }
+        cmd.output().unwrap()
+    };
+    let refused = run("gpu", true);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    let stderr = text(&refused.stderr);
+    assert!(stderr.contains("the GPU refused a buffer of the model ("), "{stderr}");
+    assert!(stderr.contains("--backend cpu") && stderr.contains("--context"), "{stderr}");
+    assert_eq!(stderr.trim().lines().filter(|l| l.contains("refused")).count(), 1, "said once: {stderr}");
+    let auto = run("auto", true);
+    assert_eq!(auto.status.code(), Some(3), "{}", text(&auto.stderr));
+    assert!(text(&auto.stderr).contains("note: the GPU failed (backend: the GPU refused a buffer"), "{}", text(&auto.stderr));
+    assert!(text(&auto.stderr).contains("backend: cpu"), "{}", text(&auto.stderr));
+    let cpu = run("cpu", false);
+    let answer = |out: &Output| json_lines(&out.stdout).pop().unwrap()["text"].clone();
+    assert_eq!(answer(&auto), answer(&cpu));
+}
+
 #[test]
 fn generate_matches_the_transformers_goldens() {
     let model = tiny();

@@ -55,6 +55,9 @@ export interface LoadOptions {
   /** Stands in for the GPU's buffer binding limit (bytes) when lower: for tests of what a small
    * GPU refuses. */
   gpuBufferLimit?: number;
+  /** Test hook: the load asks the GPU for a buffer it must refuse, as it would one it has no
+   * memory for (the load then fails, or `auto` falls back to the CPU). */
+  testRefuseGpuBuffer?: boolean;
 }
 
 export type TaskName = "prompt_harmfulness" | "refusal" | "response_harmfulness";

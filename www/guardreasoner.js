@@ -101,10 +101,11 @@ export class GuardReasoner {
    * promise rejects with an AbortError at once and the worker is ended; the bytes downloaded so
    * far stay stored and the next load resumes from them. `storageQuotaOverride` (bytes) stands in
    * for the browser's quota, and `gpuBufferLimit` (bytes) for the GPU's buffer binding limit when
-   * lower, for tests. The words transformers.js users know are taken too: `device` ("webgpu",
+   * lower, for tests; `testRefuseGpuBuffer: true` has the load ask the GPU for a buffer it must
+   * refuse, as it would one it has no memory for (a test hook). The words transformers.js users know are taken too: `device` ("webgpu",
    * "wasm" or "cpu", "auto") for `backend`, and `dtype` ("q8", "q4", "fp32") for `quant`.
    */
-  static async load(source, { onProgress, signal, backend, device, quant, dtype, context = DEFAULTS.context, batch, threads, relaxedSimd, revision, workerUrl, storageQuotaOverride, gpuBufferLimit } = {}) {
+  static async load(source, { onProgress, signal, backend, device, quant, dtype, context = DEFAULTS.context, batch, threads, relaxedSimd, revision, workerUrl, storageQuotaOverride, gpuBufferLimit, testRefuseGpuBuffer } = {}) {
     source = modelSource(source);
     backend = either("backend", backend, "device", device === undefined ? undefined : DEVICES[device] ?? device) ?? DEFAULTS.backend;
     quant = either("quant", quant, "dtype", dtype === undefined ? undefined : DTYPES[dtype] ?? dtype) ?? DEFAULTS.quant;
@@ -121,7 +122,7 @@ export class GuardReasoner {
     if (revision && source?.hf && !source.revision) source = { ...source, revision };
     let out;
     try {
-      out = await guard.#request({ type: Request.load, source, backend, quant, context, batch, threads, relaxedSimd, quotaOverride: storageQuotaOverride, gpuBufferLimit }, { onProgress });
+      out = await guard.#request({ type: Request.load, source, backend, quant, context, batch, threads, relaxedSimd, quotaOverride: storageQuotaOverride, gpuBufferLimit, testRefuseGpuBuffer }, { onProgress });
     } catch (e) {
       guard.#end(e); // a failed load leaves no worker behind
       throw e;

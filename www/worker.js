@@ -249,6 +249,7 @@ async function handle(msg) {
           (loaded, total) => post({ id, type: Reply.progress, phase: "load", loaded, total }),
           batch,
           msg.gpuBufferLimit ?? undefined,
+          msg.testRefuseGpuBuffer === true,
         );
       } finally {
         await release(); // the weights are in wasm or GPU memory now (or the load failed)

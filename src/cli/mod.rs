@@ -122,7 +122,7 @@ impl ModelArgs {
     }
 
     pub fn choice(&self) -> BackendChoice {
-        BackendChoice { device: self.backend, quant: self.quant, linear: self.gpu_linear, gpu_max_binding_bytes: None }
+        BackendChoice { device: self.backend, quant: self.quant, linear: self.gpu_linear, ..BackendChoice::default() }
     }
 
     /// Opens the model (downloading a repo id not in the cache; progress bars unless `--quiet`).

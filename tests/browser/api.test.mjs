@@ -252,6 +252,42 @@ test("a GPU lost mid-run rejects it and every later call with a GpuLostError; a 
   }
 });
 
+test("a buffer the GPU refuses while loading (test hook, as out of memory would) fails the load at once; auto falls back to the CPU; the page goes on", async () => {
+  const browser = await launch({ webgpu: true });
+  try {
+    const { page, logs } = await openPage(browser, server.url);
+    const out = await page.evaluate(
+      async ({ folder }) => {
+        const { GuardReasoner } = await import("/www/guardreasoner.js");
+        const options = { quant: "f32", context: 160 };
+        // The browser reports the refusal after the (synchronous) load went on: only the load's
+        // error scopes catch it before the load says it is done.
+        const refused = await GuardReasoner.load({ hfBaseUrl: folder }, { ...options, backend: "webgpu", testRefuseGpuBuffer: true }).then(
+          (g) => (g.terminate(), { loaded: g.backend }),
+          (e) => ({ message: e.message }),
+        );
+        const auto = await GuardReasoner.load({ hfBaseUrl: folder }, { ...options, backend: "auto", testRefuseGpuBuffer: true });
+        const fallback = { backend: auto.backend, fallback: auto.fallback, text: (await auto.moderate({ prompt: "hi" }, { maxNewTokens: 5 })).text };
+        auto.terminate();
+        const again = await GuardReasoner.load({ hfBaseUrl: folder }, { ...options, backend: "webgpu" });
+        const gpu = { backend: again.backend, text: (await again.moderate({ prompt: "hi" }, { maxNewTokens: 5 })).text };
+        again.terminate();
+        return { refused, fallback, gpu };
+      },
+      { folder: tinyFolder },
+    ).catch((e) => {
+      throw new Error(`${e.message}\nbrowser log:\n${logs.join("\n")}`);
+    });
+    assert.match(out.refused.message ?? JSON.stringify(out.refused), /the GPU (refused a buffer of|ran out of memory loading) the model .*--backend cpu/, JSON.stringify(out.refused));
+    assert.match(out.fallback.backend, /^cpu/);
+    assert.match(out.fallback.fallback ?? "", /the GPU failed .*the GPU (refused a buffer|ran out of memory)/, out.fallback.fallback);
+    assert.match(out.gpu.backend, /^gpu/, "without the hook the same page loads on the GPU");
+    assert.equal(out.gpu.text, out.fallback.text, "and answers as the CPU does");
+  } finally {
+    await browser.close();
+  }
+});
+
 test("a KV cache over the GPU's buffer limit (forced small) is refused naming the knobs; auto falls back to the CPU; the page goes on", async () => {
   const browser = await launch({ webgpu: true });
   try {

@@ -475,6 +475,34 @@ struct Pending {
     params: Vec<u8>,
 }
 
+/// The error scopes a model load runs in (`GpuBackend::load_scopes`): out of memory and
+/// validation. A browser reports a refused allocation asynchronously, after the synchronous load
+/// has gone on as if the buffer existed, so the load waits for the scopes' verdict before it
+/// calls itself done; natively the verdict is ready at once. Popped in reverse order of pushing,
+/// as wgpu requires.
+pub struct LoadScopes {
+    validation: wgpu::ErrorScopeGuard,
+    memory: wgpu::ErrorScopeGuard,
+}
+
+impl LoadScopes {
+    /// What the device refused while the scopes were open; `what`: the model, for the message.
+    pub async fn finish(self, what: &str) -> Result<()> {
+        // wgpu's errors span lines ("Caused by: ..."): one line here.
+        let line = |e: wgpu::Error| e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        let validation = self.validation.pop().await.map(line);
+        let memory = self.memory.pop().await.map(line);
+        let knobs = "try a smaller quantization, context or batch (--quant q4, --context, --batch) or the CPU backend (--backend cpu)";
+        if let Some(e) = memory {
+            return Err(Error::Backend(format!("the GPU ran out of memory loading {what} ({e}): {knobs}")));
+        }
+        if let Some(e) = validation {
+            return Err(Error::Backend(format!("the GPU refused a buffer of {what} ({e}): {knobs}")));
+        }
+        Ok(())
+    }
+}
+
 pub struct GpuBackend {
     device: wgpu::Device,
     queue: wgpu::Queue,
@@ -944,6 +972,25 @@ impl GpuBackend {
     /// Bytes of GPU buffers allocated so far.
     pub fn allocated_bytes(&self) -> u64 {
         self.allocated.get()
+    }
+
+    /// Opens the error scopes a model load runs in (`LoadScopes`).
+    pub fn load_scopes(&self) -> LoadScopes {
+        let memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        LoadScopes { validation, memory }
+    }
+
+    /// Test hook: asks for one buffer over the device's size limit, which the device refuses as
+    /// it would one it has no memory for, and reports the same way (in a browser, later).
+    pub fn request_refused_buffer(&self) {
+        let size = (self.device.limits().max_buffer_size / 4 + 1) * 4;
+        drop(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("refused on purpose (test hook)"),
+            size,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        }));
     }
 
     fn create_buffer(&self, desc: &wgpu::BufferDescriptor) -> wgpu::Buffer {
