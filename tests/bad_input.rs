@@ -79,6 +79,18 @@ fn safetensors_range_past_end() {
     assert!(msg.contains("past the end") || msg.contains("truncated"), "{msg}");
 }
 
+/// Bytes after the last tensor (a resume answered with the whole file appends it to the part
+/// already there) are refused, not read as weights.
+#[test]
+fn safetensors_with_bytes_after_its_tensors() {
+    let header = serde_json::json!({"model.norm.weight": {"dtype": "F32", "shape": [32], "data_offsets": [0, 128]}});
+    let msg = err_text(open_micro_hf(safetensors_with_header(header.clone(), 129), &micro_config_json()));
+    assert!(msg.contains("but its tensors end at byte"), "{msg}");
+    // Exactly covered, the file gets past the reader (to the next check: missing tensors).
+    let msg = err_text(open_micro_hf(safetensors_with_header(header, 128), &micro_config_json()));
+    assert!(!msg.contains("tensors end at byte"), "{msg}");
+}
+
 #[test]
 fn safetensors_unknown_dtype_and_bad_header() {
     let bytes =

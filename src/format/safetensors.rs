@@ -41,6 +41,8 @@ pub fn read_index(source: &mut dyn ByteSource, shard: usize, index: &mut TensorI
         serde_json::from_slice(&header).map_err(|e| Error::format(&file, format!("header is not valid JSON: {e}")))?;
     raw.remove("__metadata__");
     let data_start = 8 + header_len;
+    // The data section ends where the last tensor does (the format indexes all of it).
+    let mut data_end = 0;
     for (name, value) in raw {
         let entry: RawEntry =
             serde_json::from_value(value).map_err(|e| Error::format(&file, format!("tensor {name}: {e}")))?;
@@ -67,6 +69,19 @@ pub fn read_index(source: &mut dyn ByteSource, shard: usize, index: &mut TensorI
             source.len(),
             TensorEntry { name, storage, shape: entry.shape, shard, offset: data_start + begin, byte_len: end - begin },
         )?;
+        data_end = data_end.max(end);
+    }
+    // Bytes after the last tensor: a download that went wrong (a resume answered with the whole
+    // file is appended to the part it had), whose tensors may then hold the wrong bytes.
+    if data_start + data_end < source.len() {
+        return Err(Error::format(
+            &file,
+            format!(
+                "the file has {} bytes, but its tensors end at byte {}: corrupt (a broken download?); fetch it again",
+                source.len(),
+                data_start + data_end
+            ),
+        ));
     }
     Ok(())
 }
