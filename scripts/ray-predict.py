@@ -201,8 +201,9 @@ def main():
     datasets = merge(out, args.shards)
     print(f"merged {args.shards} shards: {', '.join(datasets)}", file=sys.stderr)
     score = [binary, "eval", "--predictions", str(out), "--report", str(out / REPORT_FILE)]
-    if option_value(predict_args, {"--benchmark-dir"}):
-        score += ["--benchmark-dir", option_value(predict_args, {"--benchmark-dir"})]
+    benchmarks = option_value(predict_args, {"--benchmark-dir"})
+    if benchmarks:
+        score += ["--benchmark-dir", benchmarks]
     tables = subprocess.run(score, check=True, stdout=subprocess.PIPE, text=True).stdout
     scores = subprocess.run([*score, "--json"], check=True, stdout=subprocess.PIPE, text=True).stdout
     (out / "scores.json").write_text(scores)

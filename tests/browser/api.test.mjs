@@ -252,73 +252,56 @@ test("a GPU lost mid-run rejects it and every later call with a GpuLostError; a 
   }
 });
 
-test("a buffer the GPU refuses while loading (test hook, as out of memory would) fails the load at once; auto falls back to the CPU; the page goes on", async () => {
+// In one page on WebGPU: a load with `refuse` on the GPU (a failure expected: its message), the
+// same with backend "auto" (a CPU fallback expected) and a load with `fits` on the GPU, each that
+// loads answering "hi" in 5 tokens.
+async function refusedFallbackAndFit(refuse, fits) {
   const browser = await launch({ webgpu: true });
   try {
     const { page, logs } = await openPage(browser, server.url);
-    const out = await page.evaluate(
-      async ({ folder }) => {
+    return await page.evaluate(
+      async ({ folder, refuse, fits }) => {
         const { GuardReasoner } = await import("/www/guardreasoner.js");
-        const options = { quant: "f32", context: 160 };
-        // The browser reports the refusal after the (synchronous) load went on: only the load's
-        // error scopes catch it before the load says it is done.
-        const refused = await GuardReasoner.load({ hfBaseUrl: folder }, { ...options, backend: "webgpu", testRefuseGpuBuffer: true }).then(
+        const refused = await GuardReasoner.load({ hfBaseUrl: folder }, { ...refuse, backend: "webgpu" }).then(
           (g) => (g.terminate(), { loaded: g.backend }),
           (e) => ({ message: e.message }),
         );
-        const auto = await GuardReasoner.load({ hfBaseUrl: folder }, { ...options, backend: "auto", testRefuseGpuBuffer: true });
+        const auto = await GuardReasoner.load({ hfBaseUrl: folder }, { ...refuse, backend: "auto" });
         const fallback = { backend: auto.backend, fallback: auto.fallback, text: (await auto.moderate({ prompt: "hi" }, { maxNewTokens: 5 })).text };
         auto.terminate();
-        const again = await GuardReasoner.load({ hfBaseUrl: folder }, { ...options, backend: "webgpu" });
-        const gpu = { backend: again.backend, text: (await again.moderate({ prompt: "hi" }, { maxNewTokens: 5 })).text };
-        again.terminate();
+        const fitting = await GuardReasoner.load({ hfBaseUrl: folder }, { ...fits, backend: "webgpu" });
+        const gpu = { backend: fitting.backend, text: (await fitting.moderate({ prompt: "hi" }, { maxNewTokens: 5 })).text };
+        fitting.terminate();
         return { refused, fallback, gpu };
       },
-      { folder: tinyFolder },
+      { folder: tinyFolder, refuse, fits },
     ).catch((e) => {
       throw new Error(`${e.message}\nbrowser log:\n${logs.join("\n")}`);
     });
-    assert.match(out.refused.message ?? JSON.stringify(out.refused), /the GPU (refused a buffer of|ran out of memory loading) the model .*--backend cpu/, JSON.stringify(out.refused));
-    assert.match(out.fallback.backend, /^cpu/);
-    assert.match(out.fallback.fallback ?? "", /the GPU failed .*the GPU (refused a buffer|ran out of memory)/, out.fallback.fallback);
-    assert.match(out.gpu.backend, /^gpu/, "without the hook the same page loads on the GPU");
-    assert.equal(out.gpu.text, out.fallback.text, "and answers as the CPU does");
   } finally {
     await browser.close();
   }
+}
+
+test("a buffer the GPU refuses while loading (test hook, as out of memory would) fails the load at once; auto falls back to the CPU; the page goes on", async () => {
+  // The browser reports the refusal after the (synchronous) load went on: only the load's error
+  // scopes catch it before the load says it is done.
+  const options = { quant: "f32", context: 160 };
+  const out = await refusedFallbackAndFit({ ...options, testRefuseGpuBuffer: true }, options);
+  assert.match(out.refused.message ?? JSON.stringify(out.refused), /the GPU (refused a buffer of|ran out of memory loading) the model .*--backend cpu/, JSON.stringify(out.refused));
+  assert.match(out.fallback.backend, /^cpu/);
+  assert.match(out.fallback.fallback ?? "", /the GPU failed .*the GPU (refused a buffer|ran out of memory)/, out.fallback.fallback);
+  assert.match(out.gpu.backend, /^gpu/, "without the hook the same page loads on the GPU");
+  assert.equal(out.gpu.text, out.fallback.text, "and answers as the CPU does");
 });
 
 test("a KV cache over the GPU's buffer limit (forced small) is refused naming the knobs; auto falls back to the CPU; the page goes on", async () => {
-  const browser = await launch({ webgpu: true });
-  try {
-    const { page, logs } = await openPage(browser, server.url);
-    const out = await page.evaluate(
-      async ({ folder }) => {
-        const { GuardReasoner } = await import("/www/guardreasoner.js");
-        // 64 KiB bindings hold the weights (split by rows) but not 4 x 1024 positions of cache.
-        const small = { quant: "f32", context: 1024, batch: 4, gpuBufferLimit: 64 * 1024 };
-        const refused = await GuardReasoner.load({ hfBaseUrl: folder }, { ...small, backend: "webgpu" }).then(
-          (g) => (g.terminate(), { loaded: g.backend }),
-          (e) => ({ message: e.message }),
-        );
-        const auto = await GuardReasoner.load({ hfBaseUrl: folder }, { ...small, backend: "auto" });
-        const fallback = { backend: auto.backend, fallback: auto.fallback, text: (await auto.moderate({ prompt: "hi" }, { maxNewTokens: 5 })).text };
-        auto.terminate();
-        const fits = await GuardReasoner.load({ hfBaseUrl: folder }, { ...small, backend: "webgpu", context: 160, batch: 1 });
-        const gpu = { backend: fits.backend, text: (await fits.moderate({ prompt: "hi" }, { maxNewTokens: 5 })).text };
-        fits.terminate();
-        return { refused, fallback, gpu };
-      },
-      { folder: tinyFolder },
-    ).catch((e) => {
-      throw new Error(`${e.message}\nbrowser log:\n${logs.join("\n")}`);
-    });
-    assert.match(out.refused.message ?? JSON.stringify(out.refused), /over the GPU binding limit 65536: use a smaller context or batch \(--context, --batch\)/, JSON.stringify(out.refused));
-    assert.match(out.fallback.backend, /^cpu/);
-    assert.match(out.fallback.fallback ?? "", /the GPU failed .*--context/, out.fallback.fallback);
-    assert.match(out.gpu.backend, /^gpu/, "a cache that fits loads on the GPU");
-    assert.equal(out.gpu.text, out.fallback.text, "and answers as the CPU does");
-  } finally {
-    await browser.close();
-  }
+  // 64 KiB bindings hold the weights (split by rows) but not 4 x 1024 positions of cache.
+  const small = { quant: "f32", context: 1024, batch: 4, gpuBufferLimit: 64 * 1024 };
+  const out = await refusedFallbackAndFit(small, { ...small, context: 160, batch: 1 });
+  assert.match(out.refused.message ?? JSON.stringify(out.refused), /over the GPU binding limit 65536: use a smaller context or batch \(--context, --batch\)/, JSON.stringify(out.refused));
+  assert.match(out.fallback.backend, /^cpu/);
+  assert.match(out.fallback.fallback ?? "", /the GPU failed .*--context/, out.fallback.fallback);
+  assert.match(out.gpu.backend, /^gpu/, "a cache that fits loads on the GPU");
+  assert.equal(out.gpu.text, out.fallback.text, "and answers as the CPU does");
 });
