@@ -195,6 +195,29 @@ fn generation_stops_when_the_context_is_full() {
     assert_eq!(4 + out.tokens.len(), 16 + 1, "fills the cache, plus the last predicted token");
 }
 
+/// A file whose weights are NaN (a broken conversion) fails with a message that says so, not with
+/// an argmax error from the inside of the engine.
+#[test]
+fn weights_that_are_not_numbers_are_named() {
+    let mut tensors = micro_tensors(1);
+    let norm = tensors.iter_mut().find(|(name, _, _)| name == "model.norm.weight").unwrap();
+    norm.2.fill(f32::NAN);
+    let OpenedModel { mut files, .. } = open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap();
+    let backend = CpuBackend::new(None);
+    let weights = files.load(&backend, &mut |_, _| {}).unwrap();
+    let mut e = Engine::new(backend, files.config.clone(), weights, MICRO_CONTEXT, 1, 0).unwrap();
+    let opts =
+        guardreasoner::generate::GenerateOptions { max_new_tokens: 4, stop_ids: vec![], keep_first_logits: false };
+    let msg = err_text(pollster::block_on(guardreasoner::generate::generate(
+        &mut e,
+        &[256, 1, 2],
+        &opts,
+        &|| false,
+        &mut |_| Ok(()),
+    )));
+    assert!(msg.contains("is NaN") && msg.contains("model file"), "{msg}");
+}
+
 #[test]
 fn missing_model_path() {
     let msg = err_text(guardreasoner::loader::open_path(std::path::Path::new("/nonexistent/model.gguf")));

@@ -494,10 +494,10 @@ impl LoadScopes {
         let memory = self.memory.pop().await.map(line);
         let knobs = "try a smaller quantization, context or batch (--quant q4, --context, --batch) or the CPU backend (--backend cpu)";
         if let Some(e) = memory {
-            return Err(Error::Backend(format!("the GPU ran out of memory loading {what} ({e}): {knobs}")));
+            return Err(Error::Other(format!("the GPU ran out of memory loading {what} ({e}): {knobs}")));
         }
         if let Some(e) = validation {
-            return Err(Error::Backend(format!("the GPU refused a buffer of {what} ({e}): {knobs}")));
+            return Err(Error::Other(format!("the GPU refused a buffer of {what} ({e}): {knobs}")));
         }
         Ok(())
     }
@@ -554,7 +554,7 @@ impl GpuBackend {
                 apply_limit_buckets: false,
             })
             .await
-            .map_err(|e| Error::Backend(format!("no WebGPU/Vulkan adapter available ({e}); use the CPU backend")))?;
+            .map_err(|e| Error::Other(format!("no WebGPU/Vulkan adapter available ({e}); use the CPU backend")))?;
         let info = adapter.get_info();
         let limits = adapter.limits();
         let subgroups = opts.subgroups && adapter.features().contains(wgpu::Features::SUBGROUP);
@@ -568,7 +568,7 @@ impl GpuBackend {
                 trace: wgpu::Trace::Off,
             })
             .await
-            .map_err(|e| Error::Backend(format!("could not open the GPU device: {e}")))?;
+            .map_err(|e| Error::Other(format!("could not open the GPU device: {e}")))?;
         let errors = Arc::new(Mutex::new(Vec::new()));
         {
             let errors = errors.clone();
