@@ -363,9 +363,15 @@ pub const MAX_BATCH: usize = PREFILL_CHUNK;
 #[cfg(target_arch = "wasm32")]
 const WASM_MEMORY: u64 = 4 << 30;
 
-/// Refuses, before anything loads, a KV cache that cannot be held: in wasm the cache and the
-/// CPU weights share 4 GiB; natively it must fit the memory the system has available beside the
-/// weights. Names the sizes and the options that shrink them. (The GPU's limits are checked
+/// Memory the wasm heap keeps beside the weights, the cache and a forward pass's working memory:
+/// the tokenizer, the text, the allocator's slack.
+#[cfg(target_arch = "wasm32")]
+const WASM_RESERVE: u64 = 128 << 20;
+
+/// Refuses, before anything loads, a KV cache that cannot be held together with the working
+/// memory of a prompt read at that length (`forward_scratch_bytes`): in wasm the two and the
+/// CPU weights share 4 GiB; natively they must fit the memory the system has available beside
+/// the weights. Names the sizes and the options that shrink them. (The GPU's limits are checked
 /// when its cache is allocated.)
 fn check_cache_budget(
     config: &crate::config::LlamaConfig,
@@ -373,9 +379,8 @@ fn check_cache_budget(
     context: usize,
     batch: usize,
 ) -> Result<()> {
-    let cache = Engine::<CpuBackend>::cache_bytes(config, context, batch, PREFIX_MAX);
     #[cfg(target_arch = "wasm32")]
-    let limit = Some(WASM_MEMORY.saturating_sub(weight_bytes.min(WASM_MEMORY) + (256 << 20)));
+    let limit = Some(WASM_MEMORY.saturating_sub(weight_bytes.min(WASM_MEMORY) + WASM_RESERVE));
     // Natively: the memory the system says is available (Linux), less the weights.
     #[cfg(not(target_arch = "wasm32"))]
     let limit: Option<u64> = std::fs::read_to_string("/proc/meminfo").ok().and_then(|info| {
@@ -383,16 +388,47 @@ fn check_cache_budget(
         let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some((kib * 1024).saturating_sub(weight_bytes))
     });
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     match limit {
-        Some(limit) if cache > limit => Err(Error::Other(format!(
-            "a KV cache of {context} tokens for {batch} conversation{} needs {:.2} GiB, more than the {:.2} GiB of memory left beside the weights; lower the context or the batch (--context, --batch; the context and batch load options in JS)",
-            if batch == 1 { "" } else { "s" },
-            gib(cache),
-            gib(limit)
-        ))),
-        _ => Ok(()),
+        Some(limit) => check_budget_within(config, context, batch, limit),
+        None => Ok(()),
     }
+}
+
+/// `check_cache_budget` against a known number of bytes.
+fn check_budget_within(config: &crate::config::LlamaConfig, context: usize, batch: usize, limit: u64) -> Result<()> {
+    // The cache and a prompt chunk's working memory at `context` positions.
+    let need = |context: usize| {
+        let positions = context.min(config.max_position_embeddings).max(1) as u64;
+        let chunk = positions.min(PREFILL_CHUNK as u64);
+        let scratch = crate::backend::cpu::forward_scratch_bytes(config, positions, chunk, batch as u64);
+        (Engine::<CpuBackend>::cache_bytes(config, context, batch, PREFIX_MAX), scratch)
+    };
+    let (cache, scratch) = need(context);
+    if cache.saturating_add(scratch) <= limit {
+        return Ok(());
+    }
+    // The longest context that fits at this batch (both needs grow with it).
+    let fits = |context: usize| {
+        let (cache, scratch) = need(context);
+        cache.saturating_add(scratch) <= limit
+    };
+    let (mut lo, mut hi) = (0, context); // fits(lo) or lo == 0; !fits(hi)
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid) { lo = mid } else { hi = mid }
+    }
+    let advice = match lo {
+        0 => "not even a context of 1 fits beside these weights: use a smaller quantization (--quant q4; the quant load option in JS) or the GPU".to_string(),
+        lo => format!("a context of at most {lo} tokens fits at this batch"),
+    };
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    Err(Error::Other(format!(
+        "a KV cache of {context} tokens for {batch} conversation{} needs {:.2} GiB, and reading a prompt that long {:.2} GiB more, more than the {:.2} GiB of memory left beside the weights; lower the context or the batch (--context, --batch; the context and batch load options in JS): {advice}",
+        if batch == 1 { "" } else { "s" },
+        gib(cache),
+        gib(scratch),
+        gib(limit)
+    )))
 }
 
 /// One item of `classify_many` in flight: its text, parser and timings.
@@ -952,6 +988,43 @@ fn per_step(w: &crate::backend::Counters, steps: usize) -> PerToken {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The KV cache alone may fit where the cache and the working memory of a prompt read at that
+    /// length do not: the budget counts both and says so, naming the knobs.
+    #[test]
+    fn the_memory_budget_counts_a_prompts_working_memory_beside_the_cache() {
+        use crate::synth::*;
+        let config = crate::config::LlamaConfig::from_hf_json(
+            &serde_json::json!({
+                "architectures": ["LlamaForCausalLM"], "hidden_size": HIDDEN, "intermediate_size": INTERMEDIATE,
+                "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
+                "head_dim": HEAD_DIM, "vocab_size": VOCAB, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+                "max_position_embeddings": CONTEXT, "tie_word_embeddings": true,
+            })
+            .to_string(),
+            None,
+        )
+        .unwrap();
+        let context = 16384;
+        let cache = Engine::<CpuBackend>::cache_bytes(&config, context, 1, PREFIX_MAX);
+        let scratch = crate::backend::cpu::forward_scratch_bytes(&config, context as u64, PREFILL_CHUNK as u64, 1);
+        // The scores of 32 heads x 128 rows x 16384 positions, three at a time, dominate.
+        assert!(scratch > 3 * 32 * 128 * 16384 * 4 && scratch < 2 * 4 * 32 * 128 * 16384 * 4, "{scratch}");
+        assert!(check_budget_within(&config, context, 1, cache + scratch).is_ok());
+        let msg = check_budget_within(&config, context, 1, cache + scratch / 2).unwrap_err().to_string();
+        assert!(msg.contains("a KV cache of 16384 tokens for 1 conversation needs 1.0"), "{msg}");
+        assert!(msg.contains("reading a prompt that long 0.") && msg.contains("--context, --batch"), "{msg}");
+        // What would fit: the longest context within the limit, and one more position is over it.
+        let most: usize = msg.rsplit_once("at most ").unwrap().1.split(' ').next().unwrap().parse().unwrap();
+        assert!(msg.ends_with(&format!("a context of at most {most} tokens fits at this batch")), "{msg}");
+        assert!(check_budget_within(&config, most, 1, cache + scratch / 2).is_ok());
+        assert!(check_budget_within(&config, most + 1, 1, cache + scratch / 2).is_err());
+        let none = check_budget_within(&config, 4096, 1, 1 << 20).unwrap_err().to_string();
+        assert!(none.contains("not even a context of 1 fits") && none.contains("--quant q4"), "{none}");
+        // A context that fits, and a batch that does not.
+        assert!(check_budget_within(&config, 4096, 1, cache + scratch / 2).is_ok());
+        assert!(check_budget_within(&config, 4096, 16, cache + scratch / 2).is_err());
+    }
 
     #[test]
     fn every_spelling_of_a_choice_maps_to_one_value() {

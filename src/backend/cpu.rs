@@ -300,16 +300,20 @@ impl Backend for CpuBackend {
             // Query head h reads KV head h / group: (heads, n, hd) -> (kv_heads, group * n, hd).
             let q = to_heads(&q, n, heads)?.reshape((kv_heads, group * n, head_dim))?;
             let scale = 1.0 / (head_dim as f64).sqrt();
-            let scores = (q.matmul(&keys.t()?)? * scale)?; // (kv_heads, group * n, total)
             // Causal mask: query i (at pos + i) sees keys 0..=pos + i.
             let mask: Vec<f32> = (0..n)
                 .flat_map(|i| (0..total).map(move |j| if j <= pos + i { 0.0 } else { f32::NEG_INFINITY }))
                 .collect();
             let mask = Tensor::from_vec(mask, (1, n, total), &self.device)?;
-            let scores = scores.reshape((kv_heads * group, n, total))?.broadcast_add(&mask)?;
+            // (heads, n, total) scores; each step drops the one before, so at most
+            // `PREFILL_SCORE_COPIES` of them are alive at once (the memory budget counts on it).
+            let scores =
+                (q.matmul(&keys.t()?)? * scale)?.reshape((kv_heads * group, n, total))?.broadcast_add(&mask)?;
             let max = scores.max_keepdim(D::Minus1)?;
             let exp = scores.broadcast_sub(&max)?.exp()?;
+            drop(scores);
             let probs = exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?;
+            drop(exp);
             let out = probs.reshape((kv_heads, group * n, total))?.matmul(&values.contiguous()?)?; // (kv_heads, group*n, hd)
             outs.push(out.reshape((heads, n, head_dim))?.transpose(0, 1)?.reshape((n, heads * head_dim))?);
         }
@@ -405,6 +409,29 @@ impl Backend for CpuBackend {
     async fn to_host(&self, x: &Tensor) -> Result<Vec<f32>> {
         Ok(x.flatten_all()?.to_vec1::<f32>()?)
     }
+}
+
+/// Most (heads, chunk, positions) score tensors a prompt chunk's attention holds at once.
+pub const PREFILL_SCORE_COPIES: u64 = 3;
+
+/// The working memory one forward pass may need beside the weights and the KV cache, at its
+/// worst: a prompt chunk of `chunk` rows attending over `context` positions (its scores, the
+/// causal mask, the cached keys and values made contiguous), the chunk's layer activations, and
+/// one row of logits per sequence. f32 throughout.
+pub fn forward_scratch_bytes(config: &crate::config::LlamaConfig, context: u64, chunk: u64, batch: u64) -> u64 {
+    let c = config;
+    let (heads, kv_width, hidden, ff, vocab) = (
+        c.num_heads as u64,
+        (c.num_kv_heads * c.head_dim) as u64,
+        c.hidden_size as u64,
+        c.intermediate_size as u64,
+        c.vocab_size as u64,
+    );
+    let attention = (PREFILL_SCORE_COPIES * heads + 1).saturating_mul(chunk).saturating_mul(context)
+        + 2 * kv_width.saturating_mul(context);
+    let layer = chunk * (3 * ff + 8 * hidden + 2 * kv_width);
+    let logits = 2 * batch.max(1) * vocab;
+    attention.saturating_add(layer).saturating_add(logits).saturating_mul(4)
 }
 
 /// The sizes `decode_attention` works with.

@@ -64,6 +64,6 @@ test("a KV cache the wasm heap cannot hold is a clear error and the page stays u
   }
   const [refused, fine] = report.outcomes;
   assert.equal(refused.ok, false, "131072 positions must not load");
-  assert.match(refused.error, /KV cache of 131072 tokens for 1 conversation needs 8\.\d\d GiB, more than the [\d.]+ GiB of memory left beside the weights; lower the context or the batch/);
+  assert.match(refused.error, /KV cache of 131072 tokens for 1 conversation needs 8\.\d\d GiB, and reading a prompt that long \d+\.\d\d GiB more, more than the [\d.]+ GiB of memory left beside the weights; lower the context or the batch/);
   assert.deepEqual(fine, { context: 64, ok: true, error: null });
 });
