@@ -9,6 +9,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
+# Each phase's wall time, printed as it ends and again at the end (where CI's minutes go).
+timings=()
+phase_start=$SECONDS
+phase() {
+  if [ -n "${phase_name:-}" ]; then timings+=("$(printf '%5ss  %s' $((SECONDS - phase_start)) "$phase_name")"); fi
+  phase_name="$1"
+  phase_start=$SECONDS
+  [ -z "$1" ] || echo "== $1"
+}
+report_timings() {
+  phase ""
+  echo "== time per phase (${SECONDS}s in all)"
+  printf '  %s\n' "${timings[@]}"
+}
+trap report_timings EXIT
+phase "installs and test assets"
 
 command -v cargo >/dev/null || { echo "needs Rust (https://rustup.rs)" >&2; exit 1; }
 rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
@@ -24,15 +40,15 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 scripts/fetch-test-assets.sh
 
-echo "== format and lints (native and wasm32)"
+phase "format and lints (native and wasm32)"
 cargo fmt --check
 cargo clippy --release --all-targets -- -D warnings
 cargo clippy --release --target wasm32-unknown-unknown --lib --no-default-features -- -D warnings
-echo "== cargo test (release)"
+phase "cargo test (release)"
 cargo test --release --all-targets
-echo "== fuzzing the parsers of untrusted input (15 s per target; scripts/fuzz.sh 600 for longer)"
+phase "fuzzing the parsers of untrusted input (15 s per target; scripts/fuzz.sh 600 for longer)"
 scripts/fuzz.sh 15
-echo "== wasm package"
+phase "wasm packages"
 scripts/build-wasm.sh
-echo "== browser tests (headless Chromium, WebGPU on SwiftShader without a GPU)"
-node --test tests/browser/
+phase "browser tests (headless Chromium, WebGPU on SwiftShader without a GPU)"
+node --test --test-reporter=spec tests/browser/

@@ -148,17 +148,18 @@ fn gpu_matches_llama_cpp() {
 
 /// `predict --batch` on a real model: 12 items of two datasets, whose answers end (EOS) at
 /// different lengths, so slots are refilled mid-run. Predictions at batch 1, 4 and 8 are byte-
-/// identical on the CPU; on the GPU (lavapipe: slow, so 4 items each) batch 1 and 4 are.
+/// identical on the CPU; on the GPU (lavapipe: slow, so 4 items each and 24 new tokens at
+/// most; the tiny model's GPU runs in cli_predict.rs refill slots) batch 1 and 4 are.
 #[test]
 fn batched_predictions_match_one_at_a_time() {
     let bench = shared_dir().join("guardreasoner/benchmark");
-    let predict = |backend: &str, batch: &str, limit: &str| {
+    let predict = |backend: &str, batch: &str, limit: &str, max_new: &str| {
         let out = cache_dir().join("scratch/smollm2-batch").join(format!("{backend}-{batch}"));
         let _ = std::fs::remove_dir_all(&out);
         let run = std::process::Command::new(env!("CARGO_BIN_EXE_guardreasoner"))
             .args(["predict", "--quiet", "--model", smollm2_path().to_str().unwrap(), "--benchmark-dir"])
             .arg(&bench)
-            .args(["--datasets", "SimpleSafetyTests,ToxicChat", "--limit", limit, "--max-new-tokens", "48"])
+            .args(["--datasets", "SimpleSafetyTests,ToxicChat", "--limit", limit, "--max-new-tokens", max_new])
             .args(["--context", "2048", "--backend", backend, "--batch", batch, "--out"])
             .arg(&out)
             .output()
@@ -168,18 +169,18 @@ fn batched_predictions_match_one_at_a_time() {
         let read = |d: &str| std::fs::read_to_string(out.join(d).join("generated_predictions.jsonl")).unwrap();
         (read("SimpleSafetyTests") + &read("ToxicChat"), stderr)
     };
-    let (one, _) = predict("cpu", "1", "12");
+    let (one, _) = predict("cpu", "1", "12", "48");
     let lengths: std::collections::BTreeSet<usize> = one
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["predict"].as_str().unwrap().len())
         .collect();
     assert!(lengths.len() > 3, "answers of different lengths: {lengths:?}");
     for batch in ["4", "8"] {
-        let (many, stderr) = predict("cpu", batch, "12");
+        let (many, stderr) = predict("cpu", batch, "12", "48");
         assert!(stderr.contains("slots refilled") && !stderr.contains(" 0 slots refilled"), "{stderr}");
         assert!(many == one, "cpu: batch {batch} wrote other predictions than batch 1");
     }
-    let (one, _) = predict("gpu", "1", "4");
-    let (four, _) = predict("gpu", "4", "4");
+    let (one, _) = predict("gpu", "1", "4", "24");
+    let (four, _) = predict("gpu", "4", "4", "24");
     assert!(four == one, "gpu: batch 4 wrote other predictions than batch 1");
 }
