@@ -403,15 +403,14 @@ fn check_budget_within(config: &crate::config::LlamaConfig, context: usize, batc
         let scratch = crate::backend::cpu::forward_scratch_bytes(config, positions, chunk, batch as u64);
         (Engine::<CpuBackend>::cache_bytes(config, context, batch, PREFIX_MAX), scratch)
     };
-    let (cache, scratch) = need(context);
-    if cache.saturating_add(scratch) <= limit {
-        return Ok(());
-    }
-    // The longest context that fits at this batch (both needs grow with it).
     let fits = |context: usize| {
         let (cache, scratch) = need(context);
         cache.saturating_add(scratch) <= limit
     };
+    if fits(context) {
+        return Ok(());
+    }
+    // The longest context that fits at this batch (both needs grow with it).
     let (mut lo, mut hi) = (0, context); // fits(lo) or lo == 0; !fits(hi)
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
@@ -421,6 +420,7 @@ fn check_budget_within(config: &crate::config::LlamaConfig, context: usize, batc
         0 => "not even a context of 1 fits beside these weights: use a smaller quantization (--quant q4; the quant load option in JS) or the GPU".to_string(),
         lo => format!("a context of at most {lo} tokens fits at this batch"),
     };
+    let (cache, scratch) = need(context);
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     Err(Error::Other(format!(
         "a KV cache of {context} tokens for {batch} conversation{} needs {:.2} GiB, and reading a prompt that long {:.2} GiB more, more than the {:.2} GiB of memory left beside the weights; lower the context or the batch (--context, --batch; the context and batch load options in JS): {advice}",
@@ -993,18 +993,7 @@ mod tests {
     /// length do not: the budget counts both and says so, naming the knobs.
     #[test]
     fn the_memory_budget_counts_a_prompts_working_memory_beside_the_cache() {
-        use crate::synth::*;
-        let config = crate::config::LlamaConfig::from_hf_json(
-            &serde_json::json!({
-                "architectures": ["LlamaForCausalLM"], "hidden_size": HIDDEN, "intermediate_size": INTERMEDIATE,
-                "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
-                "head_dim": HEAD_DIM, "vocab_size": VOCAB, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
-                "max_position_embeddings": CONTEXT, "tie_word_embeddings": true,
-            })
-            .to_string(),
-            None,
-        )
-        .unwrap();
+        let config = crate::config::LlamaConfig::from_hf_json(&crate::synth::hf_config().to_string(), None).unwrap();
         let context = 16384;
         let cache = Engine::<CpuBackend>::cache_bytes(&config, context, 1, PREFIX_MAX);
         let scratch = crate::backend::cpu::forward_scratch_bytes(&config, context as u64, PREFILL_CHUNK as u64, 1);

@@ -206,7 +206,7 @@ impl safetensors::View for LazyBf16 {
 }
 
 /// Llama-3.2-1B's `config.json` (GuardReasoner-1B's), bf16.
-fn hf_config() -> serde_json::Value {
+pub(crate) fn hf_config() -> serde_json::Value {
     serde_json::json!({
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",

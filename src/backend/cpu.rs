@@ -385,14 +385,16 @@ impl Backend for CpuBackend {
             .to_vec2::<f32>()?
             .iter()
             .map(|row| {
-                argmax_first(row).ok_or_else(|| match row.is_empty() {
-                    true => Error::Backend("argmax of an empty row".into()),
+                argmax_first(row).ok_or_else(|| {
+                    if row.is_empty() {
+                        return Error::Backend("argmax of an empty row".into());
+                    }
                     // Only NaN: weights that overflow or are not numbers (a corrupt or badly
                     // converted file), never a property of the prompt.
-                    false => Error::Other(
+                    Error::Other(
                         "every logit the model computed is NaN: its weights are broken (a corrupt or badly converted model file?)"
                             .into(),
-                    ),
+                    )
                 })
             })
             .collect()
