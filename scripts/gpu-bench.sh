@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU speed in one run, for a machine with a real GPU (the numbers on lavapipe or SwiftShader are
 # CPU emulation and say nothing of GPU speed). Measures the synthetic GuardReasoner-1B (Q4_0 and
-# Q8_0, written by `guardreasoner synth`) natively with `bench --backend gpu --json`, and next to
+# Q8_0, written by `guardreasoner synth`) natively with `bench --backend gpu --json` (with f16 math
+# where the adapter offers shader-f16, and again with --no-gpu-f16), and next to
 # it llama.cpp's `llama-bench` when one is given (a Vulkan or CUDA build: pass --llama-bench PATH;
 # nothing is downloaded). Prints one JSON line per measurement and a table with the fraction of
 # the GPU's memory bandwidth each decode reaches (weights read per token x tokens/s).
@@ -51,10 +52,15 @@ results="$out/results.jsonl"
 for quant in q4_0 q8_0; do
     model="$out/synth-1b-$quant.gguf"
     [ -f "$model" ] || "$bin" synth --out "$model" --quant "$quant" >&2
-    echo "ours: $model" >&2
-    "$bin" bench --model "$model" --backend gpu --quiet --prompt-tokens "$prompt" --gen "$gen" --json \
-        | python3 -c 'import json,sys; r=json.load(sys.stdin); r["engine"]="guardreasoner"; print(json.dumps(r))' \
-        | tee -a "$results"
+    # Ours twice: f16 math where the adapter offers shader-f16 (the default), and all f32.
+    for math in f16 f32; do
+        echo "ours ($math math): $model" >&2
+        flag=""
+        [ "$math" = f32 ] && flag="--no-gpu-f16"
+        "$bin" bench --model "$model" --backend gpu --quiet --prompt-tokens "$prompt" --gen "$gen" --json $flag \
+            | python3 -c 'import json,sys; r=json.load(sys.stdin); r["engine"]="guardreasoner, "+sys.argv[1]+" math"; print(json.dumps(r))' "$math" \
+            | tee -a "$results"
+    done
     if [ -n "$llama_bench" ]; then
         echo "llama.cpp: $model" >&2
         "$llama_bench" -m "$model" -p "$prompt" -n "$gen" -ngl 99 -o json \

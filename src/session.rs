@@ -119,6 +119,9 @@ pub struct BackendChoice {
     pub device: Device,
     pub quant: Quant,
     pub linear: LinearKernel,
+    /// Let the GPU's matrix kernel multiply in f16 where the adapter offers `shader-f16`
+    /// (`GpuOptions::f16`); off, every product is f32.
+    pub gpu_f16: bool,
     /// Stands in for the GPU adapter's buffer binding limit when lower (tests of what a small
     /// GPU refuses); None: the adapter's own.
     pub gpu_max_binding_bytes: Option<u64>,
@@ -133,6 +136,7 @@ impl Default for BackendChoice {
             device: Device::Cpu,
             quant: Quant::None,
             linear: LinearKernel::Auto,
+            gpu_f16: true,
             gpu_max_binding_bytes: None,
             gpu_refuse_buffer: false,
         }
@@ -571,6 +575,7 @@ impl Session {
             let options = GpuOptions {
                 quant: choice.quant.gpu(),
                 linear: choice.linear,
+                f16: choice.gpu_f16,
                 max_rows: PREFILL_CHUNK,
                 max_binding_bytes: choice.gpu_max_binding_bytes,
                 fused: std::env::var_os("GUARDREASONER_GPU_UNFUSED").is_none(),

@@ -80,6 +80,9 @@ enum Exactness {
 
 /// What 8-bit activations may move a product by, as a fraction of the largest output.
 const ACT8: f32 = 0.02;
+/// The GPU's f16 math against the exact product, as a fraction of the largest output: about
+/// three f16 roundings (unit 2^-11) of each four-term sum, measured below 1e-3.
+const F16_MATH: f32 = 0.003;
 
 /// Activations as the CPU's integer kernels see them: per block of 32, `q = round_ties_even(x *
 /// 127 / amax)` times the scale `amax / 127` rounded to f16 (llama.cpp's `quantize_row_q8_0`).
@@ -461,10 +464,16 @@ fn check_embed_and_argmax<B: Backend>(b: &B, label: &str) {
 }
 
 fn gpu(max_binding_bytes: Option<u64>, linear: LinearKernel) -> GpuBackend {
+    gpu_f16(max_binding_bytes, linear, true)
+}
+
+/// `f16`: let the cooperative kernel multiply in f16 where the adapter offers shader-f16.
+fn gpu_f16(max_binding_bytes: Option<u64>, linear: LinearKernel, f16: bool) -> GpuBackend {
     pollster::block_on(GpuBackend::new(GpuOptions {
         quant: GpuQuant::F32,
         max_binding_bytes,
         linear,
+        f16,
         ..GpuOptions::default()
     }))
     .expect("a Vulkan adapter (mesa-vulkan-drivers)")
@@ -526,17 +535,21 @@ fn gpu_ops_with_weights_split_across_bindings() {
 
 #[test]
 fn gpu_linear_kernels_each() {
-    // Auto picks one kernel per adapter; prove both on this one, whole and split.
-    for linear in [LinearKernel::Cooperative, LinearKernel::RowPerThread] {
+    // Auto picks one kernel per adapter; prove both on this one, whole and split, the
+    // cooperative one with f32 and with f16 math (lavapipe offers shader-f16).
+    let kernels =
+        [(LinearKernel::Cooperative, false), (LinearKernel::Cooperative, true), (LinearKernel::RowPerThread, false)];
+    for (linear, f16) in kernels {
         for max_binding in [None, Some(1024)] {
-            let b = gpu(max_binding, linear);
-            check_any_width(&b, &format!("gpu {linear:?} {max_binding:?}"));
-            check_linear(&b, &format!("gpu {linear:?} {max_binding:?}"), |d| {
-                if matches!(d, GgmlDType::Q4K | GgmlDType::Q6K) {
-                    Exactness::Approximate(0.02)
-                } else {
-                    Exactness::Exact
-                }
+            let b = gpu_f16(max_binding, linear, f16);
+            assert_eq!(b.f16_math(), f16, "f16 math in use");
+            let label = format!("gpu {linear:?}, f16 math {f16}, binding {max_binding:?}");
+            check_any_width(&b, &label);
+            check_linear(&b, &label, |d| match d {
+                GgmlDType::Q4K | GgmlDType::Q6K => Exactness::Approximate(0.02),
+                // Weights and activations rounded to f16, four products summed in f16.
+                GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q4_1 if f16 => Exactness::Approximate(F16_MATH),
+                _ => Exactness::Exact,
             });
         }
     }

@@ -87,6 +87,12 @@ pub struct ModelArgs {
     /// lavapipe; 32 threads per row on real GPUs), cooperative or row-per-thread.
     #[arg(long, default_value = "auto", value_parser = parse_linear)]
     pub gpu_linear: LinearKernel,
+    /// Keep the GPU's matrix products in f32 where the adapter offers shader-f16. By default a
+    /// real GPU's matrix kernel multiplies 8-bit, 4-bit and f16 weights in f16, four products at
+    /// a time summed in f32 (logits within about 0.3 % of the f32 kernel's); f32 weights, CPU
+    /// emulations and the browser without shader-f16 always compute in f32.
+    #[arg(long)]
+    pub no_gpu_f16: bool,
 }
 
 /// A count that must be at least 1 (`--max-new-tokens 0` would run nothing and report "no
@@ -122,7 +128,13 @@ impl ModelArgs {
     }
 
     pub fn choice(&self) -> BackendChoice {
-        BackendChoice { device: self.backend, quant: self.quant, linear: self.gpu_linear, ..BackendChoice::default() }
+        BackendChoice {
+            device: self.backend,
+            quant: self.quant,
+            linear: self.gpu_linear,
+            gpu_f16: !self.no_gpu_f16,
+            ..BackendChoice::default()
+        }
     }
 
     /// Opens the model (downloading a repo id not in the cache; progress bars unless `--quiet`).

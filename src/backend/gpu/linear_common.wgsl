@@ -8,7 +8,9 @@
 // token's sum of squares gathered in the same walk over x as the products. The Rust side injects
 // NORM, RESIDUAL and PAIRED, the activation view `x4`, the gain view `g4` and `residual`, with
 // their bindings (1, 6 and 7) where the variant uses them (ARCHITECTURE.md,
-// "Fused kernels"). The weight format file supplies load4. Any input width: weight rows are
+// "Fused kernels"). The weight format file supplies load4; dot_f32.wgsl or dot_f16.wgsl
+// supplies `tile_dot(row, b, k, xs)`, weights 4k..4k+3 of whole block b of `row` against the 4
+// tokens of the tile. Any input width: weight rows are
 // stored padded to whole blocks of 32 (w_stride), full blocks run unchecked, and the one partial
 // block at the end of a row reads x only below `cols`.
 struct Params {
@@ -45,14 +47,6 @@ fn xg(i: u32, c: u32) -> vec4<f32> {
 fn xg_masked(i: u32, c: u32) -> vec4<f32> {
     let inside = vec4<u32>(c, c + 1u, c + 2u, c + 3u) < vec4<u32>(p.cols);
     return select(vec4<f32>(0.0), xg(i, c), inside);
-}
-
-// Weights 4k..4k+3 of block b of `row` against the 4 tokens of the tile: one dequantization
-// serves all four.
-fn tile_dot(row: u32, b: u32, k: u32, xs: vec4<u32>) -> vec4<f32> {
-    let w = load4(row, p.w_stride, b, k);
-    let c = b * 32u + k * 4u;
-    return vec4<f32>(dot(w, xg(xs.x + c, c)), dot(w, xg(xs.y + c, c)), dot(w, xg(xs.z + c, c)), dot(w, xg(xs.w + c, c)));
 }
 
 // The tile's sums of squares of x over columns 4k..4k+3 of block b (NORM).

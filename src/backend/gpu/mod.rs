@@ -57,6 +57,10 @@ pub struct GpuOptions {
     /// the web yet) and they pass a startup check: the cooperative matrix kernel then adds its
     /// lanes' sums with shuffles instead of a tree of barriers.
     pub subgroups: bool,
+    /// Use the adapter's `shader-f16` where it offers it: the cooperative matrix kernel then
+    /// multiplies block-format weights and activations in f16, four products at a time, and adds
+    /// those in f32 (`Math::F16`). Off, or on adapters without it, every product is f32.
+    pub f16: bool,
 }
 
 /// `GpuOptions::max_rows` unless told otherwise: the engine's prefill chunk today.
@@ -72,6 +76,7 @@ impl Default for GpuOptions {
             fused: true,
             debug: false,
             subgroups: true,
+            f16: true,
         }
     }
 }
@@ -184,6 +189,68 @@ impl Reduce {
     }
 }
 
+/// The arithmetic of the cooperative matrix kernel's products (linear_common.wgsl's `tile_dot`;
+/// ARCHITECTURE.md, "f16 math").
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Math {
+    /// Weights dequantized and multiplied in f32: the f32 bound of the CPU.
+    F32,
+    /// With `shader-f16`, for block formats and f16 weights: a group of four weights dequantized
+    /// in f16 and dotted with the activations rounded to f16, the group's sum added in f32.
+    F16,
+}
+
+impl Math {
+    /// `tile_dot` for this arithmetic, and for F16 the format's `load4h` (the f16 view of
+    /// `load4`).
+    fn wgsl(self, format: WeightFormat) -> String {
+        match self {
+            Math::F32 => include_str!("dot_f32.wgsl").to_string(),
+            Math::F16 => {
+                let load4h = match format {
+                    WeightFormat::F32 => "",
+                    WeightFormat::F16 => {
+                        "fn load4h(row: u32, cols: u32, block: u32, k: u32) -> vec4<f16> {
+    let i = (row * cols + block * 32u + k * 4u) / 2u;
+    return vec4<f16>(vec2<f16>(unpack2x16float(w_data[i])), vec2<f16>(unpack2x16float(w_data[i + 1u])));
+}
+"
+                    }
+                    WeightFormat::Q8 => {
+                        "fn load4h(row: u32, cols: u32, block: u32, k: u32) -> vec4<f16> {
+    let b = row * (cols / 32u) + block;
+    let word = w_data[b * 8u + k];
+    let q = vec4<i32>(i32(word << 24u), i32(word << 16u), i32(word << 8u), i32(word)) >> vec4<u32>(24u);
+    return f16(unpack2x16float(w_scales[b / 2u])[b % 2u]) * vec4<f16>(q);
+}
+"
+                    }
+                    WeightFormat::Q4 => {
+                        "fn load4h(row: u32, cols: u32, block: u32, k: u32) -> vec4<f16> {
+    let b = row * (cols / 32u) + block;
+    let word = w_data[b * 4u + k / 2u] >> (16u * (k % 2u));
+    let q = (vec4<u32>(word) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u);
+    let m = f16(unpack2x16float(w_mins[b / 2u])[b % 2u]);
+    return f16(unpack2x16float(w_scales[b / 2u])[b % 2u]) * vec4<f16>(q) + vec4<f16>(m);
+}
+"
+                    }
+                    WeightFormat::Q4Sym => {
+                        "fn load4h(row: u32, cols: u32, block: u32, k: u32) -> vec4<f16> {
+    let b = row * (cols / 32u) + block;
+    let word = w_data[b * 4u + k / 2u] >> (16u * (k % 2u));
+    let q = (vec4<u32>(word) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u);
+    return f16(unpack2x16float(w_scales[b / 2u])[b % 2u]) * (vec4<f16>(q) - vec4<f16>(8.0h));
+}
+"
+                    }
+                };
+                format!("{load4h}{}", include_str!("dot_f16.wgsl"))
+            }
+        }
+    }
+}
+
 /// What a matrix kernel fuses around the product (linear_common.wgsl): the RMSNorm of its input,
 /// the residual add, SwiGLU over paired gate/up rows.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
@@ -215,7 +282,7 @@ impl Fusion {
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Kernel {
-    Linear(WeightFormat, Activations, Fusion, Reduce),
+    Linear(WeightFormat, Activations, Fusion, Reduce, Math),
     LinearRows(WeightFormat, Activations, Fusion),
     Embed(WeightFormat),
     RmsNorm,
@@ -236,7 +303,9 @@ enum Kernel {
 impl Kernel {
     /// The shader: the shared constants, then the kernel's own source.
     fn source(self) -> String {
-        format!("{}\n{}", shared_wgsl(), self.own_source())
+        // `enable` directives come before any declaration.
+        let enable = if matches!(self, Kernel::Linear(.., Math::F16)) { "enable f16;\n" } else { "" };
+        format!("{enable}{}\n{}", shared_wgsl(), self.own_source())
     }
 
     fn own_source(self) -> String {
@@ -248,16 +317,23 @@ impl Kernel {
             WeightFormat::Q4Sym => include_str!("fmt_q4s.wgsl"),
         };
         match self {
-            Kernel::Linear(f, x, fusion, reduce) => {
+            Kernel::Linear(f, x, fusion, reduce, math) => {
                 let (row_total, args, pass) = reduce.wgsl();
                 let main = include_str!("linear.wgsl").replace("SUBGROUP_ARGS", args).replace("SUBGROUP_PASS", pass);
-                format!("{}\n{}\n{}\n{main}\n{row_total}", fmt(f), fusion.wgsl(x), include_str!("linear_common.wgsl"))
+                format!(
+                    "{}\n{}\n{}\n{}\n{main}\n{row_total}",
+                    fmt(f),
+                    fusion.wgsl(x),
+                    include_str!("linear_common.wgsl"),
+                    math.wgsl(f)
+                )
             }
             Kernel::LinearRows(f, x, fusion) => format!(
-                "{}\n{}\n{}\n{}",
+                "{}\n{}\n{}\n{}\n{}",
                 fmt(f),
                 fusion.wgsl(x),
                 include_str!("linear_common.wgsl"),
+                Math::F32.wgsl(f),
                 include_str!("linear_rows.wgsl")
             ),
             Kernel::Embed(f) => format!("{}\n{}", fmt(f), include_str!("embed.wgsl")),
@@ -514,6 +590,8 @@ pub struct GpuBackend {
     steps_ahead: usize,
     /// The subgroup size the kernels were checked with, when subgroups are in use.
     subgroup_size: Option<u32>,
+    /// The cooperative matrix kernel multiplies block formats in f16 (`Math::F16`).
+    f16_math: bool,
     max_binding: u64,
     pipelines: RefCell<HashMap<Kernel, Rc<(wgpu::ComputePipeline, wgpu::BindGroupLayout)>>>,
     /// Bind groups by (kernel, parameter offset, buffers): the same few hundred recur every
@@ -558,10 +636,14 @@ impl GpuBackend {
         let info = adapter.get_info();
         let limits = adapter.limits();
         let subgroups = opts.subgroups && adapter.features().contains(wgpu::Features::SUBGROUP);
+        let f16 = opts.f16 && adapter.features().contains(wgpu::Features::SHADER_F16);
+        let mut features = wgpu::Features::empty();
+        features.set(wgpu::Features::SUBGROUP, subgroups);
+        features.set(wgpu::Features::SHADER_F16, f16);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("guardreasoner"),
-                required_features: if subgroups { wgpu::Features::SUBGROUP } else { wgpu::Features::empty() },
+                required_features: features,
                 required_limits: limits.clone(),
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
@@ -648,6 +730,8 @@ impl GpuBackend {
             adapter,
             opts,
             row_per_thread,
+            // The row-per-thread kernel is for CPU emulations, where f16 is emulated in f32.
+            f16_math: f16 && !row_per_thread,
             steps_ahead: if on_cpu { STEPS_AHEAD_ON_CPU } else { STEPS_AHEAD },
             subgroup_size: None,
             max_binding,
@@ -717,6 +801,11 @@ impl GpuBackend {
         self.subgroup_size
     }
 
+    /// Whether the matrix kernels multiply block-format and f16 weights in f16 (`shader-f16`).
+    pub fn f16_math(&self) -> bool {
+        self.f16_math
+    }
+
     /// A matrix product with whatever it fuses (linear_common.wgsl), one dispatch per part.
     fn product(&self, p: Product) -> Result<GpuAct> {
         let (x, w) = (p.x, p.w);
@@ -746,7 +835,8 @@ impl GpuBackend {
             (Kernel::LinearRows(w.format, x_layout, fusion), shared::ROWS_PER_THREAD_GROUP)
         } else {
             let reduce = if self.subgroup_size.is_some() { Reduce::Subgroup } else { Reduce::Workgroup };
-            (Kernel::Linear(w.format, x_layout, fusion, reduce), shared::ROWS)
+            let math = if self.f16_math && w.format != WeightFormat::F32 { Math::F16 } else { Math::F32 };
+            (Kernel::Linear(w.format, x_layout, fusion, reduce, math), shared::ROWS)
         };
         let out = self.activation(p.n_tokens, out_cols)?;
         let eps = p.gain.map_or(0.0, |(_, eps)| eps);
@@ -1253,10 +1343,14 @@ impl Backend for GpuBackend {
     type GateUp = GpuGateUp;
 
     fn describe(&self) -> String {
-        match self.subgroup_size {
-            Some(n) => format!("gpu ({}, subgroups of {n})", self.adapter),
-            None => format!("gpu ({})", self.adapter),
+        let mut uses = vec![self.adapter.clone()];
+        if let Some(n) = self.subgroup_size {
+            uses.push(format!("subgroups of {n}"));
         }
+        if self.f16_math {
+            uses.push("f16 math".to_string());
+        }
+        format!("gpu ({})", uses.join(", "))
     }
 
     fn device_bytes(&self) -> Option<u64> {
