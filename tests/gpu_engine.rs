@@ -24,9 +24,13 @@ fn gpu(quant: GpuQuant, max_binding_bytes: Option<u64>) -> GpuBackend {
 }
 
 fn engine<B: Backend>(opened: OpenedModel, backend: B) -> Engine<B> {
+    engine_of(opened, backend, MICRO_CONTEXT)
+}
+
+fn engine_of<B: Backend>(opened: OpenedModel, backend: B, context: usize) -> Engine<B> {
     let OpenedModel { mut files, .. } = opened;
     let weights = files.load(&backend, &mut |_, _| {}).unwrap();
-    Engine::new(backend, files.config.clone(), weights, MICRO_CONTEXT, 1, 0).unwrap()
+    Engine::new(backend, files.config.clone(), weights, context, 1, 0).unwrap()
 }
 
 fn logits_of<B: Backend>(e: &mut Engine<B>, ids: &[u32]) -> Vec<f32> {
@@ -485,4 +489,33 @@ fn gpu_f16_math_stays_within_f16_rounding() {
         assert!(got != want, "{what}: the f16 kernel gave the f32 kernel's logits bit for bit");
         assert_eq!(half.tokens, exact.tokens, "{what}: greedy tokens");
     }
+}
+
+/// With subgroups, attention takes each 64-key block's largest score with subgroupMax and one
+/// exchange instead of every thread reading all 64: a maximum does not round, so the logits are
+/// the workgroup kernel's bit for bit, in prompt chunks and in split decode attention. The
+/// row-per-thread matrix kernel (which never uses subgroups) keeps attention the only difference.
+#[test]
+fn gpu_subgroup_attention_equals_the_workgroup_one_bit_for_bit() {
+    let tensors = micro_tensors(SEED);
+    let mut config = micro_config_json();
+    config["max_position_embeddings"] = 128.into();
+    let ids = prompt(70, 14);
+    let opts = GenerateOptions { max_new_tokens: 30, stop_ids: vec![], keep_first_logits: true };
+    let run = |subgroups: bool| {
+        let gpu_opts =
+            GpuOptions { quant: GpuQuant::F32, linear: LinearKernel::RowPerThread, subgroups, ..GpuOptions::default() };
+        let open = open_micro_hf(safetensors_bf16(&tensors), &config).unwrap();
+        let mut g = engine_of(open, gpu_with(gpu_opts), 128);
+        assert_eq!(g.backend.subgroup_size().is_some(), subgroups, "subgroups in use (lavapipe offers them)");
+        let first = pollster::block_on(generate(&mut g, &ids, &opts, &|| false, &mut |_| Ok(()))).unwrap();
+        // Decode logits after 100 positions: the last step attends over two 64-key blocks.
+        let mut all = ids.clone();
+        all.extend(&first.tokens);
+        (first, logits_of(&mut g, &all))
+    };
+    let ((sub, sub_last), (wg, wg_last)) = (run(true), run(false));
+    assert_eq!(sub.first_logits, wg.first_logits, "prompt logits");
+    assert_eq!(sub.tokens, wg.tokens, "greedy tokens");
+    assert_eq!(sub_last, wg_last, "logits after 100 positions");
 }

@@ -14,7 +14,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read> rows: array<u32>;
 
 @compute @workgroup_size(BLOCK)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32 SUBGROUP_ARGS) {
     let head = wg.x;
     let t = wg.y;
     let q_base = t * p.heads * p.head_dim + head * p.head_dim;
@@ -22,7 +22,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let pos = rows[2u * t + 1u];
     // The whole workgroup walks the same blocks (one token per workgroup).
     let blocks = (pos + BLOCK) / BLOCK;
-    let r = attend(lid, q_base, head / (p.heads / p.kv_heads), p.kv_heads * p.head_dim, p.head_dim, p.scale, end - 1u - pos, end, blocks);
+    let r = attend(lid, q_base, head / (p.heads / p.kv_heads), p.kv_heads * p.head_dim, p.head_dim, p.scale, end - 1u - pos, end, blocks SUBGROUP_PASS);
     for (var i = 0u; i < DIMS_PER_THREAD; i++) {
         let d = lid + i * BLOCK;
         if (d < p.head_dim) {

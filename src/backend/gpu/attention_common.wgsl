@@ -1,7 +1,10 @@
 // Shared by attention.wgsl and attention_partial.wgsl: one workgroup of 64 threads runs an online
 // softmax (flash-attention style) of one query head over a range of keys in blocks of 64, so any
 // context length works without a scores buffer. Cache layout: (max_seq, kv_heads * head_dim).
-// BLOCK (keys per block, threads per workgroup) and MAX_HEAD_DIM come from the Rust side.
+// BLOCK (keys per block, threads per workgroup) and MAX_HEAD_DIM come from the Rust side, and so
+// does `block_max_of(lid, s)`: a barrier, then the largest of the block's 64 scores in every
+// thread, read from workgroup memory, or with subgroups a subgroupMax and one exchange (the same
+// value either way: a maximum does not round).
 const DIMS_PER_THREAD: u32 = MAX_HEAD_DIM / BLOCK;
 
 @group(0) @binding(1) var<storage, read> q: array<f32>;
@@ -20,7 +23,7 @@ struct Partial {
 
 // Attend the query at q[q_base..] to keys first..end (exclusive), walking `blocks` blocks of 64
 // from `first`; `blocks` must be the same for the whole workgroup (it holds barriers).
-fn attend(lid: u32, q_base: u32, kv_head: u32, kv_stride: u32, head_dim: u32, scale: f32, first: u32, end: u32, blocks: u32) -> Partial {
+fn attend(lid: u32, q_base: u32, kv_head: u32, kv_stride: u32, head_dim: u32, scale: f32, first: u32, end: u32, blocks: u32 SUBGROUP_PARAM) -> Partial {
     for (var d = lid; d < head_dim; d += BLOCK) {
         q_s[d] = q[q_base + d];
     }
@@ -40,11 +43,7 @@ fn attend(lid: u32, q_base: u32, kv_head: u32, kv_stride: u32, head_dim: u32, sc
             s = dot * scale;
         }
         scores[lid] = s;
-        workgroupBarrier();
-        var block_max = -3.0e38;
-        for (var j = 0u; j < BLOCK; j++) {
-            block_max = max(block_max, scores[j]);
-        }
+        let block_max = block_max_of(lid, s SUBGROUP_PASS); // after a barrier: scores complete
         let m_new = max(r.m, block_max);
         let correction = exp(r.m - m_new);
         r.l *= correction;

@@ -17,7 +17,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read> rows: array<u32>;
 
 @compute @workgroup_size(BLOCK)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32 SUBGROUP_ARGS) {
     let head = wg.x;
     let t = wg.y / p.n_chunks;
     let chunk = wg.y % p.n_chunks;
@@ -28,7 +28,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     let first = end - n_keys + chunk * CHUNK;
     let q_base = t * p.heads * p.head_dim + head * p.head_dim;
-    let r = attend(lid, q_base, head / (p.heads / p.kv_heads), p.kv_heads * p.head_dim, p.head_dim, p.scale, first, min(first + CHUNK, end), CHUNK / BLOCK);
+    let r = attend(lid, q_base, head / (p.heads / p.kv_heads), p.kv_heads * p.head_dim, p.head_dim, p.scale, first, min(first + CHUNK, end), CHUNK / BLOCK SUBGROUP_PASS);
     let base = ((t * p.heads + head) * p.n_chunks + chunk) * (p.head_dim + 2u);
     for (var i = 0u; i < DIMS_PER_THREAD; i++) {
         let d = lid + i * BLOCK;

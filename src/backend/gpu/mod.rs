@@ -251,6 +251,65 @@ impl Math {
     }
 }
 
+impl Reduce {
+    /// attention_common.wgsl's `block_max_of` and the texts for `SUBGROUP_ARGS` (the entry
+    /// point's subgroup size), `SUBGROUP_PARAM` (attend's) and `SUBGROUP_PASS`.
+    fn attention_wgsl(self) -> [(&'static str, &'static str); 4] {
+        match self {
+            Reduce::Workgroup => [
+                (
+                    "BLOCK_MAX_OF",
+                    "fn block_max_of(lid: u32, s: f32) -> f32 {
+    workgroupBarrier();
+    var m = -3.0e38;
+    for (var j = 0u; j < BLOCK; j++) {
+        m = max(m, scores[j]);
+    }
+    return m;
+}
+",
+                ),
+                ("SUBGROUP_ARGS", ""),
+                ("SUBGROUP_PARAM", ""),
+                ("SUBGROUP_PASS", ""),
+            ],
+            Reduce::Subgroup => [
+                (
+                    "BLOCK_MAX_OF",
+                    "var<workgroup> group_max: array<f32, BLOCK>;
+
+fn block_max_of(lid: u32, s: f32, sg: u32) -> f32 {
+    // Subgroups are runs of sg consecutive invocations (checked at startup).
+    let m = subgroupMax(s);
+    if (lid % sg == 0u) {
+        group_max[lid / sg] = m;
+    }
+    workgroupBarrier();
+    var t = -3.0e38;
+    for (var g = 0u; g < (BLOCK + sg - 1u) / sg; g++) {
+        t = max(t, group_max[g]);
+    }
+    return t;
+}
+",
+                ),
+                ("SUBGROUP_ARGS", ", @builtin(subgroup_size) sg: u32"),
+                ("SUBGROUP_PARAM", ", sg: u32"),
+                ("SUBGROUP_PASS", ", sg"),
+            ],
+        }
+    }
+
+    /// `common` and `main` (attention_common.wgsl and an attention kernel) for this reduction.
+    fn attention_source(self, main: &str) -> String {
+        let mut src = format!("{}\nBLOCK_MAX_OF\n{main}", include_str!("attention_common.wgsl"));
+        for (name, text) in self.attention_wgsl() {
+            src = src.replace(name, text);
+        }
+        src
+    }
+}
+
 /// What a matrix kernel fuses around the product (linear_common.wgsl): the RMSNorm of its input,
 /// the residual add, SwiGLU over paired gate/up rows.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
@@ -288,8 +347,8 @@ enum Kernel {
     RmsNorm,
     Rope,
     RopeAppend,
-    Attention,
-    AttentionPartial,
+    Attention(Reduce),
+    AttentionPartial(Reduce),
     AttentionCombine,
     Swiglu,
     Add,
@@ -340,12 +399,8 @@ impl Kernel {
             Kernel::RmsNorm => include_str!("rms_norm.wgsl").into(),
             Kernel::Rope => include_str!("rope.wgsl").into(),
             Kernel::RopeAppend => include_str!("rope_append.wgsl").into(),
-            Kernel::Attention => {
-                format!("{}\n{}", include_str!("attention_common.wgsl"), include_str!("attention.wgsl"))
-            }
-            Kernel::AttentionPartial => {
-                format!("{}\n{}", include_str!("attention_common.wgsl"), include_str!("attention_partial.wgsl"))
-            }
+            Kernel::Attention(reduce) => reduce.attention_source(include_str!("attention.wgsl")),
+            Kernel::AttentionPartial(reduce) => reduce.attention_source(include_str!("attention_partial.wgsl")),
             Kernel::AttentionCombine => include_str!("attention_combine.wgsl").into(),
             Kernel::Swiglu | Kernel::Add | Kernel::CopyRows => include_str!("elementwise.wgsl").into(),
             Kernel::KvAppend => include_str!("kv_append.wgsl").into(),
@@ -801,6 +856,11 @@ impl GpuBackend {
         self.subgroup_size
     }
 
+    /// How the kernels add or compare across threads: with subgroups when they are in use.
+    fn reduce(&self) -> Reduce {
+        if self.subgroup_size.is_some() { Reduce::Subgroup } else { Reduce::Workgroup }
+    }
+
     /// Whether the matrix kernels multiply block-format and f16 weights in f16 (`shader-f16`).
     pub fn f16_math(&self) -> bool {
         self.f16_math
@@ -834,7 +894,7 @@ impl GpuBackend {
         let (kernel, rows_per_group) = if self.row_per_thread {
             (Kernel::LinearRows(w.format, x_layout, fusion), shared::ROWS_PER_THREAD_GROUP)
         } else {
-            let reduce = if self.subgroup_size.is_some() { Reduce::Subgroup } else { Reduce::Workgroup };
+            let reduce = self.reduce();
             let math = if self.f16_math && w.format != WeightFormat::F32 { Math::F16 } else { Math::F32 };
             (Kernel::Linear(w.format, x_layout, fusion, reduce, math), shared::ROWS)
         };
@@ -958,7 +1018,7 @@ impl GpuBackend {
             let mut p = params(&[heads as u32, cache.kv_heads as u32, cache.head_dim as u32, chunks as u32]);
             p.extend_from_slice(&scale);
             self.dispatch_at(
-                Kernel::AttentionPartial,
+                Kernel::AttentionPartial(self.reduce()),
                 &p,
                 &[(1, q.buffer()), (2, &scratch), (3, kc), (4, vc), (5, rows.table.buffer())],
                 (heads as u32, (seq * chunks) as u32),
@@ -973,7 +1033,7 @@ impl GpuBackend {
             let mut p = params(&[seq as u32, heads as u32, cache.kv_heads as u32, cache.head_dim as u32]);
             p.extend_from_slice(&scale);
             self.dispatch_at(
-                Kernel::Attention,
+                Kernel::Attention(self.reduce()),
                 &p,
                 &[(1, q.buffer()), (2, out.buffer()), (3, kc), (4, vc), (5, rows.table.buffer())],
                 (heads as u32, seq as u32),
