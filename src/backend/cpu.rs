@@ -276,21 +276,60 @@ impl Backend for CpuBackend {
         };
         // Each span appends its K/V, then attends over its own sequence's rows (which no other
         // span writes).
-        let mut outs = Vec::with_capacity(rows.len());
         let mut first = 0;
         for span in rows {
             let at = span.base + span.pos;
             k_cache.slice_set(&to_heads(&k.narrow(0, first, span.len)?, span.len, kv_heads)?, 1, at)?;
             v_cache.slice_set(&to_heads(&v.narrow(0, first, span.len)?, span.len, kv_heads)?, 1, at)?;
+            first += span.len;
+        }
+        // Decode rows straight over the cache, the same arithmetic in any batch; a batch's rows
+        // in parallel (each row's own arithmetic does not change), where there is enough work.
+        let q_host = q.flatten_all()?.to_vec1::<f32>()?;
+        let width = heads * head_dim;
+        let mut decoded: Vec<Option<Vec<f32>>> = vec![None; rows.len()];
+        let decode_rows: Vec<(usize, usize, DecodeShape)> = {
+            let mut first = 0;
+            let mut out = Vec::new();
+            for (i, span) in rows.iter().enumerate() {
+                if span.len == 1 {
+                    let total = span.pos + 1;
+                    let shape =
+                        DecodeShape { heads, kv_heads, head_dim, max_seq: cache.max_seq, first: span.base, total };
+                    out.push((i, first, shape));
+                }
+                first += span.len;
+            }
+            out
+        };
+        if !decode_rows.is_empty() {
+            with_f32(k_cache, |kc| {
+                with_f32(v_cache, |vc| {
+                    let one = |&(_, row, shape): &(usize, usize, DecodeShape)| {
+                        decode_attention(&q_host[row * width..(row + 1) * width], kc, vc, shape)
+                    };
+                    let work: usize = decode_rows.iter().map(|(_, _, s)| s.heads * s.total * s.head_dim * 2).sum();
+                    let outs: Vec<Vec<f32>> = if decode_rows.len() > 1 && work >= super::cpu_blocks::PARALLEL_MIN_MACS {
+                        use rayon::prelude::*;
+                        decode_rows.par_iter().map(one).collect()
+                    } else {
+                        decode_rows.iter().map(one).collect()
+                    };
+                    for ((i, _, _), out) in decode_rows.iter().zip(outs) {
+                        decoded[*i] = Some(out);
+                    }
+                    Ok(())
+                })
+            })?;
+        }
+        let mut outs = Vec::with_capacity(rows.len());
+        let mut first = 0;
+        for (span, decoded) in rows.iter().zip(decoded) {
             let q = q.narrow(0, first, span.len)?;
             first += span.len;
             let total = span.pos + span.len;
-            if span.len == 1 {
-                // A decode row: straight over the cache, the same arithmetic in any batch.
-                let q = q.flatten_all()?.to_vec1::<f32>()?;
-                let shape = DecodeShape { heads, kv_heads, head_dim, max_seq: cache.max_seq, first: span.base, total };
-                let out = with_f32(k_cache, |kc| with_f32(v_cache, |vc| Ok(decode_attention(&q, kc, vc, shape))))?;
-                outs.push(Tensor::from_vec(out, (1, heads * head_dim), &self.device)?);
+            if let Some(out) = decoded {
+                outs.push(Tensor::from_vec(out, (1, width), &self.device)?);
                 continue;
             }
             let (n, pos) = (span.len, span.pos);
@@ -475,8 +514,7 @@ fn decode_attention(q: &[f32], kc: &[f32], vc: &[f32], s: DecodeShape) -> Vec<f3
         let base = ((h / group) * max_seq + first) * hd;
         let keys = &kc[base..base + total * hd];
         let values = &vc[base..base + total * hd];
-        let mut scores: Vec<f32> =
-            keys.chunks_exact(hd).map(|k| k.iter().zip(qh).map(|(a, b)| a * b).sum::<f32>() * scale).collect();
+        let mut scores: Vec<f32> = keys.chunks_exact(hd).map(|k| dot(k, qh) * scale).collect();
         let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
         let mut sum = 0f32;
         for v in &mut scores {
@@ -497,6 +535,24 @@ fn decode_attention(q: &[f32], kc: &[f32], vc: &[f32], s: DecodeShape) -> Vec<f3
         out.chunks_mut(hd).enumerate().for_each(head);
     }
     out
+}
+
+/// `a . b` in eight lanes (element i into lane i % 8), the lanes then added in a fixed tree: a
+/// vector register's worth of independent sums instead of one serial chain, in the same order
+/// for every call (so for every batch).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ta, tb) = (a8.remainder(), b8.remainder());
+    for (x, y) in a8.zip(b8) {
+        for j in 0..8 {
+            lanes[j] += x[j] * y[j];
+        }
+    }
+    for (j, (x, y)) in ta.iter().zip(tb).enumerate() {
+        lanes[j] += x * y;
+    }
+    ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
 }
 
 /// Index of the largest value, the first one on ties (as `torch.argmax` and llama.cpp do).

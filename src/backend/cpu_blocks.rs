@@ -10,8 +10,9 @@
 //! - Q4_1: `dw * dx * sum(nib * qx) + mw * sx` (value `dw * nib + mw`; llama.cpp's Q8_1)
 //!
 //! Weights are held with rows interleaved eight by eight (`BlockMatrix`), so the vector lanes are
-//! rows: one load of weights serves eight rows, and a tile of up to four tokens shares it
-//! (prefill and batched decode run as matrix-matrix products). Kernels (`Kernel`): AVX-512 VNNI
+//! rows: one load of weights serves eight rows, and a tile of up to four tokens (eight with
+//! AVX-512 VNNI, `Kernel::tile_tokens`) shares it (prefill and batched decode run as
+//! matrix-matrix products). Kernels (`Kernel`): AVX-512 VNNI
 //! (`vpdpbusd` on 256-bit vectors), AVX2 (`vpmaddubsw`), and a portable one (other CPUs; in the
 //! browser wasm `simd128`), picked at run time; `set_kernel` forces one (tests, bench).
 
@@ -59,6 +60,17 @@ impl Kernel {
             Kernel::Portable if cfg!(all(target_arch = "wasm32", target_feature = "relaxed-simd")) => "simd128+relaxed",
             Kernel::Portable if cfg!(all(target_arch = "wasm32", target_feature = "simd128")) => "simd128",
             Kernel::Portable => "portable",
+        }
+    }
+
+    /// Tokens per tile: as many as the kernel's accumulators keep in registers. AVX-512 VNNI
+    /// has 32 vector registers: eight tokens' sums (two chains each) and accumulators fit, and
+    /// a batch of eight decodes in one pass over the weights. AVX2 (16 registers) and wasm
+    /// (compiled to 16 on x86) take four.
+    pub fn tile_tokens(self) -> usize {
+        match self {
+            Kernel::Avx512Vnni => TILE,
+            Kernel::Avx2 | Kernel::Portable => 4,
         }
     }
 
@@ -229,8 +241,9 @@ impl BlockMatrix {
     /// `x` is `(seq, cols)` row-major; returns `(seq, rows)`.
     ///
     /// Tasks take panels of consecutive groups (sized to stay in a core's L2 cache); a panel runs
-    /// the tokens in tiles of up to `TILE`, each tile over every group of the panel, so a tile's
-    /// activations stay in L1 while the panel's weights are read from L2 once per tile. A token's
+    /// the tokens in tiles of up to `Kernel::tile_tokens`, each tile over every group of the
+    /// panel, so a tile's activations stay in L1 while the panel's weights are read from L2 once
+    /// per tile. A token's
     /// arithmetic is the same in every tile size: its results do not depend on what it is batched
     /// with.
     pub fn forward(&self, x: &[f32], seq: usize) -> Vec<f32> {
@@ -247,7 +260,7 @@ impl BlockMatrix {
             let (g0, g1) = (task * per_task, ((task + 1) * per_task).min(groups));
             let mut t = 0;
             while t < seq {
-                let n = (seq - t).min(TILE);
+                let n = (seq - t).min(kernel.tile_tokens());
                 for g in g0..g1 {
                     let sums = tile(kernel, self.kind, &self.group(g), &acts, t, n);
                     let lanes = (rows - g * GROUP).min(GROUP);
@@ -277,8 +290,8 @@ impl BlockMatrix {
 /// browser's threaded build shares only larger ones.
 pub const PARALLEL_MIN_MACS: usize = if cfg!(target_arch = "wasm32") { 1 << 22 } else { 1 << 20 };
 
-/// Tokens per tile.
-const TILE: usize = 4;
+/// Tokens per tile at most (`Kernel::tile_tokens`).
+const TILE: usize = 8;
 
 /// A panel's weights at most (a core's L2 holds it alongside a tile's activations).
 const PANEL_BYTES: usize = 256 * 1024;
@@ -381,45 +394,43 @@ fn tile(kernel: Kernel, kind: Kind, g: &Group, acts: &QuantizedActs, t: usize, n
     let mut out = [[0f32; GROUP]; TILE];
     // Each kernel is compiled for 1..=TILE tokens (`N`), so its per-token accumulators stay in
     // registers.
-    macro_rules! by_n {
-        ($n:ident, $toks:ident => $call:expr) => {
-            match n {
-                1 => {
-                    const $n: usize = 1;
-                    let $toks = &[acts.token(t)];
-                    out[..1].copy_from_slice(&$call);
-                }
-                2 => {
-                    const $n: usize = 2;
-                    let $toks = &[acts.token(t), acts.token(t + 1)];
-                    out[..2].copy_from_slice(&$call);
-                }
-                3 => {
-                    const $n: usize = 3;
-                    let $toks = &[acts.token(t), acts.token(t + 1), acts.token(t + 2)];
-                    out[..3].copy_from_slice(&$call);
-                }
-                _ => {
-                    const $n: usize = 4;
-                    let $toks = &[acts.token(t), acts.token(t + 1), acts.token(t + 2), acts.token(t + 3)];
-                    out = $call;
-                }
-            }
-        };
+    match n {
+        1 => tile_n::<1>(kernel, kind, g, acts, t, &mut out),
+        2 => tile_n::<2>(kernel, kind, g, acts, t, &mut out),
+        3 => tile_n::<3>(kernel, kind, g, acts, t, &mut out),
+        4 => tile_n::<4>(kernel, kind, g, acts, t, &mut out),
+        5 => tile_n::<5>(kernel, kind, g, acts, t, &mut out),
+        6 => tile_n::<6>(kernel, kind, g, acts, t, &mut out),
+        7 => tile_n::<7>(kernel, kind, g, acts, t, &mut out),
+        _ => tile_n::<8>(kernel, kind, g, acts, t, &mut out),
     }
-    match kernel {
+    out
+}
+
+/// `tile` for `N` tokens, into `out[..N]`.
+#[inline(always)]
+fn tile_n<const N: usize>(
+    kernel: Kernel,
+    kind: Kind,
+    g: &Group,
+    acts: &QuantizedActs,
+    t: usize,
+    out: &mut [[f32; GROUP]; TILE],
+) {
+    let toks: &[Token; N] = &std::array::from_fn(|i| acts.token(t + i));
+    let sums = match kernel {
         // SAFETY (both): `Kernel::available` checked the instructions when the kernel was chosen,
         // and the activations' `start` was made for it.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512Vnni => by_n!(N, toks => unsafe { x86::tile::<N, true>(kind, g, toks) }),
+        Kernel::Avx512Vnni => unsafe { x86::tile::<N, true>(kind, g, toks) },
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => by_n!(N, toks => unsafe { x86::tile::<N, false>(kind, g, toks) }),
+        Kernel::Avx2 => unsafe { x86::tile::<N, false>(kind, g, toks) },
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        _ => by_n!(N, toks => wasm::tile::<N>(kind, g, toks)),
+        _ => wasm::tile::<N>(kind, g, toks),
         #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-        _ => by_n!(N, toks => portable_tile::<N>(kind, g, toks)),
-    }
-    out
+        _ => portable_tile::<N>(kind, g, toks),
+    };
+    out[..N].copy_from_slice(&sums);
 }
 
 /// The scalar kernel (CPUs without the x86 kernels' instructions; a reference for them).
@@ -681,13 +692,18 @@ mod x86 {
                 }
                 let mut sums: [__m256i; N] =
                     std::array::from_fn(|i| _mm256_set1_epi32(*toks[i].start.get_unchecked(b)));
+                // With VNNI each token's block sum is two chains of vpdpbusd added at the end
+                // (`more`): one chain waits out each instruction's latency, two keep the
+                // multipliers busy. Integer sums: the result is the same in any order.
+                let mut more = [_mm256_setzero_si256(); N];
                 if KIND == 0 {
                     for c in 0..8 {
                         let v = _mm256_loadu_si256(w.add(c * 32) as *const __m256i);
                         if VNNI {
                             // w + 128, unsigned (`start` took 128 * sum(x) off).
                             let u = _mm256_xor_si256(v, _mm256_set1_epi8(-128));
-                            for (s, t) in sums.iter_mut().zip(toks) {
+                            let chains = if c % 2 == 0 { &mut sums } else { &mut more };
+                            for (s, t) in chains.iter_mut().zip(toks) {
                                 *s = _mm256_dpbusd_epi32(*s, u, word(t, b * BLOCK + 4 * c));
                             }
                         } else {
@@ -705,10 +721,19 @@ mod x86 {
                         let v = _mm256_loadu_si256(w.add(c * 32) as *const __m256i);
                         let lo = _mm256_and_si256(v, _mm256_set1_epi8(15));
                         let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), _mm256_set1_epi8(15));
-                        for (s, t) in sums.iter_mut().zip(toks) {
+                        for ((s, m), t) in sums.iter_mut().zip(more.iter_mut()).zip(toks) {
                             *s = dot_u8::<VNNI>(*s, lo, word(t, b * BLOCK + 4 * c));
-                            *s = dot_u8::<VNNI>(*s, hi, word(t, b * BLOCK + 16 + 4 * c));
+                            if VNNI {
+                                *m = dot_u8::<VNNI>(*m, hi, word(t, b * BLOCK + 16 + 4 * c));
+                            } else {
+                                *s = dot_u8::<VNNI>(*s, hi, word(t, b * BLOCK + 16 + 4 * c));
+                            }
                         }
+                    }
+                }
+                if VNNI {
+                    for (s, m) in sums.iter_mut().zip(more) {
+                        *s = _mm256_add_epi32(*s, m);
                     }
                 }
                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(g.d.as_ptr().add(b * GROUP) as *const __m128i));
