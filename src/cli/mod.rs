@@ -89,7 +89,7 @@ pub struct ModelArgs {
     pub gpu_linear: LinearKernel,
     /// Keep the GPU's matrix products in f32 where the adapter offers shader-f16. By default a
     /// real GPU's matrix kernel multiplies 8-bit, 4-bit and f16 weights in f16, four products at
-    /// a time summed in f32 (logits within about 0.3 % of the f32 kernel's); f32 weights, CPU
+    /// a time summed in f32 (logits move by up to about 0.3 % of their range); f32 weights, CPU
     /// emulations and the browser without shader-f16 always compute in f32.
     #[arg(long)]
     pub no_gpu_f16: bool,
