@@ -274,64 +274,61 @@ impl Backend for CpuBackend {
         let to_heads = |t: &Tensor, n: usize, heads: usize| -> Result<Tensor> {
             Ok(t.reshape((n, heads, head_dim))?.transpose(0, 1)?.contiguous()?)
         };
+        // Where each span's rows start in q, k and v.
+        let starts: Vec<usize> = rows
+            .iter()
+            .scan(0, |next, s| {
+                let start = *next;
+                *next += s.len;
+                Some(start)
+            })
+            .collect();
         // Each span appends its K/V, then attends over its own sequence's rows (which no other
         // span writes).
-        let mut first = 0;
-        for span in rows {
+        for (span, &first) in rows.iter().zip(&starts) {
             let at = span.base + span.pos;
             k_cache.slice_set(&to_heads(&k.narrow(0, first, span.len)?, span.len, kv_heads)?, 1, at)?;
             v_cache.slice_set(&to_heads(&v.narrow(0, first, span.len)?, span.len, kv_heads)?, 1, at)?;
-            first += span.len;
         }
         // Decode rows straight over the cache, the same arithmetic in any batch; a batch's rows
         // in parallel (each row's own arithmetic does not change), where there is enough work.
-        let q_host = q.flatten_all()?.to_vec1::<f32>()?;
         let width = heads * head_dim;
+        let decode_rows: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].len == 1).collect();
         let mut decoded: Vec<Option<Vec<f32>>> = vec![None; rows.len()];
-        let decode_rows: Vec<(usize, usize, DecodeShape)> = {
-            let mut first = 0;
-            let mut out = Vec::new();
-            for (i, span) in rows.iter().enumerate() {
-                if span.len == 1 {
-                    let total = span.pos + 1;
-                    let shape =
-                        DecodeShape { heads, kv_heads, head_dim, max_seq: cache.max_seq, first: span.base, total };
-                    out.push((i, first, shape));
-                }
-                first += span.len;
-            }
-            out
-        };
         if !decode_rows.is_empty() {
-            with_f32(k_cache, |kc| {
+            let q_host = q.flatten_all()?.to_vec1::<f32>()?;
+            let shape = |i: usize| DecodeShape {
+                heads,
+                kv_heads,
+                head_dim,
+                max_seq: cache.max_seq,
+                first: rows[i].base,
+                total: rows[i].pos + 1,
+            };
+            let outs = with_f32(k_cache, |kc| {
                 with_f32(v_cache, |vc| {
-                    let one = |&(_, row, shape): &(usize, usize, DecodeShape)| {
-                        decode_attention(&q_host[row * width..(row + 1) * width], kc, vc, shape)
-                    };
-                    let work: usize = decode_rows.iter().map(|(_, _, s)| s.heads * s.total * s.head_dim * 2).sum();
-                    let outs: Vec<Vec<f32>> = if decode_rows.len() > 1 && work >= super::cpu_blocks::PARALLEL_MIN_MACS {
+                    let one = |&i: &usize| decode_attention(&q_host[starts[i] * width..][..width], kc, vc, shape(i));
+                    let work: usize = decode_rows.iter().map(|&i| heads * shape(i).total * head_dim * 2).sum();
+                    Ok(if decode_rows.len() > 1 && work >= super::cpu_blocks::PARALLEL_MIN_MACS {
                         use rayon::prelude::*;
-                        decode_rows.par_iter().map(one).collect()
+                        decode_rows.par_iter().map(one).collect::<Vec<_>>()
                     } else {
                         decode_rows.iter().map(one).collect()
-                    };
-                    for ((i, _, _), out) in decode_rows.iter().zip(outs) {
-                        decoded[*i] = Some(out);
-                    }
-                    Ok(())
+                    })
                 })
             })?;
+            for (&i, out) in decode_rows.iter().zip(outs) {
+                decoded[i] = Some(out);
+            }
         }
         let mut outs = Vec::with_capacity(rows.len());
-        let mut first = 0;
-        for (span, decoded) in rows.iter().zip(decoded) {
-            let q = q.narrow(0, first, span.len)?;
-            first += span.len;
-            let total = span.pos + span.len;
+        for ((span, &first), decoded) in rows.iter().zip(&starts).zip(decoded) {
             if let Some(out) = decoded {
                 outs.push(Tensor::from_vec(out, (1, width), &self.device)?);
                 continue;
             }
+            let q = q.narrow(0, first, span.len)?;
+            let total = span.pos + span.len;
             let (n, pos) = (span.len, span.pos);
             let group = heads / kv_heads;
             let keys = k_cache.narrow(1, span.base, total)?; // (kv_heads, total, hd)

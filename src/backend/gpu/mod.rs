@@ -140,10 +140,24 @@ enum Reduce {
 }
 
 impl Reduce {
-    /// `row_total` and the text that replaces linear.wgsl's `SUBGROUP_ARGS` and `SUBGROUP_PASS`.
-    fn wgsl(self) -> (&'static str, &'static str, &'static str) {
+    /// `source` with its placeholders for the subgroup size filled in: `SUBGROUP_ARGS` (the
+    /// entry point's builtin), `SUBGROUP_PARAM` (a function's parameter) and `SUBGROUP_PASS`
+    /// (passing it on); empty without subgroups.
+    fn fill(self, source: &str) -> String {
+        let subgroup = self == Reduce::Subgroup;
+        [
+            ("SUBGROUP_ARGS", ", @builtin(subgroup_size) sg: u32"),
+            ("SUBGROUP_PARAM", ", sg: u32"),
+            ("SUBGROUP_PASS", ", sg"),
+        ]
+        .iter()
+        .fold(source.to_string(), |src, (name, text)| src.replace(name, if subgroup { text } else { "" }))
+    }
+
+    /// linear.wgsl's `row_total`.
+    fn row_total(self) -> &'static str {
         match self {
-            Reduce::Workgroup => (
+            Reduce::Workgroup => {
                 "fn row_total(lid: u32, lane: u32, v: vec4<f32>) -> vec4<f32> {
     workgroupBarrier();
     partial[lid] = v;
@@ -156,11 +170,9 @@ impl Reduce {
     }
     return partial[lid - lane];
 }
-",
-                "",
-                "",
-            ),
-            Reduce::Subgroup => (
+"
+            }
+            Reduce::Subgroup => {
                 "fn row_total(lid: u32, lane: u32, v: vec4<f32>, sg: u32) -> vec4<f32> {
     // Lane i of a subgroup is invocation i % sg (checked at startup), rows are LANES-aligned:
     // a butterfly over offsets below min(sg, LANES) sums each aligned cluster of that many lanes.
@@ -181,10 +193,8 @@ impl Reduce {
     }
     return t;
 }
-",
-                ", @builtin(subgroup_size) sg: u32",
-                ", sg",
-            ),
+"
+            }
         }
     }
 }
@@ -252,14 +262,11 @@ impl Math {
 }
 
 impl Reduce {
-    /// attention_common.wgsl's `block_max_of` and the texts for `SUBGROUP_ARGS` (the entry
-    /// point's subgroup size), `SUBGROUP_PARAM` (attend's) and `SUBGROUP_PASS`.
-    fn attention_wgsl(self) -> [(&'static str, &'static str); 4] {
+    /// attention_common.wgsl's `block_max_of`.
+    fn block_max_of(self) -> &'static str {
         match self {
-            Reduce::Workgroup => [
-                (
-                    "BLOCK_MAX_OF",
-                    "fn block_max_of(lid: u32, s: f32) -> f32 {
+            Reduce::Workgroup => {
+                "fn block_max_of(lid: u32, s: f32) -> f32 {
     workgroupBarrier();
     var m = -3.0e38;
     for (var j = 0u; j < BLOCK; j++) {
@@ -267,16 +274,10 @@ impl Reduce {
     }
     return m;
 }
-",
-                ),
-                ("SUBGROUP_ARGS", ""),
-                ("SUBGROUP_PARAM", ""),
-                ("SUBGROUP_PASS", ""),
-            ],
-            Reduce::Subgroup => [
-                (
-                    "BLOCK_MAX_OF",
-                    "var<workgroup> group_max: array<f32, BLOCK>;
+"
+            }
+            Reduce::Subgroup => {
+                "var<workgroup> group_max: array<f32, BLOCK>;
 
 fn block_max_of(lid: u32, s: f32, sg: u32) -> f32 {
     // Subgroups are runs of sg consecutive invocations (checked at startup).
@@ -291,22 +292,14 @@ fn block_max_of(lid: u32, s: f32, sg: u32) -> f32 {
     }
     return t;
 }
-",
-                ),
-                ("SUBGROUP_ARGS", ", @builtin(subgroup_size) sg: u32"),
-                ("SUBGROUP_PARAM", ", sg: u32"),
-                ("SUBGROUP_PASS", ", sg"),
-            ],
+"
+            }
         }
     }
 
-    /// `common` and `main` (attention_common.wgsl and an attention kernel) for this reduction.
+    /// An attention kernel (`main`) with attention_common.wgsl and `block_max_of`.
     fn attention_source(self, main: &str) -> String {
-        let mut src = format!("{}\nBLOCK_MAX_OF\n{main}", include_str!("attention_common.wgsl"));
-        for (name, text) in self.attention_wgsl() {
-            src = src.replace(name, text);
-        }
-        src
+        self.fill(&format!("{}\n{}\n{main}", include_str!("attention_common.wgsl"), self.block_max_of()))
     }
 }
 
@@ -376,17 +369,15 @@ impl Kernel {
             WeightFormat::Q4Sym => include_str!("fmt_q4s.wgsl"),
         };
         match self {
-            Kernel::Linear(f, x, fusion, reduce, math) => {
-                let (row_total, args, pass) = reduce.wgsl();
-                let main = include_str!("linear.wgsl").replace("SUBGROUP_ARGS", args).replace("SUBGROUP_PASS", pass);
-                format!(
-                    "{}\n{}\n{}\n{}\n{main}\n{row_total}",
-                    fmt(f),
-                    fusion.wgsl(x),
-                    include_str!("linear_common.wgsl"),
-                    math.wgsl(f)
-                )
-            }
+            Kernel::Linear(f, x, fusion, reduce, math) => reduce.fill(&format!(
+                "{}\n{}\n{}\n{}\n{}\n{}",
+                fmt(f),
+                fusion.wgsl(x),
+                include_str!("linear_common.wgsl"),
+                math.wgsl(f),
+                include_str!("linear.wgsl"),
+                reduce.row_total()
+            )),
             Kernel::LinearRows(f, x, fusion) => format!(
                 "{}\n{}\n{}\n{}\n{}",
                 fmt(f),
