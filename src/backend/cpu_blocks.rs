@@ -10,14 +10,15 @@
 //! - Q4_1: `dw * dx * sum(nib * qx) + mw * sx` (value `dw * nib + mw`; llama.cpp's Q8_1)
 //!
 //! Weights are held with rows interleaved eight by eight (`BlockMatrix`), so the vector lanes are
-//! rows: one load of weights serves eight rows, and a tile of up to four tokens (eight with
-//! AVX-512 VNNI, `Kernel::tile_tokens`) shares it (prefill and batched decode run as
-//! matrix-matrix products). Kernels (`Kernel`): AVX-512 VNNI
-//! (`vpdpbusd` on 256-bit vectors), AVX2 (`vpmaddubsw`), and a portable one (other CPUs; in the
+//! rows: one load of weights serves eight rows (sixteen, two groups, in AVX-512's 512 bits), and
+//! a tile of up to four tokens (eight with AVX-512 VNNI, `Kernel::tile_tokens`) shares it
+//! (prefill and batched decode run as matrix-matrix products). Kernels (`Kernel`): AVX-512 VNNI
+//! (`vpdpbusd` on 512-bit vectors), AVX2 (`vpmaddubsw`), and a portable one (other CPUs; in the
 //! browser wasm `simd128`), picked at run time; `set_kernel` forces one (tests, bench).
 
 use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 const BLOCK: usize = 32;
@@ -64,13 +65,22 @@ impl Kernel {
     }
 
     /// Tokens per tile: as many as the kernel's accumulators keep in registers. AVX-512 VNNI
-    /// has 32 vector registers: eight tokens' sums (two chains each) and accumulators fit, and
-    /// a batch of eight decodes in one pass over the weights. AVX2 (16 registers) and wasm
+    /// has 32 vector registers: eight tokens' sums (two chains each) and accumulators fit (24),
+    /// and a batch of eight decodes in one pass over the weights. AVX2 (16 registers) and wasm
     /// (compiled to 16 on x86) take four.
     pub fn tile_tokens(self) -> usize {
         match self {
             Kernel::Avx512Vnni => TILE,
             Kernel::Avx2 | Kernel::Portable => 4,
+        }
+    }
+
+    /// Groups of eight rows one vector holds: AVX-512's 512 bits take two groups' 32-byte
+    /// chunks, so one `vpdpbusd` serves sixteen rows; the others take one group.
+    pub fn groups_per_tile(self) -> usize {
+        match self {
+            Kernel::Avx512Vnni => 2,
+            Kernel::Avx2 | Kernel::Portable => 1,
         }
     }
 
@@ -82,7 +92,8 @@ impl Kernel {
         {
             let avx2 =
                 is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
-            if avx2 && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+            let avx512 = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw");
+            if avx2 && avx512 && is_x86_feature_detected!("avx512vnni") {
                 out.push(Kernel::Avx512Vnni);
             }
             if avx2 {
@@ -252,25 +263,28 @@ impl BlockMatrix {
         let groups = self.rows.div_ceil(GROUP);
         let group_bytes = self.blocks * GROUP * (self.kind.quant_bytes() + if self.m.is_empty() { 2 } else { 4 });
         let threads = rayon::current_num_threads().max(1);
-        let per_task = (PANEL_BYTES / group_bytes).clamp(1, groups.div_ceil(4 * threads).max(1));
+        // Whole tiles' worth of groups per task, so no task ends on a tile's first group.
+        let span = kernel.groups_per_tile();
+        let per_task = (PANEL_BYTES / group_bytes).clamp(1, groups.div_ceil(4 * threads).max(1)).next_multiple_of(span);
         let mut out = vec![0f32; seq * self.rows];
         let shared = Out(out.as_mut_ptr());
-        let rows = self.rows;
         let run = |task: usize| {
-            let (g0, g1) = (task * per_task, ((task + 1) * per_task).min(groups));
+            let panel = task * per_task..((task + 1) * per_task).min(groups);
             let mut t = 0;
             while t < seq {
                 let n = (seq - t).min(kernel.tile_tokens());
-                for g in g0..g1 {
-                    let sums = tile(kernel, self.kind, &self.group(g), &acts, t, n);
-                    let lanes = (rows - g * GROUP).min(GROUP);
-                    for (i, s) in sums[..n].iter().enumerate() {
-                        let at = (t + i) * rows + g * GROUP;
-                        // SAFETY: each task writes only its own groups' columns `g*8..g*8+lanes`
-                        // of each token's row, inside `out` (`(t + i) < seq`, `lanes` clipped
-                        // to `rows`); `out` outlives the parallel loop.
-                        unsafe { std::ptr::copy_nonoverlapping(s.as_ptr(), shared.at(at), lanes) };
-                    }
+                // Each kernel is compiled for 1..=TILE tokens (`N`), so its per-token
+                // accumulators stay in registers.
+                let at = (panel.clone(), t, shared);
+                match n {
+                    1 => self.tile::<1>(kernel, &acts, at),
+                    2 => self.tile::<2>(kernel, &acts, at),
+                    3 => self.tile::<3>(kernel, &acts, at),
+                    4 => self.tile::<4>(kernel, &acts, at),
+                    5 => self.tile::<5>(kernel, &acts, at),
+                    6 => self.tile::<6>(kernel, &acts, at),
+                    7 => self.tile::<7>(kernel, &acts, at),
+                    _ => self.tile::<8>(kernel, &acts, at),
                 }
                 t += n;
             }
@@ -282,6 +296,45 @@ impl BlockMatrix {
             tasks.for_each(run);
         }
         out
+    }
+
+    /// Tokens `t..t + N` (N <= TILE) times the panel's groups, into `out`'s rows of those tokens
+    /// (`seq` rows of `self.rows`), at the panel's columns.
+    fn tile<const N: usize>(&self, kernel: Kernel, acts: &QuantizedActs, (panel, t, out): (Range<usize>, usize, Out)) {
+        let toks: &[Token; N] = &std::array::from_fn(|i| acts.token(t + i));
+        // Per token, `sums` holds `stride` values from group `g` on, of which `groups` groups'
+        // are wanted.
+        let put = |g: usize, groups: usize, sums: &[f32], stride: usize| {
+            let lanes = (self.rows - g * GROUP).min(groups * GROUP);
+            for (i, s) in sums.chunks_exact(stride).enumerate() {
+                // SAFETY: a task writes only its panel's columns `g*8..g*8+lanes` (clipped to
+                // `rows`) of the rows of tokens `t..t + N` (< seq), inside the output, which
+                // outlives the parallel loop.
+                unsafe { std::ptr::copy_nonoverlapping(s.as_ptr(), out.at((t + i) * self.rows + g * GROUP), lanes) };
+            }
+        };
+        let span = kernel.groups_per_tile();
+        for g in panel.clone().step_by(span) {
+            let one = self.group(g);
+            match kernel {
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512Vnni => {
+                    // A panel's last lone group is paired with itself and its copy's sums dropped.
+                    let two = self.group((g + 1).min(panel.end - 1));
+                    // SAFETY: `Kernel::available` checked the instructions when the kernel was
+                    // chosen, and the activations' `start` was made for it.
+                    let sums = unsafe { x86::tile_vnni::<N>(self.kind, [&one, &two], toks) };
+                    put(g, (panel.end - g).min(2), sums.as_flattened(), 2 * GROUP)
+                }
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 => put(g, 1, unsafe { x86::tile_avx2::<N>(self.kind, &one, toks) }.as_flattened(), GROUP),
+                #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+                _ => put(g, 1, wasm::tile::<N>(self.kind, &one, toks).as_flattened(), GROUP),
+                #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+                _ => put(g, 1, portable_tile::<N>(self.kind, &one, toks).as_flattened(), GROUP),
+            }
+        }
     }
 }
 
@@ -349,7 +402,15 @@ impl QuantizedActs {
             _ => 0,
         };
         for (b, xb) in x.chunks_exact(BLOCK).enumerate() {
-            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            // The largest magnitude, in eight lanes first so that it compiles to vector maxima
+            // (a maximum is exact in any order).
+            let mut lanes = [0f32; 8];
+            for part in xb.chunks_exact(8) {
+                for (m, v) in lanes.iter_mut().zip(part) {
+                    *m = m.max(v.abs());
+                }
+            }
+            let amax = lanes.into_iter().fold(0f32, f32::max);
             let scale = amax / 127.0;
             let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             let mut sum = 0i32;
@@ -372,12 +433,14 @@ impl QuantizedActs {
 }
 
 /// `v` rounded to the nearest integer, ties to even (as `_mm256_round_ps` does), without a libm
-/// call: adding and subtracting 1.5 * 2^23 rounds an f32 below 2^22 in magnitude to an integer
-/// in the current (nearest-even) mode. Quantized values are at most 127.
+/// call or a float-to-int conversion (so loops of it compile to vector code): adding 1.5 * 2^23
+/// rounds an f32 below 2^22 in magnitude to an integer in the current (nearest-even) mode, and
+/// that integer is then the low bits of the sum's mantissa. Quantized values are at most 127 (a
+/// NaN gives some value, never undefined behaviour).
 #[inline(always)]
 fn round_even(v: f32) -> i32 {
     const MAGIC: f32 = 12582912.0;
-    ((v + MAGIC) - MAGIC) as i32
+    (v + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
 }
 
 /// One token's quantized activations (all its blocks).
@@ -387,50 +450,6 @@ struct Token<'a> {
     d: &'a [f32],
     s: &'a [f32],
     start: &'a [i32],
-}
-
-/// Tokens `t..t + n` (n <= TILE) times group `g`: per token, the group's eight sums.
-fn tile(kernel: Kernel, kind: Kind, g: &Group, acts: &QuantizedActs, t: usize, n: usize) -> [[f32; GROUP]; TILE] {
-    let mut out = [[0f32; GROUP]; TILE];
-    // Each kernel is compiled for 1..=TILE tokens (`N`), so its per-token accumulators stay in
-    // registers.
-    match n {
-        1 => tile_n::<1>(kernel, kind, g, acts, t, &mut out),
-        2 => tile_n::<2>(kernel, kind, g, acts, t, &mut out),
-        3 => tile_n::<3>(kernel, kind, g, acts, t, &mut out),
-        4 => tile_n::<4>(kernel, kind, g, acts, t, &mut out),
-        5 => tile_n::<5>(kernel, kind, g, acts, t, &mut out),
-        6 => tile_n::<6>(kernel, kind, g, acts, t, &mut out),
-        7 => tile_n::<7>(kernel, kind, g, acts, t, &mut out),
-        _ => tile_n::<8>(kernel, kind, g, acts, t, &mut out),
-    }
-    out
-}
-
-/// `tile` for `N` tokens, into `out[..N]`.
-#[inline(always)]
-fn tile_n<const N: usize>(
-    kernel: Kernel,
-    kind: Kind,
-    g: &Group,
-    acts: &QuantizedActs,
-    t: usize,
-    out: &mut [[f32; GROUP]; TILE],
-) {
-    let toks: &[Token; N] = &std::array::from_fn(|i| acts.token(t + i));
-    let sums = match kernel {
-        // SAFETY (both): `Kernel::available` checked the instructions when the kernel was chosen,
-        // and the activations' `start` was made for it.
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512Vnni => unsafe { x86::tile::<N, true>(kind, g, toks) },
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { x86::tile::<N, false>(kind, g, toks) },
-        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        _ => wasm::tile::<N>(kind, g, toks),
-        #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-        _ => portable_tile::<N>(kind, g, toks),
-    };
-    out[..N].copy_from_slice(&sums);
 }
 
 /// The scalar kernel (CPUs without the x86 kernels' instructions; a reference for them).
@@ -607,141 +626,176 @@ mod wasm {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    //! Lanes are a group's eight rows. Per block and chunk of 32 weight bytes (four elements of
-    //! each row; Q4 two sets of four, in the low and high nibbles), each token's four matching
-    //! activations are broadcast to every lane (an embedded broadcast of `vpdpbusd`) and
-    //! multiplied in; a block's integer sums then take the eight rows' scales times the token's.
+    //! Lanes are rows. Per block and chunk of 32 weight bytes (four elements of each of a group's
+    //! eight rows; Q4 two sets of four, in the low and high nibbles), each token's four matching
+    //! activations are broadcast to every lane and multiplied in; a block's integer sums then
+    //! take the rows' scales times the token's. The VNNI kernel holds two groups' chunks in one
+    //! 512-bit vector, sixteen rows per `vpdpbusd`; AVX2 one group in 256 bits.
     use super::{BLOCK, GROUP, Group, Kind, Token};
     use std::arch::x86_64::*;
 
-    /// How far ahead of the block being read to prefetch the group's quants, in bytes.
+    /// How far ahead of the block being read to prefetch a group's quants, in bytes.
     const PREFETCH: usize = 2048;
 
-    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    unsafe fn tile_vnni<const N: usize>(kind: Kind, g: &Group, toks: &[Token; N]) -> [[f32; GROUP]; N] {
-        // SAFETY: passed on from the caller.
+    /// Prefetch a group's quants `PREFETCH` bytes ahead of `w` (a block of `qb` bytes a row).
+    #[inline(always)]
+    unsafe fn prefetch(w: *const u8, qb: usize) {
+        // SAFETY: a prefetch of any address is harmless; the callers' target features include SSE.
         unsafe {
-            match kind {
-                Kind::Q8_0 => body::<N, true, 0>(g, toks),
-                Kind::Q4_0 => body::<N, true, 1>(g, toks),
-                Kind::Q4_1 => body::<N, true, 2>(g, toks),
+            for line in 0..qb * GROUP / 64 {
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH + 64 * line) as *const i8);
             }
         }
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile_avx2<const N: usize>(kind: Kind, g: &Group, toks: &[Token; N]) -> [[f32; GROUP]; N] {
-        // SAFETY: passed on from the caller.
-        unsafe {
-            match kind {
-                Kind::Q8_0 => body::<N, false, 0>(g, toks),
-                Kind::Q4_0 => body::<N, false, 1>(g, toks),
-                Kind::Q4_1 => body::<N, false, 2>(g, toks),
-            }
-        }
-    }
-
+    /// Groups `pair[0]` and `pair[1]` (sixteen rows) times the tokens.
+    ///
     /// # Safety
-    /// The CPU must have the instructions of the chosen kernel (`Kernel::available`), and the
-    /// tokens' `start` must be made for it (`QuantizedActs::new`).
-    pub unsafe fn tile<const N: usize, const VNNI: bool>(
-        kind: Kind,
-        g: &Group,
-        toks: &[Token; N],
-    ) -> [[f32; GROUP]; N] {
-        // SAFETY: passed on to the caller.
-        unsafe { if VNNI { tile_vnni(kind, g, toks) } else { tile_avx2(kind, g, toks) } }
-    }
-
-    /// `start + sum(w * x)` in eight i32 lanes (each lane four adjacent products): unsigned `w`
-    /// by signed `x`.
-    #[inline(always)]
-    unsafe fn dot_u8<const VNNI: bool>(start: __m256i, w: __m256i, x: __m256i) -> __m256i {
-        // SAFETY: the callers' target features cover these instructions.
+    /// The CPU must have AVX-512 F, BW and VNNI (`Kernel::available`), and the tokens' `start`
+    /// must be made for this kernel (`QuantizedActs::new`).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn tile_vnni<const N: usize>(kind: Kind, pair: [&Group; 2], toks: &[Token; N]) -> [[f32; 2 * GROUP]; N] {
+        // SAFETY: passed on from the caller.
         unsafe {
-            if VNNI {
-                _mm256_dpbusd_epi32(start, w, x)
-            } else {
-                _mm256_add_epi32(start, _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)))
+            match kind {
+                Kind::Q8_0 => vnni::<N, 0>(pair, toks),
+                Kind::Q4_0 => vnni::<N, 1>(pair, toks),
+                Kind::Q4_1 => vnni::<N, 2>(pair, toks),
             }
         }
     }
 
-    /// `KIND`: 0 Q8_0, 1 Q4_0, 2 Q4_1.
+    /// Group `g` (eight rows) times the tokens.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C (`Kernel::available`).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn tile_avx2<const N: usize>(kind: Kind, g: &Group, toks: &[Token; N]) -> [[f32; GROUP]; N] {
+        // SAFETY: passed on from the caller.
+        unsafe {
+            match kind {
+                Kind::Q8_0 => avx2::<N, 0>(g, toks),
+                Kind::Q4_0 => avx2::<N, 1>(g, toks),
+                Kind::Q4_1 => avx2::<N, 2>(g, toks),
+            }
+        }
+    }
+
+    /// `KIND`: 0 Q8_0, 1 Q4_0, 2 Q4_1. Lane `i` is row `i` of `pair[0]`, lane `8 + i` row `i` of
+    /// `pair[1]`.
     #[inline(always)]
-    unsafe fn body<const N: usize, const VNNI: bool, const KIND: u8>(
-        g: &Group,
-        toks: &[Token; N],
-    ) -> [[f32; GROUP]; N] {
+    unsafe fn vnni<const N: usize, const KIND: u8>(pair: [&Group; 2], toks: &[Token; N]) -> [[f32; 2 * GROUP]; N] {
+        // SAFETY: both groups hold `blocks` blocks of eight rows (scales, offsets, quants) and
+        // each token `blocks * 32` activations with a scale, sum and start per block; the target
+        // features come from `tile_vnni`.
+        unsafe {
+            let qb = if KIND == 0 { 32 } else { 16 };
+            let blocks = pair[0].d.len() / GROUP;
+            debug_assert!(pair[1].d.len() == pair[0].d.len());
+            debug_assert!(toks.iter().all(|t| t.d.len() == blocks && t.q.len() == blocks * BLOCK));
+            let mut acc = [_mm512_setzero_ps(); N];
+            let word = |t: &Token, at: usize| _mm512_set1_epi32((t.q.as_ptr().add(at) as *const i32).read_unaligned());
+            // Eight f16 values of each group at block `b`, as sixteen f32.
+            let halves = |v: [&[u16]; 2], b: usize| {
+                let at = |v: &[u16]| _mm_loadu_si128(v.as_ptr().add(b * GROUP) as *const __m128i);
+                _mm512_cvtph_ps(_mm256_inserti128_si256::<1>(_mm256_castsi128_si256(at(v[0])), at(v[1])))
+            };
+            for b in 0..blocks {
+                let w = pair.map(|g| g.qs.as_ptr().add(b * GROUP * qb));
+                prefetch(w[0], qb);
+                prefetch(w[1], qb);
+                // Chunk `c` of both groups.
+                let chunk = |c: usize| {
+                    let half = |w: *const u8| _mm256_loadu_si256(w.add(c * 32) as *const __m256i);
+                    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(half(w[0])), half(w[1]))
+                };
+                let mut sums: [__m512i; N] =
+                    std::array::from_fn(|i| _mm512_set1_epi32(*toks[i].start.get_unchecked(b)));
+                // Each token's block sum is two chains of vpdpbusd added at the end (`more`): one
+                // chain waits out each instruction's latency, two keep the multipliers busy.
+                // Integer sums: the result is the same in any order.
+                let mut more = [_mm512_setzero_si512(); N];
+                if KIND == 0 {
+                    for c in 0..8 {
+                        // w + 128, unsigned (`start` took 128 * sum(x) off).
+                        let u = _mm512_xor_si512(chunk(c), _mm512_set1_epi8(-128));
+                        let chains = if c % 2 == 0 { &mut sums } else { &mut more };
+                        for (s, t) in chains.iter_mut().zip(toks) {
+                            *s = _mm512_dpbusd_epi32(*s, u, word(t, b * BLOCK + 4 * c));
+                        }
+                    }
+                } else {
+                    for c in 0..4 {
+                        let v = chunk(c);
+                        let lo = _mm512_and_si512(v, _mm512_set1_epi8(15));
+                        let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), _mm512_set1_epi8(15));
+                        for ((s, m), t) in sums.iter_mut().zip(more.iter_mut()).zip(toks) {
+                            *s = _mm512_dpbusd_epi32(*s, lo, word(t, b * BLOCK + 4 * c));
+                            *m = _mm512_dpbusd_epi32(*m, hi, word(t, b * BLOCK + 16 + 4 * c));
+                        }
+                    }
+                }
+                let dw = halves(pair.map(|g| g.d), b);
+                let mw = if KIND == 2 { halves(pair.map(|g| g.m), b) } else { _mm512_setzero_ps() };
+                for (i, t) in toks.iter().enumerate() {
+                    let sum = _mm512_add_epi32(sums[i], more[i]);
+                    let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*t.d.get_unchecked(b)));
+                    acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[i]);
+                    if KIND == 2 {
+                        acc[i] = _mm512_fmadd_ps(mw, _mm512_set1_ps(*t.s.get_unchecked(b)), acc[i]);
+                    }
+                }
+            }
+            acc.map(|a| {
+                let mut out = [0f32; 2 * GROUP];
+                _mm512_storeu_ps(out.as_mut_ptr(), a);
+                out
+            })
+        }
+    }
+
+    /// `KIND`: 0 Q8_0, 1 Q4_0, 2 Q4_1. Lanes are the group's eight rows.
+    #[inline(always)]
+    unsafe fn avx2<const N: usize, const KIND: u8>(g: &Group, toks: &[Token; N]) -> [[f32; GROUP]; N] {
         // SAFETY: `g` holds `blocks` blocks of eight rows (scales, offsets, quants) and each token
         // `blocks * 32` activations with a scale, sum and start per block; the target features
-        // come from the callers above.
+        // come from `tile_avx2`.
         unsafe {
             let qb = if KIND == 0 { 32 } else { 16 };
             let blocks = g.d.len() / GROUP;
             debug_assert!(toks.iter().all(|t| t.d.len() == blocks && t.q.len() == blocks * BLOCK));
             let mut acc = [_mm256_setzero_ps(); N];
             let word = |t: &Token, at: usize| _mm256_set1_epi32((t.q.as_ptr().add(at) as *const i32).read_unaligned());
+            // `start + sum(w * x)` in eight i32 lanes (each lane four adjacent products):
+            // unsigned `w` by signed `x`.
+            let dot = |s: __m256i, w: __m256i, x: __m256i| {
+                _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)))
+            };
             for b in 0..blocks {
                 let w = g.qs.as_ptr().add(b * GROUP * qb);
-                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH + 64) as *const i8);
-                if KIND == 0 {
-                    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH + 128) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH + 192) as *const i8);
-                }
+                prefetch(w, qb);
                 let mut sums: [__m256i; N] =
                     std::array::from_fn(|i| _mm256_set1_epi32(*toks[i].start.get_unchecked(b)));
-                // With VNNI each token's block sum is two chains of vpdpbusd added at the end
-                // (`more`): one chain waits out each instruction's latency, two keep the
-                // multipliers busy. Integer sums: the result is the same in any order.
-                let mut more = [_mm256_setzero_si256(); N];
-                if KIND == 0 {
-                    for c in 0..8 {
-                        let v = _mm256_loadu_si256(w.add(c * 32) as *const __m256i);
-                        if VNNI {
-                            // w + 128, unsigned (`start` took 128 * sum(x) off).
-                            let u = _mm256_xor_si256(v, _mm256_set1_epi8(-128));
-                            let chains = if c % 2 == 0 { &mut sums } else { &mut more };
-                            for (s, t) in chains.iter_mut().zip(toks) {
-                                *s = _mm256_dpbusd_epi32(*s, u, word(t, b * BLOCK + 4 * c));
-                            }
-                        } else {
-                            // |w| by x with w's sign.
-                            let a = _mm256_sign_epi8(v, v);
-                            for (s, t) in sums.iter_mut().zip(toks) {
-                                let x = _mm256_sign_epi8(word(t, b * BLOCK + 4 * c), v);
-                                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(a, x), _mm256_set1_epi16(1));
-                                *s = _mm256_add_epi32(*s, p);
-                            }
+                for c in 0..qb / 4 {
+                    let v = _mm256_loadu_si256(w.add(c * 32) as *const __m256i);
+                    if KIND == 0 {
+                        // |w| by x with w's sign.
+                        let a = _mm256_sign_epi8(v, v);
+                        for (s, t) in sums.iter_mut().zip(toks) {
+                            *s = dot(*s, a, _mm256_sign_epi8(word(t, b * BLOCK + 4 * c), v));
                         }
-                    }
-                } else {
-                    for c in 0..4 {
-                        let v = _mm256_loadu_si256(w.add(c * 32) as *const __m256i);
+                    } else {
                         let lo = _mm256_and_si256(v, _mm256_set1_epi8(15));
                         let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), _mm256_set1_epi8(15));
-                        for ((s, m), t) in sums.iter_mut().zip(more.iter_mut()).zip(toks) {
-                            *s = dot_u8::<VNNI>(*s, lo, word(t, b * BLOCK + 4 * c));
-                            if VNNI {
-                                *m = dot_u8::<VNNI>(*m, hi, word(t, b * BLOCK + 16 + 4 * c));
-                            } else {
-                                *s = dot_u8::<VNNI>(*s, hi, word(t, b * BLOCK + 16 + 4 * c));
-                            }
+                        for (s, t) in sums.iter_mut().zip(toks) {
+                            *s = dot(*s, lo, word(t, b * BLOCK + 4 * c));
+                            *s = dot(*s, hi, word(t, b * BLOCK + 16 + 4 * c));
                         }
                     }
                 }
-                if VNNI {
-                    for (s, m) in sums.iter_mut().zip(more) {
-                        *s = _mm256_add_epi32(*s, m);
-                    }
-                }
-                let dw = _mm256_cvtph_ps(_mm_loadu_si128(g.d.as_ptr().add(b * GROUP) as *const __m128i));
-                let mw = if KIND == 2 {
-                    _mm256_cvtph_ps(_mm_loadu_si128(g.m.as_ptr().add(b * GROUP) as *const __m128i))
-                } else {
-                    _mm256_setzero_ps()
-                };
+                let half = |v: &[u16]| _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(b * GROUP) as *const __m128i));
+                let dw = half(g.d);
+                let mw = if KIND == 2 { half(g.m) } else { _mm256_setzero_ps() };
                 for (i, t) in toks.iter().enumerate() {
                     let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*t.d.get_unchecked(b)));
                     acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[i]), scale, acc[i]);
