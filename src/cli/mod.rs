@@ -226,12 +226,12 @@ pub fn classify_in_order(
 }
 
 /// `--batch`: conversations decoded together. Unset, the backend's default: 8 on the GPU
-/// (a matrix is read once for all of them, and a GPU has the cores to spare), 4 on the CPU (the
-/// block kernels share each weight block among four rows; more rows add KV memory and little
-/// speed).
+/// (a matrix is read once for all of them, and a GPU has the cores to spare); on the CPU the
+/// rows its block kernel shares each load of weights among (`Kernel::tile_tokens`: 8 with
+/// AVX-512 VNNI, else 4; more rows add KV memory and little speed).
 pub fn default_batch(device: Device) -> usize {
     match device {
-        Device::Cpu => 4,
+        Device::Cpu => guardreasoner::backend::cpu_blocks::kernel().tile_tokens(),
         Device::Gpu | Device::Auto => 8,
     }
 }
