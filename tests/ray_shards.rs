@@ -71,6 +71,10 @@ fn shards_on_ray_survive_a_killed_worker_and_merge_to_the_unsplit_run() {
         .arg(common::repo_dir().join("scripts/ray-predict.py"))
         .args(["--shards", "2", "--num-cpus", "2", "--out", split.to_str().unwrap(), "--binary", binary, "--"])
         .args(&predict_args)
+        // One item at a time, so lines come one by one and the kill lands mid-shard (a batch of
+        // five items can finish them within a millisecond); the unsplit run kept its default
+        // batch, so the merge below also holds the batch sizes against each other.
+        .args(["--batch", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -254,9 +254,8 @@ impl BlockMatrix {
     /// Tasks take panels of consecutive groups (sized to stay in a core's L2 cache); a panel runs
     /// the tokens in tiles of up to `Kernel::tile_tokens`, each tile over every group of the
     /// panel, so a tile's activations stay in L1 while the panel's weights are read from L2 once
-    /// per tile. A token's
-    /// arithmetic is the same in every tile size: its results do not depend on what it is batched
-    /// with.
+    /// per tile. A token's arithmetic is the same in every tile size: its results do not depend
+    /// on what it is batched with.
     pub fn forward(&self, x: &[f32], seq: usize) -> Vec<f32> {
         let kernel = kernel();
         let acts = QuantizedActs::new(x, seq, self.cols, self.kind, kernel);
