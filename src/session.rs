@@ -372,6 +372,20 @@ const WASM_MEMORY: u64 = 4 << 30;
 #[cfg(target_arch = "wasm32")]
 const WASM_RESERVE: u64 = 128 << 20;
 
+/// The quantized CPU kernel GUARDREASONER_CPU_KERNEL=avx512-vnni|avx2|portable forces (for
+/// comparing them), if set; unset, the fastest this CPU has runs.
+pub fn cpu_kernel_from_env() -> Result<Option<cpu_blocks::Kernel>> {
+    let Some(name) = std::env::var_os("GUARDREASONER_CPU_KERNEL") else { return Ok(None) };
+    let name = name.to_string_lossy();
+    let kernel = cpu_blocks::Kernel::ALL.into_iter().find(|k| k.name() == name).ok_or_else(|| {
+        Error::Other(format!(
+            "GUARDREASONER_CPU_KERNEL={name} is not a kernel: use one of {}",
+            cpu_blocks::Kernel::ALL.map(|k| k.name()).join(", ")
+        ))
+    })?;
+    Ok(Some(kernel))
+}
+
 /// Refuses, before anything loads, a KV cache that cannot be held together with the working
 /// memory of a prompt read at that length (`forward_scratch_bytes`): in wasm the two and the
 /// CPU weights share 4 GiB; natively they must fit the memory the system has available beside
@@ -613,16 +627,7 @@ impl Session {
                 Err(e) => return Err(e),
             }
         }
-        // GUARDREASONER_CPU_KERNEL=avx512-vnni|avx2|portable forces the quantized kernel (for
-        // comparing them); the default is the fastest this CPU has.
-        if let Some(name) = std::env::var_os("GUARDREASONER_CPU_KERNEL") {
-            let name = name.to_string_lossy();
-            let kernel = cpu_blocks::Kernel::ALL.into_iter().find(|k| k.name() == name).ok_or_else(|| {
-                Error::Other(format!(
-                    "GUARDREASONER_CPU_KERNEL={name} is not a kernel: use one of {}",
-                    cpu_blocks::Kernel::ALL.map(|k| k.name()).join(", ")
-                ))
-            })?;
+        if let Some(kernel) = cpu_kernel_from_env()? {
             cpu_blocks::set_kernel(Some(kernel)).map_err(Error::Other)?;
         }
         // The CPU's KV cache is host memory: budget it before any weight loads.

@@ -16,6 +16,10 @@ fn benchmark_dir() -> PathBuf {
 }
 
 fn predict(out: &Path, extra: &[&str]) -> Output {
+    predict_with_env(out, extra, &[])
+}
+
+fn predict_with_env(out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
     let model = common::tiny::tiny_folder("llama32");
     let bench = benchmark_dir();
     let mut args = vec![
@@ -32,7 +36,7 @@ fn predict(out: &Path, extra: &[&str]) -> Output {
         args.extend(["--max-new-tokens", NEW_TOKENS]);
     }
     args.extend_from_slice(extra);
-    Command::new(env!("CARGO_BIN_EXE_guardreasoner")).args(&args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_guardreasoner")).args(&args).envs(env.iter().copied()).output().unwrap()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -196,6 +200,22 @@ fn wild_guard_labels_come_from_the_items_the_shard_covers() {
         (task("refusal")["null_labels"].clone(), task("refusal")["counted_pairs"].clone()),
         (1.into(), 2.into())
     );
+}
+
+/// Without `--batch` the CPU decodes as many items together as its block kernel's tile holds:
+/// the kernel the run uses, also when GUARDREASONER_CPU_KERNEL forces a slower one.
+#[test]
+fn the_cpu_default_batch_is_the_kernels_tile() {
+    use guardreasoner::backend::cpu_blocks::Kernel;
+    for kernel in Kernel::available() {
+        let out = scratch(&format!("default-batch-{}", kernel.name()));
+        let args = ["--datasets", "SimpleSafetyTests", "--limit", "1", "--max-new-tokens", "4"];
+        let run = predict_with_env(&out, &args, &[("GUARDREASONER_CPU_KERNEL", kernel.name())]);
+        assert!(run.status.success(), "{}", text(&run.stderr));
+        let summary: serde_json::Value =
+            serde_json::from_str(text(&run.stdout).trim().lines().last().unwrap()).unwrap();
+        assert_eq!(summary["batch"], kernel.tile_tokens() as u64, "{}", kernel.name());
+    }
 }
 
 /// `--batch` never changes a prediction: 12 items of two datasets (prompts of different lengths)

@@ -231,7 +231,12 @@ pub fn classify_in_order(
 /// AVX-512 VNNI, else 4; more rows add KV memory and little speed).
 pub fn default_batch(device: Device) -> usize {
     match device {
-        Device::Cpu => guardreasoner::backend::cpu_blocks::kernel().tile_tokens(),
+        // The kernel the load will run (a bad GUARDREASONER_CPU_KERNEL is the load's error).
+        Device::Cpu => guardreasoner::session::cpu_kernel_from_env()
+            .ok()
+            .flatten()
+            .unwrap_or_else(guardreasoner::backend::cpu_blocks::kernel)
+            .tile_tokens(),
         Device::Gpu | Device::Auto => 8,
     }
 }
