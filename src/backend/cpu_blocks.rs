@@ -301,10 +301,10 @@ impl BlockMatrix {
     /// (`seq` rows of `self.rows`), at the panel's columns.
     fn tile<const N: usize>(&self, kernel: Kernel, acts: &QuantizedActs, (panel, t, out): (Range<usize>, usize, Out)) {
         let toks: &[Token; N] = &std::array::from_fn(|i| acts.token(t + i));
-        // Per token, `sums` holds `stride` values from group `g` on, of which `groups` groups'
-        // are wanted.
-        let put = |g: usize, groups: usize, sums: &[f32], stride: usize| {
-            let lanes = (self.rows - g * GROUP).min(groups * GROUP);
+        // Per token, `sums` holds `stride` rows' values from group `g` on. Panels are whole
+        // tiles of groups but the last, so a lone group's copy only ever lies past `rows`.
+        let put = |g: usize, sums: &[f32], stride: usize| {
+            let lanes = (self.rows - g * GROUP).min(stride);
             for (i, s) in sums.chunks_exact(stride).enumerate() {
                 // SAFETY: a task writes only its panel's columns `g*8..g*8+lanes` (clipped to
                 // `rows`) of the rows of tokens `t..t + N` (< seq), inside the output, which
@@ -318,20 +318,20 @@ impl BlockMatrix {
             match kernel {
                 #[cfg(target_arch = "x86_64")]
                 Kernel::Avx512Vnni => {
-                    // A panel's last lone group is paired with itself and its copy's sums dropped.
+                    // A lone last group is paired with itself; its copy's sums fall past `rows`.
                     let two = self.group((g + 1).min(panel.end - 1));
                     // SAFETY: `Kernel::available` checked the instructions when the kernel was
                     // chosen, and the activations' `start` was made for it.
                     let sums = unsafe { x86::tile_vnni::<N>(self.kind, [&one, &two], toks) };
-                    put(g, (panel.end - g).min(2), sums.as_flattened(), 2 * GROUP)
+                    put(g, sums.as_flattened(), 2 * GROUP)
                 }
                 // SAFETY: as above.
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Avx2 => put(g, 1, unsafe { x86::tile_avx2::<N>(self.kind, &one, toks) }.as_flattened(), GROUP),
+                Kernel::Avx2 => put(g, unsafe { x86::tile_avx2::<N>(self.kind, &one, toks) }.as_flattened(), GROUP),
                 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-                _ => put(g, 1, wasm::tile::<N>(self.kind, &one, toks).as_flattened(), GROUP),
+                _ => put(g, wasm::tile::<N>(self.kind, &one, toks).as_flattened(), GROUP),
                 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-                _ => put(g, 1, portable_tile::<N>(self.kind, &one, toks).as_flattened(), GROUP),
+                _ => put(g, portable_tile::<N>(self.kind, &one, toks).as_flattened(), GROUP),
             }
         }
     }
