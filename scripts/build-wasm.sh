@@ -72,7 +72,7 @@ optimize() { # pkg dir, extra wasm-opt features
   if [ "$dev" = 0 ]; then echo release >"$1/.build-stamp"; else echo dev >"$1/.build-stamp"; fi
 }
 
-cargo build --release --target wasm32-unknown-unknown --lib --no-default-features
+cargo build --release --target wasm32-unknown-unknown --lib --no-default-features --features gpu
 rm -rf www/pkg
 wasm-bindgen --target web --out-dir www/pkg target/wasm32-unknown-unknown/release/guardreasoner.wasm
 optimize_in_background www/pkg ""
@@ -93,7 +93,7 @@ done
 # same flags; `cargo rustc` hands the relaxed build's extra feature to our crate alone.
 threaded() { # pkg dir, extra rustc flags for our crate, extra wasm-opt features
   RUSTFLAGS="-C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals$link" \
-    cargo "+$NIGHTLY" rustc --release --target wasm32-unknown-unknown --lib --no-default-features --features threads \
+    cargo "+$NIGHTLY" rustc --release --target wasm32-unknown-unknown --lib --no-default-features --features gpu,threads \
     -Z build-std=panic_abort,std --target-dir target/wasm-threads -- $2
   rm -rf "$1"
   wasm-bindgen --target web --out-dir "$1" target/wasm-threads/wasm32-unknown-unknown/release/guardreasoner.wasm

@@ -6,13 +6,16 @@
 use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cpu_blocks;
-use crate::backend::gpu::{GpuBackend, GpuOptions, GpuQuant, LinearKernel};
+use crate::backend::gpu::LinearKernel;
+#[cfg(feature = "gpu")]
+use crate::backend::gpu::{GpuBackend, GpuOptions, GpuQuant};
 use crate::batch::{BatchEvent, BatchStats, Request, run_batch};
 use crate::engine::{Engine, PREFILL_CHUNK, PREFIX_MAX};
 use crate::error::{Error, Result};
 use crate::generate::{Detokenizer, GenerateOptions, Pipeline, Progress, StopReason, generate, generate_in};
 use crate::guard::{GuardEvent, ReasoningParser, TaskReasoning, checked_guard_prompt, shared_prefix};
 use crate::loader::{ModelIdentity, OpenedModel};
+use crate::model::ModelFiles;
 use crate::tokenizer::TextTokenizer;
 use candle_core::quantized::GgmlDType;
 use serde::Serialize;
@@ -91,6 +94,7 @@ impl Quant {
         }
     }
 
+    #[cfg(feature = "gpu")]
     fn gpu(self) -> GpuQuant {
         match self {
             Quant::None => GpuQuant::F32,
@@ -147,6 +151,7 @@ impl Default for BackendChoice {
 #[allow(clippy::large_enum_variant)]
 enum AnyEngine {
     Cpu(Engine<CpuBackend>),
+    #[cfg(feature = "gpu")]
     Gpu(Engine<GpuBackend>),
 }
 
@@ -155,6 +160,7 @@ macro_rules! on_engine {
     ($engine:expr, $e:ident => $body:expr) => {
         match $engine {
             AnyEngine::Cpu($e) => $body,
+            #[cfg(feature = "gpu")]
             AnyEngine::Gpu($e) => $body,
         }
     };
@@ -586,40 +592,11 @@ impl Session {
         let batch = batch.clamp(1, MAX_BATCH);
         let mut fallback = None;
         if choice.device != Device::Cpu {
-            let options = GpuOptions {
-                quant: choice.quant.gpu(),
-                linear: choice.linear,
-                f16: choice.gpu_f16,
-                max_rows: PREFILL_CHUNK,
-                max_binding_bytes: choice.gpu_max_binding_bytes,
-                fused: std::env::var_os("GUARDREASONER_GPU_UNFUSED").is_none(),
-                debug: std::env::var_os("GUARDREASONER_GPU_DEBUG").is_some(),
-                ..GpuOptions::default()
-            };
-            let loaded = match GpuBackend::new(options).await {
-                Ok(gpu) => {
-                    // A browser reports a buffer it could not allocate after the load has gone
-                    // on; the device's verdict on the load's buffers comes first, as what
-                    // failed after a refused buffer follows from it.
-                    let scopes = gpu.load_scopes();
-                    if choice.gpu_refuse_buffer || std::env::var_os("GUARDREASONER_GPU_REFUSE_BUFFER").is_some() {
-                        gpu.request_refused_buffer();
-                    }
-                    let loaded = files.load(&gpu, progress).and_then(|weights| {
-                        Engine::new(gpu, files.config.clone(), weights, context, batch, PREFIX_MAX)
-                    });
-                    let what = format!(
-                        "the model ({} MiB of weights, a KV cache of {context} tokens x {batch})",
-                        files.weight_bytes() >> 20
-                    );
-                    scopes.finish(&what).await.and(loaded)
-                }
-                Err(e) => Err(e),
-            };
+            let loaded = load_on_gpu(&mut files, choice, context, batch, progress).await;
             match loaded {
                 Ok(engine) => {
-                    let backend = engine.backend.describe();
-                    return Ok(Self { engine: AnyEngine::Gpu(engine), tokenizer, backend, fallback, identity });
+                    let backend = on_engine!(&engine, e => e.backend.describe());
+                    return Ok(Self { engine, tokenizer, backend, fallback, identity });
                 }
                 Err(e) if choice.device == Device::Auto => {
                     fallback = Some(format!("the GPU failed ({e}): running on the CPU"))
@@ -673,6 +650,7 @@ impl Session {
     /// fails with `Error::GpuLost`. None on the CPU.
     pub fn gpu_device_destroyer(&self) -> Option<Box<dyn Fn()>> {
         match &self.engine {
+            #[cfg(feature = "gpu")]
             AnyEngine::Gpu(e) => Some(Box::new(e.backend.device_destroyer())),
             AnyEngine::Cpu(_) => None,
         }
@@ -993,6 +971,54 @@ fn per_step(w: &crate::backend::Counters, steps: usize) -> PerToken {
         blocking_waits: w.blocking_waits as f64 / n,
         submit_us: w.submit_us / n,
     }
+}
+
+/// The model on the GPU for `Session::load_batched`: the weights uploaded and the KV cache
+/// allocated inside the device's error scopes, whose verdict the load awaits.
+#[cfg(feature = "gpu")]
+async fn load_on_gpu(
+    files: &mut ModelFiles,
+    choice: BackendChoice,
+    context: usize,
+    batch: usize,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<AnyEngine> {
+    let options = GpuOptions {
+        quant: choice.quant.gpu(),
+        linear: choice.linear,
+        f16: choice.gpu_f16,
+        max_rows: PREFILL_CHUNK,
+        max_binding_bytes: choice.gpu_max_binding_bytes,
+        fused: std::env::var_os("GUARDREASONER_GPU_UNFUSED").is_none(),
+        debug: std::env::var_os("GUARDREASONER_GPU_DEBUG").is_some(),
+        ..GpuOptions::default()
+    };
+    let gpu = GpuBackend::new(options).await?;
+    // A browser reports a buffer it could not allocate after the load has gone on; the device's
+    // verdict on the load's buffers comes first, as what failed after a refused buffer follows
+    // from it.
+    let scopes = gpu.load_scopes();
+    if choice.gpu_refuse_buffer || std::env::var_os("GUARDREASONER_GPU_REFUSE_BUFFER").is_some() {
+        gpu.request_refused_buffer();
+    }
+    let loaded = files
+        .load(&gpu, progress)
+        .and_then(|weights| Engine::new(gpu, files.config.clone(), weights, context, batch, PREFIX_MAX));
+    let what =
+        format!("the model ({} MiB of weights, a KV cache of {context} tokens x {batch})", files.weight_bytes() >> 20);
+    scopes.finish(&what).await.and(loaded).map(AnyEngine::Gpu)
+}
+
+/// Without the `gpu` feature there is no GPU to load onto (`auto` then runs on the CPU).
+#[cfg(not(feature = "gpu"))]
+async fn load_on_gpu(
+    _files: &mut ModelFiles,
+    _choice: BackendChoice,
+    _context: usize,
+    _batch: usize,
+    _progress: &mut dyn FnMut(u64, u64),
+) -> Result<AnyEngine> {
+    Err(Error::Other("this build has no GPU backend (it was built without the `gpu` feature)".into()))
 }
 
 #[cfg(test)]
