@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Fuzz the parsers of untrusted input with cargo-fuzz (libFuzzer, AddressSanitizer): GGUF (header,
 # metadata, embedded tokenizer, tensors), safetensors, config.json + generation_config.json, the
-# reasoning parser, and predictions/benchmark files. Seeds come from fuzz/seeds.py; what the
-# fuzzer learns is kept in .cache/fuzz/corpus for the next run. A crash, a panic, a leak, an
+# reasoning parser, and predictions/benchmark files (the bodies are `guardreasoner::fuzz`, which
+# tests/fuzz_corpus.rs also replays on stable). Seeds come from fuzz/seeds.py and the committed
+# inputs in tests/fixtures/fuzz/; what the fuzzer learns is kept in .cache/fuzz/corpus for the
+# next run. The fuzz build leaves out the GPU backend (no default features: no wgpu). A crash, a panic, a leak, an
 # allocation over 512 MiB or 2 GiB of memory fails the run and leaves the input in
 # fuzz/artifacts/<target>/ (reproduce: cargo +NIGHTLY fuzz run <target> <file>).
 # Usage: scripts/fuzz.sh [SECONDS_PER_TARGET (default 20)] [TARGET ...]
@@ -36,7 +38,7 @@ for target in "${targets[@]}"; do
   log=".cache/fuzz/$target.log"
   echo "== fuzzing $target for ${seconds}s"
   status=0
-  cargo +"$NIGHTLY" fuzz run --fuzz-dir fuzz "$target" "$corpus" "$seeds/$target" -- \
+  cargo +"$NIGHTLY" fuzz run --fuzz-dir fuzz "$target" "$corpus" "$seeds/$target" "tests/fixtures/fuzz/$target" -- \
     -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=10 -print_final_stats=1 \
     >"$log" 2>&1 || status=$?
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo "?")

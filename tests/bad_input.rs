@@ -250,7 +250,7 @@ fn an_allocation_that_cannot_be_had_is_an_error() {
 /// the element count before).
 #[test]
 fn fuzzer_findings_are_clean_errors() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz/gguf_model");
     let bytes = std::fs::read(dir.join("gguf-shape-overflow.gguf")).unwrap();
     let source = guardreasoner::format::MemorySource::new("gguf-shape-overflow.gguf", bytes);
     let msg = err_text(guardreasoner::loader::open_gguf(Box::new(source)));
