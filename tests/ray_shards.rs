@@ -33,9 +33,14 @@ fn process_with(words: &[&str]) -> Option<(u32, u32)> {
 }
 
 #[test]
+#[ignore = "full tier: a local Ray cluster, from the ~80 MB Ray install that scripts/fetch-test-assets.sh --full makes"]
 fn shards_on_ray_survive_a_killed_worker_and_merge_to_the_unsplit_run() {
     let python = common::cache_dir().join("ray-venv/bin/python");
-    assert!(python.exists(), "{} is missing: run scripts/fetch-test-assets.sh (it installs Ray)", python.display());
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/fetch-test-assets.sh --full (it installs Ray)",
+        python.display()
+    );
     let binary = env!("CARGO_BIN_EXE_guardreasoner");
     let model = common::tiny::tiny_folder("llama32");
     let benchmark = common::shared_dir().join("guardreasoner/benchmark");

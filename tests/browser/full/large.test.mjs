@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
-import { repo } from "./harness.mjs";
+import { repo } from "../harness.mjs";
 
 const dir = path.join(repo, ".cache/large-models");
 const cli = path.join(repo, "target/release/guardreasoner");
