@@ -72,9 +72,11 @@ optimize() { # pkg dir, extra wasm-opt features
   if [ "$dev" = 0 ]; then echo release >"$1/.build-stamp"; else echo dev >"$1/.build-stamp"; fi
 }
 
-cargo build --release --target wasm32-unknown-unknown --lib --no-default-features --features gpu
+# Its own target dir, so it builds beside a native cargo run (scripts/test.sh runs it during the
+# native tests) instead of waiting for that run's lock.
+cargo build --release --target wasm32-unknown-unknown --lib --no-default-features --features gpu --target-dir target/wasm
 rm -rf www/pkg
-wasm-bindgen --target web --out-dir www/pkg target/wasm32-unknown-unknown/release/guardreasoner.wasm
+wasm-bindgen --target web --out-dir www/pkg target/wasm/wasm32-unknown-unknown/release/guardreasoner.wasm
 optimize_in_background www/pkg ""
 
 [ "$single" = 1 ] && { wait_for_optimize; exit 0; }

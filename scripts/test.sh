@@ -62,7 +62,16 @@ report_timings() {
   fi
   rm -rf "$logs"
 }
-trap report_timings EXIT
+kill_tree() { # pid: it and every process below it
+  local child
+  for child in $(pgrep -P "$1" || true); do kill_tree "$child"; done
+  kill "$1" 2>/dev/null || true
+}
+finish() {
+  [ -z "${wasm_pid:-}" ] || kill_tree "$wasm_pid" # a failed run leaves no build behind
+  report_timings
+}
+trap finish EXIT
 phase "installs and test assets"
 
 command -v cargo >/dev/null || { echo "needs Rust (https://rustup.rs)" >&2; exit 1; }
@@ -83,6 +92,21 @@ fi
 rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+NIGHTLY=nightly-2026-05-20 # the threaded wasm build's and the fuzzer's (scripts/build-wasm.sh, scripts/fuzz.sh)
+if [ "$full" = 1 ] && { ! rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1 ||
+  ! rustup component list --toolchain "$NIGHTLY" --installed | grep -q rust-src; }; then
+  # Installed here, once, before the wasm build and the fuzzer both want it.
+  rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src --target wasm32-unknown-unknown
+fi
+
+# The wasm package builds beside everything up to the browser tests (its own target dir and log;
+# wasm-bindgen-cli and the npm packages installed first where missing): compiling it fills the
+# cores while downloads and tests wait on other things.
+wasm_args=(--single --dev)
+[ "$full" = 1 ] && wasm_args=()
+wasm_start=$SECONDS
+scripts/build-wasm.sh "${wasm_args[@]}" >"$logs/build-wasm.log" 2>&1 &
+wasm_pid=$!
 missing=()
 ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || missing+=(mesa-vulkan-drivers)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
@@ -114,12 +138,16 @@ if [ "$full" = 1 ]; then
 fi
 
 if [ "$full" = 1 ]; then
-  phase "wasm packages (single-threaded, threaded, relaxed SIMD; wasm-opt)"
-  scripts/build-wasm.sh
+  phase "waiting for the wasm packages (single-threaded, threaded, relaxed SIMD; wasm-opt)"
 else
-  phase "wasm package (single-threaded, without wasm-opt)"
-  scripts/build-wasm.sh --single --dev
+  phase "waiting for the wasm package (single-threaded, without wasm-opt)"
 fi
+wasm_status=0
+wait "$wasm_pid" || wasm_status=$?
+wasm_pid=""
+timings+=("$(printf '%5ss  %s' $((SECONDS - wasm_start)) "(beside the phases above) scripts/build-wasm.sh ${wasm_args[*]}")")
+tail -5 "$logs/build-wasm.log"
+[ "$wasm_status" = 0 ] || { cat "$logs/build-wasm.log" >&2; echo "scripts/build-wasm.sh failed" >&2; exit 1; }
 
 phase "browser tests (headless Chromium, WebGPU on SwiftShader without a GPU)"
 browser_tests=(tests/browser/*.test.mjs)
