@@ -102,8 +102,8 @@ fi
 # The wasm package builds beside everything up to the browser tests (its own target dir and log;
 # wasm-bindgen-cli and the npm packages installed first where missing): compiling it fills the
 # cores while downloads and tests wait on other things.
-wasm_args=(--single --dev)
-[ "$full" = 1 ] && wasm_args=()
+wasm_args=(--single --dev --clippy)
+[ "$full" = 1 ] && wasm_args=(--clippy)
 wasm_start=$SECONDS
 scripts/build-wasm.sh "${wasm_args[@]}" >"$logs/build-wasm.log" 2>&1 &
 wasm_pid=$!
@@ -117,20 +117,29 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 if [ "$full" = 1 ]; then scripts/fetch-test-assets.sh --full; else scripts/fetch-test-assets.sh; fi
 
-phase "format and lints (native and wasm32)"
-cargo fmt --check
-cargo clippy --release --all-targets -- -D warnings
-cargo clippy --release --target wasm32-unknown-unknown --lib --no-default-features --features gpu -- -D warnings
-# The library without the GPU backend, as the fuzz targets build it (no wgpu).
-cargo clippy --release --lib --no-default-features -- -D warnings
+# Lints without a second compile of the dependencies: clippy-driver, as `cargo clippy` runs it
+# (its -D warnings handed over as `cargo clippy -- -D warnings` does), compiles our crate in the
+# release builds themselves -- natively every target here, wasm32 in the wasm build above
+# (build-wasm.sh --clippy) -- where `cargo clippy` would first check every dependency again.
+CLIPPY_DENY_WARNINGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+linted() { RUSTC_WORKSPACE_WRAPPER=clippy-driver CLIPPY_ARGS="$CLIPPY_DENY_WARNINGS" "$@"; }
 
-phase "cargo test (release)"
+phase "format"
+cargo fmt --check
+if [ "$full" = 1 ]; then
+  # The library without the GPU backend, as the fuzz targets build it (its dependencies have other
+  # features: a minute or two of building, so the full tier's).
+  phase "clippy on the library without the GPU feature"
+  linted cargo build --release --lib --no-default-features
+fi
+
+phase "cargo test (release; clippy on every target as it builds)"
 ignored=()
 [ "$full" = 1 ] && ignored=(--include-ignored)
 # Each test's time (libtest's --report-time, unstable: allowed for the test binaries alone by
 # RUSTC_BOOTSTRAP in the runner, so the build itself is untouched).
 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="env RUSTC_BOOTSTRAP=1" \
-  cargo test --release --all-targets -- "${ignored[@]}" -Z unstable-options --report-time 2>&1 | tee "$logs/cargo-test.log"
+  linted cargo test --release --all-targets -- "${ignored[@]}" -Z unstable-options --report-time 2>&1 | tee "$logs/cargo-test.log"
 
 if [ "$full" = 1 ]; then
   phase "fuzzing the parsers of untrusted input (15 s per target; scripts/fuzz.sh 600 for longer)"
