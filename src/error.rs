@@ -23,8 +23,9 @@ pub enum Error {
     Prompt(String),
     #[error("cancelled")]
     Cancelled,
-    /// A failure inside a compute backend (shape mismatch, allocation).
-    #[error("backend: {0}")]
+    /// A failure inside a compute backend (shape mismatch, allocation). Shown as it is: which
+    /// backend failed is no help to a user, the message is.
+    #[error("{0}")]
     Backend(String),
     /// The GPU device is gone (a driver reset, the browser reclaiming it, `device.destroy()`):
     /// nothing on it can run again. The JS API and the evaluator recognise the message's start

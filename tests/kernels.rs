@@ -491,20 +491,45 @@ fn cpu_ops() {
     check_any_width(&b, "cpu");
 }
 
-/// Each integer kernel this CPU can run, forced one by one (the default is the fastest).
+/// Each integer kernel this CPU can run, forced one by one (the default is the fastest); and
+/// every kernel's products bit for bit the portable kernel's (which the browser's wasm kernels
+/// follow), for each block format, so the CLI writes what the browser writes on any machine.
 #[test]
 fn cpu_quantized_kernels_each() {
     let b = CpuBackend::new(None);
     let kernels = cpu_blocks::Kernel::available();
     assert!(kernels.contains(&cpu_blocks::Kernel::Portable));
-    for k in kernels {
+    let mut products = Vec::new();
+    for &k in &kernels {
         cpu_blocks::set_kernel(Some(k)).unwrap();
         assert_eq!(cpu_blocks::kernel(), k);
         check_linear(&b, &format!("cpu {}", k.name()), cpu_exactness);
         check_linear_tokens_alone(&b, &format!("cpu {}", k.name()));
         check_embed_and_argmax(&b, &format!("cpu {}", k.name()));
+        products.push((k, block_products(&b)));
     }
     cpu_blocks::set_kernel(None).unwrap();
+    let portable = &products.iter().find(|(k, _)| *k == cpu_blocks::Kernel::Portable).unwrap().1;
+    for (k, got) in &products {
+        for ((dtype, got), (_, want)) in got.iter().zip(portable) {
+            let differs = got.iter().zip(want).position(|(g, w)| g.to_bits() != w.to_bits());
+            assert!(differs.is_none(), "{} {dtype:?}: output {differs:?} is not the portable kernel's", k.name());
+        }
+    }
+}
+
+/// Each block format's product of 203 rows by 13 tokens of 320 (many groups and panels, a tile's
+/// every token count), on the kernel in force.
+fn block_products(b: &CpuBackend) -> Vec<(GgmlDType, Vec<f32>)> {
+    let (rows, cols, seq) = (203, 320, 13);
+    [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4_1]
+        .into_iter()
+        .map(|dtype| {
+            let w = b.matrix(weight(dtype, rows, cols, 11).0).unwrap();
+            let xs = random(seq * cols, 31);
+            (dtype, host(b, &b.linear(&b.activation_from(&xs, seq, cols).unwrap(), &w).unwrap()))
+        })
+        .collect()
 }
 
 #[test]

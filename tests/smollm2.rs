@@ -132,6 +132,47 @@ fn check_against_llama_cpp<B: Backend>(backend: B, min_agreeing: usize) {
     assert!(agreed_total >= min_agreeing, "{label}: only {agreed_total} tokens agree with llama.cpp");
 }
 
+/// Greedy tokens the first two reference prompts continue with on the CPU, over this many steps
+/// (EOS ignored): long enough for a last-bit difference between kernels to flip a close call (the
+/// fused multiply-add the x86 kernels once used did within 128 steps).
+const KERNEL_STEPS: usize = 128;
+
+/// Every CPU kernel this machine has (AVX-512 VNNI, AVX2, portable: the one the browser's wasm
+/// kernels follow) decodes SmolLM2 (Q4_1 matrices, a Q8_0 embedding and LM head) to the same
+/// tokens, step for step: their block products are the same bits (tests/kernels.rs).
+#[test]
+fn every_cpu_kernel_decodes_the_same_tokens() {
+    use guardreasoner::backend::cpu_blocks::{Kernel, set_kernel};
+    let (mut e, _) = engine(CpuBackend::new(None));
+    let opts = GenerateOptions { max_new_tokens: KERNEL_STEPS, stop_ids: vec![], keep_first_logits: false };
+    let mut runs = Vec::new();
+    for kernel in Kernel::available() {
+        set_kernel(Some(kernel)).unwrap();
+        let tokens: Vec<Vec<u32>> = references()
+            .iter()
+            .take(2)
+            .map(|r| {
+                e.reset();
+                pollster::block_on(generate(&mut e, &r.ids, &opts, &|| false, &mut |_| Ok(()))).unwrap().tokens
+            })
+            .collect();
+        runs.push((kernel, tokens));
+    }
+    set_kernel(None).unwrap();
+    let (_, portable) = runs.iter().find(|(k, _)| *k == Kernel::Portable).unwrap();
+    for (kernel, tokens) in &runs {
+        for (i, (got, want)) in tokens.iter().zip(portable).enumerate() {
+            assert_eq!(got.len(), KERNEL_STEPS);
+            let first = got.iter().zip(want).position(|(a, b)| a != b);
+            assert!(
+                first.is_none(),
+                "prompt {i}: {} differs from the portable kernel at step {first:?}",
+                kernel.name()
+            );
+        }
+    }
+}
+
 #[test]
 fn cpu_matches_llama_cpp() {
     check_against_llama_cpp(CpuBackend::new(None), 0);

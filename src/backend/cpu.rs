@@ -10,16 +10,20 @@ use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{D, Device, Module, Tensor};
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub struct CpuBackend {
     device: Device,
     /// Re-quantize float matrices on load (None keeps them f32: the path the goldens check).
     quant: Option<GgmlDType>,
+    /// Float tensors `quant` could not take, kept in f32: rows that are not whole blocks (as
+    /// llama.cpp's converter keeps such tensors in a wider type); `describe` says how many.
+    kept_float: AtomicUsize,
 }
 
 impl CpuBackend {
     pub fn new(quant: Option<GgmlDType>) -> Self {
-        Self { device: Device::Cpu, quant }
+        Self { device: Device::Cpu, quant, kept_float: AtomicUsize::new(0) }
     }
 
     fn float_tensor(&self, t: &HostTensor) -> Result<Tensor> {
@@ -37,7 +41,13 @@ impl CpuBackend {
         match t.storage {
             StorageType::Ggml(dtype) => Ok(Some(self.qtensor(t, dtype)?)),
             _ => match self.quant {
-                Some(dtype) => Ok(Some(QTensor::quantize(&self.float_tensor(t)?, dtype)?)),
+                Some(dtype) if t.shape.last().is_some_and(|&cols| cols % dtype.block_size() == 0) => {
+                    Ok(Some(QTensor::quantize(&self.float_tensor(t)?, dtype)?))
+                }
+                Some(_) => {
+                    self.kept_float.fetch_add(1, Ordering::Relaxed);
+                    Ok(None)
+                }
                 None => Ok(None),
             },
         }
@@ -92,8 +102,15 @@ impl Backend for CpuBackend {
     type GateUp = unfused::GateUp<CpuMatrix>;
 
     fn describe(&self) -> String {
+        let kept = match self.kept_float.load(Ordering::Relaxed) {
+            0 => String::new(),
+            n => {
+                let block = self.quant.map_or(0, |d| d.block_size());
+                format!("; {n} tensors kept in f32, their rows not whole {block}-weight blocks")
+            }
+        };
         format!(
-            "cpu (candle, {} threads, {} quantized kernel)",
+            "cpu (candle, {} threads, {} quantized kernel{kept})",
             rayon::current_num_threads(),
             super::cpu_blocks::kernel().name()
         )
@@ -175,7 +192,9 @@ impl Backend for CpuBackend {
         }
         for (k, v) in &cache.layers {
             for t in [k, v] {
-                let rows = t.narrow(1, from, len)?.contiguous()?;
+                // A copy of its own: with one KV head the rows are already contiguous, and
+                // `contiguous` would hand back the cache's own storage, which `slice_set` refuses.
+                let rows = t.narrow(1, from, len)?.force_contiguous()?;
                 t.slice_set(&rows, 1, to)?;
             }
         }

@@ -15,6 +15,11 @@
 //! (prefill and batched decode run as matrix-matrix products). Kernels (`Kernel`): AVX-512 VNNI
 //! (`vpdpbusd` on 512-bit vectors), AVX2 (`vpmaddubsw`), and a portable one (other CPUs; in the
 //! browser wasm `simd128`), picked at run time; `set_kernel` forces one (tests, bench).
+//!
+//! Every kernel gives the same bits: the integer sums are exact in any order, and the float part
+//! is the same operations in the same order everywhere, block after block: `acc + sum * (dw * dx)`,
+//! then for Q4_1 `+ mw * sx`, each a separate multiply and add (no fused multiply-add: wasm has
+//! none, and fusing rounds once where the others round twice).
 
 use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
@@ -739,9 +744,9 @@ mod x86 {
                 for (i, t) in toks.iter().enumerate() {
                     let sum = _mm512_add_epi32(sums[i], more[i]);
                     let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*t.d.get_unchecked(b)));
-                    acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[i]);
+                    acc[i] = _mm512_add_ps(acc[i], _mm512_mul_ps(_mm512_cvtepi32_ps(sum), scale));
                     if KIND == 2 {
-                        acc[i] = _mm512_fmadd_ps(mw, _mm512_set1_ps(*t.s.get_unchecked(b)), acc[i]);
+                        acc[i] = _mm512_add_ps(acc[i], _mm512_mul_ps(mw, _mm512_set1_ps(*t.s.get_unchecked(b))));
                     }
                 }
             }
@@ -797,9 +802,9 @@ mod x86 {
                 let mw = if KIND == 2 { half(g.m) } else { _mm256_setzero_ps() };
                 for (i, t) in toks.iter().enumerate() {
                     let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*t.d.get_unchecked(b)));
-                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[i]), scale, acc[i]);
+                    acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(_mm256_cvtepi32_ps(sums[i]), scale));
                     if KIND == 2 {
-                        acc[i] = _mm256_fmadd_ps(mw, _mm256_set1_ps(*t.s.get_unchecked(b)), acc[i]);
+                        acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(mw, _mm256_set1_ps(*t.s.get_unchecked(b))));
                     }
                 }
             }

@@ -32,11 +32,9 @@ export function useServers(packages) {
 
 export function native(model, quant, backend) {
   const args = ["generate", "--quiet", "--model", path.join(repo, MODELS[model].file), "--tokens", ids.join(","), "--max-new-tokens", String(NEW_TOKENS), "--quant", quant, "--backend", backend];
-  // The browser's CPU kernel (wasm simd128) sums each quantized block as the native portable
-  // kernel does, bit for bit; the x86 kernels fuse each block's multiply and add (FMA), which
-  // rounds differently and can flip a near-tie.
-  const kernel = backend === "cpu" ? { GUARDREASONER_CPU_KERNEL: "portable" } : {};
-  const out = execFileSync(path.join(repo, "target/release/guardreasoner"), args, { env: { ...process.env, ...kernel, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || "/tmp" } });
+  // The native CLI's own kernel (the fastest this CPU has): every CPU kernel, the browser's wasm
+  // ones included, gives the same block products bit for bit (tests/kernels.rs).
+  const out = execFileSync(path.join(repo, "target/release/guardreasoner"), args, { env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || "/tmp" } });
   return JSON.parse(out.toString()).tokens;
 }
 
