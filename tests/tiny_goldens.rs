@@ -1,6 +1,7 @@
 //! The engine against Hugging Face transformers (f32 on CPU) on the two tiny golden models:
 //! a Llama-3.2-like one (GQA, tied embeddings, llama3 rope scaling that is active at these
-//! positions) and a classic one (separate LM head, no scaling, no GQA). Both backends.
+//! positions) and a classic one (separate LM head, no scaling, no GQA), and the shape zoo. Both
+//! backends.
 
 mod common;
 
@@ -88,4 +89,27 @@ fn llama32_like_on_gpu_with_the_embedding_split() {
     };
     let backend = pollster::block_on(GpuBackend::new(opts)).unwrap();
     check_model("llama32", backend);
+}
+
+// The shape zoo (tests/zoo.rs runs its front doors): one KV head, head_dim 8, widths that are not
+// multiples of 32; eight query heads per KV head, head_dim 64, an odd feed-forward width.
+
+#[test]
+fn zoo_one_kv_head_and_odd_widths_on_cpu() {
+    check_model("zoo_mqa", CpuBackend::new(None));
+}
+
+#[test]
+fn zoo_one_kv_head_and_odd_widths_on_gpu() {
+    check_model("zoo_mqa", gpu_f32());
+}
+
+#[test]
+fn zoo_eight_heads_per_kv_head_on_cpu() {
+    check_model("zoo_gqa8", CpuBackend::new(None));
+}
+
+#[test]
+fn zoo_eight_heads_per_kv_head_on_gpu() {
+    check_model("zoo_gqa8", gpu_f32());
 }
