@@ -133,13 +133,49 @@ if [ "$full" = 1 ]; then
   linted cargo build --release --lib --no-default-features
 fi
 
-phase "cargo test (release; clippy on every target as it builds)"
+phase "cargo test --no-run (release; clippy on every target as it builds)"
+linted cargo test --release --all-targets --no-run --message-format=json-render-diagnostics >"$logs/build.jsonl"
+# The test binaries, longest-running first (the queue below is better packed that way).
+python3 - "$logs/build.jsonl" >"$logs/test-binaries" <<'PY'
+import json, sys
+slow = ["tiny_goldens", "cli_predict", "zoo", "cli_commands", "smollm2", "gpu_engine", "ray_shards"]
+found = []
+for line in open(sys.argv[1]):
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("profile", {}).get("test") and m.get("executable"):
+        found.append((m["target"]["name"], m["executable"], m["target"]["kind"][0]))
+rank = lambda t: slow.index(t[0]) if t[0] in slow else len(slow)
+for name, exe, kind in sorted(found, key=rank):
+    print(f"{name}:{kind}\t{exe}")
+PY
+
+phase "cargo test (release; the test binaries two at a time)"
 ignored=()
 [ "$full" = 1 ] && ignored=(--include-ignored)
-# Each test's time (libtest's --report-time, unstable: allowed for the test binaries alone by
-# RUSTC_BOOTSTRAP in the runner, so the build itself is untouched).
-CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="env RUSTC_BOOTSTRAP=1" \
-  linted cargo test --release --all-targets -- "${ignored[@]}" -Z unstable-options --report-time 2>&1 | tee "$logs/cargo-test.log"
+# As `cargo test` runs them (from the repository root), but two binaries at a time: many tests wait
+# on processes, lavapipe or files, so one binary at a time leaves a core idle. Each test's time:
+# libtest's --report-time, unstable, allowed for the test binaries alone by RUSTC_BOOTSTRAP.
+run_test_binary() { # name, executable
+  local log="$logs/test-$1.log"
+  if RUSTC_BOOTSTRAP=1 "$2" "${ignored[@]}" -Z unstable-options --report-time >"$log" 2>&1; then
+    echo "ok" >>"$log.status"
+  else
+    echo "failed" >>"$log.status"
+  fi
+  { echo "     Running $1 ($2)"; cat "$log"; } >>"$logs/cargo-test.log"
+  echo "  $1: $(grep -E '^test result' "$log" | tail -1)"
+}
+export -f run_test_binary
+export logs
+export ignored_args="${ignored[*]:-}"
+while IFS=$'\t' read -r name exe; do printf '%s\0%s\0' "$name" "$exe"; done <"$logs/test-binaries" |
+  xargs -0 -n 2 -P 2 bash -c 'ignored=($ignored_args); run_test_binary "$0" "$1"'
+cat "$logs/cargo-test.log"
+failed=$(grep -l failed "$logs"/test-*.status 2>/dev/null || true)
+if [ -n "$failed" ]; then
+  echo "test binaries that failed: $(basename -a $failed | sed 's/^test-//; s/\.log\.status$//' | tr '\n' ' ')" >&2
+  exit 1
+fi
 
 if [ "$full" = 1 ]; then
   phase "fuzzing the parsers of untrusted input (15 s per target; scripts/fuzz.sh 600 for longer)"
@@ -159,6 +195,10 @@ tail -5 "$logs/build-wasm.log"
 [ "$wasm_status" = 0 ] || { cat "$logs/build-wasm.log" >&2; echo "scripts/build-wasm.sh failed" >&2; exit 1; }
 
 phase "browser tests (headless Chromium, WebGPU on SwiftShader without a GPU)"
-browser_tests=(tests/browser/*.test.mjs)
-[ "$full" = 1 ] && browser_tests=(tests/browser/)
-node --test --test-reporter=spec "${browser_tests[@]}" 2>&1 | tee "$logs/browser-tests.log"
+# The fast tier's files two at a time (each has its own server, browser and scratch folders, and
+# waits on SwiftShader or a worker much of the time); the full tier's after them, one at a time
+# (its fault and soak runs time items).
+node --test --test-concurrency=2 --test-reporter=spec tests/browser/*.test.mjs 2>&1 | tee "$logs/browser-tests.log"
+if [ "$full" = 1 ]; then
+  node --test --test-reporter=spec tests/browser/full/ 2>&1 | tee -a "$logs/browser-tests.log"
+fi

@@ -77,6 +77,7 @@ fn classic_on_gpu() {
 }
 
 #[test]
+#[ignore = "full tier: the cooperative matrix kernel over a whole model on lavapipe, about a minute; the fast tier keeps both kernels and forced splits on the micro model (gpu_engine.rs) and on every op (kernels.rs)"]
 fn llama32_like_on_gpu_with_the_embedding_split() {
     // 1 MiB per binding: the 128256 x 64 f32 embedding / tied LM head (31 MiB) splits into 32.
     // With the cooperative linear kernel (lavapipe, a CPU, gets the row-per-thread one by
