@@ -138,7 +138,7 @@ linted cargo test --release --all-targets --no-run --message-format=json-render-
 # The test binaries, longest-running first (the queue below is better packed that way).
 python3 - "$logs/build.jsonl" >"$logs/test-binaries" <<'PY'
 import json, sys
-slow = ["tiny_goldens", "cli_predict", "zoo", "cli_commands", "smollm2", "gpu_engine", "ray_shards"]
+slow = ["smollm2", "tiny_goldens", "cli_predict", "zoo", "cli_commands", "ray_shards", "gpu_engine"]
 found = []
 for line in open(sys.argv[1]):
     m = json.loads(line)
