@@ -10,7 +10,7 @@ import os from "node:os";
 import path from "node:path";
 import { execFileSync, spawnSync } from "node:child_process";
 import { repo, startServer, launch } from "../harness.mjs";
-import { GuardReasoner, modelSource } from "../../www/guardreasoner.js";
+import { GuardReasoner, modelSource } from "../../../www/guardreasoner.js";
 
 const tiny = path.join(repo, ".cache/tiny-rebuilt/llama32");
 const native = path.join(repo, "target/release/guardreasoner");
