@@ -196,9 +196,37 @@ tail -5 "$logs/build-wasm.log"
 
 phase "browser tests (headless Chromium, WebGPU on SwiftShader without a GPU)"
 # The fast tier's files two at a time (each has its own server, browser and scratch folders, and
-# waits on SwiftShader or a worker much of the time); the full tier's after them, one at a time
-# (its fault and soak runs time items).
-node --test --test-concurrency=2 --test-reporter=spec tests/browser/*.test.mjs 2>&1 | tee "$logs/browser-tests.log"
+# waits on SwiftShader or a worker much of the time), longest first as measured (node's own
+# --test-concurrency sorts them by name, which left the longest for last); a file not named here
+# runs after those. Each file's output is printed whole when it ends. The full tier's files run
+# after them, one at a time (its fault and soak runs time items).
+browser_slow=(zoo evaluate api smollm2 demo quant storage)
+browser_files=()
+for name in "${browser_slow[@]}"; do
+  if [ -f "tests/browser/$name.test.mjs" ]; then browser_files+=("tests/browser/$name.test.mjs"); fi
+done
+for file in tests/browser/*.test.mjs; do
+  [[ " ${browser_files[*]} " == *" $file "* ]] || browser_files+=("$file")
+done
+run_browser_file() { # file
+  local log
+  log="$logs/browser-$(basename "$1" .test.mjs).log"
+  if node --test --test-reporter=spec "$1" >"$log" 2>&1; then
+    echo "ok" >>"$log.status"
+  else
+    echo "failed" >>"$log.status"
+  fi
+  { echo "== $1"; cat "$log"; } >>"$logs/browser-tests.log"
+  echo "  $1: $(grep -E '^ℹ (pass|fail) ' "$log" | tr '\n' ' ')"
+}
+export -f run_browser_file
+printf '%s\0' "${browser_files[@]}" | xargs -0 -n 1 -P 2 bash -c 'run_browser_file "$0"'
+cat "$logs/browser-tests.log"
+failed=$(grep -l failed "$logs"/browser-*.status 2>/dev/null || true)
+if [ -n "$failed" ]; then
+  echo "browser test files that failed: $(basename -a $failed | sed 's/^browser-//; s/\.log\.status$//' | tr '\n' ' ')" >&2
+  exit 1
+fi
 if [ "$full" = 1 ]; then
   node --test --test-reporter=spec tests/browser/full/ 2>&1 | tee -a "$logs/browser-tests.log"
 fi
