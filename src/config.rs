@@ -276,10 +276,12 @@ impl LlamaConfig {
     }
 
     /// Rotary inverse frequencies, one per pair of dimensions (head_dim / 2), in f32 as
-    /// transformers computes them (`_compute_default_rope_parameters` then the llama3 rule).
+    /// transformers computes them (`_compute_default_rope_parameters` then the llama3 rule);
+    /// `libm`'s `powf`, the same bits on every target.
     pub fn rope_inv_freq(&self) -> Vec<f32> {
         let dim = self.head_dim;
-        let base: Vec<f32> = (0..dim).step_by(2).map(|i| 1.0 / self.rope_theta.powf(i as f32 / dim as f32)).collect();
+        let base: Vec<f32> =
+            (0..dim).step_by(2).map(|i| 1.0 / libm::powf(self.rope_theta, i as f32 / dim as f32)).collect();
         if let Some(factors) = &self.rope_freq_factors {
             return base.iter().zip(factors).map(|(f, d)| f / d).collect();
         }

@@ -9,6 +9,7 @@ use crate::format::{HostTensor, StorageType};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{D, Device, Module, Tensor};
 use std::borrow::Cow;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -156,11 +157,12 @@ impl Backend for CpuBackend {
         let mut cos = Vec::with_capacity(max_seq * half * 2);
         let mut sin = Vec::with_capacity(max_seq * half * 2);
         for pos in 0..max_seq {
-            // f32 product then f32 cos/sin, as transformers' LlamaRotaryEmbedding does.
+            // f32 product then f32 cos/sin, as transformers' LlamaRotaryEmbedding does; `libm`'s,
+            // the same code on every target (the system's differ in the last bit between them).
             let angles: Vec<f32> = inv_freq.iter().map(|f| pos as f32 * f).collect();
             for _ in 0..2 {
-                cos.extend(angles.iter().map(|a| a.cos()));
-                sin.extend(angles.iter().map(|a| a.sin()));
+                cos.extend(angles.iter().map(|&a| libm::cosf(a)));
+                sin.extend(angles.iter().map(|&a| libm::sinf(a)));
             }
         }
         Ok(CpuRope {
@@ -228,9 +230,11 @@ impl Backend for CpuBackend {
     }
 
     fn rms_norm(&self, x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
-        let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let inv = (mean_sq + eps as f64)?.sqrt()?.recip()?;
-        Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
+        // By hand rather than candle's mean: its sum's vector width (and so its order of
+        // additions) is the target's, which would give the browser other bits than the CLI.
+        let x = x.contiguous()?;
+        let out = with_f32(&x, |x| with_f32(w, |w| rms_norm_rows(x, w, eps)))?;
+        Ok(Tensor::from_vec(out, x.shape(), &self.device)?)
     }
 
     fn linear(&self, x: &Tensor, w: &CpuMatrix) -> Result<Tensor> {
@@ -309,80 +313,31 @@ impl Backend for CpuBackend {
             k_cache.slice_set(&to_heads(&k.narrow(0, first, span.len)?, span.len, kv_heads)?, 1, at)?;
             v_cache.slice_set(&to_heads(&v.narrow(0, first, span.len)?, span.len, kv_heads)?, 1, at)?;
         }
-        // Decode rows straight over the cache, the same arithmetic in any batch; a batch's rows
-        // in parallel (each row's own arithmetic does not change), where there is enough work.
-        let width = heads * head_dim;
-        let decode_rows: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].len == 1).collect();
-        let mut decoded: Vec<Option<Vec<f32>>> = vec![None; rows.len()];
-        if !decode_rows.is_empty() {
-            let q_host = q.flatten_all()?.to_vec1::<f32>()?;
-            let shape = |i: usize| DecodeShape {
-                heads,
-                kv_heads,
-                head_dim,
-                max_seq: cache.max_seq,
-                first: rows[i].base,
-                total: rows[i].pos + 1,
-            };
-            let outs = with_f32(k_cache, |kc| {
-                with_f32(v_cache, |vc| {
-                    let one = |&i: &usize| decode_attention(&q_host[starts[i] * width..][..width], kc, vc, shape(i));
-                    let work: usize = decode_rows.iter().map(|&i| heads * shape(i).total * head_dim * 2).sum();
-                    Ok(if decode_rows.len() > 1 && work >= super::cpu_blocks::PARALLEL_MIN_MACS {
-                        use rayon::prelude::*;
-                        decode_rows.par_iter().map(one).collect::<Vec<_>>()
-                    } else {
-                        decode_rows.iter().map(one).collect()
-                    })
-                })
-            })?;
-            for (&i, out) in decode_rows.iter().zip(outs) {
-                decoded[i] = Some(out);
-            }
-        }
-        let mut outs = Vec::with_capacity(rows.len());
-        for ((span, &first), decoded) in rows.iter().zip(&starts).zip(decoded) {
-            if let Some(out) = decoded {
-                outs.push(Tensor::from_vec(out, (1, width), &self.device)?);
-                continue;
-            }
-            let q = q.narrow(0, first, span.len)?;
-            let total = span.pos + span.len;
-            let (n, pos) = (span.len, span.pos);
-            let group = heads / kv_heads;
-            let keys = k_cache.narrow(1, span.base, total)?; // (kv_heads, total, hd)
-            let values = v_cache.narrow(1, span.base, total)?;
-            // Query head h reads KV head h / group: (heads, n, hd) -> (kv_heads, group * n, hd).
-            let q = to_heads(&q, n, heads)?.reshape((kv_heads, group * n, head_dim))?;
-            let scale = 1.0 / (head_dim as f64).sqrt();
-            // Causal mask: query i (at pos + i) sees keys 0..=pos + i.
-            let mask: Vec<f32> = (0..n)
-                .flat_map(|i| (0..total).map(move |j| if j <= pos + i { 0.0 } else { f32::NEG_INFINITY }))
-                .collect();
-            let mask = Tensor::from_vec(mask, (1, n, total), &self.device)?;
-            // (heads, n, total) scores; each step drops the one before, so at most
-            // `PREFILL_SCORE_COPIES` of them are alive at once (the memory budget counts on it).
-            let scores =
-                (q.matmul(&keys.t()?)? * scale)?.reshape((kv_heads * group, n, total))?.broadcast_add(&mask)?;
-            let max = scores.max_keepdim(D::Minus1)?;
-            let exp = scores.broadcast_sub(&max)?.exp()?;
-            drop(scores);
-            let probs = exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?;
-            drop(exp);
-            let out = probs.reshape((kv_heads, group * n, total))?.matmul(&values.contiguous()?)?; // (kv_heads, group*n, hd)
-            outs.push(out.reshape((heads, n, head_dim))?.transpose(0, 1)?.reshape((n, heads * head_dim))?);
-        }
-        Ok(if outs.len() == 1 { outs.pop().expect("one") } else { Tensor::cat(&outs, 0)? })
+        // Every row, a prompt's or a decode step's, attends straight over the cache with the
+        // same arithmetic (`attend_block`): a position's output is the same bits whether it is read
+        // in a prompt, decoded alone or decoded in a batch, and the same on every target.
+        let q_host = q.flatten_all()?.to_vec1::<f32>()?;
+        let shapes: Vec<RowShape> = rows
+            .iter()
+            .zip(&starts)
+            .flat_map(|(s, &first)| {
+                (0..s.len).map(move |i| RowShape { q_row: first + i, first: s.base, total: s.pos + i + 1 })
+            })
+            .collect();
+        let dims = AttendDims { heads, kv_heads, head_dim, max_seq: cache.max_seq };
+        let out = with_f32(k_cache, |kc| with_f32(v_cache, |vc| Ok(attend(&q_host, kc, vc, dims, &shapes))))?;
+        Ok(Tensor::from_vec(out, (seq, heads * head_dim), &self.device)?)
     }
 
     fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         // On our thread pool, not candle's: candle shares large element-wise ops (a batch's
         // 8 x 8192 gate) with its own workers, which then spin for a millisecond on the cores the
         // next matrix product needs. The same formula as candle's `silu`, element by element.
-        if !(gate.is_contiguous() && up.is_contiguous() && gate.shape() == up.shape()) {
-            return Ok((gate.silu()? * up)?);
+        if gate.shape() != up.shape() {
+            return Err(Error::Backend(format!("swiglu of {:?} and {:?}", gate.shape(), up.shape())));
         }
-        let out = with_f32(gate, |g| with_f32(up, |u| Ok(silu_mul(g, u))))?;
+        let (gate, up) = (gate.contiguous()?, up.contiguous()?);
+        let out = with_f32(&gate, |g| with_f32(&up, |u| Ok(silu_mul(g, u))))?;
         Ok(Tensor::from_vec(out, gate.shape(), &self.device)?)
     }
 
@@ -475,39 +430,43 @@ impl Backend for CpuBackend {
     }
 }
 
-/// Most (heads, chunk, positions) score tensors a prompt chunk's attention holds at once.
-pub const PREFILL_SCORE_COPIES: u64 = 3;
-
 /// The working memory one forward pass may need beside the weights and the KV cache, at its
-/// worst: a prompt chunk of `chunk` rows attending over `context` positions (its scores, the
-/// causal mask, the cached keys and values made contiguous), the chunk's layer activations, and
-/// one row of logits per sequence. f32 throughout.
+/// worst: a prompt chunk of `chunk` rows attending over `context` positions (its queries and
+/// outputs on the host, and a block of rows' scores over the context per thread), the chunk's layer
+/// activations, and one row of logits per sequence. f32 throughout.
 pub fn forward_scratch_bytes(config: &crate::config::LlamaConfig, context: u64, chunk: u64, batch: u64) -> u64 {
     let c = config;
-    let (heads, kv_width, hidden, ff, vocab) = (
-        c.num_heads as u64,
+    let (width, kv_width, hidden, ff, vocab) = (
+        (c.num_heads * c.head_dim) as u64,
         (c.num_kv_heads * c.head_dim) as u64,
         c.hidden_size as u64,
         c.intermediate_size as u64,
         c.vocab_size as u64,
     );
-    let attention = (PREFILL_SCORE_COPIES * heads + 1).saturating_mul(chunk).saturating_mul(context)
-        + 2 * kv_width.saturating_mul(context);
+    let threads = rayon::current_num_threads() as u64;
+    let attention = (3 * chunk * width).saturating_add((threads * ATTEND_ROWS as u64).saturating_mul(context));
     let layer = chunk * (3 * ff + 8 * hidden + 2 * kv_width);
     let logits = 2 * batch.max(1) * vocab;
     attention.saturating_add(layer).saturating_add(logits).saturating_mul(4)
 }
 
-/// The sizes `decode_attention` works with.
+/// The sizes every row's attention shares.
 #[derive(Clone, Copy)]
-struct DecodeShape {
+struct AttendDims {
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
+    /// Rows of the cache `(kv_heads, max_seq, head_dim)`.
     max_seq: usize,
+}
+
+/// One query row's place: its row of `q`, and the cached positions it attends to.
+#[derive(Clone, Copy)]
+struct RowShape {
+    q_row: usize,
     /// The cache row of the sequence's position 0.
     first: usize,
-    /// Cached positions to attend to (the new one included).
+    /// Cached positions to attend to (the row's own included).
     total: usize,
 }
 
@@ -529,7 +488,7 @@ fn silu_mul(gate: &[f32], up: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; gate.len()];
     let run = |((o, g), u): ((&mut [f32], &[f32]), &[f32])| {
         for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-            *o = g / (1.0 + (-g).exp()) * u;
+            *o = g / (1.0 + libm::expf(-g)) * u;
         }
     };
     if gate.len() >= 4 * CHUNK && rayon::current_num_threads() > 1 {
@@ -541,47 +500,154 @@ fn silu_mul(gate: &[f32], up: &[f32]) -> Vec<f32> {
     out
 }
 
-/// One query's attention straight over the cache `(kv_heads, max_seq, head_dim)`: per query
-/// head, its scores over the cached keys, a softmax, and the weighted sum of the values; f32
-/// throughout, heads in parallel past a size. A decode step's attention without candle's copies of the
-/// cached keys and values (they grow with the context).
-fn decode_attention(q: &[f32], kc: &[f32], vc: &[f32], s: DecodeShape) -> Vec<f32> {
+/// Rows of one sequence attended together in one task: one pass over a head's cached keys and
+/// values serves them all (a prompt's rows would otherwise each read them from memory again).
+const ATTEND_ROWS: usize = 8;
+
+/// Attention of each row in `rows` over the cache, `(rows, heads * head_dim)`. Tasks are (block,
+/// query head) pairs, a block being up to `ATTEND_ROWS` consecutive rows of one sequence
+/// (`attend_block`), run in parallel where there is enough work to share (as the block products
+/// decide). Each row's arithmetic is the same whatever block, task or thread it is in.
+fn attend(q: &[f32], kc: &[f32], vc: &[f32], d: AttendDims, rows: &[RowShape]) -> Vec<f32> {
     use rayon::prelude::*;
-    let DecodeShape { heads, kv_heads, head_dim: hd, max_seq, first, total } = s;
-    let group = heads / kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let mut out = vec![0f32; heads * hd];
-    let head = |(h, o): (usize, &mut [f32])| {
-        let qh = &q[h * hd..(h + 1) * hd];
-        let base = ((h / group) * max_seq + first) * hd;
-        let keys = &kc[base..base + total * hd];
-        let values = &vc[base..base + total * hd];
-        let mut scores: Vec<f32> = keys.chunks_exact(hd).map(|k| dot(k, qh) * scale).collect();
-        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let mut sum = 0f32;
-        for v in &mut scores {
-            *v = (*v - max).exp();
-            sum += *v;
-        }
-        for (w, v) in scores.iter().zip(values.chunks_exact(hd)) {
-            let p = w / sum;
-            for (o, x) in o.iter_mut().zip(v) {
-                *o += p * x;
+    let hd = d.head_dim;
+    let width = d.heads * hd;
+    let mut blocks: Vec<Range<usize>> = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        match blocks.last_mut() {
+            Some(b)
+                if b.len() < ATTEND_ROWS
+                    && rows[b.end - 1].first == row.first
+                    && rows[b.end - 1].q_row + 1 == row.q_row
+                    && rows[b.end - 1].total + 1 == row.total =>
+            {
+                b.end = i + 1
             }
+            _ => blocks.push(i..i + 1),
         }
+    }
+    let tasks: Vec<(Range<usize>, usize)> =
+        blocks.iter().flat_map(|b| (0..d.heads).map(move |h| (b.clone(), h))).collect();
+    let task = |(block, h): &(Range<usize>, usize)| {
+        let block = &rows[block.clone()];
+        let base = ((h / (d.heads / d.kv_heads)) * d.max_seq + block[0].first) * hd;
+        let longest = block[block.len() - 1].total * hd;
+        let queries: Vec<&[f32]> = block.iter().map(|r| &q[r.q_row * width + h * hd..][..hd]).collect();
+        attend_block(&queries, &kc[base..base + longest], &vc[base..base + longest])
     };
-    // Heads in parallel when there is enough work to share (as the block products decide).
-    if heads * total * hd * 2 >= super::cpu_blocks::PARALLEL_MIN_MACS {
-        out.par_chunks_mut(hd).enumerate().for_each(head);
+    let work: usize = rows.iter().map(|r| d.heads * r.total * hd * 2).sum();
+    let outs: Vec<Vec<f32>> = if work >= super::cpu_blocks::PARALLEL_MIN_MACS && rayon::current_num_threads() > 1 {
+        tasks.par_iter().map(task).collect()
     } else {
-        out.chunks_mut(hd).enumerate().for_each(head);
+        tasks.iter().map(task).collect()
+    };
+    let mut out = vec![0f32; rows.len() * width];
+    for ((block, h), o) in tasks.iter().zip(outs) {
+        for (row, o) in rows[block.clone()].iter().zip(o.chunks_exact(hd)) {
+            let at = row.q_row * width + h * hd;
+            out[at..at + hd].copy_from_slice(o);
+        }
     }
     out
+}
+
+/// One query head's attention for consecutive rows of a sequence (`queries`, each `head_dim`
+/// values; row r attends to the first `keys.len() / head_dim - (rows - 1 - r)` cached positions),
+/// over its KV head's cached keys and values; `(rows, head_dim)`. Per row: the scaled scores
+/// (`dot`), a softmax (`libm`'s `expf`, the same code on every target; the sum in position
+/// order), and the weighted sum of the values in position order: the same operations in the
+/// same order as the row alone. f32 throughout, without candle: its matrix products and sums
+/// take the target's vector width, so the order of additions, and with it the bits, would differ
+/// between the CLI and the browser.
+fn attend_block(queries: &[&[f32]], keys: &[f32], values: &[f32]) -> Vec<f32> {
+    // The same code compiled for AVX2 where the block kernels run on it: its wider registers
+    // hold `dot`'s eight lanes at once, and element-wise arithmetic (no fused multiply-add) gives
+    // the same bits at any vector width.
+    #[cfg(target_arch = "x86_64")]
+    if super::cpu_blocks::kernel() != super::cpu_blocks::Kernel::Portable {
+        // SAFETY: the AVX2 and AVX-512 kernels are only chosen on CPUs with AVX2
+        // (`Kernel::available`).
+        return unsafe { attend_block_avx2(queries, keys, values) };
+    }
+    attend_block_in(queries, keys, values)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn attend_block_avx2(queries: &[&[f32]], keys: &[f32], values: &[f32]) -> Vec<f32> {
+    attend_block_in(queries, keys, values)
+}
+
+/// `attend_block`'s body, inlined into each instruction set's copy.
+#[inline(always)]
+fn attend_block_in(queries: &[&[f32]], keys: &[f32], values: &[f32]) -> Vec<f32> {
+    // Positions a tile: a tile of keys or values (16 KiB at head_dim 64) stays in L1 while each
+    // row of the block reads it.
+    const TILE: usize = 64;
+    let (n, hd) = (queries.len(), queries[0].len());
+    let longest = keys.len() / hd;
+    let totals: Vec<usize> = (0..n).map(|r| longest - (n - 1 - r)).collect();
+    let scale = 1.0 / (hd as f32).sqrt();
+    // Row r's scores at r * longest, then its probabilities in their place.
+    let mut p = vec![0f32; n * longest];
+    for j0 in (0..longest).step_by(TILE) {
+        for (r, q) in queries.iter().enumerate() {
+            let end = totals[r].min(j0 + TILE);
+            if end > j0 {
+                let scores = &mut p[r * longest + j0..r * longest + end];
+                for (s, k) in scores.iter_mut().zip(keys[j0 * hd..end * hd].chunks_exact(hd)) {
+                    *s = dot(k, q) * scale;
+                }
+            }
+        }
+    }
+    for (r, &total) in totals.iter().enumerate() {
+        let row = &mut p[r * longest..r * longest + total];
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let mut sum = 0f32;
+        for v in row.iter_mut() {
+            *v = libm::expf(*v - max);
+            sum += *v;
+        }
+        for v in row.iter_mut() {
+            *v /= sum;
+        }
+    }
+    let mut out = vec![0f32; n * hd];
+    for j0 in (0..longest).step_by(TILE) {
+        for (r, o) in out.chunks_exact_mut(hd).enumerate() {
+            let end = totals[r].min(j0 + TILE);
+            for (&w, v) in p[r * longest + j0..r * longest + end.max(j0)].iter().zip(values[j0 * hd..].chunks_exact(hd))
+            {
+                for (o, x) in o.iter_mut().zip(v) {
+                    *o += w * x;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// RMS norm of each row of `x` (rows of `w.len()` values): `x / sqrt(mean(x^2) + eps) * w`, the
+/// sum of squares in `dot`'s fixed order.
+fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32) -> Result<Vec<f32>> {
+    let cols = w.len();
+    if cols == 0 || !x.len().is_multiple_of(cols) {
+        return Err(Error::Backend(format!("rms_norm of {} values in rows of {cols}", x.len())));
+    }
+    let scale = 1.0 / cols as f32;
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks_exact(cols) {
+        let inv = 1.0 / (dot(row, row) * scale + eps).sqrt();
+        out.extend(row.iter().zip(w).map(|(&v, &g)| v * inv * g));
+    }
+    Ok(out)
 }
 
 /// `a . b` in eight lanes (element i into lane i % 8), the lanes then added in a fixed tree: a
 /// vector register's worth of independent sums instead of one serial chain, in the same order
 /// for every call (so for every batch).
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -607,4 +673,44 @@ pub fn argmax_first(values: &[f32]) -> Option<u32> {
         }
     }
     best.map(|(i, _)| i as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values in [-1, 1) from a seeded generator.
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// A row's attention is the same bits in a block of eight (a prompt's rows) as alone (a
+    /// decode step), and compiled for AVX2 as in portable code (the browser's).
+    #[test]
+    fn a_rows_attention_is_the_same_bits_in_a_block_and_in_every_instruction_set() {
+        let hd = 64;
+        let longest = 150; // past two 64-position tiles, and not a multiple of one
+        let (keys, vals) = (values(longest * hd, 1), values(longest * hd, 2));
+        let q = values(ATTEND_ROWS * hd, 3);
+        let queries: Vec<&[f32]> = q.chunks_exact(hd).collect();
+        let block = attend_block_in(&queries, &keys, &vals);
+        for (r, query) in queries.iter().enumerate() {
+            let total = longest - (ATTEND_ROWS - 1 - r);
+            let alone = attend_block_in(&[query], &keys[..total * hd], &vals[..total * hd]);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&block[r * hd..][..hd]), bits(&alone), "row {r}: blocked vs alone");
+        }
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 is there.
+            let avx2 = unsafe { attend_block_avx2(&queries, &keys, &vals) };
+            assert!(avx2.iter().zip(&block).all(|(a, b)| a.to_bits() == b.to_bits()), "AVX2 vs portable");
+        }
+    }
 }
