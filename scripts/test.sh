@@ -206,7 +206,7 @@ phase "browser tests (headless Chromium, WebGPU on SwiftShader without a GPU)"
 # --test-concurrency sorts them by name, which left the longest for last); a file not named here
 # runs after those. Each file's output is printed whole when it ends. The full tier's files run
 # after them, one at a time (its fault and soak runs time items).
-browser_slow=(zoo evaluate api smollm2 demo quant storage)
+browser_slow=(zoo evaluate api demo quant storage)
 browser_files=()
 for name in "${browser_slow[@]}"; do
   if [ -f "tests/browser/$name.test.mjs" ]; then browser_files+=("tests/browser/$name.test.mjs"); fi

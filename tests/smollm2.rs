@@ -179,7 +179,7 @@ fn cpu_matches_llama_cpp() {
 }
 
 #[test]
-#[ignore = "full tier: SmolLM2's greedy tokens over four prompts on lavapipe, about 2.5 minutes; the fast tier keeps the CPU run and the browser's WebGPU run against the native GPU"]
+#[ignore = "full tier: SmolLM2's greedy tokens over four prompts on lavapipe, about 2.5 minutes; the fast tier keeps the CPU run, SmolLM2 on the browser's CPU path against the native CLI, and every WGSL kernel against the CPU (gpu_engine.rs)"]
 fn gpu_matches_llama_cpp() {
     check_against_llama_cpp(
         pollster::block_on(GpuBackend::new(GpuOptions { quant: GpuQuant::F32, ..GpuOptions::default() }))

@@ -1,12 +1,14 @@
 // SmolLM2-135M-Instruct Q4_1 through the worker on WebGPU (SwiftShader without a GPU): the
 // greedy tokens streamed to the page equal the native CLI's on the same WGSL kernels
-// (`guardreasoner generate --backend gpu`), and the load and decode speed are logged.
+// (`guardreasoner generate --backend gpu`), and the load and decode speed are logged. Full tier
+// (a minute of SwiftShader): the fast tier keeps SmolLM2 in the browser on the wasm CPU path
+// (quant.test.mjs) and the JS API on WebGPU with the tiny models (api.test.mjs, zoo.test.mjs).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
-import { repo, startServer, launch, openPage } from "./harness.mjs";
+import { repo, startServer, launch, openPage } from "../harness.mjs";
 
 const model = "/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const NEW_TOKENS = 12;
