@@ -50,15 +50,16 @@ report_timings() {
   printf '  %s\n' "${timings[@]}"
   if [ -s "$logs/cargo-test.log" ]; then
     echo "== the ten slowest Rust tests"
-    # libtest's --report-time: `test name ... ok <12.345s>`
-    sed -n 's/^test \(.*\) \.\.\. [a-zA-Z]* <\([0-9.]*\)s>$/\2 \1/p' "$logs/cargo-test.log" | sort -rn | head -10 |
-      awk '{ printf "  %7.1fs  %s\n", $1, $2 }'
+    # libtest's --report-time: `test name ... ok <12.345s>`. (awk reads to the end: `head` would
+    # close the pipe on sort, whose SIGPIPE fails the pipeline under pipefail.)
+    sed -n 's/^test \(.*\) \.\.\. [a-zA-Z]* <\([0-9.]*\)s>$/\2 \1/p' "$logs/cargo-test.log" | sort -rn |
+      awk 'NR <= 10 { printf "  %7.1fs  %s\n", $1, $2 }'
   fi
   if [ -s "$logs/browser-tests.log" ]; then
     echo "== the ten slowest browser tests"
     # node's spec reporter: `✔ name (12345.678ms)` for each test (files and suites included)
-    sed -n 's/^ *[✔✖] \(.*\) (\([0-9.]*\)ms)$/\2\t\1/p' "$logs/browser-tests.log" | sort -rn | head -10 |
-      awk -F'\t' '{ printf "  %7.1fs  %s\n", $1 / 1000, $2 }'
+    sed -n 's/^ *[✔✖] \(.*\) (\([0-9.]*\)ms)$/\2\t\1/p' "$logs/browser-tests.log" | sort -rn |
+      awk -F'\t' 'NR <= 10 { printf "  %7.1fs  %s\n", $1 / 1000, $2 }'
   fi
   rm -rf "$logs"
 }
