@@ -162,13 +162,17 @@ ignored=()
 # As `cargo test` runs them (from the repository root), but two binaries at a time: many tests wait
 # on processes, lavapipe or files, so one binary at a time leaves a core idle. Each test's time:
 # libtest's --report-time, unstable, allowed for the test binaries alone by RUSTC_BOOTSTRAP.
+# Both queues (these binaries, then the browser files) run a job with `run_logged`: its output
+# in a log of its own, printed whole when it ends, and "ok" or "failed" in LOG.status.
+run_logged() { # log, command...
+  local log=$1
+  shift
+  if "$@" >"$log" 2>&1; then echo "ok" >>"$log.status"; else echo "failed" >>"$log.status"; fi
+}
+export -f run_logged
 run_test_binary() { # name, executable
   local log="$logs/test-$1.log"
-  if RUSTC_BOOTSTRAP=1 "$2" "${ignored[@]}" -Z unstable-options --report-time >"$log" 2>&1; then
-    echo "ok" >>"$log.status"
-  else
-    echo "failed" >>"$log.status"
-  fi
+  run_logged "$log" env RUSTC_BOOTSTRAP=1 "$2" "${ignored[@]}" -Z unstable-options --report-time
   { echo "     Running $1 ($2)"; cat "$log"; } >>"$logs/cargo-test.log"
   echo "  $1: $(grep -E '^test result' "$log" | tail -1)"
 }
@@ -218,11 +222,7 @@ done
 run_browser_file() { # file
   local log
   log="$logs/browser-$(basename "$1" .test.mjs).log"
-  if node --test --test-reporter=spec "$1" >"$log" 2>&1; then
-    echo "ok" >>"$log.status"
-  else
-    echo "failed" >>"$log.status"
-  fi
+  run_logged "$log" node --test --test-reporter=spec "$1"
   { echo "== $1"; cat "$log"; } >>"$logs/browser-tests.log"
   echo "  $1: $(grep -E '^ℹ (pass|fail) ' "$log" | tr '\n' ' ')"
 }

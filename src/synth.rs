@@ -25,7 +25,7 @@ fn random_tensor(seed: u64, rows: usize, cols: usize, scale: f32) -> Result<Tens
 }
 
 /// `n` seeded values in `[-scale, scale)` (splitmix64).
-fn random_values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+pub(crate) fn random_values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
     let mut state = seed;
     (0..n)
         .map(|_| {

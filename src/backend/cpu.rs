@@ -319,10 +319,7 @@ impl Backend for CpuBackend {
         let q_host = q.flatten_all()?.to_vec1::<f32>()?;
         let shapes: Vec<RowShape> = rows
             .iter()
-            .zip(&starts)
-            .flat_map(|(s, &first)| {
-                (0..s.len).map(move |i| RowShape { q_row: first + i, first: s.base, total: s.pos + i + 1 })
-            })
+            .flat_map(|s| (0..s.len).map(move |i| RowShape { first: s.base, total: s.pos + i + 1 }))
             .collect();
         let dims = AttendDims { heads, kv_heads, head_dim, max_seq: cache.max_seq };
         let out = with_f32(k_cache, |kc| with_f32(v_cache, |vc| Ok(attend(&q_host, kc, vc, dims, &shapes))))?;
@@ -460,10 +457,9 @@ struct AttendDims {
     max_seq: usize,
 }
 
-/// One query row's place: its row of `q`, and the cached positions it attends to.
+/// One query row's place (row i of `q` is `rows[i]`): the cached positions it attends to.
 #[derive(Clone, Copy)]
 struct RowShape {
-    q_row: usize,
     /// The cache row of the sequence's position 0.
     first: usize,
     /// Cached positions to attend to (the row's own included).
@@ -518,7 +514,6 @@ fn attend(q: &[f32], kc: &[f32], vc: &[f32], d: AttendDims, rows: &[RowShape]) -
             Some(b)
                 if b.len() < ATTEND_ROWS
                     && rows[b.end - 1].first == row.first
-                    && rows[b.end - 1].q_row + 1 == row.q_row
                     && rows[b.end - 1].total + 1 == row.total =>
             {
                 b.end = i + 1
@@ -529,10 +524,9 @@ fn attend(q: &[f32], kc: &[f32], vc: &[f32], d: AttendDims, rows: &[RowShape]) -
     let tasks: Vec<(Range<usize>, usize)> =
         blocks.iter().flat_map(|b| (0..d.heads).map(move |h| (b.clone(), h))).collect();
     let task = |(block, h): &(Range<usize>, usize)| {
-        let block = &rows[block.clone()];
-        let base = ((h / (d.heads / d.kv_heads)) * d.max_seq + block[0].first) * hd;
-        let longest = block[block.len() - 1].total * hd;
-        let queries: Vec<&[f32]> = block.iter().map(|r| &q[r.q_row * width + h * hd..][..hd]).collect();
+        let base = ((h / (d.heads / d.kv_heads)) * d.max_seq + rows[block.start].first) * hd;
+        let longest = rows[block.end - 1].total * hd;
+        let queries: Vec<&[f32]> = block.clone().map(|i| &q[i * width + h * hd..][..hd]).collect();
         attend_block(&queries, &kc[base..base + longest], &vc[base..base + longest])
     };
     let work: usize = rows.iter().map(|r| d.heads * r.total * hd * 2).sum();
@@ -543,8 +537,8 @@ fn attend(q: &[f32], kc: &[f32], vc: &[f32], d: AttendDims, rows: &[RowShape]) -
     };
     let mut out = vec![0f32; rows.len() * width];
     for ((block, h), o) in tasks.iter().zip(outs) {
-        for (row, o) in rows[block.clone()].iter().zip(o.chunks_exact(hd)) {
-            let at = row.q_row * width + h * hd;
+        for (i, o) in block.clone().zip(o.chunks_exact(hd)) {
+            let at = i * width + h * hd;
             out[at..at + hd].copy_from_slice(o);
         }
     }
@@ -586,13 +580,13 @@ fn attend_block_in(queries: &[&[f32]], keys: &[f32], values: &[f32]) -> Vec<f32>
     const TILE: usize = 64;
     let (n, hd) = (queries.len(), queries[0].len());
     let longest = keys.len() / hd;
-    let totals: Vec<usize> = (0..n).map(|r| longest - (n - 1 - r)).collect();
+    let total = |r: usize| longest - (n - 1 - r);
     let scale = 1.0 / (hd as f32).sqrt();
     // Row r's scores at r * longest, then its probabilities in their place.
     let mut p = vec![0f32; n * longest];
     for j0 in (0..longest).step_by(TILE) {
         for (r, q) in queries.iter().enumerate() {
-            let end = totals[r].min(j0 + TILE);
+            let end = total(r).min(j0 + TILE);
             if end > j0 {
                 let scores = &mut p[r * longest + j0..r * longest + end];
                 for (s, k) in scores.iter_mut().zip(keys[j0 * hd..end * hd].chunks_exact(hd)) {
@@ -601,8 +595,8 @@ fn attend_block_in(queries: &[&[f32]], keys: &[f32], values: &[f32]) -> Vec<f32>
             }
         }
     }
-    for (r, &total) in totals.iter().enumerate() {
-        let row = &mut p[r * longest..r * longest + total];
+    for r in 0..n {
+        let row = &mut p[r * longest..r * longest + total(r)];
         let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
         let mut sum = 0f32;
         for v in row.iter_mut() {
@@ -616,7 +610,7 @@ fn attend_block_in(queries: &[&[f32]], keys: &[f32], values: &[f32]) -> Vec<f32>
     let mut out = vec![0f32; n * hd];
     for j0 in (0..longest).step_by(TILE) {
         for (r, o) in out.chunks_exact_mut(hd).enumerate() {
-            let end = totals[r].min(j0 + TILE);
+            let end = total(r).min(j0 + TILE);
             for (&w, v) in p[r * longest + j0..r * longest + end.max(j0)].iter().zip(values[j0 * hd..].chunks_exact(hd))
             {
                 for (o, x) in o.iter_mut().zip(v) {
@@ -679,23 +673,13 @@ pub fn argmax_first(values: &[f32]) -> Option<u32> {
 mod tests {
     use super::*;
 
-    /// Values in [-1, 1) from a seeded generator.
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
-
     /// A row's attention is the same bits in a block of eight (a prompt's rows) as alone (a
     /// decode step), and compiled for AVX2 as in portable code (the browser's).
     #[test]
     fn a_rows_attention_is_the_same_bits_in_a_block_and_in_every_instruction_set() {
         let hd = 64;
         let longest = 150; // past two 64-position tiles, and not a multiple of one
+        let values = |n, seed| crate::synth::random_values(seed, n, 1.0);
         let (keys, vals) = (values(longest * hd, 1), values(longest * hd, 2));
         let q = values(ATTEND_ROWS * hd, 3);
         let queries: Vec<&[f32]> = q.chunks_exact(hd).collect();
