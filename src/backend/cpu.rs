@@ -1,7 +1,10 @@
-//! CPU backend on candle-core: f32 math, weights as f32 tensors or GGML quantized blocks
-//! (candle's quantized matmul, the same block formats and activation quantization llama.cpp uses).
+//! CPU backend on candle-core: f32 math, weights as f32 matrices or GGML quantized blocks (the
+//! same block formats and activation quantization llama.cpp uses). Our own kernels
+//! (`cpu_float`, `cpu_blocks`) take f32, Q8_0, Q4_0 and Q4_1; candle's quantized matmul the other
+//! GGML types.
 
 use super::cpu_blocks::BlockMatrix;
+use super::cpu_float::FloatMatrix;
 use super::{Backend, Span, unfused};
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
@@ -32,6 +35,44 @@ impl CpuBackend {
         Ok(Tensor::from_vec(values, t.shape.as_slice(), &self.device)?)
     }
 
+    /// A float weight as our f32 matrix, converted a row at a time (never a whole f32 copy beside
+    /// the interleaved one).
+    fn float_matrix(&self, t: &HostTensor) -> Result<Arc<FloatMatrix>> {
+        let (rows, cols) = match t.shape.as_slice() {
+            &[rows, cols] => (rows, cols),
+            shape => return Err(Error::Other(format!("tensor {} is {shape:?}, not a matrix", t.name))),
+        };
+        let size = match t.storage {
+            StorageType::F32 => 4,
+            StorageType::F16 | StorageType::BF16 => 2,
+            StorageType::Ggml(dtype) => {
+                return Err(Error::Other(format!("tensor {} is {dtype:?}-quantized, not plain floats", t.name)));
+            }
+        };
+        if Some(t.bytes.len()) != rows.checked_mul(cols).and_then(|n| n.checked_mul(size)) {
+            return Err(Error::Other(format!("tensor {} holds {} bytes for {rows}x{cols}", t.name, t.bytes.len())));
+        }
+        let matrix = FloatMatrix::from_rows(rows, cols, |r, out| {
+            let bytes = &t.bytes[r * cols * size..(r + 1) * cols * size];
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(size)) {
+                *o = match t.storage {
+                    StorageType::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+                    StorageType::F16 => half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
+                    _ => half::bf16::from_le_bytes([c[0], c[1]]).to_f32(),
+                };
+            }
+            Ok(())
+        })?;
+        Ok(Arc::new(matrix))
+    }
+
+    /// A GGML float tensor (F32, F16, BF16 in a GGUF file) as our f32 matrix.
+    fn float_matrix_from_ggml(&self, q: &QTensor) -> Result<Arc<FloatMatrix>> {
+        let (rows, cols) = q.shape().dims2()?;
+        let values = q.dequantize(&self.device)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Arc::new(FloatMatrix::from_slice(&values, rows, cols)?))
+    }
+
     fn qtensor(&self, t: &HostTensor, dtype: GgmlDType) -> Result<QTensor> {
         let storage = QStorage::from_data(Cow::Borrowed(&t.bytes), &self.device, dtype)?;
         Ok(QTensor::new(storage, t.shape.as_slice())?)
@@ -55,11 +96,16 @@ impl CpuBackend {
     }
 }
 
-/// A weight matrix: f32 (candle's matmul) or GGML blocks (our f32-activation kernel, or
-/// candle's for block types it does not cover).
+/// A weight matrix: f32 or Q8_0/Q4_0/Q4_1 blocks (our kernels, the same bits on every target),
+/// or another GGML type (candle's quantized matmul).
 pub enum CpuMatrix {
-    Candle(QMatMul),
+    Float(Arc<FloatMatrix>),
     Blocks(Arc<BlockMatrix>),
+    Candle(QMatMul),
+}
+
+fn is_float(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
 }
 
 fn block_matrix(q: &QTensor) -> Result<Option<CpuMatrix>> {
@@ -68,7 +114,8 @@ fn block_matrix(q: &QTensor) -> Result<Option<CpuMatrix>> {
 }
 
 pub enum CpuEmbedding {
-    Float(Tensor),
+    /// Rows read from the f32 matrix a tied LM head multiplies with (held once).
+    Float(Arc<FloatMatrix>),
     /// Q8_0/Q4_0/Q4_1: rows dequantized on lookup from the blocks a tied LM head multiplies
     /// with (held once).
     Blocks(Arc<BlockMatrix>),
@@ -119,30 +166,29 @@ impl Backend for CpuBackend {
 
     fn matrix(&self, t: HostTensor) -> Result<CpuMatrix> {
         match self.quantized(&t)? {
+            Some(q) if is_float(q.dtype()) => Ok(CpuMatrix::Float(self.float_matrix_from_ggml(&q)?)),
             Some(q) => match block_matrix(&q)? {
                 Some(m) => Ok(m),
                 None => Ok(CpuMatrix::Candle(QMatMul::from_qtensor(q)?)),
             },
-            None => Ok(CpuMatrix::Candle(QMatMul::Tensor(self.float_tensor(&t)?))),
+            None => Ok(CpuMatrix::Float(self.float_matrix(&t)?)),
         }
     }
 
     fn embedding(&self, t: HostTensor) -> Result<CpuEmbedding> {
         match self.quantized(&t)? {
-            Some(q) if !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) => {
-                Ok(match block_matrix(&q)? {
-                    Some(CpuMatrix::Blocks(m)) => CpuEmbedding::Blocks(m),
-                    _ => CpuEmbedding::Quantized(Arc::new(q)),
-                })
-            }
-            Some(q) => Ok(CpuEmbedding::Float(q.dequantize(&self.device)?)),
-            None => Ok(CpuEmbedding::Float(self.float_tensor(&t)?)),
+            Some(q) if !is_float(q.dtype()) => Ok(match block_matrix(&q)? {
+                Some(CpuMatrix::Blocks(m)) => CpuEmbedding::Blocks(m),
+                _ => CpuEmbedding::Quantized(Arc::new(q)),
+            }),
+            Some(q) => Ok(CpuEmbedding::Float(self.float_matrix_from_ggml(&q)?)),
+            None => Ok(CpuEmbedding::Float(self.float_matrix(&t)?)),
         }
     }
 
     fn tied_head(&self, e: &CpuEmbedding) -> Result<CpuMatrix> {
         Ok(match e {
-            CpuEmbedding::Float(t) => CpuMatrix::Candle(QMatMul::Tensor(t.clone())),
+            CpuEmbedding::Float(m) => CpuMatrix::Float(m.clone()),
             CpuEmbedding::Blocks(m) => CpuMatrix::Blocks(m.clone()),
             CpuEmbedding::Quantized(q) => CpuMatrix::Candle(QMatMul::from_arc(q.clone())?),
         })
@@ -213,18 +259,20 @@ impl Backend for CpuBackend {
 
     fn embed(&self, table: &CpuEmbedding, ids: &[u32]) -> Result<Tensor> {
         let ids = Tensor::new(ids, &self.device)?;
-        Ok(match table {
-            CpuEmbedding::Float(t) => t.index_select(&ids, 0)?,
-            CpuEmbedding::Blocks(m) => {
-                let mut values = Vec::new();
-                for id in ids.to_vec1::<u32>()? {
-                    if id as usize >= m.rows {
-                        return Err(Error::Prompt(format!("token id {id} is outside the vocabulary")));
-                    }
-                    values.extend(m.row(id as usize));
+        // Rows by id, each checked against the vocabulary.
+        let lookup = |rows: usize, cols: usize, row: &dyn Fn(usize) -> Vec<f32>| -> Result<Tensor> {
+            let mut values = Vec::with_capacity(ids.dim(0)? * cols);
+            for id in ids.to_vec1::<u32>()? {
+                if id as usize >= rows {
+                    return Err(Error::Prompt(format!("token id {id} is outside the vocabulary")));
                 }
-                Tensor::from_vec(values, (ids.dim(0)?, m.cols), &self.device)?
+                values.extend(row(id as usize));
             }
+            Ok(Tensor::from_vec(values, (ids.dim(0)?, cols), &self.device)?)
+        };
+        Ok(match table {
+            CpuEmbedding::Float(m) => lookup(m.rows, m.cols, &|r| m.row(r))?,
+            CpuEmbedding::Blocks(m) => lookup(m.rows, m.cols, &|r| m.row(r))?,
             CpuEmbedding::Quantized(q) => q.embedding(&ids)?,
         })
     }
@@ -238,13 +286,12 @@ impl Backend for CpuBackend {
     }
 
     fn linear(&self, x: &Tensor, w: &CpuMatrix) -> Result<Tensor> {
+        let seq = x.dim(0)?;
+        let values = || x.flatten_all()?.to_vec1::<f32>();
         match w {
+            CpuMatrix::Float(m) => Ok(Tensor::from_vec(m.forward(&values()?, seq), (seq, m.rows), &self.device)?),
+            CpuMatrix::Blocks(m) => Ok(Tensor::from_vec(m.forward(&values()?, seq), (seq, m.rows), &self.device)?),
             CpuMatrix::Candle(m) => Ok(m.forward(x)?),
-            CpuMatrix::Blocks(m) => {
-                let seq = x.dim(0)?;
-                let values = x.flatten_all()?.to_vec1::<f32>()?;
-                Ok(Tensor::from_vec(m.forward(&values, seq), (seq, m.rows), &self.device)?)
-            }
         }
     }
 

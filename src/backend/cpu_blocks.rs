@@ -351,19 +351,19 @@ pub const PARALLEL_MIN_MACS: usize = if cfg!(target_arch = "wasm32") { 1 << 22 }
 const TILE: usize = 8;
 
 /// A panel's weights at most (a core's L2 holds it alongside a tile's activations).
-const PANEL_BYTES: usize = 256 * 1024;
+pub(super) const PANEL_BYTES: usize = 256 * 1024;
 
 /// The output, written by the parallel tasks at disjoint places.
 #[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: the tasks write disjoint elements (see `BlockMatrix::forward`).
+pub(super) struct Out(pub(super) *mut f32);
+// SAFETY: the tasks write disjoint elements (see `BlockMatrix::forward`, `FloatMatrix::forward`).
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
 impl Out {
     /// # Safety
     /// `i` must be inside the output (a method, so closures capture the whole `Out`).
-    unsafe fn at(self, i: usize) -> *mut f32 {
+    pub(super) unsafe fn at(self, i: usize) -> *mut f32 {
         // SAFETY: passed on to the caller.
         unsafe { self.0.add(i) }
     }

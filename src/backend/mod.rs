@@ -8,6 +8,7 @@ pub mod unfused;
 
 pub mod cpu;
 pub mod cpu_blocks;
+pub mod cpu_float;
 pub mod gpu;
 
 use crate::config::LlamaConfig;

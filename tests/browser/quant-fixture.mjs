@@ -17,6 +17,8 @@ const prompts = JSON.parse(fs.readFileSync(path.join(repo, "tests/fixtures/smoll
 const MODELS = {
   tiny: { source: { hfBaseUrl: "/.cache/tiny-rebuilt/llama32/" }, file: ".cache/tiny-rebuilt/llama32", prompts: prompts.slice(0, 1), n: 24, least: 8 },
   smollm2: { source: { url: "/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf" }, file: ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf", prompts, n: 128, least: 200 },
+  // Widths that are not whole blocks (tensors kept in f32 under q8 and q4) and one KV head.
+  zoo_mqa: { source: { hfBaseUrl: "/.cache/tiny-rebuilt/zoo_mqa/" }, file: ".cache/tiny-rebuilt/zoo_mqa", prompts: prompts.slice(0, 2), n: 64, least: 8 },
 };
 let server;
 let plainServer; // without the cross-origin isolation headers

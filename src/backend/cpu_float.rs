@@ -1,0 +1,321 @@
+//! f32 matrix products on the CPU with one order of operations on every target, so that f32
+//! weights (`--quant none`, and tensors kept in f32 because their rows are not whole blocks) give
+//! the browser's wasm CPU path the CLI's bits, as the block kernels do (ARCHITECTURE §4).
+//!
+//! Each output is the plain sequential sum over the columns, `((0 + w0*x0) + w1*x1) + ...`, every
+//! step a separate multiply and add (no fused multiply-add: wasm has none). The vector lanes are
+//! rows, not columns: weights are held with rows interleaved sixteen by sixteen, so one load holds
+//! the same column of sixteen rows, a token's activation is broadcast to all of them, and no lane
+//! ever has to be summed with another. Which instructions run the lanes (AVX-512, AVX2, wasm
+//! `simd128` or scalar code) cannot change a lane's result.
+
+use super::cpu_blocks::{Kernel, Out, PANEL_BYTES, PARALLEL_MIN_MACS, kernel};
+use rayon::prelude::*;
+use std::borrow::Cow;
+use std::ops::Range;
+
+/// Rows interleaved in a group: one AVX-512 vector, two AVX2 ones, four wasm ones.
+const LANES: usize = 16;
+
+/// Columns a pass takes at a time: a group's slice of them (128 KiB) stays in L2 while every tile
+/// of tokens reads it. Carrying on from the stored partial sums is the same sequential sum, so
+/// splitting the columns changes no bit.
+const CHUNK_COLS: usize = 2048;
+
+/// An f32 matrix with its rows interleaved in groups of `LANES` (the last group padded with zero
+/// rows): element `(row, col)` lies at `(group * cols + col) * LANES + lane`.
+pub struct FloatMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    w: Vec<f32>,
+}
+
+impl FloatMatrix {
+    /// From `rows` rows of `cols` values, each written by `fill(row, out)`. The interleaved copy
+    /// is allocated with `try_zeroed` (a matrix that cannot be had is an error, not an abort), and
+    /// only one row at a time is held beside it.
+    pub fn from_rows(
+        rows: usize,
+        cols: usize,
+        mut fill: impl FnMut(usize, &mut [f32]) -> crate::error::Result<()>,
+    ) -> crate::error::Result<Self> {
+        let groups = rows.div_ceil(LANES);
+        let len = groups.checked_mul(cols).and_then(|n| n.checked_mul(LANES));
+        let len = len.ok_or_else(|| crate::error::Error::Other(format!("a {rows}x{cols} matrix is too large")))?;
+        let mut w: Vec<f32> = crate::error::try_zeroed(len, || format!("the {rows}x{cols} f32 matrix"))?;
+        let mut row = vec![0f32; cols];
+        for r in 0..rows {
+            fill(r, &mut row)?;
+            let (group, lane) = (r / LANES, r % LANES);
+            let base = group * cols * LANES + lane;
+            for (c, &v) in row.iter().enumerate() {
+                w[base + c * LANES] = v;
+            }
+        }
+        Ok(Self { rows, cols, w })
+    }
+
+    /// From a row-major `(rows, cols)` slice.
+    pub fn from_slice(values: &[f32], rows: usize, cols: usize) -> crate::error::Result<Self> {
+        Self::from_rows(rows, cols, |r, out| {
+            out.copy_from_slice(&values[r * cols..(r + 1) * cols]);
+            Ok(())
+        })
+    }
+
+    /// Bytes held (with the last group's padding rows).
+    pub fn bytes(&self) -> usize {
+        4 * self.w.len()
+    }
+
+    /// Row `r` (an embedding lookup from the matrix a tied LM head multiplies with).
+    pub fn row(&self, r: usize) -> Vec<f32> {
+        let (group, lane) = (r / LANES, r % LANES);
+        let base = group * self.cols * LANES + lane;
+        (0..self.cols).map(|c| self.w[base + c * LANES]).collect()
+    }
+
+    /// `x` is `(seq, cols)` row-major; returns `(seq, rows)`.
+    ///
+    /// Tasks take panels of consecutive groups; a panel runs the columns in chunks and, for each
+    /// chunk, the tokens in tiles of up to `Kernel::tile_tokens`, each tile over every group of the
+    /// panel, so the panel's slice of weights is read from L2 once per tile. A token's arithmetic
+    /// is the same in every tile, chunk and panel: its results do not depend on what it is batched
+    /// with.
+    pub fn forward(&self, x: &[f32], seq: usize) -> Vec<f32> {
+        let kernel = kernel();
+        let (rows, cols) = (self.rows, self.cols);
+        let groups = rows.div_ceil(LANES);
+        let chunk = CHUNK_COLS.min(cols).max(1);
+        let threads = rayon::current_num_threads().max(1);
+        let per_task = (PANEL_BYTES / (4 * LANES * chunk)).clamp(1, groups.div_ceil(4 * threads).max(1));
+        // The activations tile by tile, each tile column by column (the tile's tokens side by
+        // side), so a kernel reads one column's activations with one load. Tiles are whole but
+        // the last: the tile at token `t` starts at `t * cols`. One token is already that.
+        let tile = kernel.tile_tokens();
+        let xt: Cow<[f32]> = if seq == 1 {
+            Cow::Borrowed(x)
+        } else {
+            let mut xt = vec![0f32; seq * cols];
+            for t in (0..seq).step_by(tile) {
+                let n = tile.min(seq - t);
+                let block = &mut xt[t * cols..(t + n) * cols];
+                for (i, token) in x[t * cols..(t + n) * cols].chunks_exact(cols).enumerate() {
+                    for (c, &v) in token.iter().enumerate() {
+                        block[c * n + i] = v;
+                    }
+                }
+            }
+            Cow::Owned(xt)
+        };
+        let mut out = vec![0f32; seq * rows];
+        let shared = Out(out.as_mut_ptr());
+        let run = |task: usize| {
+            let panel = task * per_task..((task + 1) * per_task).min(groups);
+            for c0 in (0..cols).step_by(chunk) {
+                let c1 = (c0 + chunk).min(cols);
+                let mut t = 0;
+                while t < seq {
+                    let n = (seq - t).min(tile);
+                    let at = Tile {
+                        xt: &xt[t * cols + c0 * n..t * cols + c1 * n],
+                        columns: c0..c1,
+                        first: t,
+                        out: shared,
+                        rows,
+                    };
+                    // Compiled for each tile size, so the accumulators stay in registers.
+                    match n {
+                        1 => self.tile::<1>(kernel, &at, panel.clone()),
+                        2 => self.tile::<2>(kernel, &at, panel.clone()),
+                        3 => self.tile::<3>(kernel, &at, panel.clone()),
+                        4 => self.tile::<4>(kernel, &at, panel.clone()),
+                        5 => self.tile::<5>(kernel, &at, panel.clone()),
+                        6 => self.tile::<6>(kernel, &at, panel.clone()),
+                        7 => self.tile::<7>(kernel, &at, panel.clone()),
+                        _ => self.tile::<8>(kernel, &at, panel.clone()),
+                    }
+                    t += n;
+                }
+            }
+        };
+        let tasks = 0..groups.div_ceil(per_task);
+        if threads > 1 && seq * rows * cols >= PARALLEL_MIN_MACS {
+            tasks.into_par_iter().for_each(run);
+        } else {
+            tasks.for_each(run);
+        }
+        out
+    }
+
+    /// Tokens `at.first..at.first + N` over the panel's groups, for the columns `at.columns`:
+    /// each group carries on from its stored partial sums (zero before the first chunk) and
+    /// stores them back.
+    fn tile<const N: usize>(&self, kernel: Kernel, at: &Tile, panel: Range<usize>) {
+        let (c0, c1) = (at.columns.start, at.columns.end);
+        let (xt, rest) = at.xt.as_chunks::<N>();
+        debug_assert!(rest.is_empty() && xt.len() == c1 - c0);
+        for g in panel {
+            let w = &self.w[(g * self.cols + c0) * LANES..(g * self.cols + c1) * LANES];
+            let lanes = (at.rows - g * LANES).min(LANES);
+            // SAFETY: a task writes only its panel's columns `g*16..g*16+lanes` (clipped to
+            // `rows`) of the rows of tokens `first..first + N` (< seq), inside the output, which
+            // outlives the parallel loop.
+            let sums = |i: usize| unsafe { at.out.at((at.first + i) * at.rows + g * LANES) };
+            let mut acc = [[0f32; LANES]; N];
+            for (i, a) in acc.iter_mut().enumerate() {
+                // SAFETY: as above.
+                unsafe { std::ptr::copy_nonoverlapping(sums(i), a.as_mut_ptr(), lanes) };
+            }
+            match kernel {
+                // SAFETY: `Kernel::available` checked the instructions when the kernel was chosen.
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512Vnni => unsafe { x86::sums_avx512::<N>(w, xt, &mut acc) },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 => unsafe { x86::sums_avx2::<N>(w, xt, &mut acc) },
+                #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+                _ => sums_simd128::<N>(w, xt, &mut acc),
+                #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+                _ => sums_portable::<N>(w, xt, &mut acc),
+            }
+            for (i, a) in acc.iter().enumerate() {
+                // SAFETY: as above.
+                unsafe { std::ptr::copy_nonoverlapping(a.as_ptr(), sums(i), lanes) };
+            }
+        }
+    }
+}
+
+/// Where a tile reads and writes: the activations `xt` of tokens from `first` for the columns
+/// `columns`, column by column, into `out` (`rows` wide).
+struct Tile<'a> {
+    xt: &'a [f32],
+    columns: Range<usize>,
+    first: usize,
+    out: Out,
+    rows: usize,
+}
+
+/// The kernel: for each column in order, each lane adds its row's weight times the token's
+/// activation (`xt`: per column, the tile's tokens), `acc + w * x` with a separate multiply and
+/// add. Element-wise over the lanes, so every instruction set gives the same bits. Scalar code is
+/// the reference (and the kernel of CPUs without the others' instructions); the vector kernels
+/// are written out, because left to the compiler the loops get vectorized across tokens, through
+/// gathers.
+#[cfg_attr(all(target_arch = "wasm32", target_feature = "simd128"), allow(dead_code))]
+fn sums_portable<const N: usize>(w: &[f32], xt: &[[f32; N]], acc: &mut [[f32; LANES]; N]) {
+    for (wc, xc) in w.chunks_exact(LANES).zip(xt) {
+        for (a, &x) in acc.iter_mut().zip(xc) {
+            for (a, &w) in a.iter_mut().zip(wc) {
+                *a += w * x;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::LANES;
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must have AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn sums_avx512<const N: usize>(w: &[f32], xt: &[[f32; N]], acc: &mut [[f32; LANES]; N]) {
+        // SAFETY: every load and store is of 16 floats inside a `[f32; 16]` or a whole chunk of
+        // `w`; the target feature is the caller's promise.
+        unsafe {
+            let mut a: [__m512; N] = std::array::from_fn(|t| _mm512_loadu_ps(acc[t].as_ptr()));
+            for (wc, xc) in w.chunks_exact(LANES).zip(xt) {
+                let wv = _mm512_loadu_ps(wc.as_ptr());
+                for t in 0..N {
+                    a[t] = _mm512_add_ps(a[t], _mm512_mul_ps(wv, _mm512_set1_ps(xc[t])));
+                }
+            }
+            for t in 0..N {
+                _mm512_storeu_ps(acc[t].as_mut_ptr(), a[t]);
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn sums_avx2<const N: usize>(w: &[f32], xt: &[[f32; N]], acc: &mut [[f32; LANES]; N]) {
+        // SAFETY: as in `sums_avx512`, in halves of 8 floats.
+        unsafe {
+            let mut a: [[__m256; 2]; N] =
+                std::array::from_fn(|t| [_mm256_loadu_ps(acc[t].as_ptr()), _mm256_loadu_ps(acc[t].as_ptr().add(8))]);
+            for (wc, xc) in w.chunks_exact(LANES).zip(xt) {
+                let (w0, w1) = (_mm256_loadu_ps(wc.as_ptr()), _mm256_loadu_ps(wc.as_ptr().add(8)));
+                for t in 0..N {
+                    let x = _mm256_set1_ps(xc[t]);
+                    a[t][0] = _mm256_add_ps(a[t][0], _mm256_mul_ps(w0, x));
+                    a[t][1] = _mm256_add_ps(a[t][1], _mm256_mul_ps(w1, x));
+                }
+            }
+            for t in 0..N {
+                _mm256_storeu_ps(acc[t].as_mut_ptr(), a[t][0]);
+                _mm256_storeu_ps(acc[t].as_mut_ptr().add(8), a[t][1]);
+            }
+        }
+    }
+}
+
+/// The browser's kernel: `simd128`, a group's sixteen lanes in four vectors.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn sums_simd128<const N: usize>(w: &[f32], xt: &[[f32; N]], acc: &mut [[f32; LANES]; N]) {
+    use std::arch::wasm32::*;
+    let load = |p: &[f32]| -> [v128; 4] {
+        // SAFETY: each read is of 4 floats inside the 16 of `p` (a lane group).
+        std::array::from_fn(|q| unsafe { v128_load(p[4 * q..4 * q + 4].as_ptr() as *const v128) })
+    };
+    let mut a: [[v128; 4]; N] = std::array::from_fn(|t| load(&acc[t]));
+    for (wc, xc) in w.chunks_exact(LANES).zip(xt) {
+        let wv = load(wc);
+        for t in 0..N {
+            let x = f32x4_splat(xc[t]);
+            for q in 0..4 {
+                a[t][q] = f32x4_add(a[t][q], f32x4_mul(wv[q], x));
+            }
+        }
+    }
+    for t in 0..N {
+        for q in 0..4 {
+            // SAFETY: as above, 4 floats inside the token's 16.
+            unsafe { v128_store(acc[t][4 * q..4 * q + 4].as_mut_ptr() as *mut v128, a[t][q]) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every output is the sequential sum of its products, the same bits in every kernel and
+    /// batch: the definition the browser and the CLI share.
+    #[test]
+    fn every_output_is_the_sequential_sum_in_every_kernel_and_batch() {
+        let (rows, cols, seq) = (37, 2 * CHUNK_COLS + 40, 11); // a padded group, three chunks, two tiles
+        let w = crate::synth::random_values(7, rows * cols, 1.0);
+        let x = crate::synth::random_values(8, seq * cols, 1.0);
+        let m = FloatMatrix::from_slice(&w, rows, cols).unwrap();
+        let expected: Vec<f32> = (0..seq)
+            .flat_map(|t| {
+                let (w, x) = (&w, &x);
+                (0..rows).map(move |r| (0..cols).fold(0f32, |acc, c| acc + w[r * cols + c] * x[t * cols + c]))
+            })
+            .collect();
+        assert_eq!(m.row(rows - 1), w[(rows - 1) * cols..]);
+        for k in Kernel::available() {
+            super::super::cpu_blocks::set_kernel(Some(k)).unwrap();
+            let whole = m.forward(&x, seq);
+            let alone: Vec<f32> = (0..seq).flat_map(|t| m.forward(&x[t * cols..(t + 1) * cols], 1)).collect();
+            super::super::cpu_blocks::set_kernel(None).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&whole), bits(&expected), "{} kernel, a batch of {seq}", k.name());
+            assert_eq!(bits(&alone), bits(&expected), "{} kernel, one token at a time", k.name());
+        }
+    }
+}
