@@ -410,6 +410,9 @@ fn generate_matches_the_transformers_goldens() {
         "--ignore-eos",
         "--logits-out",
         logits_file.to_str().unwrap(),
+        // Exact weights, as transformers ran them (the default is q8).
+        "--quant",
+        "none",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let tokens: Vec<u32> = serde_json::from_value(json_lines(&out.stdout)[0]["tokens"].clone()).unwrap();
@@ -761,7 +764,7 @@ fn bench_reports_speeds_and_memory() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report = &json_lines(&out.stdout)[0];
     assert_eq!((report["prompt_tokens"].as_u64(), report["gen_tokens"].as_u64()), (Some(24), Some(8)));
-    assert_eq!(report["quant"], "none");
+    assert_eq!(report["quant"], "q8", "the default quantization, recorded");
     for key in ["prefill_tokens_per_s", "decode_tokens_per_s", "load_s"] {
         assert!(report[key].as_f64().unwrap() > 0.0, "{key}: {report}");
     }

@@ -117,6 +117,8 @@ fn predict_writes_transformers_greedy_answer_at_any_batch() {
                 args.extend([bench.to_str().unwrap(), "--out", out.to_str().unwrap(), "--datasets"]);
                 let max = g.tokens.to_string();
                 args.extend(["SimpleSafetyTests", "--max-new-tokens", &max, "--backend", backend]);
+                // Exact weights, as transformers ran them (the default is q8).
+                args.extend(["--quant", "none"]);
                 if let Some(batch) = batch {
                     args.extend(["--batch", batch]);
                 }

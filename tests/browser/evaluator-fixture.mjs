@@ -50,9 +50,10 @@ export function assertPrerequisites() {
   }
 }
 
-/** The native CLI's predictions for the same items (same selection code, native engine). */
+/** The native CLI's predictions for the same items (same selection code, native engine, f32
+ * weights as the browser runs are given). */
 export function nativePredictions(out, maxNewTokens) {
-  const r = spawnSync(native, ["predict", "--model", model, "--quiet", "--benchmark-dir", benchmarkDir, "--datasets", DATASETS.join(","), "--limit", String(LIMIT), "--max-new-tokens", String(maxNewTokens), "--out", out], { encoding: "utf8" });
+  const r = spawnSync(native, ["predict", "--model", model, "--quiet", "--benchmark-dir", benchmarkDir, "--datasets", DATASETS.join(","), "--limit", String(LIMIT), "--max-new-tokens", String(maxNewTokens), "--quant", "none", "--out", out], { encoding: "utf8" });
   assert.equal(r.status, 0, `native predict failed: ${r.stderr}`);
   return out;
 }
