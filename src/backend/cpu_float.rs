@@ -63,11 +63,6 @@ impl FloatMatrix {
         })
     }
 
-    /// Bytes held (with the last group's padding rows).
-    pub fn bytes(&self) -> usize {
-        4 * self.w.len()
-    }
-
     /// Row `r` (an embedding lookup from the matrix a tied LM head multiplies with).
     pub fn row(&self, r: usize) -> Vec<f32> {
         let (group, lane) = (r / LANES, r % LANES);
