@@ -58,7 +58,7 @@ Options:
   --shard I/N           this machine's share of a split run (0-based, contiguous slices; the
                         shards' files concatenate in order to the unsplit run's), default 0/1
   --max-new-tokens N    most new tokens per item (default ${DEFAULTS.maxNewTokens}; --max-new also taken)
-  --backend B           auto | webgpu | cpu (default ${DEFAULTS.backend}: WebGPU when the browser has it)
+  --backend B           auto | webgpu | cpu (default ${DEFAULTS.backend}: WebGPU on a real GPU, else the CPU)
   --quant Q             float weights once loaded: q8 | q4 | none (default ${DEFAULTS.quant}; f32, q8_0,
                         q4_0 also taken)
   --context N           KV cache size in tokens, prompt + new (default ${DEFAULTS.context})

@@ -565,8 +565,8 @@ pub struct Session {
 impl Session {
     /// Loads `model` onto the chosen backend with a KV cache of `context` tokens (capped by the
     /// model's) for one conversation at a time. `progress(done_bytes, total_bytes)` while
-    /// tensors load. With `Device::Auto` a GPU that cannot be set up or cannot hold the model
-    /// leaves the CPU, and `fallback` says why.
+    /// tensors load. With `Device::Auto` a GPU that is a CPU emulation, cannot be set up or cannot
+    /// hold the model leaves the CPU, and `fallback` says why.
     pub async fn load(
         model: OpenedModel,
         choice: BackendChoice,
@@ -594,9 +594,15 @@ impl Session {
         if choice.device != Device::Cpu {
             let loaded = load_on_gpu(&mut files, choice, context, batch, progress).await;
             match loaded {
-                Ok(engine) => {
+                Ok(GpuLoad::Loaded(engine)) => {
                     let backend = on_engine!(&engine, e => e.backend.describe());
                     return Ok(Self { engine, tokenizer, backend, fallback, identity });
+                }
+                Ok(GpuLoad::Emulated(adapter)) => {
+                    fallback = Some(format!(
+                        "passed over the GPU adapter ({adapter}): it emulates a GPU on the CPU, slower than \
+                         the CPU backend; running on the CPU (ask for the GPU backend to use it)"
+                    ))
                 }
                 Err(e) if choice.device == Device::Auto => {
                     fallback = Some(format!("the GPU failed ({e}): running on the CPU"))
@@ -982,7 +988,7 @@ async fn load_on_gpu(
     context: usize,
     batch: usize,
     progress: &mut dyn FnMut(u64, u64),
-) -> Result<AnyEngine> {
+) -> Result<GpuLoad> {
     let options = GpuOptions {
         quant: choice.quant.gpu(),
         linear: choice.linear,
@@ -994,11 +1000,19 @@ async fn load_on_gpu(
         ..GpuOptions::default()
     };
     let gpu = GpuBackend::new(options).await?;
+    let refuse = choice.gpu_refuse_buffer || std::env::var_os("GUARDREASONER_GPU_REFUSE_BUFFER").is_some();
+    // `auto` means the fastest path that works, and a GPU emulated on the CPU is slower than the
+    // CPU backend. A test hook that makes the GPU fail (a refused buffer, a smaller binding limit)
+    // asks for the GPU path all the same, so that the fallback after a failure stays testable
+    // without a real GPU.
+    if choice.device == Device::Auto && gpu.is_emulated() && !refuse && choice.gpu_max_binding_bytes.is_none() {
+        return Ok(GpuLoad::Emulated(gpu.adapter_name().to_string()));
+    }
     // A browser reports a buffer it could not allocate after the load has gone on; the device's
     // verdict on the load's buffers comes first, as what failed after a refused buffer follows
     // from it.
     let scopes = gpu.load_scopes();
-    if choice.gpu_refuse_buffer || std::env::var_os("GUARDREASONER_GPU_REFUSE_BUFFER").is_some() {
+    if refuse {
         gpu.request_refused_buffer();
     }
     let loaded = files
@@ -1006,7 +1020,16 @@ async fn load_on_gpu(
         .and_then(|weights| Engine::new(gpu, files.config.clone(), weights, context, batch, PREFIX_MAX));
     let what =
         format!("the model ({} MiB of weights, a KV cache of {context} tokens x {batch})", files.weight_bytes() >> 20);
-    scopes.finish(&what).await.and(loaded).map(AnyEngine::Gpu)
+    scopes.finish(&what).await.and(loaded).map(|e| GpuLoad::Loaded(AnyEngine::Gpu(e)))
+}
+
+/// What loading onto the GPU gave.
+#[cfg_attr(not(feature = "gpu"), allow(dead_code))]
+#[allow(clippy::large_enum_variant)] // once per load, moved straight into the session
+enum GpuLoad {
+    Loaded(AnyEngine),
+    /// `auto` passed over the adapter, a CPU emulation (named).
+    Emulated(String),
 }
 
 /// Without the `gpu` feature there is no GPU to load onto (`auto` then runs on the CPU).
@@ -1017,7 +1040,7 @@ async fn load_on_gpu(
     _context: usize,
     _batch: usize,
     _progress: &mut dyn FnMut(u64, u64),
-) -> Result<AnyEngine> {
+) -> Result<GpuLoad> {
     Err(Error::Other("this build has no GPU backend (it was built without the `gpu` feature)".into()))
 }
 

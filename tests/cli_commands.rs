@@ -391,6 +391,30 @@ fn a_buffer_the_gpu_refuses_fails_the_load_or_falls_back_to_the_cpu() {
     assert_eq!(answer(&auto), answer(&cpu));
 }
 
+/// `--backend auto` takes the fastest path that works: on a machine whose only GPU adapter is
+/// Mesa's lavapipe (a GPU emulated on the CPU, as on CI) it runs on the CPU, saying why, and
+/// answers as the CPU does; where a real GPU is the adapter, it runs there.
+#[test]
+fn auto_passes_over_a_gpu_emulated_on_the_cpu() {
+    let model = tiny();
+    let run = |backend: &str| {
+        gr(&["moderate", "-m", &model, "-p", "hi", "-n", "8", "--json", "--quant", "none", "--backend", backend])
+    };
+    let (gpu, auto) = (run("gpu"), run("auto"));
+    let (gpu_log, auto_log) = (text(&gpu.stderr), text(&auto.stderr));
+    assert_eq!(auto.status.code(), Some(3), "{auto_log}");
+    if gpu_log.contains("backend: gpu (llvmpipe") {
+        assert!(auto_log.contains("backend: cpu"), "{auto_log}");
+        assert!(auto_log.contains("note: passed over the GPU adapter (llvmpipe"), "{auto_log}");
+        assert!(auto_log.contains("emulates a GPU on the CPU"), "{auto_log}");
+        let answer = |out: &Output| json_lines(&out.stdout).pop().unwrap()["text"].clone();
+        assert_eq!(answer(&auto), answer(&run("cpu")));
+    } else {
+        assert!(gpu_log.contains("backend: gpu ("), "a GPU adapter: {gpu_log}");
+        assert!(auto_log.contains("backend: gpu ("), "a real GPU is taken: {auto_log}");
+    }
+}
+
 #[test]
 fn generate_matches_the_transformers_goldens() {
     let model = tiny();

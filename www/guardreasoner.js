@@ -93,7 +93,8 @@ export class GuardReasoner {
    * origin's private file system (OPFS), resume after a break, and are kept for the next visit;
    * `cache: false` in a URL source keeps nothing (for files already on this machine). A Hub
    * revision (default "main"; also the `revision` option) is resolved to its commit, and the files
-   * are stored under it: an upstream change is a fresh download, never mixed with stored files. Options: `backend` "auto" | "webgpu" | "cpu",
+   * are stored under it: an upstream change is a fresh download, never mixed with stored files. Options: `backend` "auto" (WebGPU on a real
+   * GPU, else the CPU: a fallback adapter emulates a GPU on the CPU, slower than the CPU path) | "webgpu" | "cpu",
    * `quant` "q8" | "q4" | "none" (float weights once loaded; "f32", "q8_0", "q4_0" also taken),
    * `context` (tokens per conversation), `batch` (conversations decoded together: default
    * `DEFAULTS.batch` on WebGPU, 1 on the CPU; each needs its own KV cache), `onProgress` (phases: "download" with loaded/total/rate/eta/resumedFrom,

@@ -67,7 +67,8 @@ pub struct ModelArgs {
     #[arg(long)]
     pub quiet: bool,
     /// Where it runs: cpu, gpu (WebGPU through wgpu: Vulkan natively; `webgpu` also accepted) or
-    /// auto (the GPU when it loads, else the CPU).
+    /// auto (a GPU when one loads, else the CPU; a GPU emulated on the CPU, like Mesa's lavapipe,
+    /// is passed over as slower than the CPU backend).
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     pub backend: Device,
     /// Float weights once loaded: q8 (8-bit blocks, near-lossless; the default, as in the

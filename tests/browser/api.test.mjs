@@ -63,6 +63,14 @@ test("with WebGPU disabled the CPU fallback gives the same tokens and says so", 
   assert.deepEqual(out.streamed, out.tokens, "streamed tokens equal the result");
 });
 
+test("auto passes over the browser's fallback adapter (a GPU emulated on the CPU), says so, and gives the same tokens", async () => {
+  const { out, seq } = await generateInBrowser(true, "auto");
+  assert.match(out.backend, /^cpu/, `backend: ${out.backend}`);
+  assert.match(out.fallback || "", /passed over the GPU adapter \(browser WebGPU fallback adapter, CPU emulation\): it emulates a GPU on the CPU/);
+  assert.deepEqual(out.tokens, seq.greedy_new_tokens.slice(0, out.tokens.length));
+  assert.ok(out.tokens.length >= 32, `only ${out.tokens.length} tokens`);
+});
+
 // Cancellation belongs to one request: aborting A and at once submitting B stops A (B's submit
 // does not clear A's cancel); aborting a queued D leaves the running C alone; terminate()
 // settles every pending call, and later calls fail at once; an empty prompt is refused.

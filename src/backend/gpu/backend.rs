@@ -558,6 +558,8 @@ pub struct GpuBackend {
     device: wgpu::Device,
     queue: wgpu::Queue,
     adapter: String,
+    /// The adapter runs on the CPU (lavapipe, the browser's SwiftShader fallback).
+    emulated: bool,
     opts: GpuOptions,
     /// The linear kernel `opts.linear` resolved for this adapter.
     row_per_thread: bool,
@@ -703,6 +705,7 @@ impl GpuBackend {
             device,
             queue,
             adapter,
+            emulated: on_cpu,
             opts,
             row_per_thread,
             // The row-per-thread kernel is for CPU emulations, where f16 is emulated in f32.
@@ -734,6 +737,12 @@ impl GpuBackend {
 
     pub fn adapter_name(&self) -> &str {
         &self.adapter
+    }
+
+    /// Whether the adapter is a CPU emulation of a GPU (lavapipe, the browser's SwiftShader
+    /// fallback): slower than the CPU backend, so `auto` passes it over.
+    pub fn is_emulated(&self) -> bool {
+        self.emulated
     }
 
     /// Run `subgroup_probe.wgsl` once: the subgroup size if every invocation of a workgroup is
