@@ -31,7 +31,7 @@ test("--batch never changes a prediction: batch 1, 4 and 8 on WebGPU, 1 and 4 on
     });
   };
   const nativeOut = path.join(tmp, "batch-native");
-  const r = spawnSync(native, ["predict", "--quiet", "--model", model, "--benchmark-dir", benchmarkDir, "--datasets", "SimpleSafetyTests,ToxicChat", "--limit", "12", "--max-new-tokens", "16", "--batch", "1", "--out", nativeOut], { encoding: "utf8" });
+  const r = spawnSync(native, ["predict", "--quiet", "--model", model, "--benchmark-dir", benchmarkDir, "--datasets", "SimpleSafetyTests,ToxicChat", "--limit", "12", "--max-new-tokens", "16", "--batch", "1", "--quant", "none", "--out", nativeOut], { encoding: "utf8" });
   assert.equal(r.status, 0, r.stderr);
   const reference = ["SimpleSafetyTests", "ToxicChat"].map((d) => fs.readFileSync(predictionsFile(nativeOut, d), "utf8")).join("");
   assert.equal(reference.split("\n").filter((l) => l).length, 24);
@@ -115,7 +115,7 @@ test("soak: SIGKILL to the evaluator and its Chromium, or to Chromium alone, at 
   const limit = 4; // HarmBenchResponse's 5th prompt is longer than the tiny model's context
   const newTokens = 300; // ~0.8 s an item on the wasm CPU path: a run of ~10 s to kill within
   const reference = path.join(tmp, "soak-native");
-  const n = spawnSync(native, ["predict", "--model", model, "--quiet", "--benchmark-dir", benchmarkDir, "--datasets", DATASETS.join(","), "--limit", String(limit), "--max-new-tokens", String(newTokens), "--out", reference], { encoding: "utf8" });
+  const n = spawnSync(native, ["predict", "--model", model, "--quiet", "--benchmark-dir", benchmarkDir, "--datasets", DATASETS.join(","), "--limit", String(limit), "--max-new-tokens", String(newTokens), "--quant", "none", "--out", reference], { encoding: "utf8" });
   assert.equal(n.status, 0, n.stderr);
   const out = path.join(tmp, "soak");
   // One profile for every run, as a user's reruns would have. (--limit and --max-new-tokens are

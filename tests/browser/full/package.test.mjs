@@ -34,7 +34,7 @@ before(() => {
   work = fs.mkdtempSync(path.join(os.tmpdir(), "guardreasoner-npm-"));
   const packed = JSON.parse(execFileSync("npm", ["pack", path.join(repo, "www"), "--pack-destination", work, "--json"], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] }));
   tarball = path.join(work, packed[0].filename);
-  const r = spawnSync(native, ["moderate", "--model", tiny, "--quiet", "-n", String(NEW_TOKENS), "--input", "-"], { input: JSON.stringify({ prompt: PROMPT }) + "\n", encoding: "utf8" });
+  const r = spawnSync(native, ["moderate", "--model", tiny, "--quiet", "--quant", "none", "-n", String(NEW_TOKENS), "--input", "-"], { input: JSON.stringify({ prompt: PROMPT }) + "\n", encoding: "utf8" });
   // Exit 3: the answer was cut off before a verdict (at 24 tokens), which is all this needs.
   assert.ok([0, 3].includes(r.status), r.stderr);
   expected = JSON.parse(r.stdout.trim());
