@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // The headless-browser batch evaluator: serves the repository on 127.0.0.1, opens evaluator/page.html
-// in headless Chromium (the same wasm module and Web Worker as the demo, on WebGPU when the
-// browser has it), feeds it the paper's benchmark items and writes
+// in headless Chromium (the same wasm module and Web Worker as the demo, on WebGPU on a real GPU,
+// else on the wasm CPU path), feeds it the paper's benchmark items and writes
 // OUT/<Dataset>/generated_predictions.jsonl item by item (each line synced to disk, so a killed
 // run loses nothing finished and a rerun resumes), then scores the run with the project's scorer.
 // Run it through evaluator/evaluate.sh, which builds what it needs first. The steps: plan (items,

@@ -226,15 +226,26 @@ async function resolveFiles(source, id, quotaOverride) {
   }
 }
 
+/** Whether the adapter a load would get is the browser's fallback (a GPU emulated on the CPU,
+ * such as SwiftShader). */
+async function isFallbackAdapter() {
+  const adapter = await self.navigator.gpu.requestAdapter({ powerPreference: "high-performance" }).catch(() => null);
+  return Boolean(adapter && (adapter.info?.isFallbackAdapter ?? adapter.isFallbackAdapter));
+}
+
 async function handle(msg) {
   const { id, type } = msg;
   try {
     if (type === Request.load) {
-      // The core picks the device ("auto": WebGPU, else the CPU, saying why) and refuses unknown
-      // words; only a browser without WebGPU at all is decided here.
+      // The core picks the device ("auto": a real GPU, else the CPU, saying why) and refuses
+      // unknown words. Decided here, before the wasm build is chosen (threads, batch): a browser
+      // without WebGPU, and one whose only adapter is a fallback that emulates a GPU on the CPU
+      // (slower than the CPU path), unless a test hook makes the GPU fail on purpose.
       const wanted = msg.backend || DEFAULTS.backend;
       const noWebGpu = wanted === "auto" && !self.navigator.gpu;
-      const onCpu = noWebGpu || wanted === "cpu";
+      const hooked = msg.testRefuseGpuBuffer === true || msg.gpuBufferLimit != null;
+      const emulated = wanted === "auto" && !noWebGpu && !hooked && (await isFallbackAdapter());
+      const onCpu = noWebGpu || emulated || wanted === "cpu";
       await start(onCpu, msg.threads, msg.relaxedSimd);
       const { files, release } = await resolveFiles(msg.source, id, msg.quotaOverride);
       // On the wasm CPU path one conversation at a time unless asked: its KV caches share
@@ -254,7 +265,11 @@ async function handle(msg) {
       } finally {
         await release(); // the weights are in wasm or GPU memory now (or the load failed)
       }
-      const fallback = noWebGpu ? "WebGPU is not available in this browser: running on the CPU" : (session.fallback() ?? null);
+      const fallback = noWebGpu
+        ? "WebGPU is not available in this browser: running on the CPU"
+        : emulated
+          ? 'the browser\'s only WebGPU adapter is a fallback that emulates a GPU on the CPU, slower than the CPU path: running on the CPU (ask for backend "webgpu" to use it)'
+          : (session.fallback() ?? null);
       post({ id, type: Reply.result, backend: session.backend(), fallback, modelIdentity: session.model_identity(), batch: session.batch(), threads });
     } else if (type === Request.cancelFlag) {
       cancelFlags = new Int32Array(msg.buffer);

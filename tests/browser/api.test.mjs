@@ -32,7 +32,7 @@ async function generateInBrowser(webgpu, backend) {
         const res = await guard.generate(ids, { maxNewTokens: n, onToken: (t) => streamed.push(t.token) });
         const tokenized = await guard.tokenize("Hello, world!");
         guard.terminate();
-        return { backend: guard.backend, fallback: guard.fallback, streamed, tokens: res.tokens, tokenized };
+        return { backend: guard.backend, fallback: guard.fallback, batch: guard.batch, streamed, tokens: res.tokens, tokenized };
       },
       { folder: tinyFolder, ids: seq.input_ids, n: seq.greedy_new_tokens.length, backend },
     ).catch((e) => {
@@ -66,7 +66,8 @@ test("with WebGPU disabled the CPU fallback gives the same tokens and says so", 
 test("auto passes over the browser's fallback adapter (a GPU emulated on the CPU), says so, and gives the same tokens", async () => {
   const { out, seq } = await generateInBrowser(true, "auto");
   assert.match(out.backend, /^cpu/, `backend: ${out.backend}`);
-  assert.match(out.fallback || "", /passed over the GPU adapter \(browser WebGPU fallback adapter, CPU emulation\): it emulates a GPU on the CPU/);
+  assert.match(out.fallback || "", /fallback that emulates a GPU on the CPU, slower than the CPU path/);
+  assert.equal(out.batch, 1, "the CPU path's batch, not the GPU's");
   assert.deepEqual(out.tokens, seq.greedy_new_tokens.slice(0, out.tokens.length));
   assert.ok(out.tokens.length >= 32, `only ${out.tokens.length} tokens`);
 });
