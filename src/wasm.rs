@@ -249,44 +249,6 @@ impl WasmSession {
             }))
         })
     }
-
-    /// Classify a conversation: builds the GuardReasoner prompt, streams `on_event(event)` for
-    /// every text delta (`{type: "token", text}`) and reasoning event, and resolves to the
-    /// session's classification (`{request, completion, response, verdictFound, problem, tasks,
-    /// text, promptTokens, reusedTokens, newTokens, stop, timings}`).
-    pub fn moderate(
-        &self,
-        prompt: String,
-        response: Option<String>,
-        max_new: u32,
-        on_event: Function,
-        is_cancelled: Function,
-    ) -> Promise {
-        match checked_guard_prompt(&prompt, response.as_deref()) {
-            Ok(text) => self.classify(text, max_new, on_event, is_cancelled),
-            Err(e) => Promise::reject(&JsError::new(&e).into()),
-        }
-    }
-
-    /// As `moderate`, on a complete GuardReasoner prompt text (instruction and conversation, as
-    /// the benchmark files hold it; BOS is added here).
-    // The borrow is the session's lock: held for the whole run, so a second call is refused.
-    #[allow(clippy::await_holding_refcell_ref)]
-    pub fn classify(&self, text: String, max_new: u32, on_event: Function, is_cancelled: Function) -> Promise {
-        let session = self.session.clone();
-        future_to_promise(async move {
-            let mut session = session.try_borrow_mut().map_err(|_| js_err("busy: one run at a time"))?;
-            let mut emit = |event: ClassifyEvent| -> Result<()> {
-                let value = to_js(&event.to_json()).map_err(|e| Error::Other(js_message(&e)))?;
-                on_event.call1(&JsValue::NULL, &value).map(|_| ()).map_err(|e| Error::Other(js_message(&e)))
-            };
-            let options = RunOptions::new(max_new as usize);
-            let out =
-                session.classify(&text, &options, &cancel_poll(&is_cancelled), &mut emit).await.map_err(js_err)?;
-            reject_cancelled(out.stop)?;
-            to_js_value(&out)
-        })
-    }
 }
 
 #[wasm_bindgen(js_class = Session)]
