@@ -57,7 +57,8 @@ impl Device {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Quant {
-    /// Keep the file's types (bf16/f16 load as f32: exact).
+    /// Keep the file's types, with f32 math (exact): bf16 stays bf16 on the CPU; the GPU holds
+    /// f32 (f16 as packed f16 pairs).
     None,
     /// 8-bit blocks of 32 (GGML Q8_0 on the CPU): near-lossless, about a quarter of f32.
     Q8,

@@ -90,7 +90,7 @@ fn every_quantization_loads_and_classifies() {
                 assert_eq!(done["newTokens"], g.tokens as u64, "{name} on {backend} --quant {quant}");
                 let engine = done["backend"].as_str().unwrap_or_default();
                 if backend == "cpu" && quant != "none" && name == "zoo_mqa" {
-                    assert!(engine.contains("kept in f32"), "{name} --quant {quant}: {engine}");
+                    assert!(engine.contains("kept as floats"), "{name} --quant {quant}: {engine}");
                 }
             }
         }

@@ -4,7 +4,7 @@
 //! GGML types.
 
 use super::cpu_blocks::BlockMatrix;
-use super::cpu_float::FloatMatrix;
+use super::cpu_float::{Bf16, FloatMatrix};
 use super::{Backend, Span, unfused};
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
@@ -20,7 +20,7 @@ pub struct CpuBackend {
     device: Device,
     /// Re-quantize float matrices on load (None keeps them f32: the path the goldens check).
     quant: Option<GgmlDType>,
-    /// Float tensors `quant` could not take, kept in f32: rows that are not whole blocks (as
+    /// Float tensors `quant` could not take, kept as floats: rows that are not whole blocks (as
     /// llama.cpp's converter keeps such tensors in a wider type); `describe` says how many.
     kept_float: AtomicUsize,
 }
@@ -35,27 +35,40 @@ impl CpuBackend {
         Ok(Tensor::from_vec(values, t.shape.as_slice(), &self.device)?)
     }
 
-    /// A float weight as our f32 matrix, converted a row at a time (never a whole f32 copy beside
-    /// the interleaved one).
+    /// A float weight as our float matrix, converted a row at a time (never a whole f32 copy
+    /// beside the interleaved one); bf16 stays bf16 (widened exactly as the products read it).
     fn float_matrix(&self, t: &HostTensor) -> Result<Arc<FloatMatrix>> {
         let (rows, cols) = match t.shape.as_slice() {
             &[rows, cols] => (rows, cols),
             shape => return Err(Error::Other(format!("tensor {} is {shape:?}, not a matrix", t.name))),
         };
-        let size = match t.storage {
-            StorageType::F32 => 4,
-            StorageType::F16 | StorageType::BF16 => 2,
+        // GGUF's F32, F16 and BF16 tensors are the same little-endian rows as safetensors'.
+        let float = match t.storage {
+            StorageType::F32 | StorageType::Ggml(GgmlDType::F32) => StorageType::F32,
+            StorageType::F16 | StorageType::Ggml(GgmlDType::F16) => StorageType::F16,
+            StorageType::BF16 | StorageType::Ggml(GgmlDType::BF16) => StorageType::BF16,
             StorageType::Ggml(dtype) => {
                 return Err(Error::Other(format!("tensor {} is {dtype:?}-quantized, not plain floats", t.name)));
             }
         };
+        let size = if float == StorageType::F32 { 4 } else { 2 };
         if Some(t.bytes.len()) != rows.checked_mul(cols).and_then(|n| n.checked_mul(size)) {
             return Err(Error::Other(format!("tensor {} holds {} bytes for {rows}x{cols}", t.name, t.bytes.len())));
+        }
+        if float == StorageType::BF16 {
+            let matrix = FloatMatrix::from_bf16_rows(rows, cols, |r, out| {
+                let bytes = &t.bytes[r * cols * 2..(r + 1) * cols * 2];
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = Bf16(u16::from_le_bytes([c[0], c[1]]));
+                }
+                Ok(())
+            })?;
+            return Ok(Arc::new(matrix));
         }
         let matrix = FloatMatrix::from_rows(rows, cols, |r, out| {
             let bytes = &t.bytes[r * cols * size..(r + 1) * cols * size];
             for (o, c) in out.iter_mut().zip(bytes.chunks_exact(size)) {
-                *o = match t.storage {
+                *o = match float {
                     StorageType::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
                     StorageType::F16 => half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
                     _ => half::bf16::from_le_bytes([c[0], c[1]]).to_f32(),
@@ -64,13 +77,6 @@ impl CpuBackend {
             Ok(())
         })?;
         Ok(Arc::new(matrix))
-    }
-
-    /// A GGML float tensor (F32, F16, BF16 in a GGUF file) as our f32 matrix.
-    fn float_matrix_from_ggml(&self, q: &QTensor) -> Result<Arc<FloatMatrix>> {
-        let (rows, cols) = q.shape().dims2()?;
-        let values = q.dequantize(&self.device)?.flatten_all()?.to_vec1::<f32>()?;
-        Ok(Arc::new(FloatMatrix::from_slice(&values, rows, cols)?))
     }
 
     fn qtensor(&self, t: &HostTensor, dtype: GgmlDType) -> Result<QTensor> {
@@ -104,8 +110,10 @@ pub enum CpuMatrix {
     Candle(QMatMul),
 }
 
-fn is_float(dtype: GgmlDType) -> bool {
-    matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+/// A GGUF tensor of plain floats (F32, F16, BF16): kept as floats whatever the quant says, as
+/// GGUF block types keep their blocks.
+fn is_ggml_float(t: &HostTensor) -> bool {
+    matches!(t.storage, StorageType::Ggml(GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16))
 }
 
 fn block_matrix(q: &QTensor) -> Result<Option<CpuMatrix>> {
@@ -154,7 +162,7 @@ impl Backend for CpuBackend {
             0 => String::new(),
             n => {
                 let block = self.quant.map_or(0, |d| d.block_size());
-                format!("; {n} tensors kept in f32, their rows not whole {block}-weight blocks")
+                format!("; {n} tensors kept as floats, their rows not whole {block}-weight blocks")
             }
         };
         format!(
@@ -165,8 +173,10 @@ impl Backend for CpuBackend {
     }
 
     fn matrix(&self, t: HostTensor) -> Result<CpuMatrix> {
+        if is_ggml_float(&t) {
+            return Ok(CpuMatrix::Float(self.float_matrix(&t)?));
+        }
         match self.quantized(&t)? {
-            Some(q) if is_float(q.dtype()) => Ok(CpuMatrix::Float(self.float_matrix_from_ggml(&q)?)),
             Some(q) => match block_matrix(&q)? {
                 Some(m) => Ok(m),
                 None => Ok(CpuMatrix::Candle(QMatMul::from_qtensor(q)?)),
@@ -176,12 +186,14 @@ impl Backend for CpuBackend {
     }
 
     fn embedding(&self, t: HostTensor) -> Result<CpuEmbedding> {
+        if is_ggml_float(&t) {
+            return Ok(CpuEmbedding::Float(self.float_matrix(&t)?));
+        }
         match self.quantized(&t)? {
-            Some(q) if !is_float(q.dtype()) => Ok(match block_matrix(&q)? {
+            Some(q) => Ok(match block_matrix(&q)? {
                 Some(CpuMatrix::Blocks(m)) => CpuEmbedding::Blocks(m),
                 _ => CpuEmbedding::Quantized(Arc::new(q)),
             }),
-            Some(q) => Ok(CpuEmbedding::Float(self.float_matrix_from_ggml(&q)?)),
             None => Ok(CpuEmbedding::Float(self.float_matrix(&t)?)),
         }
     }
@@ -286,11 +298,18 @@ impl Backend for CpuBackend {
     }
 
     fn linear(&self, x: &Tensor, w: &CpuMatrix) -> Result<Tensor> {
-        let seq = x.dim(0)?;
-        let values = || x.flatten_all()?.to_vec1::<f32>();
+        let (seq, width) = x.dims2()?;
+        let values = |cols: usize| {
+            if width != cols {
+                return Err(Error::Backend(format!("a product of {width}-wide rows with a {cols}-wide matrix")));
+            }
+            Ok(x.flatten_all()?.to_vec1::<f32>()?)
+        };
         match w {
-            CpuMatrix::Float(m) => Ok(Tensor::from_vec(m.forward(&values()?, seq), (seq, m.rows), &self.device)?),
-            CpuMatrix::Blocks(m) => Ok(Tensor::from_vec(m.forward(&values()?, seq), (seq, m.rows), &self.device)?),
+            CpuMatrix::Float(m) => Ok(Tensor::from_vec(m.forward(&values(m.cols)?, seq), (seq, m.rows), &self.device)?),
+            CpuMatrix::Blocks(m) => {
+                Ok(Tensor::from_vec(m.forward(&values(m.cols)?, seq), (seq, m.rows), &self.device)?)
+            }
             CpuMatrix::Candle(m) => Ok(m.forward(x)?),
         }
     }

@@ -72,11 +72,11 @@ pub struct ModelArgs {
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     pub backend: Device,
     /// Float weights once loaded: q8 (8-bit blocks, near-lossless; the default, as in the
-    /// browser), q4 (4-bit, faster still, some accuracy cost) or none (the file's own types, bf16
-    /// loaded as f32: exact, for reproducing reference runs). Also f32, q8_0, q4_0. Quantized GGUF
-    /// weights keep their own types. On a GuardReasoner-1B-shaped bf16 folder, 2 CPU cores: none
-    /// decodes about 6 tokens/s with a 5.1 GB peak, q8 about 18 with 1.9 GB, q4 about 27 with
-    /// 1.8 GB.
+    /// browser), q4 (4-bit, faster still, some accuracy cost) or none (the file's own types, with
+    /// f32 math: exact, for reproducing reference runs; f16 held as f32). Also f32, q8_0, q4_0. Quantized GGUF
+    /// weights keep their own types. On a GuardReasoner-1B-shaped bf16 folder, 2 CPU cores: q8
+    /// decodes about 18 tokens/s with a 1.85 GiB peak, q4 about 27 with 1.68 GiB, none about
+    /// 13 with 2.43 GiB.
     #[arg(long, default_value = "q8", value_parser = parse_quant)]
     pub quant: Quant,
     /// KV cache size in tokens (prompt + new tokens) of one conversation; capped by the model's
