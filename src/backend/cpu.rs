@@ -4,7 +4,7 @@
 //! GGML types.
 
 use super::cpu_blocks::BlockMatrix;
-use super::cpu_float::{Bf16, FloatMatrix};
+use super::cpu_float::{Bf16, Element, FloatMatrix};
 use super::{Backend, Span, unfused};
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
@@ -55,27 +55,27 @@ impl CpuBackend {
         if Some(t.bytes.len()) != rows.checked_mul(cols).and_then(|n| n.checked_mul(size)) {
             return Err(Error::Other(format!("tensor {} holds {} bytes for {rows}x{cols}", t.name, t.bytes.len())));
         }
-        if float == StorageType::BF16 {
-            let matrix = FloatMatrix::from_bf16_rows(rows, cols, |r, out| {
-                let bytes = &t.bytes[r * cols * 2..(r + 1) * cols * 2];
-                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = Bf16(u16::from_le_bytes([c[0], c[1]]));
+        // Row `r`'s values, each from its `size` bytes.
+        fn read<E: Element>(
+            t: &HostTensor,
+            rows: usize,
+            cols: usize,
+            size: usize,
+            value: fn(&[u8]) -> E,
+        ) -> Result<FloatMatrix> {
+            FloatMatrix::from_rows(rows, cols, |r, out| {
+                let bytes = &t.bytes[r * cols * size..(r + 1) * cols * size];
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(size)) {
+                    *o = value(c);
                 }
                 Ok(())
-            })?;
-            return Ok(Arc::new(matrix));
+            })
         }
-        let matrix = FloatMatrix::from_rows(rows, cols, |r, out| {
-            let bytes = &t.bytes[r * cols * size..(r + 1) * cols * size];
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(size)) {
-                *o = match float {
-                    StorageType::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
-                    StorageType::F16 => half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
-                    _ => half::bf16::from_le_bytes([c[0], c[1]]).to_f32(),
-                };
-            }
-            Ok(())
-        })?;
+        let matrix = match float {
+            StorageType::F32 => read(t, rows, cols, 4, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))?,
+            StorageType::F16 => read(t, rows, cols, 2, |c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())?,
+            _ => read(t, rows, cols, 2, |c| Bf16(u16::from_le_bytes([c[0], c[1]])))?,
+        };
         Ok(Arc::new(matrix))
     }
 

@@ -37,6 +37,8 @@ unsafe impl bytemuck::Zeroable for Bf16 {}
 /// A weight as the matrix holds it, widened to f32 exactly on every load.
 pub trait Element: Copy + Default + Send + Sync + bytemuck::Zeroable + 'static {
     fn f32(self) -> f32;
+    /// Interleaved weights of this type, as the matrix keeps them.
+    fn held(w: Vec<Self>) -> Held;
 }
 
 impl Element for f32 {
@@ -44,12 +46,18 @@ impl Element for f32 {
     fn f32(self) -> f32 {
         self
     }
+    fn held(w: Vec<f32>) -> Held {
+        Held::F32(w)
+    }
 }
 
 impl Element for Bf16 {
     #[inline(always)]
     fn f32(self) -> f32 {
         f32::from_bits((self.0 as u32) << 16)
+    }
+    fn held(w: Vec<Bf16>) -> Held {
+        Held::Bf16(w)
     }
 }
 
@@ -61,7 +69,8 @@ pub struct FloatMatrix {
     w: Held,
 }
 
-enum Held {
+/// The weights, interleaved, in the type they are held in.
+pub enum Held {
     F32(Vec<f32>),
     Bf16(Vec<Bf16>),
 }
@@ -91,22 +100,14 @@ fn interleave<E: Element>(
 }
 
 impl FloatMatrix {
-    /// From `rows` rows of `cols` f32 values, each written by `fill(row, out)`.
-    pub fn from_rows(
+    /// From `rows` rows of `cols` values (f32, or bf16 held as bf16), each written by
+    /// `fill(row, out)`.
+    pub fn from_rows<E: Element>(
         rows: usize,
         cols: usize,
-        fill: impl FnMut(usize, &mut [f32]) -> crate::error::Result<()>,
+        fill: impl FnMut(usize, &mut [E]) -> crate::error::Result<()>,
     ) -> crate::error::Result<Self> {
-        Ok(Self { rows, cols, w: Held::F32(interleave(rows, cols, fill)?) })
-    }
-
-    /// From `rows` rows of `cols` bf16 values, each written by `fill(row, out)`, held as bf16.
-    pub fn from_bf16_rows(
-        rows: usize,
-        cols: usize,
-        fill: impl FnMut(usize, &mut [Bf16]) -> crate::error::Result<()>,
-    ) -> crate::error::Result<Self> {
-        Ok(Self { rows, cols, w: Held::Bf16(interleave(rows, cols, fill)?) })
+        Ok(Self { rows, cols, w: E::held(interleave(rows, cols, fill)?) })
     }
 
     /// From a row-major `(rows, cols)` slice.
@@ -487,7 +488,7 @@ mod tests {
         let bf16: Vec<Bf16> = values.iter().map(|v| Bf16((v.to_bits() >> 16) as u16)).collect();
         let x = crate::synth::random_values(8, seq * cols, 1.0);
         let f32s = FloatMatrix::from_slice(&values, rows, cols).unwrap();
-        let halves = FloatMatrix::from_bf16_rows(rows, cols, |r, out| {
+        let halves = FloatMatrix::from_rows(rows, cols, |r, out| {
             out.copy_from_slice(&bf16[r * cols..(r + 1) * cols]);
             Ok(())
         })
