@@ -5,7 +5,7 @@
 //! steps, starting from the shared prefix (`Engine::start`), so its arithmetic is the same in any
 //! slot, at any batch size, whatever ran before (ARCHITECTURE.md §5).
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Chosen};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::generate::{StopReason, only};
@@ -26,8 +26,8 @@ pub enum BatchEvent {
     /// The prompt has run in `slot`, in `prefill_s` seconds; `refill` when the slot was freed by
     /// an earlier request while others were still decoding (continuous batching at work).
     Started { item: usize, slot: usize, prompt_tokens: usize, reused_tokens: usize, prefill_s: f64, refill: bool },
-    /// A new token (stop ids are never reported).
-    Token { item: usize, id: u32 },
+    /// A new token with its watched logits (stop ids are never reported).
+    Token { item: usize, chosen: Chosen },
     /// The sequence ended; its slot is free.
     Finished { item: usize, stop: StopReason, new_tokens: usize },
     /// The request could not start (its prompt: too long, empty, out of the vocabulary); the
@@ -142,7 +142,7 @@ pub async fn run_batch<B: Backend>(
                     prefill_s: began.elapsed().as_secs_f64(),
                     refill,
                 })?;
-                let token = only(engine.backend.choose(&logits)?)?;
+                let token = only(engine.choose(&logits)?)?;
                 slots[slot] = Some(Sequence {
                     item,
                     slot,
@@ -175,7 +175,7 @@ pub async fn run_batch<B: Backend>(
             let steps: Vec<(usize, B::Token, Option<u32>)> =
                 rows.iter().filter_map(|&s| slots[s].as_ref().map(|q| (s, q.newest.clone(), q.newest_id))).collect();
             let logits = engine.step_many(&steps)?;
-            let tokens = engine.backend.choose(&logits)?;
+            let tokens = engine.choose(&logits)?;
             drop(logits);
             stats.steps += 1;
             stats.decode_rows += rows.len();
@@ -195,11 +195,11 @@ pub async fn run_batch<B: Backend>(
                 *place = Some(seq);
                 continue;
             };
-            let id = engine.backend.token_id(&token).await?;
+            let chosen = engine.backend.read_token(&token).await?;
             if seq.unread.is_empty() {
-                seq.newest_id = Some(id);
+                seq.newest_id = Some(chosen.id);
             }
-            *place = accept(engine, seq, id, stop_ids, is_cancelled, on_event)?;
+            *place = accept(engine, seq, chosen, stop_ids, is_cancelled, on_event)?;
         }
     }
 }
@@ -209,20 +209,20 @@ pub async fn run_batch<B: Backend>(
 fn accept<B: Backend>(
     engine: &Engine<B>,
     mut seq: Sequence<B::Token>,
-    id: u32,
+    chosen: Chosen,
     stop_ids: &[u32],
     is_cancelled: &dyn Fn(usize) -> bool,
     on_event: &mut dyn FnMut(BatchEvent) -> Result<()>,
 ) -> Result<Option<Sequence<B::Token>>> {
     let stop = if is_cancelled(seq.item) {
         Some(StopReason::Cancelled)
-    } else if stop_ids.contains(&id) {
+    } else if stop_ids.contains(&chosen.id) {
         Some(StopReason::Eos)
     } else if seq.new_tokens >= seq.max_new_tokens {
         Some(StopReason::MaxTokens)
     } else {
         seq.new_tokens += 1;
-        on_event(BatchEvent::Token { item: seq.item, id })?;
+        on_event(BatchEvent::Token { item: seq.item, chosen })?;
         if seq.new_tokens >= seq.max_new_tokens {
             Some(StopReason::MaxTokens)
         } else if seq.prompt_tokens + seq.new_tokens > engine.context_len() {

@@ -27,6 +27,8 @@ pub struct Engine<B: Backend> {
     prefix: Vec<u32>,
     prefix_cap: usize,
     max_seq: usize,
+    /// Ids whose logits every choice keeps beside its token (`Engine::choose`).
+    watch: Vec<u32>,
 }
 
 impl<B: Backend> Engine<B> {
@@ -56,6 +58,7 @@ impl<B: Backend> Engine<B> {
             prefix: Vec::new(),
             prefix_cap,
             max_seq,
+            watch: Vec::new(),
         })
     }
 
@@ -163,6 +166,24 @@ impl<B: Backend> Engine<B> {
         }
         self.cached[slot].extend_from_slice(&ids[..reuse]);
         self.run_prompt(slot, ids, is_cancelled)
+    }
+
+    /// Ids whose logits every later choice keeps beside its token (the verdict words' first
+    /// tokens, for scores); none by default.
+    pub fn watch(&mut self, ids: &[u32]) -> Result<()> {
+        if ids.len() > crate::backend::MAX_WATCH {
+            return Err(Error::Backend(format!("{} ids watched, at most {}", ids.len(), crate::backend::MAX_WATCH)));
+        }
+        if let Some(id) = ids.iter().find(|&&id| id as usize >= self.config.vocab_size) {
+            return Err(Error::Backend(format!("watched id {id} is outside the vocabulary")));
+        }
+        self.watch = ids.to_vec();
+        Ok(())
+    }
+
+    /// Queue the choice of each row's next token (`Backend::choose`), with the watched logits.
+    pub fn choose(&self, logits: &B::Act) -> Result<Vec<B::Token>> {
+        self.backend.choose(logits, &self.watch)
     }
 
     /// Append one token to slot 0; returns the logits that predict the next.

@@ -9,7 +9,7 @@ use crate::format::safetensors::read_index;
 use crate::format::{HostTensor, MemorySource, TensorIndex};
 use crate::guard::{
     DatasetPredictions, ReasoningParser, Task, evaluate, find_verdict, parse_benchmark_json, parse_predictions_jsonl,
-    prediction_tail,
+    parse_scores_jsonl, prediction_tail,
 };
 use crate::loader::{OpenedModel, open_gguf};
 
@@ -103,6 +103,7 @@ pub fn predictions(data: &[u8]) {
             dataset: name.to_string(),
             source: "fuzz.jsonl".into(),
             records: records.clone(),
+            scores: parse_scores_jsonl("fuzz.scores.jsonl", &text).unwrap_or_default(),
         })
         .collect();
     if let Ok(report) = evaluate(&predictions, benchmark.as_deref()) {

@@ -2,7 +2,7 @@
 //! limit, a full context, or cancellation; and a detokenizer that turns the ids into text deltas
 //! without ever emitting a broken UTF-8 sequence.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Chosen};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::tokenizer::TextTokenizer;
@@ -43,11 +43,9 @@ pub struct Generation {
 /// Things the caller learns as they happen.
 pub enum Progress {
     /// The prompt has run (the time to here is the prefill time).
-    PromptDone {
-        prompt_tokens: usize,
-        reused_tokens: usize,
-    },
-    Token(u32),
+    PromptDone { prompt_tokens: usize, reused_tokens: usize },
+    /// A new token, with its watched logits (`Engine::watch`).
+    Token(Chosen),
 }
 
 /// Greedy decoding with the device ahead of the host. Each step's token is chosen on the device
@@ -69,7 +67,7 @@ pub struct Pipeline<B: Backend> {
 impl<B: Backend> Pipeline<B> {
     /// Start from the logits of a prompt's last token (`Engine::prefill`).
     pub fn new(engine: &Engine<B>, logits: &B::Act) -> Result<Self> {
-        let first = only(engine.backend.choose(logits)?)?;
+        let first = only(engine.choose(logits)?)?;
         Ok(Self { unread: VecDeque::from([first.clone()]), newest: first, read: Vec::new(), start: engine.position() })
     }
 
@@ -81,7 +79,7 @@ impl<B: Backend> Pipeline<B> {
             // The step feeds the newest token: known if the host has read it.
             let known = self.read.get(self.chosen() - 1).copied();
             let logits = engine.step_token(&self.newest, known)?;
-            self.newest = only(engine.backend.choose(&logits)?)?;
+            self.newest = only(engine.choose(&logits)?)?;
             self.unread.push_back(self.newest.clone());
         }
         Ok(())
@@ -92,16 +90,16 @@ impl<B: Backend> Pipeline<B> {
         self.read.len() + self.unread.len()
     }
 
-    /// The next token's id, in order; `None` when no token is left to read (nothing more could
-    /// be queued).
-    pub async fn next(&mut self, engine: &mut Engine<B>) -> Result<Option<u32>> {
+    /// The next token, in order; `None` when no token is left to read (nothing more could be
+    /// queued).
+    pub async fn next(&mut self, engine: &mut Engine<B>) -> Result<Option<Chosen>> {
         let Some(token) = self.unread.pop_front() else {
             return Ok(None);
         };
-        let id = engine.backend.token_id(&token).await?;
-        engine.settle(self.start + self.read.len(), id);
-        self.read.push(id);
-        Ok(Some(id))
+        let chosen = engine.backend.read_token(&token).await?;
+        engine.settle(self.start + self.read.len(), chosen.id);
+        self.read.push(chosen.id);
+        Ok(Some(chosen))
     }
 
     /// Keep in the cache only the first `kept` tokens of the generation (what steps ran past
@@ -161,7 +159,7 @@ pub async fn generate_in<B: Backend>(
                 // Nothing more could be queued below the token limit: the context is full.
                 return Ok(StopReason::ContextFull);
             };
-            if opts.stop_ids.contains(&next) {
+            if opts.stop_ids.contains(&next.id) {
                 return Ok(StopReason::Eos);
             }
             if tokens.len() >= opts.max_new_tokens {
@@ -170,7 +168,7 @@ pub async fn generate_in<B: Backend>(
             if is_cancelled() {
                 return Err(Error::Cancelled);
             }
-            tokens.push(next);
+            tokens.push(next.id);
             on_progress(Progress::Token(next))?;
             if tokens.len() >= opts.max_new_tokens {
                 return Ok(StopReason::MaxTokens);
@@ -203,7 +201,7 @@ pub async fn generate_text<B: Backend>(
     };
     let generation = generate(engine, prompt, opts, is_cancelled, &mut |p| match p {
         Progress::PromptDone { .. } => Ok(()),
-        Progress::Token(id) => take(detok.push(tokenizer, id)?, &mut text),
+        Progress::Token(chosen) => take(detok.push(tokenizer, chosen.id)?, &mut text),
     })
     .await?;
     take(detok.finish(tokenizer)?, &mut text)?;

@@ -3,17 +3,20 @@
 //! they all need (`generate`, `classify`, `speed_test`) with stop ids, cancellation, the guard
 //! parser and timings handled once. See ARCHITECTURE.md §5.
 
-use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cpu_blocks;
 use crate::backend::gpu::LinearKernel;
 #[cfg(feature = "gpu")]
 use crate::backend::gpu::{GpuBackend, GpuOptions, GpuQuant};
+use crate::backend::{Backend, Chosen};
 use crate::batch::{BatchEvent, BatchStats, Request, run_batch};
 use crate::engine::{Engine, PREFILL_CHUNK, PREFIX_MAX};
 use crate::error::{Error, Result};
 use crate::generate::{Detokenizer, GenerateOptions, Pipeline, Progress, StopReason, generate, generate_in};
-use crate::guard::{GuardEvent, ReasoningParser, TaskReasoning, checked_guard_prompt, shared_prefix};
+use crate::guard::{
+    ANSWER_HEADER, GuardEvent, ScoredReader, Scores, Task, TaskReasoning, Thresholds, VerdictWords,
+    checked_guard_prompt, shared_prefix,
+};
 use crate::loader::{ModelIdentity, OpenedModel};
 use crate::model::ModelFiles;
 use crate::tokenizer::TextTokenizer;
@@ -175,11 +178,28 @@ pub struct RunOptions {
     pub ignore_eos: bool,
     /// Keep the logits that predict the first new token (`generate --logits-out`, tests).
     pub keep_first_logits: bool,
+    /// Classifications: read each verdict's score (`guard::scores`). On by default; off only to
+    /// measure what scores cost.
+    pub scores: bool,
+    /// Classifications: turn scores into verdicts (`Thresholds::apply`); none by default, which
+    /// keeps the model's own verdicts.
+    pub thresholds: Thresholds,
+    /// Classifications: verdict-first mode. The answer section's opening (`ANSWER_HEADER`) is
+    /// put after the prompt, so the model writes its three verdicts at once, without reasoning,
+    /// in at most `VERDICT_FIRST_TOKENS` tokens.
+    pub verdict_first: bool,
 }
 
 impl RunOptions {
     pub fn new(max_new_tokens: usize) -> Self {
-        Self { max_new_tokens, ignore_eos: false, keep_first_logits: false }
+        Self {
+            max_new_tokens,
+            ignore_eos: false,
+            keep_first_logits: false,
+            scores: true,
+            thresholds: Thresholds::default(),
+            verdict_first: false,
+        }
     }
 }
 
@@ -228,6 +248,10 @@ pub struct Timings {
     pub prefill_tokens_per_second: Option<f64>,
     /// Decode speed: the tokens after the first over the time after it.
     pub tokens_per_second: Option<f64>,
+    /// Classifications: until the parser read the first verdict (the prompt's prefill
+    /// included); None for a run without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_to_verdict_seconds: Option<f64>,
 }
 
 impl Timings {
@@ -239,7 +263,12 @@ impl Timings {
             time_to_first_token_seconds: first_token,
             prefill_tokens_per_second: first_token.filter(|s| *s > 0.0).map(|s| ran_prompt_tokens as f64 / s),
             tokens_per_second: decode.map(|s| (new_tokens - 1) as f64 / s),
+            time_to_verdict_seconds: None,
         }
+    }
+
+    fn with_verdict_at(self, seconds: Option<f64>) -> Self {
+        Timings { time_to_verdict_seconds: seconds, ..self }
     }
 }
 
@@ -279,9 +308,14 @@ impl ClassifyEvent<'_> {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Classification {
+    /// The verdicts: the model's own, or where `RunOptions::thresholds` set one, the side of it
+    /// the verdict's score is on.
     pub request: Option<String>,
     pub completion: Option<String>,
     pub response: Option<String>,
+    /// The model's probability of each verdict's positive side at the token that wrote it:
+    /// P(harmful) for the request and response, P(refusal) for the completion.
+    pub scores: Scores,
     /// False when the output held no verdict line at all (`Request: ...` and the like): the
     /// answer was cut off, or the model wandered. Verdicts of `None` written by the model count
     /// as found.
@@ -295,6 +329,9 @@ pub struct Classification {
     pub reused_tokens: usize,
     pub new_tokens: usize,
     pub stop: Stop,
+    /// Verdict-first mode (`RunOptions::verdict_first`): `text` starts with `ANSWER_HEADER`,
+    /// which the model was given, and holds no reasoning.
+    pub verdict_first: bool,
     pub timings: Timings,
 }
 
@@ -358,13 +395,26 @@ pub struct PerToken {
 }
 
 /// One prompt of `Session::classify_many`: its index (events and results carry it), the whole
-/// GuardReasoner prompt text, and its new-token limit (the run's when None).
+/// GuardReasoner prompt text, and what it asks beyond the run's options (each None: the run's).
 #[derive(Debug, Clone)]
 pub struct ClassifyItem {
     pub index: usize,
     pub text: String,
     pub max_new_tokens: Option<usize>,
+    pub verdict_first: Option<bool>,
+    pub thresholds: Option<Thresholds>,
 }
+
+impl ClassifyItem {
+    /// An item that asks only what the run's options say.
+    pub fn new(index: usize, text: String) -> Self {
+        Self { index, text, max_new_tokens: None, verdict_first: None, thresholds: None }
+    }
+}
+
+/// Most new tokens a verdict-first run writes: its three answer lines (`unharmful`, `None`,
+/// `compliance`, ...) take about a dozen.
+pub const VERDICT_FIRST_TOKENS: usize = 24;
 
 /// Most conversations one session decodes together (the GPU's activation rows bound it).
 pub const MAX_BATCH: usize = PREFILL_CHUNK;
@@ -456,14 +506,24 @@ fn check_budget_within(config: &crate::config::LlamaConfig, context: usize, batc
     )))
 }
 
+/// What an item of `classify_many` asked, kept from when it is pulled to when it starts.
+#[derive(Debug, Clone, Copy)]
+struct ItemAsk {
+    verdict_first: bool,
+    thresholds: Thresholds,
+}
+
 /// One item of `classify_many` in flight: its text, parser and timings.
 struct ItemRun {
     started: Instant,
     /// Seconds its prompt took before `started`.
     prefill_s: f64,
     first_token: Option<f64>,
+    /// When the parser read the first verdict.
+    first_verdict: Option<f64>,
+    ask: ItemAsk,
     detokenizer: Detokenizer,
-    parser: ReasoningParser,
+    reader: ScoredReader,
     text: String,
     verdict_found: bool,
     prompt_tokens: usize,
@@ -471,13 +531,15 @@ struct ItemRun {
 }
 
 impl ItemRun {
-    fn new(prompt_tokens: usize, reused_tokens: usize, prefill_s: f64) -> Self {
+    fn new(prompt_tokens: usize, reused_tokens: usize, prefill_s: f64, ask: ItemAsk) -> Self {
         Self {
             started: Instant::now(),
             prefill_s,
             first_token: None,
+            first_verdict: None,
+            ask,
             detokenizer: Detokenizer::new(),
-            parser: ReasoningParser::new(),
+            reader: ScoredReader::new(),
             text: String::new(),
             verdict_found: false,
             prompt_tokens,
@@ -491,32 +553,42 @@ impl ItemRun {
         on_event: &mut dyn FnMut(ClassifyEvent) -> Result<()>,
     ) -> Result<()> {
         for event in events.iter().filter(|e| !matches!(e, GuardEvent::Done)) {
-            self.verdict_found |= matches!(event, GuardEvent::Verdict { .. });
+            if matches!(event, GuardEvent::Verdict { .. }) {
+                self.verdict_found = true;
+                self.first_verdict.get_or_insert(self.prefill_s + self.started.elapsed().as_secs_f64());
+            }
             on_event(ClassifyEvent::Guard(event))?;
         }
         Ok(())
     }
 
-    fn text(&mut self, delta: &str, on_event: &mut dyn FnMut(ClassifyEvent) -> Result<()>) -> Result<()> {
-        if delta.is_empty() {
-            return Ok(());
+    /// Text the model wrote (`chosen`: the token that completed it) or was given.
+    fn text(
+        &mut self,
+        words: &VerdictWords,
+        chosen: Option<&Chosen>,
+        delta: &str,
+        on_event: &mut dyn FnMut(ClassifyEvent) -> Result<()>,
+    ) -> Result<()> {
+        if !delta.is_empty() {
+            self.text.push_str(delta);
+            on_event(ClassifyEvent::Token(delta))?;
         }
-        self.text.push_str(delta);
-        on_event(ClassifyEvent::Token(delta))?;
-        let events = self.parser.push(delta);
+        let events = self.reader.push(words, chosen, delta);
         self.pass_on(events, on_event)
     }
 
     fn token(
         &mut self,
         tokenizer: &TextTokenizer,
-        id: u32,
+        words: &VerdictWords,
+        chosen: &Chosen,
         on_event: &mut dyn FnMut(ClassifyEvent) -> Result<()>,
     ) -> Result<()> {
         let at = self.prefill_s + self.started.elapsed().as_secs_f64();
         self.first_token.get_or_insert(at);
-        let delta = self.detokenizer.push(tokenizer, id)?;
-        self.text(&delta, on_event)
+        let delta = self.detokenizer.push(tokenizer, chosen.id)?;
+        self.text(words, Some(chosen), &delta, on_event)
     }
 
     fn finish(
@@ -527,15 +599,19 @@ impl ItemRun {
         on_event: &mut dyn FnMut(ClassifyEvent) -> Result<()>,
     ) -> Result<Classification> {
         let tail = self.detokenizer.finish(tokenizer)?;
-        self.text(&tail, on_event)?;
-        let events = self.parser.finish();
+        self.text(&VerdictWords::default(), None, &tail, on_event)?;
+        let events = self.reader.finish();
         self.pass_on(events, on_event)?;
-        let result = self.parser.result();
+        let result = self.reader.result();
         let ran = self.prompt_tokens - self.reused_tokens.min(self.prompt_tokens);
+        let scores = self.reader.scores();
+        let thresholds = self.ask.thresholds;
+        let verdict = |task: Task| thresholds.apply(task, result.verdict(task), scores.get(task));
         Ok(Classification {
-            request: result.request.clone(),
-            completion: result.completion.clone(),
-            response: result.response.clone(),
+            request: verdict(Task::PromptHarmfulness),
+            completion: verdict(Task::Refusal),
+            response: verdict(Task::ResponseHarmfulness),
+            scores,
             verdict_found: self.verdict_found,
             problem: (!self.verdict_found).then(|| no_verdict_problem(stop, new_tokens)),
             tasks: result.tasks.clone(),
@@ -544,12 +620,14 @@ impl ItemRun {
             reused_tokens: self.reused_tokens,
             new_tokens,
             stop,
+            verdict_first: self.ask.verdict_first,
             timings: Timings::measure(
                 self.prefill_s + self.started.elapsed().as_secs_f64(),
                 self.first_token,
                 ran,
                 new_tokens,
-            ),
+            )
+            .with_verdict_at(self.first_verdict),
         })
     }
 }
@@ -692,16 +770,17 @@ impl Session {
                 stop_ids: if options.ignore_eos { Vec::new() } else { engine.config.eos_token_ids.clone() },
                 keep_first_logits: options.keep_first_logits,
             };
+            engine.watch(&[])?;
             generate(engine, ids, &generate_options, is_cancelled, &mut |progress| match progress {
                 Progress::PromptDone { reused_tokens, .. } => {
                     reused = reused_tokens;
                     Ok(())
                 }
-                Progress::Token(id) => {
+                Progress::Token(chosen) => {
                     first_token.get_or_insert_with(|| started.elapsed().as_secs_f64());
-                    tokens.push(id);
-                    let delta = detokenizer.push(tokenizer, id)?;
-                    on_token(Some(id), &delta)
+                    tokens.push(chosen.id);
+                    let delta = detokenizer.push(tokenizer, chosen.id)?;
+                    on_token(Some(chosen.id), &delta)
                 }
             })
             .await
@@ -749,7 +828,7 @@ impl Session {
         is_cancelled: &dyn Fn() -> bool,
         on_event: &mut dyn FnMut(ClassifyEvent) -> Result<()>,
     ) -> Result<Classification> {
-        let mut item = Some(ClassifyItem { index: 0, text: text.to_string(), max_new_tokens: None });
+        let mut item = Some(ClassifyItem::new(0, text.to_string()));
         let mut result = None;
         self.classify_many(
             1,
@@ -785,35 +864,60 @@ impl Session {
     ) -> Result<BatchStats> {
         let prefix = self.tokenizer.encode_prompt(&shared_prefix())?;
         let tokenizer = &self.tokenizer;
+        let vocab = on_engine!(&self.engine, e => e.config.vocab_size);
+        let words = if options.scores { VerdictWords::new(tokenizer, vocab)? } else { VerdictWords::default() };
         let mut items: std::collections::HashMap<usize, ItemRun> = std::collections::HashMap::new();
+        let asks: std::cell::RefCell<std::collections::HashMap<usize, ItemAsk>> = Default::default();
+        let run_ask = ItemAsk { verdict_first: options.verdict_first, thresholds: options.thresholds };
         let mut pull = || -> Result<Option<(usize, Request)>> {
             let Some(item) = next()? else { return Ok(None) };
-            let ids = tokenizer.encode_prompt(&item.text)?;
-            let max_new_tokens = item.max_new_tokens.unwrap_or(options.max_new_tokens);
+            let ask = ItemAsk {
+                verdict_first: item.verdict_first.unwrap_or(options.verdict_first),
+                thresholds: item.thresholds.unwrap_or(options.thresholds),
+            };
+            let mut max_new_tokens = item.max_new_tokens.unwrap_or(options.max_new_tokens);
+            let ids = if ask.verdict_first {
+                max_new_tokens = max_new_tokens.min(VERDICT_FIRST_TOKENS);
+                tokenizer.encode_prompt(&format!("{}{ANSWER_HEADER}", item.text))?
+            } else {
+                tokenizer.encode_prompt(&item.text)?
+            };
+            asks.borrow_mut().insert(item.index, ask);
             Ok(Some((item.index, Request { ids, max_new_tokens })))
         };
         let mut handle = |event: BatchEvent| -> Result<()> {
             match event {
                 BatchEvent::Started { item, prompt_tokens, reused_tokens, prefill_s, .. } => {
-                    items.insert(item, ItemRun::new(prompt_tokens, reused_tokens, prefill_s));
+                    let ask = asks.borrow_mut().remove(&item).unwrap_or(run_ask);
+                    let mut run = ItemRun::new(prompt_tokens, reused_tokens, prefill_s, ask);
+                    if ask.verdict_first {
+                        // The header the model was given reads as if it had written it.
+                        run.text(&words, None, ANSWER_HEADER, &mut |e| on_event(item, e))?;
+                    }
+                    items.insert(item, run);
                 }
-                BatchEvent::Token { item, id } => {
+                BatchEvent::Token { item, chosen } => {
                     if let Some(run) = items.get_mut(&item) {
-                        run.token(tokenizer, id, &mut |e| on_event(item, e))?;
+                        run.token(tokenizer, &words, &chosen, &mut |e| on_event(item, e))?;
                     }
                 }
                 BatchEvent::Finished { item, stop, new_tokens } => {
                     // An item cancelled before its prompt ran has no run yet: an empty one.
-                    let run = items.remove(&item).unwrap_or_else(|| ItemRun::new(0, 0, 0.0));
+                    let ask = asks.borrow_mut().remove(&item).unwrap_or(run_ask);
+                    let run = items.remove(&item).unwrap_or_else(|| ItemRun::new(0, 0, 0.0, ask));
                     on_done(item, Ok(run.finish(tokenizer, stop.into(), new_tokens, &mut |e| on_event(item, e))?))?;
                 }
-                BatchEvent::Failed { item, error } => on_done(item, Err(Error::Prompt(error)))?,
+                BatchEvent::Failed { item, error } => {
+                    asks.borrow_mut().remove(&item);
+                    on_done(item, Err(Error::Prompt(error)))?
+                }
             }
             Ok(())
         };
         on_engine!(&mut self.engine, engine => {
             let stop_ids = if options.ignore_eos { Vec::new() } else { engine.config.eos_token_ids.clone() };
             engine.share_prefix(&prefix)?;
+            engine.watch(words.ids())?;
             if batch > 1 && engine.slots() > 1 {
                 return run_batch(engine, batch, &mut pull, &stop_ids, is_cancelled, &mut handle).await;
             }
@@ -838,9 +942,9 @@ impl Session {
                         prefill_s: began.elapsed().as_secs_f64(),
                         refill: false,
                     }),
-                    Progress::Token(id) => {
+                    Progress::Token(chosen) => {
                         new_tokens += 1;
-                        handle(BatchEvent::Token { item, id })
+                        handle(BatchEvent::Token { item, chosen })
                     }
                 })
                 .await;
@@ -927,8 +1031,12 @@ impl Session {
 
     /// Prefill speed on `prompt`, then decode speed over `gen_tokens` greedy steps (EOS ignored),
     /// after a short warm-up (pipeline compilation, first allocations). The cache is reset.
-    pub async fn speed_test(&mut self, prompt: &[u32], gen_tokens: usize) -> Result<SpeedReport> {
+    /// `scores`: each step keeps the verdict words' logits, as classifications do.
+    pub async fn speed_test(&mut self, prompt: &[u32], gen_tokens: usize, scores: bool) -> Result<SpeedReport> {
+        let vocab = on_engine!(&self.engine, e => e.config.vocab_size);
+        let words = if scores { VerdictWords::new(&self.tokenizer, vocab)? } else { VerdictWords::default() };
         on_engine!(&mut self.engine, engine => {
+            engine.watch(words.ids())?;
             if prompt.is_empty() || prompt.len() + gen_tokens > engine.context_len() {
                 return Err(Error::Prompt(format!(
                     "a speed test of {} prompt + {gen_tokens} new tokens does not fit the context of {}; raise the context size",

@@ -7,8 +7,9 @@
 use crate::error::{Error, Result};
 use crate::format::ByteSource;
 use crate::guard::{
-    DATASETS, DatasetPredictions, GroundTruthSource, PlannedItem, RunManifest, RunSummary, Shard, checked_guard_prompt,
-    dataset_spec, evaluate, parse_benchmark_json, parse_predictions_jsonl, plan_items,
+    DATASETS, DatasetPredictions, GroundTruthSource, PlannedItem, RunManifest, RunSummary, Shard, Thresholds,
+    checked_guard_prompt, dataset_spec, evaluate, parse_benchmark_json, parse_predictions_jsonl, parse_scores_jsonl,
+    plan_items,
 };
 use crate::loader::{ModelIdentity, OpenedModel, open_gguf, open_hf};
 use crate::session::{BackendChoice, ClassifyEvent, ClassifyItem, Device, Quant, RunOptions, Session, Stop};
@@ -239,7 +240,7 @@ impl WasmSession {
         let session = self.session.clone();
         future_to_promise(async move {
             let mut session = session.try_borrow_mut().map_err(|_| js_err("busy: one run at a time"))?;
-            let r = session.speed_test(&ids, gen_tokens as usize).await.map_err(js_err)?;
+            let r = session.speed_test(&ids, gen_tokens as usize, true).await.map_err(js_err)?;
             to_js(&serde_json::json!({
                 "promptTokens": r.prompt_tokens,
                 "prefillS": r.prefill_s,
@@ -254,8 +255,9 @@ impl WasmSession {
 #[wasm_bindgen(js_class = Session)]
 impl WasmSession {
     /// Classify many complete GuardReasoner prompts, up to the session's batch at once, decoded
-    /// together (continuous batching): `next()` returns the next `{index, text, maxNewTokens?}`
-    /// or null, and is called whenever a place is free, so prompts that arrive while a batch runs
+    /// together (continuous batching): `next()` returns the next `{index, text, maxNewTokens?,
+    /// mode?, threshold?}` (`mode`: "reasoning" or "verdict-first"; `threshold` as the CLI's
+    /// `--threshold` reads it) or null, and is called whenever a place is free, so prompts that arrive while a batch runs
     /// join it; `on_event(index, event)` streams each item's events; `on_done(index, result,
     /// error)` gives each item's classification as it finishes (or the message of the error that
     /// kept it from starting); `is_cancelled(index)` is polled before every step. Resolves to the
@@ -286,7 +288,19 @@ impl WasmSession {
                 let text =
                     field(&item, "text").as_string().ok_or_else(|| Error::Other("an item lacks its text".into()))?;
                 let max_new_tokens = field(&item, "maxNewTokens").as_f64().map(|n| n.max(0.0) as usize);
-                Ok(Some(ClassifyItem { index: index as usize, text, max_new_tokens }))
+                let verdict_first = match field(&item, "mode").as_string().as_deref() {
+                    None => None,
+                    Some("reasoning") => Some(false),
+                    Some("verdict-first") => Some(true),
+                    Some(other) => {
+                        return Err(Error::Prompt(format!("mode {other:?} is not one of reasoning, verdict-first")));
+                    }
+                };
+                let thresholds = match field(&item, "threshold").as_string() {
+                    Some(text) => Some(Thresholds::parse(&text).map_err(Error::Prompt)?),
+                    None => None,
+                };
+                Ok(Some(ClassifyItem { index: index as usize, text, max_new_tokens, verdict_first, thresholds }))
             };
             let mut emit = |index: usize, event: ClassifyEvent| -> Result<()> {
                 let value = to_js(&event.to_json()).map_err(|e| Error::Other(js_message(&e)))?;
@@ -317,6 +331,13 @@ impl WasmSession {
             to_js_value(&stats)
         })
     }
+}
+
+/// Checks a `threshold` option as `classify_many` reads it ("0.7", "request=0.7,response=0.4"):
+/// the worker asks before queueing, so a bad one fails its own request, not the batch.
+#[wasm_bindgen]
+pub fn check_threshold(text: &str) -> std::result::Result<(), JsValue> {
+    Thresholds::parse(text).map(|_| ()).map_err(|e| JsError::new(&e).into())
 }
 
 /// The GuardReasoner prompt text of a conversation (`moderate`'s), for `classify_many`.
@@ -377,6 +398,8 @@ pub fn run_manifest(
         quant: String,
         context: usize,
         max_new_tokens: usize,
+        #[serde(default)]
+        verdict_first: bool,
     }
     let s: Settings = serde_wasm_bindgen::from_value(settings).map_err(js_err)?;
     let manifest = RunManifest {
@@ -387,6 +410,7 @@ pub fn run_manifest(
         quant: Quant::parse(&s.quant).map_err(js_err)?.name().into(),
         context: s.context,
         max_new_tokens: s.max_new_tokens,
+        verdict_first: s.verdict_first,
     };
     match existing {
         Some(text) => manifest.check_against(&text, folder).map(|_| None).map_err(js_err),
@@ -466,6 +490,20 @@ pub fn resume_point(file: &str, existing: &[u8], planned: JsValue) -> std::resul
     to_js(&serde_json::to_value(point).map_err(js_err)?)
 }
 
+/// One line of a dataset's `scores.jsonl` (newline included): `line` is the predictions file's
+/// line, `scores` a result's `{request, completion, response}`.
+#[wasm_bindgen]
+pub fn scores_line(line: u32, scores: JsValue) -> std::result::Result<String, JsValue> {
+    let scores: crate::guard::Scores = serde_wasm_bindgen::from_value(scores).map_err(js_err)?;
+    Ok(crate::guard::scores_line(line as usize, &scores))
+}
+
+/// A `scores.jsonl` text cut to the first `done` predictions' lines (a resumed run).
+#[wasm_bindgen]
+pub fn kept_scores(file: &str, text: &str, done: u32) -> std::result::Result<String, JsValue> {
+    crate::guard::kept_scores(file, text, done as usize).map_err(js_err)
+}
+
 /// One line of `generated_predictions.jsonl` (newline included), keys in the paper's order.
 #[wasm_bindgen]
 pub fn prediction_line(prompt: &str, label: Option<String>, predict: &str) -> String {
@@ -487,8 +525,9 @@ pub fn report_html(summary: &str) -> std::result::Result<String, JsValue> {
     Ok(crate::guard::report_html(&summary))
 }
 
-/// Scores predictions with the paper's rules. `predictions`: `[{dataset, source, text}]` (the
-/// JSONL texts); `wild_guard_items`: the WildGuardTest benchmark items the predictions cover,
+/// Scores predictions with the paper's rules. `predictions`: `[{dataset, source, text,
+/// scores?}]` (the JSONL texts of the predictions and, where there is one, the scores file);
+/// `wild_guard_items`: the WildGuardTest benchmark items the predictions cover,
 /// as JSON (needed only for WildGuardTest). Resolves to `{report, tables}`.
 #[wasm_bindgen]
 pub fn score_predictions(
@@ -500,12 +539,18 @@ pub fn score_predictions(
         dataset: String,
         source: String,
         text: String,
+        #[serde(default)]
+        scores: Option<String>,
     }
     let inputs: Vec<Input> = serde_wasm_bindgen::from_value(predictions).map_err(js_err)?;
     let mut parsed = Vec::new();
     for input in inputs {
         let records = parse_predictions_jsonl(&input.source, &input.text).map_err(js_err)?;
-        parsed.push(DatasetPredictions { dataset: input.dataset, source: input.source, records });
+        let scores = match &input.scores {
+            Some(text) => parse_scores_jsonl(&format!("{} scores", input.source), text).map_err(js_err)?,
+            None => Default::default(),
+        };
+        parsed.push(DatasetPredictions { dataset: input.dataset, source: input.source, records, scores });
     }
     let wild_guard = wild_guard_items
         .map(|text| parse_benchmark_json("WildGuardTest benchmark items", &text))

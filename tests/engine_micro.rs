@@ -219,7 +219,7 @@ fn scheduler_refills_slots_and_matches_one_at_a_time<B: Backend>(make: impl Fn()
             &|item| Some(item) == cancel,
             &mut |event| {
                 match event {
-                    BatchEvent::Token { item, id } => tokens[item].push(id),
+                    BatchEvent::Token { item, chosen } => tokens[item].push(chosen.id),
                     BatchEvent::Finished { item, stop, .. } => {
                         assert_eq!(stop == StopReason::Cancelled, Some(item) == cancel, "item {item}: {stop:?}");
                         order.push(item)
@@ -262,6 +262,62 @@ fn gpu_scheduler_refills_slots_and_matches_one_at_a_time() {
         unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
     }
     scheduler_refills_slots_and_matches_one_at_a_time(|| {
+        pollster::block_on(GpuBackend::new(GpuOptions { max_rows: 64, ..GpuOptions::default() })).unwrap()
+    });
+}
+
+/// Scores read the verdict words' logits beside each chosen token (`Engine::watch`): the values
+/// read back must be the logits at those ids, bit for bit, for a prompt's token and for every row
+/// of a batched step, and a choice without watched ids reads none.
+fn watched_logits_are_the_logits_at_the_watched_ids<B: Backend>(make: impl Fn() -> B) {
+    let tensors = micro_tensors(SEED);
+    let OpenedModel { mut files, .. } = open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap();
+    let backend = make();
+    let weights = files.load(&backend, &mut |_, _| {}).unwrap();
+    let mut e = Engine::new(backend, files.config.clone(), weights, MICRO_CONTEXT, 2, 0).unwrap();
+    // Ids out of order, the first and the last of the vocabulary among them.
+    let last = files.config.vocab_size as u32 - 1;
+    let watch = [200u32, 0, 17, last, 3];
+    e.watch(&watch).unwrap();
+    let at = |row: &[f32]| -> Vec<f32> { watch.iter().map(|&id| row[id as usize]).collect() };
+    let mut firsts = Vec::new();
+    for slot in 0..2 {
+        let (logits, _) = e.start(slot, &prompt(5 + slot, slot as u64)).unwrap();
+        let full = pollster::block_on(e.backend.to_host(&logits)).unwrap();
+        let token = e.choose(&logits).unwrap().remove(0);
+        let chosen = pollster::block_on(e.backend.read_token(&token)).unwrap();
+        assert_eq!(chosen.watched, at(&full), "slot {slot}: the prompt's watched logits");
+        assert_eq!(Some(chosen.id), guardreasoner::backend::cpu::argmax_first(&full));
+        firsts.push((slot, token, Some(chosen.id)));
+    }
+    let logits = e.step_many(&firsts).unwrap();
+    let full = pollster::block_on(e.backend.to_host(&logits)).unwrap();
+    let vocab = full.len() / 2;
+    for (row, token) in e.choose(&logits).unwrap().iter().enumerate() {
+        let chosen = pollster::block_on(e.backend.read_token(token)).unwrap();
+        assert_eq!(chosen.watched, at(&full[row * vocab..(row + 1) * vocab]), "row {row} of a batched step");
+    }
+    e.watch(&[]).unwrap();
+    let logits = e.step_many(&[(0, e.choose(&logits).unwrap().remove(0), None)]).unwrap();
+    let token = e.choose(&logits).unwrap().remove(0);
+    assert!(pollster::block_on(e.backend.read_token(&token)).unwrap().watched.is_empty());
+    let vocab = e.config.vocab_size as u32;
+    assert!(e.watch(&[vocab]).is_err(), "an id outside the vocabulary is refused");
+}
+
+#[test]
+fn cpu_watched_logits_are_the_logits_at_the_watched_ids() {
+    watched_logits_are_the_logits_at_the_watched_ids(|| CpuBackend::new(None));
+}
+
+#[test]
+fn gpu_watched_logits_are_the_logits_at_the_watched_ids() {
+    use guardreasoner::backend::gpu::{GpuBackend, GpuOptions};
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // SAFETY: set before any thread reads the environment for Vulkan.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
+    }
+    watched_logits_are_the_logits_at_the_watched_ids(|| {
         pollster::block_on(GpuBackend::new(GpuOptions { max_rows: 64, ..GpuOptions::default() })).unwrap()
     });
 }

@@ -257,7 +257,7 @@ fn run_seen<B: Backend>(
     let cancelled = || cancel_after.is_some_and(|n| seen.borrow().len() >= n);
     let result = pollster::block_on(generate(e, ids, opts, &cancelled, &mut |p| {
         if let Progress::Token(t) = p {
-            seen.borrow_mut().push(t);
+            seen.borrow_mut().push(t.id);
         }
         Ok(())
     }));
@@ -369,14 +369,14 @@ fn gpu_decode_step_is_one_pass_of_few_dispatches() {
     let mut g =
         engine(open_micro_hf(safetensors_bf16(&tensors), &micro_config_json()).unwrap(), gpu(GpuQuant::Q8, None));
     let (logits, _) = g.prefill(&prompt(5, 3)).unwrap();
-    let first = g.backend.choose(&logits).unwrap().remove(0);
+    let first = g.backend.choose(&logits, &[]).unwrap().remove(0);
     drop(logits);
-    pollster::block_on(g.backend.token_id(&first)).unwrap();
+    pollster::block_on(g.backend.read_token(&first)).unwrap();
     let before = g.backend.counters().unwrap();
     let logits = g.step_token(&first, None).unwrap();
-    let next = g.backend.choose(&logits).unwrap().remove(0);
+    let next = g.backend.choose(&logits, &[]).unwrap().remove(0);
     let after = g.backend.counters().unwrap();
-    pollster::block_on(g.backend.token_id(&next)).unwrap();
+    pollster::block_on(g.backend.read_token(&next)).unwrap();
     let dispatches = after.dispatches - before.dispatches;
     assert!(dispatches <= 8 * MICRO_LAYERS as u64 + 4, "{dispatches} dispatches in a decode step");
     assert_eq!(after.compute_passes - before.compute_passes, 1, "compute passes in a decode step");

@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+mod common;
+
 use guardreasoner::guard::lines::{LineClass, classify_line};
 use guardreasoner::guard::{
     DATASETS, GuardEvent, GuardResult, INSTRUCTION, NO_RESPONSE, PREDICTIONS_FILE, ReasoningParser, Task, evaluate_dir,
@@ -375,5 +377,55 @@ fn survey_line_shapes_of_real_outputs() {
             .iter()
             .all(|l| !l.to_lowercase().contains("reasoning step") && !l.to_lowercase().contains("conclusion for")),
         "unexpected text lines: {others:?}"
+    );
+}
+
+/// Scores are read at the token that wrote each verdict. Replays every real output token by token
+/// with the Llama 3 tokenizer, each token's watched logits high for its own id alone, so a score
+/// is above one half exactly when it was read at a token of the positive word: every verdict the
+/// parser reads must get a score from a token of the word it read, whatever the spelling and the
+/// line it stands on (answers, conclusions, `# Task 1: harmful`).
+#[test]
+fn every_real_verdict_is_scored_at_the_token_of_its_word() {
+    use guardreasoner::backend::Chosen;
+    use guardreasoner::generate::Detokenizer;
+    use guardreasoner::guard::{ScoredReader, VerdictWords};
+    use guardreasoner::tokenizer::TextTokenizer;
+    /// The logit of the chosen token among the watched ones; the others are 0.
+    const CHOSEN_LOGIT: f32 = 8.0;
+    let tok = TextTokenizer::from_json(&common::llama3_tokenizer_json(), None).unwrap();
+    let words = VerdictWords::new(&tok, tok.vocab_size()).unwrap();
+    assert!(words.ids().len() >= 8, "verdict words' first tokens: {:?}", words.ids());
+    let (mut verdicts, mut unscored) = (0usize, Vec::new());
+    for output in real_outputs() {
+        let ids = tok.encode_text(&output.predict).unwrap();
+        let mut detok = Detokenizer::new();
+        let mut reader = ScoredReader::new();
+        for &id in &ids {
+            let watched = words.ids().iter().map(|&w| if w == id { CHOSEN_LOGIT } else { 0.0 }).collect();
+            let delta = detok.push(&tok, id).unwrap();
+            reader.push(&words, Some(&Chosen { id, watched }), &delta);
+        }
+        let tail = detok.finish(&tok).unwrap();
+        reader.push(&words, None, &tail);
+        reader.finish();
+        let scores = reader.scores();
+        for task in Task::ALL {
+            let Some(verdict) = reader.result().verdict(task) else { continue };
+            verdicts += 1;
+            let positive = verdict == "harmful" || verdict == "refusal";
+            match scores.get(task) {
+                Some(score) if (score > 0.5) == positive => {}
+                other => unscored
+                    .push(format!("{} line {} {task:?}: {verdict} scored {other:?}", output.dataset, output.line)),
+            }
+        }
+    }
+    assert!(verdicts > 4000, "{verdicts} verdicts read");
+    assert!(
+        unscored.is_empty(),
+        "{} of {verdicts} verdicts not scored at their word: {:#?}",
+        unscored.len(),
+        &unscored[..unscored.len().min(10)]
     );
 }

@@ -5,7 +5,7 @@
 
 use super::cpu_blocks::BlockMatrix;
 use super::cpu_float::{Bf16, Element, FloatMatrix};
-use super::{Backend, Span, unfused};
+use super::{Backend, Chosen, Span, unfused};
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::format::{HostTensor, StorageType};
@@ -152,7 +152,7 @@ impl Backend for CpuBackend {
     type Act = Tensor;
     type Cache = CpuCache;
     type Rope = CpuRope;
-    type Token = u32;
+    type Token = Chosen;
     type Rows = Vec<Span>;
     type Qkv = unfused::Qkv<CpuMatrix>;
     type GateUp = unfused::GateUp<CpuMatrix>;
@@ -460,12 +460,19 @@ impl Backend for CpuBackend {
         unfused::logits(self, x, norm, eps, head, rows)
     }
 
-    fn choose(&self, logits: &Tensor) -> Result<Vec<u32>> {
+    fn choose(&self, logits: &Tensor, watch: &[u32]) -> Result<Vec<Chosen>> {
         logits
             .to_vec2::<f32>()?
             .iter()
             .map(|row| {
-                argmax_first(row).ok_or_else(|| {
+                let watched = watch
+                    .iter()
+                    .map(|&id| {
+                        let value = row.get(id as usize).copied();
+                        value.ok_or_else(|| Error::Backend(format!("watched id {id} is outside the logits")))
+                    })
+                    .collect::<Result<Vec<f32>>>()?;
+                let id = argmax_first(row).ok_or_else(|| {
                     if row.is_empty() {
                         return Error::Backend("argmax of an empty row".into());
                     }
@@ -475,17 +482,19 @@ impl Backend for CpuBackend {
                         "every logit the model computed is NaN: its weights are broken (a corrupt or badly converted model file?)"
                             .into(),
                     )
-                })
+                })?;
+                Ok(Chosen { id, watched })
             })
             .collect()
     }
 
-    fn embed_tokens(&self, table: &CpuEmbedding, tokens: &[u32]) -> Result<Tensor> {
-        self.embed(table, tokens)
+    fn embed_tokens(&self, table: &CpuEmbedding, tokens: &[Chosen]) -> Result<Tensor> {
+        let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
+        self.embed(table, &ids)
     }
 
-    async fn token_id(&self, token: &u32) -> Result<u32> {
-        Ok(*token)
+    async fn read_token(&self, token: &Chosen) -> Result<Chosen> {
+        Ok(token.clone())
     }
 
     async fn to_host(&self, x: &Tensor) -> Result<Vec<f32>> {

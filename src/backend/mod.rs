@@ -36,6 +36,18 @@ pub struct Counters {
     pub submit_us: f64,
 }
 
+/// Most logits a choice gathers beside its token (`Backend::choose`'s `watch`): the verdict
+/// words' first tokens (`guard::scores`) need at most 16.
+pub const MAX_WATCH: usize = 16;
+
+/// A chosen token as the host reads it: its id and, in the order asked for, the logits of the
+/// watched ids at the position that chose it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Chosen {
+    pub id: u32,
+    pub watched: Vec<f32>,
+}
+
 /// Where rows of activations sit in the KV cache: a run of consecutive positions of one
 /// sequence. A forward pass's rows are its spans' rows, in order: one span for a prompt chunk,
 /// one single-row span per sequence for a batched decode step (ARCHITECTURE.md §4).
@@ -195,13 +207,14 @@ pub trait Backend {
     /// The last row of each span `(spans, width)`.
     fn last_rows(&self, x: &Self::Act, rows: &Self::Rows) -> Result<Self::Act>;
     /// Queue the choice of the largest value of each row of `(rows, n)` logits (first on ties),
-    /// without copying the rows out: one token per row.
-    fn choose(&self, logits: &Self::Act) -> Result<Vec<Self::Token>>;
+    /// without copying the rows out: one token per row. Each row also keeps its logits at the
+    /// `watch` ids (at most `MAX_WATCH`, each below `n`), read back with the token.
+    fn choose(&self, logits: &Self::Act, watch: &[u32]) -> Result<Vec<Self::Token>>;
     /// The embeddings `(tokens, hidden)` of chosen tokens, read on the device.
     fn embed_tokens(&self, table: &Self::Embedding, tokens: &[Self::Token]) -> Result<Self::Act>;
-    /// The id of a chosen token, once the device has it. Async because a GPU readback on the
-    /// web can only be awaited, never waited for.
-    fn token_id(&self, token: &Self::Token) -> impl std::future::Future<Output = Result<u32>>;
+    /// The id of a chosen token and its watched logits, once the device has them. Async because
+    /// a GPU readback on the web can only be awaited, never waited for.
+    fn read_token(&self, token: &Self::Token) -> impl std::future::Future<Output = Result<Chosen>>;
     /// Decode steps worth queueing past the token the host is reading (`generate::Pipeline`):
     /// 0 where a step runs on the host's own thread (the CPU), more where the device works
     /// while the host waits (the GPU).
@@ -211,9 +224,9 @@ pub trait Backend {
     /// Index of the largest value of a `(1, n)` row (first on ties): `choose` and read it.
     fn argmax(&self, x: &Self::Act) -> impl std::future::Future<Output = Result<u32>> {
         async move {
-            let token = self.choose(x)?.into_iter().next();
+            let token = self.choose(x, &[])?.into_iter().next();
             let token = token.ok_or_else(|| crate::error::Error::Backend("argmax of no rows".into()))?;
-            self.token_id(&token).await
+            Ok(self.read_token(&token).await?.id)
         }
     }
     /// Copy a `(1, n)` row to the host.

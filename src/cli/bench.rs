@@ -48,10 +48,14 @@ pub fn run(args: BenchArgs) -> Result<u8> {
             session.context_len()
         );
     }
-    let speed = pollster::block_on(session.speed_test(&prompt, args.gen_tokens))?;
+    // Decoding as classifications run (each step keeps the verdict words' logits for scores),
+    // and without scores, to show what they cost.
+    let speed = pollster::block_on(session.speed_test(&prompt, args.gen_tokens, true))?;
+    let unscored = pollster::block_on(session.speed_test(&prompt, args.gen_tokens, false))?;
     let batched = pollster::block_on(session.batch_speed_test(&prompt, args.gen_tokens, args.batch as usize))?;
     let prefill_tps = speed.prompt_tokens as f64 / speed.prefill_s;
     let decode_tps = speed.gen_tokens as f64 / speed.decode_s;
+    let unscored_tps = unscored.gen_tokens as f64 / unscored.decode_s;
     let peak_rss = peak_rss_bytes();
     let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
     if args.json {
@@ -64,6 +68,7 @@ pub fn run(args: BenchArgs) -> Result<u8> {
             "prefill_tokens_per_s": prefill_tps,
             "gen_tokens": speed.gen_tokens,
             "decode_tokens_per_s": decode_tps,
+            "decode_tokens_per_s_without_scores": unscored_tps,
             "peak_host_bytes": peak_rss,
             "device_buffer_bytes": session.device_bytes(),
             "per_token": speed.per_token,
@@ -78,7 +83,7 @@ pub fn run(args: BenchArgs) -> Result<u8> {
         println!("backend {}", session.backend());
         println!("load {load_s:.2} s");
         println!("prefill {} tokens: {prefill_tps:.1} tokens/s", speed.prompt_tokens);
-        println!("decode {} tokens: {decode_tps:.1} tokens/s", speed.gen_tokens);
+        println!("decode {} tokens: {decode_tps:.1} tokens/s with scores, {unscored_tps:.1} without", speed.gen_tokens);
         println!(
             "batch of {}, {} steps: {:.1} tokens/s together, {:.1} tokens/s per sequence",
             batched.batch,

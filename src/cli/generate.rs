@@ -29,11 +29,9 @@ pub fn run(args: GenerateArgs) -> Result<u8> {
     let model = args.model.open()?;
     let context = args.model.context_or(Some(args.tokens.len() + args.max_new_tokens));
     let mut session = args.model.load_batched(model, 1, context)?;
-    let options = RunOptions {
-        max_new_tokens: args.max_new_tokens,
-        ignore_eos: args.ignore_eos,
-        keep_first_logits: args.logits_out.is_some(),
-    };
+    let mut options = RunOptions::new(args.max_new_tokens);
+    options.ignore_eos = args.ignore_eos;
+    options.keep_first_logits = args.logits_out.is_some();
     let out = pollster::block_on(session.generate(&args.tokens, &options, &|| false, &mut |_, _| Ok(())))?;
     if let (Some(path), Some(logits)) = (&args.logits_out, &out.first_logits) {
         let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();

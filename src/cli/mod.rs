@@ -208,7 +208,7 @@ pub fn classify_in_order(
         batch,
         &mut || {
             let item = queue.next().filter(|_| !is_interrupted());
-            Ok(item.map(|(index, text)| ClassifyItem { index, text: text.to_string(), max_new_tokens: None }))
+            Ok(item.map(|(index, text)| ClassifyItem::new(index, text.to_string())))
         },
         options,
         &|_| is_interrupted(),

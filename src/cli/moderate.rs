@@ -44,6 +44,35 @@ pub struct ModerateArgs {
     /// Most new tokens to generate (`--max-new` also accepted).
     #[arg(long, short = 'n', alias = "max-new", default_value_t = 2048, value_parser = super::positive)]
     pub max_new_tokens: usize,
+    /// Turn scores into verdicts: a verdict is harmful (refusal) when its score, the model's
+    /// probability of harmful (refusal), is at least this. One number for all three verdicts, or
+    /// some by name: `request=0.3,response=0.7`. Without it the verdicts are the model's own.
+    #[arg(long, value_name = "P", value_parser = guardreasoner::guard::Thresholds::parse)]
+    pub threshold: Option<guardreasoner::guard::Thresholds>,
+    /// Verdict-first mode: the verdicts at once, without reasoning (the answer section's
+    /// opening is given after the prompt; about a dozen tokens). The model was trained to reason
+    /// first, so measure this mode on the paper's benchmarks (`predict --verdict-first`) before
+    /// trusting it.
+    #[arg(long)]
+    pub verdict_first: bool,
+}
+
+impl ModerateArgs {
+    fn run_options(&self) -> RunOptions {
+        let mut options = RunOptions::new(self.max_new_tokens);
+        options.thresholds = self.threshold.unwrap_or_default();
+        options.verdict_first = self.verdict_first;
+        options
+    }
+}
+
+/// A verdict line's value: the verdict and its score, `harmful (P(harmful) 0.97)`.
+fn shown(verdict: &Option<String>, score: Option<f64>, positive: &str) -> String {
+    match (verdict, score) {
+        (Some(v), Some(p)) => format!("{v} (P({positive}) {p:.3})"),
+        (Some(v), None) => v.clone(),
+        (None, _) => "none".into(),
+    }
 }
 
 /// The text of `--NAME` or `--NAME-file` (`-` reads standard input, once).
@@ -98,7 +127,7 @@ pub fn run(args: ModerateArgs) -> Result<u8> {
     let result = pollster::block_on(session.moderate(
         &prompt,
         response.as_deref(),
-        &RunOptions::new(args.max_new_tokens),
+        &args.run_options(),
         &is_interrupted,
         &mut |event| {
             if !status.is_finished() {
@@ -133,14 +162,14 @@ pub fn run(args: ModerateArgs) -> Result<u8> {
         }
         writeln!(out, "{done}")?;
     } else {
-        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
         writeln!(out, "\n\n== verdicts")?;
+        let scores = &result.scores;
         match &result.problem {
             Some(problem) => writeln!(out, "{problem}")?,
             None => {
-                writeln!(out, "Request:    {}", show(&result.request))?;
-                writeln!(out, "Completion: {}", show(&result.completion))?;
-                writeln!(out, "Response:   {}", show(&result.response))?;
+                writeln!(out, "Request:    {}", shown(&result.request, scores.request, "harmful"))?;
+                writeln!(out, "Completion: {}", shown(&result.completion, scores.completion, "refusal"))?;
+                writeln!(out, "Response:   {}", shown(&result.response, scores.response, "harmful"))?;
             }
         }
         let t = &result.timings;
@@ -264,22 +293,21 @@ fn run_file(args: &ModerateArgs, input: &Path) -> Result<u8> {
     let (mut written, mut tokens, mut no_verdict, mut errors) = (0usize, 0usize, 0usize, 0usize);
     let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
     let batch = session.batch();
-    let (_, interrupted) =
-        super::classify_in_order(&mut session, &texts, &RunOptions::new(args.max_new_tokens), &mut |i, result| {
-            writeln!(out, "{}", result_line(&lines[i], &result)?)?;
-            out.flush()?;
-            match &result {
-                Ok(c) => {
-                    tokens += c.new_tokens;
-                    no_verdict += usize::from(!c.verdict_found);
-                }
-                Err(_) => errors += 1,
+    let (_, interrupted) = super::classify_in_order(&mut session, &texts, &args.run_options(), &mut |i, result| {
+        writeln!(out, "{}", result_line(&lines[i], &result)?)?;
+        out.flush()?;
+        match &result {
+            Ok(c) => {
+                tokens += c.new_tokens;
+                no_verdict += usize::from(!c.verdict_found);
             }
-            written += 1;
-            bar.set_message(format!("{:.1} tokens/s", tokens as f64 / started.elapsed().as_secs_f64().max(1e-9)));
-            bar.inc(1);
-            Ok(())
-        })?;
+            Err(_) => errors += 1,
+        }
+        written += 1;
+        bar.set_message(format!("{:.1} tokens/s", tokens as f64 / started.elapsed().as_secs_f64().max(1e-9)));
+        bar.inc(1);
+        Ok(())
+    })?;
     bar.finish_and_clear();
     if interrupted {
         eprintln!("interrupted: {written} of {} conversations printed", lines.len());

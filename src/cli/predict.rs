@@ -9,8 +9,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use guardreasoner::guard::{
     BenchmarkItem, DATASETS, DatasetPredictions, DatasetSpec, EvalReport, GroundTruthSource, MANIFEST_FILE,
-    PREDICTIONS_FILE, PlannedItem, REPORT_FILE, RunManifest, RunSummary, SUMMARY_FILE, Shard, evaluate,
-    parse_benchmark_json, parse_predictions_jsonl, plan_items, prediction_line, report_html, resume_point,
+    PREDICTIONS_FILE, PlannedItem, REPORT_FILE, RunManifest, RunSummary, SCORES_FILE, SUMMARY_FILE, Shard, evaluate,
+    kept_scores, parse_benchmark_json, parse_predictions_jsonl, parse_scores_jsonl, plan_items, prediction_line,
+    report_html, resume_point, scores_line,
 };
 use guardreasoner::session::{RunOptions, Session};
 use std::io::Write;
@@ -48,6 +49,12 @@ pub struct PredictArgs {
     /// --context tokens.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=128))]
     pub batch: Option<u16>,
+    /// Verdict-first mode: give the model the answer section's opening right after the prompt,
+    /// so each item's three verdicts come at once (about a dozen tokens, no reasoning). The model
+    /// was trained to reason first: run `predict` both ways and compare the F1s to measure what
+    /// this mode costs. A folder holds one mode (run.json records it).
+    #[arg(long)]
+    pub verdict_first: bool,
 }
 
 /// One dataset of the run, read and planned before the model loads (bad input fails fast).
@@ -72,6 +79,7 @@ pub fn run(args: PredictArgs) -> Result<u8> {
         quant: args.model.quant.name().into(),
         context: args.model.context_or(None),
         max_new_tokens: args.max_new_tokens,
+        verdict_first: args.verdict_first,
     };
     check_manifest(&args.out, &manifest)?;
     let load_started = Instant::now();
@@ -110,6 +118,11 @@ pub fn run(args: PredictArgs) -> Result<u8> {
     }
     println!("{summary}");
     Ok(0)
+}
+
+/// The scores file beside a predictions file.
+fn scores_path(predictions: &Path) -> PathBuf {
+    predictions.with_file_name(SCORES_FILE)
 }
 
 fn benchmark_path(dir: &Path, spec: &DatasetSpec) -> PathBuf {
@@ -191,7 +204,8 @@ fn predict(
     summary: &mut RunSummary,
 ) -> Result<Outcome> {
     super::interrupted(); // Ctrl-C from here on stops after the current token; finished items stay
-    let options = RunOptions::new(args.max_new_tokens);
+    let mut options = RunOptions::new(args.max_new_tokens);
+    options.verdict_first = args.verdict_first;
     let batch = session.batch();
     for run in runs {
         let name = run.spec.name;
@@ -216,6 +230,19 @@ fn predict(
             );
             file.set_len(point.keep_bytes as u64).with_context(|| format!("truncating {}", run.path.display()))?;
         }
+        // The scores file keeps the lines of the items kept (a line past them is an item whose
+        // prediction was not written).
+        let scores_path = scores_path(&run.path);
+        let kept = match std::fs::read_to_string(&scores_path) {
+            Ok(text) => kept_scores(&scores_path.display().to_string(), &text, point.done)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", scores_path.display())),
+        };
+        std::fs::write(&scores_path, kept).with_context(|| format!("writing {}", scores_path.display()))?;
+        let mut scores_file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&scores_path)
+            .with_context(|| format!("opening {}", scores_path.display()))?;
         if point.done > 0 {
             eprintln!(
                 "{name}: resuming after {} of {} items already in {}",
@@ -241,6 +268,11 @@ fn predict(
         let (stats, interrupted) = super::classify_in_order(session, &texts, &options, &mut |k, result| {
             let item = &todo[k];
             let result = result.with_context(|| format!("item {} of the benchmark file", item.index + 1))?;
+            // The scores line first: a prediction line always has its scores beside it.
+            let line = point.done + k + 1;
+            scores_file
+                .write_all(scores_line(line, &result.scores).as_bytes())
+                .with_context(|| format!("writing {}", scores_path.display()))?;
             file.write_all(prediction_line(&item.prompt, item.label.as_deref(), &result.text).as_bytes())
                 .and_then(|_| file.sync_data())
                 .with_context(|| format!("writing {}", run.path.display()))?;
@@ -309,10 +341,16 @@ fn score(runs: &[DatasetRun]) -> Result<EvalReport> {
     for run in runs {
         let source = run.path.display().to_string();
         let text = std::fs::read_to_string(&run.path).with_context(|| format!("reading {source}"))?;
+        let scores_path = scores_path(&run.path);
+        let scores = match std::fs::read_to_string(&scores_path) {
+            Ok(text) => parse_scores_jsonl(&scores_path.display().to_string(), &text)?,
+            Err(_) => Default::default(),
+        };
         predictions.push(DatasetPredictions {
             dataset: run.spec.name.to_string(),
             records: parse_predictions_jsonl(&source, &text)?,
             source,
+            scores,
         });
         if run.spec.ground_truth == GroundTruthSource::BenchmarkFields {
             wild_guard_items = Some(run.covered_items.as_slice());

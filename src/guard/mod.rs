@@ -8,19 +8,22 @@ pub mod lines;
 pub mod parser;
 pub mod predictions;
 pub mod prompt;
+pub mod ranking;
 pub mod record;
 pub mod report;
 pub mod run;
 pub mod score;
+pub mod scores;
 pub mod task;
 
 pub use datasets::{DATASETS, DatasetSpec, GroundTruthSource, TASK_DATASETS, benchmark_label_field, dataset_spec};
 pub use parser::{GuardEvent, GuardResult, ReasoningParser, TaskReasoning};
 pub use predictions::{
-    BenchmarkItem, FAILED_FIELD, PREDICTIONS_FILE, PredictionRecord, ScoreError, failed_line, parse_benchmark_json,
-    parse_predictions_jsonl, prediction_line,
+    BenchmarkItem, FAILED_FIELD, PREDICTIONS_FILE, PredictionRecord, SCORES_FILE, ScoreError, failed_line, kept_scores,
+    parse_benchmark_json, parse_predictions_jsonl, parse_scores_jsonl, prediction_line, scores_line,
 };
-pub use prompt::{INSTRUCTION, NO_RESPONSE, checked_guard_prompt, guard_prompt, shared_prefix};
+pub use prompt::{ANSWER_HEADER, INSTRUCTION, NO_RESPONSE, checked_guard_prompt, guard_prompt, shared_prefix};
+pub use ranking::Ranking;
 pub use record::{DatasetTotals, EngineInfo, MANIFEST_FILE, RunManifest, RunSummary, SUMMARY_FILE};
 pub use report::{PAPER_F1_1B, REPORT_FILE, paper_f1, report_html};
 pub use run::{PlannedItem, ResumePoint, Shard, plan_items, resume_point};
@@ -30,4 +33,5 @@ pub use score::{
     DatasetPredictions, DatasetReport, EvalReport, GroundTruth, PREDICTION_TAIL_CHARS, TaskScore, TaskSummary,
     evaluate, find_verdict, positive_label, prediction_tail, score_items,
 };
+pub use scores::{ScoredReader, Scores, Thresholds, VerdictWords};
 pub use task::Task;

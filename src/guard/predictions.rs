@@ -3,9 +3,17 @@
 //! paper lays them out), parsed and written here. Reference: ARCHITECTURE.md §7 (benchmark runs).
 
 use serde::Serialize;
+use std::collections::BTreeMap;
+
+use super::scores::Scores;
 
 /// The predictions file inside `<dir>/<Dataset>/`, as the paper names it.
 pub const PREDICTIONS_FILE: &str = "generated_predictions.jsonl";
+
+/// Beside it, the verdicts' scores (`guard::scores`), one line per scored item:
+/// `{"line":N,"request":0.97,"completion":null,"response":null}`, `line` naming the predictions
+/// file's line. Kept apart so the predictions file stays the paper's, byte for byte.
+pub const SCORES_FILE: &str = "scores.jsonl";
 
 /// One line of a predictions file.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -120,6 +128,53 @@ pub fn prediction_line(prompt: &str, label: Option<&str>, predict: &str) -> Stri
 /// count the empty prediction as unreadable.
 pub fn failed_line(prompt: &str, label: Option<&str>, reason: &str) -> String {
     line_text(&Line { prompt, label, predict: "", failed: Some(reason) })
+}
+
+/// One line of a scores file, newline included.
+pub fn scores_line(line: usize, scores: &Scores) -> String {
+    #[derive(Serialize)]
+    struct Line<'a> {
+        line: usize,
+        #[serde(flatten)]
+        scores: &'a Scores,
+    }
+    let mut text = serde_json::to_string(&Line { line, scores }).expect("numbers always serialize");
+    text.push('\n');
+    text
+}
+
+/// Parses a scores file: each predictions line's scores, by line number. `file` names it in
+/// errors; blank lines are skipped.
+pub fn parse_scores_jsonl(file: &str, text: &str) -> Result<BTreeMap<usize, Scores>, ScoreError> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        line: usize,
+        #[serde(flatten)]
+        scores: Scores,
+    }
+    let mut scores = BTreeMap::new();
+    for (index, raw) in text.split('\n').enumerate() {
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let parsed: Line = serde_json::from_str(raw).map_err(|e| ScoreError::Record {
+            file: file.to_string(),
+            line: index + 1,
+            message: format!("not a scores line ({e})"),
+        })?;
+        scores.insert(parsed.line, parsed.scores);
+    }
+    Ok(scores)
+}
+
+/// A scores file's text cut to the lines of the first `done` predictions (a resumed run: a line
+/// past them is an item whose prediction was never written).
+pub fn kept_scores(file: &str, text: &str, done: usize) -> Result<String, ScoreError> {
+    Ok(parse_scores_jsonl(file, text)?
+        .iter()
+        .filter(|(line, _)| **line <= done)
+        .map(|(line, scores)| scores_line(*line, scores))
+        .collect())
 }
 
 /// One item of a benchmark file: its JSON object, fields read on demand (files differ: WildGuardTest

@@ -13,6 +13,12 @@ pub const INSTRUCTION: &str = "You are a classifier for analyzing interactions b
 /// What stands in for the AI response when there is none (prompt-only benchmarks use it too).
 pub const NO_RESPONSE: &str = "None";
 
+/// The opening of the answer section as the model writes it after its reasoning (`...\n\n` then
+/// this, then ` harmful\nCompletion: ...`): 1,981 of the 2,195 real 1B outputs have it exactly, after a blank line.
+/// Verdict-first mode puts it right after the prompt, which ends with a blank line as the
+/// reasoning does.
+pub const ANSWER_HEADER: &str = "---\n\nAnswers: \nRequest:";
+
 /// The full prompt text for one conversation, without BOS (the engine adds BOS as a token).
 ///
 /// `guard_prompt(p, None)` and `guard_prompt(p, Some("None"))` are the same text: the model

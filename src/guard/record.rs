@@ -24,10 +24,13 @@ pub struct RunManifest {
     pub quant: String,
     pub context: usize,
     pub max_new_tokens: usize,
+    /// Verdict-first mode (written only when on, so a reasoning run's file is as before).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verdict_first: bool,
 }
 
 /// The manifest keys a rerun must match.
-const BINDING_KEYS: [&str; 5] = ["model_identity", "backend", "quant", "context", "max_new_tokens"];
+const BINDING_KEYS: [&str; 6] = ["model_identity", "backend", "quant", "context", "max_new_tokens", "verdict_first"];
 
 impl RunManifest {
     /// `run.json`'s text.
@@ -153,6 +156,7 @@ impl RunSummary {
             "quant": manifest.quant,
             "context": manifest.context,
             "max_new_tokens": manifest.max_new_tokens,
+            "mode": if manifest.verdict_first { "verdict-first" } else { "reasoning" },
             "shard": shard.to_string(),
             "limit": limit,
             "datasets": self.datasets,
@@ -196,6 +200,7 @@ mod tests {
             quant: "none".into(),
             context: 4096,
             max_new_tokens: 48,
+            verdict_first: false,
         }
     }
 
@@ -205,7 +210,7 @@ mod tests {
         let same_model_other_spelling =
             RunManifest { engine: "browser".into(), model: "./x.gguf".into(), ..manifest() };
         assert_eq!(same_model_other_spelling.check_against(&written, "out"), Ok(()));
-        let changes: [(&str, RunManifest); 5] = [
+        let changes: [(&str, RunManifest); 6] = [
             (
                 "model_identity",
                 RunManifest { model_identity: ModelIdentity { bytes: 10, sha256: "cd".into() }, ..manifest() },
@@ -214,6 +219,7 @@ mod tests {
             ("quant", RunManifest { quant: "q8".into(), ..manifest() }),
             ("context", RunManifest { context: 2048, ..manifest() }),
             ("max_new_tokens", RunManifest { max_new_tokens: 12, ..manifest() }),
+            ("verdict_first", RunManifest { verdict_first: true, ..manifest() }),
         ];
         for (key, changed) in changes {
             let err = changed.check_against(&written, "out").unwrap_err();

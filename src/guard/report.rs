@@ -183,6 +183,51 @@ fn chart(task: Task, rows: &[Row]) -> String {
     svg
 }
 
+/// Where the predictions had scores: per dataset of `task`, its precision-recall curve (an inline
+/// SVG, recall across, precision up) with the area under it and the best F1 a threshold reaches.
+fn curves(scores: &Value, task: Task) -> String {
+    const SIZE: f64 = 150.0;
+    const PAD: f64 = 24.0;
+    let task_word = serde_json::to_value(task).unwrap_or_default();
+    let datasets = scores["datasets"].as_array().cloned().unwrap_or_default();
+    let mut html = String::new();
+    for dataset in &datasets {
+        let Some(score) = dataset["scores"].as_array().and_then(|s| s.iter().find(|s| s["task"] == task_word)) else {
+            continue;
+        };
+        let ranking = &score["ranking"];
+        let Some(curve) = ranking["curve"].as_array() else { continue };
+        let name = escape(dataset["name"].as_str().unwrap_or("?"));
+        let number = |key: &str| ranking[key].as_f64().unwrap_or(f64::NAN);
+        let caption = format!(
+            "{name}: AUPRC {:.2}, best F1 {:.2} at threshold {:.3} ({} items)",
+            number("auprc"),
+            number("best_f1"),
+            number("best_threshold"),
+            ranking["scored_items"].as_u64().unwrap_or(0)
+        );
+        let points: Vec<String> = curve
+            .iter()
+            .filter_map(|p| Some((p[0].as_f64()?, p[1].as_f64()?)))
+            .map(|(r, p)| format!("{:.1},{:.1}", PAD + SIZE * r, PAD + SIZE * (1.0 - p)))
+            .collect();
+        let _ = write!(
+            html,
+            r##"<figure class="pr"><svg role="img" aria-label="precision-recall curve, {caption}" width="{w:.0}" height="{w:.0}" viewBox="0 0 {w:.0} {w:.0}" xmlns="http://www.w3.org/2000/svg"><rect x="{PAD}" y="{PAD}" width="{SIZE}" height="{SIZE}" fill="none" stroke="#ddd"/><polyline points="{}" fill="none" stroke="#2f6fdb" stroke-width="2"/><text x="{PAD}" y="{:.0}" font-size="10">recall</text><text x="4" y="{:.0}" font-size="10">precision</text></svg><figcaption>{caption}</figcaption></figure>"##,
+            points.join(" "),
+            PAD + SIZE + 14.0,
+            PAD - 8.0,
+            w = SIZE + 2.0 * PAD,
+        );
+    }
+    if html.is_empty() {
+        return html;
+    }
+    format!(
+        "<h3>Scores: precision and recall over every threshold</h3>\n<p>The model's probability of the positive verdict, read at the token that wrote it (<code>scores.jsonl</code>); the F1 above is the paper's, from the text.</p>\n<div class=\"curves\">{html}</div>\n"
+    )
+}
+
 /// The page for a run: `summary` is `summary.json`'s object (the CLI's `predict`, the browser's
 /// evaluator), or `{"scores": <EvalReport>}` alone (`eval --report`).
 pub fn report_html(summary: &Value) -> String {
@@ -197,6 +242,7 @@ pub fn report_html(summary: &Value) -> String {
         "th:first-child,td:first-child{text-align:left}td.worse{color:#a40000}td.better{color:#006b1b}",
         "rect.ours{fill:#2f6fdb}rect.paper{fill:#9aa3ad}.key span{display:inline-block;width:.8em;height:.8em;margin:0 .3em 0 1em}",
         "dl{display:grid;grid-template-columns:max-content auto;gap:.15rem 1rem}dt{color:#555}dd{margin:0}",
+        ".curves{display:flex;flex-wrap:wrap;gap:1rem}figure.pr{margin:0;max-width:14rem}figcaption{font-size:12px}",
         "</style></head><body>\n<h1>GuardReasoner benchmark report</h1>\n"
     ));
     // What ran, when the summary says.
@@ -207,6 +253,7 @@ pub fn report_html(summary: &Value) -> String {
         ("quantization", summary["quant"].as_str().map(str::to_string)),
         ("batch", summary["batch"].as_u64().map(|b| b.to_string())),
         ("max new tokens", summary["max_new_tokens"].as_u64().map(|n| n.to_string())),
+        ("mode", summary["mode"].as_str().map(str::to_string)),
         ("shard", summary["shard"].as_str().map(str::to_string)),
         ("limit per dataset", summary["limit"].as_u64().map(|n| n.to_string())),
         ("items run now", summary["new_items"].as_u64().map(|n| n.to_string())),
@@ -275,6 +322,7 @@ pub fn report_html(summary: &Value) -> String {
             );
         }
         html.push_str("</tbody></table>\n");
+        html.push_str(&curves(scores, task));
     }
     // Speed per dataset, when the run's totals are there.
     if let Some(datasets) = summary["datasets"].as_array().filter(|d| !d.is_empty()) {

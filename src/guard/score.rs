@@ -13,7 +13,11 @@ use super::datasets::dataset_spec;
 use super::datasets::{DATASETS, GroundTruthSource, TASK_DATASETS, benchmark_label_field, tasks_of};
 use super::predictions::{BenchmarkItem, PredictionRecord, ScoreError};
 #[cfg(not(target_arch = "wasm32"))]
-use super::predictions::{PREDICTIONS_FILE, parse_benchmark_json, parse_predictions_jsonl};
+use super::predictions::{
+    PREDICTIONS_FILE, SCORES_FILE, parse_benchmark_json, parse_predictions_jsonl, parse_scores_jsonl,
+};
+use super::ranking::{Ranking, rank};
+use super::scores::Scores;
 use super::task::Task;
 
 /// The evaluator reads only this many characters (Python `predict[-300:]`: code points, not bytes)
@@ -128,6 +132,10 @@ pub struct TaskScore {
     pub true_positives: usize,
     pub false_positives: usize,
     pub false_negatives: usize,
+    /// How the verdict's scores rank the items, where the predictions have scores
+    /// (`SCORES_FILE`); the F1 above is the paper's, from the text, either way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ranking: Option<Ranking>,
 }
 
 /// Scores one dataset on one task from (ground truth, prediction text) pairs, exactly as the
@@ -157,6 +165,7 @@ pub fn score_items<'a>(task: Task, items: impl IntoIterator<Item = (GroundTruth,
         true_positives: 0,
         false_positives: 0,
         false_negatives: 0,
+        ranking: None,
     };
     let positive = positive_label(task);
     let count_pair = |score: &mut TaskScore, truth: &str, predicted: &str| {
@@ -216,6 +225,8 @@ pub struct DatasetPredictions {
     /// Where the records came from, for messages.
     pub source: String,
     pub records: Vec<PredictionRecord>,
+    /// The verdicts' scores by predictions line (`SCORES_FILE`); empty where there are none.
+    pub scores: std::collections::BTreeMap<usize, Scores>,
 }
 
 /// Scores of one dataset present in the predictions.
@@ -277,14 +288,22 @@ pub fn evaluate(
         let scored = |record: &&PredictionRecord| record.failed.is_none();
         let mut scores = Vec::new();
         for task in tasks_of(spec.name) {
-            let score = match spec.ground_truth {
+            // Each scored record's ground truth, beside its verdict score, for the ranking.
+            let mut ranked: Vec<(bool, f64)> = Vec::new();
+            let mut rank_pair = |truth: &GroundTruth, record: &PredictionRecord| {
+                if let (GroundTruth::Known(truth), Some(score)) =
+                    (truth, dataset.scores.get(&record.line).and_then(|s| s.get(task)))
+                {
+                    ranked.push((truth == positive_label(task), score));
+                }
+            };
+            let mut score = match spec.ground_truth {
                 GroundTruthSource::Label | GroundTruthSource::LabelAnswerText => score_items(
                     task,
                     records.iter().filter(scored).map(|record| {
-                        (
-                            GroundTruth::from_label(spec.ground_truth, task, record.label.as_deref()),
-                            record.predict.as_str(),
-                        )
+                        let truth = GroundTruth::from_label(spec.ground_truth, task, record.label.as_deref());
+                        rank_pair(&truth, record);
+                        (truth, record.predict.as_str())
                     }),
                 ),
                 GroundTruthSource::BenchmarkFields => {
@@ -312,11 +331,13 @@ pub fn evaluate(
                             message: format!("item {}: {message}", index + 1),
                         })?;
                         let truth = label.map_or(GroundTruth::Null, |text| GroundTruth::Known(text.to_string()));
+                        rank_pair(&truth, record);
                         items.push((truth, record.predict.as_str()));
                     }
                     score_items(task, items)
                 }
             };
+            score.ranking = rank(&ranked);
             scores.push(score);
         }
         let failed_items = records.iter().filter(|r| r.failed.is_some()).count();
@@ -420,7 +441,39 @@ impl EvalReport {
                 failed.join(", ")
             ));
         }
+        out.push_str(&self.ranking_table());
         out
+    }
+
+    /// Where predictions have scores: per dataset and task, the area under the precision-recall
+    /// curve and the best F1 a threshold reaches, beside the paper's F1 (from the text). Empty
+    /// without scores.
+    pub fn ranking_table(&self) -> String {
+        let mut rows = Vec::new();
+        for dataset in &self.datasets {
+            for score in &dataset.scores {
+                if let Some(r) = &score.ranking {
+                    rows.push(format!(
+                        "{:<22} {:<31} {:>8.2} {:>8.2} {:>8.2} {:>10.3} {:>7}",
+                        dataset.name,
+                        score.task.display_name(),
+                        score.f1,
+                        r.auprc,
+                        r.best_f1,
+                        r.best_threshold,
+                        r.scored_items
+                    ));
+                }
+            }
+        }
+        if rows.is_empty() {
+            return String::new();
+        }
+        let header = format!(
+            "{:<22} {:<31} {:>8} {:>8} {:>8} {:>10} {:>7}",
+            "Scores", "task", "F1", "AUPRC", "best F1", "threshold", "items"
+        );
+        format!("{header}\n{}\n", rows.join("\n"))
     }
 }
 
@@ -474,7 +527,12 @@ pub fn evaluate_dir(
         }
         let source = path.display().to_string();
         let records = parse_predictions_jsonl(&source, &read(&path)?)?;
-        predictions.push(DatasetPredictions { dataset: spec.name.to_string(), source, records });
+        let scores_path = pred_dir.join(spec.name).join(SCORES_FILE);
+        let scores = match scores_path.is_file() {
+            true => parse_scores_jsonl(&scores_path.display().to_string(), &read(&scores_path)?)?,
+            false => Default::default(),
+        };
+        predictions.push(DatasetPredictions { dataset: spec.name.to_string(), source, records, scores });
     }
     if predictions.is_empty() {
         return Err(refuse(pred_dir, format!("holds no predictions ({layout})")));

@@ -4,7 +4,7 @@
 use super::weights;
 use super::{GpuOptions, LinearKernel};
 use crate::backend::Counters;
-use crate::backend::{Backend, Span, unfused};
+use crate::backend::{Backend, Chosen, MAX_WATCH, Span, unfused};
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::format::HostTensor;
@@ -457,6 +457,7 @@ fn shared_wgsl() -> String {
         ("BLOCK", BLOCK),
         ("CHUNK", CHUNK),
         ("MAX_HEAD_DIM", MAX_HEAD_DIM),
+        ("MAX_WATCH", crate::backend::MAX_WATCH),
     ]
     .iter()
     .map(|(name, value)| format!("const {name}: u32 = {value}u;\n"))
@@ -498,10 +499,13 @@ struct Choice {
     staging: wgpu::Buffer,
     issued: u64,
     rows: usize,
+    /// Watched logits per row (`Backend::choose`'s `watch`), copied after the ids.
+    watched: usize,
     map: Option<MapReceiver>,
     /// The submit that writes it (`Counters::submits` after it) and its index for waiting.
     submit: u64,
     index: Option<wgpu::SubmissionIndex>,
+    /// What was read: the ids, then each row's watched logits.
     values: Option<Vec<u32>>,
 }
 
@@ -582,6 +586,8 @@ pub struct GpuBackend {
     /// The token ring: `(max_rows + SPARE_CHOICES) * max_rows` u32s written by argmax, read by the next step's
     /// embedding.
     token_buffer: wgpu::Buffer,
+    /// Beside the token ring, `MAX_WATCH` f32s per slot: the watched logits argmax copies out.
+    watch_buffer: wgpu::Buffer,
     choices: RefCell<Vec<Choice>>,
     /// `0, 1, 2, ...` (`max_rows` of them): the embedding's index table for consecutive ids.
     identity: wgpu::Buffer,
@@ -662,16 +668,23 @@ impl GpuBackend {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
+        let watch_buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("watched logits"),
+            size: ((max_rows + SPARE_CHOICES) * max_rows * MAX_WATCH * 4) as u64,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
         let choices = (0..max_rows + SPARE_CHOICES)
             .map(|_| Choice {
                 staging: device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("token readback"),
-                    size: (max_rows * 4) as u64,
+                    size: (max_rows * (1 + MAX_WATCH) * 4) as u64,
                     usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
                 }),
                 issued: 0,
                 rows: 0,
+                watched: 0,
                 map: None,
                 submit: 0,
                 index: None,
@@ -722,6 +735,7 @@ impl GpuBackend {
             trace: RefCell::new(Vec::new()),
             param_buffer,
             token_buffer,
+            watch_buffer,
             choices: RefCell::new(choices),
             identity,
             tokens_issued: std::cell::Cell::new(0),
@@ -1218,7 +1232,7 @@ impl GpuBackend {
 
     /// A copy into a mappable buffer for a readback: it ends the open compute pass (a step has
     /// no other copy).
-    fn copy_for_readback(&self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, bytes: u64) {
+    fn copy_for_readback(&self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, bytes: u64) {
         let mut pending = self.pending.borrow_mut();
         pending.pass = None;
         self.count(|c| c.readback_copies += 1);
@@ -1226,7 +1240,7 @@ impl GpuBackend {
         let encoder = pending.encoder.get_or_insert_with(|| {
             device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") })
         });
-        encoder.copy_buffer_to_buffer(src, src_offset, dst, 0, bytes);
+        encoder.copy_buffer_to_buffer(src, src_offset, dst, dst_offset, bytes);
     }
 
     /// Submit everything queued so far; the submission's index, if there was anything.
@@ -1263,7 +1277,7 @@ impl GpuBackend {
                 }),
             }
         };
-        self.copy_for_readback(src, 0, &staging, bytes);
+        self.copy_for_readback(src, 0, &staging, 0, bytes);
         self.flush();
         let rx = map_for_read(&staging, bytes);
         // Natively this drives the GPU to completion; on the web it does nothing and the
@@ -1647,8 +1661,14 @@ impl Backend for GpuBackend {
         self.op_done("last_row", out)
     }
 
-    fn choose(&self, logits: &GpuAct) -> Result<Vec<GpuToken>> {
+    fn choose(&self, logits: &GpuAct, watch: &[u32]) -> Result<Vec<GpuToken>> {
         let rows = logits.rows;
+        if watch.len() > MAX_WATCH || watch.iter().any(|&id| id as usize >= logits.cols) {
+            return Err(Error::Backend(format!(
+                "watched ids {watch:?}: at most {MAX_WATCH}, each below {}",
+                logits.cols
+            )));
+        }
         let issued = self.tokens_issued.get() + 1;
         self.tokens_issued.set(issued);
         let choice = (issued % self.choices.borrow().len() as u64) as usize;
@@ -1663,19 +1683,29 @@ impl Backend for GpuBackend {
             }
             c.staging.clone()
         };
+        // Argmax.wgsl's Params: n, slot, the number watched, padding, then the ids as 4 vec4s.
+        let mut ids = [0u32; MAX_WATCH];
+        ids[..watch.len()].copy_from_slice(watch);
+        let head = [logits.cols as u32, first as u32, watch.len() as u32, 0];
         self.dispatch(
             Kernel::Argmax,
-            &params(&[logits.cols as u32, first as u32]),
-            &[logits.buffer(), &self.token_buffer],
+            &params(&[&head[..], &ids[..]].concat()),
+            &[logits.buffer(), &self.token_buffer, &self.watch_buffer],
             (rows as u32, 1),
         )?;
-        let bytes = (rows * 4) as u64;
-        self.copy_for_readback(&self.token_buffer, (first * 4) as u64, &staging, bytes);
+        let id_bytes = (rows * 4) as u64;
+        self.copy_for_readback(&self.token_buffer, (first * 4) as u64, &staging, 0, id_bytes);
+        let mut bytes = id_bytes;
+        if !watch.is_empty() {
+            let watch_bytes = (rows * MAX_WATCH * 4) as u64;
+            self.copy_for_readback(&self.watch_buffer, (first * MAX_WATCH * 4) as u64, &staging, id_bytes, watch_bytes);
+            bytes += watch_bytes;
+        }
         let index = self.flush();
         let rx = map_for_read(&staging, bytes);
         let submit = self.counters.get().submits;
         self.choices.borrow_mut()[choice] =
-            Choice { staging, issued, rows, map: Some(rx), submit, index, values: None };
+            Choice { staging, issued, rows, watched: watch.len(), map: Some(rx), submit, index, values: None };
         Ok((0..rows).map(|row| GpuToken { slot: first + row, row, issued }).collect())
     }
 
@@ -1698,17 +1728,24 @@ impl Backend for GpuBackend {
         self.op_done("embed_tokens", out)
     }
 
-    async fn token_id(&self, token: &GpuToken) -> Result<u32> {
+    async fn read_token(&self, token: &GpuToken) -> Result<Chosen> {
         self.check_token(token)?;
         let choice = (token.issued % self.choices.borrow().len() as u64) as usize;
-        let (rx, index, submit, staging, rows) = {
+        // The ids, then `MAX_WATCH` slots per row of which the first `watched` hold logits.
+        let pick = |values: &[u32], rows: usize, watched: usize| -> Result<Chosen> {
+            let id = values.get(token.row).copied().ok_or_else(|| Error::Backend("token row out of range".into()))?;
+            let from = rows + token.row * MAX_WATCH;
+            let watched = values.get(from..from + watched).unwrap_or(&[]).iter().map(|&b| f32::from_bits(b)).collect();
+            Ok(Chosen { id, watched })
+        };
+        let (rx, index, submit, staging, rows, watched) = {
             let mut choices = self.choices.borrow_mut();
             let c = &mut choices[choice];
             if let Some(v) = &c.values {
-                return v.get(token.row).copied().ok_or_else(|| Error::Backend("token row out of range".into()));
+                return pick(v, c.rows, c.watched);
             }
             let rx = c.map.take().ok_or_else(|| Error::Backend("token readback missing".into()))?;
-            (rx, c.index.clone(), c.submit, c.staging.clone(), c.rows)
+            (rx, c.index.clone(), c.submit, c.staging.clone(), c.rows, c.watched)
         };
         let mut rx = rx;
         // Natively the map completes only when the device is polled; on the web polling does
@@ -1734,16 +1771,17 @@ impl Backend for GpuBackend {
         };
         self.check_errors()?;
         mapped.map_err(|e| self.lost_or(Error::Backend(format!("GPU readback failed: {e}"))))?;
+        let words = if watched > 0 { rows * (1 + MAX_WATCH) } else { rows };
         let values: Vec<u32> = {
             let view = staging
-                .get_mapped_range(0..(rows * 4) as u64)
+                .get_mapped_range(0..(words * 4) as u64)
                 .map_err(|e| Error::Backend(format!("GPU readback failed: {e}")))?;
             bytemuck::cast_slice(&view).to_vec()
         };
         staging.unmap();
-        let id = values.get(token.row).copied().ok_or_else(|| Error::Backend("token row out of range".into()))?;
+        let chosen = pick(&values, rows, watched)?;
         self.choices.borrow_mut()[choice].values = Some(values);
-        Ok(id)
+        Ok(chosen)
     }
 
     fn steps_ahead(&self) -> usize {
