@@ -17,6 +17,8 @@ import { BACKENDS, DEFAULTS, GPU_LOST_PREFIX, QUANTS } from "../www/protocol.js"
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const PREDICTIONS_FILE = "generated_predictions.jsonl";
+// Beside it, each item's verdict scores (the core's SCORES_FILE).
+const SCORES_FILE = "scores.jsonl";
 const MANIFEST_FILE = "run.json";
 const SUMMARY_FILE = "summary.json";
 const REPORT_FILE = "report.html"; // Rust guard::REPORT_FILE
@@ -58,6 +60,9 @@ Options:
   --shard I/N           this machine's share of a split run (0-based, contiguous slices; the
                         shards' files concatenate in order to the unsplit run's), default 0/1
   --max-new-tokens N    most new tokens per item (default ${DEFAULTS.maxNewTokens}; --max-new also taken)
+  --verdict-first       give the model the answer section's opening after each prompt, so it
+                        writes its verdicts at once, without reasoning (about a dozen tokens);
+                        compare with a reasoning run's F1 to measure what this costs
   --backend B           auto | webgpu | cpu (default ${DEFAULTS.backend}: WebGPU on a real GPU, else the CPU)
   --quant Q             float weights once loaded: q8 | q4 | none (default ${DEFAULTS.quant}; f32, q8_0,
                         q4_0 also taken)
@@ -95,6 +100,7 @@ function parseOptions(argv) {
         shard: { type: "string", default: "0/1" },
         "max-new-tokens": { type: "string" },
         "max-new": { type: "string" },
+        "verdict-first": { type: "boolean", default: false },
         backend: { type: "string", default: DEFAULTS.backend },
         quant: { type: "string", default: DEFAULTS.quant },
         context: { type: "string", default: String(DEFAULTS.context) },
@@ -130,6 +136,7 @@ function parseOptions(argv) {
     limit: values.limit === undefined ? null : count("limit", 0),
     shard: { index: Number(shard[1]), count: Number(shard[2]), text: values.shard },
     maxNewTokens: count("max-new-tokens", 1),
+    mode: values["verdict-first"] ? "verdict-first" : "reasoning",
     backend: values.backend,
     quant: values.quant,
     context: count("context", 1),
@@ -424,7 +431,7 @@ async function load(page, opts, model, handlers) {
 
   const manifestFile = path.join(opts.out, MANIFEST_FILE);
   const existing = holdsPredictions(opts.out) && fs.existsSync(manifestFile) ? fs.readFileSync(manifestFile, "utf8") : null;
-  const settings = { model: opts.model, backend: opts.backend, quant: opts.quant, context: opts.context, max_new_tokens: opts.maxNewTokens };
+  const settings = { model: opts.model, backend: opts.backend, quant: opts.quant, context: opts.context, max_new_tokens: opts.maxNewTokens, verdict_first: opts.mode === "verdict-first" };
   let manifest = existing;
   try {
     const made = await page.evaluate(([s, e, f]) => window.evaluator.manifest(s, e, f), [settings, existing, opts.out]);
@@ -487,6 +494,12 @@ async function run(currentTab, reopen, handlers, opts, runs, batch) {
       }
       if (resume.done > 0) log(`${spec.name}: resuming after ${resume.done} of ${plan.items.length} items already in ${out}`);
       const bar = datasetProgress(multi, spec.name, plan.items.length, resume.done);
+      // The scores file keeps the lines of the items kept, then takes each new item's line just
+      // before its prediction's.
+      const scoresFile = path.join(path.dirname(out), SCORES_FILE);
+      const oldScores = fs.existsSync(scoresFile) ? fs.readFileSync(scoresFile, "utf8") : "";
+      fs.writeFileSync(scoresFile, await currentTab().page.evaluate(([f, t, d]) => window.evaluator.keptScores(f, t, d), [scoresFile, oldScores, resume.done]));
+      const scoresFd = fs.openSync(scoresFile, "a");
       const fd = fs.openSync(out, "a");
       const stats = { tokens: 0, written: 0 };
       const finishedCounts = [];
@@ -517,7 +530,7 @@ async function run(currentTab, reopen, handlers, opts, runs, batch) {
           const limit = timeout.seconds();
           let timer;
           const timedOut = new Promise((resolve) => (timer = setTimeout(() => resolve({ timeout: true }), limit * 1000)));
-          const classify = tab.page.evaluate(([it, n]) => window.evaluator.classify(it, n), [item, opts.maxNewTokens]).then(
+          const classify = tab.page.evaluate(([it, n, m, l]) => window.evaluator.classify(it, n, m, l), [item, opts.maxNewTokens, opts.mode, resume.done + k + 1]).then(
             (r) => ({ r }),
             (e) => ({ error: cleanMessage(e) }),
           );
@@ -581,6 +594,7 @@ async function run(currentTab, reopen, handlers, opts, runs, batch) {
           done.delete(k);
           const item = todo[k];
           const line = r ? r.line : await currentTab().page.evaluate(([p, l, w]) => window.evaluator.failedLine(p, l, w), [item.prompt, item.label, failed]);
+          if (r) fs.writeSync(scoresFd, r.scoresLine);
           fs.writeSync(fd, line);
           fs.fsyncSync(fd);
           stats.written += 1;
@@ -600,6 +614,7 @@ async function run(currentTab, reopen, handlers, opts, runs, batch) {
         }
       } finally {
         fs.closeSync(fd);
+        fs.closeSync(scoresFd);
       }
       datasets.push({ name: spec.name, items: plan.items.length, benchmarkItems: plan.total, finished: finishedCounts, generationSeconds: (performance.now() - datasetStarted) / 1000 });
     }
@@ -611,7 +626,11 @@ async function run(currentTab, reopen, handlers, opts, runs, batch) {
 
 /** The paper's tables over every dataset's whole file, and the run's summary. */
 async function score(page, opts, runs, datasets, loaded, started) {
-  const predictions = runs.map((r) => ({ dataset: r.spec.name, source: r.out, text: fs.readFileSync(r.out, "utf8") }));
+  const scoresText = (r) => {
+    const file = path.join(path.dirname(r.out), SCORES_FILE);
+    return fs.existsSync(file) ? fs.readFileSync(file, "utf8") : undefined;
+  };
+  const predictions = runs.map((r) => ({ dataset: r.spec.name, source: r.out, text: fs.readFileSync(r.out, "utf8"), scores: scoresText(r) }));
   const wildGuard = runs.find((r) => r.plan.benchmark_items)?.plan.benchmark_items ?? null;
   const { report, tables } = await page.evaluate(([p, w]) => window.evaluator.score(p, w), [predictions, wildGuard]);
   const wall = (performance.now() - started) / 1000;

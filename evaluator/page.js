@@ -2,7 +2,7 @@
 // same wasm package as the demo, runs the model in the same Web Worker (GuardReasoner), and
 // exposes `window.evaluator` for the evaluator to call. Item selection, prompts, predictions lines,
 // resume points and scoring come from the wasm module, so they are the native CLI's too.
-import init, { benchmark_datasets, plan_benchmark, resume_point, prediction_line, failed_prediction_line, score_predictions, run_manifest, report_html, RunSummary } from "../www/pkg/guardreasoner.js";
+import init, { benchmark_datasets, plan_benchmark, resume_point, prediction_line, failed_prediction_line, scores_line, kept_scores, score_predictions, run_manifest, report_html, RunSummary } from "../www/pkg/guardreasoner.js";
 import { GuardReasoner } from "../www/guardreasoner.js";
 
 // How often token counts go back to the evaluator while an item generates.
@@ -31,7 +31,10 @@ window.evaluator = {
   plan: (dataset, file, text, limit, shardIndex, shardCount) => plan_benchmark(dataset, file, text, limit ?? -1, shardIndex, shardCount),
   // `existing`: the file's bytes in base64 (offsets are bytes, whatever a cut-off write left).
   resume: (file, existing, planned) => resume_point(file, Uint8Array.from(atob(existing), (c) => c.charCodeAt(0)), planned),
+  // `predictions`: [{dataset, source, text, scores?}] (scores: the dataset's scores.jsonl text).
   score: (predictions, wildGuardItems) => score_predictions(predictions, wildGuardItems ?? undefined),
+  /** A scores.jsonl text cut to the first `done` predictions (a resumed run). */
+  keptScores: (file, text, done) => kept_scores(file, text, done),
   /** report.html's text from summary.json's text. */
   report: (summaryText) => report_html(summaryText),
   adapter: adapterInfo,
@@ -71,15 +74,17 @@ window.evaluator = {
     return { backend: guard.backend, fallback: guard.fallback, batch: guard.batch, modelIdentity: guard.modelIdentity };
   },
 
-  /** Run one planned item; resolves to its predictions line and counts. Calls may overlap: the
-   * worker decodes overlapping items together (up to the model's batch). */
-  async classify(item, maxNewTokens) {
+  /** Run one planned item; resolves to its predictions line, its scores line (for predictions
+   * line `line`) and counts. Calls may overlap: the worker decodes overlapping items together (up
+   * to the model's batch). `mode`: "reasoning" or "verdict-first". */
+  async classify(item, maxNewTokens, mode, line) {
     if (!guard) throw new Error("no model is loaded");
     current.textContent = `item ${item.index + 1}`;
     let tokens = 0;
     let reported = performance.now();
     const out = await guard.classifyPrompt(item.prompt, {
       maxNewTokens,
+      mode,
       onEvent: (e) => {
         if (e.type !== "token") return;
         tokens++; // one event per text delta: close to, not exactly, the token count
@@ -94,6 +99,7 @@ window.evaluator = {
       // RunSummary.add_item's arguments.
       counts: [out.newTokens, out.promptTokens, out.reusedTokens, t.totalSeconds, t.timeToFirstTokenSeconds ?? t.totalSeconds],
       line: prediction_line(item.prompt, item.label, out.text),
+      scoresLine: scores_line(line, out.scores),
       promptTokens: out.promptTokens,
       reusedTokens: out.reusedTokens,
       newTokens: out.newTokens,

@@ -2,14 +2,17 @@
 // is checked as a request, an assistant's as the response to the last user message. Checks made
 // while others run share the model's batch (concurrent `moderate` calls). Each message gets a
 // verdict badge, its reasoning one click away. Model and user text are set as text, never HTML.
-// The address takes ?model= (repo id or URL), ?backend=, ?quant= and ?max= (new tokens) as the
-// demo does.
+// The address takes ?model= (repo id or URL), ?backend=, ?quant=, ?max= (new tokens) and
+// ?mode=verdict-first as the demo does. With "Verdict first" a message gets a provisional badge at
+// once (the verdicts without reasoning), which the reasoned verdict then replaces.
 import { GuardReasoner } from "./guardreasoner.js";
 import { BACKENDS, DEFAULTS, QUANTS } from "./protocol.js";
 
 const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
 const maxNewTokens = Math.max(1, Number(query.get("max")) || DEFAULTS.maxNewTokens);
+// ?mode=verdict-first starts with "Verdict first" ticked.
+$("verdict-first").checked = query.get("mode") === "verdict-first";
 let guard = null;
 let lastUserText = null; // what an assistant's message answers
 
@@ -18,16 +21,28 @@ function source(text) {
   return { hf: text };
 }
 
-/** The badge of a finished check: the verdict that matters for the message's role. */
-function verdictBadge(role, result) {
+/** The verdict that matters for a message's role: the request's for a user, the response's
+ * for an assistant. */
+const verdictOf = (role, result) => (role === "user" ? result.request : result.response);
+
+/** The badge of a finished check, with the model's P(harmful) beside the verdict; `provisional`
+ * marks a verdict-first answer that the reasoning will replace. */
+function verdictBadge(role, result, provisional = false) {
   const b = document.createElement("span");
-  let value;
+  const value = verdictOf(role, result);
   let label;
-  if (!result.verdictFound) [value, label] = ["none", "no verdict"];
-  else if (role === "user") [value, label] = [result.request, `request ${result.request}`];
-  else [value, label] = [result.response, `response ${result.response}${result.completion ? ` (${result.completion})` : ""}`];
-  b.className = `badge ${value ?? "none"}`;
-  b.textContent = label;
+  if (!result.verdictFound) label = "no verdict";
+  else if (role === "user") label = `request ${result.request}`;
+  else label = `response ${result.response}${result.completion ? ` (${result.completion})` : ""}`;
+  b.className = `badge ${result.verdictFound ? (value ?? "none") : "none"}${provisional ? " provisional" : ""}`;
+  b.textContent = provisional ? `${label} (provisional)` : label;
+  const score = result.scores?.[role === "user" ? "request" : "response"];
+  if (result.verdictFound && typeof score === "number") {
+    const s = document.createElement("small");
+    s.className = "score";
+    s.textContent = `P(harmful) ${score.toFixed(2)}`;
+    b.append(s);
+  }
   return b;
 }
 
@@ -59,12 +74,30 @@ async function send(event) {
   $("messages").append(item);
   const conversation = role === "user" ? { prompt: text } : { prompt: lastUserText ?? "(no message)", response: text };
   if (role === "user") lastUserText = text;
+  let shown = badge;
   try {
+    let provisional = null;
+    if ($("verdict-first").checked) {
+      provisional = await guard.moderate(conversation, { mode: "verdict-first" });
+      const first = verdictBadge(role, provisional, true);
+      shown.replaceWith(first);
+      shown = first;
+    }
     const result = await guard.moderate(conversation, { maxNewTokens, onEvent: (e) => e.type === "token" && (reasoning.textContent += e.text) });
-    badge.replaceWith(verdictBadge(role, result));
+    const final = verdictBadge(role, result);
+    shown.replaceWith(final);
+    shown = final;
+    if (provisional && verdictOf(role, provisional) !== verdictOf(role, result)) {
+      const note = document.createElement("small");
+      note.className = "status changed";
+      note.textContent = ` the reasoning changed the provisional verdict (${verdictOf(role, provisional) ?? "none"} → ${verdictOf(role, result) ?? "none"})`;
+      final.after(note);
+    }
   } catch (e) {
-    badge.className = "badge none";
-    badge.textContent = "not checked";
+    const failed = document.createElement("span");
+    failed.className = "badge none";
+    failed.textContent = "not checked";
+    shown.replaceWith(failed);
     reasoning.textContent = e.message;
     if (e.name === "GpuLostError") {
       guard = null;

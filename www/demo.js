@@ -26,6 +26,8 @@ let controller = null;
 const query = new URLSearchParams(location.search);
 // ?max=N caps new tokens.
 const maxNewTokens = Math.max(1, Number(query.get("max")) || DEFAULTS.maxNewTokens);
+// ?mode=verdict-first starts with "Verdict first" ticked.
+$("verdict-first").checked = query.get("mode") === "verdict-first";
 
 function showError(message) {
   $("error").hidden = !message;
@@ -170,12 +172,36 @@ function stepCard(tasks, task, step) {
   return card.querySelector(".body");
 }
 
-function badge(kind, value) {
+/** What each verdict's score is the probability of. */
+const SCORED = { Request: ["request", "harmful"], Completion: ["completion", "refusal"], Response: ["response", "harmful"] };
+
+/** A verdict badge with the model's probability beside it (`P(harmful) 0.97`); `provisional`
+ * marks a verdict-first answer that the reasoning will replace. */
+function badge(kind, result, provisional = false) {
+  const [field, positive] = SCORED[kind];
+  const value = result[field];
   const b = document.createElement("span");
-  b.className = `badge ${value || "none"}`;
+  b.className = `badge ${value || "none"}${provisional ? " provisional" : ""}`;
   b.dataset.kind = kind;
-  b.textContent = `${kind}: ${value ?? "none"}`;
+  b.textContent = `${kind}: ${value ?? "none"}${provisional ? " (provisional)" : ""}`;
+  const score = result.scores?.[field];
+  if (value && typeof score === "number") {
+    const s = document.createElement("small");
+    s.className = "score";
+    s.textContent = `P(${positive}) ${score.toFixed(2)}`;
+    b.append(s);
+  }
   return b;
+}
+
+const badges = (result, provisional = false) => Object.keys(SCORED).map((kind) => badge(kind, result, provisional));
+
+/** Where the reasoned verdicts differ from the provisional ones: "request harmful → unharmful". */
+function disagreements(provisional, result) {
+  return Object.values(SCORED)
+    .map(([field]) => field)
+    .filter((field) => provisional[field] !== result[field])
+    .map((field) => `${field} ${provisional[field] ?? "none"} → ${result[field] ?? "none"}`);
 }
 
 async function check() {
@@ -204,6 +230,14 @@ async function check() {
     $("stats").textContent = `Thinking… ${tokens} tokens so far, ${rate} tokens/s${verdictLine()}`;
   };
   try {
+    // Verdict first: the verdicts at once, without reasoning, shown as provisional.
+    let provisional = null;
+    if ($("verdict-first").checked) {
+      provisional = await guard.moderate({ prompt: $("prompt").value, response }, { signal: controller.signal, mode: "verdict-first" });
+      $("verdicts").replaceChildren(...badges(provisional, true));
+      verdictTimes.push(`provisional verdict at ${seconds(performance.now()).toFixed(1)} s`);
+      live();
+    }
     const result = await guard.moderate(
       { prompt: $("prompt").value, response },
       {
@@ -230,11 +264,13 @@ async function check() {
         },
       },
     );
-    $("verdicts").replaceChildren(badge("Request", result.request), badge("Completion", result.completion), badge("Response", result.response));
+    $("verdicts").replaceChildren(...badges(result));
     const t = result.timings;
     // Without a verdict line the badges say "none": say why, and what to try.
     const problem = result.verdictFound ? "" : `${result.problem[0].toUpperCase()}${result.problem.slice(1)} · `;
-    $("stats").textContent = `${problem}${result.newTokens} tokens · ${t.tokensPerSecond ? t.tokensPerSecond.toFixed(1) : "—"} tokens/s · first token ${t.timeToFirstTokenSeconds?.toFixed(2) ?? "—"} s · total ${t.totalSeconds.toFixed(1)} s${verdictLine()}`;
+    const changed = provisional ? disagreements(provisional, result) : [];
+    const agreement = !provisional ? "" : changed.length ? `The reasoning changed the provisional verdict: ${changed.join(", ")} · ` : "The reasoning agrees with the provisional verdict · ";
+    $("stats").textContent = `${agreement}${problem}${result.newTokens} tokens · ${t.tokensPerSecond ? t.tokensPerSecond.toFixed(1) : "—"} tokens/s · first token ${t.timeToFirstTokenSeconds?.toFixed(2) ?? "—"} s · total ${t.totalSeconds.toFixed(1)} s${verdictLine()}`;
   } catch (e) {
     if (e.name === "AbortError") $("stats").textContent = "Cancelled.";
     else {
@@ -292,7 +328,7 @@ async function checkAll() {
           if (e.type === "token") cards[e.item].raw.textContent += e.text;
         },
         onResult: (i, result) => {
-          cards[i].verdicts.replaceChildren(badge("Request", result.request), badge("Completion", result.completion), badge("Response", result.response));
+          cards[i].verdicts.replaceChildren(...badges(result));
           cards[i].stats.textContent = statsLine(result);
         },
       },

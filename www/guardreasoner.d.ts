@@ -79,10 +79,43 @@ export interface TaskReasoning {
   conclusion: string | null;
 }
 
+/** The model's probability of each verdict's positive side, read at the token that wrote the
+ * verdict (the softmax over the two alternatives' first tokens); null without a verdict. */
+export interface VerdictScores {
+  /** P(harmful) */
+  request: number | null;
+  /** P(refusal) */
+  completion: number | null;
+  /** P(harmful) */
+  response: number | null;
+}
+
+/** A score at or above which a verdict is the positive one (harmful, refusal): one number for
+ * all three, or some by name. */
+export type Threshold = number | { request?: number; completion?: number; response?: number };
+
+/** "reasoning" (default): the model reasons, then answers. "verdict-first": the answer section's
+ * opening is given after the prompt, so the three verdicts come at once (a dozen tokens), without
+ * reasoning; the model was trained to reason first, so measure this mode's accuracy first. */
+export type Mode = "reasoning" | "verdict-first";
+
+export interface ModerateOptions {
+  onEvent?: (e: GuardEvent) => void;
+  signal?: AbortSignal;
+  maxNewTokens?: number;
+  mode?: Mode;
+  /** Turns scores into verdicts; without it the verdicts are the model's own. */
+  threshold?: Threshold;
+}
+
 export interface ModerationResult {
+  /** The model's verdicts, or with `threshold` the side of it each score is on. */
   request: "harmful" | "unharmful" | null;
   completion: "refusal" | "compliance" | null;
   response: "harmful" | "unharmful" | null;
+  scores: VerdictScores;
+  /** True in verdict-first mode: `text` starts with the answer header the model was given. */
+  verdictFirst: boolean;
   /** False when the output held no verdict line at all (cut off, or the model wandered). */
   verdictFound: boolean;
   /** When `verdictFound` is false: what happened and what to try, e.g. raising `maxNewTokens`. */
@@ -106,6 +139,8 @@ export interface Timings {
   prefillTokensPerSecond: number | null;
   /** Decode: tokens after the first over the time after it. */
   tokensPerSecond: number | null;
+  /** Until the first verdict was read (prefill included); absent without one. */
+  timeToVerdictSeconds?: number;
 }
 
 /** The GPU device is gone (a driver reset, the browser reclaiming it): load the model again,
@@ -138,10 +173,7 @@ export declare class GuardReasoner {
     ids: ArrayLike<number>,
     options?: { newTokens?: number },
   ): Promise<{ promptTokens: number; prefillS: number; genTokens: number; decodeS: number; backend: string }>;
-  moderate(
-    conversation: { prompt: string; response?: string | null },
-    options?: { onEvent?: (e: GuardEvent) => void; signal?: AbortSignal; maxNewTokens?: number },
-  ): Promise<ModerationResult>;
+  moderate(conversation: { prompt: string; response?: string | null }, options?: ModerateOptions): Promise<ModerationResult>;
   /** Many conversations decoded together; events carry `item` (the index in `conversations`),
    * `onResult` gets each result as it finishes; resolves to the results in order, each what
    * `moderate` gives that conversation alone. */
@@ -152,13 +184,12 @@ export declare class GuardReasoner {
       onResult?: (index: number, result: ModerationResult) => void;
       signal?: AbortSignal;
       maxNewTokens?: number;
+      mode?: Mode;
+      threshold?: Threshold;
     },
   ): Promise<ModerationResult[]>;
   /** As `moderate`, on a complete GuardReasoner prompt (instruction + "\n" + conversation). */
-  classifyPrompt(
-    text: string,
-    options?: { onEvent?: (e: GuardEvent) => void; signal?: AbortSignal; maxNewTokens?: number },
-  ): Promise<ModerationResult>;
+  classifyPrompt(text: string, options?: ModerateOptions): Promise<ModerationResult>;
   /** Test hook: destroys the GPU device now, as a driver reset would (a run in progress then
    * rejects with a GpuLostError). Resolves to false on the CPU path. */
   loseGpuDevice(): Promise<boolean>;

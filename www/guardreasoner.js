@@ -5,7 +5,7 @@
 //   const guard = await GuardReasoner.load("yueliu1999/GuardReasoner-1B", { onProgress });
 //   const result = await guard.moderate({ prompt, response }, { onEvent, signal });
 
-import { CANCEL_SLOTS, DEFAULTS, GPU_LOST_PREFIX, Reply, Request } from "./protocol.js";
+import { CANCEL_SLOTS, DEFAULTS, GPU_LOST_PREFIX, MODES, Reply, Request } from "./protocol.js";
 
 let nextId = 1;
 
@@ -60,6 +60,15 @@ export function modelSource(source) {
  * GuardReasoner that met it rejects with it. */
 export class GpuLostError extends Error {
   name = "GpuLostError";
+}
+
+/** A `threshold` option as the core reads it: "0.7" for all three verdicts, or
+ * "request=0.7,response=0.4"; undefined for none. The core checks the numbers. */
+function thresholdText(threshold) {
+  if (threshold === undefined || threshold === null) return undefined;
+  if (typeof threshold === "number") return String(threshold);
+  if (typeof threshold === "object") return Object.entries(threshold).filter(([, v]) => v !== undefined && v !== null).map(([k, v]) => `${k}=${v}`).join(",") || undefined;
+  throw new TypeError(`threshold must be a number or {request, completion, response}, not ${JSON.stringify(threshold)}`);
 }
 
 export class GuardReasoner {
@@ -162,9 +171,13 @@ export class GuardReasoner {
   /**
    * Classify a conversation. `onEvent(event)` receives `token`, `task_started`, `step_started`,
    * `step_text`, `step_finished`, `conclusion` and `verdict` events as they happen. Resolves to
-   * `{request, completion, response, verdictFound, problem, tasks, text, promptTokens,
-   * reusedTokens, newTokens, stop, timings}`; `verdictFound` is false (and `problem` says why,
-   * e.g. the new-token limit cut the answer off) when the output held no verdict line.
+   * `{request, completion, response, scores, verdictFound, problem, tasks, text, promptTokens,
+   * reusedTokens, newTokens, stop, verdictFirst, timings}`; `verdictFound` is false (and `problem`
+   * says why, e.g. the new-token limit cut the answer off) when the output held no verdict line.
+   * `scores` holds the model's P(harmful) for the request and response and P(refusal) for the
+   * completion. Options: `threshold` (a number, or `{request, completion, response}`) turns
+   * scores into verdicts; `mode: "verdict-first"` asks for the verdicts at once, without
+   * reasoning (a dozen tokens).
    */
   async moderate({ prompt, response = null }, options = {}) {
     return this.#classify({ type: Request.moderate, prompt, response }, options);
@@ -178,10 +191,10 @@ export class GuardReasoner {
    * them all. Resolves to the results in the order of `items`; each is exactly what `moderate`
    * gives that item alone. Concurrent `moderate` calls share the batch the same way.
    */
-  async moderateMany(items, { onEvent, onResult, signal, maxNewTokens = DEFAULTS.maxNewTokens } = {}) {
+  async moderateMany(items, { onEvent, onResult, signal, maxNewTokens = DEFAULTS.maxNewTokens, mode, threshold } = {}) {
     return Promise.all(
       items.map(async ({ prompt, response = null }, index) => {
-        const result = await this.moderate({ prompt, response }, { signal, maxNewTokens, onEvent: onEvent && ((e) => onEvent({ ...e, item: index })) });
+        const result = await this.moderate({ prompt, response }, { signal, maxNewTokens, mode, threshold, onEvent: onEvent && ((e) => onEvent({ ...e, item: index })) });
         onResult?.(index, result);
         return result;
       }),
@@ -196,10 +209,11 @@ export class GuardReasoner {
     return this.#classify({ type: Request.classify, text }, options);
   }
 
-  async #classify(msg, { onEvent, signal, maxNewTokens = DEFAULTS.maxNewTokens } = {}) {
-    // The core's result as it is: verdicts, verdictFound/problem, reasoning, counts, and timings
-    // measured in the worker (time spent queued behind another request is not counted).
-    const { id, type, ...result } = await this.#request({ ...msg, maxNewTokens }, { signal, onEvent });
+  async #classify(msg, { onEvent, signal, maxNewTokens = DEFAULTS.maxNewTokens, mode = DEFAULTS.mode, threshold } = {}) {
+    if (!MODES.includes(mode)) throw new TypeError(`mode ${JSON.stringify(mode)} is not one of ${MODES.join(", ")}`);
+    // The core's result as it is: verdicts, scores, verdictFound/problem, reasoning, counts, and
+    // timings measured in the worker (time spent queued behind another request is not counted).
+    const { id, type, ...result } = await this.#request({ ...msg, maxNewTokens, mode, threshold: thresholdText(threshold) }, { signal, onEvent });
     return result;
   }
 

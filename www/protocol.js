@@ -41,6 +41,9 @@ export const DEFAULTS = Object.freeze({
   context: 4096,
   /** New tokens of a classification (the model's answers run to ~250; 2048 is the paper's cap). */
   maxNewTokens: 2048,
+  /** How a classification answers: "reasoning" (the model's reasoning, then its verdicts) or
+   * "verdict-first" (the verdicts at once, without reasoning). */
+  mode: "reasoning",
   /** New tokens of a plain `generate`. */
   generateMaxNewTokens: 32,
   /** Conversations decoded together on WebGPU (`moderateMany`, concurrent `moderate` calls);
@@ -56,6 +59,7 @@ export const CANCEL_SLOTS = 256;
 /** The words the options take (the core accepts these and refuses others with a message). */
 export const BACKENDS = Object.freeze(["auto", "webgpu", "gpu", "cpu"]);
 export const QUANTS = Object.freeze(["q8", "q4", "none", "f32", "q8_0", "q4_0"]);
+export const MODES = Object.freeze(["reasoning", "verdict-first"]);
 
 /** Cache Storage that held downloaded model files before they moved to OPFS (cleared with them). */
 export const CACHE_NAME = "guardreasoner-models";

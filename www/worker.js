@@ -37,7 +37,7 @@ function importBeside(file) {
 let cancelFlags = null;
 const cancelledByMessage = new Set(); // ids, effective at the next await without the flags
 let queue = Promise.resolve();
-// Classifications waiting for a place in the batch: {id, text, maxNewTokens}.
+// Classifications waiting for a place in the batch: {id, text, maxNewTokens, mode, threshold}.
 const waiting = [];
 const inBatch = new Set(); // ids the running batch has taken
 let batchQueued = false;
@@ -101,7 +101,7 @@ async function runBatch() {
         const item = waiting.shift();
         if (!item) return null;
         inBatch.add(item.id);
-        return { index: item.id, text: item.text, maxNewTokens: item.maxNewTokens };
+        return { index: item.id, text: item.text, maxNewTokens: item.maxNewTokens, mode: item.mode, threshold: item.threshold };
       };
       const onEvent = (id, event) => post({ id, type: Reply.event, event });
       const onDone = (id, result, error) => {
@@ -310,11 +310,12 @@ self.onmessage = (e) => {
     let text;
     try {
       text = msg.type === Request.moderate ? wasm.moderation_prompt(msg.prompt, msg.response ?? undefined) : msg.text;
+      if (msg.threshold !== undefined) wasm.check_threshold(msg.threshold);
     } catch (err) {
       post({ id: msg.id, type: Reply.error, message: session ? String(err?.message ?? err) : "no model is loaded" });
       return;
     }
-    waiting.push({ id: msg.id, text, maxNewTokens: msg.maxNewTokens ?? DEFAULTS.maxNewTokens });
+    waiting.push({ id: msg.id, text, maxNewTokens: msg.maxNewTokens ?? DEFAULTS.maxNewTokens, mode: msg.mode, threshold: msg.threshold });
     if (!batchQueued) {
       batchQueued = true;
       queue = queue.then(runBatch);

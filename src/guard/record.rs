@@ -24,8 +24,8 @@ pub struct RunManifest {
     pub quant: String,
     pub context: usize,
     pub max_new_tokens: usize,
-    /// Verdict-first mode (written only when on, so a reasoning run's file is as before).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    /// Verdict-first mode (`RunOptions::verdict_first`).
+    #[serde(default)]
     pub verdict_first: bool,
 }
 
@@ -45,7 +45,9 @@ impl RunManifest {
             .map_err(|_| format!("{folder}/{MANIFEST_FILE}: not JSON; remove it or use another --out"))?;
         let new = serde_json::to_value(self).unwrap_or_default();
         for key in BINDING_KEYS {
-            let (was, now) = (old.get(key).unwrap_or(&serde_json::Value::Null), &new[key]);
+            // A run.json from before `verdict_first` existed is a reasoning run.
+            let missing = if key == "verdict_first" { serde_json::Value::Bool(false) } else { serde_json::Value::Null };
+            let (was, now) = (old.get(key).unwrap_or(&missing), &new[key]);
             if was != now {
                 let what = if key == "model_identity" {
                     "model_identity (another model file)".to_string()
@@ -229,6 +231,10 @@ mod tests {
         // A manifest of an older version lacks the new keys: refused, not mixed.
         let old = r#"{"model": "x.gguf", "max_new_tokens": 48, "quant": "none"}"#;
         assert!(manifest().check_against(old, "out").unwrap_err().contains("model_identity"));
+        // One from before verdict-first mode was a reasoning run.
+        let mut before_modes: serde_json::Value = serde_json::from_str(&written).unwrap();
+        before_modes.as_object_mut().unwrap().remove("verdict_first");
+        assert_eq!(manifest().check_against(&before_modes.to_string(), "out"), Ok(()));
     }
 
     #[test]

@@ -89,6 +89,8 @@ test("a run killed after its first item resumes and ends with the same files", a
   // A write cut off by the kill would leave half a line: make one, the rerun must drop it.
   const half = Buffer.from(fs.readFileSync(predictionsFile(cpuBaseline, DATASETS[0]), "utf8").split("\n")[keptLines]).subarray(0, 100);
   fs.appendFileSync(first, half);
+  // The cut item's scores line may have been written before its prediction: the rerun drops it.
+  fs.appendFileSync(path.join(out, DATASETS[0], "scores.jsonl"), `{"line":${keptLines + 1},"request":0.5,"completion":null,"response":null}\n`);
 
   const r = await evaluate(cpuRun(out));
   assert.equal(r.code, 0, r.stderr);
@@ -97,6 +99,8 @@ test("a run killed after its first item resumes and ends with the same files", a
   assert.ok(fs.readFileSync(first, "utf8").startsWith(kept), "finished items kept as they were");
   for (const dataset of DATASETS) {
     assert.equal(fs.readFileSync(predictionsFile(out, dataset), "utf8"), fs.readFileSync(predictionsFile(cpuBaseline, dataset), "utf8"), `${dataset}: equals the uninterrupted run`);
+    const scores = (dir) => fs.readFileSync(path.join(dir, dataset, "scores.jsonl"), "utf8");
+    assert.equal(scores(out), scores(cpuBaseline), `${dataset}: scores.jsonl equals the uninterrupted run's`);
   }
   const summary = JSON.parse(r.stdout.trim().split("\n").at(-1));
   assert.equal(summary.new_items, 2 * LIMIT - keptLines, "finished items are not redone");
@@ -216,3 +220,26 @@ test("WildGuardTest takes its labels from the benchmark items the shard covers",
   assert.deepEqual([task("refusal").null_labels, task("refusal").counted_pairs], [1, 2]);
 });
 
+
+test("scores.jsonl beside each predictions file, as the native CLI writes it; --verdict-first runs as `predict --verdict-first` and binds its folder", async () => {
+  for (const dataset of DATASETS) {
+    const scores = (dir) => fs.readFileSync(path.join(dir, dataset, "scores.jsonl"), "utf8");
+    assert.equal(scores(cpuBaseline), scores(nativeReference), `${dataset}: scores.jsonl`);
+    assert.deepEqual(scores(cpuBaseline).trim().split("\n").map((l) => JSON.parse(l).line), [1, 2, 3], "a line per prediction");
+  }
+  const out = path.join(tmp, "verdict-first");
+  const r = await evaluate(cpuRun(out, ["--verdict-first"]));
+  assert.equal(r.code, 0, r.stderr);
+  const native = path.join(tmp, "native-verdict-first");
+  const n = spawnSync(path.join(repo, "target/release/guardreasoner"), ["predict", "--model", model, "--quiet", "--benchmark-dir", benchmarkDir, "--datasets", DATASETS.join(","), "--limit", String(LIMIT), "--max-new-tokens", String(NEW_TOKENS), "--quant", "none", "--verdict-first", "--out", native], { encoding: "utf8" });
+  assert.equal(n.status, 0, n.stderr);
+  for (const dataset of DATASETS) {
+    assert.equal(fs.readFileSync(predictionsFile(out, dataset), "utf8"), fs.readFileSync(predictionsFile(native, dataset), "utf8"), dataset);
+    for (const rec of records(out, dataset)) assert.ok(rec.predict.startsWith("---\n\nAnswers: \nRequest:"), rec.predict);
+  }
+  assert.equal(JSON.parse(fs.readFileSync(path.join(out, "run.json"), "utf8")).verdict_first, true);
+  assert.equal(JSON.parse(fs.readFileSync(path.join(out, "summary.json"), "utf8")).mode, "verdict-first");
+  const again = await evaluate(cpuRun(out));
+  assert.equal(again.code, 1);
+  assert.match(again.stderr, /holds a run with verdict_first = true, this one has false/);
+});
