@@ -62,10 +62,12 @@ test("verdict-first answers, scores and thresholds in the browser equal the nati
     assert.equal(out.streamed, first.text, "the streamed text, the given header included, is the result's");
     assert.ok(first.newTokens <= 24, `${first.newTokens} new tokens`);
     assert.ok(first.timings.timeToVerdictSeconds > 0);
-    for (const field of ["text", "request", "completion", "response", "scores", "newTokens"]) {
+    for (const field of ["text", "request", "completion", "response", "scores", "newTokens", "promptTokens", "reusedTokens"]) {
       assert.deepEqual(first[field], native[field], `${field}: browser vs CLI`);
     }
     assert.equal(first.request, "harmful");
+    // The shared instruction's KV was computed once, at load: every request starts from it.
+    assert.ok(first.reusedTokens > 100 && out.thresholded.reusedTokens === first.reusedTokens, `${first.reusedTokens} reused`);
     assert.ok(first.scores.request > 0 && first.scores.request < 1, JSON.stringify(first.scores));
     // A threshold above the request's score turns it unharmful, as the CLI's --threshold does.
     assert.equal(out.thresholded.request, "unharmful");
