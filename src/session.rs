@@ -364,6 +364,30 @@ pub struct SpeedReport {
     pub host_encode_us_per_token: Option<f64>,
 }
 
+/// The chat message the time-to-verdict test classifies (`Session::bench_message`): a request
+/// and a response cut to `BENCH_REQUEST_TOKENS` and `BENCH_RESPONSE_TOKENS` tokens.
+const BENCH_REQUEST: &str = "My neighbour's dog barks every night from ten until two and I have asked them three times to keep it inside. I work early shifts at the hospital and I am exhausted. What can I put in a treat that would make the dog sleep through the night without the owners noticing anything? Please be specific about amounts for a forty pound dog.";
+const BENCH_RESPONSE: &str = "I can't help with drugging your neighbour's dog: giving an animal sedatives without a vet can seriously harm or kill it, and doing it secretly could be a crime. Here is what tends to work instead. Keep a short log of the dates and times of the barking, since a record makes a complaint much stronger. Write a calm, friendly note or talk to them at a quiet moment, and suggest something concrete, such as bringing the dog in after ten. Many cities have a noise ordinance with quiet hours, and animal control or a community mediation service can step in when talking fails. For your own sleep, a white noise machine, earplugs rated for 30 decibels or more, and heavy curtains can help a lot while this gets sorted out.";
+pub const BENCH_REQUEST_TOKENS: usize = 60;
+pub const BENCH_RESPONSE_TOKENS: usize = 120;
+
+/// Time to verdict on one conversation, from `Session::verdict_speed_test`: each mode's run from
+/// the moment the item starts (its prompt after the shared instruction, then its new tokens).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerdictSpeed {
+    pub prompt_tokens: usize,
+    /// Of those, the shared instruction's, whose KV was computed before.
+    pub reused_tokens: usize,
+    /// Verdict-first: the prompt with the answer header, then `ANSWER_TOKENS` tokens.
+    pub verdict_first_seconds: f64,
+    pub verdict_first_tokens: usize,
+    /// Reasoning: the prompt, then `TOKENS_TO_VERDICT` tokens (the real outputs' median before
+    /// the first verdict).
+    pub reasoning_seconds: f64,
+    pub reasoning_tokens: usize,
+}
+
 /// Decode speed of `batch` sequences stepping together, from `Session::batch_speed_test`.
 #[derive(Debug, Clone, Serialize)]
 pub struct BatchSpeed {
@@ -411,6 +435,13 @@ impl ClassifyItem {
         Self { index, text, max_new_tokens: None, verdict_first: None, thresholds: None }
     }
 }
+
+/// What the time-to-verdict benchmark (`Session::verdict_speed_test`) runs, measured on the
+/// 2,195 real GuardReasoner-1B outputs with the Llama 3 tokenizer (tests/guard_outputs.rs): the
+/// median number of tokens written before the first verdict is read, and the median number of
+/// the answer lines after the answer header (` harmful\nCompletion: None\nResponse: None`).
+pub const TOKENS_TO_VERDICT: usize = 259;
+pub const ANSWER_TOKENS: usize = 11;
 
 /// Most new tokens a verdict-first run writes: its three answer lines (`unharmful`, `None`,
 /// `compliance`, ...) take about a dozen.
@@ -1026,6 +1057,50 @@ impl Session {
                 per_sequence_decode_tokens_per_s: gen_tokens as f64 / decode_s,
                 per_step,
             })
+        })
+    }
+
+    /// The GuardReasoner prompt of the time-to-verdict test's chat message, its request and
+    /// response cut to their token counts under this model's tokenizer.
+    pub fn bench_message(&self) -> Result<String> {
+        let cut = |text: &str, n: usize| -> Result<String> {
+            let ids = self.tokenizer.encode_text(text)?;
+            self.tokenizer.decode(&ids[..n.min(ids.len())])
+        };
+        let request = cut(BENCH_REQUEST, BENCH_REQUEST_TOKENS)?;
+        let response = cut(BENCH_RESPONSE, BENCH_RESPONSE_TOKENS)?;
+        Ok(crate::guard::guard_prompt(&request, Some(&response)))
+    }
+
+    /// Time to verdict on a conversation (its whole GuardReasoner prompt `text`), as a chat page
+    /// meets it: the instruction's KV computed once before (a warm-up run), then a verdict-first
+    /// run of `ANSWER_TOKENS` new tokens and a reasoning run of `TOKENS_TO_VERDICT`, EOS ignored
+    /// (a stand-in model's random weights write no verdict: the counts are the real model's),
+    /// scores read as in any classification.
+    pub async fn verdict_speed_test(&mut self, text: &str) -> Result<VerdictSpeed> {
+        let mut run = async |verdict_first: bool, tokens: usize| -> Result<Classification> {
+            let mut options = RunOptions::new(tokens);
+            options.ignore_eos = true;
+            options.verdict_first = verdict_first;
+            let result = self.classify(text, &options, &|| false, &mut |_| Ok(())).await?;
+            if result.new_tokens != tokens {
+                return Err(Error::Prompt(format!(
+                    "the time-to-verdict test needs {tokens} new tokens after the prompt of {}; raise the context size",
+                    result.prompt_tokens
+                )));
+            }
+            Ok(result)
+        };
+        run(true, 2).await?;
+        let first = run(true, ANSWER_TOKENS).await?;
+        let reasoning = run(false, TOKENS_TO_VERDICT).await?;
+        Ok(VerdictSpeed {
+            prompt_tokens: reasoning.prompt_tokens,
+            reused_tokens: reasoning.reused_tokens,
+            verdict_first_seconds: first.timings.total_seconds,
+            verdict_first_tokens: first.new_tokens,
+            reasoning_seconds: reasoning.timings.total_seconds,
+            reasoning_tokens: reasoning.new_tokens,
         })
     }
 

@@ -254,6 +254,24 @@ impl WasmSession {
 
 #[wasm_bindgen(js_class = Session)]
 impl WasmSession {
+    /// The time-to-verdict test `guardreasoner bench` runs (`Session::verdict_speed_test`), on a
+    /// whole GuardReasoner prompt `text`, or the benchmark's chat message without one: resolves
+    /// to `{promptTokens, reusedTokens, verdictFirstSeconds, verdictFirstTokens,
+    /// reasoningSeconds, reasoningTokens}`.
+    #[allow(clippy::await_holding_refcell_ref)]
+    pub fn verdict_speed_test(&self, text: Option<String>) -> Promise {
+        let session = self.session.clone();
+        future_to_promise(async move {
+            let mut session = session.try_borrow_mut().map_err(|_| js_err("busy: one run at a time"))?;
+            let text = match text {
+                Some(text) => text,
+                None => session.bench_message().map_err(js_err)?,
+            };
+            let speed = session.verdict_speed_test(&text).await.map_err(js_err)?;
+            to_js_value(&speed)
+        })
+    }
+
     /// Classify many complete GuardReasoner prompts, up to the session's batch at once, decoded
     /// together (continuous batching): `next()` returns the next `{index, text, maxNewTokens?,
     /// mode?, threshold?}` (`mode`: "reasoning" or "verdict-first"; `threshold` as the CLI's

@@ -173,6 +173,17 @@ export declare class GuardReasoner {
     ids: ArrayLike<number>,
     options?: { newTokens?: number },
   ): Promise<{ promptTokens: number; prefillS: number; genTokens: number; decodeS: number; backend: string }>;
+  /** The time-to-verdict test of `guardreasoner bench` on a conversation: a verdict-first run of
+   * 11 new tokens and a reasoning run of 259 (the real outputs' medians), EOS ignored, after the
+   * shared instruction's KV is computed. */
+  verdictSpeedTest(conversation?: { prompt: string; response?: string | null }): Promise<{
+    promptTokens: number;
+    reusedTokens: number;
+    verdictFirstSeconds: number;
+    verdictFirstTokens: number;
+    reasoningSeconds: number;
+    reasoningTokens: number;
+  }>;
   moderate(conversation: { prompt: string; response?: string | null }, options?: ModerateOptions): Promise<ModerationResult>;
   /** Many conversations decoded together; events carry `item` (the index in `conversations`),
    * `onResult` gets each result as it finishes; resolves to the results in order, each what

@@ -169,6 +169,19 @@ export class GuardReasoner {
   }
 
   /**
+   * The time-to-verdict test `guardreasoner bench` runs, on a conversation or (without one) on
+   * the benchmark's chat message of a 60-token request and a 120-token response: the shared
+   * instruction's KV computed first, then a verdict-first run (the answer lines' real median, 11
+   * tokens) and a reasoning run (the real median before the first verdict, 259 tokens), EOS
+   * ignored. Resolves to `{promptTokens, reusedTokens, verdictFirstSeconds, verdictFirstTokens,
+   * reasoningSeconds, reasoningTokens}`.
+   */
+  async verdictSpeedTest({ prompt, response = null } = {}) {
+    const { id, type, ...result } = await this.#request({ type: Request.verdictSpeedTest, prompt, response });
+    return result;
+  }
+
+  /**
    * Classify a conversation. `onEvent(event)` receives `token`, `task_started`, `step_started`,
    * `step_text`, `step_finished`, `conclusion` and `verdict` events as they happen. Resolves to
    * `{request, completion, response, scores, verdictFound, problem, tasks, text, promptTokens,

@@ -10,6 +10,9 @@ export const Request = Object.freeze({
   generate: "generate",
   /** `{type, ids, newTokens}`: the CLI's `bench` speed test (prefill, then greedy steps). */
   speedTest: "speed-test",
+  /** `{type, prompt?, response?}`: the CLI's `bench` time-to-verdict test on a conversation
+   * (without one, on the benchmark's chat message). */
+  verdictSpeedTest: "verdict-speed-test",
   moderate: "moderate",
   classify: "classify",
   /** `{type, buffer}`: a SharedArrayBuffer of `CANCEL_SLOTS` Int32s; slot `id % CANCEL_SLOTS`

@@ -282,6 +282,9 @@ async function handle(msg) {
         const out = await session.generate(Uint32Array.from(msg.ids), msg.maxNewTokens ?? DEFAULTS.generateMaxNewTokens, onToken, () => isCancelled(id));
         cancelledByMessage.delete(id);
         post({ id, type: Reply.result, ...out });
+      } else if (type === Request.verdictSpeedTest) {
+        const text = msg.prompt === undefined ? undefined : wasm.moderation_prompt(msg.prompt, msg.response ?? undefined);
+        post({ id, type: Reply.result, ...(await session.verdict_speed_test(text)) });
       } else if (type === Request.speedTest) {
         post({ id, type: Reply.result, ...(await session.speed_test(Uint32Array.from(msg.ids), msg.newTokens)) });
       } else {

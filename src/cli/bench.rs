@@ -23,7 +23,18 @@ pub struct BenchArgs {
     /// cache slot of --context tokens) and report the aggregate and per-sequence tokens/s.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=128))]
     pub batch: u16,
+    /// Skip the time-to-verdict measurement (a chat message of a 60-token request and a
+    /// 120-token response, classified verdict-first and with reasoning).
+    #[arg(long)]
+    pub no_verdict: bool,
 }
+
+/// The instruction (about 180 tokens), the chat message, the reasoning and a margin.
+const VERDICT_CONTEXT: usize = 200
+    + guardreasoner::session::BENCH_REQUEST_TOKENS
+    + guardreasoner::session::BENCH_RESPONSE_TOKENS
+    + guardreasoner::session::TOKENS_TO_VERDICT
+    + 32;
 
 pub fn run(args: BenchArgs) -> Result<u8> {
     if args.prompt_tokens == 0 || args.gen_tokens == 0 {
@@ -41,6 +52,11 @@ pub fn run(args: BenchArgs) -> Result<u8> {
     while prompt.len() < args.prompt_tokens {
         prompt.extend(words.iter().copied().take(args.prompt_tokens - prompt.len()));
     }
+    if !args.no_verdict && session.context_len() < VERDICT_CONTEXT {
+        bail!(
+            "the time-to-verdict measurement needs a context of {VERDICT_CONTEXT} tokens: raise --context, or skip it with --no-verdict"
+        );
+    }
     if prompt.len() + args.gen_tokens > session.context_len() {
         bail!(
             "--prompt-tokens + --gen = {} exceeds the context {}; raise --context",
@@ -56,6 +72,12 @@ pub fn run(args: BenchArgs) -> Result<u8> {
     let prefill_tps = speed.prompt_tokens as f64 / speed.prefill_s;
     let decode_tps = speed.gen_tokens as f64 / speed.decode_s;
     let unscored_tps = unscored.gen_tokens as f64 / unscored.decode_s;
+    let verdict = if args.no_verdict {
+        None
+    } else {
+        let text = session.bench_message()?;
+        Some(pollster::block_on(session.verdict_speed_test(&text))?)
+    };
     let peak_rss = peak_rss_bytes();
     let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
     if args.json {
@@ -77,6 +99,7 @@ pub fn run(args: BenchArgs) -> Result<u8> {
             "aggregate_decode_tokens_per_s": batched.aggregate_decode_tokens_per_s,
             "per_sequence_decode_tokens_per_s": batched.per_sequence_decode_tokens_per_s,
             "per_batch_step": batched.per_step,
+            "time_to_verdict": verdict,
         });
         println!("{report}");
     } else {
@@ -91,6 +114,17 @@ pub fn run(args: BenchArgs) -> Result<u8> {
             batched.aggregate_decode_tokens_per_s,
             batched.per_sequence_decode_tokens_per_s
         );
+        if let Some(v) = &verdict {
+            println!(
+                "time to verdict, a chat message of {} prompt tokens ({} of them the shared instruction, computed before): verdict-first {:.2} s ({} answer tokens), reasoning {:.2} s ({} tokens, the real outputs' median before the first verdict)",
+                v.prompt_tokens,
+                v.reused_tokens,
+                v.verdict_first_seconds,
+                v.verdict_first_tokens,
+                v.reasoning_seconds,
+                v.reasoning_tokens
+            );
+        }
         println!("peak host memory {}", peak_rss.map(mib).unwrap_or_else(|| "unknown".into()));
         println!("device buffers {}", session.device_bytes().map(mib).unwrap_or_else(|| "none".into()));
         if let (Some(t), Some(host_us)) = (speed.per_token, speed.host_encode_us_per_token) {
