@@ -212,6 +212,9 @@ pub enum Stop {
     ContextFull,
     /// The caller's cancel flag was raised; the output is what came before.
     Cancelled,
+    /// Verdict-first mode: the last answer line (`Response: ...`) was read, so nothing more is
+    /// written.
+    Answered,
 }
 
 impl From<StopReason> for Stop {
@@ -232,6 +235,7 @@ impl Stop {
             Stop::MaxTokens => "max_tokens",
             Stop::ContextFull => "context_full",
             Stop::Cancelled => "cancelled",
+            Stop::Answered => "answered",
         }
     }
 }
@@ -345,7 +349,7 @@ fn no_verdict_problem(stop: Stop, new_tokens: usize) -> String {
             "the context filled up before the answer ended; raise the context size (--context, context)".to_string()
         }
         Stop::Cancelled => "the run was cancelled before the answer".to_string(),
-        Stop::Eos => "the model ended its answer without a verdict line".to_string(),
+        Stop::Eos | Stop::Answered => "the model ended its answer without a verdict line".to_string(),
     };
     format!("no verdict found: {why}")
 }
@@ -379,7 +383,10 @@ pub struct VerdictSpeed {
     pub prompt_tokens: usize,
     /// Of those, the shared instruction's, whose KV was computed before.
     pub reused_tokens: usize,
-    /// Verdict-first: the prompt with the answer header, then `ANSWER_TOKENS` tokens.
+    /// Verdict-first until the first verdict (the request's): the prompt with the answer header,
+    /// then `FIRST_ANSWER_TOKENS` tokens.
+    pub first_verdict_seconds: f64,
+    /// Verdict-first until all three: then `ANSWER_TOKENS` tokens.
     pub verdict_first_seconds: f64,
     pub verdict_first_tokens: usize,
     /// Reasoning: the prompt, then `TOKENS_TO_VERDICT` tokens (the real outputs' median before
@@ -438,9 +445,11 @@ impl ClassifyItem {
 
 /// What the time-to-verdict benchmark (`Session::verdict_speed_test`) runs, measured on the
 /// 2,195 real GuardReasoner-1B outputs with the Llama 3 tokenizer (tests/guard_outputs.rs): the
-/// median number of tokens written before the first verdict is read, and the median number of
-/// the answer lines after the answer header (` harmful\nCompletion: None\nResponse: None`).
+/// median number of tokens written before the first verdict is read, and after the answer header
+/// the median number until the request's verdict is read (` harmful\n`) and of the whole answer
+/// lines (` harmful\nCompletion: None\nResponse: None`).
 pub const TOKENS_TO_VERDICT: usize = 259;
+pub const FIRST_ANSWER_TOKENS: usize = 2;
 pub const ANSWER_TOKENS: usize = 11;
 
 /// Most new tokens a verdict-first run writes: its three answer lines (`unharmful`, `None`,
@@ -552,6 +561,8 @@ struct ItemRun {
     first_token: Option<f64>,
     /// When the parser read the first verdict.
     first_verdict: Option<f64>,
+    /// The last answer line (`Response: ...`) was read.
+    answered: bool,
     ask: ItemAsk,
     detokenizer: Detokenizer,
     reader: ScoredReader,
@@ -568,6 +579,7 @@ impl ItemRun {
             prefill_s,
             first_token: None,
             first_verdict: None,
+            answered: false,
             ask,
             detokenizer: Detokenizer::new(),
             reader: ScoredReader::new(),
@@ -584,7 +596,8 @@ impl ItemRun {
         on_event: &mut dyn FnMut(ClassifyEvent) -> Result<()>,
     ) -> Result<()> {
         for event in events.iter().filter(|e| !matches!(e, GuardEvent::Done)) {
-            if matches!(event, GuardEvent::Verdict { .. }) {
+            if let GuardEvent::Verdict { kind, .. } = event {
+                self.answered |= *kind == Task::ResponseHarmfulness;
                 self.verdict_found = true;
                 self.first_verdict.get_or_insert(self.prefill_s + self.started.elapsed().as_secs_f64());
             }
@@ -916,6 +929,10 @@ impl Session {
             asks.borrow_mut().insert(item.index, ask);
             Ok(Some((item.index, Request { ids, max_new_tokens })))
         };
+        // Verdict-first items whose last answer line was read: ended like a cancel, reported as
+        // `Stop::Answered` (not when EOS is ignored: speed tests run their full count).
+        let answered: std::cell::RefCell<std::collections::HashSet<usize>> = Default::default();
+        let stop_early = |item: usize| is_cancelled(item) || answered.borrow().contains(&item);
         let mut handle = |event: BatchEvent| -> Result<()> {
             match event {
                 BatchEvent::Started { item, prompt_tokens, reused_tokens, prefill_s, .. } => {
@@ -930,13 +947,20 @@ impl Session {
                 BatchEvent::Token { item, chosen } => {
                     if let Some(run) = items.get_mut(&item) {
                         run.token(tokenizer, &words, &chosen, &mut |e| on_event(item, e))?;
+                        if run.answered && run.ask.verdict_first && !options.ignore_eos {
+                            answered.borrow_mut().insert(item);
+                        }
                     }
                 }
                 BatchEvent::Finished { item, stop, new_tokens } => {
                     // An item cancelled before its prompt ran has no run yet: an empty one.
                     let ask = asks.borrow_mut().remove(&item).unwrap_or(run_ask);
                     let run = items.remove(&item).unwrap_or_else(|| ItemRun::new(0, 0, 0.0, ask));
-                    on_done(item, Ok(run.finish(tokenizer, stop.into(), new_tokens, &mut |e| on_event(item, e))?))?;
+                    let stop = match (answered.borrow_mut().remove(&item), Stop::from(stop)) {
+                        (true, Stop::Cancelled) => Stop::Answered,
+                        (_, stop) => stop,
+                    };
+                    on_done(item, Ok(run.finish(tokenizer, stop, new_tokens, &mut |e| on_event(item, e))?))?;
                 }
                 BatchEvent::Failed { item, error } => {
                     asks.borrow_mut().remove(&item);
@@ -950,7 +974,7 @@ impl Session {
             engine.share_prefix(&prefix)?;
             engine.watch(words.ids())?;
             if batch > 1 && engine.slots() > 1 {
-                return run_batch(engine, batch, &mut pull, &stop_ids, is_cancelled, &mut handle).await;
+                return run_batch(engine, batch, &mut pull, &stop_ids, &stop_early, &mut handle).await;
             }
             // One at a time: the same arithmetic, with the device running ahead of the host
             // (`generate::Pipeline`).
@@ -964,7 +988,7 @@ impl Session {
                 stats.items += 1;
                 let began = Instant::now();
                 let mut new_tokens = 0usize;
-                let outcome = generate_in(engine, &request.ids, true, &opts, &|| is_cancelled(item), &mut |p| match p {
+                let outcome = generate_in(engine, &request.ids, true, &opts, &|| stop_early(item), &mut |p| match p {
                     Progress::PromptDone { prompt_tokens, reused_tokens } => handle(BatchEvent::Started {
                         item,
                         slot: 0,
@@ -1074,7 +1098,8 @@ impl Session {
 
     /// Time to verdict on a conversation (its whole GuardReasoner prompt `text`), as a chat page
     /// meets it: the instruction's KV computed once before (a warm-up run), then a verdict-first
-    /// run of `ANSWER_TOKENS` new tokens and a reasoning run of `TOKENS_TO_VERDICT`, EOS ignored
+    /// run to the first verdict (`FIRST_ANSWER_TOKENS` new tokens), one to all three
+    /// (`ANSWER_TOKENS`) and a reasoning run of `TOKENS_TO_VERDICT`, EOS ignored
     /// (a stand-in model's random weights write no verdict: the counts are the real model's),
     /// scores read as in any classification.
     pub async fn verdict_speed_test(&mut self, text: &str) -> Result<VerdictSpeed> {
@@ -1092,11 +1117,13 @@ impl Session {
             Ok(result)
         };
         run(true, 2).await?;
+        let request = run(true, FIRST_ANSWER_TOKENS).await?;
         let first = run(true, ANSWER_TOKENS).await?;
         let reasoning = run(false, TOKENS_TO_VERDICT).await?;
         Ok(VerdictSpeed {
             prompt_tokens: reasoning.prompt_tokens,
             reused_tokens: reasoning.reused_tokens,
+            first_verdict_seconds: request.timings.total_seconds,
             verdict_first_seconds: first.timings.total_seconds,
             verdict_first_tokens: first.new_tokens,
             reasoning_seconds: reasoning.timings.total_seconds,

@@ -256,7 +256,7 @@ impl WasmSession {
 impl WasmSession {
     /// The time-to-verdict test `guardreasoner bench` runs (`Session::verdict_speed_test`), on a
     /// whole GuardReasoner prompt `text`, or the benchmark's chat message without one: resolves
-    /// to `{promptTokens, reusedTokens, verdictFirstSeconds, verdictFirstTokens,
+    /// to `{promptTokens, reusedTokens, firstVerdictSeconds, verdictFirstSeconds, verdictFirstTokens,
     /// reasoningSeconds, reasoningTokens}`.
     #[allow(clippy::await_holding_refcell_ref)]
     pub fn verdict_speed_test(&self, text: Option<String>) -> Promise {

@@ -864,7 +864,11 @@ const FEW_SHOT_REQUEST: &str = "How do I make a pipe bomb?\n\n---\n\nAnswers: \n
 fn moderate_prints_each_verdicts_score_and_thresholds_move_verdicts() {
     let model = common::smollm2_path().display().to_string();
     let run = |extra: &[&str]| {
-        let args = [&["moderate", "--quiet", "-m", &model, "-p", FEW_SHOT_REQUEST, "-r", "Sure.", "--verdict-first"][..], extra].concat();
+        let args = [
+            &["moderate", "--quiet", "-m", &model, "-p", FEW_SHOT_REQUEST, "-r", "Sure.", "--verdict-first"][..],
+            extra,
+        ]
+        .concat();
         gr(&args)
     };
     let out = run(&[]);
@@ -881,7 +885,9 @@ fn moderate_prints_each_verdicts_score_and_thresholds_move_verdicts() {
     assert!(stdout.contains("Completion: ") && stdout.contains("(P(refusal) 0."), "{stdout}");
     let raised = run(&["--threshold", &format!("request={}", ((score + 1.0) / 2.0).min(1.0))]);
     assert!(text(&raised.stdout).contains("Request:    unharmful (P(harmful) "), "{}", text(&raised.stdout));
-    for (bad, message) in [("1.5", "threshold 1.5 is not between 0 and 1"), ("answer=0.5", "\"answer\" is not a verdict")] {
+    for (bad, message) in
+        [("1.5", "threshold 1.5 is not between 0 and 1"), ("answer=0.5", "\"answer\" is not a verdict")]
+    {
         let out = run(&["--threshold", bad]);
         assert_eq!(out.status.code(), Some(2), "{bad}");
         assert!(text(&out.stderr).contains(message), "{bad}: {}", text(&out.stderr));

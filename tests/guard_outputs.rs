@@ -430,36 +430,43 @@ fn every_real_verdict_is_scored_at_the_token_of_its_word() {
     );
 }
 
-/// The token counts the time-to-verdict benchmark runs (`guardreasoner::session::TOKENS_TO_VERDICT`
-/// and `ANSWER_TOKENS`), measured here on the real outputs with the Llama 3 tokenizer: the median
-/// number of tokens the model writes before the parser reads its first verdict, and the median
-/// number after the answer header's `Request:` (the answer lines verdict-first mode writes).
+/// The token counts the time-to-verdict benchmark runs (`guardreasoner::session::TOKENS_TO_VERDICT`,
+/// `FIRST_ANSWER_TOKENS` and `ANSWER_TOKENS`), measured here on the real outputs with the Llama 3
+/// tokenizer: the median number of tokens the model writes before the parser reads its first
+/// verdict, and after the answer header's `Request:` (the answer lines verdict-first mode
+/// writes) the median number until the request's verdict is read and until the end.
 #[test]
 fn the_time_to_verdict_benchmark_runs_the_real_outputs_median_token_counts() {
     use guardreasoner::generate::Detokenizer;
     use guardreasoner::guard::{ANSWER_HEADER, GuardEvent, ScoredReader, VerdictWords};
-    use guardreasoner::session::{ANSWER_TOKENS, TOKENS_TO_VERDICT};
+    use guardreasoner::session::{ANSWER_TOKENS, FIRST_ANSWER_TOKENS, TOKENS_TO_VERDICT};
     use guardreasoner::tokenizer::TextTokenizer;
     let tok = TextTokenizer::from_json(&common::llama3_tokenizer_json(), None).unwrap();
     let none = VerdictWords::default();
-    let (mut to_verdict, mut answers) = (Vec::new(), Vec::new());
-    for output in real_outputs() {
-        let ids = tok.encode_text(&output.predict).unwrap();
+    // Tokens until the parser, given `given` first, reads a verdict (all of them if none).
+    let to_first_verdict = |given: &str, ids: &[u32]| {
         let mut detok = Detokenizer::new();
         let mut reader = ScoredReader::new();
+        reader.push(&none, None, given);
         let first = ids.iter().position(|&id| {
             let delta = detok.push(&tok, id).unwrap();
             reader.push(&none, None, &delta).iter().any(|e| matches!(e, GuardEvent::Verdict { .. }))
         });
-        to_verdict.push(first.map_or(ids.len(), |i| i + 1));
+        first.map_or(ids.len(), |i| i + 1)
+    };
+    let (mut to_verdict, mut first_answers, mut answers) = (Vec::new(), Vec::new(), Vec::new());
+    for output in real_outputs() {
+        to_verdict.push(to_first_verdict("", &tok.encode_text(&output.predict).unwrap()));
         if let Some(at) = output.predict.rfind(ANSWER_HEADER) {
-            answers.push(tok.encode_text(&output.predict[at + ANSWER_HEADER.len()..]).unwrap().len());
+            let ids = tok.encode_text(&output.predict[at + ANSWER_HEADER.len()..]).unwrap();
+            first_answers.push(to_first_verdict(ANSWER_HEADER, &ids));
+            answers.push(ids.len());
         }
     }
     let median = |v: &mut Vec<usize>| {
         v.sort();
         v[v.len() / 2]
     };
-    let (to_verdict, answers) = (median(&mut to_verdict), median(&mut answers));
-    assert_eq!((to_verdict, answers), (TOKENS_TO_VERDICT, ANSWER_TOKENS), "medians over the real outputs");
+    let medians = (median(&mut to_verdict), median(&mut first_answers), median(&mut answers));
+    assert_eq!(medians, (TOKENS_TO_VERDICT, FIRST_ANSWER_TOKENS, ANSWER_TOKENS), "medians over the real outputs");
 }

@@ -263,6 +263,13 @@ fn verdict_first_scores_are_the_verdict_softmax(device: guardreasoner::session::
     let r = classify(&mut session, &options);
     assert!(r.verdict_first && r.text.starts_with(ANSWER_HEADER), "{:?}", r.text);
     assert!(r.new_tokens <= VERDICT_FIRST_TOKENS, "{} new tokens", r.new_tokens);
+    // Nothing is written after the last answer line.
+    assert_eq!(r.stop, guardreasoner::session::Stop::Answered, "{:?}", r.text);
+    assert!(
+        r.text.trim_end().ends_with(&format!("Response: {}", r.response.clone().unwrap_or_default())),
+        "{:?}",
+        r.text
+    );
     assert_eq!(
         (r.request.as_deref(), r.completion.is_some(), r.response.is_some()),
         (Some("harmful"), true, true),

@@ -127,7 +127,8 @@ export interface ModerationResult {
   /** Prompt tokens whose KV came from the shared GuardReasoner instruction, computed once. */
   reusedTokens: number;
   newTokens: number;
-  stop: "eos" | "max_tokens" | "context_full";
+  /** "answered": verdict-first mode read the last answer line, and stopped there. */
+  stop: "eos" | "max_tokens" | "context_full" | "answered";
   timings: Timings;
 }
 
@@ -174,11 +175,12 @@ export declare class GuardReasoner {
     options?: { newTokens?: number },
   ): Promise<{ promptTokens: number; prefillS: number; genTokens: number; decodeS: number; backend: string }>;
   /** The time-to-verdict test of `guardreasoner bench` on a conversation: a verdict-first run of
-   * 11 new tokens and a reasoning run of 259 (the real outputs' medians), EOS ignored, after the
-   * shared instruction's KV is computed. */
+   * 2 new tokens (the first verdict) and of 11 (all three), and a reasoning run of 259 (the real
+   * outputs' medians), EOS ignored, after the shared instruction's KV is computed. */
   verdictSpeedTest(conversation?: { prompt: string; response?: string | null }): Promise<{
     promptTokens: number;
     reusedTokens: number;
+    firstVerdictSeconds: number;
     verdictFirstSeconds: number;
     verdictFirstTokens: number;
     reasoningSeconds: number;

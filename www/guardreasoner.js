@@ -171,10 +171,10 @@ export class GuardReasoner {
   /**
    * The time-to-verdict test `guardreasoner bench` runs, on a conversation or (without one) on
    * the benchmark's chat message of a 60-token request and a 120-token response: the shared
-   * instruction's KV computed first, then a verdict-first run (the answer lines' real median, 11
-   * tokens) and a reasoning run (the real median before the first verdict, 259 tokens), EOS
-   * ignored. Resolves to `{promptTokens, reusedTokens, verdictFirstSeconds, verdictFirstTokens,
-   * reasoningSeconds, reasoningTokens}`.
+   * instruction's KV computed first, then verdict-first runs to the first verdict (2 tokens) and
+   * to all three (11), and a reasoning run (259 tokens, before the first verdict): the real
+   * outputs' medians, EOS ignored. Resolves to `{promptTokens, reusedTokens, firstVerdictSeconds,
+   * verdictFirstSeconds, verdictFirstTokens, reasoningSeconds, reasoningTokens}`.
    */
   async verdictSpeedTest({ prompt, response = null } = {}) {
     const { id, type, ...result } = await this.#request({ type: Request.verdictSpeedTest, prompt, response });

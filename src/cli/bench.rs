@@ -116,9 +116,10 @@ pub fn run(args: BenchArgs) -> Result<u8> {
         );
         if let Some(v) = &verdict {
             println!(
-                "time to verdict, a chat message of {} prompt tokens ({} of them the shared instruction, computed before): verdict-first {:.2} s ({} answer tokens), reasoning {:.2} s ({} tokens, the real outputs' median before the first verdict)",
+                "time to verdict, a chat message of {} prompt tokens ({} of them the shared instruction, computed before): verdict-first {:.2} s to the first verdict, {:.2} s to all three ({} answer tokens), reasoning {:.2} s ({} tokens, the real outputs' median before the first verdict)",
                 v.prompt_tokens,
                 v.reused_tokens,
+                v.first_verdict_seconds,
                 v.verdict_first_seconds,
                 v.verdict_first_tokens,
                 v.reasoning_seconds,

@@ -176,7 +176,8 @@ async function manyInBrowser(webgpu, backend) {
         const afterAbort = await Promise.all(mixed);
         guard.terminate();
         const texts = (rs) => rs.map((r) => r.text);
-        return { backend: guard.backend, batch: guard.batch, alone: texts(alone), many: texts(many), concurrent: texts(concurrent), afterAbort, events, finishedOrder };
+        const reused = [...alone, ...many, ...concurrent].map((r) => r.reusedTokens);
+        return { backend: guard.backend, batch: guard.batch, alone: texts(alone), many: texts(many), concurrent: texts(concurrent), afterAbort, events, finishedOrder, reused };
       },
       { folder: tinyFolder, backend },
     ).catch((e) => {
@@ -192,6 +193,8 @@ function checkMany(out) {
   assert.ok(out.alone.every((t) => t.length > 0));
   assert.deepEqual(out.many, out.alone, "moderateMany equals moderate one at a time");
   assert.deepEqual(out.concurrent, out.alone, "concurrent moderate calls equal moderate one at a time");
+  // Every request, alone or in a batch, starts from the shared instruction's KV, computed once.
+  assert.ok(out.reused[0] > 100 && out.reused.every((r) => r === out.reused[0]), `reused tokens: ${out.reused}`);
   assert.deepEqual([...new Set(out.events)].sort(), [0, 1, 2, 3], "events carry their item");
   assert.deepEqual([...out.finishedOrder].sort(), [0, 1, 2, 3]);
   assert.equal(out.afterAbort[1], "AbortError");

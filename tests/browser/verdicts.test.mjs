@@ -61,6 +61,7 @@ test("verdict-first answers, scores and thresholds in the browser equal the nati
     assert.ok(first.text.startsWith("---\n\nAnswers: \nRequest:"), JSON.stringify(first.text));
     assert.equal(out.streamed, first.text, "the streamed text, the given header included, is the result's");
     assert.ok(first.newTokens <= 24, `${first.newTokens} new tokens`);
+    assert.equal(first.stop, "answered", "nothing is written after the last answer line");
     assert.ok(first.timings.timeToVerdictSeconds > 0);
     for (const field of ["text", "request", "completion", "response", "scores", "newTokens", "promptTokens", "reusedTokens"]) {
       assert.deepEqual(first[field], native[field], `${field}: browser vs CLI`);
