@@ -125,7 +125,7 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const cpu = (fs.readFileSync("/proc/cpuinfo", "utf8").match(/model name\s*:\s*(.*)/) || [])[1] || "this CPU";
 const commit = execFileSync("git", ["rev-parse", "--short", "HEAD"], { cwd: REPO }).toString().trim();
 console.log(`\n${cpu}, ${new Date().toISOString().slice(0, 10)}, commit ${commit}; medians of ${rounds} rounds; a ${rows[0].promptTokens}-token prompt on the first model, ${rows[0].reusedTokens} of them the shared instruction\n`);
-console.log("| model | engine | backend | verdict-first: first verdict (s) | all three (s) | reasoning: first verdict (s) | reasoning tokens/s |");
+console.log("| model | engine | backend | verdict-first: first verdict (s) | all three (s) | reasoning: first verdict (s) | reasoning: tokens/s, prefill included |");
 console.log("|---|---|---|---|---|---|---|");
 const keys = [...new Set(rows.map((r) => JSON.stringify([r.model, r.engine, r.backend])))];
 for (const key of keys) {
