@@ -158,6 +158,14 @@ console.log(verdict, r.verdictFound, new GpuLostError("x").name);
 await GuardReasoner.load("owner/name", { device: "tpu" });
 // @ts-expect-error: moderate takes a conversation object
 await guard.moderate("hi");
+const first = await guard.moderate({ prompt: "hi" }, { mode: "verdict-first", threshold: { request: 0.3 } });
+const pHarmful: number | null = first.scores.request;
+const firstVerdictSeconds: number = (await guard.verdictSpeedTest()).firstVerdictSeconds;
+console.log(pHarmful, first.verdictFirst, first.stop === "answered", firstVerdictSeconds);
+// @ts-expect-error: not a mode
+await guard.moderate({ prompt: "hi" }, { mode: "fast" });
+// @ts-expect-error: a threshold names verdicts
+await guard.moderate({ prompt: "hi" }, { threshold: { answer: 0.5 } });
 `,
   );
   const r = spawnSync(bin("tsc"), ["-p", dir], { encoding: "utf8" });
