@@ -50,14 +50,6 @@ export interface LoadOptions {
   /** A Hub revision for an `{hf}` source (default "main"). */
   revision?: string;
   workerUrl?: string | URL;
-  /** Bytes to use as the browser's storage quota (tests of the "not enough storage" path). */
-  storageQuotaOverride?: number;
-  /** Stands in for the GPU's buffer binding limit (bytes) when lower: for tests of what a small
-   * GPU refuses. */
-  gpuBufferLimit?: number;
-  /** Test hook: the load asks the GPU for a buffer it must refuse, as it would one it has no
-   * memory for (the load then fails, or `auto` falls back to the CPU). */
-  testRefuseGpuBuffer?: boolean;
 }
 
 export type TaskName = "prompt_harmfulness" | "refusal" | "response_harmfulness";
@@ -203,9 +195,6 @@ export declare class GuardReasoner {
   ): Promise<ModerationResult[]>;
   /** As `moderate`, on a complete GuardReasoner prompt (instruction + "\n" + conversation). */
   classifyPrompt(text: string, options?: ModerateOptions): Promise<ModerationResult>;
-  /** Test hook: destroys the GPU device now, as a driver reset would (a run in progress then
-   * rejects with a GpuLostError). Resolves to false on the CPU path. */
-  loseGpuDevice(): Promise<boolean>;
   /** Ends the worker; pending and later calls reject with an AbortError. */
   terminate(): void;
 }

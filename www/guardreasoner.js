@@ -109,13 +109,15 @@ export class GuardReasoner {
    * `DEFAULTS.batch` on WebGPU, 1 on the CPU; each needs its own KV cache), `onProgress` (phases: "download" with loaded/total/rate/eta/resumedFrom,
    * "cache", "copy" for a picked file, "load"). `signal` (an AbortSignal) stops the load: the
    * promise rejects with an AbortError at once and the worker is ended; the bytes downloaded so
-   * far stay stored and the next load resumes from them. `storageQuotaOverride` (bytes) stands in
-   * for the browser's quota, and `gpuBufferLimit` (bytes) for the GPU's buffer binding limit when
-   * lower, for tests; `testRefuseGpuBuffer: true` has the load ask the GPU for a buffer it must
-   * refuse, as it would one it has no memory for (a test hook). The words transformers.js users know are taken too: `device` ("webgpu",
+   * far stay stored and the next load resumes from them. The words transformers.js users know are taken too: `device` ("webgpu",
    * "wasm" or "cpu", "auto") for `backend`, and `dtype` ("q8", "q4", "fp32") for `quant`.
+   *
+   * `testing` holds the test suite's hooks, outside the public types: `storageQuota` (bytes)
+   * stands in for the browser's quota, `gpuBufferLimit` (bytes) for the GPU's buffer binding
+   * limit when lower, and `refuseGpuBuffer: true` has the load ask the GPU for a buffer it must
+   * refuse, as it would one it has no memory for.
    */
-  static async load(source, { onProgress, signal, backend, device, quant, dtype, context = DEFAULTS.context, batch, threads, relaxedSimd, revision, workerUrl, storageQuotaOverride, gpuBufferLimit, testRefuseGpuBuffer } = {}) {
+  static async load(source, { onProgress, signal, backend, device, quant, dtype, context = DEFAULTS.context, batch, threads, relaxedSimd, revision, workerUrl, testing = {} } = {}) {
     source = modelSource(source);
     backend = either("backend", backend, "device", device === undefined ? undefined : DEVICES[device] ?? device) ?? DEFAULTS.backend;
     quant = either("quant", quant, "dtype", dtype === undefined ? undefined : DTYPES[dtype] ?? dtype) ?? DEFAULTS.quant;
@@ -132,7 +134,7 @@ export class GuardReasoner {
     if (revision && source?.hf && !source.revision) source = { ...source, revision };
     let out;
     try {
-      out = await guard.#request({ type: Request.load, source, backend, quant, context, batch, threads, relaxedSimd, quotaOverride: storageQuotaOverride, gpuBufferLimit, testRefuseGpuBuffer }, { onProgress });
+      out = await guard.#request({ type: Request.load, source, backend, quant, context, batch, threads, relaxedSimd, quotaOverride: testing.storageQuota, gpuBufferLimit: testing.gpuBufferLimit, testRefuseGpuBuffer: testing.refuseGpuBuffer }, { onProgress });
     } catch (e) {
       guard.#end(e); // a failed load leaves no worker behind
       throw e;

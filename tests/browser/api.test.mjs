@@ -299,7 +299,7 @@ test("a buffer the GPU refuses while loading (test hook, as out of memory would)
   // The browser reports the refusal after the (synchronous) load went on: only the load's error
   // scopes catch it before the load says it is done.
   const options = { quant: "f32", context: 160 };
-  const out = await refusedFallbackAndFit({ ...options, testRefuseGpuBuffer: true }, options);
+  const out = await refusedFallbackAndFit({ ...options, testing: { refuseGpuBuffer: true } }, options);
   assert.match(out.refused.message ?? JSON.stringify(out.refused), /the GPU (refused a buffer of|ran out of memory loading) the model .*--backend cpu/, JSON.stringify(out.refused));
   assert.match(out.fallback.backend, /^cpu/);
   assert.match(out.fallback.fallback ?? "", /the GPU failed .*the GPU (refused a buffer|ran out of memory)/, out.fallback.fallback);
@@ -309,7 +309,7 @@ test("a buffer the GPU refuses while loading (test hook, as out of memory would)
 
 test("a KV cache over the GPU's buffer limit (forced small) is refused naming the knobs; auto falls back to the CPU; the page goes on", async () => {
   // 64 KiB bindings hold the weights (split by rows) but not 4 x 1024 positions of cache.
-  const small = { quant: "f32", context: 1024, batch: 4, gpuBufferLimit: 64 * 1024 };
+  const small = { quant: "f32", context: 1024, batch: 4, testing: { gpuBufferLimit: 64 * 1024 } };
   const out = await refusedFallbackAndFit(small, { ...small, context: 160, batch: 1 });
   assert.match(out.refused.message ?? JSON.stringify(out.refused), /over the GPU binding limit 65536: use a smaller context or batch \(--context, --batch\)/, JSON.stringify(out.refused));
   assert.match(out.fallback.backend, /^cpu/);

@@ -98,7 +98,7 @@ test("a storage quota too small for the model gives a clear message and the page
   const server = await startServer({ mounts: { "/model/": tiny("llama32") } });
   const browser = await launchProfile();
   try {
-    const refused = await loadAndGenerate(browser, server, { hfBaseUrl: "/model/" }, { options: { storageQuotaOverride: 4 * MiB } });
+    const refused = await loadAndGenerate(browser, server, { hfBaseUrl: "/model/" }, { options: { testing: { storageQuota: 4 * MiB } } });
     assert.match(refused.error ?? "", /not enough browser storage for (tokenizer\.json|model\.safetensors): it needs \d+ MiB more, and \d+ MiB of this site's 4 MiB are free/);
     const fine = await loadAndGenerate(browser, server, { hfBaseUrl: "/model/" });
     assert.deepEqual(fine.tokens, expected("llama32"));

@@ -166,6 +166,10 @@ console.log(pHarmful, first.verdictFirst, first.stop === "answered", firstVerdic
 await guard.moderate({ prompt: "hi" }, { mode: "fast" });
 // @ts-expect-error: a threshold names verdicts
 await guard.moderate({ prompt: "hi" }, { threshold: { answer: 0.5 } });
+// @ts-expect-error: the test suite's hooks are not in the public types
+await GuardReasoner.load("owner/name", { testing: { refuseGpuBuffer: true } });
+// @ts-expect-error: nor is its GPU-loss hook
+await guard.loseGpuDevice();
 `,
   );
   const r = spawnSync(bin("tsc"), ["-p", dir], { encoding: "utf8" });
