@@ -56,7 +56,8 @@ window.evaluator = {
       // The dataset's generation time on the wall clock (batched items overlap).
       summary.set_generation_s(d.generationSeconds);
     }
-    return summary.to_json(manifest, shardIndex, shardCount, limit ?? -1, engine, loadSeconds, wallSeconds, report);
+    const run = { shardIndex, shardCount, limit: limit === null || limit < 0 ? null : limit, engine, loadSeconds, wallSeconds };
+    return summary.to_json(manifest, run, report);
   },
 
   async load(source, { backend, quant, context, batch }) {

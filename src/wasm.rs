@@ -122,35 +122,47 @@ fn open_files(files: &JsValue) -> Result<OpenedModel> {
     }
 }
 
+/// `load_model`'s options, as the worker passes them.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LoadOptions {
+    /// "auto", "webgpu" (or "gpu") or "cpu"; unknown words are refused.
+    backend: String,
+    /// Float weights: "q8", "q4" or "none" (also "f32", "q8_0", "q4_0").
+    quant: String,
+    /// Tokens of each conversation's KV cache.
+    context: u32,
+    /// Conversations decoded together (`classify_many`); default 1.
+    #[serde(default)]
+    batch: Option<u32>,
+    /// Test hook: bytes that stand in for the adapter's buffer binding limit when lower.
+    #[serde(default)]
+    gpu_buffer_limit: Option<f64>,
+    /// Test hook: the load asks the GPU for a buffer it must refuse
+    /// (`BackendChoice::gpu_refuse_buffer`).
+    #[serde(default)]
+    refuse_gpu_buffer: bool,
+}
+
 /// Load a model. `files`: `{kind: "gguf", source}` or `{kind: "hf", config, generation_config?,
 /// tokenizer: Uint8Array, shards: [source]}`, each source `{name, size, read(offset, length)}`.
-/// `backend`: "auto", "webgpu" (or "gpu") or "cpu"; `quant` (float weights): "q8", "q4" or
-/// "none" (also "f32", "q8_0", "q4_0"); unknown words are refused. `on_progress(done_bytes,
-/// total_bytes)` while tensors load. `batch`: conversations decoded together (`classify_many`),
-/// each with a KV cache of `context` tokens (default 1). `gpu_buffer_limit` (bytes) stands in for
-/// the adapter's buffer binding limit when lower: for tests of what a small GPU refuses.
-/// `gpu_refuse_buffer`: a test hook, the load asks the GPU for a buffer it must refuse
-/// (`BackendChoice::gpu_refuse_buffer`).
-// The worker's one call site passes them by position.
-#[allow(clippy::too_many_arguments)]
+/// `options`: `{backend, quant, context, batch?, gpuBufferLimit?, refuseGpuBuffer?}`
+/// (`LoadOptions`). `on_progress(done_bytes, total_bytes)` while tensors load.
 #[wasm_bindgen]
 pub async fn load_model(
     files: JsValue,
-    backend: String,
-    quant: String,
-    context: u32,
+    options: JsValue,
     on_progress: Function,
-    batch: Option<u32>,
-    gpu_buffer_limit: Option<f64>,
-    gpu_refuse_buffer: Option<bool>,
 ) -> std::result::Result<WasmSession, JsValue> {
+    let options: LoadOptions = serde_wasm_bindgen::from_value(options).map_err(js_err)?;
     let choice = BackendChoice {
-        device: Device::parse(&backend).map_err(js_err)?,
-        quant: Quant::parse(&quant).map_err(js_err)?,
-        gpu_max_binding_bytes: gpu_buffer_limit.filter(|b| b.is_finite() && *b >= 1.0).map(|b| b as u64),
-        gpu_refuse_buffer: gpu_refuse_buffer.unwrap_or(false),
+        device: Device::parse(&options.backend).map_err(js_err)?,
+        quant: Quant::parse(&options.quant).map_err(js_err)?,
+        gpu_max_binding_bytes: options.gpu_buffer_limit.filter(|b| b.is_finite() && *b >= 1.0).map(|b| b as u64),
+        gpu_refuse_buffer: options.refuse_gpu_buffer,
         ..BackendChoice::default()
     };
+    let (context, batch) = (options.context, options.batch);
     let model = open_files(&files).map_err(js_err)?;
     let mut progress = |done: u64, total: u64| {
         let _ = on_progress.call2(&JsValue::NULL, &JsValue::from_f64(done as f64), &JsValue::from_f64(total as f64));
@@ -469,27 +481,26 @@ impl JsRunSummary {
         self.0.set_generation_s(seconds);
     }
 
-    /// `summary.json`'s object. `manifest`: the run's `run.json` text; `engine`: `{engine,
-    /// backend, ...}`; `report`: the scorer's report (`score_predictions`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn to_json(
-        &self,
-        manifest: &str,
-        shard_index: u32,
-        shard_count: u32,
-        limit: f64,
-        engine: JsValue,
-        load_s: f64,
-        wall_s: f64,
-        report: JsValue,
-    ) -> std::result::Result<JsValue, JsValue> {
+    /// `summary.json`'s object. `manifest`: the run's `run.json` text; `run`: `{shardIndex,
+    /// shardCount, limit (null for none), engine: {engine, backend, ...}, loadSeconds,
+    /// wallSeconds}`; `report`: the scorer's report (`score_predictions`).
+    pub fn to_json(&self, manifest: &str, run: JsValue, report: JsValue) -> std::result::Result<JsValue, JsValue> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        struct Run {
+            shard_index: usize,
+            shard_count: usize,
+            #[serde(default)]
+            limit: Option<usize>,
+            engine: serde_json::Map<String, serde_json::Value>,
+            load_seconds: f64,
+            wall_seconds: f64,
+        }
         let manifest: RunManifest = serde_json::from_str(manifest).map_err(js_err)?;
-        let shard = Shard::new(shard_index as usize, shard_count as usize).map_err(js_err)?;
-        let engine: serde_json::Value = serde_wasm_bindgen::from_value(engine).map_err(js_err)?;
+        let run: Run = serde_wasm_bindgen::from_value(run).map_err(js_err)?;
+        let shard = Shard::new(run.shard_index, run.shard_count).map_err(js_err)?;
         let report: serde_json::Value = serde_wasm_bindgen::from_value(report).map_err(js_err)?;
-        let limit = (limit >= 0.0).then_some(limit as usize);
-        let engine = engine.as_object().cloned().unwrap_or_default();
-        to_js(&self.0.to_json(&manifest, shard, limit, engine, load_s, wall_s, report))
+        to_js(&self.0.to_json(&manifest, shard, run.limit, run.engine, run.load_seconds, run.wall_seconds, report))
     }
 }
 

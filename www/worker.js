@@ -252,16 +252,15 @@ async function handle(msg) {
       // 4 GiB with the weights.
       const batch = msg.batch || (onCpu ? 1 : DEFAULTS.batch);
       try {
-        session = await wasm.load_model(
-          files,
-          onCpu ? "cpu" : wanted,
-          msg.quant || DEFAULTS.quant,
-          msg.context || DEFAULTS.context,
-          (loaded, total) => post({ id, type: Reply.progress, phase: "load", loaded, total }),
+        const options = {
+          backend: onCpu ? "cpu" : wanted,
+          quant: msg.quant || DEFAULTS.quant,
+          context: msg.context || DEFAULTS.context,
           batch,
-          msg.gpuBufferLimit ?? undefined,
-          msg.testRefuseGpuBuffer === true,
-        );
+          gpuBufferLimit: msg.gpuBufferLimit ?? undefined,
+          refuseGpuBuffer: msg.testRefuseGpuBuffer === true,
+        };
+        session = await wasm.load_model(files, options, (loaded, total) => post({ id, type: Reply.progress, phase: "load", loaded, total }));
       } finally {
         await release(); // the weights are in wasm or GPU memory now (or the load failed)
       }
