@@ -19,6 +19,7 @@ import path from "node:path";
 import { execFileSync } from "node:child_process";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
+import { resultsLog } from "./bench-log.mjs";
 import { startServer } from "./serve.mjs";
 import { launchChromium } from "./browser.mjs";
 
@@ -75,14 +76,8 @@ if (!fs.existsSync(path.join(REPO, WLLAMA_ESM, "index.js"))) {
   execFileSync("npm", ["install", "--no-save", "--no-audit", "--no-fund", "--prefix", WLLAMA_DIR, `@wllama/wllama@${WLLAMA_VERSION}`], { cwd: REPO, stdio: "inherit" });
 }
 
-const outDir = path.join(REPO, ".cache/browser-bench");
-fs.mkdirSync(outDir, { recursive: true });
-const resultsPath = path.join(outDir, "results.jsonl");
-fs.writeFileSync(resultsPath, "");
-const record = (r) => {
-  fs.appendFileSync(resultsPath, JSON.stringify(r) + "\n");
-  console.error(JSON.stringify(r));
-};
+const log = resultsLog(path.join(REPO, ".cache/browser-bench"));
+const record = log.record;
 
 const server = await startServer();
 const browser = await launchChromium({ webgpu: false });
@@ -168,7 +163,7 @@ try {
   server.close();
 }
 
-const rows = fs.readFileSync(resultsPath, "utf8").trim().split("\n").map((l) => JSON.parse(l));
+const rows = log.rows();
 const cpu = (fs.readFileSync("/proc/cpuinfo", "utf8").match(/model name\s*:\s*(.*)/) || [])[1] || "this CPU";
 console.log(`\n${cpu}, headless Chromium, WebGPU off, ${promptTokens}-token prompt, ${gen} new tokens\n`);
 console.log("| model | engine | threads | prompt tokens | prefill / decode (tokens/s) | ours at these threads vs it |");

@@ -19,6 +19,7 @@ import path from "node:path";
 import { execFileSync } from "node:child_process";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
+import { resultsLog } from "./bench-log.mjs";
 import { startServer } from "./serve.mjs";
 import { launchChromium } from "./browser.mjs";
 
@@ -65,14 +66,8 @@ for (const m of models) {
   }
 }
 
-const outDir = path.join(REPO, ".cache/verdict-bench");
-fs.mkdirSync(outDir, { recursive: true });
-const resultsPath = path.join(outDir, "results.jsonl");
-fs.writeFileSync(resultsPath, "");
-const record = (r) => {
-  fs.appendFileSync(resultsPath, JSON.stringify(r) + "\n");
-  console.error(JSON.stringify(r));
-};
+const log = resultsLog(path.join(REPO, ".cache/verdict-bench"));
+const record = log.record;
 
 /** The native CLI's time-to-verdict test (its other figures skipped where it can). */
 function native(model) {
@@ -120,7 +115,7 @@ try {
   server.close();
 }
 
-const rows = fs.readFileSync(resultsPath, "utf8").trim().split("\n").map((l) => JSON.parse(l));
+const rows = log.rows();
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const cpu = (fs.readFileSync("/proc/cpuinfo", "utf8").match(/model name\s*:\s*(.*)/) || [])[1] || "this CPU";
 const commit = execFileSync("git", ["rev-parse", "--short", "HEAD"], { cwd: REPO }).toString().trim();

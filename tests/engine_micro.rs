@@ -254,16 +254,19 @@ fn cpu_scheduler_refills_slots_and_matches_one_at_a_time() {
     scheduler_refills_slots_and_matches_one_at_a_time(|| CpuBackend::new(None));
 }
 
-#[test]
-fn gpu_scheduler_refills_slots_and_matches_one_at_a_time() {
+/// A GPU backend (lavapipe without a GPU) whose batches reach 64 rows.
+fn gpu() -> guardreasoner::backend::gpu::GpuBackend {
     use guardreasoner::backend::gpu::{GpuBackend, GpuOptions};
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
         // SAFETY: set before any thread reads the environment for Vulkan.
         unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
     }
-    scheduler_refills_slots_and_matches_one_at_a_time(|| {
-        pollster::block_on(GpuBackend::new(GpuOptions { max_rows: 64, ..GpuOptions::default() })).unwrap()
-    });
+    pollster::block_on(GpuBackend::new(GpuOptions { max_rows: 64, ..GpuOptions::default() })).unwrap()
+}
+
+#[test]
+fn gpu_scheduler_refills_slots_and_matches_one_at_a_time() {
+    scheduler_refills_slots_and_matches_one_at_a_time(gpu);
 }
 
 /// Scores read the verdict words' logits beside each chosen token (`Engine::watch`): the values
@@ -312,12 +315,5 @@ fn cpu_watched_logits_are_the_logits_at_the_watched_ids() {
 
 #[test]
 fn gpu_watched_logits_are_the_logits_at_the_watched_ids() {
-    use guardreasoner::backend::gpu::{GpuBackend, GpuOptions};
-    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
-        // SAFETY: set before any thread reads the environment for Vulkan.
-        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
-    }
-    watched_logits_are_the_logits_at_the_watched_ids(|| {
-        pollster::block_on(GpuBackend::new(GpuOptions { max_rows: 64, ..GpuOptions::default() })).unwrap()
-    });
+    watched_logits_are_the_logits_at_the_watched_ids(gpu);
 }

@@ -140,31 +140,42 @@ impl VerdictWords {
     }
 }
 
-/// Each verdict's score: P(harmful) for the request and the response, P(refusal) for the
-/// completion; None where no verdict was read or it was not written with a watched token.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Scores {
-    pub request: Option<f64>,
-    pub completion: Option<f64>,
-    pub response: Option<f64>,
+/// A struct of one optional number per verdict (`request`, `completion`, `response`), read and
+/// written by task: what scores and thresholds both are.
+macro_rules! per_verdict {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+        pub struct $name {
+            pub request: Option<f64>,
+            pub completion: Option<f64>,
+            pub response: Option<f64>,
+        }
+
+        impl $name {
+            pub fn get(&self, task: Task) -> Option<f64> {
+                match task {
+                    Task::PromptHarmfulness => self.request,
+                    Task::Refusal => self.completion,
+                    Task::ResponseHarmfulness => self.response,
+                }
+            }
+
+            fn slot(&mut self, task: Task) -> &mut Option<f64> {
+                match task {
+                    Task::PromptHarmfulness => &mut self.request,
+                    Task::Refusal => &mut self.completion,
+                    Task::ResponseHarmfulness => &mut self.response,
+                }
+            }
+        }
+    };
 }
 
-impl Scores {
-    pub fn get(&self, task: Task) -> Option<f64> {
-        match task {
-            Task::PromptHarmfulness => self.request,
-            Task::Refusal => self.completion,
-            Task::ResponseHarmfulness => self.response,
-        }
-    }
-
-    fn slot(&mut self, task: Task) -> &mut Option<f64> {
-        match task {
-            Task::PromptHarmfulness => &mut self.request,
-            Task::Refusal => &mut self.completion,
-            Task::ResponseHarmfulness => &mut self.response,
-        }
-    }
+per_verdict! {
+    /// Each verdict's score: P(harmful) for the request and the response, P(refusal) for the
+    /// completion; None where no verdict was read or it was not written with a watched token.
+    Scores
 }
 
 /// The reasoning parser with each verdict's score beside it: fed each new token (with its
@@ -268,13 +279,10 @@ impl ScoreTracker {
     }
 }
 
-/// Scores at or above which a verdict is the positive one (harmful, refusal); a verdict without a
-/// threshold, or without a score, stays the model's own.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Thresholds {
-    pub request: Option<f64>,
-    pub completion: Option<f64>,
-    pub response: Option<f64>,
+per_verdict! {
+    /// Scores at or above which a verdict is the positive one (harmful, refusal); a verdict
+    /// without a threshold, or without a score, stays the model's own.
+    Thresholds
 }
 
 impl Thresholds {
@@ -302,22 +310,6 @@ impl Thresholds {
             *thresholds.slot(task) = Some(number(value)?);
         }
         Ok(thresholds)
-    }
-
-    fn slot(&mut self, task: Task) -> &mut Option<f64> {
-        match task {
-            Task::PromptHarmfulness => &mut self.request,
-            Task::Refusal => &mut self.completion,
-            Task::ResponseHarmfulness => &mut self.response,
-        }
-    }
-
-    pub fn get(&self, task: Task) -> Option<f64> {
-        match task {
-            Task::PromptHarmfulness => self.request,
-            Task::Refusal => self.completion,
-            Task::ResponseHarmfulness => self.response,
-        }
     }
 
     /// The verdict for `task`: the model's `verdict`, or, where both a threshold and a score
