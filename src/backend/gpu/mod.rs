@@ -10,9 +10,24 @@
 #[cfg(feature = "gpu")]
 mod backend;
 #[cfg(feature = "gpu")]
+mod buffers;
+#[cfg(feature = "gpu")]
+mod device;
+#[cfg(feature = "gpu")]
+mod encode;
+#[cfg(feature = "gpu")]
+mod kernels;
+#[cfg(feature = "gpu")]
+mod readback;
+#[cfg(feature = "gpu")]
 mod weights;
 #[cfg(feature = "gpu")]
-pub use backend::*;
+pub use {
+    buffers::{GpuAct, GpuCache, GpuGateUp, GpuQkv, GpuRope, GpuRows, GpuVector},
+    device::{GpuBackend, LoadScopes},
+    readback::GpuToken,
+    weights::{GpuMatrix, WeightFormat},
+};
 
 /// Which GPU weight layout float weights are converted to while loading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
