@@ -5,174 +5,29 @@
 // OUT/<Dataset>/generated_predictions.jsonl item by item (each line synced to disk, so a killed
 // run loses nothing finished and a rerun resumes), then scores the run with the project's scorer.
 // Run it through evaluator/evaluate.sh, which builds what it needs first. The steps: plan (items,
-// resume points) -> load (the model, then run.json) -> run (items, lines synced) -> score.
+// resume points) -> load (the model, then run.json) -> run (items, lines synced) -> score. Beside
+// it: options.mjs (the command line), chromium.mjs (the browser and its page), scheduler.mjs (which
+// item runs when, restarts, failed items).
 import fs from "node:fs";
 import path from "node:path";
-import { parseArgs } from "node:util";
-import { fileURLToPath } from "node:url";
 import cliProgress from "cli-progress";
 import { startServer } from "../scripts/serve.mjs";
-import { launchChromium } from "../scripts/browser.mjs";
-import { BACKENDS, DEFAULTS, GPU_LOST_PREFIX, QUANTS } from "../www/protocol.js";
+import { REPO, USAGE, UsageError, parseOptions, modelSource } from "./options.mjs";
+import { openTab, closeTab, browserLost, needsRestart, injectFault, cleanMessage } from "./chromium.mjs";
+import { itemTimeout, scheduleItems } from "./scheduler.mjs";
 
-const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const PREDICTIONS_FILE = "generated_predictions.jsonl";
 // Beside it, each item's verdict scores (the core's SCORES_FILE).
 const SCORES_FILE = "scores.jsonl";
 const MANIFEST_FILE = "run.json";
 const SUMMARY_FILE = "summary.json";
 const REPORT_FILE = "report.html"; // Rust guard::REPORT_FILE
-const DEFAULT_MODEL = "yueliu1999/GuardReasoner-1B";
-const PAGE = "/evaluator/page.html";
-// URL prefix the local model file or folder is served under.
-const LOCAL_MODEL_PREFIX = "/local-model/";
 // Off a terminal, load progress is logged every tenth only for files bigger than this.
 const LOG_TENTHS_ABOVE_BYTES = 64 * 2 ** 20;
-// Tries of an item before it is written as failed (--max-attempts).
-const DEFAULT_MAX_ATTEMPTS = 3;
-// The automatic --item-timeout: TIMEOUT_FACTOR times the longest answer (--max-new-tokens) at the
-// slowest rate seen so far (wall time from hand-off, queueing and prefill included, per new
-// token), at least MIN_ITEM_TIMEOUT_S; FIRST_ITEM_TIMEOUT_S until an item has finished.
-const TIMEOUT_FACTOR = 10;
-const MIN_ITEM_TIMEOUT_S = 60;
-const FIRST_ITEM_TIMEOUT_S = 3600;
-// A browser that does not close within this is killed.
-const CLOSE_TIMEOUT_MS = 15_000;
-// Test hook: faults to inject, as JSON {"<Dataset>:<0-based benchmark index>": kind}; kind is
-// "hang" (the page's main thread stops), "crash" (the renderer crashes), "lose-gpu" (the GPU
-// device is destroyed), each when the item is first handed to a page, or with "-always" every time.
-const FAULTS_ENV = "GUARDREASONER_EVALUATOR_FAULTS";
-
-const USAGE = `Usage: evaluator/evaluate.sh --benchmark-dir DIR --out DIR [options]
-
-Runs GuardReasoner over the paper's benchmark files in headless Chromium, through the same wasm
-module as the demo, writes OUT/<Dataset>/generated_predictions.jsonl (prompt, label, predict) item
-by item, and prints the paper's tables and a JSON summary (also saved as OUT/summary.json).
-A rerun with the same --out resumes after the last finished item.
-
-Options:
-  --benchmark-dir DIR   the paper's benchmark files (0_0_SimpleSafetyTests.json, ...)
-  --out DIR             where predictions, run.json, summary.json and report.html go
-  --model M             a Hugging Face repo id, a .gguf URL, an HF-style folder URL, or a local
-                        .gguf file or HF-style folder (default ${DEFAULT_MODEL})
-  --datasets A,B        dataset names as in the paper's tables (default: every file present)
-  --limit N             only the first N items of each dataset
-  --shard I/N           this machine's share of a split run (0-based, contiguous slices; the
-                        shards' files concatenate in order to the unsplit run's), default 0/1
-  --max-new-tokens N    most new tokens per item (default ${DEFAULTS.maxNewTokens}; --max-new also taken)
-  --verdict-first       give the model the answer section's opening after each prompt, so it
-                        writes its verdicts at once, without reasoning (about a dozen tokens);
-                        compare with a reasoning run's F1 to measure what this costs
-  --backend B           auto | webgpu | cpu (default ${DEFAULTS.backend}: WebGPU on a real GPU, else the CPU)
-  --quant Q             float weights once loaded: q8 | q4 | none (default ${DEFAULTS.quant}; f32, q8_0,
-                        q4_0 also taken)
-  --context N           KV cache size in tokens, prompt + new (default ${DEFAULTS.context})
-  --batch N             items decoded together (default ${DEFAULTS.batch} on WebGPU, 1 on the CPU);
-                        any batch writes the same predictions; each item needs its own KV cache
-  --profile DIR         browser profile; its OPFS keeps downloaded models between runs
-                        (default .cache/browser-profile in the repository)
-  --item-timeout S      seconds an item may take from when it is handed to the browser, after
-                        which the page counts as hung (default: ${TIMEOUT_FACTOR}x the longest answer at the
-                        slowest rate seen so far, at least ${MIN_ITEM_TIMEOUT_S} s; ${FIRST_ITEM_TIMEOUT_S} s until an item has finished)
-  --max-attempts N      tries per item (default ${DEFAULT_MAX_ATTEMPTS}). A crash, a hung page or a lost GPU
-                        restarts Chromium, and the items it held run again, one at a time; an item
-                        that fails N times is written as a failed line ("failed": why), never scored,
-                        and the run goes on
-  -h, --help            this text`;
-
-class UsageError extends Error {}
 
 // Set by SIGINT/SIGTERM: the browser is being closed, so the run's pending calls fail; that is
 // not an error to report.
 let interrupted = false;
-
-function parseOptions(argv) {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      options: {
-        "benchmark-dir": { type: "string" },
-        out: { type: "string" },
-        model: { type: "string", default: DEFAULT_MODEL },
-        datasets: { type: "string" },
-        limit: { type: "string" },
-        shard: { type: "string", default: "0/1" },
-        "max-new-tokens": { type: "string" },
-        "max-new": { type: "string" },
-        "verdict-first": { type: "boolean", default: false },
-        backend: { type: "string", default: DEFAULTS.backend },
-        quant: { type: "string", default: DEFAULTS.quant },
-        context: { type: "string", default: String(DEFAULTS.context) },
-        batch: { type: "string" },
-        profile: { type: "string", default: path.join(REPO, ".cache/browser-profile") },
-        "item-timeout": { type: "string" },
-        "max-attempts": { type: "string", default: String(DEFAULT_MAX_ATTEMPTS) },
-        help: { type: "boolean", short: "h" },
-      },
-    }));
-  } catch (e) {
-    throw new UsageError(e.message);
-  }
-  if (values.help) return null;
-  values["max-new-tokens"] ??= values["max-new"] ?? String(DEFAULTS.maxNewTokens);
-  // The upper bound keeps numbers within what the wasm side takes (u32) and what makes sense.
-  const count = (name, min, max = 1e9) => {
-    const text = values[name];
-    if (!/^\d+$/.test(text) || Number(text) < min || Number(text) > max) throw new UsageError(`--${name} ${text}: expected a whole number from ${min} to ${max}`);
-    return Number(text);
-  };
-  if (!values["benchmark-dir"]) throw new UsageError("--benchmark-dir is required");
-  if (!values.out) throw new UsageError("--out is required");
-  const shard = /^(\d+)\/(\d+)$/.exec(values.shard);
-  if (!shard || Number(shard[2]) < 1 || Number(shard[1]) >= Number(shard[2]) || Number(shard[2]) > 1e6) throw new UsageError(`--shard ${values.shard}: expected I/N with 0 <= I < N, e.g. 0/2`);
-  if (!BACKENDS.includes(values.backend)) throw new UsageError(`--backend ${values.backend}: expected auto, webgpu or cpu`);
-  if (!QUANTS.includes(values.quant)) throw new UsageError(`--quant ${values.quant}: expected q8, q4 or none (or f32, q8_0, q4_0)`);
-  return {
-    benchmarkDir: path.resolve(values["benchmark-dir"]),
-    out: path.resolve(values.out),
-    model: values.model,
-    datasets: values.datasets ? [...new Set(values.datasets.split(",").map((s) => s.trim()).filter((s) => s))] : null,
-    limit: values.limit === undefined ? null : count("limit", 0),
-    shard: { index: Number(shard[1]), count: Number(shard[2]), text: values.shard },
-    maxNewTokens: count("max-new-tokens", 1),
-    mode: values["verdict-first"] ? "verdict-first" : "reasoning",
-    backend: values.backend,
-    quant: values.quant,
-    context: count("context", 1),
-    batch: values.batch === undefined ? null : count("batch", 1, 128),
-    profile: path.resolve(values.profile),
-    itemTimeout: values["item-timeout"] === undefined ? null : count("item-timeout", 1),
-    maxAttempts: count("max-attempts", 1, 100),
-    faults: testFaults(),
-  };
-}
-
-/** The faults the test hook asks for (FAULTS_ENV), by "<Dataset>:<index>". */
-function testFaults() {
-  const text = process.env[FAULTS_ENV];
-  if (!text) return new Map();
-  const kinds = ["hang", "crash", "lose-gpu"];
-  const faults = new Map(Object.entries(JSON.parse(text)));
-  for (const [key, kind] of faults) {
-    if (!kinds.includes(kind.replace(/-always$/, ""))) throw new UsageError(`${FAULTS_ENV}: ${key}: unknown fault ${kind}`);
-  }
-  return faults;
-}
-
-/** The page's model source for --model, and what the server must mount for a local one. */
-function modelSource(model) {
-  if (/^https?:\/\//i.test(model)) return { source: { url: model }, mounts: {} };
-  if (fs.existsSync(model)) {
-    const abs = path.resolve(model);
-    if (fs.statSync(abs).isDirectory()) return { source: { url: LOCAL_MODEL_PREFIX, cache: false }, mounts: { [LOCAL_MODEL_PREFIX]: abs } };
-    // The server matches mounts against the decoded path; the page fetches the encoded URL.
-    const name = path.basename(abs);
-    return { source: { url: LOCAL_MODEL_PREFIX + encodeURIComponent(name), cache: false }, mounts: { [LOCAL_MODEL_PREFIX + name]: abs } };
-  }
-  if (/^[\w.-]+\/[\w.-]+$/.test(model)) return { source: { hf: model }, mounts: {} };
-  throw new UsageError(`--model ${model}: no such file or folder, and not a URL or a Hugging Face repo id (owner/name)`);
-}
 
 /** Whether OUT already holds predictions: only then does its run.json bind a rerun (a run whose
  * model failed to load leaves nothing to protect). */
@@ -300,80 +155,6 @@ async function main() {
   }
 }
 
-// What Playwright says when the browser or the page is gone.
-const BROWSER_LOST = /Target crashed|has been closed|Target closed|Browser closed|browser has disconnected|page crashed/i;
-const browserLost = (e) => BROWSER_LOST.test(String(e?.message ?? e));
-
-/** Headless Chromium with the evaluator page open and ready; `tab.gone` says why once the page
- * or the browser is lost (a crash, a close). */
-async function openTab(opts, server, handlers) {
-  const browser = await launchChromium({ webgpu: opts.backend !== "cpu", profileDir: opts.profile }).catch((e) => {
-    const missing = /doesn't exist|ENOENT|no such file/i.test(e.message);
-    throw new Error(missing ? e.message : `${e.message} (is another run using the same --profile ${opts.profile}? give each its own)`);
-  });
-  const tab = { browser, page: null, gone: null };
-  const lose = (why) => (tab.gone ??= why);
-  browser.on("close", () => lose("Chromium closed"));
-  try {
-    const page = await browser.newPage();
-    tab.page = page;
-    page.on("crash", () => lose("the page crashed"));
-    page.on("close", () => lose("the page closed (did Chromium end?)"));
-    const pageErrors = [];
-    page.on("pageerror", (e) => pageErrors.push(e.message));
-    page.on("console", (m) => m.type() === "error" && pageErrors.push(m.text()));
-    await page.exposeFunction("evaluatorProgress", (p) => handlers.progress(p));
-    await page.exposeFunction("evaluatorTokens", (n) => handlers.tokens(n));
-    await page.goto(`${server.url}${PAGE}`);
-    await page.waitForFunction(() => window.evaluatorReady === true, null, { timeout: 60_000 }).catch((e) => {
-      throw new Error(`the evaluator page did not start: ${pageErrors.join("; ") || cleanMessage(e)}`);
-    });
-  } catch (e) {
-    await closeTab(tab);
-    throw e;
-  }
-  return tab;
-}
-
-/** Closes the browser; one that does not close in time (a hung renderer) is killed. */
-async function closeTab(tab) {
-  tab.gone ??= "closed by the evaluator";
-  let timer;
-  const closed = await Promise.race([
-    tab.browser.close().then(
-      () => true,
-      () => true,
-    ),
-    new Promise((resolve) => (timer = setTimeout(() => resolve(false), CLOSE_TIMEOUT_MS))),
-  ]);
-  clearTimeout(timer);
-  if (!closed) killDescendants(process.pid);
-}
-
-/** SIGKILL to every process below `pid` (Linux /proc): a browser that would not close. */
-function killDescendants(pid) {
-  const children = new Map();
-  for (const entry of fs.readdirSync("/proc", { withFileTypes: true })) {
-    if (!/^\d+$/.test(entry.name)) continue;
-    try {
-      // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-      const stat = fs.readFileSync(`/proc/${entry.name}/stat`, "utf8");
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-      children.set(ppid, [...(children.get(ppid) ?? []), Number(entry.name)]);
-    } catch {
-      // gone meanwhile
-    }
-  }
-  const below = (p) => (children.get(p) ?? []).flatMap((c) => [c, ...below(c)]);
-  for (const p of below(pid)) {
-    try {
-      process.kill(p, "SIGKILL");
-    } catch {
-      // gone meanwhile
-    }
-  }
-}
-
 /** Every dataset planned and its file checked before the model loads: bad input fails fast and
  * leaves what is on disk as it was. */
 async function plan(page, opts) {
@@ -447,37 +228,9 @@ async function load(page, opts, model, handlers) {
   return { engine, manifest, loadSeconds, batch: loaded.batch, identity: loaded.modelIdentity };
 }
 
-/** The --item-timeout in force: fixed, or from the slowest rate seen so far. */
-function itemTimeout(opts) {
-  let secondsPerToken = null;
-  return {
-    seconds: () => opts.itemTimeout ?? (secondsPerToken === null ? FIRST_ITEM_TIMEOUT_S : Math.max(MIN_ITEM_TIMEOUT_S, TIMEOUT_FACTOR * opts.maxNewTokens * secondsPerToken)),
-    /** An item done `wall` seconds after its hand-off, with `newTokens` new tokens. */
-    observe(wall, newTokens) {
-      secondsPerToken = Math.max(secondsPerToken ?? 0, wall / Math.max(newTokens, 1));
-    },
-  };
-}
-
-/** Whether a failure means the browser must start again (rather than the item being at fault). */
-function needsRestart(tab, message) {
-  return tab.gone !== null || message.startsWith(GPU_LOST_PREFIX) || browserLost(message);
-}
-
-/** The test hook's fault for an item's attempt, if any (FAULTS_ENV). */
-async function injectFault(tab, opts, key, attempt) {
-  const kind = opts.faults.get(key);
-  if (!kind || (attempt > 0 && !kind.endsWith("-always"))) return;
-  const page = tab.page;
-  const fault = kind.replace(/-always$/, "");
-  if (fault === "hang") await page.evaluate(() => void setTimeout(() => { for (;;); }));
-  else if (fault === "crash") await (await tab.browser.newCDPSession(page)).send("Page.crash").catch(() => {});
-  else if (fault === "lose-gpu") await page.evaluate(() => window.evaluator.loseGpu());
-}
-
 /** Every planned item not yet in its dataset's file, each line written and synced to disk in
- * benchmark order as soon as its item and those before it are done. Resolves to each dataset's
- * counts for the summary. */
+ * benchmark order as soon as its item and those before it are done (in the order scheduler.mjs
+ * decides). Resolves to each dataset's counts for the summary. */
 async function run(currentTab, reopen, handlers, opts, runs, batch) {
   const multi = isTTY ? new cliProgress.MultiBar({ format: "{name} {bar} {value}/{total} items | {tps} tokens/s | eta {eta_formatted}", hideCursor: true, clearOnComplete: false, etaBuffer: 20 }, cliProgress.Presets.shades_classic) : null;
   const say = (line) => (multi ? multi.log(line + "\n") : log(line));
@@ -501,117 +254,59 @@ async function run(currentTab, reopen, handlers, opts, runs, batch) {
       fs.writeFileSync(scoresFile, await currentTab().page.evaluate(([f, t, d]) => window.evaluator.keptScores(f, t, d), [scoresFile, oldScores, resume.done]));
       const scoresFd = fs.openSync(scoresFile, "a");
       const fd = fs.openSync(out, "a");
-      const stats = { tokens: 0, written: 0 };
+      const stats = { tokens: 0 };
       const finishedCounts = [];
       const datasetStarted = performance.now();
       const itemName = (k) => `${spec.name} item ${todo[k].index + 1} of ${path.basename(run.file)}`;
       try {
-        // Up to twice the batch of items in flight, so the worker always has the next one waiting
-        // when a place frees up. An item that failed once is a suspect: it runs alone.
-        const done = new Map(); // k -> {r} | {failed: why}
-        const failures = new Map(); // k -> reasons, one per failed attempt
-        const retry = new Set(); // suspects waiting to run again
-        const inFlight = new Map(); // k -> its promise (resolves when its outcome is recorded)
-        const inFlightMax = Math.max(1, 2 * batch);
-        const handOffs = new Map(); // k -> times handed to a page (the test hook's faults fire on the first)
-        let next = 0; // the first item never started
-        let restartFor = null; // why the browser must start again
-        let epoch = 0; // bumped at each restart: outcomes of an older browser are ignored
-        const fail = (k, why) => {
-          const reasons = [...(failures.get(k) ?? []), why];
-          failures.set(k, reasons);
-          if (reasons.length >= opts.maxAttempts) done.set(k, { failed: `${why} (${reasons.length} attempt${reasons.length > 1 ? "s" : ""})` });
-          else retry.add(k);
-        };
-        const runItem = async (k, tab) => {
-          const item = todo[k];
-          const mine = epoch;
-          const handedOff = performance.now();
-          const limit = timeout.seconds();
-          let timer;
-          const timedOut = new Promise((resolve) => (timer = setTimeout(() => resolve({ timeout: true }), limit * 1000)));
-          const classify = tab.page.evaluate(([it, n, m, l]) => window.evaluator.classify(it, n, m, l), [item, opts.maxNewTokens, opts.mode, resume.done + k + 1]).then(
-            (r) => ({ r }),
-            (e) => ({ error: cleanMessage(e) }),
-          );
-          // Not awaited: a fault may leave its own call unanswered (the item's timeout still runs).
-          injectFault(tab, opts, `${spec.name}:${item.index}`, handOffs.get(k) ?? 0).catch(() => {});
-          handOffs.set(k, (handOffs.get(k) ?? 0) + 1);
-          const outcome = await Promise.race([classify, timedOut]);
-          clearTimeout(timer);
-          if (mine !== epoch) return; // this browser is gone; the item was counted at the restart
-          if (outcome.r) {
-            timeout.observe((performance.now() - handedOff) / 1000, outcome.r.newTokens);
-            done.set(k, { r: outcome.r });
-          } else if (outcome.timeout) {
-            fail(k, `no answer within ${limit.toFixed(0)} s (--item-timeout)`);
-            restartFor ??= `${itemName(k)} took longer than ${limit.toFixed(0)} s`;
-          } else if (needsRestart(tab, outcome.error)) {
-            const why = tab.gone ?? outcome.error;
-            fail(k, why);
-            restartFor ??= why;
-          } else {
-            fail(k, outcome.error);
-          }
-        };
-        const start = () => {
-          while (restartFor === null) {
-            const candidate = retry.size > 0 ? Math.min(...retry) : next < todo.length ? next : null;
-            if (candidate === null) return;
-            if ([...inFlight.keys()].some((k) => failures.has(k))) return; // a suspect runs alone
-            if (failures.has(candidate) ? inFlight.size > 0 : inFlight.size >= inFlightMax) return;
-            if (retry.has(candidate)) retry.delete(candidate);
-            else next += 1;
-            const promise = runItem(candidate, currentTab()).finally(() => inFlight.get(candidate) === promise && inFlight.delete(candidate));
-            inFlight.set(candidate, promise);
-          }
-        };
-        const restart = async () => {
-          const why = restartFor;
-          epoch += 1;
-          for (const k of inFlight.keys()) fail(k, `Chromium was restarted while it ran (${why})`);
-          inFlight.clear();
-          say(`${spec.name}: ${why}; restarting Chromium, then going on (items it held run again, one at a time)`);
-          await reopen();
-          restartFor = null;
-        };
         handlers.tokens = (n) => bar.tokens((stats.tokens + n) / Math.max((performance.now() - datasetStarted) / 1000, 1e-9));
-        start();
-        while (stats.written < todo.length) {
-          const k = stats.written;
-          if (restartFor !== null) {
-            await restart();
-            start();
-            continue;
-          }
-          if (!done.has(k)) {
-            if (inFlight.size === 0) throw new Error(`internal error: ${itemName(k)} is neither done nor running`);
-            await Promise.race(inFlight.values());
-            start();
-            continue;
-          }
-          const { r, failed } = done.get(k);
-          done.delete(k);
-          const item = todo[k];
-          const line = r ? r.line : await currentTab().page.evaluate(([p, l, w]) => window.evaluator.failedLine(p, l, w), [item.prompt, item.label, failed]);
-          if (r) fs.writeSync(scoresFd, r.scoresLine);
-          fs.writeSync(fd, line);
-          fs.fsyncSync(fd);
-          stats.written += 1;
-          const wall = (performance.now() - datasetStarted) / 1000;
-          const doneCount = resume.done + stats.written;
-          if (r) {
-            stats.tokens += r.newTokens;
-            finishedCounts.push(r.counts);
-          } else {
-            say(`${itemName(k)}: failed, written as such: ${failed}`);
-          }
-          const tps = stats.tokens / Math.max(wall, 1e-9);
-          const eta = ((plan.items.length - doneCount) * wall) / stats.written;
-          bar.tokens(tps);
-          bar.item(doneCount, r ? `${doneCount}/${plan.items.length} items, ${r.newTokens} tokens in ${seconds(r.seconds)} (${tps.toFixed(1)} tokens/s so far), eta ${seconds(eta)}` : `${doneCount}/${plan.items.length} items (item ${item.index + 1} failed)`);
-          start();
-        }
+        await scheduleItems({
+          count: todo.length,
+          batch,
+          maxAttempts: opts.maxAttempts,
+          timeout,
+          itemName,
+          attempt: (k, handOffs) => {
+            const item = todo[k];
+            const tab = currentTab();
+            const classify = tab.page.evaluate(([it, n, m, l]) => window.evaluator.classify(it, n, m, l), [item, opts.maxNewTokens, opts.mode, resume.done + k + 1]).then(
+              (r) => ({ r }),
+              (e) => ({ error: cleanMessage(e) }),
+            );
+            // Not awaited: a fault may leave its own call unanswered (the item's timeout still runs).
+            injectFault(tab, opts, `${spec.name}:${item.index}`, handOffs).catch(() => {});
+            return classify;
+          },
+          // currentTab() is the tab the item ran on: the scheduler drops outcomes from before a restart.
+          lost: (error) => {
+            const tab = currentTab();
+            return needsRestart(tab, error) ? (tab.gone ?? error) : null;
+          },
+          restart: async (why) => {
+            say(`${spec.name}: ${why}; restarting Chromium, then going on (items it held run again, one at a time)`);
+            await reopen();
+          },
+          write: async (k, { r, failed }) => {
+            const item = todo[k];
+            const line = r ? r.line : await currentTab().page.evaluate(([p, l, w]) => window.evaluator.failedLine(p, l, w), [item.prompt, item.label, failed]);
+            if (r) fs.writeSync(scoresFd, r.scoresLine);
+            fs.writeSync(fd, line);
+            fs.fsyncSync(fd);
+            const written = k + 1;
+            const wall = (performance.now() - datasetStarted) / 1000;
+            const doneCount = resume.done + written;
+            if (r) {
+              stats.tokens += r.newTokens;
+              finishedCounts.push(r.counts);
+            } else {
+              say(`${itemName(k)}: failed, written as such: ${failed}`);
+            }
+            const tps = stats.tokens / Math.max(wall, 1e-9);
+            const eta = ((plan.items.length - doneCount) * wall) / written;
+            bar.tokens(tps);
+            bar.item(doneCount, r ? `${doneCount}/${plan.items.length} items, ${r.newTokens} tokens in ${seconds(r.seconds)} (${tps.toFixed(1)} tokens/s so far), eta ${seconds(eta)}` : `${doneCount}/${plan.items.length} items (item ${item.index + 1} failed)`);
+          },
+        });
       } finally {
         fs.closeSync(fd);
         fs.closeSync(scoresFd);
@@ -639,14 +334,6 @@ async function score(page, opts, runs, datasets, loaded, started) {
     [datasets, loaded.manifest, opts.shard.index, opts.shard.count, opts.limit ?? -1, loaded.engine, loaded.loadSeconds, wall, report],
   );
   return { tables, summary };
-}
-
-/** Playwright wraps page errors ("page.evaluate: Error: ..."); keep the message a person needs. */
-function cleanMessage(e) {
-  return String(e?.message ?? e)
-    .replace(/^page\.evaluate: /, "")
-    .replace(/^\w*Error: /, "")
-    .split("\n")[0];
 }
 
 main().catch((e) => {

@@ -6,7 +6,7 @@ use super::buffers::{GpuAct, GpuCache, GpuRows, GpuVector};
 use super::device::GpuBackend;
 use super::kernels::{Activations, Fusion, Kernel, Math, shared};
 use super::weights::{GpuMatrix, WeightFormat};
-use crate::backend::{Backend, Counters, Span};
+use crate::backend::{Counters, Span};
 use crate::error::{Error, Result};
 
 /// Per-dispatch parameters live in one uniform buffer, each at this alignment (WebGPU's
@@ -240,7 +240,7 @@ impl GpuBackend {
         // web it can only be awaited, so the trace stays empty there.
         #[cfg(not(target_arch = "wasm32"))]
         {
-            let values = pollster::block_on(self.to_host(&out))?;
+            let values = pollster::block_on(crate::backend::Backend::to_host(self, &out))?;
             self.trace.borrow_mut().push((name.to_string(), values));
         }
         Ok(out)
