@@ -11,10 +11,10 @@ struct Params {
     ids: array<vec4<u32>, MAX_WATCH / 4u>,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<u32>;
-@group(0) @binding(3) var<storage, read_write> watched: array<f32>;
+@group(0) @binding(SLOT_PARAMS) var<uniform> p: Params;
+@group(0) @binding(SLOT_X) var<storage, read> x: array<f32>;
+@group(0) @binding(SLOT_OUT) var<storage, read_write> out: array<u32>;
+@group(0) @binding(SLOT_WATCHED) var<storage, read_write> watched: array<f32>;
 
 var<workgroup> best_v: array<f32, GROUP>;
 var<workgroup> best_i: array<u32, GROUP>;

@@ -9,10 +9,10 @@ struct Params {
     scale: f32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> scratch: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@group(0) @binding(5) var<storage, read> rows: array<u32>;
+@group(0) @binding(SLOT_PARAMS) var<uniform> p: Params;
+@group(0) @binding(SLOT_X) var<storage, read> scratch: array<f32>;
+@group(0) @binding(SLOT_OUT) var<storage, read_write> out: array<f32>;
+@group(0) @binding(SLOT_ROWS) var<storage, read> rows: array<u32>;
 
 @compute @workgroup_size(BLOCK)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

@@ -7,9 +7,9 @@
 // value either way: a maximum does not round).
 const DIMS_PER_THREAD: u32 = MAX_HEAD_DIM / BLOCK;
 
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(3) var<storage, read> k_cache: array<f32>;
-@group(0) @binding(4) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(SLOT_X) var<storage, read> q: array<f32>;
+@group(0) @binding(SLOT_K_CACHE) var<storage, read> k_cache: array<f32>;
+@group(0) @binding(SLOT_V_CACHE) var<storage, read> v_cache: array<f32>;
 
 var<workgroup> q_s: array<f32, MAX_HEAD_DIM>;
 var<workgroup> scores: array<f32, BLOCK>;

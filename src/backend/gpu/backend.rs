@@ -4,7 +4,7 @@
 use super::buffers::{GpuAct, GpuCache, GpuGateUp, GpuQkv, GpuRope, GpuRows, GpuVector};
 use super::device::GpuBackend;
 use super::encode::{Product, groups_1d, params};
-use super::kernels::{Kernel, shared};
+use super::kernels::{Kernel, shared, slot};
 use super::readback::{Choice, GpuToken, map_for_read};
 use super::weights::{self, GpuMatrix};
 use crate::backend::{Backend, Chosen, Counters, MAX_WATCH, Span, unfused};
@@ -148,7 +148,7 @@ impl Backend for GpuBackend {
             self.dispatch(
                 Kernel::CacheCopy,
                 &params(&[n as u32, (from * width) as u32, (to * width) as u32]),
-                &[k, v],
+                &[(slot::K_CACHE, k), (slot::V_CACHE, v)],
                 groups_1d(n, shared::GROUP),
             )?;
         }
@@ -194,7 +194,12 @@ impl Backend for GpuBackend {
         let out = self.activation(x.rows, x.cols)?;
         let mut p = params(&[x.cols as u32]);
         p.extend_from_slice(&eps.to_le_bytes());
-        self.dispatch(Kernel::RmsNorm, &p, &[x.buffer(), out.buffer(), &w.buffer], (x.rows as u32, 1))?;
+        self.dispatch(
+            Kernel::RmsNorm,
+            &p,
+            &[(slot::X, x.buffer()), (slot::OUT, out.buffer()), (slot::GAIN, &w.buffer)],
+            (x.rows as u32, 1),
+        )?;
         self.op_done("rms_norm", out)
     }
 
@@ -209,7 +214,13 @@ impl Backend for GpuBackend {
         self.dispatch(
             Kernel::Rope,
             &p,
-            &[&rope.cos, x.buffer(), &rope.sin, out.buffer(), rows.table.buffer()],
+            &[
+                (slot::COS, &rope.cos),
+                (slot::X, x.buffer()),
+                (slot::SIN, &rope.sin),
+                (slot::OUT, out.buffer()),
+                (slot::ROWS, rows.table.buffer()),
+            ],
             groups_1d(x.rows * heads * head_dim / 2, shared::GROUP),
         )?;
         self.op_done("rope", out)
@@ -231,7 +242,13 @@ impl Backend for GpuBackend {
         self.dispatch(
             Kernel::KvAppend,
             &params(&[n as u32, width as u32]),
-            &[k.buffer(), v.buffer(), kc, vc, rows.table.buffer()],
+            &[
+                (slot::X, k.buffer()),
+                (slot::Y, v.buffer()),
+                (slot::K_CACHE, kc),
+                (slot::V_CACHE, vc),
+                (slot::ROWS, rows.table.buffer()),
+            ],
             groups_1d(n, shared::GROUP),
         )?;
         self.op_done("attention", self.attend(cache, layer, q, rows)?)
@@ -268,7 +285,15 @@ impl Backend for GpuBackend {
         self.dispatch(
             Kernel::RopeAppend,
             &params(&[seq as u32, heads as u32, kv_heads as u32, head_dim as u32]),
-            &[&rope.cos, all.buffer(), &rope.sin, q.buffer(), kc, vc, rows.table.buffer()],
+            &[
+                (slot::COS, &rope.cos),
+                (slot::X, all.buffer()),
+                (slot::SIN, &rope.sin),
+                (slot::OUT, q.buffer()),
+                (slot::K_CACHE, kc),
+                (slot::V_CACHE, vc),
+                (slot::ROWS, rows.table.buffer()),
+            ],
             groups_1d(seq * per_token, shared::GROUP),
         )?;
         self.op_done("self_attention", self.attend(cache, layer, &q, rows)?)
@@ -311,7 +336,7 @@ impl Backend for GpuBackend {
         self.dispatch(
             Kernel::Swiglu,
             &params(&[n as u32]),
-            &[gate.buffer(), out.buffer(), up.buffer()],
+            &[(slot::X, gate.buffer()), (slot::OUT, out.buffer()), (slot::Y, up.buffer())],
             groups_1d(n, shared::GROUP),
         )?;
         self.op_done("swiglu", out)
@@ -323,7 +348,7 @@ impl Backend for GpuBackend {
         self.dispatch(
             Kernel::Add,
             &params(&[n as u32]),
-            &[a.buffer(), out.buffer(), b.buffer()],
+            &[(slot::X, a.buffer()), (slot::OUT, out.buffer()), (slot::Y, b.buffer())],
             groups_1d(n, shared::GROUP),
         )?;
         self.op_done("add", out)
@@ -338,7 +363,12 @@ impl Backend for GpuBackend {
         }
         let out = self.activation(1, x.cols)?;
         let p = params(&[x.cols as u32, ((x.rows - 1) * x.cols) as u32]);
-        self.dispatch(Kernel::CopyRows, &p, &[x.buffer(), out.buffer()], groups_1d(x.cols, shared::GROUP))?;
+        self.dispatch(
+            Kernel::CopyRows,
+            &p,
+            &[(slot::X, x.buffer()), (slot::OUT, out.buffer())],
+            groups_1d(x.cols, shared::GROUP),
+        )?;
         self.op_done("last_row", out)
     }
 
@@ -371,7 +401,7 @@ impl Backend for GpuBackend {
         self.dispatch(
             Kernel::Argmax,
             &params(&[&head[..], &ids[..]].concat()),
-            &[logits.buffer(), &self.token_buffer, &self.watch_buffer],
+            &[(slot::X, logits.buffer()), (slot::OUT, &self.token_buffer), (slot::WATCHED, &self.watch_buffer)],
             (rows as u32, 1),
         )?;
         let id_bytes = (rows * 4) as u64;

@@ -3,7 +3,7 @@
 
 use super::buffers::Pool;
 use super::encode::{BindGroupKey, PARAM_ALIGN, PARAM_SLOTS, Pending};
-use super::kernels::{Kernel, Reduce, shared};
+use super::kernels::{Kernel, Reduce, shared, slot};
 use super::readback::{Choice, SPARE_CHOICES};
 use super::{GpuOptions, LinearKernel};
 use crate::backend::{Counters, MAX_WATCH};
@@ -256,7 +256,7 @@ impl GpuBackend {
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
             layout: &pipeline.1,
-            entries: &[wgpu::BindGroupEntry { binding: 0, resource: out.as_entire_binding() }],
+            entries: &[wgpu::BindGroupEntry { binding: slot::OUT, resource: out.as_entire_binding() }],
         });
         {
             let mut pending = self.pending.borrow_mut();

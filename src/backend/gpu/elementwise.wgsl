@@ -5,10 +5,10 @@ struct Params {
     offset: u32,  // copy only
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@group(0) @binding(3) var<storage, read> b: array<f32>;
+@group(0) @binding(SLOT_PARAMS) var<uniform> p: Params;
+@group(0) @binding(SLOT_X) var<storage, read> a: array<f32>;
+@group(0) @binding(SLOT_OUT) var<storage, read_write> out: array<f32>;
+@group(0) @binding(SLOT_Y) var<storage, read> b: array<f32>;
 
 fn index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * GROUP;

@@ -12,10 +12,10 @@ struct Params {
     first: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> ids: array<u32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@group(0) @binding(6) var<storage, read> idx: array<u32>;
+@group(0) @binding(SLOT_PARAMS) var<uniform> p: Params;
+@group(0) @binding(SLOT_X) var<storage, read> ids: array<u32>;
+@group(0) @binding(SLOT_OUT) var<storage, read_write> out: array<f32>;
+@group(0) @binding(SLOT_INDEX) var<storage, read> idx: array<u32>;
 
 @compute @workgroup_size(EMBED_GROUP)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

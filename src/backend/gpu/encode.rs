@@ -4,7 +4,7 @@
 
 use super::buffers::{GpuAct, GpuCache, GpuRows, GpuVector};
 use super::device::GpuBackend;
-use super::kernels::{Activations, Fusion, Kernel, Math, shared};
+use super::kernels::{Activations, Fusion, Kernel, Math, shared, slot};
 use super::weights::{GpuMatrix, WeightFormat};
 use crate::backend::{Counters, Span};
 use crate::error::{Error, Result};
@@ -98,15 +98,15 @@ impl GpuBackend {
                 p.x_first as u32,
             ]);
             values.extend_from_slice(&eps.to_le_bytes());
-            let mut buffers = vec![(1, x.buffer()), (2, out.buffer())];
-            buffers.extend(part.buffers().into_iter().enumerate().map(|(i, b)| (i as u32 + 3, b)));
+            let mut buffers = vec![(slot::X, x.buffer()), (slot::OUT, out.buffer())];
+            buffers.extend(part.buffers());
             if let Some((g, _)) = p.gain {
-                buffers.push((6, &g.buffer));
+                buffers.push((slot::GAIN, &g.buffer));
             }
             if let Some(r) = p.residual {
-                buffers.push((7, r.buffer()));
+                buffers.push((slot::RESIDUAL, r.buffer()));
             }
-            self.dispatch_at(
+            self.dispatch(
                 kernel,
                 &values,
                 &buffers,
@@ -135,9 +135,10 @@ impl GpuBackend {
                 table.stride as u32,
                 first as u32,
             ]);
-            let mut buffers = vec![(1, ids), (2, out.buffer()), (6, index.unwrap_or(&self.identity))];
-            buffers.extend(part.buffers().into_iter().enumerate().map(|(i, b)| (i as u32 + 3, b)));
-            self.dispatch_at(Kernel::Embed(table.format), &p, &buffers, (out.rows as u32, 1))?;
+            let mut buffers =
+                vec![(slot::X, ids), (slot::OUT, out.buffer()), (slot::INDEX, index.unwrap_or(&self.identity))];
+            buffers.extend(part.buffers());
+            self.dispatch(Kernel::Embed(table.format), &p, &buffers, (out.rows as u32, 1))?;
         }
         Ok(())
     }
@@ -202,25 +203,37 @@ impl GpuBackend {
             }
             let mut p = params(&[heads as u32, cache.kv_heads as u32, cache.head_dim as u32, chunks as u32]);
             p.extend_from_slice(&scale);
-            self.dispatch_at(
+            self.dispatch(
                 Kernel::AttentionPartial(self.reduce()),
                 &p,
-                &[(1, q.buffer()), (2, &scratch), (3, kc), (4, vc), (5, rows.table.buffer())],
+                &[
+                    (slot::X, q.buffer()),
+                    (slot::OUT, &scratch),
+                    (slot::K_CACHE, kc),
+                    (slot::V_CACHE, vc),
+                    (slot::ROWS, rows.table.buffer()),
+                ],
                 (heads as u32, (seq * chunks) as u32),
             )?;
-            self.dispatch_at(
+            self.dispatch(
                 Kernel::AttentionCombine,
                 &p,
-                &[(1, &scratch), (2, out.buffer()), (5, rows.table.buffer())],
+                &[(slot::X, &scratch), (slot::OUT, out.buffer()), (slot::ROWS, rows.table.buffer())],
                 (heads as u32, seq as u32),
             )?;
         } else {
             let mut p = params(&[seq as u32, heads as u32, cache.kv_heads as u32, cache.head_dim as u32]);
             p.extend_from_slice(&scale);
-            self.dispatch_at(
+            self.dispatch(
                 Kernel::Attention(self.reduce()),
                 &p,
-                &[(1, q.buffer()), (2, out.buffer()), (3, kc), (4, vc), (5, rows.table.buffer())],
+                &[
+                    (slot::X, q.buffer()),
+                    (slot::OUT, out.buffer()),
+                    (slot::K_CACHE, kc),
+                    (slot::V_CACHE, vc),
+                    (slot::ROWS, rows.table.buffer()),
+                ],
                 (heads as u32, seq as u32),
             )?;
         }
@@ -251,20 +264,9 @@ impl GpuBackend {
         std::mem::take(&mut *self.trace.borrow_mut())
     }
 
-    /// Queue one dispatch: `params` goes to the uniform at binding 0, `buffers` to bindings 1...
+    /// Queue one dispatch: `params` goes to the uniform at `slot::PARAMS`, each buffer to its
+    /// slot.
     pub(super) fn dispatch(
-        &self,
-        kernel: Kernel,
-        params: &[u8],
-        buffers: &[&wgpu::Buffer],
-        groups: (u32, u32),
-    ) -> Result<()> {
-        let bindings: Vec<(u32, &wgpu::Buffer)> = buffers.iter().enumerate().map(|(i, b)| (i as u32 + 1, *b)).collect();
-        self.dispatch_at(kernel, params, &bindings, groups)
-    }
-
-    /// Queue one dispatch with buffers at the given binding numbers.
-    pub(super) fn dispatch_at(
         &self,
         kernel: Kernel,
         params: &[u8],
@@ -291,7 +293,7 @@ impl GpuBackend {
         let mut cache = self.bind_groups.borrow_mut();
         let bind_group = cache.entry(key).or_insert_with(|| {
             let mut entries = vec![wgpu::BindGroupEntry {
-                binding: 0,
+                binding: slot::PARAMS,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                     buffer: &self.param_buffer,
                     offset: offset as u64,

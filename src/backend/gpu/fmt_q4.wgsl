@@ -1,9 +1,9 @@
 // 4-bit blocks with offsets (from GGML Q4_1, or quantized on load): per block of 32 weights an
 // f16 scale and an f16 offset (each two to a u32), and 32 nibbles packed eight to a u32 (element
 // 8k+i in nibble i of word k). value = scale * q + offset.
-@group(0) @binding(3) var<storage, read> w_data: array<u32>;
-@group(0) @binding(4) var<storage, read> w_scales: array<u32>;
-@group(0) @binding(5) var<storage, read> w_mins: array<u32>;
+@group(0) @binding(SLOT_W_DATA) var<storage, read> w_data: array<u32>;
+@group(0) @binding(SLOT_W_SCALES) var<storage, read> w_scales: array<u32>;
+@group(0) @binding(SLOT_W_MINS) var<storage, read> w_mins: array<u32>;
 
 // Weights 4k..4k+3 of block `block` (32 weights) of `row`; rows hold `cols` weights (a whole
 // number of blocks: padded at upload).

@@ -1,8 +1,8 @@
 // 4-bit blocks without offsets (from GGML Q4_0): per block of 32 weights an f16 scale (two to a
 // u32) and 32 nibbles packed eight to a u32 (element 8k+i in nibble i of word k).
 // value = scale * (q - 8): the file's size on the GPU.
-@group(0) @binding(3) var<storage, read> w_data: array<u32>;
-@group(0) @binding(4) var<storage, read> w_scales: array<u32>;
+@group(0) @binding(SLOT_W_DATA) var<storage, read> w_data: array<u32>;
+@group(0) @binding(SLOT_W_SCALES) var<storage, read> w_scales: array<u32>;
 
 // Weights 4k..4k+3 of block `block` (32 weights) of `row`; rows hold `cols` weights (a whole
 // number of blocks: padded at upload).

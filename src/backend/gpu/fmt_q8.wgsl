@@ -1,8 +1,8 @@
 // 8-bit blocks (from GGML Q8_0 or quantized on load): per block of 32 weights one f16 scale
 // (two to a u32) and 32 signed bytes packed four to a u32 (element 4k+i in byte i of word k).
 // value = scale * q.
-@group(0) @binding(3) var<storage, read> w_data: array<u32>;
-@group(0) @binding(4) var<storage, read> w_scales: array<u32>;
+@group(0) @binding(SLOT_W_DATA) var<storage, read> w_data: array<u32>;
+@group(0) @binding(SLOT_W_SCALES) var<storage, read> w_scales: array<u32>;
 
 // Weights 4k..4k+3 of block `block` (32 weights) of `row`; rows hold `cols` weights (a whole
 // number of blocks: padded at upload).

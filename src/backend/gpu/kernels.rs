@@ -30,7 +30,7 @@ impl Activations {
         }
     }
 
-    /// The RMSNorm gain at binding 6, viewed as `x` is.
+    /// The RMSNorm gain at `slot::GAIN`, viewed as `x` is.
     pub(super) fn gain_wgsl(self) -> &'static str {
         match self {
             Activations::Vec4 => {
@@ -267,7 +267,62 @@ pub(super) mod shared {
     pub const MAX_HEAD_DIM: usize = 256;
 }
 
-/// `shared` as WGSL constants.
+/// Bind slots, named once: Rust binds each buffer to its slot by these names (`dispatch`), and
+/// every shader declares its bindings with them (`@binding(SLOT_X)`, injected with `shared`). A
+/// name keeps one number in every kernel, so a kernel that declared two names on one slot, or
+/// Rust and WGSL that disagreed on a number, could not be written; with `layout: None` the
+/// pipeline's layout comes from the shader, so a mismatch would otherwise show only on a device.
+pub(super) mod slot {
+    /// Every kernel's parameters (a uniform).
+    pub const PARAMS: u32 = 0;
+    /// The main input: activations, token ids, or split attention's partial sums.
+    pub const X: u32 = 1;
+    /// The main output.
+    pub const OUT: u32 = 2;
+    /// A second input (elementwise `b`, SwiGLU's up, K/V append's values).
+    pub const Y: u32 = 3;
+    /// A matrix part's blocks, block scales and block offsets (`fmt_*.wgsl`).
+    pub const W_DATA: u32 = 4;
+    pub const W_SCALES: u32 = 5;
+    pub const W_MINS: u32 = 6;
+    /// An RMSNorm gain.
+    pub const GAIN: u32 = 7;
+    /// A residual added to a product.
+    pub const RESIDUAL: u32 = 8;
+    /// The embedding lookup's row index.
+    pub const INDEX: u32 = 9;
+    /// A layer's K and V cache.
+    pub const K_CACHE: u32 = 10;
+    pub const V_CACHE: u32 = 11;
+    /// The forward pass's row table (cache row and position per row).
+    pub const ROWS: u32 = 12;
+    /// The rope tables.
+    pub const COS: u32 = 13;
+    pub const SIN: u32 = 14;
+    /// Argmax's copy of the watched logits.
+    pub const WATCHED: u32 = 15;
+
+    pub const ALL: [(&str, u32); 16] = [
+        ("PARAMS", PARAMS),
+        ("X", X),
+        ("OUT", OUT),
+        ("Y", Y),
+        ("W_DATA", W_DATA),
+        ("W_SCALES", W_SCALES),
+        ("W_MINS", W_MINS),
+        ("GAIN", GAIN),
+        ("RESIDUAL", RESIDUAL),
+        ("INDEX", INDEX),
+        ("K_CACHE", K_CACHE),
+        ("V_CACHE", V_CACHE),
+        ("ROWS", ROWS),
+        ("COS", COS),
+        ("SIN", SIN),
+        ("WATCHED", WATCHED),
+    ];
+}
+
+/// `shared` and `slot` as WGSL constants.
 pub(super) fn shared_wgsl() -> String {
     use shared::*;
     [
@@ -279,10 +334,12 @@ pub(super) fn shared_wgsl() -> String {
         ("BLOCK", BLOCK),
         ("CHUNK", CHUNK),
         ("MAX_HEAD_DIM", MAX_HEAD_DIM),
+        ("TILE", TILE),
         ("MAX_WATCH", crate::backend::MAX_WATCH),
     ]
     .iter()
     .map(|(name, value)| format!("const {name}: u32 = {value}u;\n"))
+    .chain(slot::ALL.iter().map(|(name, value)| format!("const SLOT_{name}: u32 = {value}u;\n")))
     .collect()
 }
 

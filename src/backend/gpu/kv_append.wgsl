@@ -5,12 +5,12 @@ struct Params {
     width: u32,  // kv_heads * head_dim
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> k: array<f32>;
-@group(0) @binding(2) var<storage, read> v: array<f32>;
-@group(0) @binding(3) var<storage, read_write> kc: array<f32>;
-@group(0) @binding(4) var<storage, read_write> vc: array<f32>;
-@group(0) @binding(5) var<storage, read> rows: array<u32>;
+@group(0) @binding(SLOT_PARAMS) var<uniform> p: Params;
+@group(0) @binding(SLOT_X) var<storage, read> k: array<f32>;
+@group(0) @binding(SLOT_Y) var<storage, read> v: array<f32>;
+@group(0) @binding(SLOT_K_CACHE) var<storage, read_write> kc: array<f32>;
+@group(0) @binding(SLOT_V_CACHE) var<storage, read_write> vc: array<f32>;
+@group(0) @binding(SLOT_ROWS) var<storage, read> rows: array<u32>;
 
 @compute @workgroup_size(GROUP)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

@@ -15,7 +15,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let r_local = lid / LANES;
     let lane = lid % LANES;
     let row = wg.x * ROWS + r_local;
-    let t0 = wg.y * 4u;
+    let t0 = wg.y * TILE;
     let xs = tile_offsets(t0);
     var s = Sums(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     if (row < p.rows) {

@@ -7,7 +7,7 @@
 // where n(x) is x itself, or with NORM its RMSNorm with `gain`: inv_rms(x_t) * (x_t * gain), the
 // token's sum of squares gathered in the same walk over x as the products. The Rust side injects
 // NORM, RESIDUAL and PAIRED, the activation view `x4`, the gain view `g4` and `residual`, with
-// their bindings (1, 6 and 7) where the variant uses them (ARCHITECTURE.md,
+// their bindings (SLOT_X, SLOT_GAIN, SLOT_RESIDUAL) where the variant uses them (ARCHITECTURE.md,
 // "Fused kernels"). The weight format file supplies load4; dot_f32.wgsl or dot_f16.wgsl
 // supplies `tile_dot(row, b, k, xs)`, weights 4k..4k+3 of whole block b of `row` against the 4
 // tokens of the tile. Any input width: weight rows are
@@ -24,8 +24,8 @@ struct Params {
     eps: f32,         // RMSNorm epsilon (NORM)
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(SLOT_PARAMS) var<uniform> p: Params;
+@group(0) @binding(SLOT_OUT) var<storage, read_write> out: array<f32>;
 
 // Where tokens t0..t0+3 start in x. Tokens past the end read the last token (their results are
 // discarded) so no load is out of range.
@@ -133,7 +133,7 @@ fn row_sums(row: u32, xs: vec4<u32>, first: u32, step: u32, tail: bool) -> Sums 
 // The tile's results for `row`, tokens past the end left out: the norm's scale, SwiGLU, the
 // residual.
 fn store_tile(row: u32, t0: u32, s: Sums) {
-    for (var t = 0u; t < 4u; t++) {
+    for (var t = 0u; t < TILE; t++) {
         if (t0 + t < p.n_tokens) {
             var scale = 1.0;
             if (NORM) {

@@ -10,6 +10,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     if (row >= p.rows) {
         return;
     }
-    let t0 = wg.y * 4u;
+    let t0 = wg.y * TILE;
     store_tile(row, t0, row_sums(row, tile_offsets(t0), 0u, 1u, true));
 }

@@ -4,10 +4,10 @@ struct Params {
     eps: f32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@group(0) @binding(3) var<storage, read> w: array<f32>;
+@group(0) @binding(SLOT_PARAMS) var<uniform> p: Params;
+@group(0) @binding(SLOT_X) var<storage, read> x: array<f32>;
+@group(0) @binding(SLOT_OUT) var<storage, read_write> out: array<f32>;
+@group(0) @binding(SLOT_GAIN) var<storage, read> w: array<f32>;
 
 var<workgroup> sums: array<f32, GROUP>;
 

@@ -7,12 +7,12 @@ struct Params {
     head_dim: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> cos_t: array<f32>;
-@group(0) @binding(2) var<storage, read> x: array<f32>;
-@group(0) @binding(3) var<storage, read> sin_t: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
-@group(0) @binding(5) var<storage, read> rows: array<u32>;
+@group(0) @binding(SLOT_PARAMS) var<uniform> p: Params;
+@group(0) @binding(SLOT_COS) var<storage, read> cos_t: array<f32>;
+@group(0) @binding(SLOT_X) var<storage, read> x: array<f32>;
+@group(0) @binding(SLOT_SIN) var<storage, read> sin_t: array<f32>;
+@group(0) @binding(SLOT_OUT) var<storage, read_write> out: array<f32>;
+@group(0) @binding(SLOT_ROWS) var<storage, read> rows: array<u32>;
 
 @compute @workgroup_size(GROUP)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

@@ -11,14 +11,14 @@ struct Params {
     head_dim: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> cos_t: array<f32>;
-@group(0) @binding(2) var<storage, read> qkv: array<f32>;
-@group(0) @binding(3) var<storage, read> sin_t: array<f32>;
-@group(0) @binding(4) var<storage, read_write> q_out: array<f32>;
-@group(0) @binding(5) var<storage, read_write> kc: array<f32>;
-@group(0) @binding(6) var<storage, read_write> vc: array<f32>;
-@group(0) @binding(7) var<storage, read> rows: array<u32>; // per token: cache row, position
+@group(0) @binding(SLOT_PARAMS) var<uniform> p: Params;
+@group(0) @binding(SLOT_COS) var<storage, read> cos_t: array<f32>;
+@group(0) @binding(SLOT_X) var<storage, read> qkv: array<f32>;
+@group(0) @binding(SLOT_SIN) var<storage, read> sin_t: array<f32>;
+@group(0) @binding(SLOT_OUT) var<storage, read_write> q_out: array<f32>;
+@group(0) @binding(SLOT_K_CACHE) var<storage, read_write> kc: array<f32>;
+@group(0) @binding(SLOT_V_CACHE) var<storage, read_write> vc: array<f32>;
+@group(0) @binding(SLOT_ROWS) var<storage, read> rows: array<u32>; // per token: cache row, position
 
 @compute @workgroup_size(GROUP)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

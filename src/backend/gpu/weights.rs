@@ -3,6 +3,7 @@
 //! by rows so no buffer exceeds the binding limit (the 128256 x 2048 embedding is the big one).
 
 use super::GpuBackend;
+use super::kernels::slot;
 use crate::error::{Error, Result};
 use crate::format::{HostTensor, StorageType};
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
@@ -46,9 +47,11 @@ pub struct MatrixPart {
 }
 
 impl MatrixPart {
-    /// Buffers in binding order 3, 4, 5 of the `fmt_*.wgsl` layouts.
-    pub fn buffers(&self) -> Vec<&wgpu::Buffer> {
-        std::iter::once(&self.data).chain(self.scales.as_ref()).chain(self.mins.as_ref()).collect()
+    /// The part's buffers at their slots of the `fmt_*.wgsl` layouts.
+    pub fn buffers(&self) -> Vec<(u32, &wgpu::Buffer)> {
+        let scales = self.scales.as_ref().map(|b| (slot::W_SCALES, b));
+        let mins = self.mins.as_ref().map(|b| (slot::W_MINS, b));
+        std::iter::once((slot::W_DATA, &self.data)).chain(scales).chain(mins).collect()
     }
 }
 
