@@ -121,8 +121,7 @@ fn parse_linear(word: &str) -> Result<LinearKernel, String> {
     parse_linear_kernel(word).map_err(|e| e.to_string())
 }
 
-/// The KV cache size of commands whose requests are not known at load (`predict`, `bench`).
-pub const DEFAULT_CONTEXT: usize = 4096;
+pub use guardreasoner::session::DEFAULT_CONTEXT;
 
 impl ModelArgs {
     /// `--context`, else `need` (what the request at hand needs: prompt + new tokens), else

@@ -42,7 +42,7 @@ pub struct ModerateArgs {
     #[arg(long)]
     pub json: bool,
     /// Most new tokens to generate (`--max-new` also accepted).
-    #[arg(long, short = 'n', alias = "max-new", default_value_t = 2048, value_parser = super::positive)]
+    #[arg(long, short = 'n', alias = "max-new", default_value_t = guardreasoner::session::DEFAULT_MAX_NEW_TOKENS, value_parser = super::positive)]
     pub max_new_tokens: usize,
     /// Turn scores into verdicts: a verdict is harmful (refusal) when its score, the model's
     /// probability of harmful (refusal), is at least this. One number for all three verdicts, or

@@ -36,7 +36,7 @@ pub struct PredictArgs {
     #[arg(long, default_value = "0/1", value_parser = Shard::parse)]
     pub shard: Shard,
     /// Most new tokens per item (`--max-new` also accepted).
-    #[arg(long, short = 'n', alias = "max-new", default_value_t = 2048, value_parser = super::positive)]
+    #[arg(long, short = 'n', alias = "max-new", default_value_t = guardreasoner::session::DEFAULT_MAX_NEW_TOKENS, value_parser = super::positive)]
     pub max_new_tokens: usize,
     /// Output folder: <OUT>/<Dataset>/generated_predictions.jsonl, run.json, summary.json.
     /// A rerun with the same folder resumes after the last finished item.

@@ -9,6 +9,10 @@ use crate::error::{Error, Result};
 use candle_core::quantized::GgmlDType;
 use serde::Serialize;
 
+/// The KV cache, in tokens, of runs whose requests are not known at load (the CLI's `predict`
+/// and `bench`, the JS API's `context`).
+pub const DEFAULT_CONTEXT: usize = 4096;
+
 /// Where the forward pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -21,22 +25,24 @@ pub enum Device {
 }
 
 impl Device {
+    /// Every word the user may say for a device (case and spaces aside), the first of each
+    /// device its name. The JS API's words (www/protocol.js `BACKENDS`) are checked against
+    /// these by tests/browser/vocabulary.test.mjs.
+    pub const WORDS: [(&'static str, Device); 4] =
+        [("auto", Device::Auto), ("cpu", Device::Cpu), ("gpu", Device::Gpu), ("webgpu", Device::Gpu)];
+
     /// The user's word: `auto`, `cpu`, `gpu` (or `webgpu`).
     pub fn parse(word: &str) -> Result<Self> {
-        match word.trim().to_ascii_lowercase().as_str() {
-            "auto" => Ok(Device::Auto),
-            "cpu" => Ok(Device::Cpu),
-            "gpu" | "webgpu" => Ok(Device::Gpu),
-            other => Err(Error::Other(format!("unknown backend `{other}`: expected auto, cpu or gpu (webgpu)"))),
-        }
+        let word = word.trim().to_ascii_lowercase();
+        Self::WORDS
+            .iter()
+            .find(|(w, _)| *w == word)
+            .map(|&(_, device)| device)
+            .ok_or_else(|| Error::Other(format!("unknown backend `{word}`: expected auto, cpu or gpu (webgpu)")))
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            Device::Auto => "auto",
-            Device::Cpu => "cpu",
-            Device::Gpu => "gpu",
-        }
+        Self::WORDS.iter().find(|&&(_, device)| device == self).map_or("", |(w, _)| w)
     }
 }
 
@@ -55,24 +61,27 @@ pub enum Quant {
 }
 
 impl Quant {
+    /// Every word the user may say for a quantization (case and spaces aside), the first of
+    /// each its name (checked against www/protocol.js `QUANTS` as `Device::WORDS` is).
+    pub const WORDS: [(&'static str, Quant); 6] = [
+        ("none", Quant::None),
+        ("f32", Quant::None),
+        ("q8", Quant::Q8),
+        ("q8_0", Quant::Q8),
+        ("q4", Quant::Q4),
+        ("q4_0", Quant::Q4),
+    ];
+
     /// The user's word: `none` (or `f32`), `q8` (or `q8_0`), `q4` (or `q4_0`).
     pub fn parse(word: &str) -> Result<Self> {
-        match word.trim().to_ascii_lowercase().as_str() {
-            "none" | "f32" => Ok(Quant::None),
-            "q8" | "q8_0" => Ok(Quant::Q8),
-            "q4" | "q4_0" => Ok(Quant::Q4),
-            other => Err(Error::Other(format!(
-                "unknown quantization `{other}`: expected none (f32), q8 (q8_0) or q4 (q4_0)"
-            ))),
-        }
+        let word = word.trim().to_ascii_lowercase();
+        Self::WORDS.iter().find(|(w, _)| *w == word).map(|&(_, quant)| quant).ok_or_else(|| {
+            Error::Other(format!("unknown quantization `{word}`: expected none (f32), q8 (q8_0) or q4 (q4_0)"))
+        })
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            Quant::None => "none",
-            Quant::Q8 => "q8",
-            Quant::Q4 => "q4",
-        }
+        Self::WORDS.iter().find(|&&(_, quant)| quant == self).map_or("", |(w, _)| w)
     }
 
     pub(super) fn cpu(self) -> Option<GgmlDType> {

@@ -43,8 +43,11 @@ mod classify;
 mod results;
 mod speed;
 
-pub use choices::{BackendChoice, Device, Quant, cpu_kernel_from_env, parse_linear_kernel};
-pub use results::{Classification, ClassifyEvent, ClassifyItem, Generated, RunOptions, Stop, Timings};
+pub use choices::{BackendChoice, DEFAULT_CONTEXT, Device, Quant, cpu_kernel_from_env, parse_linear_kernel};
+pub use results::{
+    Classification, ClassifyEvent, ClassifyItem, DEFAULT_MAX_NEW_TOKENS, Generated, MODES, RunOptions, Stop, Timings,
+    verdict_first_mode,
+};
 pub use speed::{
     ANSWER_TOKENS, BENCH_REQUEST_TOKENS, BENCH_RESPONSE_TOKENS, BatchSpeed, FIRST_ANSWER_TOKENS, PerToken, SpeedReport,
     TOKENS_TO_VERDICT, VerdictSpeed,

@@ -5,6 +5,22 @@ use crate::generate::StopReason;
 use crate::guard::{GuardEvent, Scores, TaskReasoning, Thresholds};
 use serde::Serialize;
 
+/// New tokens a classification may write unless told otherwise: the paper's cap (the model's
+/// answers run to about 250). The JS API's `DEFAULTS.maxNewTokens` is checked against it.
+pub const DEFAULT_MAX_NEW_TOKENS: usize = 2048;
+
+/// How a classification answers, by the JS API's word: `reasoning` (the model's reasoning, then
+/// its verdicts) or `verdict-first` (the verdicts at once, `RunOptions::verdict_first`).
+pub const MODES: [&str; 2] = ["reasoning", "verdict-first"];
+
+/// Whether a mode word (`MODES`) asks for verdict-first.
+pub fn verdict_first_mode(word: &str) -> Result<bool, String> {
+    match MODES.iter().position(|&m| m == word) {
+        Some(i) => Ok(i == 1),
+        None => Err(format!("mode {word:?} is not one of {}", MODES.join(", "))),
+    }
+}
+
 /// What a run asks beyond its prompt.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
