@@ -16,12 +16,11 @@ import { REPO, USAGE, UsageError, parseOptions, modelSource } from "./options.mj
 import { openTab, closeTab, browserLost, needsRestart, injectFault, cleanMessage } from "./chromium.mjs";
 import { itemTimeout, scheduleItems } from "./scheduler.mjs";
 
-const PREDICTIONS_FILE = "generated_predictions.jsonl";
-// Beside it, each item's verdict scores (the core's SCORES_FILE).
-const SCORES_FILE = "scores.jsonl";
-const MANIFEST_FILE = "run.json";
-const SUMMARY_FILE = "summary.json";
-const REPORT_FILE = "report.html"; // Rust guard::REPORT_FILE
+import { RUN_FILES } from "../www/protocol.js";
+
+// Each dataset's predictions and, beside them, its verdict scores; the run's manifest, summary
+// and report (the core's file names, www/protocol.js).
+const { predictions: PREDICTIONS_FILE, scores: SCORES_FILE, manifest: MANIFEST_FILE, summary: SUMMARY_FILE, report: REPORT_FILE } = RUN_FILES;
 // Off a terminal, load progress is logged every tenth only for files bigger than this.
 const LOG_TENTHS_ABOVE_BYTES = 64 * 2 ** 20;
 

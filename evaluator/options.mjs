@@ -5,12 +5,11 @@ import fs from "node:fs";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
-import { BACKENDS, DEFAULTS, QUANTS } from "../www/protocol.js";
+import { BACKENDS, DEFAULTS, DEFAULT_MODEL, QUANTS } from "../www/protocol.js";
 import { FIRST_ITEM_TIMEOUT_S, MIN_ITEM_TIMEOUT_S, TIMEOUT_FACTOR } from "./scheduler.mjs";
 
 // The repository root: the server's root, and the default --profile's parent.
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const DEFAULT_MODEL = "yueliu1999/GuardReasoner-1B";
 // URL prefix the local model file or folder is served under.
 const LOCAL_MODEL_PREFIX = "/local-model/";
 // Tries of an item before it is written as failed (--max-attempts).

@@ -6,13 +6,11 @@
 // ?mode=verdict-first as the demo does. With "Verdict first" a message gets a provisional badge at
 // once (the verdicts without reasoning), which the reasoned verdict then replaces.
 import { GuardReasoner } from "./guardreasoner.js";
-import { BACKENDS, DEFAULTS, QUANTS } from "./protocol.js";
+import { BACKENDS, DEFAULTS, DEFAULT_MODEL, MODES, QUANTS, queryWord } from "./protocol.js";
 
 const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
 const maxNewTokens = Math.max(1, Number(query.get("max")) || DEFAULTS.maxNewTokens);
-// ?mode=verdict-first starts with "Verdict first" ticked.
-$("verdict-first").checked = query.get("mode") === "verdict-first";
 let guard = null;
 let lastUserText = null; // what an assistant's message answers
 
@@ -113,11 +111,13 @@ function showError(message) {
 }
 
 async function start() {
-  const model = query.get("model") || "yueliu1999/GuardReasoner-1B";
-  const backend = BACKENDS.includes(query.get("backend")) ? query.get("backend") : DEFAULTS.backend;
-  const quant = QUANTS.includes(query.get("quant")) ? query.get("quant") : DEFAULTS.quant;
+  const model = query.get("model") || DEFAULT_MODEL;
   const bar = $("load-progress");
   try {
+    const backend = queryWord(query, "backend", BACKENDS) ?? DEFAULTS.backend;
+    const quant = queryWord(query, "quant", QUANTS) ?? DEFAULTS.quant;
+    // ?mode=verdict-first starts with "Verdict first" ticked.
+    $("verdict-first").checked = (queryWord(query, "mode", MODES) ?? DEFAULTS.mode) === "verdict-first";
     guard = await GuardReasoner.load(source(model), {
       backend,
       quant,

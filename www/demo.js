@@ -1,7 +1,7 @@
 // The demo page: load a model into the worker, stream GuardReasoner's reasoning as cards by task,
 // then verdict badges. Model and user text only ever reach the page through textContent.
 import { GuardReasoner } from "./guardreasoner.js";
-import { BACKENDS, CACHE_NAME, DEFAULTS, QUANTS } from "./protocol.js";
+import { BACKENDS, CACHE_NAME, DEFAULTS, DEFAULT_MODEL, MODES, QUANTS, queryWord } from "./protocol.js";
 import { clearStored, storedSummary } from "./model-store.js";
 
 const $ = (id) => document.getElementById(id);
@@ -26,8 +26,6 @@ let controller = null;
 const query = new URLSearchParams(location.search);
 // ?max=N caps new tokens.
 const maxNewTokens = Math.max(1, Number(query.get("max")) || DEFAULTS.maxNewTokens);
-// ?mode=verdict-first starts with "Verdict first" ticked.
-$("verdict-first").checked = query.get("mode") === "verdict-first";
 
 function showError(message) {
   $("error").hidden = !message;
@@ -376,10 +374,22 @@ globalThis.guardReasonerDemo = {
   },
 };
 const fromQuery = query.get("model");
-if (fromQuery) $("model-source").value = fromQuery;
-const backendWord = query.get("backend");
-if (BACKENDS.includes(backendWord)) $("backend-choice").value = BACKEND_CHOICE[backendWord] ?? backendWord;
-const quantWord = query.get("quant");
-if (QUANTS.includes(quantWord)) $("quant").value = QUANT_CHOICE[quantWord] ?? quantWord;
+$("model-source").value = fromQuery || DEFAULT_MODEL;
+/** The address's choices (?backend=, ?quant=, ?mode=verdict-first) set on the form; an unknown
+ * word is refused as the API would refuse it, and the page then loads nothing by itself. */
+function applyQuery() {
+  try {
+    const backendWord = queryWord(query, "backend", BACKENDS);
+    if (backendWord) $("backend-choice").value = BACKEND_CHOICE[backendWord] ?? backendWord;
+    const quantWord = queryWord(query, "quant", QUANTS);
+    if (quantWord) $("quant").value = QUANT_CHOICE[quantWord] ?? quantWord;
+    $("verdict-first").checked = (queryWord(query, "mode", MODES) ?? DEFAULTS.mode) === "verdict-first";
+    return true;
+  } catch (e) {
+    showError(e.message);
+    return false;
+  }
+}
+const queryApplied = applyQuery();
 refreshCacheStatus();
-if (fromQuery) loadModel();
+if (fromQuery && queryApplied) loadModel();

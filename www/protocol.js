@@ -59,10 +59,34 @@ export const DEFAULTS = Object.freeze({
 /** Slots of the shared cancel flags (requests in flight at once, at most, that keep their own). */
 export const CANCEL_SLOTS = 256;
 
-/** The words the options take (the core accepts these and refuses others with a message). */
+/** The model the pages and the evaluator load unless told otherwise. */
+export const DEFAULT_MODEL = "yueliu1999/GuardReasoner-1B";
+
+/** The words the options take (the core accepts these and refuses others with a message; Rust
+ * `Device::WORDS`, `Quant::WORDS`, `MODES`, checked by tests/browser/vocabulary.test.mjs). */
 export const BACKENDS = Object.freeze(["auto", "webgpu", "gpu", "cpu"]);
 export const QUANTS = Object.freeze(["q8", "q4", "none", "f32", "q8_0", "q4_0"]);
 export const MODES = Object.freeze(["reasoning", "verdict-first"]);
+
+/** A page's `?name=word`, as the API would read it (trimmed, any case): undefined when absent; a
+ * word not in `words` throws an error that names them, so a page refuses what the API refuses
+ * instead of quietly loading something else. */
+export function queryWord(query, name, words) {
+  const word = query.get(name)?.trim().toLowerCase();
+  if (word === undefined || word === "") return undefined;
+  if (words.includes(word)) return word;
+  throw new Error(`?${name}=${query.get(name)} is not one of ${words.join(", ")}`);
+}
+
+/** The files of an evaluator run, beside the predictions of each dataset (Rust
+ * `guard::{PREDICTIONS_FILE, SCORES_FILE, MANIFEST_FILE, SUMMARY_FILE, REPORT_FILE}`). */
+export const RUN_FILES = Object.freeze({
+  predictions: "generated_predictions.jsonl",
+  scores: "scores.jsonl",
+  manifest: "run.json",
+  summary: "summary.json",
+  report: "report.html",
+});
 
 /** Cache Storage that held downloaded model files before they moved to OPFS (cleared with them). */
 export const CACHE_NAME = "guardreasoner-models";

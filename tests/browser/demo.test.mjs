@@ -117,6 +117,22 @@ test("bad model sources give clear messages and leave the page usable", async ()
   await page.close();
 });
 
+test("the demo and the chat room refuse an unknown ?backend=, ?quant= or ?mode= word, as the API does, and load nothing", async () => {
+  const { page, requests } = await openPage(browser, server.url, `/www/?model=${encodeURIComponent(tiny)}&backend=tpu`);
+  await page.waitForFunction(() => !document.getElementById("error").hidden, null, { timeout: 10000 });
+  assert.match(await page.textContent("#error"), /\?backend=tpu is not one of auto, webgpu, gpu, cpu/);
+  assert.ok(!requests.some((url) => new URL(url).pathname.startsWith("/.cache/")), "the model is not fetched");
+  await page.goto(`${server.url}/www/?quant=Q4_0&mode=verdict-first`);
+  assert.equal(await page.inputValue("#quant"), "q4", "a word the API takes in any case is taken");
+  assert.ok(await page.isChecked("#verdict-first"));
+  assert.ok(await page.isHidden("#error"));
+  await page.goto(`${server.url}/www/chat.html?model=${encodeURIComponent(tiny)}&quant=q5`);
+  await page.waitForFunction(() => !document.getElementById("error").hidden, null, { timeout: 10000 });
+  assert.match(await page.textContent("#error"), /\?quant=q5 is not one of/);
+  assert.equal(await page.textContent("#load-status"), "No model loaded.");
+  await page.close();
+});
+
 test("the storage panel shows the stored model and clearing it frees the space", async () => {
   // One context, so the page sees the storage its own load wrote.
   const context = await browser.newContext();
