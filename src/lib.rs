@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod batch;
 pub mod config;
+pub mod convert;
 pub mod engine;
 pub mod error;
 pub mod format;

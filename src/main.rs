@@ -28,6 +28,8 @@ enum Command {
     Tokenize(cli::tokenize::TokenizeArgs),
     /// Prefill and decode speed and peak memory on a model.
     Bench(cli::bench::BenchArgs),
+    /// Write a model (HF folder, Hub repo id or GGUF) as one GGUF file: q8_0, q4_0, q4_1, f16 or f32.
+    Convert(cli::convert::ConvertArgs),
     /// Write a GuardReasoner-1B-shaped GGUF with seeded random weights (for benchmarks).
     Synth(cli::synth::SynthArgs),
     /// Score a predictions tree (<DIR>/<Dataset>/generated_predictions.jsonl) as the paper does.
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => cli::generate::run(args),
         Command::Tokenize(args) => cli::tokenize::run(args),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Convert(args) => cli::convert::run(args),
         Command::Synth(args) => cli::synth::run(args),
         Command::Eval(args) => cli::eval::run(args),
         Command::Predict(args) => cli::predict::run(args),

@@ -167,6 +167,32 @@ impl ModelFiles {
         Ok(())
     }
 
+    /// Every tensor the model uses, for `convert`: its name in these files, its GGUF name, and
+    /// for Q and K the heads over which GGUF interleaves their rows (Q: the heads; K: the KV
+    /// heads).
+    pub fn tensor_names(&self) -> Vec<(String, String, Option<usize>)> {
+        use Role::*;
+        let c = &self.config;
+        let mut roles = vec![(Embed, 0), (FinalNorm, 0)];
+        if !c.tie_word_embeddings {
+            roles.push((LmHead, 0));
+        }
+        for l in 0..c.num_layers {
+            roles.extend([AttnNorm, Q, K, V, O, MlpNorm, Gate, Up, Down].map(|r| (r, l)));
+        }
+        roles
+            .into_iter()
+            .map(|(role, l)| {
+                let heads = match role {
+                    Q => Some(c.num_heads),
+                    K => Some(c.num_kv_heads),
+                    _ => None,
+                };
+                (self.naming.name(role, l), Naming::Gguf.name(role, l), heads)
+            })
+            .collect()
+    }
+
     /// Total bytes of the tensors the model uses, for progress reporting.
     pub fn weight_bytes(&self) -> u64 {
         self.expected().iter().filter_map(|(n, _)| self.index.get(n)).map(|e| e.byte_len).sum()

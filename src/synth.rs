@@ -41,54 +41,6 @@ pub(crate) fn random_values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
 
 /// Write the synthetic model to `out`. `tokenizer_json` is a Llama 3 tokenizer.json (its BPE
 /// vocabulary and merges go into the GGUF metadata). `progress(done, total)` counts tensors.
-/// GGUF tokenizer metadata (`tokenizer.ggml.*`, byte-level BPE, pre-tokenizer `llama-bpe`) from
-/// a Llama 3 tokenizer.json, laid out as llama.cpp's convert_hf_to_gguf.py writes it: tokens by
-/// id, type 3 (control) for added special tokens, 1 otherwise, merges as "a b".
-pub fn llama3_tokenizer_metadata(tokenizer_json: &[u8], vocab_size: usize) -> Result<Vec<(String, Value)>> {
-    let tok: serde_json::Value =
-        serde_json::from_slice(tokenizer_json).map_err(|e| Error::Tokenizer(format!("tokenizer.json: {e}")))?;
-    let vocab = tok["model"]["vocab"]
-        .as_object()
-        .ok_or_else(|| Error::Tokenizer("tokenizer.json has no model.vocab".into()))?;
-    let mut tokens = vec![String::new(); vocab_size];
-    let mut types = vec![Value::I32(1); vocab_size];
-    for (text, id) in vocab {
-        if let Some(slot) = id.as_u64().and_then(|i| tokens.get_mut(i as usize)) {
-            *slot = text.clone();
-        }
-    }
-    for added in tok["added_tokens"].as_array().into_iter().flatten() {
-        if let (Some(id), Some(text)) = (added["id"].as_u64(), added["content"].as_str())
-            && let Some(slot) = tokens.get_mut(id as usize)
-        {
-            *slot = text.to_string();
-            types[id as usize] = Value::I32(3);
-        }
-    }
-    let merges: Vec<Value> = tok["model"]["merges"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| match m {
-            serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Array(pair) => Some(format!("{} {}", pair.first()?.as_str()?, pair.get(1)?.as_str()?)),
-            _ => None,
-        })
-        .map(Value::String)
-        .collect();
-
-    Ok(vec![
-        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
-        ("tokenizer.ggml.pre".into(), Value::String("llama-bpe".into())),
-        ("tokenizer.ggml.tokens".into(), Value::Array(tokens.into_iter().map(Value::String).collect())),
-        ("tokenizer.ggml.token_type".into(), Value::Array(types)),
-        ("tokenizer.ggml.merges".into(), Value::Array(merges)),
-        ("tokenizer.ggml.bos_token_id".into(), Value::U32(128000)),
-        ("tokenizer.ggml.eos_token_id".into(), Value::U32(128001)),
-        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(true)),
-    ])
-}
-
 pub fn write_synthetic_gguf(
     out: &mut (impl std::io::Write + std::io::Seek),
     quant: GgmlDType,
@@ -167,7 +119,7 @@ pub fn write_synthetic_gguf(
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    metadata.extend(llama3_tokenizer_metadata(tokenizer_json, VOCAB)?);
+    metadata.extend(crate::convert::llama3_tokenizer_metadata(tokenizer_json, VOCAB, Some(128000), Some(128001))?);
     let meta: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     gguf_file::write(out, &meta, &refs)?;

@@ -936,3 +936,69 @@ fn eval_reports_auprc_and_the_best_f1_where_predictions_have_scores() {
     let plain = gr(&["eval", "--predictions", dir.to_str().unwrap()]);
     assert!(!text(&plain.stdout).contains("AUPRC"), "{}", text(&plain.stdout));
 }
+
+/// `convert` writes a GGUF file that the other commands run, refuses to overwrite without
+/// `--force`, and leaves no file behind when Ctrl-C stops it (first the `.part`, renamed only
+/// when complete; then nothing).
+#[test]
+fn convert_writes_a_file_the_commands_run_and_leaves_nothing_when_interrupted() {
+    let dir = scratch("convert");
+    let out = dir.join("tiny-q4_0.gguf");
+    let out_str = out.display().to_string();
+    let run = gr(&["convert", "--quiet", "-m", &tiny(), "--quant", "q4_0", "-o", &out_str]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert!(text(&run.stderr).contains("matrices q4_0"), "{}", text(&run.stderr));
+    let again = gr(&["convert", "--quiet", "-m", &tiny(), "-o", &out_str]);
+    assert!(!again.status.success() && text(&again.stderr).contains("--force"), "{}", text(&again.stderr));
+    let generated = gr(&[
+        "generate",
+        "--quiet",
+        "-m",
+        &out_str,
+        "--tokens",
+        "128000,791,4062",
+        "--max-new-tokens",
+        "4",
+        "--ignore-eos",
+    ]);
+    assert!(generated.status.success(), "{}", text(&generated.stderr));
+    assert_eq!(json_lines(&generated.stdout)[0]["tokens"].as_array().map(Vec::len), Some(4));
+    // llama.cpp's own reader (gguf-py) takes the q4_0 file, every matrix Q4_0, the norms F32.
+    let check = r#"
+import sys
+from gguf import GGUFReader
+r = GGUFReader(sys.argv[1])
+types = sorted({t.tensor_type.name for t in r.tensors})
+field = lambda k: r.fields[k].parts[r.fields[k].data[0]]
+print(len(r.tensors), types, int(field("general.file_type")[0]), bytes(field("tokenizer.ggml.pre")).decode())
+"#;
+    let python = Command::new("python3")
+        .args(["-c", check, &out_str])
+        .env("PYTHONPATH", common::asset("pylib"))
+        .output()
+        .unwrap();
+    assert!(python.status.success(), "gguf-py: {}", text(&python.stderr));
+    assert_eq!(text(&python.stdout).trim(), "21 ['F32', 'Q4_0'] 2 llama-bpe");
+
+    // SmolLM2 (135M, Q4_1) to f32 writes 0.5 GB: long enough to interrupt.
+    let big = dir.join("smol-f32.gguf");
+    let part = dir.join("smol-f32.gguf.part");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_guardreasoner"))
+        .args(["convert", "--quiet", "-m", &common::smollm2_path().display().to_string(), "--quant", "f32", "-o"])
+        .arg(&big)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !part.exists() && started.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(part.exists(), "the .part file appears while converting");
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("not written"), "{stderr}");
+    assert!(!part.exists() && !big.exists(), "nothing is left behind");
+}

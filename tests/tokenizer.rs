@@ -182,7 +182,8 @@ fn gguf_kv_bytes(key: &str, value: &candle_core::quantized::gguf_file::Value) ->
 fn gguf_tokenizer_metadata_is_byte_identical_to_llama_cpp_and_tokenizes_like_hf() {
     use sha2::{Digest, Sha256};
     let patched_json = guardreasoner_style_tokenizer_json(&llama3_tokenizer_json());
-    let metadata = guardreasoner::synth::llama3_tokenizer_metadata(&patched_json, 128256).unwrap();
+    let metadata =
+        guardreasoner::convert::llama3_tokenizer_metadata(&patched_json, 128256, Some(128000), Some(128001)).unwrap();
     // llama.cpp's convert_hf_to_gguf.py on the same tokenizer (tests/fixtures/tiny/llama32.json).
     let converter = &common::tiny::golden("llama32")["gguf"]["types"]["f32"]["metadata"];
     for (key, value) in &metadata {

@@ -3,6 +3,7 @@
 //! only parses and dispatches.
 
 pub mod bench;
+pub mod convert;
 pub mod eval;
 pub mod generate;
 pub mod hub;
@@ -246,7 +247,7 @@ pub fn default_batch(device: Device) -> usize {
 
 /// The model's path: `model` itself when it exists or is not a repo id (`owner/name`), else the
 /// repo's snapshot folder in the Hugging Face cache (downloaded when missing, `hub::snapshot`).
-fn resolve_model(model: &str, revision: &str, progress: bool) -> Result<PathBuf> {
+pub(crate) fn resolve_model(model: &str, revision: &str, progress: bool) -> Result<PathBuf> {
     let path = Path::new(model);
     if path.exists() || !hub::is_repo_id(model) {
         return Ok(path.to_path_buf());
@@ -262,6 +263,9 @@ pub fn interrupted() -> &'static AtomicBool {
         let flag: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
         let _ = ctrlc::set_handler(move || {
             if flag.swap(true, Ordering::Relaxed) {
+                for path in unfinished_files().lock().map(|files| files.clone()).unwrap_or_default() {
+                    let _ = std::fs::remove_file(path);
+                }
                 eprintln!("\ninterrupted twice: stopping now");
                 std::process::exit(EXIT_INTERRUPTED.into());
             }
@@ -269,6 +273,21 @@ pub fn interrupted() -> &'static AtomicBool {
         });
         flag
     })
+}
+
+/// Files being written that a second Ctrl-C, which ends the process at once, removes first
+/// (`remove_on_exit`): a command that stops on the first removes its own.
+fn unfinished_files() -> &'static std::sync::Mutex<Vec<PathBuf>> {
+    static FILES: OnceLock<std::sync::Mutex<Vec<PathBuf>>> = OnceLock::new();
+    FILES.get_or_init(Default::default)
+}
+
+/// Registers a file being written for removal by a second Ctrl-C (and installs the handler).
+pub fn remove_on_exit(path: &std::path::Path) {
+    interrupted();
+    if let Ok(mut files) = unfinished_files().lock() {
+        files.push(path.to_path_buf());
+    }
 }
 
 pub fn is_interrupted() -> bool {

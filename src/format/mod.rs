@@ -3,6 +3,7 @@
 //! whole model file in memory, so the same code serves a 2.5 GB file on disk or over the network.
 
 pub mod gguf;
+pub mod gguf_write;
 pub mod safetensors;
 
 use crate::error::{Error, Result};
