@@ -44,13 +44,18 @@ if (opts.help || !opts.model) {
 /** Summed resident and proportional set sizes of every process whose command line names this
  * run's profile (PSS counts a page shared by n processes as 1/n in each). */
 function chromiumMemory(profile) {
-  const total = { rss: 0, pss: 0 };
+  const total = { rss: 0, pss: 0, byType: {} };
   for (const pid of fs.readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
     try {
-      if (!fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(profile)) continue;
+      const cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, "utf8");
+      if (!cmdline.includes(profile)) continue;
       const rollup = fs.readFileSync(`/proc/${pid}/smaps_rollup`, "utf8");
+      const pss = Number(/^Pss:\s+(\d+) kB/m.exec(rollup)?.[1] ?? 0) * 1024;
       total.rss += Number(/^Rss:\s+(\d+) kB/m.exec(rollup)?.[1] ?? 0) * 1024;
-      total.pss += Number(/^Pss:\s+(\d+) kB/m.exec(rollup)?.[1] ?? 0) * 1024;
+      total.pss += pss;
+      // The process's kind: renderer (the page and its workers), gpu-process, utility, or browser.
+      const type = /--type=([a-z-]+)/.exec(cmdline)?.[1] ?? "browser";
+      total.byType[type] = (total.byType[type] ?? 0) + pss;
     } catch {
       // the process ended while we looked
     }
@@ -74,16 +79,21 @@ async function loadRuns(modelPath, times, log) {
   const source = isFolder ? { hfBaseUrl: prefix, cache: opts.keep } : { url: prefix, cache: opts.keep };
   const loads = [];
   const peak = { rss: 0, pss: 0 };
+  let loadPeak = 0; // this load's peak PSS
+  const typePeaks = {}; // each kind of process's own peak PSS over the run
   const sampler = setInterval(() => {
     const now = chromiumMemory(profile);
     peak.rss = Math.max(peak.rss, now.rss);
     peak.pss = Math.max(peak.pss, now.pss);
+    loadPeak = Math.max(loadPeak, now.pss);
+    for (const [type, pss] of Object.entries(now.byType)) typePeaks[type] = Math.max(typePeaks[type] ?? 0, pss);
   }, SAMPLE_MS);
   try {
     const page = await browser.newPage();
     await page.goto(`${server.url}/www/`);
     for (let i = 0; i < times; i++) {
       const started = performance.now();
+      loadPeak = 0;
       const out = await page.evaluate(
         async ({ source, backend, quant, context }) => {
           const { GuardReasoner } = await import("/www/guardreasoner.js");
@@ -100,7 +110,7 @@ async function loadRuns(modelPath, times, log) {
         { source, backend: opts.backend, quant: opts.quant, context: contexts[i % contexts.length] },
       );
       const seconds = (performance.now() - started) / 1000;
-      loads.push({ ...out, seconds, context: contexts[i % contexts.length] });
+      loads.push({ ...out, seconds, context: contexts[i % contexts.length], peakPss: loadPeak });
       if (log) console.error(`load ${i + 1}: ${out.ok ? `ok on ${out.backend}` : `FAILED: ${out.error}`} in ${seconds.toFixed(1)} s`);
     }
   } finally {
@@ -110,12 +120,12 @@ async function loadRuns(modelPath, times, log) {
     fs.rmSync(profile, { recursive: true, force: true });
   }
   const bytes = isFolder ? fs.readdirSync(model).reduce((n, f) => n + fs.statSync(path.join(model, f)).size, 0) : fs.statSync(model).size;
-  return { loads, peak, bytes };
+  return { loads, peak, bytes, typePeaks };
 }
 
 const baseline = opts.baseline === "none" ? null : await loadRuns(opts.baseline, 1, false);
 if (baseline && !opts.json) console.error(`baseline (${opts.baseline}): peak PSS ${(baseline.peak.pss / 2 ** 20).toFixed(0)} MiB`);
-const { loads, peak, bytes } = await loadRuns(opts.model, Number(opts.times), !opts.json);
+const { loads, peak, bytes, typePeaks } = await loadRuns(opts.model, Number(opts.times), !opts.json);
 const ok = loads.filter((l) => l.ok);
 const report = {
   model: opts.model,
@@ -125,9 +135,13 @@ const report = {
   loads: loads.length,
   succeeded: ok.length,
   seconds: loads.map((l) => Number(l.seconds.toFixed(2))),
+  // Each load's own peak (with --keep, the second and later loads read OPFS without a download).
+  peak_pss_per_load_bytes: loads.map((l) => l.peakPss),
   mean_s: ok.length ? ok.reduce((s, l) => s + l.seconds, 0) / ok.length : null,
   peak_browser_rss_bytes: peak.rss,
   peak_browser_pss_bytes: peak.pss,
+  peak_pss_by_process_bytes: typePeaks,
+  baseline_peak_pss_by_process_bytes: baseline?.typePeaks ?? null,
   baseline: opts.baseline,
   baseline_peak_pss_bytes: baseline?.peak.pss ?? null,
   // What the model's loads cost over the tiny model's, and that against the model's own bytes.
