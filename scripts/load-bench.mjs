@@ -7,7 +7,8 @@
 // module), so what is left is what the model costs, beside the model's bytes. A benchmark and a
 // reliability check for large models, not a timed test.
 // Usage: node scripts/load-bench.mjs --model FILE.gguf|HF-FOLDER [--times N] [--backend cpu|webgpu]
-//        [--quant q8|q4|none] [--context N[,N...]] [--keep] [--stored] [--baseline DIR|FILE|none] [--json]
+//        [--quant q8|q4|none] [--context N[,N...]] [--keep] [--stored] [--threads N]
+//        [--baseline DIR|FILE|none] [--json]
 // (--context: the KV cache of each load in turn, default 64; e.g. 131072,64 asks for a cache that
 // cannot fit, then a normal load in the same page)
 import fs from "node:fs";
@@ -35,12 +36,14 @@ const { values: opts } = parseArgs({
     stored: { type: "boolean", default: false },
     // The tiny model whose load is the baseline (the same backend, quant and context), or "none".
     baseline: { type: "string", default: ".cache/tiny-rebuilt/llama32" },
+    // Threads of the wasm CPU path (1: the single-threaded build; default: one per core).
+    threads: { type: "string" },
     json: { type: "boolean", default: false },
     help: { type: "boolean", short: "h" },
   },
 });
 if (opts.help || !opts.model) {
-  console.log("Usage: node scripts/load-bench.mjs --model FILE.gguf|HF-FOLDER [--times N] [--backend cpu|webgpu] [--quant q8|q4|none] [--context N[,N...]] [--keep] [--stored] [--baseline DIR|FILE|none] [--json]");
+  console.log("Usage: node scripts/load-bench.mjs --model FILE.gguf|HF-FOLDER [--times N] [--backend cpu|webgpu] [--quant q8|q4|none] [--context N[,N...]] [--keep] [--stored] [--threads N] [--baseline DIR|FILE|none] [--json]");
   process.exit(opts.help ? 0 : 2);
 }
 
@@ -111,10 +114,10 @@ async function loadRuns(modelPath, times, log) {
       const started = performance.now();
       loadPeak = 0;
       const out = await page.evaluate(
-        async ({ source, backend, quant, context }) => {
+        async ({ source, backend, quant, context, threads }) => {
           const { GuardReasoner } = await import("/www/guardreasoner.js");
           try {
-            const guard = await GuardReasoner.load(source, { backend, quant, context });
+            const guard = await GuardReasoner.load(source, { backend, quant, context, threads });
             const ids = await guard.tokenize("Hello");
             const res = await guard.generate(ids, { maxNewTokens: 1 });
             guard.terminate();
@@ -123,7 +126,7 @@ async function loadRuns(modelPath, times, log) {
             return { ok: false, error: e.message };
           }
         },
-        { source, backend: opts.backend, quant: opts.quant, context: contexts[i % contexts.length] },
+        { source, backend: opts.backend, quant: opts.quant, context: contexts[i % contexts.length], threads: opts.threads ? Number(opts.threads) : undefined },
       );
       const seconds = (performance.now() - started) / 1000;
       loads.push({ ...out, seconds, context: contexts[i % contexts.length], peakPss: loadPeak });

@@ -97,8 +97,13 @@ async function streamInto(handle, stream, offset, onOffset) {
   return offset;
 }
 
+/** The reused buffer of `readInto` where a view of shared wasm memory is refused. */
+const READ_CHUNK_BYTES = 8 * 2 ** 20;
+
 /** A byte source for the wasm side over an open sync access handle. */
 export function handleSource(name, handle) {
+  let sharedRefused = false;
+  let scratch = null;
   return {
     name,
     size: handle.getSize(),
@@ -106,6 +111,28 @@ export function handleSource(name, handle) {
       const buf = new Uint8Array(length);
       const n = handle.read(buf, { at: offset });
       return n === length ? buf : buf.subarray(0, n); // a short read is reported by the wasm side
+    },
+    /** Straight into `view`, a view of wasm memory (no copy of the bytes in JS); bytes read. A
+     * view of shared memory (the threaded build) that the handle refuses goes through one reused
+     * buffer instead. */
+    readInto(view, offset) {
+      if (!sharedRefused) {
+        try {
+          return handle.read(view, { at: offset });
+        } catch (e) {
+          if (!(view.buffer instanceof SharedArrayBuffer)) throw e;
+          sharedRefused = true;
+        }
+      }
+      scratch ??= new Uint8Array(READ_CHUNK_BYTES);
+      let done = 0;
+      while (done < view.length) {
+        const n = handle.read(scratch.subarray(0, Math.min(READ_CHUNK_BYTES, view.length - done)), { at: offset + done });
+        if (n === 0) break;
+        view.set(scratch.subarray(0, n), done);
+        done += n;
+      }
+      return done;
     },
   };
 }

@@ -31,12 +31,16 @@ fn js_err(e: impl std::fmt::Display) -> JsValue {
     JsError::new(&e.to_string()).into()
 }
 
-/// A byte source backed by JS: `{ name, size, read(offset, length) -> Uint8Array }`, where
-/// `read` is synchronous (an OPFS sync access handle in the worker).
+/// A byte source backed by JS: `{ name, size, read(offset, length) -> Uint8Array,
+/// readInto?(view, offset) -> bytes read }`, synchronous (an OPFS sync access handle in the
+/// worker). `readInto` fills a view of wasm memory: `read`'s copies are garbage that the worker
+/// does not collect while a load (one synchronous call) runs, and cost the tab about half the
+/// model at its peak (ARCHITECTURE.md §6). Without it, or once it throws, `read` is used.
 struct JsSource {
     name: String,
     size: u64,
     read: Function,
+    read_into: Option<Function>,
 }
 
 impl JsSource {
@@ -48,7 +52,8 @@ impl JsSource {
         let size = get("size")?.as_f64().ok_or_else(|| Error::Other(format!("{name}: size is not a number")))? as u64;
         let read =
             get("read")?.dyn_into::<Function>().map_err(|_| Error::Other(format!("{name}: read is not a function")))?;
-        Ok(Self { name, size, read })
+        let read_into = get("readInto")?.dyn_into::<Function>().ok();
+        Ok(Self { name, size, read, read_into })
     }
 }
 
@@ -58,6 +63,22 @@ impl ByteSource for JsSource {
     }
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         crate::format::check_read(&self.name, self.size, offset, buf.len())?;
+        if let Some(read_into) = &self.read_into {
+            // SAFETY: the view covers exactly `buf`, borrowed mutably for this call, and lives only
+            // during `readInto`, a synchronous JS call that allocates nothing in wasm memory.
+            let view = unsafe { Uint8Array::view_mut_raw(buf.as_mut_ptr(), buf.len()) };
+            match read_into.call2(&JsValue::NULL, &view, &JsValue::from_f64(offset as f64)) {
+                Ok(n) if n.as_f64() == Some(buf.len() as f64) => return Ok(()),
+                Ok(n) => {
+                    return Err(Error::format(
+                        &self.name,
+                        format!("short read: {} of {} bytes at {offset}", n.as_f64().unwrap_or(0.0), buf.len()),
+                    ));
+                }
+                // A source that cannot read into wasm memory: `read`'s copies, from now on.
+                Err(_) => self.read_into = None,
+            }
+        }
         let out = self
             .read
             .call2(&JsValue::NULL, &JsValue::from_f64(offset as f64), &JsValue::from_f64(buf.len() as f64))
