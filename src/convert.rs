@@ -9,8 +9,9 @@
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::format::gguf_write::{GgufWriter, TensorPlan};
-use crate::format::{ByteSource, StorageType, TensorEntry};
+use crate::format::{ByteSource, HostTensor, StorageType, TensorEntry};
 use crate::model::{GGUF_ROPE_FREQS, ModelFiles, Naming};
+use crate::session::{word_name, word_value};
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use std::borrow::Cow;
@@ -39,16 +40,14 @@ impl Target {
     ];
 
     pub fn parse(word: &str) -> Result<Self> {
-        let word = word.trim().to_ascii_lowercase();
-        Self::WORDS
-            .iter()
-            .find(|(w, _)| *w == word)
-            .map(|&(_, t)| t)
-            .ok_or_else(|| Error::Other(format!("unknown GGUF type `{word}`: expected f32, f16, q8_0, q4_0 or q4_1")))
+        word_value(&Self::WORDS, word).ok_or_else(|| {
+            let word = word.trim().to_ascii_lowercase();
+            Error::Other(format!("unknown GGUF type `{word}`: expected f32, f16, q8_0, q4_0 or q4_1"))
+        })
     }
 
     pub fn name(self) -> &'static str {
-        Self::WORDS.iter().find(|&&(_, t)| t == self).map_or("", |(w, _)| w)
+        word_name(&Self::WORDS, &self)
     }
 
     fn matrix_type(self) -> GgmlDType {
@@ -259,17 +258,14 @@ fn read_rows(source: &mut dyn ByteSource, entry: &TensorEntry, cols: usize, r0: 
         Error::format(&entry.name, format!("rows of {cols} values do not fill whole {:?} blocks", entry.storage))
     })?;
     let bytes = source.read_vec(entry.offset + r0 as u64 * row_bytes, (r1 - r0) as u64 * row_bytes)?;
-    let chunks = |n: usize| bytes.chunks_exact(n);
-    Ok(match entry.storage {
-        StorageType::F32 => chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        StorageType::F16 => chunks(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        StorageType::BF16 => chunks(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+    match entry.storage {
         StorageType::Ggml(dtype) => {
             let storage = QStorage::from_data(Cow::Borrowed(&bytes), &candle_core::Device::Cpu, dtype)?;
             let q = QTensor::new(storage, (r1 - r0, cols))?;
-            q.dequantize(&candle_core::Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?
+            Ok(q.dequantize(&candle_core::Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
         }
-    })
+        storage => HostTensor { name: entry.name.clone(), storage, shape: vec![r1 - r0, cols], bytes }.to_f32(),
+    }
 }
 
 /// HF rows in GGUF's order: within each head, rows `j * half + i` (HF's rotate-half halves)

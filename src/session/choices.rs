@@ -13,6 +13,18 @@ use serde::Serialize;
 /// and `bench`, the JS API's `context`).
 pub const DEFAULT_CONTEXT: usize = 4096;
 
+/// The value a user's word names in a table of words (case and spaces aside), the first word of
+/// each value being its name: `Device::WORDS`, `Quant::WORDS`, `convert::Target::WORDS`.
+pub fn word_value<T: Copy>(words: &[(&'static str, T)], word: &str) -> Option<T> {
+    let word = word.trim().to_ascii_lowercase();
+    words.iter().find(|(w, _)| *w == word).map(|&(_, value)| value)
+}
+
+/// A value's name: its first word in the table.
+pub fn word_name<T: PartialEq>(words: &[(&'static str, T)], value: &T) -> &'static str {
+    words.iter().find(|(_, v)| v == value).map_or("", |(w, _)| w)
+}
+
 /// Where the forward pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -33,16 +45,14 @@ impl Device {
 
     /// The user's word: `auto`, `cpu`, `gpu` (or `webgpu`).
     pub fn parse(word: &str) -> Result<Self> {
-        let word = word.trim().to_ascii_lowercase();
-        Self::WORDS
-            .iter()
-            .find(|(w, _)| *w == word)
-            .map(|&(_, device)| device)
-            .ok_or_else(|| Error::Other(format!("unknown backend `{word}`: expected auto, cpu or gpu (webgpu)")))
+        word_value(&Self::WORDS, word).ok_or_else(|| {
+            let word = word.trim().to_ascii_lowercase();
+            Error::Other(format!("unknown backend `{word}`: expected auto, cpu or gpu (webgpu)"))
+        })
     }
 
     pub fn name(self) -> &'static str {
-        Self::WORDS.iter().find(|&&(_, device)| device == self).map_or("", |(w, _)| w)
+        word_name(&Self::WORDS, &self)
     }
 }
 
@@ -74,14 +84,14 @@ impl Quant {
 
     /// The user's word: `none` (or `f32`), `q8` (or `q8_0`), `q4` (or `q4_0`).
     pub fn parse(word: &str) -> Result<Self> {
-        let word = word.trim().to_ascii_lowercase();
-        Self::WORDS.iter().find(|(w, _)| *w == word).map(|&(_, quant)| quant).ok_or_else(|| {
+        word_value(&Self::WORDS, word).ok_or_else(|| {
+            let word = word.trim().to_ascii_lowercase();
             Error::Other(format!("unknown quantization `{word}`: expected none (f32), q8 (q8_0) or q4 (q4_0)"))
         })
     }
 
     pub fn name(self) -> &'static str {
-        Self::WORDS.iter().find(|&&(_, quant)| quant == self).map_or("", |(w, _)| w)
+        word_name(&Self::WORDS, &self)
     }
 
     pub(super) fn cpu(self) -> Option<GgmlDType> {

@@ -43,7 +43,9 @@ mod classify;
 mod results;
 mod speed;
 
-pub use choices::{BackendChoice, DEFAULT_CONTEXT, Device, Quant, cpu_kernel_from_env, parse_linear_kernel};
+pub use choices::{
+    BackendChoice, DEFAULT_CONTEXT, Device, Quant, cpu_kernel_from_env, parse_linear_kernel, word_name, word_value,
+};
 pub use results::{
     Classification, ClassifyEvent, ClassifyItem, DEFAULT_MAX_NEW_TOKENS, Generated, MODES, RunOptions, Stop, Timings,
     verdict_first_mode,
